@@ -1,0 +1,213 @@
+//! Wire types shared by the BPF program (`profiler-ebpf`) and userspace (`profiler-userspace`).
+//!
+//! This is the only code both sides compile. Everything here is `#[repr(C)]` with explicit
+//! padding and integer flags (no `bool`), so the two sides agree byte for byte. The kernel writes
+//! raw values only (addresses, offsets, counters); decoding happens in userspace.
+#![no_std]
+
+/// Frames of one Python stack the kernel records before it marks the stack truncated.
+/// A recursion 150 deep plus the module and runner frames fits.
+pub const MAX_PYTHON_FRAMES: usize = 192;
+
+/// Python thread states the kernel walks to find the sampled thread's.
+pub const MAX_THREADS: u32 = 128;
+
+/// Processes that can be profiled at once.
+pub const MAX_TARGETS: u32 = 1024;
+
+/// Distinct stacks the kernel holds between two drains by userspace.
+pub const MAX_STACKS: u32 = 32768;
+
+/// Distinct (process, thread, stack) counters the kernel holds between two drains.
+pub const MAX_COUNTS: u32 = 65536;
+
+/// Map names, so userspace never spells one as a literal.
+pub mod maps {
+    pub const TARGETS: &str = "TARGETS";
+    pub const STACKS: &str = "STACKS";
+    pub const COUNTS_0: &str = "COUNTS_0";
+    pub const COUNTS_1: &str = "COUNTS_1";
+    pub const ACTIVE_COUNTS: &str = "ACTIVE_COUNTS";
+    pub const STATS: &str = "STATS";
+    pub const SCRATCH: &str = "SCRATCH";
+}
+
+/// The BPF program's name in the object.
+pub const PROGRAM_NAME: &str = "on_cpu_sample";
+
+/// Marks an offset the running CPython version does not have.
+pub const NO_OFFSET: u16 = u16::MAX;
+
+/// How the frame's instruction position is stored in this CPython version.
+pub mod instr_kind {
+    /// A pointer into the code object's inline bytecode (3.11+ `prev_instr` / `instr_ptr`); the
+    /// kernel records it minus the code object's address.
+    pub const POINTER: u8 = 0;
+    /// A C `int` (`f_lasti` up to 3.10); the kernel records it as is.
+    pub const INT: u8 = 1;
+}
+
+/// Byte offsets into the interpreter's structures, for one CPython version. Userspace fills it
+/// from a built-in table or from `_Py_DebugOffsets`; the kernel checks each offset before use.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PyOffsets {
+    /// `_PyRuntimeState.interpreters.head`
+    pub runtime_interpreters_head: u16,
+    /// `PyInterpreterState.threads.head`
+    pub interp_threads_head: u16,
+    /// `PyThreadState.next`
+    pub tstate_next: u16,
+    /// `PyThreadState.native_thread_id`
+    pub tstate_native_thread_id: u16,
+    /// The pointer in `PyThreadState` that leads to the current frame: `cframe` (3.11, 3.12),
+    /// `current_frame` (3.13) or `frame` (up to 3.10).
+    pub tstate_frame: u16,
+    /// `_PyCFrame.current_frame` when `tstate_frame` points at a cframe, else `NO_OFFSET`.
+    pub cframe_current_frame: u16,
+    /// Frame: the code object (`f_code` / `f_executable`).
+    pub frame_code: u16,
+    /// Frame: the caller's frame (`previous` / `f_back`).
+    pub frame_previous: u16,
+    /// Frame: the instruction position (`prev_instr` / `instr_ptr` / `f_lasti`).
+    pub frame_instr: u16,
+    /// Frame: `owner` (3.11+), else `NO_OFFSET`.
+    pub frame_owner: u16,
+    /// Code object: `co_firstlineno`.
+    pub code_firstlineno: u16,
+    /// Code object: `co_name`.
+    pub code_name: u16,
+    /// Code object: `co_filename`.
+    pub code_filename: u16,
+    /// `instr_kind::POINTER` or `instr_kind::INT`.
+    pub instr_kind: u8,
+    /// Frames whose owner is this value are C-stack shims, not code (3.12+); 0xff for none.
+    pub owner_cstack: u8,
+}
+
+/// One process the kernel profiles: where its interpreter lives and how it is laid out.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TargetInfo {
+    /// Address of `_PyRuntime` in the process.
+    pub runtime_addr: u64,
+    pub offsets: PyOffsets,
+    /// `major << 8 | minor`, for the record.
+    pub version: u16,
+    pub _pad: [u8; 10],
+}
+
+/// One Python frame as the kernel saw it. Userspace turns `code` + `instr` into a function and a
+/// line; `tag` tells a code object from another one allocated later at the same address.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct PyFrame {
+    /// Address of the code object.
+    pub code: u64,
+    /// `instr_kind::POINTER`: the instruction pointer minus `code`. `instr_kind::INT`: `f_lasti`.
+    pub instr: u32,
+    /// A hash of the code object's name and file pointers and first line.
+    pub tag: u32,
+}
+
+/// A stack is truncated: it was deeper than `MAX_PYTHON_FRAMES`.
+pub const STACK_TRUNCATED: u32 = 1;
+
+/// One Python stack, leaf first. Stored once per distinct content in `STACKS`, keyed by its hash.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct PyStack {
+    pub len: u32,
+    /// `STACK_TRUNCATED`, ...
+    pub flags: u32,
+    pub frames: [PyFrame; MAX_PYTHON_FRAMES],
+}
+
+/// What a count in `COUNTS_*` is for.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SampleKey {
+    /// Process id (tgid) in the initial pid namespace.
+    pub pid: u32,
+    /// Thread id in the initial pid namespace.
+    pub tid: u32,
+    /// Key into `STACKS`.
+    pub stack_id: u64,
+}
+
+/// Per-CPU counters in `STATS`, indexed by this enum. Every sample of a target lands in exactly
+/// one of `Recorded` or an error; nothing is dropped silently.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stat {
+    /// Samples of a target thread recorded into the count maps.
+    Recorded = 0,
+    /// The sampled thread has no Python thread state (a thread that never ran Python).
+    NoThreadState = 1,
+    /// Reading the interpreter or thread list failed.
+    ReadThreadState = 2,
+    /// Reading a frame or code object failed mid-stack (the stack is kept, cut at the fault).
+    ReadFrame = 3,
+    /// The stack was deeper than `MAX_PYTHON_FRAMES` (the stack is kept, truncated).
+    Truncated = 4,
+    /// `STACKS` was full: the sample was lost.
+    StackMapFull = 5,
+    /// The count map was full: the sample was lost.
+    CountMapFull = 6,
+    /// A target entry had an offset outside the kernel's bounds.
+    BadOffsets = 7,
+    /// The thread was idle in Python: the thread state had no frame.
+    EmptyStack = 8,
+}
+
+impl Stat {
+    pub const COUNT: u32 = 9;
+    pub const ALL: [Stat; Self::COUNT as usize] = [
+        Stat::Recorded,
+        Stat::NoThreadState,
+        Stat::ReadThreadState,
+        Stat::ReadFrame,
+        Stat::Truncated,
+        Stat::StackMapFull,
+        Stat::CountMapFull,
+        Stat::BadOffsets,
+        Stat::EmptyStack,
+    ];
+
+    /// Whether the sample was lost (as opposed to kept with a caveat).
+    pub const fn is_loss(self) -> bool {
+        !matches!(self, Stat::Recorded | Stat::ReadFrame | Stat::Truncated)
+    }
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            Stat::Recorded => "recorded",
+            Stat::NoThreadState => "no thread state",
+            Stat::ReadThreadState => "thread state read fault",
+            Stat::ReadFrame => "frame read fault",
+            Stat::Truncated => "truncated stack",
+            Stat::StackMapFull => "stack map full",
+            Stat::CountMapFull => "count map full",
+            Stat::BadOffsets => "bad offsets",
+            Stat::EmptyStack => "no python frame",
+        }
+    }
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: all are repr(C), Copy, made of integers with explicit padding: every bit pattern
+    // is valid and there are no implicit padding bytes.
+    unsafe impl aya::Pod for super::TargetInfo {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::PyStack {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::SampleKey {}
+}
+
+// Layout checks: both sides compile these, so a drift breaks the build, not the profile.
+const _: () = assert!(core::mem::size_of::<PyOffsets>() == 28);
+const _: () = assert!(core::mem::size_of::<TargetInfo>() == 48);
+const _: () = assert!(core::mem::size_of::<PyFrame>() == 16);
+const _: () = assert!(core::mem::size_of::<SampleKey>() == 16);
+const _: () = assert!(core::mem::size_of::<PyStack>() == 8 + 16 * MAX_PYTHON_FRAMES);

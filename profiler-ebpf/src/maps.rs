@@ -1,0 +1,45 @@
+//! The maps the kernel program shares with userspace. Userspace writes `TARGETS` and flips
+//! `ACTIVE_COUNTS`; the kernel writes the rest, and userspace drains it.
+
+use aya_ebpf::{
+    bindings::BPF_F_NO_PREALLOC,
+    macros::map,
+    maps::{Array, HashMap, PerCpuArray, PerCpuHashMap},
+};
+use profiler_common::{MAX_COUNTS, MAX_STACKS, MAX_TARGETS, PyStack, SampleKey, Stat, TargetInfo};
+
+/// Processes to profile, by tgid, with their interpreter's address and layout.
+#[map]
+pub static TARGETS: HashMap<u32, TargetInfo> = HashMap::with_max_entries(MAX_TARGETS, 0);
+
+/// Distinct stacks by content hash. Userspace copies and deletes entries as it drains.
+#[map]
+pub static STACKS: HashMap<u64, PyStack> = HashMap::with_max_entries(MAX_STACKS, BPF_F_NO_PREALLOC);
+
+/// Sample counts per (process, thread, stack). Two maps so userspace can drain one while the
+/// kernel counts into the other: `ACTIVE_COUNTS[0]` says which one is live.
+#[map]
+pub static COUNTS_0: PerCpuHashMap<SampleKey, u64> =
+    PerCpuHashMap::with_max_entries(MAX_COUNTS, BPF_F_NO_PREALLOC);
+#[map]
+pub static COUNTS_1: PerCpuHashMap<SampleKey, u64> =
+    PerCpuHashMap::with_max_entries(MAX_COUNTS, BPF_F_NO_PREALLOC);
+#[map]
+pub static ACTIVE_COUNTS: Array<u32> = Array::with_max_entries(1, 0);
+
+/// Per-CPU counters indexed by `Stat`.
+#[map]
+pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Stat::COUNT, 0);
+
+/// Per-CPU room to build a stack in: it is far larger than the 512-byte BPF stack.
+#[map]
+pub static SCRATCH: PerCpuArray<PyStack> = PerCpuArray::with_max_entries(1, 0);
+
+#[inline(always)]
+pub fn count(stat: Stat) {
+    if let Some(slot) = STATS.get_ptr_mut(stat as u32) {
+        // SAFETY: a per-CPU slot is only touched by this CPU, and programs do not nest on the
+        // same CPU for one perf event.
+        unsafe { *slot += 1 };
+    }
+}
