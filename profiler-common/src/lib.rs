@@ -30,10 +30,16 @@ pub mod maps {
     pub const ACTIVE_COUNTS: &str = "ACTIVE_COUNTS";
     pub const STATS: &str = "STATS";
     pub const SCRATCH: &str = "SCRATCH";
+    pub const PROGRAMS: &str = "PROGRAMS";
 }
 
-/// The BPF program's name in the object.
+/// The BPF program attached to the CPU-clock event: filters and finds the thread's frame.
 pub const PROGRAM_NAME: &str = "on_cpu_sample";
+/// The program `PROGRAM_NAME` tail-calls to walk the frames. Two programs, so the verifier
+/// checks the thread-list loop and the frame loop apart instead of their product.
+pub const WALK_PROGRAM_NAME: &str = "walk_python_stack";
+/// `WALK_PROGRAM_NAME`'s slot in `maps::PROGRAMS`.
+pub const WALK_PROGRAM_SLOT: u32 = 0;
 
 /// Marks an offset the running CPython version does not have.
 pub const NO_OFFSET: u16 = u16::MAX;
@@ -42,9 +48,9 @@ pub const NO_OFFSET: u16 = u16::MAX;
 pub mod instr_kind {
     /// A pointer into the code object's inline bytecode (3.11+ `prev_instr` / `instr_ptr`); the
     /// kernel records it minus the code object's address.
-    pub const POINTER: u8 = 0;
+    pub const POINTER: u16 = 0;
     /// A C `int` (`f_lasti` up to 3.10); the kernel records it as is.
-    pub const INT: u8 = 1;
+    pub const INT: u16 = 1;
 }
 
 /// Byte offsets into the interpreter's structures, for one CPython version. Userspace fills it
@@ -71,7 +77,8 @@ pub struct PyOffsets {
     pub frame_previous: u16,
     /// Frame: the instruction position (`prev_instr` / `instr_ptr` / `f_lasti`).
     pub frame_instr: u16,
-    /// Frame: `owner` (3.11+), else `NO_OFFSET`.
+    /// Frame: `owner` (3.11+). Always a readable offset (0 where the version has no owner):
+    /// the kernel reads it unconditionally and compares it with `owner_cstack`.
     pub frame_owner: u16,
     /// Code object: `co_firstlineno`.
     pub code_firstlineno: u16,
@@ -80,10 +87,15 @@ pub struct PyOffsets {
     /// Code object: `co_filename`.
     pub code_filename: u16,
     /// `instr_kind::POINTER` or `instr_kind::INT`.
-    pub instr_kind: u8,
-    /// Frames whose owner is this value are C-stack shims, not code (3.12+); 0xff for none.
-    pub owner_cstack: u8,
+    pub instr_kind: u16,
+    /// Frames whose owner byte equals this are C-stack shims, not code (3.12+);
+    /// `NO_CSTACK_OWNER` where the version has none.
+    pub owner_cstack: u16,
+    pub _pad: u16,
 }
+
+/// An `owner_cstack` no owner byte can equal.
+pub const NO_CSTACK_OWNER: u16 = 0x100;
 
 /// One process the kernel profiles: where its interpreter lives and how it is laid out.
 #[repr(C)]
@@ -94,7 +106,7 @@ pub struct TargetInfo {
     pub offsets: PyOffsets,
     /// `major << 8 | minor`, for the record.
     pub version: u16,
-    pub _pad: [u8; 10],
+    pub _pad: [u8; 6],
 }
 
 /// One Python frame as the kernel saw it. Userspace turns `code` + `instr` into a function and a
@@ -108,6 +120,19 @@ pub struct PyFrame {
     pub instr: u32,
     /// A hash of the code object's name and file pointers and first line.
     pub tag: u32,
+}
+
+/// One step of FxHash over 64-bit words: cheap in BPF, and good enough to key stacks.
+#[inline(always)]
+pub const fn mix(hash: u64, word: u64) -> u64 {
+    (hash.rotate_left(5) ^ word).wrapping_mul(0x517c_c1b7_2722_0a95)
+}
+
+/// `PyFrame::tag` for a code object: the kernel computes it from what it reads, userspace from
+/// what it reads later; a difference means the address now holds another code object.
+#[inline(always)]
+pub const fn code_tag(name: u64, filename: u64, firstlineno: i32) -> u32 {
+    (mix(mix(mix(0, name), filename), firstlineno as u64) >> 32) as u32
 }
 
 /// A stack is truncated: it was deeper than `MAX_PYTHON_FRAMES`.
@@ -158,10 +183,12 @@ pub enum Stat {
     BadOffsets = 7,
     /// The thread was idle in Python: the thread state had no frame.
     EmptyStack = 8,
+    /// The tail call to the frame walker failed (the walker is not loaded).
+    TailCall = 9,
 }
 
 impl Stat {
-    pub const COUNT: u32 = 9;
+    pub const COUNT: u32 = 10;
     pub const ALL: [Stat; Self::COUNT as usize] = [
         Stat::Recorded,
         Stat::NoThreadState,
@@ -172,6 +199,7 @@ impl Stat {
         Stat::CountMapFull,
         Stat::BadOffsets,
         Stat::EmptyStack,
+        Stat::TailCall,
     ];
 
     /// Whether the sample was lost (as opposed to kept with a caveat).
@@ -190,6 +218,7 @@ impl Stat {
             Stat::CountMapFull => "count map full",
             Stat::BadOffsets => "bad offsets",
             Stat::EmptyStack => "no python frame",
+            Stat::TailCall => "tail call failed",
         }
     }
 }
@@ -206,7 +235,7 @@ mod pod {
 }
 
 // Layout checks: both sides compile these, so a drift breaks the build, not the profile.
-const _: () = assert!(core::mem::size_of::<PyOffsets>() == 28);
+const _: () = assert!(core::mem::size_of::<PyOffsets>() == 32);
 const _: () = assert!(core::mem::size_of::<TargetInfo>() == 48);
 const _: () = assert!(core::mem::size_of::<PyFrame>() == 16);
 const _: () = assert!(core::mem::size_of::<SampleKey>() == 16);

@@ -7,12 +7,27 @@ mod maps;
 mod python;
 
 use aya_ebpf::{macros::perf_event, programs::PerfEventContext};
+use profiler_common::{Stat, WALK_PROGRAM_SLOT};
+
+use crate::maps::{PROGRAMS, count};
 
 /// Runs on every CPU-clock sample of every CPU; returns at once unless the interrupted thread
-/// belongs to a target process.
+/// belongs to a target process. Finds the thread's current frame, then tail-calls the walker.
 #[perf_event]
-pub fn on_cpu_sample(_ctx: PerfEventContext) -> u32 {
-    python::sample_current_thread();
+pub fn on_cpu_sample(ctx: PerfEventContext) -> u32 {
+    if python::locate_current_frame() {
+        // SAFETY: the walker is a perf_event program like this one and takes the same context;
+        // control only comes back here if the call fails.
+        unsafe { PROGRAMS.tail_call(&ctx, WALK_PROGRAM_SLOT) };
+        count(Stat::TailCall);
+    }
+    0
+}
+
+/// Walks the frame chain `on_cpu_sample` found and counts the stack.
+#[perf_event]
+pub fn walk_python_stack(_ctx: PerfEventContext) -> u32 {
+    python::walk_and_count();
     0
 }
 

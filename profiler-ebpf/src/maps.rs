@@ -4,7 +4,7 @@
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
     macros::map,
-    maps::{Array, HashMap, PerCpuArray, PerCpuHashMap},
+    maps::{Array, HashMap, PerCpuArray, PerCpuHashMap, ProgramArray},
 };
 use profiler_common::{MAX_COUNTS, MAX_STACKS, MAX_TARGETS, PyStack, SampleKey, Stat, TargetInfo};
 
@@ -31,9 +31,25 @@ pub static ACTIVE_COUNTS: Array<u32> = Array::with_max_entries(1, 0);
 #[map]
 pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Stat::COUNT, 0);
 
-/// Per-CPU room to build a stack in: it is far larger than the 512-byte BPF stack.
+/// What `on_cpu_sample` hands the walker across the tail call, and room to build a stack in
+/// (far larger than the 512-byte BPF stack).
+#[repr(C)]
+pub struct Scratch {
+    pub pid: u32,
+    pub tid: u32,
+    /// The thread's current `_PyInterpreterFrame` (or `PyFrameObject`).
+    pub frame: u64,
+    /// The stack's content hash, written by the walk and read back by the tail.
+    pub hash: u64,
+    pub stack: PyStack,
+}
+
 #[map]
-pub static SCRATCH: PerCpuArray<PyStack> = PerCpuArray::with_max_entries(1, 0);
+pub static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
+
+/// The tail-call table: slot `WALK_PROGRAM_SLOT` holds `walk_python_stack`.
+#[map]
+pub static PROGRAMS: ProgramArray = ProgramArray::with_max_entries(1, 0);
 
 #[inline(always)]
 pub fn count(stat: Stat) {

@@ -3,17 +3,23 @@
 //! line numbers here: userspace decodes those. Every loop has a bound from `profiler-common`, and
 //! every read goes through `bpf_probe_read_user`, so a wrong offset yields a counted fault, never
 //! a bad access.
+//!
+//! The work is split in two programs joined by a tail call (`locate_current_frame`, then
+//! `walk_and_count`), and results cross each loop's end through the per-CPU scratch map: that
+//! keeps the verifier from exploring every exit of one loop times every exit of the other.
+
+use core::ptr::{addr_of, addr_of_mut, read_volatile, write_volatile};
 
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
-    helpers::{bpf_get_current_pid_tgid, bpf_probe_read_user},
+    helpers::{bpf_get_current_pid_tgid, bpf_probe_read_user, generated},
 };
 use profiler_common::{
     MAX_PYTHON_FRAMES, MAX_THREADS, NO_OFFSET, PyFrame, PyOffsets, STACK_TRUNCATED, SampleKey,
-    Stat, TargetInfo, instr_kind,
+    Stat, code_tag, instr_kind, mix,
 };
 
-use crate::maps::{ACTIVE_COUNTS, COUNTS_0, COUNTS_1, SCRATCH, STACKS, TARGETS, count};
+use crate::maps::{ACTIVE_COUNTS, COUNTS_0, COUNTS_1, SCRATCH, STACKS, Scratch, TARGETS, count};
 
 const EEXIST: i32 = 17;
 
@@ -30,68 +36,207 @@ fn field(base: u64, offset: u16) -> u64 {
     base.wrapping_add(offset as u64)
 }
 
-/// One step of FxHash over 64-bit words: cheap, and good enough to key stacks.
 #[inline(always)]
-fn mix(hash: u64, word: u64) -> u64 {
-    (hash.rotate_left(5) ^ word).wrapping_mul(0x517c_c1b7_2722_0a95)
+fn scratch() -> Option<&'static mut Scratch> {
+    // SAFETY: the per-CPU scratch entry is only used by the program running on this CPU, and a
+    // sample's two programs run back to back on it.
+    SCRATCH.get_ptr_mut(0).map(|p| unsafe { &mut *p })
 }
 
-pub fn sample_current_thread() {
+/// Stage one: for a target thread, finds its current frame and leaves it in the scratch map.
+/// Returns whether there is a stack to walk.
+pub fn locate_current_frame() -> bool {
     let pid_tgid = bpf_get_current_pid_tgid();
     let pid = (pid_tgid >> 32) as u32;
     let tid = pid_tgid as u32;
     // SAFETY: TARGETS is only updated by userspace with whole entries; a racing update at worst
     // gives one sample the old or new layout, and every read below is fault-tolerant.
     let Some(target) = (unsafe { TARGETS.get(&pid) }) else {
+        return false;
+    };
+    let Some(s) = scratch() else {
+        return false;
+    };
+    let off = &target.offsets;
+    let frame = find_thread_state(target.runtime_addr, off, tid).and_then(|tstate| {
+        let mut frame: u64 = read(field(tstate, off.tstate_frame))?;
+        if off.cframe_current_frame != NO_OFFSET && frame != 0 {
+            frame = read(field(frame, off.cframe_current_frame))?;
+        }
+        if frame == 0 {
+            Err(Stat::EmptyStack)
+        } else {
+            Ok(frame)
+        }
+    });
+    match frame {
+        Ok(frame) => {
+            s.pid = pid;
+            s.tid = tid;
+            s.frame = frame;
+            true
+        }
+        Err(stat) => {
+            count(stat);
+            false
+        }
+    }
+}
+
+/// Walks `PyInterpreterState.threads` for the thread state whose `native_thread_id` is `tid`.
+fn find_thread_state(runtime: u64, off: &PyOffsets, tid: u32) -> Result<u64, Stat> {
+    let fault = |_| Stat::ReadThreadState;
+    let interp: u64 = read(field(runtime, off.runtime_interpreters_head)).map_err(fault)?;
+    if interp == 0 {
+        return Err(Stat::NoThreadState);
+    }
+    let mut tstate: u64 = read(field(interp, off.interp_threads_head)).map_err(fault)?;
+    for _ in 0..MAX_THREADS {
+        if tstate == 0 {
+            break;
+        }
+        let native: u64 = read(field(tstate, off.tstate_native_thread_id)).map_err(fault)?;
+        if native == tid as u64 {
+            return Ok(tstate);
+        }
+        tstate = read(field(tstate, off.tstate_next)).map_err(fault)?;
+    }
+    Err(Stat::NoThreadState)
+}
+
+/// Stage two: walks the frame chain from the scratch map, stores the stack once and counts it.
+pub fn walk_and_count() {
+    let Some(s) = scratch() else {
         return;
     };
-    match record(target, pid, tid) {
+    // SAFETY: as in `locate_current_frame`.
+    let Some(target) = (unsafe { TARGETS.get(&s.pid) }) else {
+        return;
+    };
+    if target.offsets.instr_kind > instr_kind::INT {
+        count(Stat::BadOffsets);
+        return;
+    }
+    walk_frames(s, &target.offsets);
+    match finish(s) {
         Ok(()) => count(Stat::Recorded),
         Err(stat) => count(stat),
     }
 }
 
-fn record(target: &TargetInfo, pid: u32, tid: u32) -> Result<(), Stat> {
-    let off = &target.offsets;
-    if off.instr_kind > instr_kind::INT {
-        return Err(Stat::BadOffsets);
-    }
-    let tstate = find_thread_state(target.runtime_addr, off, tid)?;
+/// Reads a `T` at `addr`, or zeroes when the read faults (the helper zeroes its destination on
+/// failure); ORs the helper's return code into `faults`. No branch: the frame loop has none but
+/// its exit test, so the verifier walks one path per iteration.
+#[inline(always)]
+fn read_or_zero<T: Default>(addr: u64, faults: &mut i64) -> T {
+    let mut value = T::default();
+    // SAFETY: `value` is a valid destination of size_of::<T>() bytes; the helper reads user
+    // memory fault-tolerantly.
+    let ret = unsafe {
+        generated::bpf_probe_read_user(
+            addr_of_mut!(value).cast(),
+            core::mem::size_of::<T>() as u32,
+            addr as *const core::ffi::c_void,
+        )
+    };
+    *faults |= ret;
+    value
+}
 
-    let mut frame: u64 = read(field(tstate, off.tstate_frame))?;
-    if off.cframe_current_frame != NO_OFFSET && frame != 0 {
-        frame = read(field(frame, off.cframe_current_frame))?;
-    }
-    if frame == 0 {
-        return Err(Stat::EmptyStack);
-    }
+/// All ones when `a != b`, zero when equal, without a branch.
+#[inline(always)]
+fn ne_mask(a: u64, b: u64) -> u64 {
+    let diff = a ^ b;
+    0u64.wrapping_sub((diff | diff.wrapping_neg()) >> 63)
+}
 
-    let stack = SCRATCH.get_ptr_mut(0).ok_or(Stat::StackMapFull)?;
-    // SAFETY: the per-CPU scratch entry is ours for the duration of this program run.
-    let stack = unsafe { &mut *stack };
-    let walk = walk_frames(frame, off, &mut stack.frames);
-    match walk.end {
-        WalkEnd::Complete => {}
-        // Keep what was read: a partial stack is more useful than none, and it is counted.
-        WalkEnd::Fault => count(Stat::ReadFrame),
-        WalkEnd::Truncated => count(Stat::Truncated),
+/// Records up to `MAX_PYTHON_FRAMES` frames, leaf first, hashing them as it goes, into
+/// `s.stack` and `s.hash`. A C-stack shim frame (3.12+) is recorded with `code == 0` so the
+/// slot index stays the loop counter (the verifier needs that); userspace hides it. A read
+/// fault ends the walk at that frame and is counted once.
+#[inline(always)]
+fn walk_frames(s: &mut Scratch, off: &PyOffsets) {
+    // Loop-invariant masks, so the body needs no branch on the layout.
+    let pointer_mask = !ne_mask(off.instr_kind as u64, instr_kind::POINTER as u64);
+    let mut frame = s.frame;
+    let mut hash = 0;
+    let mut len = MAX_PYTHON_FRAMES;
+    let mut faults: i64 = 0;
+    for i in 0..MAX_PYTHON_FRAMES {
+        if frame == 0 {
+            len = i;
+            break;
+        }
+        let owner: u8 = read_or_zero(field(frame, off.frame_owner), &mut faults);
+        // Zero for a shim frame: its slot records code 0 and no tag.
+        let keep = ne_mask(owner as u64, off.owner_cstack as u64);
+        let code = read_or_zero::<u64>(field(frame, off.frame_code), &mut faults) & keep;
+        let raw_instr: u64 = read_or_zero(field(frame, off.frame_instr), &mut faults);
+        // A shim's code field may not point at a code object (3.13): read the frame itself
+        // instead, which is readable, and drop what was read.
+        let readable = code | (frame & !keep);
+        let name: u64 = read_or_zero(field(readable, off.code_name), &mut faults);
+        let filename: u64 = read_or_zero(field(readable, off.code_filename), &mut faults);
+        let firstlineno: i32 = read_or_zero(field(readable, off.code_firstlineno), &mut faults);
+        let slot = PyFrame {
+            code,
+            // A pointer becomes an offset from the code object; an int is kept as is.
+            instr: raw_instr.wrapping_sub(code & pointer_mask) as u32,
+            tag: code_tag(name, filename, firstlineno) & keep as u32,
+        };
+        s.stack.frames[i] = slot;
+        hash = mix(
+            mix(mix(hash, slot.code), slot.instr as u64),
+            slot.tag as u64,
+        );
+        let previous: u64 = read_or_zero(field(frame, off.frame_previous), &mut faults);
+        // After a fault the chain cannot be trusted: stop here (the next test ends the loop).
+        frame = previous & !ne_mask(faults as u64, 0);
     }
-    if walk.len == 0 {
+    let mut flags = 0;
+    if len == MAX_PYTHON_FRAMES && frame != 0 {
+        flags = STACK_TRUNCATED;
+        count(Stat::Truncated);
+    }
+    if faults != 0 {
+        count(Stat::ReadFrame);
+    }
+    // SAFETY: plain stores into our scratch entry; volatile so `finish` really reads them back.
+    unsafe {
+        write_volatile(addr_of_mut!(s.stack.len), len as u32);
+        write_volatile(addr_of_mut!(s.stack.flags), flags);
+        write_volatile(addr_of_mut!(s.hash), hash);
+    }
+}
+
+/// Stores the stack (once per content) and counts it. Reads the walk's results back from the
+/// map, so the verifier sees one state here whatever iteration the walk ended in.
+#[inline(always)]
+fn finish(s: &mut Scratch) -> Result<(), Stat> {
+    // SAFETY: reads of our own scratch entry, written by `walk_frames`.
+    let (len, hash) = unsafe {
+        (
+            read_volatile(addr_of!(s.stack.len)),
+            read_volatile(addr_of!(s.hash)),
+        )
+    };
+    if len == 0 {
         return Err(Stat::ReadFrame);
     }
-    stack.len = walk.len as u32;
-    stack.flags = if matches!(walk.end, WalkEnd::Truncated) { STACK_TRUNCATED } else { 0 };
-    let stack_id = mix(walk.hash, walk.len as u64);
-
+    let stack_id = mix(hash, len as u64);
     if STACKS.get_ptr(&stack_id).is_none() {
-        if let Err(e) = STACKS.insert(&stack_id, &*stack, BPF_NOEXIST as u64) {
+        if let Err(e) = STACKS.insert(&stack_id, &s.stack, BPF_NOEXIST as u64) {
             if e != -EEXIST {
                 return Err(Stat::StackMapFull);
             }
         }
     }
 
-    let key = SampleKey { pid, tid, stack_id };
+    let key = SampleKey {
+        pid: s.pid,
+        tid: s.tid,
+        stack_id,
+    };
     let counts = match ACTIVE_COUNTS.get(0) {
         Some(1) => &COUNTS_1,
         _ => &COUNTS_0,
@@ -112,88 +257,4 @@ fn record(target: &TargetInfo, pid: u32, tid: u32) -> Result<(), Stat> {
         }
         Err(_) => Err(Stat::CountMapFull),
     }
-}
-
-/// Walks `PyInterpreterState.threads` for the thread state whose `native_thread_id` is `tid`.
-fn find_thread_state(runtime: u64, off: &PyOffsets, tid: u32) -> Result<u64, Stat> {
-    let interp: u64 = read(field(runtime, off.runtime_interpreters_head))
-        .map_err(|_| Stat::ReadThreadState)?;
-    if interp == 0 {
-        return Err(Stat::NoThreadState);
-    }
-    let mut tstate: u64 =
-        read(field(interp, off.interp_threads_head)).map_err(|_| Stat::ReadThreadState)?;
-    for _ in 0..MAX_THREADS {
-        if tstate == 0 {
-            break;
-        }
-        let native: u64 = read(field(tstate, off.tstate_native_thread_id))
-            .map_err(|_| Stat::ReadThreadState)?;
-        if native == tid as u64 {
-            return Ok(tstate);
-        }
-        tstate = read(field(tstate, off.tstate_next)).map_err(|_| Stat::ReadThreadState)?;
-    }
-    Err(Stat::NoThreadState)
-}
-
-enum WalkEnd {
-    /// The chain ended.
-    Complete,
-    /// A read fault cut the walk short.
-    Fault,
-    /// The chain went on past `MAX_PYTHON_FRAMES`.
-    Truncated,
-}
-
-struct Walk {
-    len: usize,
-    hash: u64,
-    end: WalkEnd,
-}
-
-/// Records up to `MAX_PYTHON_FRAMES` frames, leaf first, hashing them as it goes. A C-stack shim
-/// frame (3.12+) is recorded with `code == 0` so the slot index stays the loop counter (the
-/// verifier needs that); userspace hides it.
-#[inline(always)]
-fn walk_frames(mut frame: u64, off: &PyOffsets, frames: &mut [PyFrame; MAX_PYTHON_FRAMES]) -> Walk {
-    let mut hash = 0;
-    for i in 0..MAX_PYTHON_FRAMES {
-        if frame == 0 {
-            return Walk { len: i, hash, end: WalkEnd::Complete };
-        }
-        let Ok(slot) = read_frame(frame, off) else {
-            return Walk { len: i, hash, end: WalkEnd::Fault };
-        };
-        frames[i] = slot;
-        hash = mix(mix(mix(hash, slot.code), slot.instr as u64), slot.tag as u64);
-        frame = match read(field(frame, off.frame_previous)) {
-            Ok(prev) => prev,
-            Err(_) => return Walk { len: i + 1, hash, end: WalkEnd::Fault },
-        };
-    }
-    let end = if frame == 0 { WalkEnd::Complete } else { WalkEnd::Truncated };
-    Walk { len: MAX_PYTHON_FRAMES, hash, end }
-}
-
-#[inline(always)]
-fn read_frame(frame: u64, off: &PyOffsets) -> Result<PyFrame, Stat> {
-    if off.frame_owner != NO_OFFSET {
-        let owner: u8 = read(field(frame, off.frame_owner))?;
-        if owner == off.owner_cstack {
-            return Ok(PyFrame::default());
-        }
-    }
-    let code: u64 = read(field(frame, off.frame_code))?;
-    let instr = if off.instr_kind == instr_kind::POINTER {
-        let ptr: u64 = read(field(frame, off.frame_instr))?;
-        ptr.wrapping_sub(code) as u32
-    } else {
-        read::<i32>(field(frame, off.frame_instr))? as u32
-    };
-    let name: u64 = read(field(code, off.code_name))?;
-    let filename: u64 = read(field(code, off.code_filename))?;
-    let firstlineno: i32 = read(field(code, off.code_firstlineno))?;
-    let tag = mix(mix(mix(0, name), filename), firstlineno as u64);
-    Ok(PyFrame { code, instr, tag: (tag >> 32) as u32 })
 }

@@ -1,1 +1,63 @@
-fn main() {}
+//! The `prof-bpf` binary: parses arguments, runs the command, maps errors to exit codes.
+
+use std::{
+    io,
+    process::ExitCode,
+    sync::{Arc, atomic::AtomicBool},
+};
+
+use clap::Parser as _;
+use profiler_userspace::{
+    cli::{Cli, Command},
+    record,
+};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Record(args) => {
+            let cfg = match args.into_config() {
+                Ok(cfg) => cfg,
+                Err(e) => return fail(&e, false),
+            };
+            // Ctrl-C and SIGTERM stop the recording; the profile is still written.
+            let stop = Arc::new(AtomicBool::new(false));
+            for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+                if let Err(e) = signal_hook::flag::register(signal, Arc::clone(&stop)) {
+                    return fail(&e, false);
+                }
+            }
+            match record::run(&cfg, &stop) {
+                Ok(summary) => {
+                    let _ = summary.print(&mut io::stderr());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    let permission = e.is_permission();
+                    fail(&e, permission)
+                }
+            }
+        }
+    }
+}
+
+/// Prints `prof-bpf: error: <error chain>` and a hint where one helps.
+fn fail(e: &dyn std::error::Error, permission: bool) -> ExitCode {
+    let mut msg = format!("prof-bpf: error: {e}");
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !msg.contains(&text) {
+            msg.push_str(": ");
+            msg.push_str(&text);
+        }
+        source = s.source();
+    }
+    eprintln!("{msg}");
+    if permission {
+        eprintln!(
+            "prof-bpf: hint: run as root (sudo), or grant CAP_BPF, CAP_PERFMON and CAP_SYS_PTRACE"
+        );
+    }
+    ExitCode::FAILURE
+}

@@ -30,12 +30,27 @@ pub fn build_ebpf(workspace_root: &Path) -> Result<PathBuf> {
     ]
     .join("\x1f");
     let mut cmd = Command::new("rustup");
-    cmd.args(["run", TOOLCHAIN, "cargo", "build", "--release", "-Z", "build-std=core"])
-        .args(["--package", EBPF_PACKAGE, "--bin", EBPF_PACKAGE, "--target", TARGET])
-        .arg("--target-dir")
-        .arg(&target_dir)
-        .current_dir(workspace_root)
-        .env("CARGO_ENCODED_RUSTFLAGS", rustflags);
+    cmd.args([
+        "run",
+        TOOLCHAIN,
+        "cargo",
+        "build",
+        "--release",
+        "-Z",
+        "build-std=core",
+    ])
+    .args([
+        "--package",
+        EBPF_PACKAGE,
+        "--bin",
+        EBPF_PACKAGE,
+        "--target",
+        TARGET,
+    ])
+    .arg("--target-dir")
+    .arg(&target_dir)
+    .current_dir(workspace_root)
+    .env("CARGO_ENCODED_RUSTFLAGS", rustflags);
     // A build script inherits the outer build's compiler settings; none of them fit BPF.
     for var in [
         "RUSTC",
@@ -50,13 +65,18 @@ pub fn build_ebpf(workspace_root: &Path) -> Result<PathBuf> {
     ] {
         cmd.env_remove(var);
     }
-    let status = cmd.status().context("running `rustup run nightly cargo build` for the BPF object")?;
+    let status = cmd
+        .status()
+        .context("running `rustup run nightly cargo build` for the BPF object")?;
     if !status.success() {
         bail!("building the BPF object failed ({status}); see the compiler output above");
     }
     let object = target_dir.join(TARGET).join("release").join(EBPF_PACKAGE);
     if !object.is_file() {
-        bail!("the BPF build succeeded but left no object at {}", object.display());
+        bail!(
+            "the BPF build succeeded but left no object at {}",
+            object.display()
+        );
     }
     Ok(object)
 }
@@ -70,13 +90,25 @@ fn check_toolchain() -> Result<()> {
     let has_src = Command::new("rustup")
         .args(["component", "list", "--toolchain", TOOLCHAIN, "--installed"])
         .output()
-        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).lines().any(|l| l.starts_with("rust-src")));
+        .is_ok_and(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .any(|l| l.starts_with("rust-src"))
+        });
     match (has_linker, has_src) {
         (true, true) => Ok(()),
         _ => bail!(
             "the BPF toolchain is incomplete ({}{}): run scripts/setup, which installs it",
-            if has_src { "" } else { "no rust-src for nightly; " },
-            if has_linker { "" } else { "no bpf-linker on PATH" },
+            if has_src {
+                ""
+            } else {
+                "no rust-src for nightly; "
+            },
+            if has_linker {
+                ""
+            } else {
+                "no bpf-linker on PATH"
+            },
         ),
     }
 }

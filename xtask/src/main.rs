@@ -35,5 +35,8 @@ fn run() -> Result<()> {
 
 fn workspace_root() -> Result<PathBuf> {
     let manifest = env::var("CARGO_MANIFEST_DIR").context("run me through `cargo xtask`")?;
-    Ok(PathBuf::from(manifest).parent().context("xtask has a parent folder")?.to_path_buf())
+    Ok(PathBuf::from(manifest)
+        .parent()
+        .context("xtask has a parent folder")?
+        .to_path_buf())
 }

@@ -1,0 +1,240 @@
+//! The kernel side's userspace half: loads the BPF object, attaches it to the CPU-clock event on
+//! every online CPU, registers targets and drains the maps. The only module that makes BPF
+//! syscalls.
+
+use std::{thread, time::Duration};
+
+use aya::{
+    Ebpf, EbpfError, include_bytes_aligned,
+    maps::{Array, HashMap, MapData, MapError, PerCpuArray, PerCpuHashMap, ProgramArray},
+    programs::{
+        ProgramError,
+        perf_event::{PerfEvent, PerfEventConfig, PerfEventScope, SamplePolicy, SoftwareEvent},
+    },
+    util::online_cpus,
+};
+use profiler_common::{PyStack, SampleKey, Stat, TargetInfo, maps};
+
+use crate::profile::collect::Collector;
+
+static OBJECT: &[u8] = include_bytes_aligned!(concat!(env!("OUT_DIR"), "/profiler-ebpf"));
+
+/// How long a program run that read the old `ACTIVE_COUNTS` value may still be counting into
+/// the map being drained. Runs take microseconds; this is generous.
+const FLIP_GRACE: Duration = Duration::from_millis(2);
+
+#[derive(Debug, thiserror::Error)]
+pub enum BpfError {
+    #[error("loading the BPF object: {0}")]
+    Load(#[source] EbpfError),
+    #[error("the kernel rejected the BPF program: {error}\nverifier log:\n{log}")]
+    Verifier { error: std::io::Error, log: String },
+    #[error("BPF program: {0}")]
+    Program(#[from] ProgramError),
+    #[error("BPF map {name}: {source}")]
+    Map {
+        name: &'static str,
+        source: MapError,
+    },
+    #[error("the BPF object has no {0} (it was built from other sources)")]
+    Missing(&'static str),
+    #[error("listing online CPUs: {0}")]
+    Cpus(std::io::Error),
+    #[error("opening the CPU-clock perf event on CPU {cpu}: {source}")]
+    Attach { cpu: u32, source: ProgramError },
+}
+
+impl BpfError {
+    /// Whether more privileges would fix it.
+    pub fn is_permission(&self) -> bool {
+        let text = format!("{self:?}");
+        text.contains("PermissionDenied")
+            || text.contains("EPERM")
+            || text.contains("Operation not permitted")
+    }
+}
+
+fn map_err(name: &'static str) -> impl FnOnce(MapError) -> BpfError {
+    move |source| BpfError::Map { name, source }
+}
+
+/// The loaded, attached kernel program.
+pub struct Sampler {
+    ebpf: Ebpf,
+    /// Holds the tail-call table (and so the walker) for as long as sampling runs.
+    _programs: ProgramArray<MapData>,
+    active: u32,
+}
+
+impl Sampler {
+    /// Loads the program and starts sampling every CPU at `rate_hz`. Nothing is recorded until
+    /// a target is added.
+    pub fn start(rate_hz: u64) -> Result<Self, BpfError> {
+        let mut ebpf = Ebpf::load(OBJECT).map_err(BpfError::Load)?;
+
+        // The walker first: the sampler tail-calls it from its first sample on.
+        let walker = load_program(&mut ebpf, profiler_common::WALK_PROGRAM_NAME)?;
+        let walker_fd = walker
+            .fd()?
+            .try_clone()
+            .map_err(|e| BpfError::Program(ProgramError::IOError(e)))?;
+        let mut programs: ProgramArray<MapData> = ProgramArray::try_from(
+            ebpf.take_map(maps::PROGRAMS)
+                .ok_or(missing(maps::PROGRAMS))?,
+        )
+        .map_err(map_err(maps::PROGRAMS))?;
+        programs
+            .set(profiler_common::WALK_PROGRAM_SLOT, &walker_fd, 0)
+            .map_err(map_err(maps::PROGRAMS))?;
+
+        let sampler = load_program(&mut ebpf, profiler_common::PROGRAM_NAME)?;
+        let cpus = online_cpus().map_err(|(_, e)| BpfError::Cpus(e))?;
+        for cpu in cpus {
+            sampler
+                .attach(
+                    PerfEventConfig::Software(SoftwareEvent::CpuClock),
+                    PerfEventScope::AllProcessesOneCpu { cpu },
+                    SamplePolicy::Frequency(rate_hz),
+                    false,
+                )
+                .map_err(|source| BpfError::Attach { cpu, source })?;
+        }
+        Ok(Self {
+            ebpf,
+            _programs: programs,
+            active: 0,
+        })
+    }
+
+    pub fn add_target(&mut self, pid: u32, info: TargetInfo) -> Result<(), BpfError> {
+        let mut targets: HashMap<&mut MapData, u32, TargetInfo> = HashMap::try_from(
+            self.ebpf
+                .map_mut(maps::TARGETS)
+                .ok_or(missing(maps::TARGETS))?,
+        )
+        .map_err(map_err(maps::TARGETS))?;
+        targets.insert(pid, info, 0).map_err(map_err(maps::TARGETS))
+    }
+
+    pub fn remove_target(&mut self, pid: u32) -> Result<(), BpfError> {
+        let mut targets: HashMap<&mut MapData, u32, TargetInfo> = HashMap::try_from(
+            self.ebpf
+                .map_mut(maps::TARGETS)
+                .ok_or(missing(maps::TARGETS))?,
+        )
+        .map_err(map_err(maps::TARGETS))?;
+        match targets.remove(&pid) {
+            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+            Err(e) => Err(map_err(maps::TARGETS)(e)),
+        }
+    }
+
+    /// Moves everything the kernel recorded since the last drain into `collector`: flips the
+    /// count maps so the kernel counts into the other one, drains the idle one, then copies and
+    /// deletes the stacks. No sample is lost between two drains.
+    pub fn drain(&mut self, collector: &mut Collector) -> Result<(), BpfError> {
+        let idle = self.active;
+        self.active ^= 1;
+        {
+            let mut active: Array<&mut MapData, u32> = Array::try_from(
+                self.ebpf
+                    .map_mut(maps::ACTIVE_COUNTS)
+                    .ok_or(missing(maps::ACTIVE_COUNTS))?,
+            )
+            .map_err(map_err(maps::ACTIVE_COUNTS))?;
+            active
+                .set(0, self.active, 0)
+                .map_err(map_err(maps::ACTIVE_COUNTS))?;
+        }
+        thread::sleep(FLIP_GRACE);
+
+        let name = if idle == 0 {
+            maps::COUNTS_0
+        } else {
+            maps::COUNTS_1
+        };
+        let mut counts: PerCpuHashMap<&mut MapData, SampleKey, u64> =
+            PerCpuHashMap::try_from(self.ebpf.map_mut(name).ok_or(missing(name))?)
+                .map_err(map_err(name))?;
+        let keys: Vec<SampleKey> = counts.keys().filter_map(Result::ok).collect();
+        for key in keys {
+            if let Ok(per_cpu) = counts.get(&key, 0) {
+                collector.add_count(key, per_cpu.iter().sum());
+            }
+            let _ = counts.remove(&key);
+        }
+
+        let mut stacks: HashMap<&mut MapData, u64, PyStack> = HashMap::try_from(
+            self.ebpf
+                .map_mut(maps::STACKS)
+                .ok_or(missing(maps::STACKS))?,
+        )
+        .map_err(map_err(maps::STACKS))?;
+        let ids: Vec<u64> = stacks.keys().filter_map(Result::ok).collect();
+        for id in ids {
+            if let Ok(stack) = stacks.get(&id, 0) {
+                collector.add_stack(id, &stack);
+            }
+            let _ = stacks.remove(&id);
+        }
+        collector.resolve_new();
+        Ok(())
+    }
+
+    /// The kernel's counters, summed over CPUs, indexed by `Stat`.
+    pub fn stats(&self) -> Result<Stats, BpfError> {
+        let stats: PerCpuArray<&MapData, u64> =
+            PerCpuArray::try_from(self.ebpf.map(maps::STATS).ok_or(missing(maps::STATS))?)
+                .map_err(map_err(maps::STATS))?;
+        let mut out = Stats::default();
+        for stat in Stat::ALL {
+            out.0[stat as usize] = stats
+                .get(&(stat as u32), 0)
+                .map(|v| v.iter().sum())
+                .unwrap_or(0);
+        }
+        Ok(out)
+    }
+}
+
+/// Loads one program, turning a verifier rejection into an error that carries its log.
+fn load_program<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut PerfEvent, BpfError> {
+    let program: &mut PerfEvent = ebpf
+        .program_mut(name)
+        .ok_or(BpfError::Missing(name))?
+        .try_into()?;
+    program.load().map_err(|e| match e {
+        ProgramError::LoadError {
+            io_error,
+            verifier_log,
+        } => BpfError::Verifier {
+            error: io_error,
+            log: verifier_log.to_string(),
+        },
+        other => BpfError::Program(other),
+    })?;
+    Ok(program)
+}
+
+fn missing(name: &'static str) -> BpfError {
+    BpfError::Missing(name)
+}
+
+/// Kernel counters by `Stat`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Stats(pub [u64; Stat::COUNT as usize]);
+
+impl Stats {
+    pub fn get(&self, stat: Stat) -> u64 {
+        self.0[stat as usize]
+    }
+
+    /// Samples lost to an error (not counting ones kept with a caveat).
+    pub fn lost(&self) -> u64 {
+        Stat::ALL
+            .iter()
+            .filter(|s| s.is_loss())
+            .map(|&s| self.get(s))
+            .sum()
+    }
+}

@@ -1,0 +1,83 @@
+//! Parsing /proc/PID/maps.
+
+use std::{fs, io, path::PathBuf};
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Mapping {
+    pub start: u64,
+    pub end: u64,
+    pub offset: u64,
+    pub perms: String,
+    /// The backing file, if the mapping has one.
+    pub path: Option<PathBuf>,
+}
+
+pub fn read_maps(pid: u32) -> io::Result<Vec<Mapping>> {
+    Ok(parse_maps(&fs::read_to_string(format!(
+        "/proc/{pid}/maps"
+    ))?))
+}
+
+pub fn parse_maps(text: &str) -> Vec<Mapping> {
+    text.lines().filter_map(parse_line).collect()
+}
+
+fn parse_line(line: &str) -> Option<Mapping> {
+    let mut parts = line.splitn(6, char::is_whitespace);
+    let range = parts.next()?;
+    let perms = parts.next()?.to_string();
+    let offset = u64::from_str_radix(parts.next()?, 16).ok()?;
+    let _dev = parts.next()?;
+    let _inode = parts.next()?;
+    let path = parts
+        .next()
+        .map(str::trim)
+        .filter(|p| p.starts_with('/'))
+        .map(PathBuf::from);
+    let (start, end) = range.split_once('-')?;
+    Some(Mapping {
+        start: u64::from_str_radix(start, 16).ok()?,
+        end: u64::from_str_radix(end, 16).ok()?,
+        offset,
+        perms,
+        path,
+    })
+}
+
+/// The difference between the addresses the ELF file was linked at and where it is mapped.
+pub fn load_bias(
+    maps: &[Mapping],
+    binary: &PathBuf,
+    first_load_vaddr: u64,
+    relocatable: bool,
+) -> Option<u64> {
+    if !relocatable {
+        return Some(0);
+    }
+    let first = maps
+        .iter()
+        .filter(|m| m.path.as_ref() == Some(binary))
+        .min_by_key(|m| m.offset)?;
+    Some((first.start - first.offset).wrapping_sub(first_load_vaddr & !0xfff))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_file_and_anonymous_mappings() {
+        let maps = parse_maps(
+            "7f00a000-7f00b000 r--p 00000000 fe:01 123 /usr/lib/libpython3.12.so.1.0\n\
+             7f00b000-7f00c000 r-xp 00001000 fe:01 123 /usr/lib/libpython3.12.so.1.0\n\
+             7ffd0000-7ffd1000 rw-p 00000000 00:00 0 [stack]\n\
+             7ffe0000-7ffe1000 rw-p 00000000 00:00 0\n",
+        );
+        assert_eq!(maps.len(), 4);
+        assert_eq!(maps[1].offset, 0x1000);
+        assert_eq!(maps[2].path, None);
+        let lib = PathBuf::from("/usr/lib/libpython3.12.so.1.0");
+        assert_eq!(load_bias(&maps, &lib, 0, true), Some(0x7f00a000));
+        assert_eq!(load_bias(&maps, &lib, 0x400000, false), Some(0));
+    }
+}

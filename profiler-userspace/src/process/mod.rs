@@ -1,0 +1,253 @@
+//! Finding a Python interpreter in a process: its memory maps, the ELF file that holds
+//! `_PyRuntime` (libpython or the executable itself), the CPython version and the runtime's
+//! address. Reads /proc and ELF files only; never touches BPF.
+
+mod elf;
+mod maps;
+mod memory;
+
+use std::{fs, io, path::PathBuf};
+
+pub use maps::{Mapping, read_maps};
+pub use memory::{LocalMemory, ProcMem, ProcessMemory};
+
+use crate::python::Version;
+
+/// What was looked for, for the not-Python error.
+const LOOKED_FOR: &str = "a mapped libpythonX.Y.so, or an executable that exports _PyRuntime";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProcessError {
+    #[error("no process with pid {pid}")]
+    NoSuchProcess { pid: u32 },
+    #[error("process {pid} exited")]
+    Exited { pid: u32 },
+    #[error("permission denied reading /proc/{pid}/{what}")]
+    PermissionDenied { pid: u32, what: &'static str },
+    #[error("pid {pid} ({exe}) is not a Python process: looked for {LOOKED_FOR}")]
+    NotPython { pid: u32, exe: String },
+    #[error("reading {path}: {source}")]
+    Elf {
+        path: PathBuf,
+        source: object::Error,
+    },
+    #[error("reading /proc/{pid}/{what}: {source}")]
+    Io {
+        pid: u32,
+        what: &'static str,
+        source: io::Error,
+    },
+}
+
+impl ProcessError {
+    fn from_proc(pid: u32, what: &'static str, e: io::Error) -> Self {
+        match e.kind() {
+            io::ErrorKind::NotFound => ProcessError::NoSuchProcess { pid },
+            io::ErrorKind::PermissionDenied => ProcessError::PermissionDenied { pid, what },
+            _ if e.raw_os_error() == Some(libc::ESRCH) => ProcessError::Exited { pid },
+            _ => ProcessError::Io {
+                pid,
+                what,
+                source: e,
+            },
+        }
+    }
+}
+
+/// A process with a CPython interpreter in it.
+#[derive(Clone, Debug)]
+pub struct PythonProcess {
+    pub pid: u32,
+    /// The process's name (`comm`), for labels.
+    pub name: String,
+    /// The ELF file that holds the interpreter.
+    pub binary: PathBuf,
+    /// The version as found (it may be one prof-bpf does not support).
+    pub version: Version,
+    /// Address of `_PyRuntime` in the process.
+    pub runtime_addr: u64,
+    /// Start time in clock ticks since boot, to tell this process from a later one with its pid.
+    pub start_time: u64,
+}
+
+/// Looks for a CPython interpreter in `pid`. `Ok(None)` means the process has none (yet: a
+/// launched command may still be loading it).
+pub fn find_python(pid: u32) -> Result<Option<PythonProcess>, ProcessError> {
+    let maps = read_maps(pid).map_err(|e| ProcessError::from_proc(pid, "maps", e))?;
+    let start_time = start_time(pid)?;
+    let name = fs::read_to_string(format!("/proc/{pid}/comm"))
+        .map_err(|e| ProcessError::from_proc(pid, "comm", e))?
+        .trim_end()
+        .to_string();
+
+    // libpython first: with a shared interpreter the executable only has a stub.
+    let lib = maps.iter().find(|m| {
+        m.path
+            .as_deref()
+            .is_some_and(|p| libpython_version(p).is_some())
+    });
+    let exe = fs::read_link(format!("/proc/{pid}/exe"))
+        .map_err(|e| ProcessError::from_proc(pid, "exe", e))?;
+    let exe = strip_deleted(exe);
+    let candidates = lib
+        .and_then(|m| m.path.clone())
+        .into_iter()
+        .chain([exe.clone()]);
+
+    for binary in candidates {
+        let Some(mapped) = maps.iter().find(|m| m.path.as_ref() == Some(&binary)) else {
+            continue;
+        };
+        let path_in_ns = PathBuf::from(format!("/proc/{pid}/root"))
+            .join(binary.strip_prefix("/").unwrap_or(&binary));
+        let data = match fs::read(&path_in_ns) {
+            Ok(data) => data,
+            Err(e) => return Err(ProcessError::from_proc(pid, "root", e)),
+        };
+        let info = elf::inspect(&data).map_err(|source| ProcessError::Elf {
+            path: binary.clone(),
+            source,
+        })?;
+        let version = libpython_version(&binary)
+            .or(info.py_version)
+            .or_else(|| executable_version(&binary));
+        let Some(version) = version else { continue };
+        let Some(runtime_vaddr) = info.runtime else {
+            if version < Version::new(3, 7) {
+                // Pythons before 3.7 have no _PyRuntime. Report the version so the caller can
+                // say it is unsupported.
+                return Ok(Some(PythonProcess {
+                    pid,
+                    name,
+                    binary,
+                    version,
+                    runtime_addr: 0,
+                    start_time,
+                }));
+            }
+            // An executable that loads libpython (not mapped yet, if we are early).
+            continue;
+        };
+        let bias = maps::load_bias(&maps, &binary, info.first_load_vaddr, info.is_pie_or_shared)
+            .unwrap_or(mapped.start - mapped.offset);
+        return Ok(Some(PythonProcess {
+            pid,
+            name,
+            binary,
+            version,
+            runtime_addr: bias.wrapping_add(runtime_vaddr),
+            start_time,
+        }));
+    }
+    Ok(None)
+}
+
+/// `find_python` for polling a starting process: reads no ELF file until a libpython is mapped
+/// or the executable is named like a Python.
+pub fn find_python_cheaply(pid: u32) -> Result<Option<PythonProcess>, ProcessError> {
+    let maps = read_maps(pid).map_err(|e| ProcessError::from_proc(pid, "maps", e))?;
+    let has_lib = maps.iter().any(|m| {
+        m.path
+            .as_deref()
+            .is_some_and(|p| libpython_version(p).is_some())
+    });
+    let exe = fs::read_link(format!("/proc/{pid}/exe"))
+        .map_err(|e| ProcessError::from_proc(pid, "exe", e))?;
+    let named_python = exe
+        .file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| n.contains("python"));
+    if has_lib || named_python {
+        find_python(pid)
+    } else {
+        Ok(None)
+    }
+}
+
+/// Like `find_python`, but a process without an interpreter is an error.
+pub fn inspect(pid: u32) -> Result<PythonProcess, ProcessError> {
+    match find_python(pid)? {
+        Some(p) => Ok(p),
+        None => {
+            let exe = fs::read_link(format!("/proc/{pid}/exe"))
+                .map(|p| p.display().to_string())
+                .unwrap_or_else(|_| "unknown executable".into());
+            Err(ProcessError::NotPython { pid, exe })
+        }
+    }
+}
+
+/// The process's start time (field 22 of /proc/PID/stat).
+pub fn start_time(pid: u32) -> Result<u64, ProcessError> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map_err(|e| ProcessError::from_proc(pid, "stat", e))?;
+    // The name (field 2) may hold spaces and parentheses: parse after the last ')'.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    Ok(rest
+        .split_whitespace()
+        .nth(19)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0))
+}
+
+/// Whether `p` is still the same running process (not exited, pid not reused, not a zombie).
+pub fn is_alive(p: &PythonProcess) -> bool {
+    let Ok(stat) = fs::read_to_string(format!("/proc/{}/stat", p.pid)) else {
+        return false;
+    };
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let mut fields = rest.split_whitespace();
+    let state = fields.next().unwrap_or("X");
+    let start: u64 = fields.nth(18).and_then(|s| s.parse().ok()).unwrap_or(0);
+    start == p.start_time && state != "Z" && state != "X"
+}
+
+fn strip_deleted(p: PathBuf) -> PathBuf {
+    match p.to_str().and_then(|s| s.strip_suffix(" (deleted)")) {
+        Some(s) => PathBuf::from(s),
+        None => p,
+    }
+}
+
+/// `libpython3.12.so.1.0` -> 3.12, `libpython2.7.so` -> 2.7.
+pub fn libpython_version(path: &std::path::Path) -> Option<Version> {
+    let name = path.file_name()?.to_str()?;
+    let rest = name.strip_prefix("libpython")?;
+    let (ver, _) = rest.split_once(".so")?;
+    Version::parse(ver.trim_end_matches(['d', 'm', 'u']))
+}
+
+/// `/usr/bin/python3.11` -> 3.11.
+fn executable_version(path: &std::path::Path) -> Option<Version> {
+    let name = path.file_name()?.to_str()?;
+    Version::parse(name.strip_prefix("python")?)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    #[test]
+    fn versions_from_file_names() {
+        assert_eq!(
+            libpython_version(Path::new("/x/libpython3.12.so.1.0")),
+            Some(Version::new(3, 12))
+        );
+        assert_eq!(
+            libpython_version(Path::new("libpython2.7.so")),
+            Some(Version::new(2, 7))
+        );
+        assert_eq!(
+            libpython_version(Path::new("libpython3.7m.so.1.0")),
+            Some(Version::new(3, 7))
+        );
+        assert_eq!(libpython_version(Path::new("libc.so.6")), None);
+        assert_eq!(
+            executable_version(Path::new("/usr/bin/python3.11")),
+            Some(Version::new(3, 11))
+        );
+        assert_eq!(executable_version(Path::new("/usr/bin/python3")), None);
+    }
+}

@@ -1,0 +1,184 @@
+//! The profile model: interned frames and counted stacks (root first), plus what a writer and
+//! the summary need to know about the recording. `collect` builds it from what the kernel
+//! recorded.
+
+pub mod collect;
+
+use std::{collections::HashMap, time::Duration};
+
+/// One frame as shown to the user.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Frame {
+    /// Function (qualified where the version has it), or a bracketed marker like `[unknown]`.
+    pub name: String,
+    /// Source file; empty for markers.
+    pub file: String,
+    /// Line, 0 when not known or not wanted.
+    pub line: u32,
+}
+
+impl Frame {
+    pub fn marker(name: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            file: String::new(),
+            line: 0,
+        }
+    }
+
+    /// `function (file:line)`, as py-spy writes it.
+    pub fn label(&self) -> String {
+        match (self.file.is_empty(), self.line) {
+            (true, _) => self.name.clone(),
+            (false, 0) => format!("{} ({})", self.name, self.file),
+            (false, line) => format!("{} ({}:{line})", self.name, self.file),
+        }
+    }
+}
+
+/// A stack seen `count` times on one thread.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Sample {
+    pub pid: u32,
+    pub tid: u32,
+    /// Indices into `Profile::frames`, root first.
+    pub frames: Vec<u32>,
+    pub count: u64,
+}
+
+/// A process that was profiled.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProcessInfo {
+    pub pid: u32,
+    pub name: String,
+    pub version: String,
+}
+
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Profile {
+    pub frames: Vec<Frame>,
+    pub samples: Vec<Sample>,
+    pub processes: Vec<ProcessInfo>,
+    /// Samples per second asked of the kernel.
+    pub rate_hz: u64,
+    pub duration: Duration,
+    /// Samples with at least one frame that could not be named (counted once per such frame).
+    pub unknown_frames: u64,
+}
+
+impl Profile {
+    pub fn total_samples(&self) -> u64 {
+        self.samples.iter().map(|s| s.count).sum()
+    }
+
+    /// `frame;frame;frame` labels root first, with counts, merged and sorted: the collapsed
+    /// ("folded") form every flamegraph tool reads.
+    pub fn folded(&self) -> Vec<(String, u64)> {
+        let labels: Vec<String> = self
+            .frames
+            .iter()
+            .map(|f| f.label().replace(';', ":"))
+            .collect();
+        let mut merged: HashMap<String, u64> = HashMap::new();
+        for s in &self.samples {
+            let line = s
+                .frames
+                .iter()
+                .map(|&f| labels[f as usize].as_str())
+                .collect::<Vec<_>>()
+                .join(";");
+            *merged.entry(line).or_default() += s.count;
+        }
+        let mut lines: Vec<_> = merged.into_iter().collect();
+        lines.sort();
+        lines
+    }
+}
+
+/// Interns frames so each is stored once.
+#[derive(Default)]
+pub struct FrameTable {
+    frames: Vec<Frame>,
+    index: HashMap<Frame, u32>,
+}
+
+impl FrameTable {
+    pub fn intern(&mut self, frame: Frame) -> u32 {
+        if let Some(&i) = self.index.get(&frame) {
+            return i;
+        }
+        let i = self.frames.len() as u32;
+        self.index.insert(frame.clone(), i);
+        self.frames.push(frame);
+        i
+    }
+
+    pub fn into_frames(self) -> Vec<Frame> {
+        self.frames
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn folds_and_merges_root_first() {
+        let mut t = FrameTable::default();
+        let m = t.intern(Frame {
+            name: "<module>".into(),
+            file: "a.py".into(),
+            line: 9,
+        });
+        let f = t.intern(Frame {
+            name: "f".into(),
+            file: "a.py".into(),
+            line: 3,
+        });
+        let g = t.intern(Frame {
+            name: "g;x".into(),
+            file: "a.py".into(),
+            line: 0,
+        });
+        assert_eq!(
+            t.intern(Frame {
+                name: "f".into(),
+                file: "a.py".into(),
+                line: 3
+            }),
+            f
+        );
+        let p = Profile {
+            frames: t.into_frames(),
+            samples: vec![
+                Sample {
+                    pid: 1,
+                    tid: 1,
+                    frames: vec![m, f],
+                    count: 2,
+                },
+                Sample {
+                    pid: 1,
+                    tid: 2,
+                    frames: vec![m, f],
+                    count: 3,
+                },
+                Sample {
+                    pid: 1,
+                    tid: 1,
+                    frames: vec![m, g],
+                    count: 1,
+                },
+            ],
+            ..Profile::default()
+        };
+        assert_eq!(p.total_samples(), 6);
+        assert_eq!(
+            p.folded(),
+            vec![
+                ("<module> (a.py:9);f (a.py:3)".to_string(), 5),
+                ("<module> (a.py:9);g:x (a.py)".to_string(), 1),
+            ]
+        );
+    }
+}

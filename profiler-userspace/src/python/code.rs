@@ -1,0 +1,228 @@
+//! Reading code objects and the strings and bytes they point to from the target's memory.
+//! Unbounded work (strings, line tables) happens here, never in the kernel; the caller caches.
+
+use std::io;
+
+use profiler_common::code_tag;
+
+use super::Layout;
+use crate::process::ProcessMemory;
+
+/// Longest string read, in characters: names and paths longer than this are cut.
+const MAX_STRING_CHARS: u64 = 4096;
+/// Largest line table read.
+const MAX_LINETABLE_BYTES: u64 = 1 << 20;
+
+/// What a frame's code object says about itself.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CodeInfo {
+    /// `co_qualname` where the version has it, else `co_name`.
+    pub name: String,
+    pub filename: String,
+    pub firstlineno: u32,
+    pub linetable: Vec<u8>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CodeError {
+    #[error("reading memory: {0}")]
+    Io(#[from] io::Error),
+    /// The address holds another code object than the one the kernel saw.
+    #[error("code object was freed and its address reused")]
+    Stale,
+    #[error("malformed {0}")]
+    Malformed(&'static str),
+}
+
+/// Reads the code object at `addr`; `tag` is what the kernel computed when it sampled it.
+pub fn read_code(
+    mem: &impl ProcessMemory,
+    layout: &Layout,
+    addr: u64,
+    tag: u32,
+) -> Result<CodeInfo, CodeError> {
+    let c = &layout.code;
+    let header = mem.read_vec(addr, c.linetable as usize + 8)?;
+    let ptr = |off: u16| {
+        u64::from_le_bytes(
+            header[off as usize..off as usize + 8]
+                .try_into()
+                .unwrap_or_default(),
+        )
+    };
+    let firstlineno = i32::from_le_bytes(
+        header[c.firstlineno as usize..c.firstlineno as usize + 4]
+            .try_into()
+            .unwrap_or_default(),
+    );
+    if code_tag(ptr(c.name), ptr(c.filename), firstlineno) != tag {
+        return Err(CodeError::Stale);
+    }
+    let name_ptr = c.qualname.map_or(ptr(c.name), ptr);
+    Ok(CodeInfo {
+        name: read_str(mem, layout, name_ptr)?,
+        filename: read_str(mem, layout, ptr(c.filename))?,
+        firstlineno: firstlineno.max(0) as u32,
+        linetable: read_bytes(mem, layout, ptr(c.linetable))?,
+    })
+}
+
+/// Reads a `str` object: compact ASCII, compact latin-1/UCS-2/UCS-4, or a legacy string.
+pub fn read_str(mem: &impl ProcessMemory, layout: &Layout, addr: u64) -> Result<String, CodeError> {
+    let o = &layout.objects;
+    let length = mem.read_u64(addr + o.unicode_length as u64)?;
+    let state = mem.read_u32(addr + o.unicode_state as u64)?;
+    let kind = (state >> 2) & 7;
+    let compact = state & (1 << 5) != 0;
+    let ascii = state & (1 << 6) != 0;
+    let chars = length.min(MAX_STRING_CHARS);
+    let data = match (compact, ascii) {
+        (true, true) => addr + o.unicode_ascii_data as u64,
+        (true, false) => addr + o.unicode_compact_data as u64,
+        (false, _) => mem.read_u64(addr + o.unicode_compact_data as u64)?,
+    };
+    let width = match kind {
+        1 | 2 | 4 => kind as u64,
+        _ => return Err(CodeError::Malformed("string kind")),
+    };
+    let raw = mem.read_vec(data, (chars * width) as usize)?;
+    let decoded = match width {
+        1 => raw.iter().map(|&b| b as char).collect(),
+        2 => char::decode_utf16(
+            raw.chunks_exact(2)
+                .map(|c| u16::from_le_bytes([c[0], c[1]])),
+        )
+        .map(|c| c.unwrap_or(char::REPLACEMENT_CHARACTER))
+        .collect(),
+        _ => raw
+            .chunks_exact(4)
+            .map(|c| {
+                char::from_u32(u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                    .unwrap_or(char::REPLACEMENT_CHARACTER)
+            })
+            .collect(),
+    };
+    Ok(decoded)
+}
+
+/// Reads a `bytes` object's contents.
+pub fn read_bytes(
+    mem: &impl ProcessMemory,
+    layout: &Layout,
+    addr: u64,
+) -> Result<Vec<u8>, CodeError> {
+    let o = &layout.objects;
+    let size = mem.read_u64(addr + o.bytes_size as u64)?;
+    if size > MAX_LINETABLE_BYTES {
+        return Err(CodeError::Malformed("line table size"));
+    }
+    Ok(mem.read_vec(addr + o.bytes_data as u64, size as usize)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        process::LocalMemory,
+        python::{Version, layout_for},
+    };
+
+    const BASE: u64 = 0x1000;
+
+    fn put(mem: &mut [u8], at: u64, bytes: &[u8]) {
+        let at = (at - BASE) as usize;
+        mem[at..at + bytes.len()].copy_from_slice(bytes);
+    }
+
+    /// Writes a compact string object at `at` the way CPython 3.12 lays it out.
+    fn put_str(mem: &mut [u8], layout: &Layout, at: u64, s: &str) {
+        let o = &layout.objects;
+        let chars: Vec<u32> = s.chars().map(|c| c as u32).collect();
+        let max = chars.iter().copied().max().unwrap_or(0);
+        let (kind, ascii) = match max {
+            0..=0x7f => (1, true),
+            0x80..=0xff => (1, false),
+            0x100..=0xffff => (2, false),
+            _ => (4, false),
+        };
+        put(
+            mem,
+            at + o.unicode_length as u64,
+            &(chars.len() as u64).to_le_bytes(),
+        );
+        let state: u32 = kind << 2 | 1 << 5 | (ascii as u32) << 6;
+        put(mem, at + o.unicode_state as u64, &state.to_le_bytes());
+        let data = at
+            + if ascii {
+                o.unicode_ascii_data
+            } else {
+                o.unicode_compact_data
+            } as u64;
+        let bytes: Vec<u8> = match kind {
+            1 => chars.iter().map(|&c| c as u8).collect(),
+            2 => chars
+                .iter()
+                .flat_map(|&c| (c as u16).to_le_bytes())
+                .collect(),
+            _ => chars.iter().flat_map(|&c| c.to_le_bytes()).collect(),
+        };
+        put(mem, data, &bytes);
+    }
+
+    #[test]
+    fn reads_every_compact_string_kind() {
+        let layout = layout_for(Version::new(3, 12)).unwrap();
+        let mut bytes = vec![0; 0x1000];
+        let cases = ["hot_loop", "café", "größe_Ω", "emoji_🐍"];
+        for (i, s) in cases.iter().enumerate() {
+            put_str(&mut bytes, &layout, BASE + 0x100 * i as u64, s);
+        }
+        let mem = LocalMemory { base: BASE, bytes };
+        for (i, s) in cases.iter().enumerate() {
+            assert_eq!(
+                read_str(&mem, &layout, BASE + 0x100 * i as u64).unwrap(),
+                *s
+            );
+        }
+    }
+
+    #[test]
+    fn code_object_with_a_stale_tag_is_refused() {
+        let layout = layout_for(Version::new(3, 11)).unwrap();
+        let c = layout.code;
+        let mut bytes = vec![0; 0x1000];
+        let (code, name, qualname, file, table) =
+            (BASE, BASE + 0x200, BASE + 0x300, BASE + 0x400, BASE + 0x500);
+        put(&mut bytes, code + c.name as u64, &name.to_le_bytes());
+        put(
+            &mut bytes,
+            code + c.qualname.unwrap() as u64,
+            &qualname.to_le_bytes(),
+        );
+        put(&mut bytes, code + c.filename as u64, &file.to_le_bytes());
+        put(&mut bytes, code + c.linetable as u64, &table.to_le_bytes());
+        put(&mut bytes, code + c.firstlineno as u64, &7i32.to_le_bytes());
+        put_str(&mut bytes, &layout, name, "run");
+        put_str(&mut bytes, &layout, qualname, "Worker.run");
+        put_str(&mut bytes, &layout, file, "/tmp/w.py");
+        put(&mut bytes, table + 16, &2u64.to_le_bytes());
+        put(&mut bytes, table + 32, &[0x80, 0]);
+        let mem = LocalMemory { base: BASE, bytes };
+
+        let tag = code_tag(name, file, 7);
+        let info = read_code(&mem, &layout, code, tag).unwrap();
+        assert_eq!(
+            info,
+            CodeInfo {
+                name: "Worker.run".into(),
+                filename: "/tmp/w.py".into(),
+                firstlineno: 7,
+                linetable: vec![0x80, 0]
+            }
+        );
+        assert!(matches!(
+            read_code(&mem, &layout, code, tag ^ 1),
+            Err(CodeError::Stale)
+        ));
+    }
+}

@@ -1,0 +1,54 @@
+//! CPython 3.11. Offsets checked against DWARF of pyenv's 3.11.7 libpython (gdb `ptype /o`).
+
+use profiler_common::{NO_CSTACK_OWNER, PyOffsets, instr_kind};
+
+use super::{CodeLayout, Layout, LineTableFormat, ObjectLayout, Version};
+
+pub const LAYOUT: Layout = Layout {
+    version: Version::new(3, 11),
+    kernel: PyOffsets {
+        // Include/internal/pycore_runtime.h: _PyRuntimeState.interpreters.head
+        runtime_interpreters_head: 40,
+        // Include/internal/pycore_interp.h: PyInterpreterState.threads.head
+        interp_threads_head: 16,
+        // Include/cpython/pystate.h: PyThreadState.next, .native_thread_id, .cframe
+        tstate_next: 8,
+        tstate_native_thread_id: 160,
+        tstate_frame: 56,
+        // Include/cpython/pystate.h: _PyCFrame.current_frame
+        cframe_current_frame: 8,
+        // Include/internal/pycore_frame.h: _PyInterpreterFrame.f_code, .previous, .prev_instr,
+        // .owner
+        frame_code: 32,
+        frame_previous: 48,
+        frame_instr: 56,
+        frame_owner: 69,
+        // Include/cpython/code.h: PyCodeObject
+        code_firstlineno: 72,
+        code_name: 120,
+        code_filename: 112,
+        instr_kind: instr_kind::POINTER,
+        // 3.11 has no C-stack shim frames (its entry frames are flagged `is_entry` instead).
+        owner_cstack: NO_CSTACK_OWNER,
+        _pad: 0,
+    },
+    code: CodeLayout {
+        filename: 112,
+        name: 120,
+        qualname: Some(128),
+        firstlineno: 72,
+        linetable: 136,
+        linetable_format: LineTableFormat::Locations,
+        code_adaptive: 184,
+    },
+    // Include/cpython/unicodeobject.h (3.11 still has wstr: PyASCIIObject is 48 bytes),
+    // Include/cpython/bytesobject.h
+    objects: ObjectLayout {
+        unicode_length: 16,
+        unicode_state: 32,
+        unicode_ascii_data: 48,
+        unicode_compact_data: 72,
+        bytes_size: 16,
+        bytes_data: 32,
+    },
+};

@@ -1,0 +1,53 @@
+//! CPython 3.12. Offsets checked against DWARF of pyenv's 3.12.1 libpython (gdb `ptype /o`).
+
+use profiler_common::{PyOffsets, instr_kind};
+
+use super::{CodeLayout, Layout, LineTableFormat, ObjectLayout, Version};
+
+pub const LAYOUT: Layout = Layout {
+    version: Version::new(3, 12),
+    kernel: PyOffsets {
+        // Include/internal/pycore_runtime.h: _PyRuntimeState.interpreters.head
+        runtime_interpreters_head: 40,
+        // Include/internal/pycore_interp.h: PyInterpreterState.threads.head
+        interp_threads_head: 72,
+        // Include/cpython/pystate.h: PyThreadState.next, .native_thread_id, .cframe
+        tstate_next: 8,
+        tstate_native_thread_id: 144,
+        tstate_frame: 56,
+        // Include/cpython/pystate.h: _PyCFrame.current_frame (now the first field)
+        cframe_current_frame: 0,
+        // Include/internal/pycore_frame.h: _PyInterpreterFrame.f_code, .previous, .prev_instr,
+        // .owner
+        frame_code: 0,
+        frame_previous: 8,
+        frame_instr: 56,
+        frame_owner: 70,
+        // Include/cpython/code.h: PyCodeObject
+        code_firstlineno: 68,
+        code_name: 120,
+        code_filename: 112,
+        instr_kind: instr_kind::POINTER,
+        // Include/internal/pycore_frame.h: FRAME_OWNED_BY_CSTACK (interpreter entry shims)
+        owner_cstack: 3,
+        _pad: 0,
+    },
+    code: CodeLayout {
+        filename: 112,
+        name: 120,
+        qualname: Some(128),
+        firstlineno: 68,
+        linetable: 136,
+        linetable_format: LineTableFormat::Locations,
+        code_adaptive: 192,
+    },
+    // Include/cpython/unicodeobject.h (wstr gone: PyASCIIObject is 40 bytes)
+    objects: ObjectLayout {
+        unicode_length: 16,
+        unicode_state: 32,
+        unicode_ascii_data: 40,
+        unicode_compact_data: 56,
+        bytes_size: 16,
+        bytes_data: 32,
+    },
+};

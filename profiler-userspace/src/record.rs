@@ -1,0 +1,534 @@
+//! The `record` command: checks the input, starts the kernel sampler, registers the target,
+//! drains until the target exits, the duration ends or a signal arrives, and writes the profile.
+//! It ties the pipeline stages together and holds no stage's logic itself.
+
+use std::{
+    env,
+    fs::{self, File},
+    io::{self, BufWriter, IsTerminal, Write},
+    path::{Path, PathBuf},
+    process::{Child, Command, ExitStatus},
+    sync::atomic::{AtomicBool, Ordering},
+    thread,
+    time::{Duration, Instant},
+};
+
+use profiler_common::{Stat, TargetInfo};
+
+use crate::{
+    bpf::{BpfError, Sampler, Stats},
+    cli::{RecordConfig, Target},
+    output::Format,
+    privilege::{self, NotPrivileged},
+    process::{self, ProcessError, PythonProcess},
+    profile::{Profile, collect::Collector},
+    python::{self, Layout, UnsupportedVersion},
+};
+
+/// How often the kernel maps are drained (and new code objects read while they exist).
+const DRAIN_INTERVAL: Duration = Duration::from_millis(200);
+/// How often stop conditions and the progress line are checked.
+const TICK: Duration = Duration::from_millis(50);
+/// How long a launched command may take to load its interpreter.
+const LAUNCH_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum RecordError {
+    #[error(transparent)]
+    NotPrivileged(#[from] NotPrivileged),
+    #[error(transparent)]
+    Process(#[from] ProcessError),
+    #[error("pid {pid}: {source}")]
+    Unsupported {
+        pid: u32,
+        source: UnsupportedVersion,
+    },
+    #[error(transparent)]
+    Bpf(#[from] BpfError),
+    #[error("cannot write the profile to {}: {source}", path.display())]
+    Output { path: PathBuf, source: io::Error },
+    #[error("cannot launch `{program}`: {source}")]
+    Launch { program: String, source: io::Error },
+    #[error("`{program}` exited ({status}) before a Python interpreter was seen in it")]
+    ExitedEarly { program: String, status: ExitStatus },
+    #[error("`{program}` (pid {pid}) loaded no Python interpreter within {}s: it is not a Python program", LAUNCH_TIMEOUT.as_secs())]
+    LaunchedNotPython { program: String, pid: u32 },
+    #[error(
+        "--rate {rate} is above the kernel's limit of {max} samples per second (/proc/sys/kernel/perf_event_max_sample_rate)"
+    )]
+    RateTooHigh { rate: u64, max: u64 },
+}
+
+impl RecordError {
+    pub fn is_permission(&self) -> bool {
+        match self {
+            RecordError::NotPrivileged(_)
+            | RecordError::Process(ProcessError::PermissionDenied { .. }) => true,
+            RecordError::Bpf(e) => e.is_permission(),
+            _ => false,
+        }
+    }
+}
+
+/// Why recording stopped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StopReason {
+    TargetExited,
+    Duration,
+    Signal,
+}
+
+/// What the summary reports.
+pub struct Summary {
+    pub output: PathBuf,
+    pub format: Format,
+    pub process: PythonProcess,
+    pub samples: u64,
+    pub duration: Duration,
+    pub rate_hz: u64,
+    pub stats: Stats,
+    pub unknown_frames: u64,
+    pub stop: StopReason,
+}
+
+/// Where the profile goes: a file opened before sampling (so a bad path fails early), or stdout.
+enum Sink {
+    File {
+        path: PathBuf,
+        file: File,
+        created: bool,
+    },
+    Stdout,
+}
+
+impl Sink {
+    fn open(path: &Path) -> Result<Self, RecordError> {
+        if path == Path::new("-") {
+            return Ok(Sink::Stdout);
+        }
+        let existed = path.exists();
+        if path.is_dir() {
+            return Err(RecordError::Output {
+                path: path.into(),
+                source: io::Error::other("it is a directory"),
+            });
+        }
+        let file = File::create(path).map_err(|source| RecordError::Output {
+            path: path.into(),
+            source,
+        })?;
+        Ok(Sink::File {
+            path: path.into(),
+            file,
+            created: !existed,
+        })
+    }
+
+    fn path(&self) -> PathBuf {
+        match self {
+            Sink::File { path, .. } => path.clone(),
+            Sink::Stdout => PathBuf::from("-"),
+        }
+    }
+
+    /// Removes a file this run created, when no profile will be written to it.
+    fn abandon(self) {
+        if let Sink::File {
+            path,
+            created: true,
+            ..
+        } = self
+        {
+            let _ = fs::remove_file(path);
+        }
+    }
+}
+
+pub fn run(cfg: &RecordConfig, stop: &AtomicBool) -> Result<Summary, RecordError> {
+    privilege::check()?;
+    check_rate(cfg.rate_hz)?;
+    let early_sink = match &cfg.output {
+        Some(path) => Some(Sink::open(path)?),
+        None => None,
+    };
+    let result = record(cfg, stop, early_sink);
+    result
+}
+
+fn record(
+    cfg: &RecordConfig,
+    stop: &AtomicBool,
+    early_sink: Option<Sink>,
+) -> Result<Summary, RecordError> {
+    // Everything that can be checked without the kernel is checked before loading it.
+    let known = match &cfg.target {
+        Target::Pid(pid) => {
+            let p = process::inspect(*pid)?;
+            let layout = python::layout_for(p.version)
+                .map_err(|source| RecordError::Unsupported { pid: *pid, source })?;
+            Some((p, layout))
+        }
+        Target::Launch(cmd) => {
+            check_program(&cmd[0])?;
+            None
+        }
+    };
+    let mut sampler = match Sampler::start(cfg.rate_hz) {
+        Ok(s) => s,
+        Err(e) => {
+            early_sink.map(Sink::abandon);
+            return Err(e.into());
+        }
+    };
+    let mut child = None;
+    let (process, layout) = match known {
+        Some(k) => k,
+        None => {
+            let Target::Launch(cmd) = &cfg.target else {
+                unreachable!("pid targets are known")
+            };
+            let mut c = launch(cmd)?;
+            match wait_for_python(&mut c, &cmd[0], stop) {
+                Ok(found) => {
+                    child = Some(c);
+                    found
+                }
+                Err(e) => {
+                    let _ = c.kill();
+                    let _ = c.wait();
+                    early_sink.map(Sink::abandon);
+                    return Err(e);
+                }
+            }
+        }
+    };
+    let sink = match early_sink {
+        Some(s) => s,
+        None => Sink::open(&default_output(&process, cfg.format))?,
+    };
+
+    sampler.add_target(
+        process.pid,
+        TargetInfo {
+            runtime_addr: process.runtime_addr,
+            offsets: layout.kernel,
+            version: layout.version.as_u16(),
+            _pad: [0; 6],
+        },
+    )?;
+    let mut collector = Collector::new(cfg.frames);
+    collector.add_target(process.clone(), layout);
+
+    let started = Instant::now();
+    let mut last_drain = started;
+    let progress = Progress::new();
+    let reason = loop {
+        thread::sleep(TICK);
+        let exited = match &mut child {
+            Some(c) => !matches!(c.try_wait(), Ok(None)),
+            None => !process::is_alive(&process),
+        };
+        if exited {
+            break StopReason::TargetExited;
+        }
+        if stop.load(Ordering::Relaxed) {
+            break StopReason::Signal;
+        }
+        if cfg.duration.is_some_and(|d| started.elapsed() >= d) {
+            break StopReason::Duration;
+        }
+        if last_drain.elapsed() >= DRAIN_INTERVAL {
+            sampler.drain(&mut collector)?;
+            last_drain = Instant::now();
+            progress.show(
+                collector.samples(),
+                sampler.stats()?.lost(),
+                started.elapsed(),
+            );
+        }
+    };
+    let elapsed = started.elapsed();
+    sampler.drain(&mut collector)?;
+    let stats = sampler.stats()?;
+    drop(sampler);
+    progress.clear();
+    if let Some(mut c) = child {
+        stop_child(&mut c, reason);
+    }
+
+    let profile = collector.finish(cfg.rate_hz, elapsed);
+    let output = sink.path();
+    write_profile(&profile, cfg.format, &process, sink)?;
+    Ok(Summary {
+        output,
+        format: cfg.format,
+        process,
+        samples: profile.total_samples(),
+        duration: elapsed,
+        rate_hz: cfg.rate_hz,
+        stats,
+        unknown_frames: profile.unknown_frames,
+        stop: reason,
+    })
+}
+
+fn write_profile(
+    profile: &Profile,
+    format: Format,
+    process: &PythonProcess,
+    sink: Sink,
+) -> Result<(), RecordError> {
+    let title = format!("prof-bpf: {} (pid {})", process.name, process.pid);
+    let writer = format.writer(title);
+    match sink {
+        Sink::Stdout => {
+            let stdout = io::stdout();
+            let mut out = BufWriter::new(stdout.lock());
+            let r = writer.write(profile, &mut out).and_then(|()| out.flush());
+            match r {
+                // A closed pipe (`| head`) is the reader's choice, not an error.
+                Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(()),
+                r => r.map_err(|source| RecordError::Output {
+                    path: "-".into(),
+                    source,
+                }),
+            }
+        }
+        Sink::File { path, file, .. } => {
+            let mut out = BufWriter::new(file);
+            writer
+                .write(profile, &mut out)
+                .and_then(|()| out.flush())
+                .map_err(|source| RecordError::Output {
+                    path: path.clone(),
+                    source,
+                })?;
+            privilege::give_to_invoking_user(&path);
+            Ok(())
+        }
+    }
+}
+
+fn check_rate(rate: u64) -> Result<(), RecordError> {
+    let max = fs::read_to_string("/proc/sys/kernel/perf_event_max_sample_rate")
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok());
+    match max {
+        Some(max) if rate > max => Err(RecordError::RateTooHigh { rate, max }),
+        _ => Ok(()),
+    }
+}
+
+/// Fails like exec would, before the kernel program is loaded.
+fn check_program(program: &str) -> Result<(), RecordError> {
+    let not_found = || RecordError::Launch {
+        program: program.into(),
+        source: io::Error::new(
+            io::ErrorKind::NotFound,
+            "no such file or directory (nor on PATH)",
+        ),
+    };
+    if program.contains('/') {
+        return if Path::new(program).is_file() {
+            Ok(())
+        } else {
+            Err(not_found())
+        };
+    }
+    let path = env::var_os("PATH").unwrap_or_default();
+    if env::split_paths(&path).any(|dir| dir.join(program).is_file()) {
+        Ok(())
+    } else {
+        Err(not_found())
+    }
+}
+
+fn launch(cmd: &[String]) -> Result<Child, RecordError> {
+    let mut command = Command::new(&cmd[0]);
+    command.args(&cmd[1..]);
+    privilege::run_as_invoking_user(&mut command);
+    command.spawn().map_err(|source| RecordError::Launch {
+        program: cmd[0].clone(),
+        source,
+    })
+}
+
+/// Polls the launched command until its interpreter is mapped (a launcher script may exec
+/// Python later), it exits, or the timeout passes.
+fn wait_for_python(
+    child: &mut Child,
+    program: &str,
+    stop: &AtomicBool,
+) -> Result<(PythonProcess, Layout), RecordError> {
+    let pid = child.id();
+    let started = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().map_err(|source| RecordError::Launch {
+            program: program.into(),
+            source,
+        })? {
+            return Err(RecordError::ExitedEarly {
+                program: program.into(),
+                status,
+            });
+        }
+        match process::find_python_cheaply(pid) {
+            Ok(Some(p)) => {
+                let layout = python::layout_for(p.version)
+                    .map_err(|source| RecordError::Unsupported { pid, source })?;
+                return Ok((p, layout));
+            }
+            Ok(None) => {}
+            // Exec in progress or the child just exited: look again.
+            Err(
+                ProcessError::Exited { .. }
+                | ProcessError::NoSuchProcess { .. }
+                | ProcessError::Io { .. },
+            ) => {}
+            Err(e) => return Err(e.into()),
+        }
+        if started.elapsed() > LAUNCH_TIMEOUT || stop.load(Ordering::Relaxed) {
+            return Err(RecordError::LaunchedNotPython {
+                program: program.into(),
+                pid,
+            });
+        }
+        thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// A launched command still running when recording stops is ended, as py-spy does.
+fn stop_child(child: &mut Child, reason: StopReason) {
+    if reason != StopReason::TargetExited {
+        // SAFETY: kill with a pid we spawned and have not reaped.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while Instant::now() < deadline {
+            if !matches!(child.try_wait(), Ok(None)) {
+                return;
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+    }
+    let _ = child.wait();
+}
+
+/// `NAME-PID-YYYYmmdd-HHMMSS.EXT`, like py-spy's default names.
+fn default_output(p: &PythonProcess, format: Format) -> PathBuf {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as libc::time_t)
+        .unwrap_or(0);
+    // SAFETY: localtime_r writes into the tm we own.
+    let tm = unsafe {
+        let mut tm: libc::tm = std::mem::zeroed();
+        libc::localtime_r(&now, &mut tm);
+        tm
+    };
+    let name: String = p
+        .name
+        .chars()
+        .map(|c| {
+            if c.is_alphanumeric() || c == '.' || c == '_' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    PathBuf::from(format!(
+        "{name}-{}-{:04}{:02}{:02}-{:02}{:02}{:02}.{}",
+        p.pid,
+        tm.tm_year + 1900,
+        tm.tm_mon + 1,
+        tm.tm_mday,
+        tm.tm_hour,
+        tm.tm_min,
+        tm.tm_sec,
+        format.extension()
+    ))
+}
+
+/// The one-line progress display, on a terminal only.
+struct Progress {
+    tty: bool,
+}
+
+impl Progress {
+    fn new() -> Self {
+        Self {
+            tty: io::stderr().is_terminal(),
+        }
+    }
+
+    fn show(&self, samples: u64, lost: u64, elapsed: Duration) {
+        if self.tty {
+            eprint!(
+                "\r\x1b[Kprof-bpf: {samples} samples, {lost} errors, {:.1}s (Ctrl-C to stop and write)",
+                elapsed.as_secs_f64()
+            );
+        }
+    }
+
+    fn clear(&self) {
+        if self.tty {
+            eprint!("\r\x1b[K");
+        }
+    }
+}
+
+impl Summary {
+    /// The end-of-run report: what was recorded, how well, and where it went.
+    pub fn print(&self, out: &mut impl Write) -> io::Result<()> {
+        let secs = self.duration.as_secs_f64();
+        let recorded = self.stats.get(Stat::Recorded);
+        writeln!(
+            out,
+            "prof-bpf: {} samples of {} (pid {}, CPython {}) in {secs:.2}s: {:.1} samples/s at --rate {}",
+            self.samples,
+            self.process.name,
+            self.process.pid,
+            self.process.version,
+            recorded as f64 / secs.max(1e-9),
+            self.rate_hz,
+        )?;
+        let problems: Vec<String> = Stat::ALL
+            .iter()
+            .filter(|&&s| s != Stat::Recorded && self.stats.get(s) > 0)
+            .map(|&s| format!("{} {}", self.stats.get(s), s.name()))
+            .collect();
+        if problems.is_empty() {
+            writeln!(out, "prof-bpf: errors: none")?;
+        } else {
+            writeln!(out, "prof-bpf: errors: {}", problems.join(", "))?;
+        }
+        if self.unknown_frames > 0 {
+            writeln!(
+                out,
+                "prof-bpf: {} frames could not be named (shown as [unknown])",
+                self.unknown_frames
+            )?;
+        }
+        let why = match self.stop {
+            StopReason::TargetExited => "the program exited",
+            StopReason::Duration => "the duration ended",
+            StopReason::Signal => "interrupted",
+        };
+        if self.output == Path::new("-") {
+            writeln!(
+                out,
+                "prof-bpf: stopped ({why}); wrote {} to stdout",
+                self.format
+            )
+        } else {
+            writeln!(
+                out,
+                "prof-bpf: stopped ({why}); wrote {} to {}: {}",
+                self.format,
+                self.output.display(),
+                self.format.how_to_open()
+            )
+        }
+    }
+}
