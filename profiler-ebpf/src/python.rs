@@ -51,7 +51,7 @@ pub fn locate_current_frame() -> bool {
     let tid = pid_tgid as u32;
     // SAFETY: TARGETS is only updated by userspace with whole entries; a racing update at worst
     // gives one sample the old or new layout, and every read below is fault-tolerant.
-    let Some(target) = (unsafe { TARGETS.get(&pid) }) else {
+    let Some(target) = (unsafe { TARGETS.get(pid) }) else {
         return false;
     };
     let Some(s) = scratch() else {
@@ -110,7 +110,7 @@ pub fn walk_and_count() {
         return;
     };
     // SAFETY: as in `locate_current_frame`.
-    let Some(target) = (unsafe { TARGETS.get(&s.pid) }) else {
+    let Some(target) = (unsafe { TARGETS.get(s.pid) }) else {
         return;
     };
     if target.offsets.instr_kind > instr_kind::INT {
@@ -224,11 +224,18 @@ fn finish(s: &mut Scratch) -> Result<(), Stat> {
         return Err(Stat::ReadFrame);
     }
     let stack_id = mix(hash, len as u64);
-    if STACKS.get_ptr(&stack_id).is_none() {
-        if let Err(e) = STACKS.insert(&stack_id, &s.stack, BPF_NOEXIST as u64) {
-            if e != -EEXIST {
-                return Err(Stat::StackMapFull);
-            }
+    if STACKS.get_ptr(stack_id).is_none() {
+        // By reference: clippy's needless-borrow advice would copy the 3 KB stack onto the
+        // 512-byte BPF stack.
+        #[expect(
+            clippy::needless_borrows_for_generic_args,
+            reason = "avoids a 3 KB copy"
+        )]
+        let inserted = STACKS.insert(stack_id, &s.stack, BPF_NOEXIST as u64);
+        if let Err(e) = inserted
+            && e != -EEXIST
+        {
+            return Err(Stat::StackMapFull);
         }
     }
 
@@ -241,15 +248,15 @@ fn finish(s: &mut Scratch) -> Result<(), Stat> {
         Some(1) => &COUNTS_1,
         _ => &COUNTS_0,
     };
-    if let Some(n) = counts.get_ptr_mut(&key) {
+    if let Some(n) = counts.get_ptr_mut(key) {
         // SAFETY: a per-CPU value, touched only by this CPU.
         unsafe { *n += 1 };
         return Ok(());
     }
-    match counts.insert(&key, &1, BPF_NOEXIST as u64) {
+    match counts.insert(key, 1, BPF_NOEXIST as u64) {
         Ok(()) => Ok(()),
         Err(e) if e == -EEXIST => {
-            if let Some(n) = counts.get_ptr_mut(&key) {
+            if let Some(n) = counts.get_ptr_mut(key) {
                 // SAFETY: as above.
                 unsafe { *n += 1 };
             }

@@ -53,10 +53,10 @@ pub fn run_as_invoking_user(cmd: &mut Command) {
     // syscalls, and a failure is reported as the spawn error.
     unsafe {
         cmd.pre_exec(move || {
-            if let Some(user) = &user {
-                if libc::initgroups(user.as_ptr(), gid) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
+            if let Some(user) = &user
+                && libc::initgroups(user.as_ptr(), gid) != 0
+            {
+                return Err(std::io::Error::last_os_error());
             }
             Ok(())
         });

@@ -16,7 +16,7 @@ use std::{
 use profiler_common::{Stat, TargetInfo};
 
 use crate::{
-    bpf::{BpfError, Sampler, Stats},
+    bpf::{BpfError, RunTime, Sampler, Stats},
     cli::{RecordConfig, Target},
     output::Format,
     privilege::{self, NotPrivileged},
@@ -89,77 +89,44 @@ pub struct Summary {
     pub stats: Stats,
     pub unknown_frames: u64,
     pub stop: StopReason,
+    pub run_time: Option<RunTime>,
 }
 
-/// Where the profile goes: a file opened before sampling (so a bad path fails early), or stdout.
-enum Sink {
-    File {
-        path: PathBuf,
-        file: File,
-        created: bool,
-    },
-    Stdout,
-}
-
-impl Sink {
-    fn open(path: &Path) -> Result<Self, RecordError> {
-        if path == Path::new("-") {
-            return Ok(Sink::Stdout);
-        }
-        let existed = path.exists();
-        if path.is_dir() {
-            return Err(RecordError::Output {
-                path: path.into(),
-                source: io::Error::other("it is a directory"),
-            });
-        }
-        let file = File::create(path).map_err(|source| RecordError::Output {
-            path: path.into(),
-            source,
-        })?;
-        Ok(Sink::File {
-            path: path.into(),
-            file,
-            created: !existed,
-        })
+/// Fails now if `path` could not be written later, without changing it: an existing file is
+/// opened for writing but not truncated; a new one is created and removed again.
+fn check_writable(path: &Path) -> Result<(), RecordError> {
+    let fail = |source| RecordError::Output {
+        path: path.into(),
+        source,
+    };
+    if path == Path::new("-") {
+        return Ok(());
     }
-
-    fn path(&self) -> PathBuf {
-        match self {
-            Sink::File { path, .. } => path.clone(),
-            Sink::Stdout => PathBuf::from("-"),
-        }
+    if path.is_dir() {
+        return Err(fail(io::Error::other("it is a directory")));
     }
-
-    /// Removes a file this run created, when no profile will be written to it.
-    fn abandon(self) {
-        if let Sink::File {
-            path,
-            created: true,
-            ..
-        } = self
-        {
-            let _ = fs::remove_file(path);
-        }
+    if path.exists() {
+        fs::OpenOptions::new()
+            .write(true)
+            .open(path)
+            .map_err(fail)?;
+    } else {
+        File::create(path).map_err(fail)?;
+        fs::remove_file(path).map_err(fail)?;
     }
+    Ok(())
 }
 
 pub fn run(cfg: &RecordConfig, stop: &AtomicBool) -> Result<Summary, RecordError> {
     privilege::check()?;
     check_rate(cfg.rate_hz)?;
-    let early_sink = match &cfg.output {
-        Some(path) => Some(Sink::open(path)?),
-        None => None,
-    };
-    let result = record(cfg, stop, early_sink);
-    result
+    if let Some(path) = &cfg.output {
+        check_writable(path)?;
+    }
+    record(cfg, stop)
 }
 
-fn record(
-    cfg: &RecordConfig,
-    stop: &AtomicBool,
-    early_sink: Option<Sink>,
-) -> Result<Summary, RecordError> {
+fn record(cfg: &RecordConfig, stop: &AtomicBool) -> Result<Summary, RecordError> {
     // Everything that can be checked without the kernel is checked before loading it.
     let known = match &cfg.target {
         Target::Pid(pid) => {
@@ -173,13 +140,7 @@ fn record(
             None
         }
     };
-    let mut sampler = match Sampler::start(cfg.rate_hz) {
-        Ok(s) => s,
-        Err(e) => {
-            early_sink.map(Sink::abandon);
-            return Err(e.into());
-        }
-    };
+    let mut sampler = Sampler::start(cfg.rate_hz)?;
     let mut child = None;
     let (process, layout) = match known {
         Some(k) => k,
@@ -196,15 +157,18 @@ fn record(
                 Err(e) => {
                     let _ = c.kill();
                     let _ = c.wait();
-                    early_sink.map(Sink::abandon);
                     return Err(e);
                 }
             }
         }
     };
-    let sink = match early_sink {
-        Some(s) => s,
-        None => Sink::open(&default_output(&process, cfg.format))?,
+    let output = match &cfg.output {
+        Some(path) => path.clone(),
+        None => {
+            let path = default_output(&process, cfg.format);
+            check_writable(&path)?;
+            path
+        }
     };
 
     sampler.add_target(
@@ -250,6 +214,7 @@ fn record(
     let elapsed = started.elapsed();
     sampler.drain(&mut collector)?;
     let stats = sampler.stats()?;
+    let run_time = sampler.run_time();
     drop(sampler);
     progress.clear();
     if let Some(mut c) = child {
@@ -257,8 +222,7 @@ fn record(
     }
 
     let profile = collector.finish(cfg.rate_hz, elapsed);
-    let output = sink.path();
-    write_profile(&profile, cfg.format, &process, sink)?;
+    write_profile(&profile, cfg.format, &process, &output)?;
     Ok(Summary {
         output,
         format: cfg.format,
@@ -269,6 +233,7 @@ fn record(
         stats,
         unknown_frames: profile.unknown_frames,
         stop: reason,
+        run_time,
     })
 }
 
@@ -276,37 +241,30 @@ fn write_profile(
     profile: &Profile,
     format: Format,
     process: &PythonProcess,
-    sink: Sink,
+    path: &Path,
 ) -> Result<(), RecordError> {
     let title = format!("prof-bpf: {} (pid {})", process.name, process.pid);
     let writer = format.writer(title);
-    match sink {
-        Sink::Stdout => {
-            let stdout = io::stdout();
-            let mut out = BufWriter::new(stdout.lock());
-            let r = writer.write(profile, &mut out).and_then(|()| out.flush());
-            match r {
-                // A closed pipe (`| head`) is the reader's choice, not an error.
-                Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(()),
-                r => r.map_err(|source| RecordError::Output {
-                    path: "-".into(),
-                    source,
-                }),
-            }
-        }
-        Sink::File { path, file, .. } => {
-            let mut out = BufWriter::new(file);
-            writer
-                .write(profile, &mut out)
-                .and_then(|()| out.flush())
-                .map_err(|source| RecordError::Output {
-                    path: path.clone(),
-                    source,
-                })?;
-            privilege::give_to_invoking_user(&path);
-            Ok(())
-        }
+    let fail = |source| RecordError::Output {
+        path: path.into(),
+        source,
+    };
+    if path == Path::new("-") {
+        let stdout = io::stdout();
+        let mut out = BufWriter::new(stdout.lock());
+        return match writer.write(profile, &mut out).and_then(|()| out.flush()) {
+            // A closed pipe (`| head`) is the reader's choice, not an error.
+            Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(()),
+            r => r.map_err(fail),
+        };
     }
+    let mut out = BufWriter::new(File::create(path).map_err(fail)?);
+    writer
+        .write(profile, &mut out)
+        .and_then(|()| out.flush())
+        .map_err(fail)?;
+    privilege::give_to_invoking_user(path);
+    Ok(())
 }
 
 fn check_rate(rate: u64) -> Result<(), RecordError> {
@@ -502,6 +460,15 @@ impl Summary {
             writeln!(out, "prof-bpf: errors: none")?;
         } else {
             writeln!(out, "prof-bpf: errors: {}", problems.join(", "))?;
+        }
+        if let Some(rt) = self.run_time.filter(|rt| rt.runs > 0) {
+            writeln!(
+                out,
+                "prof-bpf: kernel time: {:.0} ns per CPU sample over {} runs, {:.0} ns per recorded sample",
+                rt.total.as_nanos() as f64 / rt.runs as f64,
+                rt.runs,
+                rt.total.as_nanos() as f64 / recorded.max(1) as f64,
+            )?;
         }
         if self.unknown_frames > 0 {
             writeln!(

@@ -1,1 +1,145 @@
+//! Helpers for the end-to-end suite: finding the built binary, the interpreters and fixtures,
+//! running prof-bpf, and reading the profiles it writes. The tests run the real BPF program
+//! against real Python processes; nothing here stands in for the kernel.
 
+use std::{
+    collections::BTreeMap,
+    env,
+    path::{Path, PathBuf},
+    process::{Command, Output},
+};
+
+/// The workspace root.
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ sits in the workspace")
+        .to_path_buf()
+}
+
+/// The prof-bpf binary under test: `PROF_BPF_BIN`, or the release build.
+pub fn prof_bpf() -> PathBuf {
+    let path = env::var_os("PROF_BPF_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("target/release/prof-bpf"));
+    assert!(
+        path.is_file(),
+        "{} is missing: build it first (cargo build --release)",
+        path.display()
+    );
+    path
+}
+
+pub fn fixture(name: &str) -> PathBuf {
+    root().join("tests/fixtures").join(name)
+}
+
+/// A fresh scratch directory for one test's output files.
+pub fn scratch_dir(test: &str) -> PathBuf {
+    let dir = root().join("target/e2e").join(test);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("creating the test's scratch dir");
+    dir
+}
+
+/// Whether privileged tests can run. Outside CI a test without root says why it skipped and
+/// passes; in CI (CI=true, run as root) a skip is a failure, so it panics.
+pub fn privileged() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    let btf = Path::new("/sys/kernel/btf/vmlinux").exists();
+    if root && btf {
+        return true;
+    }
+    let why = if root {
+        "no kernel BTF at /sys/kernel/btf/vmlinux"
+    } else {
+        "not root"
+    };
+    if env::var("CI").is_ok_and(|v| v == "true" || v == "1") {
+        panic!("privileged test cannot run in CI: {why}");
+    }
+    eprintln!("SKIPPED: privileged test needs root and BTF ({why}); run the suite with sudo");
+    false
+}
+
+/// An interpreter by name: "3.X" is pyenv's (shared libpython), "debian-3.11" is
+/// /usr/bin/python3.11 (interpreter linked into the executable).
+pub fn python(which: &str) -> PathBuf {
+    if which == "debian-3.11" {
+        return PathBuf::from("/usr/bin/python3.11");
+    }
+    let out = Command::new("pyenv")
+        .args(["prefix", which])
+        .output()
+        .expect("running pyenv");
+    assert!(
+        out.status.success(),
+        "pyenv has no {which}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let prefix = String::from_utf8(out.stdout)
+        .expect("utf-8 path")
+        .trim()
+        .to_string();
+    let exe = Path::new(&prefix)
+        .join("bin")
+        .join(format!("python{which}"));
+    assert!(exe.is_file(), "{} is missing", exe.display());
+    exe
+}
+
+/// Runs prof-bpf with `args`; returns its output.
+pub fn run(args: &[&str]) -> Output {
+    Command::new(prof_bpf())
+        .args(args)
+        .env_remove("RUST_BACKTRACE")
+        .output()
+        .expect("running prof-bpf")
+}
+
+/// A collapsed profile: stack (root first) -> count.
+pub type Folded = BTreeMap<Vec<String>, u64>;
+
+/// Parses `frame;frame count` lines, checking every line has that shape.
+pub fn parse_folded(text: &str) -> Folded {
+    let mut out = Folded::new();
+    for line in text.lines() {
+        let (stack, count) = line
+            .rsplit_once(' ')
+            .unwrap_or_else(|| panic!("no count on line {line:?}"));
+        let count: u64 = count
+            .parse()
+            .unwrap_or_else(|_| panic!("bad count on line {line:?}"));
+        *out.entry(stack.split(';').map(String::from).collect())
+            .or_default() += count;
+    }
+    out
+}
+
+/// The function part of a `function (file:line)` label.
+pub fn function(label: &str) -> &str {
+    label.split(" (").next().unwrap_or(label)
+}
+
+/// Samples whose stack contains a frame of function `name`.
+pub fn samples_in(profile: &Folded, name: &str) -> u64 {
+    profile
+        .iter()
+        .filter(|(stack, _)| stack.iter().any(|f| function(f) == name))
+        .map(|(_, n)| n)
+        .sum()
+}
+
+pub fn total(profile: &Folded) -> u64 {
+    profile.values().sum()
+}
+
+/// The 1-based line of the first line of `file` containing `marker`.
+pub fn line_of(file: &Path, marker: &str) -> u32 {
+    let text = std::fs::read_to_string(file).expect("reading fixture");
+    text.lines()
+        .position(|l| l.contains(marker))
+        .map(|i| i as u32 + 1)
+        .expect("marker in fixture")
+}

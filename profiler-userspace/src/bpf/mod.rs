@@ -2,7 +2,7 @@
 //! every online CPU, registers targets and drains the maps. The only module that makes BPF
 //! syscalls.
 
-use std::{thread, time::Duration};
+use std::{os::fd::OwnedFd, thread, time::Duration};
 
 use aya::{
     Ebpf, EbpfError, include_bytes_aligned,
@@ -63,7 +63,17 @@ pub struct Sampler {
     ebpf: Ebpf,
     /// Holds the tail-call table (and so the walker) for as long as sampling runs.
     _programs: ProgramArray<MapData>,
+    /// Keeps the kernel's BPF run-time statistics on while held (None if the kernel refused).
+    _stats: Option<OwnedFd>,
     active: u32,
+}
+
+/// The kernel's own accounting of the sampling program (the tail-called walker included).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RunTime {
+    /// Program runs: one per CPU-clock sample on any CPU, target or not.
+    pub runs: u64,
+    pub total: Duration,
 }
 
 impl Sampler {
@@ -71,6 +81,7 @@ impl Sampler {
     /// a target is added.
     pub fn start(rate_hz: u64) -> Result<Self, BpfError> {
         let mut ebpf = Ebpf::load(OBJECT).map_err(BpfError::Load)?;
+        let stats = aya::sys::enable_stats(aya::sys::Stats::RunTime).ok();
 
         // The walker first: the sampler tail-calls it from its first sample on.
         let walker = load_program(&mut ebpf, profiler_common::WALK_PROGRAM_NAME)?;
@@ -102,6 +113,7 @@ impl Sampler {
         Ok(Self {
             ebpf,
             _programs: programs,
+            _stats: stats,
             active: 0,
         })
     }
@@ -179,6 +191,20 @@ impl Sampler {
         }
         collector.resolve_new();
         Ok(())
+    }
+
+    /// How long the kernel spent in the sampling program so far.
+    pub fn run_time(&self) -> Option<RunTime> {
+        let program: &PerfEvent = self
+            .ebpf
+            .program(profiler_common::PROGRAM_NAME)?
+            .try_into()
+            .ok()?;
+        let info = program.info().ok()?;
+        Some(RunTime {
+            runs: info.run_count(),
+            total: info.run_time(),
+        })
     }
 
     /// The kernel's counters, summed over CPUs, indexed by `Stat`.
