@@ -31,6 +31,20 @@ pub mod maps {
     pub const STATS: &str = "STATS";
     pub const SCRATCH: &str = "SCRATCH";
     pub const PROGRAMS: &str = "PROGRAMS";
+    pub const NEW_STACKS: &str = "NEW_STACKS";
+}
+
+/// Bytes of the ring buffer that announces new stacks.
+pub const NEW_STACKS_BYTES: u32 = 256 * 1024;
+
+/// Announces a stack the kernel stored for the first time, so userspace reads its code objects
+/// at once: an imported module's code object may be freed milliseconds later.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NewStack {
+    pub pid: u32,
+    pub _pad: u32,
+    pub stack_id: u64,
 }
 
 /// The BPF program attached to the CPU-clock event: filters and finds the thread's frame.
@@ -201,6 +215,12 @@ impl Stat {
         Stat::EmptyStack,
         Stat::TailCall,
     ];
+
+    /// Whether the sample found the thread outside Python code (no thread state, or no
+    /// frame): an honest answer, not a fault.
+    pub const fn is_outside_python(self) -> bool {
+        matches!(self, Stat::NoThreadState | Stat::EmptyStack)
+    }
 
     /// Whether the sample was lost (as opposed to kept with a caveat).
     pub const fn is_loss(self) -> bool {

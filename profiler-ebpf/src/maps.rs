@@ -4,9 +4,11 @@
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
     macros::map,
-    maps::{Array, HashMap, PerCpuArray, PerCpuHashMap, ProgramArray},
+    maps::{Array, HashMap, PerCpuArray, PerCpuHashMap, ProgramArray, RingBuf},
 };
-use profiler_common::{MAX_COUNTS, MAX_STACKS, MAX_TARGETS, PyStack, SampleKey, Stat, TargetInfo};
+use profiler_common::{
+    MAX_COUNTS, MAX_STACKS, MAX_TARGETS, NEW_STACKS_BYTES, PyStack, SampleKey, Stat, TargetInfo,
+};
 
 /// Processes to profile, by tgid, with their interpreter's address and layout.
 #[map]
@@ -15,6 +17,10 @@ pub static TARGETS: HashMap<u32, TargetInfo> = HashMap::with_max_entries(MAX_TAR
 /// Distinct stacks by content hash. Userspace copies and deletes entries as it drains.
 #[map]
 pub static STACKS: HashMap<u64, PyStack> = HashMap::with_max_entries(MAX_STACKS, BPF_F_NO_PREALLOC);
+
+/// `NewStack` notices: userspace wakes on them to read a new stack's code objects at once.
+#[map]
+pub static NEW_STACKS: RingBuf = RingBuf::with_byte_size(NEW_STACKS_BYTES, 0);
 
 /// Sample counts per (process, thread, stack). Two maps so userspace can drain one while the
 /// kernel counts into the other: `ACTIVE_COUNTS[0]` says which one is live.

@@ -15,11 +15,13 @@ use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_probe_read_user, generated},
 };
 use profiler_common::{
-    MAX_PYTHON_FRAMES, MAX_THREADS, NO_OFFSET, PyFrame, PyOffsets, STACK_TRUNCATED, SampleKey,
-    Stat, code_tag, instr_kind, mix,
+    MAX_PYTHON_FRAMES, MAX_THREADS, NO_OFFSET, NewStack, PyFrame, PyOffsets, STACK_TRUNCATED,
+    SampleKey, Stat, code_tag, instr_kind, mix,
 };
 
-use crate::maps::{ACTIVE_COUNTS, COUNTS_0, COUNTS_1, SCRATCH, STACKS, Scratch, TARGETS, count};
+use crate::maps::{
+    ACTIVE_COUNTS, COUNTS_0, COUNTS_1, NEW_STACKS, SCRATCH, STACKS, Scratch, TARGETS, count,
+};
 
 const EEXIST: i32 = 17;
 
@@ -232,10 +234,18 @@ fn finish(s: &mut Scratch) -> Result<(), Stat> {
             reason = "avoids a 3 KB copy"
         )]
         let inserted = STACKS.insert(stack_id, &s.stack, BPF_NOEXIST as u64);
-        if let Err(e) = inserted
-            && e != -EEXIST
-        {
-            return Err(Stat::StackMapFull);
+        match inserted {
+            Ok(()) => {
+                let notice = NewStack {
+                    pid: s.pid,
+                    _pad: 0,
+                    stack_id,
+                };
+                // A full ring only delays naming to the next drain: nothing is lost.
+                let _ = NEW_STACKS.output::<NewStack>(&notice, 0);
+            }
+            Err(e) if e == -EEXIST => {}
+            Err(_) => return Err(Stat::StackMapFull),
         }
     }
 

@@ -26,7 +26,7 @@ use crate::{
 };
 
 /// How often the kernel maps are drained (and new code objects read while they exist).
-const DRAIN_INTERVAL: Duration = Duration::from_millis(200);
+const DRAIN_INTERVAL: Duration = Duration::from_millis(50);
 /// How often stop conditions and the progress line are checked.
 const TICK: Duration = Duration::from_millis(50);
 /// How long a launched command may take to load its interpreter.
@@ -187,7 +187,7 @@ fn record(cfg: &RecordConfig, stop: &AtomicBool) -> Result<Summary, RecordError>
     let mut last_drain = started;
     let progress = Progress::new();
     let reason = loop {
-        thread::sleep(TICK);
+        sampler.wait_for_new_stacks(TICK, &mut collector)?;
         let exited = match &mut child {
             Some(c) => !matches!(c.try_wait(), Ok(None)),
             None => !process::is_alive(&process),
@@ -451,15 +451,22 @@ impl Summary {
             recorded as f64 / secs.max(1e-9),
             self.rate_hz,
         )?;
-        let problems: Vec<String> = Stat::ALL
-            .iter()
-            .filter(|&&s| s != Stat::Recorded && self.stats.get(s) > 0)
-            .map(|&s| format!("{} {}", self.stats.get(s), s.name()))
-            .collect();
-        if problems.is_empty() {
+        let list = |keep: fn(Stat) -> bool| -> Vec<String> {
+            Stat::ALL
+                .iter()
+                .filter(|&&s| s != Stat::Recorded && keep(s) && self.stats.get(s) > 0)
+                .map(|&s| format!("{} {}", self.stats.get(s), s.name()))
+                .collect()
+        };
+        let outside = list(Stat::is_outside_python);
+        if !outside.is_empty() {
+            writeln!(out, "prof-bpf: outside Python code: {}", outside.join(", "))?;
+        }
+        let errors = list(|s| !s.is_outside_python());
+        if errors.is_empty() {
             writeln!(out, "prof-bpf: errors: none")?;
         } else {
-            writeln!(out, "prof-bpf: errors: {}", problems.join(", "))?;
+            writeln!(out, "prof-bpf: errors: {}", errors.join(", "))?;
         }
         if let Some(rt) = self.run_time.filter(|rt| rt.runs > 0) {
             writeln!(

@@ -2,18 +2,22 @@
 //! every online CPU, registers targets and drains the maps. The only module that makes BPF
 //! syscalls.
 
-use std::{os::fd::OwnedFd, thread, time::Duration};
+use std::{
+    os::fd::{AsRawFd as _, OwnedFd},
+    thread,
+    time::Duration,
+};
 
 use aya::{
     Ebpf, EbpfError, include_bytes_aligned,
-    maps::{Array, HashMap, MapData, MapError, PerCpuArray, PerCpuHashMap, ProgramArray},
+    maps::{Array, HashMap, MapData, MapError, PerCpuArray, PerCpuHashMap, ProgramArray, RingBuf},
     programs::{
         ProgramError,
         perf_event::{PerfEvent, PerfEventConfig, PerfEventScope, SamplePolicy, SoftwareEvent},
     },
     util::online_cpus,
 };
-use profiler_common::{PyStack, SampleKey, Stat, TargetInfo, maps};
+use profiler_common::{NewStack, PyStack, SampleKey, Stat, TargetInfo, maps};
 
 use crate::profile::collect::Collector;
 
@@ -65,6 +69,8 @@ pub struct Sampler {
     _programs: ProgramArray<MapData>,
     /// Keeps the kernel's BPF run-time statistics on while held (None if the kernel refused).
     _stats: Option<OwnedFd>,
+    /// Notices of stacks stored for the first time.
+    new_stacks: RingBuf<MapData>,
     active: u32,
 }
 
@@ -98,6 +104,11 @@ impl Sampler {
             .set(profiler_common::WALK_PROGRAM_SLOT, &walker_fd, 0)
             .map_err(map_err(maps::PROGRAMS))?;
 
+        let new_stacks = RingBuf::try_from(
+            ebpf.take_map(maps::NEW_STACKS)
+                .ok_or(missing(maps::NEW_STACKS))?,
+        )
+        .map_err(map_err(maps::NEW_STACKS))?;
         let sampler = load_program(&mut ebpf, profiler_common::PROGRAM_NAME)?;
         let cpus = online_cpus().map_err(|(_, e)| BpfError::Cpus(e))?;
         for cpu in cpus {
@@ -114,6 +125,7 @@ impl Sampler {
             ebpf,
             _programs: programs,
             _stats: stats,
+            new_stacks,
             active: 0,
         })
     }
@@ -139,6 +151,42 @@ impl Sampler {
             Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
             Err(e) => Err(map_err(maps::TARGETS)(e)),
         }
+    }
+
+    /// Waits up to `timeout` for the kernel to announce new stacks, and reads the code objects of
+    /// each at once, while they are surely alive. Returns early when notices arrive.
+    pub fn wait_for_new_stacks(
+        &mut self,
+        timeout: Duration,
+        collector: &mut Collector,
+    ) -> Result<(), BpfError> {
+        let mut fd = libc::pollfd {
+            fd: self.new_stacks.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd; a failed or interrupted poll just means no notice yet.
+        unsafe { libc::poll(&mut fd, 1, timeout.as_millis() as i32) };
+        let mut notices = Vec::new();
+        while let Some(item) = self.new_stacks.next() {
+            if item.len() >= size_of::<NewStack>() {
+                // SAFETY: the kernel wrote a NewStack (repr(C), plain integers) into the item.
+                notices.push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<NewStack>()) });
+            }
+        }
+        if notices.is_empty() {
+            return Ok(());
+        }
+        let stacks: HashMap<&MapData, u64, PyStack> =
+            HashMap::try_from(self.ebpf.map(maps::STACKS).ok_or(missing(maps::STACKS))?)
+                .map_err(map_err(maps::STACKS))?;
+        for notice in notices {
+            if let Ok(stack) = stacks.get(&notice.stack_id, 0) {
+                collector.add_stack(notice.stack_id, &stack);
+                collector.resolve_stack(notice.pid, notice.stack_id);
+            }
+        }
+        Ok(())
     }
 
     /// Moves everything the kernel recorded since the last drain into `collector`: flips the

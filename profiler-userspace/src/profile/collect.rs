@@ -120,31 +120,38 @@ impl Collector {
             .filter(|pair| !self.resolved.contains(pair))
             .collect();
         for (pid, stack_id) in pending {
-            let (Some(target), Some(stack)) =
-                (self.targets.get_mut(&pid), self.stacks.get(&stack_id))
-            else {
-                continue;
-            };
-            for f in stack.frames.iter().filter(|f| f.code != 0) {
-                target.codes.entry((f.code, f.tag)).or_insert_with(|| {
-                    let Some(mem) = &target.mem else {
-                        return Err(Unknown::Exited);
-                    };
-                    match read_code(mem, &target.layout, f.code, f.tag) {
-                        Ok(info) => Ok(Rc::new(info)),
-                        Err(CodeError::Stale) => Err(Unknown::Freed),
-                        Err(CodeError::Io(e))
-                            if e.raw_os_error() == Some(libc::ESRCH)
-                                || e.kind() == std::io::ErrorKind::UnexpectedEof =>
-                        {
-                            Err(Unknown::Exited)
-                        }
-                        Err(e) => Err(Unknown::Unreadable(e.to_string())),
-                    }
-                });
-            }
-            self.resolved.insert((pid, stack_id));
+            self.resolve_stack(pid, stack_id);
         }
+    }
+
+    /// Reads the code objects of one stack of process `pid` that are not cached yet.
+    pub fn resolve_stack(&mut self, pid: u32, stack_id: u64) {
+        if self.resolved.contains(&(pid, stack_id)) {
+            return;
+        }
+        let (Some(target), Some(stack)) = (self.targets.get_mut(&pid), self.stacks.get(&stack_id))
+        else {
+            return;
+        };
+        for f in stack.frames.iter().filter(|f| f.code != 0) {
+            target.codes.entry((f.code, f.tag)).or_insert_with(|| {
+                let Some(mem) = &target.mem else {
+                    return Err(Unknown::Exited);
+                };
+                match read_code(mem, &target.layout, f.code, f.tag) {
+                    Ok(info) => Ok(Rc::new(info)),
+                    Err(CodeError::Stale) => Err(Unknown::Freed),
+                    Err(CodeError::Io(e))
+                        if e.raw_os_error() == Some(libc::ESRCH)
+                            || e.kind() == std::io::ErrorKind::UnexpectedEof =>
+                    {
+                        Err(Unknown::Exited)
+                    }
+                    Err(e) => Err(Unknown::Unreadable(e.to_string())),
+                }
+            });
+        }
+        self.resolved.insert((pid, stack_id));
     }
 
     /// Builds the profile. Frames are root first; a truncated stack starts with a marker.

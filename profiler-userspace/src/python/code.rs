@@ -42,7 +42,7 @@ pub fn read_code(
     tag: u32,
 ) -> Result<CodeInfo, CodeError> {
     let c = &layout.code;
-    let header = mem.read_vec(addr, c.linetable as usize + 8)?;
+    let header = read_live_header(mem, layout, addr, tag)?;
     let ptr = |off: u16| {
         u64::from_le_bytes(
             header[off as usize..off as usize + 8]
@@ -55,21 +55,62 @@ pub fn read_code(
             .try_into()
             .unwrap_or_default(),
     );
-    if code_tag(ptr(c.name), ptr(c.filename), firstlineno) != tag {
-        return Err(CodeError::Stale);
-    }
     let name_ptr = c.qualname.map_or(ptr(c.name), ptr);
-    Ok(CodeInfo {
+    let info = CodeInfo {
         name: read_str(mem, layout, name_ptr)?,
         filename: read_str(mem, layout, ptr(c.filename))?,
         firstlineno: firstlineno.max(0) as u32,
         linetable: read_bytes(mem, layout, ptr(c.linetable))?,
-    })
+    };
+    // Freed while we read its strings? Then they may belong to something else by now.
+    if read_live_header(mem, layout, addr, tag)? != header {
+        return Err(CodeError::Stale);
+    }
+    Ok(info)
+}
+
+/// The code object's header, if the object at `addr` is alive and is the one the kernel saw:
+/// the tag matches, and the reference count is plausible. When pymalloc frees a block it
+/// writes its free-list link (a pointer, or zero for the last block) over `ob_refcnt`.
+fn read_live_header(
+    mem: &impl ProcessMemory,
+    layout: &Layout,
+    addr: u64,
+    tag: u32,
+) -> Result<Vec<u8>, CodeError> {
+    let c = &layout.code;
+    let header = mem.read_vec(addr, c.linetable as usize + 8)?;
+    let word = |off: u16| {
+        u64::from_le_bytes(
+            header[off as usize..off as usize + 8]
+                .try_into()
+                .unwrap_or_default(),
+        )
+    };
+    let firstlineno = i32::from_le_bytes(
+        header[c.firstlineno as usize..c.firstlineno as usize + 4]
+            .try_into()
+            .unwrap_or_default(),
+    );
+    if !plausible_refcount(word(0)) || code_tag(word(c.name), word(c.filename), firstlineno) != tag
+    {
+        return Err(CodeError::Stale);
+    }
+    Ok(header)
+}
+
+/// Live objects have a positive count far below any heap address (3.12's immortal objects
+/// use 2^32 - 1).
+fn plausible_refcount(refcnt: u64) -> bool {
+    (1..1 << 40).contains(&refcnt)
 }
 
 /// Reads a `str` object: compact ASCII, compact latin-1/UCS-2/UCS-4, or a legacy string.
 pub fn read_str(mem: &impl ProcessMemory, layout: &Layout, addr: u64) -> Result<String, CodeError> {
     let o = &layout.objects;
+    if !plausible_refcount(mem.read_u64(addr)?) {
+        return Err(CodeError::Malformed("string (freed)"));
+    }
     let length = mem.read_u64(addr + o.unicode_length as u64)?;
     let state = mem.read_u32(addr + o.unicode_state as u64)?;
     let kind = (state >> 2) & 7;
@@ -137,6 +178,7 @@ mod tests {
     /// Writes a compact string object at `at` the way CPython 3.12 lays it out.
     fn put_str(mem: &mut [u8], layout: &Layout, at: u64, s: &str) {
         let o = &layout.objects;
+        put(mem, at, &1u64.to_le_bytes()); // ob_refcnt: alive
         let chars: Vec<u32> = s.chars().map(|c| c as u32).collect();
         let max = chars.iter().copied().max().unwrap_or(0);
         let (kind, ascii) = match max {
@@ -202,6 +244,7 @@ mod tests {
         put(&mut bytes, code + c.filename as u64, &file.to_le_bytes());
         put(&mut bytes, code + c.linetable as u64, &table.to_le_bytes());
         put(&mut bytes, code + c.firstlineno as u64, &7i32.to_le_bytes());
+        put(&mut bytes, code, &3u64.to_le_bytes()); // ob_refcnt: alive
         put_str(&mut bytes, &layout, name, "run");
         put_str(&mut bytes, &layout, qualname, "Worker.run");
         put_str(&mut bytes, &layout, file, "/tmp/w.py");
