@@ -81,14 +81,8 @@ pub fn find_python(pid: u32) -> Result<Option<PythonProcess>, ProcessError> {
         .to_string();
 
     // libpython first: with a shared interpreter the executable only has a stub.
-    let lib = maps.iter().find(|m| {
-        m.path
-            .as_deref()
-            .is_some_and(|p| libpython_version(p).is_some())
-    });
-    let exe = fs::read_link(format!("/proc/{pid}/exe"))
-        .map_err(|e| ProcessError::from_proc(pid, "exe", e))?;
-    let exe = strip_deleted(exe);
+    let lib = maps.iter().find(|m| is_libpython(m));
+    let exe = exe_of(pid)?;
     let candidates = lib
         .and_then(|m| m.path.clone())
         .into_iter()
@@ -146,13 +140,8 @@ pub fn find_python(pid: u32) -> Result<Option<PythonProcess>, ProcessError> {
 /// or the executable is named like a Python.
 pub fn find_python_cheaply(pid: u32) -> Result<Option<PythonProcess>, ProcessError> {
     let maps = read_maps(pid).map_err(|e| ProcessError::from_proc(pid, "maps", e))?;
-    let has_lib = maps.iter().any(|m| {
-        m.path
-            .as_deref()
-            .is_some_and(|p| libpython_version(p).is_some())
-    });
-    let exe = fs::read_link(format!("/proc/{pid}/exe"))
-        .map_err(|e| ProcessError::from_proc(pid, "exe", e))?;
+    let has_lib = maps.iter().any(is_libpython);
+    let exe = exe_of(pid)?;
     let named_python = exe
         .file_name()
         .and_then(|n| n.to_str())
@@ -200,6 +189,19 @@ pub fn is_alive(p: &PythonProcess) -> bool {
     let state = fields.next().unwrap_or("X");
     let start: u64 = fields.nth(18).and_then(|s| s.parse().ok()).unwrap_or(0);
     start == p.start_time && state != "Z" && state != "X"
+}
+
+fn is_libpython(m: &Mapping) -> bool {
+    m.path
+        .as_deref()
+        .is_some_and(|p| libpython_version(p).is_some())
+}
+
+/// The process's executable, as it was when it started (a deleted file keeps its path).
+fn exe_of(pid: u32) -> Result<PathBuf, ProcessError> {
+    let exe = fs::read_link(format!("/proc/{pid}/exe"))
+        .map_err(|e| ProcessError::from_proc(pid, "exe", e))?;
+    Ok(strip_deleted(exe))
 }
 
 fn strip_deleted(p: PathBuf) -> PathBuf {

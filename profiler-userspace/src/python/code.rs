@@ -41,32 +41,28 @@ pub fn read_code(
     addr: u64,
     tag: u32,
 ) -> Result<CodeInfo, CodeError> {
-    let c = &layout.code;
     let header = read_live_header(mem, layout, addr, tag)?;
-    let ptr = |off: u16| {
-        u64::from_le_bytes(
-            header[off as usize..off as usize + 8]
-                .try_into()
-                .unwrap_or_default(),
-        )
-    };
-    let firstlineno = i32::from_le_bytes(
-        header[c.firstlineno as usize..c.firstlineno as usize + 4]
-            .try_into()
-            .unwrap_or_default(),
-    );
-    let name_ptr = c.qualname.map_or(ptr(c.name), ptr);
     let info = CodeInfo {
-        name: read_str(mem, layout, name_ptr)?,
-        filename: read_str(mem, layout, ptr(c.filename))?,
-        firstlineno: firstlineno.max(0) as u32,
-        linetable: read_bytes(mem, layout, ptr(c.linetable))?,
+        name: read_str(mem, layout, header.qualname.unwrap_or(header.name))?,
+        filename: read_str(mem, layout, header.filename)?,
+        firstlineno: header.firstlineno.max(0) as u32,
+        linetable: read_bytes(mem, layout, header.linetable)?,
     };
     // Freed while we read its strings? Then they may belong to something else by now.
     if read_live_header(mem, layout, addr, tag)? != header {
         return Err(CodeError::Stale);
     }
     Ok(info)
+}
+
+/// The fields of a code object's header that `read_code` follows.
+#[derive(Debug, PartialEq, Eq)]
+struct Header {
+    name: u64,
+    qualname: Option<u64>,
+    filename: u64,
+    linetable: u64,
+    firstlineno: i32,
 }
 
 /// The code object's header, if the object at `addr` is alive and is the one the kernel saw:
@@ -77,22 +73,26 @@ fn read_live_header(
     layout: &Layout,
     addr: u64,
     tag: u32,
-) -> Result<Vec<u8>, CodeError> {
+) -> Result<Header, CodeError> {
     let c = &layout.code;
-    let header = mem.read_vec(addr, c.linetable as usize + 8)?;
-    let word = |off: u16| {
-        u64::from_le_bytes(
-            header[off as usize..off as usize + 8]
-                .try_into()
-                .unwrap_or_default(),
-        )
+    let bytes = mem.read_vec(addr, c.linetable as usize + 8)?;
+    let field = |off: u16, len: usize| {
+        bytes
+            .get(off as usize..off as usize + len)
+            .ok_or(CodeError::Malformed("layout"))
     };
-    let firstlineno = i32::from_le_bytes(
-        header[c.firstlineno as usize..c.firstlineno as usize + 4]
-            .try_into()
-            .unwrap_or_default(),
-    );
-    if !plausible_refcount(word(0)) || code_tag(word(c.name), word(c.filename), firstlineno) != tag
+    let word =
+        |off: u16| field(off, 8).map(|b| u64::from_le_bytes(b.try_into().unwrap_or_default()));
+    let header = Header {
+        name: word(c.name)?,
+        qualname: c.qualname.map(word).transpose()?,
+        filename: word(c.filename)?,
+        linetable: word(c.linetable)?,
+        firstlineno: field(c.firstlineno, 4)
+            .map(|b| i32::from_le_bytes(b.try_into().unwrap_or_default()))?,
+    };
+    if !plausible_refcount(word(0)?)
+        || code_tag(header.name, header.filename, header.firstlineno) != tag
     {
         return Err(CodeError::Stale);
     }
