@@ -127,33 +127,20 @@ pub fn run(cfg: &RecordConfig, stop: &AtomicBool) -> Result<Summary, RecordError
 }
 
 fn record(cfg: &RecordConfig, stop: &AtomicBool) -> Result<Summary, RecordError> {
-    // Everything that can be checked without the kernel is checked before loading it.
-    let known = match &cfg.target {
+    // Everything that can be checked without the kernel is checked before loading it; a
+    // launched command starts only once the kernel program is sampling.
+    let (mut sampler, process, layout, mut child) = match &cfg.target {
         Target::Pid(pid) => {
             let p = process::inspect(*pid)?;
-            let layout = python::layout_for(p.version)
-                .map_err(|source| RecordError::Unsupported { pid: *pid, source })?;
-            Some((p, layout))
+            let layout = supported_layout(&p)?;
+            (Sampler::start(cfg.rate_hz)?, p, layout, None)
         }
         Target::Launch(cmd) => {
             check_program(&cmd[0])?;
-            None
-        }
-    };
-    let mut sampler = Sampler::start(cfg.rate_hz)?;
-    let mut child = None;
-    let (process, layout) = match known {
-        Some(k) => k,
-        None => {
-            let Target::Launch(cmd) = &cfg.target else {
-                unreachable!("pid targets are known")
-            };
+            let sampler = Sampler::start(cfg.rate_hz)?;
             let mut c = launch(cmd)?;
             match wait_for_python(&mut c, &cmd[0], stop) {
-                Ok(found) => {
-                    child = Some(c);
-                    found
-                }
+                Ok((p, layout)) => (sampler, p, layout, Some(c)),
                 Err(e) => {
                     let _ = c.kill();
                     let _ = c.wait();
@@ -267,6 +254,11 @@ fn write_profile(
     Ok(())
 }
 
+/// The layout for the process's Python, or the error naming its unsupported version.
+fn supported_layout(p: &PythonProcess) -> Result<Layout, RecordError> {
+    python::layout_for(p.version).map_err(|source| RecordError::Unsupported { pid: p.pid, source })
+}
+
 fn check_rate(rate: u64) -> Result<(), RecordError> {
     let max = fs::read_to_string("/proc/sys/kernel/perf_event_max_sample_rate")
         .ok()
@@ -332,8 +324,7 @@ fn wait_for_python(
         }
         match process::find_python_cheaply(pid) {
             Ok(Some(p)) => {
-                let layout = python::layout_for(p.version)
-                    .map_err(|source| RecordError::Unsupported { pid, source })?;
+                let layout = supported_layout(&p)?;
                 return Ok((p, layout));
             }
             Ok(None) => {}

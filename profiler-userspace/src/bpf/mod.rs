@@ -10,7 +10,9 @@ use std::{
 
 use aya::{
     Ebpf, EbpfError, include_bytes_aligned,
-    maps::{Array, HashMap, MapData, MapError, PerCpuArray, PerCpuHashMap, ProgramArray, RingBuf},
+    maps::{
+        Array, HashMap, Map, MapData, MapError, PerCpuArray, PerCpuHashMap, ProgramArray, RingBuf,
+    },
     programs::{
         ProgramError,
         perf_event::{PerfEvent, PerfEventConfig, PerfEventScope, SamplePolicy, SoftwareEvent},
@@ -62,6 +64,30 @@ fn map_err(name: &'static str) -> impl FnOnce(MapError) -> BpfError {
     move |source| BpfError::Map { name, source }
 }
 
+/// Opens map `name` as `M` for writing.
+fn map_mut<'a, M>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<M, BpfError>
+where
+    M: TryFrom<&'a mut Map, Error = MapError>,
+{
+    M::try_from(ebpf.map_mut(name).ok_or(BpfError::Missing(name))?).map_err(map_err(name))
+}
+
+/// Opens map `name` as `M` for reading.
+fn map_ref<'a, M>(ebpf: &'a Ebpf, name: &'static str) -> Result<M, BpfError>
+where
+    M: TryFrom<&'a Map, Error = MapError>,
+{
+    M::try_from(ebpf.map(name).ok_or(BpfError::Missing(name))?).map_err(map_err(name))
+}
+
+/// Takes map `name` out of the object, for a handle that outlives borrows of it.
+fn map_owned<M>(ebpf: &mut Ebpf, name: &'static str) -> Result<M, BpfError>
+where
+    M: TryFrom<Map, Error = MapError>,
+{
+    M::try_from(ebpf.take_map(name).ok_or(BpfError::Missing(name))?).map_err(map_err(name))
+}
+
 /// The loaded, attached kernel program.
 pub struct Sampler {
     ebpf: Ebpf,
@@ -95,20 +121,12 @@ impl Sampler {
             .fd()?
             .try_clone()
             .map_err(|e| BpfError::Program(ProgramError::IOError(e)))?;
-        let mut programs: ProgramArray<MapData> = ProgramArray::try_from(
-            ebpf.take_map(maps::PROGRAMS)
-                .ok_or(missing(maps::PROGRAMS))?,
-        )
-        .map_err(map_err(maps::PROGRAMS))?;
+        let mut programs: ProgramArray<MapData> = map_owned(&mut ebpf, maps::PROGRAMS)?;
         programs
             .set(profiler_common::WALK_PROGRAM_SLOT, &walker_fd, 0)
             .map_err(map_err(maps::PROGRAMS))?;
 
-        let new_stacks = RingBuf::try_from(
-            ebpf.take_map(maps::NEW_STACKS)
-                .ok_or(missing(maps::NEW_STACKS))?,
-        )
-        .map_err(map_err(maps::NEW_STACKS))?;
+        let new_stacks = map_owned(&mut ebpf, maps::NEW_STACKS)?;
         let sampler = load_program(&mut ebpf, profiler_common::PROGRAM_NAME)?;
         let cpus = online_cpus().map_err(|(_, e)| BpfError::Cpus(e))?;
         for cpu in cpus {
@@ -131,26 +149,9 @@ impl Sampler {
     }
 
     pub fn add_target(&mut self, pid: u32, info: TargetInfo) -> Result<(), BpfError> {
-        let mut targets: HashMap<&mut MapData, u32, TargetInfo> = HashMap::try_from(
-            self.ebpf
-                .map_mut(maps::TARGETS)
-                .ok_or(missing(maps::TARGETS))?,
-        )
-        .map_err(map_err(maps::TARGETS))?;
+        let mut targets: HashMap<&mut MapData, u32, TargetInfo> =
+            map_mut(&mut self.ebpf, maps::TARGETS)?;
         targets.insert(pid, info, 0).map_err(map_err(maps::TARGETS))
-    }
-
-    pub fn remove_target(&mut self, pid: u32) -> Result<(), BpfError> {
-        let mut targets: HashMap<&mut MapData, u32, TargetInfo> = HashMap::try_from(
-            self.ebpf
-                .map_mut(maps::TARGETS)
-                .ok_or(missing(maps::TARGETS))?,
-        )
-        .map_err(map_err(maps::TARGETS))?;
-        match targets.remove(&pid) {
-            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
-            Err(e) => Err(map_err(maps::TARGETS)(e)),
-        }
     }
 
     /// Waits up to `timeout` for the kernel to announce new stacks, and reads the code objects of
@@ -177,9 +178,7 @@ impl Sampler {
         if notices.is_empty() {
             return Ok(());
         }
-        let stacks: HashMap<&MapData, u64, PyStack> =
-            HashMap::try_from(self.ebpf.map(maps::STACKS).ok_or(missing(maps::STACKS))?)
-                .map_err(map_err(maps::STACKS))?;
+        let stacks: HashMap<&MapData, u64, PyStack> = map_ref(&self.ebpf, maps::STACKS)?;
         for notice in notices {
             if let Ok(stack) = stacks.get(&notice.stack_id, 0) {
                 collector.add_stack(notice.stack_id, &stack);
@@ -195,17 +194,10 @@ impl Sampler {
     pub fn drain(&mut self, collector: &mut Collector) -> Result<(), BpfError> {
         let idle = self.active;
         self.active ^= 1;
-        {
-            let mut active: Array<&mut MapData, u32> = Array::try_from(
-                self.ebpf
-                    .map_mut(maps::ACTIVE_COUNTS)
-                    .ok_or(missing(maps::ACTIVE_COUNTS))?,
-            )
+        let mut active: Array<&mut MapData, u32> = map_mut(&mut self.ebpf, maps::ACTIVE_COUNTS)?;
+        active
+            .set(0, self.active, 0)
             .map_err(map_err(maps::ACTIVE_COUNTS))?;
-            active
-                .set(0, self.active, 0)
-                .map_err(map_err(maps::ACTIVE_COUNTS))?;
-        }
         thread::sleep(FLIP_GRACE);
 
         let name = if idle == 0 {
@@ -214,8 +206,7 @@ impl Sampler {
             maps::COUNTS_1
         };
         let mut counts: PerCpuHashMap<&mut MapData, SampleKey, u64> =
-            PerCpuHashMap::try_from(self.ebpf.map_mut(name).ok_or(missing(name))?)
-                .map_err(map_err(name))?;
+            map_mut(&mut self.ebpf, name)?;
         let keys: Vec<SampleKey> = counts.keys().filter_map(Result::ok).collect();
         for key in keys {
             if let Ok(per_cpu) = counts.get(&key, 0) {
@@ -224,12 +215,8 @@ impl Sampler {
             let _ = counts.remove(&key);
         }
 
-        let mut stacks: HashMap<&mut MapData, u64, PyStack> = HashMap::try_from(
-            self.ebpf
-                .map_mut(maps::STACKS)
-                .ok_or(missing(maps::STACKS))?,
-        )
-        .map_err(map_err(maps::STACKS))?;
+        let mut stacks: HashMap<&mut MapData, u64, PyStack> =
+            map_mut(&mut self.ebpf, maps::STACKS)?;
         let ids: Vec<u64> = stacks.keys().filter_map(Result::ok).collect();
         for id in ids {
             if let Ok(stack) = stacks.get(&id, 0) {
@@ -257,9 +244,7 @@ impl Sampler {
 
     /// The kernel's counters, summed over CPUs, indexed by `Stat`.
     pub fn stats(&self) -> Result<Stats, BpfError> {
-        let stats: PerCpuArray<&MapData, u64> =
-            PerCpuArray::try_from(self.ebpf.map(maps::STATS).ok_or(missing(maps::STATS))?)
-                .map_err(map_err(maps::STATS))?;
+        let stats: PerCpuArray<&MapData, u64> = map_ref(&self.ebpf, maps::STATS)?;
         let mut out = Stats::default();
         for stat in Stat::ALL {
             out.0[stat as usize] = stats
@@ -288,10 +273,6 @@ fn load_program<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut Pe
         other => BpfError::Program(other),
     })?;
     Ok(program)
-}
-
-fn missing(name: &'static str) -> BpfError {
-    BpfError::Missing(name)
 }
 
 /// Kernel counters by `Stat`.
