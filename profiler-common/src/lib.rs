@@ -78,7 +78,8 @@ pub struct PyOffsets {
     pub interp_threads_head: u16,
     /// `PyThreadState.next`
     pub tstate_next: u16,
-    /// `PyThreadState.native_thread_id`
+    /// `PyThreadState.native_thread_id` (3.11+), or `PyThreadState.thread_id` (a `pthread_t`)
+    /// up to 3.10: see `TargetInfo::pthread_tid`.
     pub tstate_native_thread_id: u16,
     /// The pointer in `PyThreadState` that leads to the current frame: `cframe` (3.11, 3.12),
     /// `current_frame` (3.13) or `frame` (up to 3.10).
@@ -120,7 +121,11 @@ pub struct TargetInfo {
     pub offsets: PyOffsets,
     /// `major << 8 | minor`, for the record.
     pub version: u16,
-    pub _pad: [u8; 6],
+    /// How the thread state names its thread. `NO_OFFSET`: `tstate_native_thread_id` holds the
+    /// kernel's thread id (3.11+). Otherwise it holds a `pthread_t` (up to 3.10), the address of
+    /// the C library's thread descriptor, and this is the offset of the thread id in it.
+    pub pthread_tid: u16,
+    pub _pad: [u8; 4],
 }
 
 /// One Python frame as the kernel saw it. Userspace turns `code` + `instr` into a function and a

@@ -16,7 +16,7 @@ use aya_ebpf::{
 };
 use profiler_common::{
     MAX_PYTHON_FRAMES, MAX_THREADS, NO_OFFSET, NewStack, PyFrame, PyOffsets, STACK_TRUNCATED,
-    SampleKey, Stat, code_tag, instr_kind, mix,
+    SampleKey, Stat, TargetInfo, code_tag, instr_kind, mix,
 };
 
 use crate::maps::{
@@ -60,7 +60,7 @@ pub fn locate_current_frame() -> bool {
         return false;
     };
     let off = &target.offsets;
-    let frame = find_thread_state(target.runtime_addr, off, tid).and_then(|tstate| {
+    let frame = find_thread_state(target, tid).and_then(|tstate| {
         let mut frame: u64 = read(field(tstate, off.tstate_frame))?;
         if off.cframe_current_frame != NO_OFFSET && frame != 0 {
             frame = read(field(frame, off.cframe_current_frame))?;
@@ -85,10 +85,13 @@ pub fn locate_current_frame() -> bool {
     }
 }
 
-/// Walks `PyInterpreterState.threads` for the thread state whose `native_thread_id` is `tid`.
-fn find_thread_state(runtime: u64, off: &PyOffsets, tid: u32) -> Result<u64, Stat> {
+/// Walks `PyInterpreterState.threads` for the thread state of thread `tid`: the one whose
+/// `native_thread_id` is `tid` (3.11+), or whose `pthread_t` descriptor holds `tid` (up to 3.10).
+fn find_thread_state(target: &TargetInfo, tid: u32) -> Result<u64, Stat> {
+    let off = &target.offsets;
     let fault = |_| Stat::ReadThreadState;
-    let interp: u64 = read(field(runtime, off.runtime_interpreters_head)).map_err(fault)?;
+    let interp: u64 =
+        read(field(target.runtime_addr, off.runtime_interpreters_head)).map_err(fault)?;
     if interp == 0 {
         return Err(Stat::NoThreadState);
     }
@@ -97,7 +100,14 @@ fn find_thread_state(runtime: u64, off: &PyOffsets, tid: u32) -> Result<u64, Sta
         if tstate == 0 {
             break;
         }
-        let native: u64 = read(field(tstate, off.tstate_native_thread_id)).map_err(fault)?;
+        let id: u64 = read(field(tstate, off.tstate_native_thread_id)).map_err(fault)?;
+        let native = if target.pthread_tid == NO_OFFSET {
+            id
+        } else {
+            // A thread state whose thread has not started yet holds no descriptor: the read
+            // fails and the state is just not this thread's.
+            read::<u32>(field(id, target.pthread_tid)).unwrap_or(0) as u64
+        };
         if native == tid as u64 {
             return Ok(tstate);
         }

@@ -13,16 +13,16 @@ use std::{
     time::{Duration, Instant},
 };
 
-use profiler_common::{Stat, TargetInfo};
+use profiler_common::Stat;
 
 use crate::{
     bpf::{BpfError, RunTime, Sampler, Stats},
     cli::{RecordConfig, Target},
     output::Format,
     privilege::{self, NotPrivileged},
-    process::{self, ProcessError, PythonProcess},
+    process::{self, ProcMem, ProcessError, PythonProcess},
     profile::{Profile, collect::Collector},
-    python::{self, Layout, UnsupportedVersion},
+    python::{self, Layout, LayoutSource, UnsupportedVersion},
 };
 
 /// How often the kernel maps are drained (and new code objects read while they exist).
@@ -158,15 +158,7 @@ fn record(cfg: &RecordConfig, stop: &AtomicBool) -> Result<Summary, RecordError>
         }
     };
 
-    sampler.add_target(
-        process.pid,
-        TargetInfo {
-            runtime_addr: process.runtime_addr,
-            offsets: layout.kernel,
-            version: layout.version.as_u16(),
-            _pad: [0; 6],
-        },
-    )?;
+    sampler.add_target(process.pid, layout.target_info(process.runtime_addr))?;
     let mut collector = Collector::new(cfg.frames);
     collector.add_target(process.clone(), layout);
 
@@ -254,9 +246,29 @@ fn write_profile(
     Ok(())
 }
 
-/// The layout for the process's Python, or the error naming its unsupported version.
+/// The layout of the process's Python (published by the interpreter where it does so), or the
+/// error naming its unsupported version. Says so on stderr when the published layout differs
+/// from the built-in table or could not be used.
 fn supported_layout(p: &PythonProcess) -> Result<Layout, RecordError> {
-    python::layout_for(p.version).map_err(|source| RecordError::Unsupported { pid: p.pid, source })
+    let mem = ProcMem::open(p.pid).map_err(|e| ProcessError::from_proc(p.pid, "mem", e))?;
+    let (layout, source) = python::layout_of(&mem, p.version, p.runtime_addr)
+        .map_err(|source| RecordError::Unsupported { pid: p.pid, source })?;
+    match source {
+        LayoutSource::Published(differences) => {
+            for d in differences {
+                eprintln!(
+                    "prof-bpf: note: pid {}: python {} publishes {} = {}, the built-in table says {}; using the published value",
+                    p.pid, p.version, d.field, d.published, d.builtin
+                );
+            }
+        }
+        LayoutSource::Fallback(why) => eprintln!(
+            "prof-bpf: warning: pid {}: {why}; using the built-in python {} layout",
+            p.pid, p.version
+        ),
+        LayoutSource::Builtin => {}
+    }
+    Ok(layout)
 }
 
 fn check_rate(rate: u64) -> Result<(), RecordError> {

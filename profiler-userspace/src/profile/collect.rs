@@ -247,7 +247,11 @@ fn line_of(options: FrameOptions, layout: &Layout, f: &PyFrame, code: &CodeInfo)
             Some(addr) => addr,
             None => return code.firstlineno,
         },
-        _ => f.instr,
+        // f_lasti is -1 before the first instruction runs.
+        _ => match i32::try_from(f.instr) {
+            Ok(lasti) => lasti as u32 * layout.code.instr_unit,
+            Err(_) => return code.firstlineno,
+        },
     };
     line_for(
         layout.code.linetable_format,

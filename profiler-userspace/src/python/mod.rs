@@ -2,13 +2,21 @@
 //! objects and strings from the target, and decoding line tables. Knows nothing of BPF.
 
 pub mod code;
+pub mod debug_offsets;
 pub mod linetable;
+mod v3_10;
 mod v3_11;
 mod v3_12;
+mod v3_13;
+mod v3_8;
+mod v3_9;
 
 use std::fmt;
 
-use profiler_common::PyOffsets;
+use profiler_common::{NO_OFFSET, PyOffsets, TargetInfo};
+
+use self::debug_offsets::{DebugOffsetsError, Disagreement};
+use crate::process::ProcessMemory;
 
 pub use linetable::LineTableFormat;
 
@@ -42,12 +50,14 @@ impl fmt::Display for Version {
 }
 
 /// The versions prof-bpf can profile, for messages.
-pub const SUPPORTED: &str = "3.11 to 3.12";
+pub const SUPPORTED: &str = "3.8 to 3.13";
 
 #[derive(Debug, thiserror::Error)]
-#[error("python {version} is not supported (prof-bpf supports CPython {SUPPORTED})")]
-pub struct UnsupportedVersion {
-    pub version: Version,
+pub enum UnsupportedVersion {
+    #[error("python {0} is not supported (prof-bpf supports CPython {SUPPORTED})")]
+    Version(Version),
+    #[error("python {0} is a free-threaded (no-GIL) build, which prof-bpf does not support yet")]
+    FreeThreaded(Version),
 }
 
 /// Where a code object keeps what userspace reads.
@@ -63,6 +73,19 @@ pub struct CodeLayout {
     /// Offset of the inline bytecode (`co_code_adaptive`, 3.11+): a frame's instruction pointer
     /// minus the code object's address minus this is the byte offset of the instruction.
     pub code_adaptive: u16,
+    /// Bytes per unit of an `instr_kind::INT` position: `f_lasti` counts bytes up to 3.9 and
+    /// 2-byte code units in 3.10.
+    pub instr_unit: u32,
+}
+
+/// What the thread state's `tstate_native_thread_id` field holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ThreadId {
+    /// The kernel's thread id (`native_thread_id`, 3.11+).
+    Native,
+    /// `pthread_self()` (`thread_id`, up to 3.10): the C library's thread descriptor, which
+    /// holds the kernel's thread id at `crate::process::PTHREAD_TID_OFFSET`.
+    Pthread,
 }
 
 /// Where string and bytes objects keep their contents.
@@ -89,16 +112,72 @@ pub struct Layout {
     pub version: Version,
     /// What the kernel needs to walk threads and frames.
     pub kernel: PyOffsets,
+    pub thread_id: ThreadId,
     pub code: CodeLayout,
     pub objects: ObjectLayout,
 }
 
-/// The built-in layout for `version`.
+impl Layout {
+    /// What the kernel needs to profile a process with this layout whose `_PyRuntime` is at
+    /// `runtime_addr`.
+    pub fn target_info(&self, runtime_addr: u64) -> TargetInfo {
+        TargetInfo {
+            runtime_addr,
+            offsets: self.kernel,
+            version: self.version.as_u16(),
+            pthread_tid: match self.thread_id {
+                ThreadId::Native => NO_OFFSET,
+                ThreadId::Pthread => crate::process::PTHREAD_TID_OFFSET,
+            },
+            _pad: [0; 4],
+        }
+    }
+}
+
+/// Where a process's layout came from, for the summary.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LayoutSource {
+    /// The built-in table: the version publishes nothing.
+    Builtin,
+    /// `_Py_DebugOffsets` read from the process, with the fields where the built-in table
+    /// differs (none, normally).
+    Published(Vec<Disagreement>),
+    /// The version should publish its layout, but what the process holds could not be used
+    /// (the reason); the built-in table stands in.
+    Fallback(String),
+}
+
+/// The layout of the interpreter in a process: the built-in table for `version`, overridden by
+/// what the interpreter publishes about itself (3.13+) where that can be read and checks out.
+pub fn layout_of(
+    mem: &impl ProcessMemory,
+    version: Version,
+    runtime_addr: u64,
+) -> Result<(Layout, LayoutSource), UnsupportedVersion> {
+    let builtin = layout_for(version)?;
+    if version < Version::new(3, 13) {
+        return Ok((builtin, LayoutSource::Builtin));
+    }
+    match debug_offsets::read(mem, runtime_addr, &builtin) {
+        Ok(published) => {
+            let differences = debug_offsets::disagreements(&builtin, &published);
+            Ok((published, LayoutSource::Published(differences)))
+        }
+        Err(DebugOffsetsError::FreeThreaded) => Err(UnsupportedVersion::FreeThreaded(version)),
+        Err(e) => Ok((builtin, LayoutSource::Fallback(e.to_string()))),
+    }
+}
+
+/// The built-in layout for `version`: the one place a version picks its table.
 pub fn layout_for(version: Version) -> Result<Layout, UnsupportedVersion> {
     match (version.major, version.minor) {
+        (3, 8) => Ok(v3_8::LAYOUT),
+        (3, 9) => Ok(v3_9::LAYOUT),
+        (3, 10) => Ok(v3_10::LAYOUT),
         (3, 11) => Ok(v3_11::LAYOUT),
         (3, 12) => Ok(v3_12::LAYOUT),
-        _ => Err(UnsupportedVersion { version }),
+        (3, 13) => Ok(v3_13::LAYOUT),
+        _ => Err(UnsupportedVersion::Version(version)),
     }
 }
 
@@ -119,9 +198,45 @@ mod tests {
         let e = layout_for(Version::new(2, 7)).unwrap_err();
         assert_eq!(
             e.to_string(),
-            "python 2.7 is not supported (prof-bpf supports CPython 3.11 to 3.12)"
+            "python 2.7 is not supported (prof-bpf supports CPython 3.8 to 3.13)"
         );
-        assert!(layout_for(Version::new(3, 11)).is_ok());
-        assert!(layout_for(Version::new(3, 12)).is_ok());
+        for minor in 8..=13 {
+            let layout = layout_for(Version::new(3, minor)).unwrap();
+            assert_eq!(layout.version, Version::new(3, minor));
+        }
+        for unsupported in [(2, 7), (3, 6), (3, 7), (3, 14), (4, 0)] {
+            assert!(layout_for(Version::new(unsupported.0, unsupported.1)).is_err());
+        }
+    }
+
+    /// The kernel's copy of a code object's offsets must match userspace's, or the tag the
+    /// kernel computes never matches the one userspace checks.
+    #[test]
+    fn each_table_agrees_with_itself() {
+        for minor in 8..=13 {
+            let l = layout_for(Version::new(3, minor)).unwrap();
+            let k = l.kernel;
+            assert_eq!(
+                (k.code_name, k.code_filename, k.code_firstlineno),
+                (l.code.name, l.code.filename, l.code.firstlineno),
+                "3.{minor}"
+            );
+            assert_eq!(
+                l.code.qualname.is_some(),
+                minor >= 11,
+                "3.{minor}: co_qualname"
+            );
+            assert_eq!(l.thread_id == ThreadId::Pthread, minor <= 10, "3.{minor}");
+            let pointer = k.instr_kind == profiler_common::instr_kind::POINTER;
+            assert_eq!(pointer, minor >= 11, "3.{minor}: instruction kind");
+            assert_eq!(
+                pointer,
+                l.code.code_adaptive > 0,
+                "3.{minor}: co_code_adaptive"
+            );
+            let info = l.target_info(0x1000);
+            assert_eq!(info.pthread_tid != NO_OFFSET, minor <= 10, "3.{minor}");
+            assert_eq!(info.version, 3 << 8 | minor as u16);
+        }
     }
 }

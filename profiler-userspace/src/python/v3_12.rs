@@ -2,7 +2,7 @@
 
 use profiler_common::{PyOffsets, instr_kind};
 
-use super::{CodeLayout, Layout, LineTableFormat, ObjectLayout, Version};
+use super::{CodeLayout, Layout, LineTableFormat, ObjectLayout, ThreadId, Version};
 
 pub const LAYOUT: Layout = Layout {
     version: Version::new(3, 12),
@@ -32,6 +32,7 @@ pub const LAYOUT: Layout = Layout {
         owner_cstack: 3,
         _pad: 0,
     },
+    thread_id: ThreadId::Native,
     code: CodeLayout {
         filename: 112,
         name: 120,
@@ -40,6 +41,7 @@ pub const LAYOUT: Layout = Layout {
         linetable: 136,
         linetable_format: LineTableFormat::Locations,
         code_adaptive: 192,
+        instr_unit: 1,
     },
     // Include/cpython/unicodeobject.h (wstr gone: PyASCIIObject is 40 bytes)
     objects: ObjectLayout {
