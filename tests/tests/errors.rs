@@ -95,11 +95,11 @@ fn unsupported_python_versions_are_named() {
     if !privileged() {
         return;
     }
-    for version in ["2.7", "3.7"] {
+    for version in ["2.7", "3.6", "3.7"] {
         let sleeper = Sleeper::python(&python(version));
         assert_fails(
             &["record", "--pid", &sleeper.pid()],
-            &format!("python {version} is not supported (prof-bpf supports CPython 3.11 to 3.12)"),
+            &format!("python {version} is not supported (prof-bpf supports CPython 3.8 to 3.13)"),
         );
     }
 }

@@ -153,6 +153,36 @@ fn split_debian_3_11_launched() {
 }
 
 #[test]
+fn split_3_8_launched() {
+    record_launch("3.8", "split_3_8_launched");
+}
+
+#[test]
+fn split_3_9_launched() {
+    record_launch("3.9", "split_3_9_launched");
+}
+
+#[test]
+fn split_3_10_launched() {
+    record_launch("3.10", "split_3_10_launched");
+}
+
+#[test]
+fn split_3_13_launched() {
+    record_launch("3.13", "split_3_13_launched");
+}
+
+#[test]
+fn split_3_8_by_pid() {
+    record_pid("3.8", "split_3_8_by_pid");
+}
+
+#[test]
+fn split_3_13_by_pid() {
+    record_pid("3.13", "split_3_13_by_pid");
+}
+
+#[test]
 fn split_3_11_by_pid() {
     record_pid("3.11", "split_3_11_by_pid");
 }

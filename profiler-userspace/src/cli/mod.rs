@@ -51,6 +51,10 @@ pub struct RecordArgs {
     #[arg(long)]
     pub nolineno: bool,
 
+    /// Show each thread (id and name) as the root frame of its stacks.
+    #[arg(long)]
+    pub threads: bool,
+
     /// The command to launch and profile, after `--`.
     #[arg(last = true, value_name = "COMMAND")]
     pub command: Vec<String>,
@@ -108,6 +112,7 @@ impl RecordArgs {
             frames: FrameOptions {
                 function: self.function,
                 nolineno: self.nolineno,
+                threads: self.threads,
             },
         })
     }
@@ -147,6 +152,7 @@ mod tests {
             "-o",
             "x.json",
             "-F",
+            "--threads",
             "--",
             "python",
             "-c",
@@ -161,7 +167,7 @@ mod tests {
         assert_eq!(c.duration, Some(Duration::from_millis(2500)));
         assert_eq!(c.format, Format::Speedscope);
         assert_eq!(c.output, Some(PathBuf::from("x.json")));
-        assert!(c.frames.function && !c.frames.nolineno);
+        assert!(c.frames.function && !c.frames.nolineno && c.frames.threads);
         assert!(
             record(&["-f", "raw", "--nolineno", "-p", "1"])
                 .unwrap()

@@ -48,11 +48,18 @@ impl ProfileWriter for Speedscope {
         let profiles: Vec<_> = threads
             .iter()
             .map(|(&(pid, tid), samples)| {
-                let weights: Vec<f64> = samples.iter().map(|s| s.count as f64 * seconds_per_sample).collect();
+                let weights: Vec<f64> = samples
+                    .iter()
+                    .map(|s| s.count as f64 * seconds_per_sample)
+                    .collect();
                 let total: f64 = weights.iter().sum();
                 json!({
                     "type": "sampled",
-                    "name": format!("{} (pid {pid}) thread {tid}", names.get(&pid).copied().unwrap_or("process")),
+                    "name": format!(
+                        "{} (pid {pid}) thread {tid} ({})",
+                        names.get(&pid).copied().unwrap_or("process"),
+                        profile.thread(pid, tid).map_or("?", |t| t.name.as_str())
+                    ),
                     "unit": "seconds",
                     "startValue": 0.0,
                     "endValue": total,

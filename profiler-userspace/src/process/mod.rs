@@ -172,6 +172,13 @@ pub fn inspect(pid: u32) -> Result<PythonProcess, ProcessError> {
     }
 }
 
+/// The kernel's name for thread `tid` of `pid` (its `comm`), or `?` if it is gone.
+pub fn thread_name(pid: u32, tid: u32) -> String {
+    fs::read_to_string(format!("/proc/{pid}/task/{tid}/comm"))
+        .map(|s| s.trim_end().to_string())
+        .unwrap_or_else(|_| "?".into())
+}
+
 /// The process's start time (field 22 of /proc/PID/stat).
 pub fn start_time(pid: u32) -> Result<u64, ProcessError> {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat"))

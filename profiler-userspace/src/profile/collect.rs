@@ -11,9 +11,9 @@ use std::{
 
 use profiler_common::{PyFrame, PyStack, STACK_TRUNCATED, SampleKey, instr_kind};
 
-use super::{Frame, FrameTable, ProcessInfo, Profile, Sample};
+use super::{Frame, FrameTable, ProcessInfo, Profile, Sample, ThreadInfo};
 use crate::{
-    process::{ProcMem, PythonProcess},
+    process::{self, ProcMem, PythonProcess},
     python::{
         Layout,
         code::{CodeError, CodeInfo, read_code},
@@ -28,6 +28,8 @@ pub struct FrameOptions {
     pub function: bool,
     /// No line numbers at all (`--nolineno`).
     pub nolineno: bool,
+    /// Put the thread under each stack as its root frame (`--threads`).
+    pub threads: bool,
 }
 
 /// Why a frame could not be named.
@@ -68,6 +70,8 @@ pub struct Collector {
     counts: HashMap<SampleKey, u64>,
     /// (pid, stack) pairs whose code objects have been read.
     resolved: HashSet<(u32, u64)>,
+    /// Thread names, read when a thread is first seen (it may be gone by the end).
+    threads: HashMap<(u32, u32), String>,
 }
 
 impl Collector {
@@ -78,6 +82,7 @@ impl Collector {
             stacks: HashMap::new(),
             counts: HashMap::new(),
             resolved: HashSet::new(),
+            threads: HashMap::new(),
         }
     }
 
@@ -104,6 +109,9 @@ impl Collector {
 
     pub fn add_count(&mut self, key: SampleKey, n: u64) {
         *self.counts.entry(key).or_default() += n;
+        self.threads
+            .entry((key.pid, key.tid))
+            .or_insert_with(|| process::thread_name(key.pid, key.tid));
     }
 
     pub fn samples(&self) -> u64 {
@@ -163,6 +171,9 @@ impl Collector {
         let mut unknown_frames = 0;
         for (key, count) in &self.counts {
             let mut frames = Vec::new();
+            if self.options.threads {
+                frames.push(table.intern(thread_info(&self.threads, key.pid, key.tid).frame()));
+            }
             match self.stacks.get(&key.stack_id) {
                 None => frames.push(table.intern(Frame::marker("[unknown] (stack lost)"))),
                 Some(stack) => {
@@ -222,14 +233,29 @@ impl Collector {
             })
             .collect();
         processes.sort_by_key(|p| p.pid);
+        let mut threads: Vec<ThreadInfo> = self
+            .threads
+            .keys()
+            .map(|&(pid, tid)| thread_info(&self.threads, pid, tid))
+            .collect();
+        threads.sort_by_key(|t| (t.pid, t.tid));
         Profile {
             frames: table.into_frames(),
             samples,
             processes,
+            threads,
             rate_hz,
             duration,
             unknown_frames,
         }
+    }
+}
+
+fn thread_info(names: &HashMap<(u32, u32), String>, pid: u32, tid: u32) -> ThreadInfo {
+    ThreadInfo {
+        pid,
+        tid,
+        name: names.get(&(pid, tid)).cloned().unwrap_or_default(),
     }
 }
 

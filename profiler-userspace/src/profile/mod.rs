@@ -54,11 +54,29 @@ pub struct ProcessInfo {
     pub version: String,
 }
 
+/// A thread that was sampled.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ThreadInfo {
+    pub pid: u32,
+    pub tid: u32,
+    /// The kernel's name for the thread (`comm`), as `top` and `ps -L` show it.
+    pub name: String,
+}
+
+impl ThreadInfo {
+    /// The root frame `--threads` puts under a thread's stacks.
+    pub fn frame(&self) -> Frame {
+        Frame::marker(format!("thread {} ({})", self.tid, self.name))
+    }
+}
+
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Profile {
     pub frames: Vec<Frame>,
     pub samples: Vec<Sample>,
     pub processes: Vec<ProcessInfo>,
+    /// Every thread with samples, by (pid, tid).
+    pub threads: Vec<ThreadInfo>,
     /// Samples per second asked of the kernel.
     pub rate_hz: u64,
     pub duration: Duration,
@@ -67,6 +85,14 @@ pub struct Profile {
 }
 
 impl Profile {
+    /// The thread `tid` of process `pid`, if it was sampled.
+    pub fn thread(&self, pid: u32, tid: u32) -> Option<&ThreadInfo> {
+        self.threads
+            .binary_search_by_key(&(pid, tid), |t| (t.pid, t.tid))
+            .ok()
+            .map(|i| &self.threads[i])
+    }
+
     pub fn total_samples(&self) -> u64 {
         self.samples.iter().map(|s| s.count).sum()
     }

@@ -1,0 +1,237 @@
+//! Every supported CPython, end to end as root: threads attributed to the right thread, each
+//! kind of frame named right, and 3.13's published layout equal to the built-in table. The
+//! split fixture under every version lives in record.rs with the other split tests.
+
+use std::{
+    collections::BTreeMap,
+    process::{Command, Stdio},
+};
+
+use prof_bpf_tests::*;
+use profiler_userspace::{
+    process::{self, ProcMem},
+    python::{self, LayoutSource, Version, debug_offsets},
+};
+use serde_json::Value;
+
+/// How far a profiled share may be from the measured share, in percentage points.
+const TOLERANCE_PP: f64 = 3.0;
+
+/// Records `fixture` (with `args`) under `python` at 1000 Hz as collapsed stacks with thread
+/// roots; returns the profile and the JSON line the fixture printed last.
+fn record(python_version: &str, fixture_name: &str, args: &[&str], test: &str) -> (Folded, Value) {
+    let out = scratch_dir(test).join("profile.txt");
+    let result = Command::new(prof_bpf())
+        .args(["record", "-r", "1000", "-f", "raw", "--threads", "-o"])
+        .arg(&out)
+        .arg("--")
+        .arg(python(python_version))
+        .arg(fixture(fixture_name))
+        .args(args)
+        .env_remove("RUST_BACKTRACE")
+        .output()
+        .expect("running prof-bpf");
+    let stderr = String::from_utf8_lossy(&result.stderr);
+    assert!(result.status.success(), "{test}: prof-bpf failed: {stderr}");
+    let stdout = String::from_utf8_lossy(&result.stdout);
+    let last = stdout
+        .lines()
+        .last()
+        .expect("the fixture printed its measurements");
+    let measured = serde_json::from_str(last).expect("the fixture's measurements are JSON");
+    let profile = parse_folded(&std::fs::read_to_string(&out).unwrap());
+    (profile, measured)
+}
+
+/// Asserts each function's share of the samples in any of `names` is within `TOLERANCE_PP` of
+/// its share of the CPU time measured for it.
+fn check_shares(profile: &Folded, measured: &BTreeMap<String, f64>, test: &str) {
+    let counts: BTreeMap<&str, u64> = measured
+        .keys()
+        .map(|name| (name.as_str(), samples_in(profile, name)))
+        .collect();
+    let total_samples: u64 = counts.values().sum();
+    let total_cpu: f64 = measured.values().sum();
+    assert!(
+        total_samples >= 1000,
+        "{test}: only {total_samples} samples in {counts:?}"
+    );
+    for (name, cpu) in measured {
+        let profiled = 100.0 * counts[name.as_str()] as f64 / total_samples as f64;
+        let expected = 100.0 * cpu / total_cpu;
+        eprintln!("{test}: {name} {profiled:.1}% profiled vs {expected:.1}% measured");
+        assert!(
+            (profiled - expected).abs() <= TOLERANCE_PP,
+            "{test}: {name} has {profiled:.1}% of samples but {expected:.1}% of the CPU time; samples: {counts:?}"
+        );
+    }
+}
+
+/// Four threads, equal work each: each thread's function holds its share of the samples, and
+/// every stack through a worker function is rooted at that worker's own thread.
+fn threads(python_version: &str, test: &str) {
+    if !privileged() {
+        return;
+    }
+    let (profile, measured) = record(python_version, "threads.py", &["0.5"], test);
+    let workers = measured.as_object().expect("a JSON object");
+    assert_eq!(workers.len(), 4, "{test}: {measured}");
+    let cpu: BTreeMap<String, f64> = workers
+        .iter()
+        .map(|(name, w)| (name.clone(), w["cpu"].as_f64().unwrap()))
+        .collect();
+    check_shares(&profile, &cpu, test);
+    for (name, w) in workers {
+        let root = format!("thread {} (", w["tid"].as_u64().unwrap());
+        for (stack, n) in &profile {
+            if stack.iter().any(|f| function(f) == name) {
+                assert!(
+                    stack[0].starts_with(&root),
+                    "{test}: {n} samples of {name} (thread {}) are rooted at {:?}",
+                    w["tid"],
+                    stack[0]
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn threads_3_8() {
+    threads("3.8", "threads_3_8");
+}
+
+#[test]
+fn threads_3_10() {
+    threads("3.10", "threads_3_10");
+}
+
+#[test]
+fn threads_3_11() {
+    threads("3.11", "threads_3_11");
+}
+
+#[test]
+fn threads_3_12() {
+    threads("3.12", "threads_3_12");
+}
+
+#[test]
+fn threads_3_13() {
+    threads("3.13", "threads_3_13");
+}
+
+/// A generator, a coroutine, a method, non-ASCII names of every string kind and a module with a
+/// non-ASCII file name: each appears by its right name, with its share of the samples.
+fn frame_kinds(python_version: &str, test: &str) {
+    if !privileged() {
+        return;
+    }
+    let (profile, measured) = record(python_version, "kinds.py", &["0.3"], test);
+    let version = Version::parse(if python_version == "debian-3.11" {
+        "3.11"
+    } else {
+        python_version
+    })
+    .unwrap();
+    // A method shows its qualified name where the version has co_qualname (3.11+).
+    let method = if version >= Version::new(3, 11) {
+        "Shape.area"
+    } else {
+        "area"
+    };
+    let cpu: BTreeMap<String, f64> = measured
+        .as_object()
+        .expect("a JSON object")
+        .iter()
+        .map(|(name, secs)| {
+            let name = if name == "Shape.area" { method } else { name };
+            (name.to_string(), secs.as_f64().unwrap())
+        })
+        .collect();
+    assert_eq!(cpu.len(), 7, "{test}: {measured}");
+    check_shares(&profile, &cpu, test);
+    let module_frame = profile
+        .keys()
+        .flatten()
+        .find(|f| function(f) == "función_en_módulo")
+        .expect("the non-ASCII module's function");
+    assert!(
+        module_frame.contains("/módulo_Ω.py:"),
+        "{test}: {module_frame}"
+    );
+}
+
+#[test]
+fn frame_kinds_3_8() {
+    frame_kinds("3.8", "frame_kinds_3_8");
+}
+
+#[test]
+fn frame_kinds_3_9() {
+    frame_kinds("3.9", "frame_kinds_3_9");
+}
+
+#[test]
+fn frame_kinds_3_10() {
+    frame_kinds("3.10", "frame_kinds_3_10");
+}
+
+#[test]
+fn frame_kinds_3_11() {
+    frame_kinds("3.11", "frame_kinds_3_11");
+}
+
+#[test]
+fn frame_kinds_3_12() {
+    frame_kinds("3.12", "frame_kinds_3_12");
+}
+
+#[test]
+fn frame_kinds_3_13() {
+    frame_kinds("3.13", "frame_kinds_3_13");
+}
+
+#[test]
+fn frame_kinds_debian_3_11() {
+    frame_kinds("debian-3.11", "frame_kinds_debian_3_11");
+}
+
+/// What a live 3.13 interpreter publishes in `_Py_DebugOffsets` equals the built-in 3.13 table,
+/// field for field: a wrong table fails here.
+#[test]
+fn published_3_13_layout_equals_the_builtin_table() {
+    if !privileged() {
+        return;
+    }
+    let mut child = Command::new(python("3.13"))
+        .args([
+            "-c",
+            "import sys, time; print(1, flush=True); time.sleep(30)",
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("starting python 3.13");
+    let mut ready = [0u8; 1];
+    std::io::Read::read_exact(child.stdout.as_mut().unwrap(), &mut ready).unwrap();
+    let read = || {
+        let p = process::inspect(child.id()).expect("python 3.13 found");
+        let builtin = python::layout_for(Version::new(3, 13)).unwrap();
+        let mem = ProcMem::open(p.pid).unwrap();
+        let published = debug_offsets::read(&mem, p.runtime_addr, &builtin);
+        let of = python::layout_of(&mem, p.version, p.runtime_addr).unwrap();
+        (builtin, published, of)
+    };
+    let (builtin, published, (layout, source)) = read();
+    let _ = child.kill();
+    let _ = child.wait();
+    let published = published.expect("the 3.13 process publishes its layout");
+    assert_eq!(
+        debug_offsets::disagreements(&builtin, &published),
+        [],
+        "published vs built-in"
+    );
+    assert_eq!(published, builtin);
+    assert_eq!(layout, builtin);
+    assert_eq!(source, LayoutSource::Published(vec![]));
+}
