@@ -30,6 +30,9 @@ pub mod maps {
     pub const ACTIVE_COUNTS: &str = "ACTIVE_COUNTS";
     pub const STATS: &str = "STATS";
     pub const SCRATCH: &str = "SCRATCH";
+    pub const CONFIG: &str = "CONFIG";
+    pub const OFF_CPU_START: &str = "OFF_CPU_START";
+    pub const SWITCH_PROGRAMS: &str = "SWITCH_PROGRAMS";
     pub const PROGRAMS: &str = "PROGRAMS";
     pub const NEW_STACKS: &str = "NEW_STACKS";
 }
@@ -54,6 +57,11 @@ pub const PROGRAM_NAME: &str = "on_cpu_sample";
 pub const WALK_PROGRAM_NAME: &str = "walk_python_stack";
 /// `WALK_PROGRAM_NAME`'s slot in `maps::PROGRAMS`.
 pub const WALK_PROGRAM_SLOT: u32 = 0;
+/// The program on the `sched:sched_switch` tracepoint (`--idle`): ends a target thread's
+/// off-CPU interval when it comes back, and records its stack when it blocks.
+pub const SWITCH_PROGRAM_NAME: &str = "on_sched_switch";
+/// The frame walker again, as a tracepoint program: a tail call stays within one program type.
+pub const SWITCH_WALK_PROGRAM_NAME: &str = "walk_python_stack_on_switch";
 
 /// Marks an offset the running CPython version does not have.
 pub const NO_OFFSET: u16 = u16::MAX;
@@ -106,6 +114,15 @@ pub struct PyOffsets {
     /// Frames whose owner byte equals this are C-stack shims, not code (3.12+);
     /// `NO_CSTACK_OWNER` where the version has none.
     pub owner_cstack: u16,
+    /// The GIL's state (`struct _gil_runtime_state`) is reached through a pointer at this
+    /// offset in `PyInterpreterState` (`ceval.gil`, 3.12+); `NO_OFFSET` where it sits in
+    /// `_PyRuntime` at `gil_in_runtime` (`ceval.gil`, up to 3.11).
+    pub gil_ptr_in_interp: u16,
+    pub gil_in_runtime: u16,
+    /// `_gil_runtime_state.locked` (an int) and `.last_holder` (the holder's thread state, or
+    /// the last holder's once released).
+    pub gil_locked: u16,
+    pub gil_last_holder: u16,
     pub _pad: u16,
 }
 
@@ -177,7 +194,43 @@ pub struct SampleKey {
     pub tid: u32,
     /// Key into `STACKS`.
     pub stack_id: u64,
+    /// `count_kind::ON_CPU` or `count_kind::OFF_CPU_NS`: what the count counts.
+    pub kind: u32,
+    pub _pad: u32,
 }
+
+/// What the value of a `COUNTS_*` entry counts.
+pub mod count_kind {
+    /// CPU-clock samples taken while the thread ran this stack.
+    pub const ON_CPU: u32 = 0;
+    /// Nanoseconds the thread spent off the CPU, asleep or blocked, after leaving it in this
+    /// stack (`--idle`).
+    pub const OFF_CPU_NS: u32 = 1;
+}
+
+/// Switches userspace sets in `maps::CONFIG` (an array of u32, indexed by these).
+pub mod config {
+    /// Record off-CPU time (`--idle`): the scheduler-switch program stores the stack of a
+    /// target thread that blocks and counts its time off the CPU when it comes back.
+    pub const IDLE: u32 = 0;
+    /// Count only samples of threads that hold the GIL (`--gil`).
+    pub const GIL_ONLY: u32 = 1;
+    pub const COUNT: u32 = 2;
+}
+
+/// Where the scheduler-switch program left a thread that went off the CPU, by thread id.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct OffCpuStart {
+    pub pid: u32,
+    pub _pad: u32,
+    /// `bpf_ktime_get_ns()` when it left.
+    pub since_ns: u64,
+    pub stack_id: u64,
+}
+
+/// Threads that can be off the CPU with a stack recorded at once.
+pub const MAX_OFF_CPU_THREADS: u32 = 16384;
 
 /// Per-CPU counters in `STATS`, indexed by this enum. Every sample of a target lands in exactly
 /// one of `Recorded` or an error; nothing is dropped silently.
@@ -204,10 +257,19 @@ pub enum Stat {
     EmptyStack = 8,
     /// The tail call to the frame walker failed (the walker is not loaded).
     TailCall = 9,
+    /// `--gil`: the thread did not hold the GIL, so the sample was left out by request.
+    GilNotHeld = 10,
+    /// Not a sample's fate but a tally: recorded samples whose thread held the GIL.
+    GilHeld = 11,
+    /// Not a sample's fate but a tally (`--idle`): off-CPU intervals of target threads ended
+    /// and counted.
+    OffCpu = 12,
+    /// `--idle`: the map of threads off the CPU was full: an interval was lost.
+    OffCpuMapFull = 13,
 }
 
 impl Stat {
-    pub const COUNT: u32 = 10;
+    pub const COUNT: u32 = 14;
     pub const ALL: [Stat; Self::COUNT as usize] = [
         Stat::Recorded,
         Stat::NoThreadState,
@@ -219,6 +281,10 @@ impl Stat {
         Stat::BadOffsets,
         Stat::EmptyStack,
         Stat::TailCall,
+        Stat::GilNotHeld,
+        Stat::GilHeld,
+        Stat::OffCpu,
+        Stat::OffCpuMapFull,
     ];
 
     /// Whether the sample found the thread outside Python code (no thread state, or no
@@ -227,9 +293,18 @@ impl Stat {
         matches!(self, Stat::NoThreadState | Stat::EmptyStack)
     }
 
-    /// Whether the sample was lost (as opposed to kept with a caveat).
+    /// Whether the counter is a tally alongside the samples' fates, not one of them.
+    pub const fn is_tally(self) -> bool {
+        matches!(self, Stat::GilHeld | Stat::OffCpu)
+    }
+
+    /// Whether the sample was lost to a fault or a limit (as opposed to kept, kept with a
+    /// caveat, left out on request, or a tally).
     pub const fn is_loss(self) -> bool {
-        !matches!(self, Stat::Recorded | Stat::ReadFrame | Stat::Truncated)
+        !matches!(
+            self,
+            Stat::Recorded | Stat::ReadFrame | Stat::Truncated | Stat::GilNotHeld
+        ) && !self.is_tally()
     }
 
     pub const fn name(self) -> &'static str {
@@ -244,6 +319,10 @@ impl Stat {
             Stat::BadOffsets => "bad offsets",
             Stat::EmptyStack => "no python frame",
             Stat::TailCall => "tail call failed",
+            Stat::GilNotHeld => "without the GIL (left out by --gil)",
+            Stat::GilHeld => "with the GIL held",
+            Stat::OffCpu => "off-CPU intervals",
+            Stat::OffCpuMapFull => "off-CPU map full",
         }
     }
 }
@@ -257,11 +336,14 @@ mod pod {
     unsafe impl aya::Pod for super::PyStack {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::SampleKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::OffCpuStart {}
 }
 
 // Layout checks: both sides compile these, so a drift breaks the build, not the profile.
-const _: () = assert!(core::mem::size_of::<PyOffsets>() == 32);
-const _: () = assert!(core::mem::size_of::<TargetInfo>() == 48);
+const _: () = assert!(core::mem::size_of::<PyOffsets>() == 40);
+const _: () = assert!(core::mem::size_of::<TargetInfo>() == 56);
+const _: () = assert!(core::mem::size_of::<OffCpuStart>() == 24);
 const _: () = assert!(core::mem::size_of::<PyFrame>() == 16);
-const _: () = assert!(core::mem::size_of::<SampleKey>() == 16);
+const _: () = assert!(core::mem::size_of::<SampleKey>() == 24);
 const _: () = assert!(core::mem::size_of::<PyStack>() == 8 + 16 * MAX_PYTHON_FRAMES);

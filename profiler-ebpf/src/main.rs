@@ -6,16 +6,27 @@
 mod maps;
 mod python;
 
-use aya_ebpf::{macros::perf_event, programs::PerfEventContext};
+use aya_ebpf::{
+    macros::{perf_event, tracepoint},
+    programs::{PerfEventContext, TracePointContext},
+};
 use profiler_common::{Stat, WALK_PROGRAM_SLOT};
 
-use crate::maps::{PROGRAMS, count};
+use crate::maps::{PROGRAMS, SWITCH_PROGRAMS, Slot, count};
+
+/// `sched:sched_switch` fields (/sys/kernel/tracing/events/sched/sched_switch/format): a
+/// stable tracepoint ABI.
+const SWITCH_PREV_STATE: usize = 32;
+const SWITCH_NEXT_PID: usize = 56;
+/// `prev_state` bits of a task that blocked (S, D, T, t, X, Z, P, I); zero, or the
+/// preempted-while-runnable bit 0x100, means it is still runnable, not idle.
+const BLOCKED_STATES: i64 = 0xff;
 
 /// Runs on every CPU-clock sample of every CPU; returns at once unless the interrupted thread
 /// belongs to a target process. Finds the thread's current frame, then tail-calls the walker.
 #[perf_event]
 pub fn on_cpu_sample(ctx: PerfEventContext) -> u32 {
-    if python::locate_current_frame() {
+    if python::locate_current_frame(Slot::Sample) {
         // SAFETY: the walker is a perf_event program like this one and takes the same context;
         // control only comes back here if the call fails.
         unsafe { PROGRAMS.tail_call(&ctx, WALK_PROGRAM_SLOT) };
@@ -27,7 +38,36 @@ pub fn on_cpu_sample(ctx: PerfEventContext) -> u32 {
 /// Walks the frame chain `on_cpu_sample` found and counts the stack.
 #[perf_event]
 pub fn walk_python_stack(_ctx: PerfEventContext) -> u32 {
-    python::walk_and_count();
+    python::walk_and_count(Slot::Sample);
+    0
+}
+
+/// On every context switch (attached with `--idle` only): ends the off-CPU interval of the
+/// thread coming in, and, when the thread going out blocks, records where it blocked.
+#[tracepoint]
+pub fn on_sched_switch(ctx: TracePointContext) -> u32 {
+    // SAFETY: offsets within the tracepoint's record, per its format file; the helper checks
+    // bounds.
+    let (next_tid, prev_state) = unsafe {
+        (
+            ctx.read_at::<i32>(SWITCH_NEXT_PID).unwrap_or(0),
+            ctx.read_at::<i64>(SWITCH_PREV_STATE).unwrap_or(0),
+        )
+    };
+    python::end_off_cpu(next_tid as u32);
+    // The thread going out is the current one: its memory is the one user reads see.
+    if prev_state & BLOCKED_STATES != 0 && python::locate_current_frame(Slot::Switch) {
+        // SAFETY: the walker is a tracepoint program like this one and takes the same context.
+        unsafe { SWITCH_PROGRAMS.tail_call(&ctx, WALK_PROGRAM_SLOT) };
+        count(Stat::TailCall);
+    }
+    0
+}
+
+/// Walks the frame chain `on_sched_switch` found and notes where the thread left the CPU.
+#[tracepoint]
+pub fn walk_python_stack_on_switch(_ctx: TracePointContext) -> u32 {
+    python::walk_and_count(Slot::Switch);
     0
 }
 

@@ -4,10 +4,11 @@
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
     macros::map,
-    maps::{Array, HashMap, PerCpuArray, PerCpuHashMap, ProgramArray, RingBuf},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, ProgramArray, RingBuf},
 };
 use profiler_common::{
-    MAX_COUNTS, MAX_STACKS, MAX_TARGETS, NEW_STACKS_BYTES, PyStack, SampleKey, Stat, TargetInfo,
+    MAX_COUNTS, MAX_OFF_CPU_THREADS, MAX_STACKS, MAX_TARGETS, NEW_STACKS_BYTES, OffCpuStart,
+    PyStack, SampleKey, Stat, TargetInfo, config,
 };
 
 /// Processes to profile, by tgid, with their interpreter's address and layout.
@@ -37,8 +38,24 @@ pub static ACTIVE_COUNTS: Array<u32> = Array::with_max_entries(1, 0);
 #[map]
 pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Stat::COUNT, 0);
 
-/// What `on_cpu_sample` hands the walker across the tail call, and room to build a stack in
-/// (far larger than the 512-byte BPF stack).
+/// Switches set by userspace, indexed by `profiler_common::config`.
+#[map]
+pub static CONFIG: Array<u32> = Array::with_max_entries(config::COUNT, 0);
+
+/// Whether userspace turned switch `index` of `profiler_common::config` on.
+#[inline(always)]
+pub fn enabled(index: u32) -> bool {
+    CONFIG.get(index).is_some_and(|&v| v != 0)
+}
+
+/// Target threads off the CPU, by thread id: where and when they left. LRU, so threads that
+/// exit while off the CPU do not fill it.
+#[map]
+pub static OFF_CPU_START: LruHashMap<u32, OffCpuStart> =
+    LruHashMap::with_max_entries(MAX_OFF_CPU_THREADS, 0);
+
+/// What a sample's first program hands the walker across the tail call, and room to build a
+/// stack in (far larger than the 512-byte BPF stack).
 #[repr(C)]
 pub struct Scratch {
     pub pid: u32,
@@ -47,15 +64,33 @@ pub struct Scratch {
     pub frame: u64,
     /// The stack's content hash, written by the walk and read back by the tail.
     pub hash: u64,
+    /// Whether the thread held the GIL (1) or not (0).
+    pub gil_held: u32,
+    pub _pad: u32,
     pub stack: PyStack,
 }
 
-#[map]
-pub static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
+/// Which `SCRATCH` entry a program uses: CPU-clock samples and scheduler switches each have
+/// their own, so neither can see the other's half-built stack.
+#[derive(Clone, Copy, PartialEq, Eq)]
+#[repr(u32)]
+pub enum Slot {
+    Sample = 0,
+    Switch = 1,
+}
 
-/// The tail-call table: slot `WALK_PROGRAM_SLOT` holds `walk_python_stack`.
+#[map]
+pub static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(2, 0);
+
+/// The tail-call table of the CPU-clock programs: slot `WALK_PROGRAM_SLOT` holds
+/// `walk_python_stack`.
 #[map]
 pub static PROGRAMS: ProgramArray = ProgramArray::with_max_entries(1, 0);
+
+/// The tail-call table of the scheduler-switch programs (a table serves one program type):
+/// slot `WALK_PROGRAM_SLOT` holds `walk_python_stack_on_switch`.
+#[map]
+pub static SWITCH_PROGRAMS: ProgramArray = ProgramArray::with_max_entries(1, 0);
 
 #[inline(always)]
 pub fn count(stat: Stat) {

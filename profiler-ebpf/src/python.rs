@@ -12,15 +12,16 @@ use core::ptr::{addr_of, addr_of_mut, read_volatile, write_volatile};
 
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
-    helpers::{bpf_get_current_pid_tgid, bpf_probe_read_user, generated},
+    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user, generated},
 };
 use profiler_common::{
-    MAX_PYTHON_FRAMES, MAX_THREADS, NO_OFFSET, NewStack, PyFrame, PyOffsets, STACK_TRUNCATED,
-    SampleKey, Stat, TargetInfo, code_tag, instr_kind, mix,
+    MAX_PYTHON_FRAMES, MAX_THREADS, NO_OFFSET, NewStack, OffCpuStart, PyFrame, PyOffsets,
+    STACK_TRUNCATED, SampleKey, Stat, TargetInfo, code_tag, config, count_kind, instr_kind, mix,
 };
 
 use crate::maps::{
-    ACTIVE_COUNTS, COUNTS_0, COUNTS_1, NEW_STACKS, SCRATCH, STACKS, Scratch, TARGETS, count,
+    ACTIVE_COUNTS, COUNTS_0, COUNTS_1, NEW_STACKS, OFF_CPU_START, SCRATCH, STACKS, Scratch, Slot,
+    TARGETS, count, enabled,
 };
 
 const EEXIST: i32 = 17;
@@ -39,15 +40,15 @@ fn field(base: u64, offset: u16) -> u64 {
 }
 
 #[inline(always)]
-fn scratch() -> Option<&'static mut Scratch> {
-    // SAFETY: the per-CPU scratch entry is only used by the program running on this CPU, and a
-    // sample's two programs run back to back on it.
-    SCRATCH.get_ptr_mut(0).map(|p| unsafe { &mut *p })
+fn scratch(slot: Slot) -> Option<&'static mut Scratch> {
+    // SAFETY: the per-CPU scratch entry is only used by the program running on this CPU, a
+    // sample's two programs run back to back on it, and each kind of program has its own slot.
+    SCRATCH.get_ptr_mut(slot as u32).map(|p| unsafe { &mut *p })
 }
 
-/// Stage one: for a target thread, finds its current frame and leaves it in the scratch map.
-/// Returns whether there is a stack to walk.
-pub fn locate_current_frame() -> bool {
+/// Stage one: for a target thread, finds its current frame and leaves it in the scratch map
+/// `slot`. Returns whether there is a stack to walk.
+pub fn locate_current_frame(slot: Slot) -> bool {
     let pid_tgid = bpf_get_current_pid_tgid();
     let pid = (pid_tgid >> 32) as u32;
     let tid = pid_tgid as u32;
@@ -56,11 +57,16 @@ pub fn locate_current_frame() -> bool {
     let Some(target) = (unsafe { TARGETS.get(pid) }) else {
         return false;
     };
-    let Some(s) = scratch() else {
+    let Some(s) = scratch(slot) else {
         return false;
     };
     let off = &target.offsets;
-    let frame = find_thread_state(target, tid).and_then(|tstate| {
+    let frame = find_thread_state(target, tid).and_then(|(interp, tstate)| {
+        let gil_held = holds_gil(target, interp, tstate);
+        if slot == Slot::Sample && !gil_held && enabled(config::GIL_ONLY) {
+            return Err(Stat::GilNotHeld);
+        }
+        s.gil_held = gil_held as u32;
         let mut frame: u64 = read(field(tstate, off.tstate_frame))?;
         if off.cframe_current_frame != NO_OFFSET && frame != 0 {
             frame = read(field(frame, off.cframe_current_frame))?;
@@ -85,9 +91,27 @@ pub fn locate_current_frame() -> bool {
     }
 }
 
+/// Whether the thread whose state is `tstate` holds the GIL: the GIL is locked and it is the
+/// holder. A read fault answers no.
+fn holds_gil(target: &TargetInfo, interp: u64, tstate: u64) -> bool {
+    let off = &target.offsets;
+    let gil = if off.gil_ptr_in_interp == NO_OFFSET {
+        field(target.runtime_addr, off.gil_in_runtime)
+    } else {
+        read::<u64>(field(interp, off.gil_ptr_in_interp)).unwrap_or(0)
+    };
+    if gil == 0 {
+        return false;
+    }
+    let locked: i32 = read(field(gil, off.gil_locked)).unwrap_or(0);
+    let holder: u64 = read(field(gil, off.gil_last_holder)).unwrap_or(0);
+    locked != 0 && holder == tstate
+}
+
 /// Walks `PyInterpreterState.threads` for the thread state of thread `tid`: the one whose
 /// `native_thread_id` is `tid` (3.11+), or whose `pthread_t` descriptor holds `tid` (up to 3.10).
-fn find_thread_state(target: &TargetInfo, tid: u32) -> Result<u64, Stat> {
+/// Returns the interpreter and the thread state.
+fn find_thread_state(target: &TargetInfo, tid: u32) -> Result<(u64, u64), Stat> {
     let off = &target.offsets;
     let fault = |_| Stat::ReadThreadState;
     let interp: u64 =
@@ -109,16 +133,18 @@ fn find_thread_state(target: &TargetInfo, tid: u32) -> Result<u64, Stat> {
             read::<u32>(field(id, target.pthread_tid)).unwrap_or(0) as u64
         };
         if native == tid as u64 {
-            return Ok(tstate);
+            return Ok((interp, tstate));
         }
         tstate = read(field(tstate, off.tstate_next)).map_err(fault)?;
     }
     Err(Stat::NoThreadState)
 }
 
-/// Stage two: walks the frame chain from the scratch map, stores the stack once and counts it.
-pub fn walk_and_count() {
-    let Some(s) = scratch() else {
+/// Stage two: walks the frame chain from the scratch map `slot` and stores the stack once.
+/// A CPU sample (`Slot::Sample`) is counted; a thread leaving the CPU (`Slot::Switch`) is noted
+/// in `OFF_CPU_START`, to be counted when it comes back.
+pub fn walk_and_count(slot: Slot) {
+    let Some(s) = scratch(slot) else {
         return;
     };
     // SAFETY: as in `locate_current_frame`.
@@ -130,8 +156,65 @@ pub fn walk_and_count() {
         return;
     }
     walk_frames(s, &target.offsets);
-    match finish(s) {
-        Ok(()) => count(Stat::Recorded),
+    let stored = store(s);
+    let done = match slot {
+        Slot::Sample => stored.and_then(|stack_id| {
+            let key = SampleKey {
+                pid: s.pid,
+                tid: s.tid,
+                stack_id,
+                kind: count_kind::ON_CPU,
+                _pad: 0,
+            };
+            add_count(&key, 1)?;
+            if s.gil_held != 0 {
+                count(Stat::GilHeld);
+            }
+            count(Stat::Recorded);
+            Ok(())
+        }),
+        Slot::Switch => stored.and_then(|stack_id| {
+            let start = OffCpuStart {
+                pid: s.pid,
+                _pad: 0,
+                since_ns: now_ns(),
+                stack_id,
+            };
+            OFF_CPU_START
+                .insert(s.tid, start, 0)
+                .map_err(|_| Stat::OffCpuMapFull)
+        }),
+    };
+    if let Err(stat) = done {
+        count(stat);
+    }
+}
+
+#[inline(always)]
+fn now_ns() -> u64 {
+    // SAFETY: bpf_ktime_get_ns takes no arguments and only reads the clock.
+    unsafe { bpf_ktime_get_ns() }
+}
+
+/// Called when thread `tid` comes back on the CPU: if it left in a recorded stack, adds the
+/// time it was away to that stack's off-CPU count.
+pub fn end_off_cpu(tid: u32) {
+    // SAFETY: entries are written whole by `walk_and_count`; a concurrent update at worst
+    // gives the old or the new interval.
+    let Some(start) = (unsafe { OFF_CPU_START.get(tid) }).copied() else {
+        return;
+    };
+    let _ = OFF_CPU_START.remove(tid);
+    let key = SampleKey {
+        pid: start.pid,
+        tid,
+        stack_id: start.stack_id,
+        kind: count_kind::OFF_CPU_NS,
+        _pad: 0,
+    };
+    let away = now_ns().saturating_sub(start.since_ns);
+    match add_count(&key, away) {
+        Ok(()) => count(Stat::OffCpu),
         Err(stat) => count(stat),
     }
 }
@@ -221,10 +304,10 @@ fn walk_frames(s: &mut Scratch, off: &PyOffsets) {
     }
 }
 
-/// Stores the stack (once per content) and counts it. Reads the walk's results back from the
-/// map, so the verifier sees one state here whatever iteration the walk ended in.
+/// Stores the stack (once per content) and returns its id. Reads the walk's results back from
+/// the map, so the verifier sees one state here whatever iteration the walk ended in.
 #[inline(always)]
-fn finish(s: &mut Scratch) -> Result<(), Stat> {
+fn store(s: &mut Scratch) -> Result<u64, Stat> {
     // SAFETY: reads of our own scratch entry, written by `walk_frames`.
     let (len, hash) = unsafe {
         (
@@ -258,27 +341,27 @@ fn finish(s: &mut Scratch) -> Result<(), Stat> {
             Err(_) => return Err(Stat::StackMapFull),
         }
     }
+    Ok(stack_id)
+}
 
-    let key = SampleKey {
-        pid: s.pid,
-        tid: s.tid,
-        stack_id,
-    };
+/// Adds `n` to `key`'s count in the count map userspace is not draining.
+#[inline(always)]
+fn add_count(key: &SampleKey, n: u64) -> Result<(), Stat> {
     let counts = match ACTIVE_COUNTS.get(0) {
         Some(1) => &COUNTS_1,
         _ => &COUNTS_0,
     };
-    if let Some(n) = counts.get_ptr_mut(key) {
+    if let Some(v) = counts.get_ptr_mut(key) {
         // SAFETY: a per-CPU value, touched only by this CPU.
-        unsafe { *n += 1 };
+        unsafe { *v += n };
         return Ok(());
     }
-    match counts.insert(key, 1, BPF_NOEXIST as u64) {
+    match counts.insert(key, n, BPF_NOEXIST as u64) {
         Ok(()) => Ok(()),
         Err(e) if e == -EEXIST => {
-            if let Some(n) = counts.get_ptr_mut(key) {
+            if let Some(v) = counts.get_ptr_mut(key) {
                 // SAFETY: as above.
-                unsafe { *n += 1 };
+                unsafe { *v += n };
             }
             Ok(())
         }

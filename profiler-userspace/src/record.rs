@@ -3,6 +3,7 @@
 //! It ties the pipeline stages together and holds no stage's logic itself.
 
 use std::{
+    collections::HashMap,
     env,
     fs::{self, File},
     io::{self, BufWriter, IsTerminal, Write},
@@ -16,17 +17,25 @@ use std::{
 use profiler_common::Stat;
 
 use crate::{
-    bpf::{BpfError, RunTime, Sampler, Stats},
+    bpf::{BpfError, RunTime, Sampler, SamplerOptions, Stats},
     cli::{RecordConfig, Target},
     output::Format,
     privilege::{self, NotPrivileged},
-    process::{self, ProcMem, ProcessError, PythonProcess},
+    process::{
+        self, ProcMem, ProcessError, PythonProcess,
+        watch::{Change, Scope, Watcher},
+    },
     profile::{Profile, collect::Collector},
     python::{self, Layout, LayoutSource, UnsupportedVersion},
 };
 
 /// How often the kernel maps are drained (and new code objects read while they exist).
 const DRAIN_INTERVAL: Duration = Duration::from_millis(50);
+/// How often /proc is scanned for processes that started, forked, exec'd or ended: the
+/// longest a new process goes unprofiled.
+const SCAN_INTERVAL: Duration = Duration::from_millis(100);
+/// Processes listed by name in the summary of a multi-process recording.
+const SUMMARY_PROCESSES: usize = 10;
 /// How often stop conditions and the progress line are checked.
 const TICK: Duration = Duration::from_millis(50);
 /// How long a launched command may take to load its interpreter.
@@ -82,8 +91,18 @@ pub enum StopReason {
 pub struct Summary {
     pub output: PathBuf,
     pub format: Format,
-    pub process: PythonProcess,
+    /// Every Python process profiled, in order of registration.
+    pub processes: Vec<PythonProcess>,
+    /// Samples (off-CPU time included) by pid.
+    pub per_process: HashMap<u32, u64>,
+    /// Python processes found but not profiled, and why.
+    pub skipped: Vec<String>,
+    /// Processes the watcher followed at the end (Python or not).
+    pub followed: usize,
+    /// CPU-clock samples.
     pub samples: u64,
+    /// Time off the CPU recorded (`--idle`).
+    pub off_cpu: Option<Duration>,
     pub duration: Duration,
     pub rate_hz: u64,
     pub stats: Stats,
@@ -127,49 +146,95 @@ pub fn run(cfg: &RecordConfig, stop: &AtomicBool) -> Result<Summary, RecordError
 }
 
 fn record(cfg: &RecordConfig, stop: &AtomicBool) -> Result<Summary, RecordError> {
+    let options = SamplerOptions {
+        idle: cfg.idle,
+        gil_only: cfg.gil,
+    };
     // Everything that can be checked without the kernel is checked before loading it; a
     // launched command starts only once the kernel program is sampling.
-    let (mut sampler, process, layout, mut child) = match &cfg.target {
+    let (mut sampler, first, mut child) = match &cfg.target {
         Target::Pid(pid) => {
             let p = process::inspect(*pid)?;
             let layout = supported_layout(&p)?;
-            (Sampler::start(cfg.rate_hz)?, p, layout, None)
+            (
+                Sampler::start(cfg.rate_hz, options)?,
+                Some((p, layout)),
+                None,
+            )
         }
         Target::Launch(cmd) => {
             check_program(&cmd[0])?;
-            let sampler = Sampler::start(cfg.rate_hz)?;
+            let sampler = Sampler::start(cfg.rate_hz, options)?;
             let mut c = launch(cmd)?;
-            match wait_for_python(&mut c, &cmd[0], stop) {
-                Ok((p, layout)) => (sampler, p, layout, Some(c)),
-                Err(e) => {
-                    let _ = c.kill();
-                    let _ = c.wait();
-                    return Err(e);
+            // With --subprocesses the command itself need not be Python (a shell script, a
+            // launcher): the watcher finds the Python processes under it.
+            let first = if cfg.subprocesses {
+                None
+            } else {
+                match wait_for_python(&mut c, &cmd[0], stop) {
+                    Ok(found) => Some(found),
+                    Err(e) => {
+                        let _ = c.kill();
+                        let _ = c.wait();
+                        return Err(e);
+                    }
                 }
-            }
+            };
+            (sampler, first, Some(c))
         }
+        Target::All => (Sampler::start(cfg.rate_hz, options)?, None, None),
+    };
+    let root = match (&cfg.target, &child) {
+        (Target::Pid(pid), _) => Some(*pid),
+        (_, Some(c)) => Some(c.id()),
+        _ => None,
     };
     let output = match &cfg.output {
         Some(path) => path.clone(),
         None => {
-            let path = default_output(&process, cfg.format);
+            let path = default_output(first.as_ref().map(|(p, _)| p), root, cfg.format);
             check_writable(&path)?;
             path
         }
     };
 
-    sampler.add_target(process.pid, layout.target_info(process.runtime_addr))?;
     let mut collector = Collector::new(cfg.frames);
-    collector.add_target(process.clone(), layout);
+    let mut watcher = Watcher::new(match (root, cfg.subprocesses) {
+        (None, _) => Scope::All,
+        (Some(root), true) => Scope::Tree(vec![root]),
+        (Some(root), false) => Scope::One(root),
+    });
+    let mut skipped = Vec::new();
+    // A --pid target is watched by pid and start time: a reused pid is not the target.
+    let target_process = match cfg.target {
+        Target::Pid(_) => first.as_ref().map(|(p, _)| p.clone()),
+        _ => None,
+    };
+    if let Some((p, layout)) = first {
+        sampler.add_target(p.pid, layout.target_info(p.runtime_addr))?;
+        watcher.know(&p);
+        collector.add_target(p, layout);
+    }
 
     let started = Instant::now();
     let mut last_drain = started;
+    let mut last_scan: Option<Instant> = None;
     let progress = Progress::new();
     let reason = loop {
         sampler.wait_for_new_stacks(TICK, &mut collector)?;
-        let exited = match &mut child {
-            Some(c) => !matches!(c.try_wait(), Ok(None)),
-            None => !process::is_alive(&process),
+        if last_scan.is_none_or(|t| t.elapsed() >= SCAN_INTERVAL) {
+            let changes = watcher.scan();
+            if !changes.is_empty() {
+                // Counts so far belong to the processes registered so far.
+                sampler.drain(&mut collector)?;
+                apply(changes, &mut sampler, &mut collector, &mut skipped)?;
+            }
+            last_scan = Some(Instant::now());
+        }
+        let exited = match (&mut child, &target_process) {
+            (Some(c), _) => !matches!(c.try_wait(), Ok(None)),
+            (None, Some(p)) => !process::is_alive(p),
+            (None, None) => false,
         };
         if exited {
             break StopReason::TargetExited;
@@ -200,13 +265,28 @@ fn record(cfg: &RecordConfig, stop: &AtomicBool) -> Result<Summary, RecordError>
         stop_child(&mut c, reason);
     }
 
+    let processes: Vec<PythonProcess> = collector.processes().cloned().collect();
+    let totals = collector.totals();
+    let followed = watcher.followed();
     let profile = collector.finish(cfg.rate_hz, elapsed);
-    write_profile(&profile, cfg.format, &process, &output)?;
+    let title = match &processes[..] {
+        [p] => format!("prof-bpf: {} (pid {})", p.name, p.pid),
+        ps => format!("prof-bpf: {} Python processes", ps.len()),
+    };
+    write_profile(&profile, cfg.format, &title, &output)?;
+    let mut per_process: HashMap<u32, u64> = HashMap::new();
+    for s in &profile.samples {
+        *per_process.entry(s.pid).or_default() += s.count;
+    }
     Ok(Summary {
         output,
         format: cfg.format,
-        process,
-        samples: profile.total_samples(),
+        processes,
+        per_process,
+        skipped,
+        followed,
+        samples: totals.on_cpu_samples,
+        off_cpu: cfg.idle.then_some(totals.off_cpu),
         duration: elapsed,
         rate_hz: cfg.rate_hz,
         stats,
@@ -216,14 +296,40 @@ fn record(cfg: &RecordConfig, stop: &AtomicBool) -> Result<Summary, RecordError>
     })
 }
 
+/// Registers the processes a scan found and retires the ones that ended. Processes of a
+/// version prof-bpf cannot profile are noted for the summary, not errors: in `--all` they are
+/// just part of the machine.
+fn apply(
+    changes: Vec<Change>,
+    sampler: &mut Sampler,
+    collector: &mut Collector,
+    skipped: &mut Vec<String>,
+) -> Result<(), RecordError> {
+    for change in changes {
+        match change {
+            Change::Ended(pid) => {
+                sampler.remove_target(pid)?;
+                collector.remove_target(pid);
+            }
+            Change::Started(p) => match supported_layout(&p) {
+                Ok(layout) => {
+                    sampler.add_target(p.pid, layout.target_info(p.runtime_addr))?;
+                    collector.add_target(p, layout);
+                }
+                Err(e) => skipped.push(format!("{} (pid {}): {e}", p.name, p.pid)),
+            },
+        }
+    }
+    Ok(())
+}
+
 fn write_profile(
     profile: &Profile,
     format: Format,
-    process: &PythonProcess,
+    title: &str,
     path: &Path,
 ) -> Result<(), RecordError> {
-    let title = format!("prof-bpf: {} (pid {})", process.name, process.pid);
-    let writer = format.writer(title);
+    let writer = format.writer(title.to_string());
     let fail = |source| RecordError::Output {
         path: path.into(),
         source,
@@ -375,8 +481,9 @@ fn stop_child(child: &mut Child, reason: StopReason) {
     let _ = child.wait();
 }
 
-/// `NAME-PID-YYYYmmdd-HHMMSS.EXT`, like py-spy's default names.
-fn default_output(p: &PythonProcess, format: Format) -> PathBuf {
+/// `NAME-PID-YYYYmmdd-HHMMSS.EXT`, like py-spy's default names; `all-python-...` for `--all`
+/// and `process-PID-...` for a command not known to be Python yet.
+fn default_output(p: Option<&PythonProcess>, root: Option<u32>, format: Format) -> PathBuf {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs() as libc::time_t)
@@ -387,8 +494,12 @@ fn default_output(p: &PythonProcess, format: Format) -> PathBuf {
         libc::localtime_r(&now, &mut tm);
         tm
     };
-    let name: String = p
-        .name
+    let (name, pid) = match (p, root) {
+        (Some(p), _) => (p.name.as_str(), p.pid.to_string()),
+        (None, Some(pid)) => ("process", pid.to_string()),
+        (None, None) => ("all", "python".to_string()),
+    };
+    let name: String = name
         .chars()
         .map(|c| {
             if c.is_alphanumeric() || c == '.' || c == '_' {
@@ -399,8 +510,7 @@ fn default_output(p: &PythonProcess, format: Format) -> PathBuf {
         })
         .collect();
     PathBuf::from(format!(
-        "{name}-{}-{:04}{:02}{:02}-{:02}{:02}{:02}.{}",
-        p.pid,
+        "{name}-{pid}-{:04}{:02}{:02}-{:02}{:02}{:02}.{}",
         tm.tm_year + 1900,
         tm.tm_mon + 1,
         tm.tm_mday,
@@ -444,15 +554,56 @@ impl Summary {
     pub fn print(&self, out: &mut impl Write) -> io::Result<()> {
         let secs = self.duration.as_secs_f64();
         let recorded = self.stats.get(Stat::Recorded);
+        let what = match &self.processes[..] {
+            [] => format!("no Python process ({} processes followed)", self.followed),
+            [p] => format!("{} (pid {}, CPython {})", p.name, p.pid, p.version),
+            ps => format!("{} Python processes", ps.len()),
+        };
         writeln!(
             out,
-            "prof-bpf: {} samples of {} (pid {}, CPython {}) in {secs:.2}s: {:.1} samples/s at --rate {}",
+            "prof-bpf: {} samples of {what} in {secs:.2}s: {:.1} samples/s at --rate {}",
             self.samples,
-            self.process.name,
-            self.process.pid,
-            self.process.version,
             recorded as f64 / secs.max(1e-9),
             self.rate_hz,
+        )?;
+        if self.processes.len() > 1 {
+            let mut by_samples: Vec<&PythonProcess> = self.processes.iter().collect();
+            by_samples.sort_by_key(|p| std::cmp::Reverse(self.per_process.get(&p.pid)));
+            for p in by_samples.iter().take(SUMMARY_PROCESSES) {
+                writeln!(
+                    out,
+                    "prof-bpf:   {} (pid {}, CPython {}): {} samples",
+                    p.name,
+                    p.pid,
+                    p.version,
+                    self.per_process.get(&p.pid).copied().unwrap_or(0)
+                )?;
+            }
+            if by_samples.len() > SUMMARY_PROCESSES {
+                writeln!(
+                    out,
+                    "prof-bpf:   and {} more",
+                    by_samples.len() - SUMMARY_PROCESSES
+                )?;
+            }
+        }
+        for why in &self.skipped {
+            writeln!(out, "prof-bpf: not profiled: {why}")?;
+        }
+        if let Some(off_cpu) = self.off_cpu {
+            let idle = off_cpu.as_secs_f64() * self.rate_hz as f64;
+            writeln!(
+                out,
+                "prof-bpf: idle: {:.2}s off the CPU recorded; active {:.1}% of the time",
+                off_cpu.as_secs_f64(),
+                100.0 * self.samples as f64 / (self.samples as f64 + idle).max(1.0)
+            )?;
+        }
+        writeln!(
+            out,
+            "prof-bpf: GIL held in {:.1}% of samples",
+            100.0 * self.stats.get(Stat::GilHeld) as f64
+                / (recorded + self.stats.get(Stat::GilNotHeld)).max(1) as f64
         )?;
         let list = |keep: fn(Stat) -> bool| -> Vec<String> {
             Stat::ALL
@@ -465,7 +616,11 @@ impl Summary {
         if !outside.is_empty() {
             writeln!(out, "prof-bpf: outside Python code: {}", outside.join(", "))?;
         }
-        let errors = list(|s| !s.is_outside_python());
+        let left_out = list(|s| s == Stat::GilNotHeld);
+        if !left_out.is_empty() {
+            writeln!(out, "prof-bpf: left out: {}", left_out.join(", "))?;
+        }
+        let errors = list(|s| !s.is_outside_python() && !s.is_tally() && s != Stat::GilNotHeld);
         if errors.is_empty() {
             writeln!(out, "prof-bpf: errors: none")?;
         } else {

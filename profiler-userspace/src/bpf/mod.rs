@@ -14,12 +14,12 @@ use aya::{
         Array, HashMap, Map, MapData, MapError, PerCpuArray, PerCpuHashMap, ProgramArray, RingBuf,
     },
     programs::{
-        ProgramError,
+        ProgramError, ProgramFd, TracePoint,
         perf_event::{PerfEvent, PerfEventConfig, PerfEventScope, SamplePolicy, SoftwareEvent},
     },
     util::online_cpus,
 };
-use profiler_common::{NewStack, PyStack, SampleKey, Stat, TargetInfo, maps};
+use profiler_common::{NewStack, PyStack, SampleKey, Stat, TargetInfo, config, maps};
 
 use crate::profile::collect::Collector;
 
@@ -88,11 +88,20 @@ where
     M::try_from(ebpf.take_map(name).ok_or(BpfError::Missing(name))?).map_err(map_err(name))
 }
 
+/// What the kernel records besides CPU samples of every target thread.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SamplerOptions {
+    /// Off-CPU time (`--idle`): attaches the scheduler-switch program.
+    pub idle: bool,
+    /// Only samples of threads that hold the GIL (`--gil`).
+    pub gil_only: bool,
+}
+
 /// The loaded, attached kernel program.
 pub struct Sampler {
     ebpf: Ebpf,
-    /// Holds the tail-call table (and so the walker) for as long as sampling runs.
-    _programs: ProgramArray<MapData>,
+    /// Hold the tail-call tables (and so the walkers) for as long as sampling runs.
+    _programs: Vec<ProgramArray<MapData>>,
     /// Keeps the kernel's BPF run-time statistics on while held (None if the kernel refused).
     _stats: Option<OwnedFd>,
     /// Notices of stacks stored for the first time.
@@ -111,23 +120,38 @@ pub struct RunTime {
 impl Sampler {
     /// Loads the program and starts sampling every CPU at `rate_hz`. Nothing is recorded until
     /// a target is added.
-    pub fn start(rate_hz: u64) -> Result<Self, BpfError> {
+    pub fn start(rate_hz: u64, options: SamplerOptions) -> Result<Self, BpfError> {
         let mut ebpf = Ebpf::load(OBJECT).map_err(BpfError::Load)?;
         let stats = aya::sys::enable_stats(aya::sys::Stats::RunTime).ok();
+        let mut switches: Array<&mut MapData, u32> = map_mut(&mut ebpf, maps::CONFIG)?;
+        for (index, on) in [
+            (config::IDLE, options.idle),
+            (config::GIL_ONLY, options.gil_only),
+        ] {
+            switches
+                .set(index, on as u32, 0)
+                .map_err(map_err(maps::CONFIG))?;
+        }
 
-        // The walker first: the sampler tail-calls it from its first sample on.
-        let walker = load_program(&mut ebpf, profiler_common::WALK_PROGRAM_NAME)?;
-        let walker_fd = walker
-            .fd()?
-            .try_clone()
-            .map_err(|e| BpfError::Program(ProgramError::IOError(e)))?;
-        let mut programs: ProgramArray<MapData> = map_owned(&mut ebpf, maps::PROGRAMS)?;
-        programs
-            .set(profiler_common::WALK_PROGRAM_SLOT, &walker_fd, 0)
-            .map_err(map_err(maps::PROGRAMS))?;
+        // Walkers first: the first programs tail-call them from their first run on.
+        let walker: &mut PerfEvent = program(&mut ebpf, profiler_common::WALK_PROGRAM_NAME)?;
+        load(walker.load())?;
+        let fd = clone_fd(walker.fd()?)?;
+        let mut programs = vec![tail_call_table(&mut ebpf, maps::PROGRAMS, &fd)?];
+        if options.idle {
+            let walker: &mut TracePoint =
+                program(&mut ebpf, profiler_common::SWITCH_WALK_PROGRAM_NAME)?;
+            load(walker.load())?;
+            let fd = clone_fd(walker.fd()?)?;
+            programs.push(tail_call_table(&mut ebpf, maps::SWITCH_PROGRAMS, &fd)?);
+            let switch: &mut TracePoint = program(&mut ebpf, profiler_common::SWITCH_PROGRAM_NAME)?;
+            load(switch.load())?;
+            switch.attach("sched", "sched_switch")?;
+        }
 
         let new_stacks = map_owned(&mut ebpf, maps::NEW_STACKS)?;
-        let sampler = load_program(&mut ebpf, profiler_common::PROGRAM_NAME)?;
+        let sampler: &mut PerfEvent = program(&mut ebpf, profiler_common::PROGRAM_NAME)?;
+        load(sampler.load())?;
         let cpus = online_cpus().map_err(|(_, e)| BpfError::Cpus(e))?;
         for cpu in cpus {
             sampler
@@ -152,6 +176,16 @@ impl Sampler {
         let mut targets: HashMap<&mut MapData, u32, TargetInfo> =
             map_mut(&mut self.ebpf, maps::TARGETS)?;
         targets.insert(pid, info, 0).map_err(map_err(maps::TARGETS))
+    }
+
+    /// Stops profiling `pid` (it exited, or exec'd something else). Already gone is fine.
+    pub fn remove_target(&mut self, pid: u32) -> Result<(), BpfError> {
+        let mut targets: HashMap<&mut MapData, u32, TargetInfo> =
+            map_mut(&mut self.ebpf, maps::TARGETS)?;
+        match targets.remove(&pid) {
+            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+            Err(e) => Err(map_err(maps::TARGETS)(e)),
+        }
     }
 
     /// Waits up to `timeout` for the kernel to announce new stacks, and reads the code objects of
@@ -256,13 +290,20 @@ impl Sampler {
     }
 }
 
-/// Loads one program, turning a verifier rejection into an error that carries its log.
-fn load_program<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut PerfEvent, BpfError> {
-    let program: &mut PerfEvent = ebpf
+/// Program `name` of the object, as the type `P` it was built as.
+fn program<'a, P>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut P, BpfError>
+where
+    &'a mut P: TryFrom<&'a mut aya::programs::Program, Error = ProgramError>,
+{
+    Ok(ebpf
         .program_mut(name)
         .ok_or(BpfError::Missing(name))?
-        .try_into()?;
-    program.load().map_err(|e| match e {
+        .try_into()?)
+}
+
+/// A program's load result, with a verifier rejection turned into an error carrying its log.
+fn load(result: Result<(), ProgramError>) -> Result<(), BpfError> {
+    result.map_err(|e| match e {
         ProgramError::LoadError {
             io_error,
             verifier_log,
@@ -271,8 +312,27 @@ fn load_program<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut Pe
             log: verifier_log.to_string(),
         },
         other => BpfError::Program(other),
-    })?;
-    Ok(program)
+    })
+}
+
+/// A descriptor of a loaded program that does not borrow the object.
+fn clone_fd(fd: &ProgramFd) -> Result<ProgramFd, BpfError> {
+    fd.try_clone()
+        .map_err(|e| BpfError::Program(ProgramError::IOError(e)))
+}
+
+/// Puts a loaded walker (`fd`) in slot `WALK_PROGRAM_SLOT` of tail-call table `name`; the
+/// table is returned so the caller keeps it (and the walker) alive.
+fn tail_call_table(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+    fd: &ProgramFd,
+) -> Result<ProgramArray<MapData>, BpfError> {
+    let mut table: ProgramArray<MapData> = map_owned(ebpf, name)?;
+    table
+        .set(profiler_common::WALK_PROGRAM_SLOT, fd, 0)
+        .map_err(map_err(name))?;
+    Ok(table)
 }
 
 /// Kernel counters by `Stat`.

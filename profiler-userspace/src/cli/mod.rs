@@ -27,6 +27,23 @@ pub struct RecordArgs {
     #[arg(short, long, value_name = "PID")]
     pub pid: Option<u32>,
 
+    /// Every Python process on the machine, including those that start while recording.
+    #[arg(long, conflicts_with = "pid")]
+    pub all: bool,
+
+    /// Follow the target's child processes too (multiprocessing workers, subprocesses).
+    #[arg(short, long)]
+    pub subprocesses: bool,
+
+    /// Record time off the CPU too (sleeping, waiting on I/O or locks), at the stack where the
+    /// thread left the CPU.
+    #[arg(short, long)]
+    pub idle: bool,
+
+    /// Keep only samples of threads holding the GIL.
+    #[arg(short, long)]
+    pub gil: bool,
+
     /// Output file [default: NAME-PID-TIME.EXT in the current directory]; `-` for stdout.
     #[arg(short, long, value_name = "FILE")]
     pub output: Option<PathBuf>,
@@ -65,6 +82,8 @@ pub struct RecordArgs {
 pub enum Target {
     Pid(u32),
     Launch(Vec<String>),
+    /// Every Python process (`--all`).
+    All,
 }
 
 /// A validated `record` invocation.
@@ -76,14 +95,20 @@ pub struct RecordConfig {
     pub rate_hz: u64,
     pub duration: Option<Duration>,
     pub frames: FrameOptions,
+    /// Follow child processes (`--subprocesses`).
+    pub subprocesses: bool,
+    /// Record off-CPU time (`--idle`).
+    pub idle: bool,
+    /// Only samples with the GIL held (`--gil`).
+    pub gil: bool,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ConfigError {
-    #[error("give either --pid PID or a command after `--`, not both")]
+    #[error("give one of --pid PID, --all or a command after `--`, not several")]
     BothTargets,
     #[error(
-        "nothing to profile: give --pid PID or a command after `--` (e.g. `prof-bpf record -- python app.py`)"
+        "nothing to profile: give --pid PID, --all, or a command after `--` (e.g. `prof-bpf record -- python app.py`)"
     )]
     NoTarget,
     #[error("--duration must be a positive number of seconds, not {0}")]
@@ -92,12 +117,15 @@ pub enum ConfigError {
 
 impl RecordArgs {
     pub fn into_config(self) -> Result<RecordConfig, ConfigError> {
-        let target = match (self.pid, self.command.is_empty()) {
-            (Some(_), false) => return Err(ConfigError::BothTargets),
-            (Some(pid), true) => Target::Pid(pid),
-            (None, false) => Target::Launch(self.command),
-            (None, true) => return Err(ConfigError::NoTarget),
+        let target = match (self.pid, self.all, self.command.is_empty()) {
+            (Some(pid), false, true) => Target::Pid(pid),
+            (None, true, true) => Target::All,
+            (None, false, false) => Target::Launch(self.command),
+            (None, false, true) => return Err(ConfigError::NoTarget),
+            _ => return Err(ConfigError::BothTargets),
         };
+        // Several processes: each stack says whose it is.
+        let processes = self.all || self.subprocesses;
         let duration = match self.duration {
             None => None,
             Some(d) if d.is_finite() && d > 0.0 => Some(Duration::from_secs_f64(d)),
@@ -113,7 +141,11 @@ impl RecordArgs {
                 function: self.function,
                 nolineno: self.nolineno,
                 threads: self.threads,
+                processes,
             },
+            subprocesses: self.subprocesses,
+            idle: self.idle,
+            gil: self.gil,
         })
     }
 }
@@ -138,6 +170,17 @@ mod tests {
             (100, Format::Flamegraph, None, None)
         );
         assert_eq!(c.frames, FrameOptions::default());
+        assert!(!c.subprocesses && !c.idle && !c.gil);
+    }
+
+    #[test]
+    fn all_processes_idle_and_gil_like_py_spy() {
+        let c = record(&["--all", "-i", "-g"]).unwrap();
+        assert_eq!(c.target, Target::All);
+        assert!(c.idle && c.gil && c.frames.processes);
+        let c = record(&["-s", "--", "python", "pool.py"]).unwrap();
+        assert!(c.subprocesses && c.frames.processes);
+        assert!(!record(&["-p", "7"]).unwrap().frames.processes);
     }
 
     #[test]
@@ -180,9 +223,19 @@ mod tests {
     fn bad_invocations_say_what_is_wrong() {
         assert!(record(&[]).unwrap_err().contains("nothing to profile"));
         assert!(
+            record(&["--all", "--", "python"])
+                .unwrap_err()
+                .contains("not several")
+        );
+        assert!(
+            record(&["--all", "-p", "1"])
+                .unwrap_err()
+                .contains("cannot be used with")
+        );
+        assert!(
             record(&["-p", "1", "--", "python"])
                 .unwrap_err()
-                .contains("not both")
+                .contains("not several")
         );
         assert!(
             record(&["-p", "1", "-d", "0"])

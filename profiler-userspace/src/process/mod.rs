@@ -5,6 +5,7 @@
 mod elf;
 mod maps;
 mod memory;
+pub mod watch;
 
 use std::{fs, io, path::PathBuf};
 
@@ -100,14 +101,16 @@ pub fn find_python(pid: u32) -> Result<Option<PythonProcess>, ProcessError> {
         };
         let path_in_ns = PathBuf::from(format!("/proc/{pid}/root"))
             .join(binary.strip_prefix("/").unwrap_or(&binary));
-        let data = match fs::read(&path_in_ns) {
-            Ok(data) => data,
-            Err(e) => return Err(ProcessError::from_proc(pid, "root", e)),
+        let info = match elf::inspect_file(&path_in_ns) {
+            Ok(info) => info,
+            Err(elf::ElfError::Io(e)) => return Err(ProcessError::from_proc(pid, "root", e)),
+            Err(elf::ElfError::Parse(source)) => {
+                return Err(ProcessError::Elf {
+                    path: binary.clone(),
+                    source,
+                });
+            }
         };
-        let info = elf::inspect(&data).map_err(|source| ProcessError::Elf {
-            path: binary.clone(),
-            source,
-        })?;
         let version = libpython_version(&binary)
             .or(info.py_version)
             .or_else(|| executable_version(&binary));

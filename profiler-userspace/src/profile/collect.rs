@@ -9,7 +9,7 @@ use std::{
     time::Duration,
 };
 
-use profiler_common::{PyFrame, PyStack, STACK_TRUNCATED, SampleKey, instr_kind};
+use profiler_common::{PyFrame, PyStack, STACK_TRUNCATED, SampleKey, count_kind, instr_kind};
 
 use super::{Frame, FrameTable, ProcessInfo, Profile, Sample, ThreadInfo};
 use crate::{
@@ -30,6 +30,8 @@ pub struct FrameOptions {
     pub nolineno: bool,
     /// Put the thread under each stack as its root frame (`--threads`).
     pub threads: bool,
+    /// Put the process under each stack as its root frame (several processes profiled).
+    pub processes: bool,
 }
 
 /// Why a frame could not be named.
@@ -53,6 +55,8 @@ impl Unknown {
 struct Target {
     process: PythonProcess,
     layout: Layout,
+    /// The process's memory while it is registered; dropped when it ends, so a long `--all`
+    /// run holds one descriptor per live process only.
     mem: Option<ProcMem>,
     codes: HashMap<(u64, u32), Result<Rc<CodeInfo>, Unknown>>,
 }
@@ -62,23 +66,45 @@ struct RawStack {
     truncated: bool,
 }
 
-/// Accumulates drains from the kernel.
+/// What the kernel counted for one (process, thread, stack).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Counts {
+    /// CPU-clock samples.
+    on_cpu: u64,
+    /// Nanoseconds off the CPU (`--idle`).
+    off_cpu_ns: u64,
+}
+
+/// Totals over a recording, for the summary.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Totals {
+    pub on_cpu_samples: u64,
+    pub off_cpu: Duration,
+}
+
+/// Accumulates drains from the kernel. Processes are kept in order of registration and never
+/// forgotten, so a process that exits keeps its samples and names; the kernel counts by pid,
+/// and `by_pid` says which registration a pid's counts belong to now, so a reused pid starts a
+/// new process rather than borrowing the old one's code objects.
 pub struct Collector {
     options: FrameOptions,
-    targets: HashMap<u32, Target>,
+    targets: Vec<Target>,
+    by_pid: HashMap<u32, usize>,
     stacks: HashMap<u64, RawStack>,
-    counts: HashMap<SampleKey, u64>,
-    /// (pid, stack) pairs whose code objects have been read.
-    resolved: HashSet<(u32, u64)>,
+    /// By (target index, thread id, stack id).
+    counts: HashMap<(usize, u32, u64), Counts>,
+    /// (target index, stack) pairs whose code objects have been read.
+    resolved: HashSet<(usize, u64)>,
     /// Thread names, read when a thread is first seen (it may be gone by the end).
-    threads: HashMap<(u32, u32), String>,
+    threads: HashMap<(usize, u32), String>,
 }
 
 impl Collector {
     pub fn new(options: FrameOptions) -> Self {
         Self {
             options,
-            targets: HashMap::new(),
+            targets: Vec::new(),
+            by_pid: HashMap::new(),
             stacks: HashMap::new(),
             counts: HashMap::new(),
             resolved: HashSet::new(),
@@ -86,17 +112,30 @@ impl Collector {
         }
     }
 
+    /// Registers a process. Drain the kernel's counts first if its pid was registered before:
+    /// from here on that pid's counts are this process's.
     pub fn add_target(&mut self, process: PythonProcess, layout: Layout) {
         let mem = ProcMem::open(process.pid).ok();
-        self.targets.insert(
-            process.pid,
-            Target {
-                process,
-                layout,
-                mem,
-                codes: HashMap::new(),
-            },
-        );
+        self.by_pid.insert(process.pid, self.targets.len());
+        self.targets.push(Target {
+            process,
+            layout,
+            mem,
+            codes: HashMap::new(),
+        });
+    }
+
+    /// Ends a process's registration (it exited, or exec'd something else). Its samples and
+    /// names stay. Drain the kernel's counts first.
+    pub fn remove_target(&mut self, pid: u32) {
+        if let Some(i) = self.by_pid.remove(&pid) {
+            self.targets[i].mem = None;
+        }
+    }
+
+    /// Processes registered so far, exited ones included.
+    pub fn processes(&self) -> impl Iterator<Item = &PythonProcess> {
+        self.targets.iter().map(|t| &t.process)
     }
 
     pub fn add_stack(&mut self, id: u64, stack: &PyStack) {
@@ -107,74 +146,116 @@ impl Collector {
         });
     }
 
+    /// Adds what the kernel counted for `key`: `n` samples, or `n` nanoseconds off the CPU.
     pub fn add_count(&mut self, key: SampleKey, n: u64) {
-        *self.counts.entry(key).or_default() += n;
+        let Some(&target) = self.by_pid.get(&key.pid) else {
+            return;
+        };
+        let counts = self
+            .counts
+            .entry((target, key.tid, key.stack_id))
+            .or_default();
+        match key.kind {
+            count_kind::OFF_CPU_NS => counts.off_cpu_ns += n,
+            _ => counts.on_cpu += n,
+        }
         self.threads
-            .entry((key.pid, key.tid))
+            .entry((target, key.tid))
             .or_insert_with(|| process::thread_name(key.pid, key.tid));
     }
 
+    /// CPU-clock samples collected so far.
     pub fn samples(&self) -> u64 {
-        self.counts.values().sum()
+        self.counts.values().map(|c| c.on_cpu).sum()
+    }
+
+    pub fn totals(&self) -> Totals {
+        Totals {
+            on_cpu_samples: self.samples(),
+            off_cpu: Duration::from_nanos(self.counts.values().map(|c| c.off_cpu_ns).sum()),
+        }
     }
 
     /// Reads the code objects of stacks seen since the last call. Call after every drain, so
-    /// the reads happen while the process is alive.
+    /// the reads happen while the processes are alive.
     pub fn resolve_new(&mut self) {
-        let pending: Vec<(u32, u64)> = self
+        let pending: Vec<(usize, u64)> = self
             .counts
             .keys()
-            .map(|k| (k.pid, k.stack_id))
+            .map(|&(target, _, stack_id)| (target, stack_id))
             .filter(|pair| !self.resolved.contains(pair))
             .collect();
-        for (pid, stack_id) in pending {
-            self.resolve_stack(pid, stack_id);
+        for (target, stack_id) in pending {
+            self.resolve(target, stack_id);
         }
     }
 
     /// Reads the code objects of one stack of process `pid` that are not cached yet.
     pub fn resolve_stack(&mut self, pid: u32, stack_id: u64) {
-        if self.resolved.contains(&(pid, stack_id)) {
+        if let Some(&target) = self.by_pid.get(&pid) {
+            self.resolve(target, stack_id);
+        }
+    }
+
+    fn resolve(&mut self, target: usize, stack_id: u64) {
+        if self.resolved.contains(&(target, stack_id)) {
             return;
         }
-        let (Some(target), Some(stack)) = (self.targets.get_mut(&pid), self.stacks.get(&stack_id))
+        let (Some(target_state), Some(stack)) =
+            (self.targets.get_mut(target), self.stacks.get(&stack_id))
         else {
             return;
         };
         for f in stack.frames.iter().filter(|f| f.code != 0) {
-            target.codes.entry((f.code, f.tag)).or_insert_with(|| {
-                let Some(mem) = &target.mem else {
-                    return Err(Unknown::Exited);
-                };
-                match read_code(mem, &target.layout, f.code, f.tag) {
-                    Ok(info) => Ok(Rc::new(info)),
-                    Err(CodeError::Stale) => Err(Unknown::Freed),
-                    Err(CodeError::Io(e))
-                        if e.raw_os_error() == Some(libc::ESRCH)
-                            || e.kind() == std::io::ErrorKind::UnexpectedEof =>
-                    {
-                        Err(Unknown::Exited)
+            target_state
+                .codes
+                .entry((f.code, f.tag))
+                .or_insert_with(|| {
+                    let Some(mem) = &target_state.mem else {
+                        return Err(Unknown::Exited);
+                    };
+                    match read_code(mem, &target_state.layout, f.code, f.tag) {
+                        Ok(info) => Ok(Rc::new(info)),
+                        Err(CodeError::Stale) => Err(Unknown::Freed),
+                        Err(CodeError::Io(e))
+                            if e.raw_os_error() == Some(libc::ESRCH)
+                                || e.kind() == std::io::ErrorKind::UnexpectedEof =>
+                        {
+                            Err(Unknown::Exited)
+                        }
+                        Err(e) => Err(Unknown::Unreadable(e.to_string())),
                     }
-                    Err(e) => Err(Unknown::Unreadable(e.to_string())),
-                }
-            });
+                });
         }
-        self.resolved.insert((pid, stack_id));
+        self.resolved.insert((target, stack_id));
     }
 
-    /// Builds the profile. Frames are root first; a truncated stack starts with a marker.
+    /// Builds the profile. Frames are root first: the process (`processes`), the thread
+    /// (`threads`), a truncation marker, then the Python frames. Off-CPU time counts as the
+    /// samples the CPU clock would have taken in it at `rate_hz`.
     pub fn finish(mut self, rate_hz: u64, duration: Duration) -> Profile {
         self.resolve_new();
         let mut table = FrameTable::default();
         let mut merged: HashMap<(u32, u32, Vec<u32>), u64> = HashMap::new();
-        let mut line_cache: HashMap<(u32, u64, u32, u32), u32> = HashMap::new();
+        let mut line_cache: HashMap<(usize, u64, u32, u32), u32> = HashMap::new();
         let mut unknown_frames = 0;
-        for (key, count) in &self.counts {
-            let mut frames = Vec::new();
-            if self.options.threads {
-                frames.push(table.intern(thread_info(&self.threads, key.pid, key.tid).frame()));
+        for (&(target, tid, stack_id), counts) in &self.counts {
+            let t = &self.targets[target];
+            let pid = t.process.pid;
+            let count = counts.on_cpu + off_cpu_samples(counts.off_cpu_ns, rate_hz);
+            if count == 0 {
+                continue;
             }
-            match self.stacks.get(&key.stack_id) {
+            let mut frames = Vec::new();
+            if self.options.processes {
+                frames.push(
+                    table.intern(Frame::marker(format!("process {pid} ({})", t.process.name))),
+                );
+            }
+            if self.options.threads {
+                frames.push(table.intern(thread_info(&self.threads, target, pid, tid).frame()));
+            }
+            match self.stacks.get(&stack_id) {
                 None => frames.push(table.intern(Frame::marker("[unknown] (stack lost)"))),
                 Some(stack) => {
                     if stack.truncated {
@@ -183,14 +264,11 @@ impl Collector {
                             profiler_common::MAX_PYTHON_FRAMES
                         ))));
                     }
-                    let target = self.targets.get(&key.pid);
                     for f in stack.frames.iter().rev().filter(|f| f.code != 0) {
-                        let frame = match target
-                            .and_then(|t| t.codes.get(&(f.code, f.tag)).map(|c| (t, c)))
-                        {
-                            Some((t, Ok(code))) => {
+                        let frame = match t.codes.get(&(f.code, f.tag)) {
+                            Some(Ok(code)) => {
                                 let line = *line_cache
-                                    .entry((key.pid, f.code, f.tag, f.instr))
+                                    .entry((target, f.code, f.tag, f.instr))
                                     .or_insert_with(|| line_of(self.options, &t.layout, f, code));
                                 Frame {
                                     name: code.name.clone(),
@@ -198,7 +276,7 @@ impl Collector {
                                     line,
                                 }
                             }
-                            Some((_, Err(why))) => {
+                            Some(Err(why)) => {
                                 unknown_frames += count;
                                 why.frame()
                             }
@@ -211,7 +289,7 @@ impl Collector {
                     }
                 }
             }
-            *merged.entry((key.pid, key.tid, frames)).or_default() += count;
+            *merged.entry((pid, tid, frames)).or_default() += count;
         }
         let mut samples: Vec<Sample> = merged
             .into_iter()
@@ -225,7 +303,7 @@ impl Collector {
         samples.sort_by(|a, b| (a.pid, a.tid, &a.frames).cmp(&(b.pid, b.tid, &b.frames)));
         let mut processes: Vec<ProcessInfo> = self
             .targets
-            .values()
+            .iter()
             .map(|t| ProcessInfo {
                 pid: t.process.pid,
                 name: t.process.name.clone(),
@@ -233,12 +311,16 @@ impl Collector {
             })
             .collect();
         processes.sort_by_key(|p| p.pid);
+        processes.dedup();
         let mut threads: Vec<ThreadInfo> = self
             .threads
             .keys()
-            .map(|&(pid, tid)| thread_info(&self.threads, pid, tid))
+            .map(|&(target, tid)| {
+                thread_info(&self.threads, target, self.targets[target].process.pid, tid)
+            })
             .collect();
         threads.sort_by_key(|t| (t.pid, t.tid));
+        threads.dedup_by_key(|t| (t.pid, t.tid));
         Profile {
             frames: table.into_frames(),
             samples,
@@ -251,11 +333,21 @@ impl Collector {
     }
 }
 
-fn thread_info(names: &HashMap<(u32, u32), String>, pid: u32, tid: u32) -> ThreadInfo {
+/// Off-CPU time as the number of CPU-clock samples `rate_hz` would have taken in it.
+fn off_cpu_samples(ns: u64, rate_hz: u64) -> u64 {
+    ((ns as u128 * rate_hz as u128 + 500_000_000) / 1_000_000_000) as u64
+}
+
+fn thread_info(
+    names: &HashMap<(usize, u32), String>,
+    target: usize,
+    pid: u32,
+    tid: u32,
+) -> ThreadInfo {
     ThreadInfo {
         pid,
         tid,
-        name: names.get(&(pid, tid)).cloned().unwrap_or_default(),
+        name: names.get(&(target, tid)).cloned().unwrap_or_default(),
     }
 }
 
@@ -286,4 +378,18 @@ fn line_of(options: FrameOptions, layout: &Layout, f: &PyFrame, code: &CodeInfo)
         addr,
     )
     .unwrap_or(code.firstlineno)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn off_cpu_time_counts_as_the_samples_it_would_have_had() {
+        assert_eq!(off_cpu_samples(5_000_000_000, 100), 500);
+        assert_eq!(off_cpu_samples(5_000_000_000, 1000), 5000);
+        assert_eq!(off_cpu_samples(1_499_999, 1000), 1);
+        assert_eq!(off_cpu_samples(1_500_000, 1000), 2);
+        assert_eq!(off_cpu_samples(0, 1000), 0);
+    }
 }

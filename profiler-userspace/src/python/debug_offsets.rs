@@ -25,70 +25,99 @@ const COMPACT_UNICODE_EXTRA: u16 = 16;
 /// Which `Layout` field a published offset sets.
 type Slot = fn(&mut Layout) -> Option<&mut u16>;
 
+/// `interpreter_state.gil_runtime_state`: where the interpreter's own GIL state sits in it.
+/// The published `locked` and `holder` offsets are of that embedded state's fields, so less
+/// this they are offsets within any `_gil_runtime_state`, which is what the kernel follows
+/// `ceval_gil` to.
+const GIL_STATE_AT: usize = 120;
+
 /// Every published offset prof-bpf uses: its name in `_Py_DebugOffsets`, its byte position in
-/// the 3.13 struct, and the `Layout` field it sets. One list serves reading and comparing.
-const FIELDS: &[(&str, usize, Slot)] = &[
-    ("runtime_state.interpreters_head", 40, |l| {
+/// the 3.13 struct, the position of a published offset it is relative to (if any), and the
+/// `Layout` field it sets. One list serves reading and comparing.
+const FIELDS: &[(&str, usize, Option<usize>, Slot)] = &[
+    ("runtime_state.interpreters_head", 40, None, |l| {
         Some(&mut l.kernel.runtime_interpreters_head)
     }),
-    ("interpreter_state.threads_head", 72, |l| {
+    ("interpreter_state.threads_head", 72, None, |l| {
         Some(&mut l.kernel.interp_threads_head)
     }),
-    ("thread_state.next", 168, |l| {
+    ("thread_state.next", 168, None, |l| {
         Some(&mut l.kernel.tstate_next)
     }),
-    ("thread_state.current_frame", 184, |l| {
+    ("thread_state.current_frame", 184, None, |l| {
         Some(&mut l.kernel.tstate_frame)
     }),
-    ("thread_state.native_thread_id", 200, |l| {
+    ("thread_state.native_thread_id", 200, None, |l| {
         Some(&mut l.kernel.tstate_native_thread_id)
     }),
-    ("interpreter_frame.previous", 232, |l| {
+    ("interpreter_frame.previous", 232, None, |l| {
         Some(&mut l.kernel.frame_previous)
     }),
-    ("interpreter_frame.executable", 240, |l| {
+    ("interpreter_frame.executable", 240, None, |l| {
         Some(&mut l.kernel.frame_code)
     }),
-    ("interpreter_frame.instr_ptr", 248, |l| {
+    ("interpreter_frame.instr_ptr", 248, None, |l| {
         Some(&mut l.kernel.frame_instr)
     }),
-    ("interpreter_frame.owner", 264, |l| {
+    ("interpreter_frame.owner", 264, None, |l| {
         Some(&mut l.kernel.frame_owner)
     }),
-    ("code_object.filename", 280, |l| {
+    ("interpreter_state.ceval_gil", 112, None, |l| {
+        Some(&mut l.kernel.gil_ptr_in_interp)
+    }),
+    (
+        "interpreter_state.gil_runtime_state_locked",
+        136,
+        Some(GIL_STATE_AT),
+        |l| Some(&mut l.kernel.gil_locked),
+    ),
+    (
+        "interpreter_state.gil_runtime_state_holder",
+        144,
+        Some(GIL_STATE_AT),
+        |l| Some(&mut l.kernel.gil_last_holder),
+    ),
+    ("code_object.filename", 280, None, |l| {
         Some(&mut l.kernel.code_filename)
     }),
-    ("code_object.filename", 280, |l| Some(&mut l.code.filename)),
-    ("code_object.name", 288, |l| Some(&mut l.kernel.code_name)),
-    ("code_object.name", 288, |l| Some(&mut l.code.name)),
-    ("code_object.qualname", 296, |l| l.code.qualname.as_mut()),
-    ("code_object.linetable", 304, |l| {
+    ("code_object.filename", 280, None, |l| {
+        Some(&mut l.code.filename)
+    }),
+    ("code_object.name", 288, None, |l| {
+        Some(&mut l.kernel.code_name)
+    }),
+    ("code_object.name", 288, None, |l| Some(&mut l.code.name)),
+    ("code_object.qualname", 296, None, |l| {
+        l.code.qualname.as_mut()
+    }),
+    ("code_object.linetable", 304, None, |l| {
         Some(&mut l.code.linetable)
     }),
-    ("code_object.firstlineno", 312, |l| {
+    ("code_object.firstlineno", 312, None, |l| {
         Some(&mut l.kernel.code_firstlineno)
     }),
-    ("code_object.firstlineno", 312, |l| {
+    ("code_object.firstlineno", 312, None, |l| {
         Some(&mut l.code.firstlineno)
     }),
-    ("code_object.co_code_adaptive", 344, |l| {
+    ("code_object.co_code_adaptive", 344, None, |l| {
         Some(&mut l.code.code_adaptive)
     }),
-    ("bytes_object.ob_size", 520, |l| {
+    ("bytes_object.ob_size", 520, None, |l| {
         Some(&mut l.objects.bytes_size)
     }),
-    ("bytes_object.ob_sval", 528, |l| {
+    ("bytes_object.ob_sval", 528, None, |l| {
         Some(&mut l.objects.bytes_data)
     }),
-    ("unicode_object.state", 544, |l| {
+    ("unicode_object.state", 544, None, |l| {
         Some(&mut l.objects.unicode_state)
     }),
-    ("unicode_object.length", 552, |l| {
+    ("unicode_object.length", 552, None, |l| {
         Some(&mut l.objects.unicode_length)
     }),
     (
         "unicode_object.asciiobject_size",
         UNICODE_ASCII_SIZE_AT,
+        None,
         |l| Some(&mut l.objects.unicode_ascii_data),
     ),
 ];
@@ -155,8 +184,8 @@ pub fn parse(bytes: &[u8], builtin: &Layout) -> Result<Layout, DebugOffsetsError
         return Err(DebugOffsetsError::FreeThreaded);
     }
     let mut layout = *builtin;
-    for &(field, at, slot) in FIELDS {
-        let value = word(at);
+    for &(field, at, relative_to, slot) in FIELDS {
+        let value = word(at).wrapping_sub(relative_to.map_or(0, word));
         let value =
             u16::try_from(value).map_err(|_| DebugOffsetsError::OutOfRange { field, value })?;
         if let Some(v) = slot(&mut layout) {
@@ -172,7 +201,7 @@ pub fn disagreements(builtin: &Layout, published: &Layout) -> Vec<Disagreement> 
     let (mut b, mut p) = (*builtin, *published);
     FIELDS
         .iter()
-        .filter_map(|&(field, _, slot)| {
+        .filter_map(|&(field, _, _, slot)| {
             let (builtin, published) = (*slot(&mut b)?, *slot(&mut p)?);
             (builtin != published).then_some(Disagreement {
                 field,
@@ -195,9 +224,13 @@ mod tests {
         let hex = (layout.version.major as u64) << 24 | (layout.version.minor as u64) << 16 | 0xf0;
         bytes[VERSION_AT..VERSION_AT + 8].copy_from_slice(&hex.to_le_bytes());
         let mut l = *layout;
-        for &(_, at, slot) in FIELDS {
+        // The interpreter's own GIL state, somewhere inside it.
+        let gil_state: u64 = 0x1e48;
+        bytes[GIL_STATE_AT..GIL_STATE_AT + 8].copy_from_slice(&gil_state.to_le_bytes());
+        for &(_, at, relative_to, slot) in FIELDS {
             if let Some(v) = slot(&mut l) {
-                bytes[at..at + 8].copy_from_slice(&(*v as u64).to_le_bytes());
+                let base = relative_to.map_or(0, |_| gil_state);
+                bytes[at..at + 8].copy_from_slice(&(*v as u64 + base).to_le_bytes());
             }
         }
         bytes

@@ -31,6 +31,12 @@ pub const LAYOUT: Layout = Layout {
         code_filename: 104,
         instr_kind: instr_kind::INT,
         owner_cstack: NO_CSTACK_OWNER,
+        // Include/internal/pycore_runtime.h: _PyRuntimeState.ceval.gil;
+        // Include/internal/pycore_gil.h: _gil_runtime_state.locked, .last_holder
+        gil_ptr_in_interp: NO_OFFSET,
+        gil_in_runtime: 352,
+        gil_locked: 16,
+        gil_last_holder: 8,
         _pad: 0,
     },
     thread_id: ThreadId::Pthread,

@@ -1,6 +1,6 @@
 //! CPython 3.11. Offsets checked against DWARF of pyenv's 3.11.7 libpython (gdb `ptype /o`).
 
-use profiler_common::{NO_CSTACK_OWNER, PyOffsets, instr_kind};
+use profiler_common::{NO_CSTACK_OWNER, NO_OFFSET, PyOffsets, instr_kind};
 
 use super::{CodeLayout, Layout, LineTableFormat, ObjectLayout, ThreadId, Version};
 
@@ -30,6 +30,12 @@ pub const LAYOUT: Layout = Layout {
         instr_kind: instr_kind::POINTER,
         // 3.11 has no C-stack shim frames (its entry frames are flagged `is_entry` instead).
         owner_cstack: NO_CSTACK_OWNER,
+        // Include/internal/pycore_runtime.h: _PyRuntimeState.ceval.gil;
+        // Include/internal/pycore_gil.h: _gil_runtime_state.locked, .last_holder
+        gil_ptr_in_interp: NO_OFFSET,
+        gil_in_runtime: 360,
+        gil_locked: 16,
+        gil_last_holder: 8,
         _pad: 0,
     },
     thread_id: ThreadId::Native,

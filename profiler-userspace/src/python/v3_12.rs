@@ -1,6 +1,6 @@
 //! CPython 3.12. Offsets checked against DWARF of pyenv's 3.12.1 libpython (gdb `ptype /o`).
 
-use profiler_common::{PyOffsets, instr_kind};
+use profiler_common::{NO_OFFSET, PyOffsets, instr_kind};
 
 use super::{CodeLayout, Layout, LineTableFormat, ObjectLayout, ThreadId, Version};
 
@@ -30,6 +30,12 @@ pub const LAYOUT: Layout = Layout {
         instr_kind: instr_kind::POINTER,
         // Include/internal/pycore_frame.h: FRAME_OWNED_BY_CSTACK (interpreter entry shims)
         owner_cstack: 3,
+        // Include/internal/pycore_interp.h: PyInterpreterState.ceval.gil (a pointer);
+        // Include/internal/pycore_gil.h: _gil_runtime_state.locked, .last_holder
+        gil_ptr_in_interp: 384,
+        gil_in_runtime: NO_OFFSET,
+        gil_locked: 16,
+        gil_last_holder: 8,
         _pad: 0,
     },
     thread_id: ThreadId::Native,

@@ -34,6 +34,12 @@ pub const LAYOUT: Layout = Layout {
         instr_kind: instr_kind::POINTER,
         // Include/internal/pycore_frame.h: FRAME_OWNED_BY_CSTACK (entry frames, no code)
         owner_cstack: 3,
+        // Include/internal/pycore_interp.h: PyInterpreterState.ceval.gil (a pointer);
+        // Include/internal/pycore_gil.h: _gil_runtime_state.locked, .last_holder
+        gil_ptr_in_interp: 16,
+        gil_in_runtime: NO_OFFSET,
+        gil_locked: 16,
+        gil_last_holder: 8,
         _pad: 0,
     },
     thread_id: ThreadId::Native,
