@@ -9,7 +9,8 @@ use std::{
 use clap::Parser as _;
 use profiler_userspace::{
     cli::{Cli, Command},
-    record,
+    dump, record,
+    report::{self, ReportDone},
 };
 
 fn main() -> ExitCode {
@@ -38,6 +39,30 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Dump(args) => match dump::run(&args.into_config(), &mut io::stdout().lock()) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(dump::DumpError::Write(e)) if e.kind() == io::ErrorKind::BrokenPipe => {
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                let permission = e.is_permission();
+                fail(&e, permission)
+            }
+        },
+        Command::Report(args) => match report::run(&args.into_config()) {
+            Ok(ReportDone::Printed) => ExitCode::SUCCESS,
+            Ok(ReportDone::Converted { format, path }) => {
+                if path.as_os_str() != "-" {
+                    eprintln!(
+                        "prof-bpf: wrote {format} to {}: {}",
+                        path.display(),
+                        format.how_to_open()
+                    );
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(&e, false),
+        },
     }
 }
 

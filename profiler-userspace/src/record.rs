@@ -5,7 +5,7 @@
 use std::{
     env,
     fs::{self, File},
-    io::{self, BufWriter, IsTerminal, Write},
+    io::{self, IsTerminal, Write},
     path::{Path, PathBuf},
     process::{Child, Command, ExitStatus},
     sync::atomic::{AtomicBool, Ordering},
@@ -18,7 +18,7 @@ use profiler_common::{Stat, TargetInfo};
 use crate::{
     bpf::{BpfError, RunTime, Sampler, Stats},
     cli::{RecordConfig, Target},
-    output::Format,
+    output::{self, Format},
     privilege::{self, NotPrivileged},
     process::{self, ProcessError, PythonProcess},
     profile::{Profile, collect::Collector},
@@ -232,24 +232,15 @@ fn write_profile(
 ) -> Result<(), RecordError> {
     let title = format!("prof-bpf: {} (pid {})", process.name, process.pid);
     let writer = format.writer(title);
-    let fail = |source| RecordError::Output {
-        path: path.into(),
-        source,
-    };
+    output::write_file(path, |out| writer.write(profile, out)).map_err(|source| {
+        RecordError::Output {
+            path: path.into(),
+            source,
+        }
+    })?;
     if path == Path::new("-") {
-        let stdout = io::stdout();
-        let mut out = BufWriter::new(stdout.lock());
-        return match writer.write(profile, &mut out).and_then(|()| out.flush()) {
-            // A closed pipe (`| head`) is the reader's choice, not an error.
-            Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(()),
-            r => r.map_err(fail),
-        };
+        return Ok(());
     }
-    let mut out = BufWriter::new(File::create(path).map_err(fail)?);
-    writer
-        .write(profile, &mut out)
-        .and_then(|()| out.flush())
-        .map_err(fail)?;
     privilege::give_to_invoking_user(path);
     Ok(())
 }

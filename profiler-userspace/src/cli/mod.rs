@@ -5,7 +5,12 @@ use std::{path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::{output::Format, profile::collect::FrameOptions};
+use crate::{
+    dump::DumpConfig,
+    output::Format,
+    profile::collect::FrameOptions,
+    report::{ReportConfig, ReportOptions, SortKey},
+};
 
 #[derive(Debug, Parser)]
 #[command(name = "prof-bpf", version, about = "A kernel-assisted sampling profiler for Python", long_about = None)]
@@ -19,6 +24,81 @@ pub enum Command {
     /// Record a profile of a running process (--pid) or of a command (after --) and write it to a
     /// file.
     Record(RecordArgs),
+    /// Print the current Python stack of every thread of a running process, once.
+    Dump(DumpArgs),
+    /// Print the statistics of a profile recorded with `-f profbpf`, or convert it (`-f`).
+    Report(ReportArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct DumpArgs {
+    /// PID of a running Python process.
+    #[arg(short, long, value_name = "PID")]
+    pub pid: u32,
+
+    /// Native frames too (not available in this build yet: a notice says so).
+    #[arg(short, long)]
+    pub native: bool,
+
+    /// Do not show line numbers.
+    #[arg(long)]
+    pub nolineno: bool,
+}
+
+impl DumpArgs {
+    pub fn into_config(self) -> DumpConfig {
+        DumpConfig {
+            pid: self.pid,
+            native: self.native,
+            frames: FrameOptions {
+                function: false,
+                nolineno: self.nolineno,
+            },
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct ReportArgs {
+    /// A profile written by `prof-bpf record -f profbpf`.
+    #[arg(value_name = "FILE")]
+    pub input: PathBuf,
+
+    /// Order of the table's rows.
+    #[arg(short, long, value_enum, default_value_t = SortKey::Direct)]
+    pub sort: SortKey,
+
+    /// Rows in the table; 0 shows all.
+    #[arg(short, long, default_value_t = 25)]
+    pub limit: usize,
+
+    /// One row per function rather than per line.
+    #[arg(short = 'F', long)]
+    pub function: bool,
+
+    /// Convert the profile to this format instead of printing the table.
+    #[arg(short, long, value_enum)]
+    pub format: Option<Format>,
+
+    /// Where the table or the converted profile goes; `-` for stdout [default: stdout for the
+    /// table, INPUT-NAME.EXT beside the input for a conversion].
+    #[arg(short, long, value_name = "FILE")]
+    pub output: Option<PathBuf>,
+}
+
+impl ReportArgs {
+    pub fn into_config(self) -> ReportConfig {
+        ReportConfig {
+            input: self.input,
+            options: ReportOptions {
+                sort: self.sort,
+                limit: self.limit,
+                by_function: self.function,
+            },
+            convert: self.format,
+            output: self.output,
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -120,8 +200,54 @@ mod tests {
     fn record(args: &[&str]) -> Result<RecordConfig, String> {
         let cli = Cli::try_parse_from(["prof-bpf", "record"].iter().chain(args))
             .map_err(|e| e.to_string())?;
-        let Command::Record(r) = cli.command;
+        let Command::Record(r) = cli.command else {
+            panic!("not record")
+        };
         r.into_config().map_err(|e| e.to_string())
+    }
+
+    fn report(args: &[&str]) -> Result<ReportConfig, String> {
+        let cli = Cli::try_parse_from(["prof-bpf", "report"].iter().chain(args))
+            .map_err(|e| e.to_string())?;
+        let Command::Report(r) = cli.command else {
+            panic!("not report")
+        };
+        Ok(r.into_config())
+    }
+
+    #[test]
+    fn report_defaults_and_conversion() {
+        let c = report(&["p.json"]).unwrap();
+        assert_eq!(c.input, PathBuf::from("p.json"));
+        assert_eq!(
+            (c.options.sort, c.options.limit, c.convert),
+            (SortKey::Direct, 25, None)
+        );
+        let c = report(&[
+            "p.json",
+            "-s",
+            "cumulative",
+            "-l",
+            "0",
+            "-F",
+            "-f",
+            "pprof",
+            "-o",
+            "-",
+        ])
+        .unwrap();
+        assert_eq!(c.options.sort, SortKey::Cumulative);
+        assert!(c.options.by_function && c.options.limit == 0);
+        assert_eq!(
+            (c.convert, c.output),
+            (Some(Format::Pprof), Some(PathBuf::from("-")))
+        );
+        assert!(report(&[]).unwrap_err().contains("<FILE>"));
+        assert!(
+            report(&["p", "-s", "size"])
+                .unwrap_err()
+                .contains("possible values")
+        );
     }
 
     #[test]

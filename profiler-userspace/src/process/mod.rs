@@ -40,7 +40,7 @@ pub enum ProcessError {
 }
 
 impl ProcessError {
-    fn from_proc(pid: u32, what: &'static str, e: io::Error) -> Self {
+    pub(crate) fn from_proc(pid: u32, what: &'static str, e: io::Error) -> Self {
         match e.kind() {
             io::ErrorKind::NotFound => ProcessError::NoSuchProcess { pid },
             io::ErrorKind::PermissionDenied => ProcessError::PermissionDenied { pid, what },

@@ -68,6 +68,8 @@ pub struct Collector {
     counts: HashMap<SampleKey, u64>,
     /// (pid, stack) pairs whose code objects have been read.
     resolved: HashSet<(u32, u64)>,
+    /// Decoded lines by (pid, code, tag, instr), kept across snapshots.
+    lines: HashMap<(u32, u64, u32, u32), u32>,
 }
 
 impl Collector {
@@ -78,6 +80,7 @@ impl Collector {
             stacks: HashMap::new(),
             counts: HashMap::new(),
             resolved: HashSet::new(),
+            lines: HashMap::new(),
         }
     }
 
@@ -156,10 +159,17 @@ impl Collector {
 
     /// Builds the profile. Frames are root first; a truncated stack starts with a marker.
     pub fn finish(mut self, rate_hz: u64, duration: Duration) -> Profile {
+        self.snapshot(rate_hz, duration)
+    }
+
+    /// The profile of everything collected so far, leaving the collector able to go on (`top`
+    /// takes one per refresh). Code objects already read are not read again, and lines already
+    /// decoded are not decoded again.
+    pub fn snapshot(&mut self, rate_hz: u64, duration: Duration) -> Profile {
         self.resolve_new();
         let mut table = FrameTable::default();
         let mut merged: HashMap<(u32, u32, Vec<u32>), u64> = HashMap::new();
-        let mut line_cache: HashMap<(u32, u64, u32, u32), u32> = HashMap::new();
+        let line_cache = &mut self.lines;
         let mut unknown_frames = 0;
         for (key, count) in &self.counts {
             let mut frames = Vec::new();
@@ -181,11 +191,7 @@ impl Collector {
                                 let line = *line_cache
                                     .entry((key.pid, f.code, f.tag, f.instr))
                                     .or_insert_with(|| line_of(self.options, &t.layout, f, code));
-                                Frame {
-                                    name: code.name.clone(),
-                                    file: code.filename.clone(),
-                                    line,
-                                }
+                                named_frame(code, line)
                             }
                             Some((_, Err(why))) => {
                                 unknown_frames += count;
@@ -231,6 +237,21 @@ impl Collector {
             unknown_frames,
         }
     }
+}
+
+/// A frame named from its code object.
+fn named_frame(code: &CodeInfo, line: u32) -> Frame {
+    Frame {
+        name: code.name.clone(),
+        file: code.filename.clone(),
+        line,
+    }
+}
+
+/// The frame the user sees for a frame the kernel (or `python::threads`) recorded, once its
+/// code object has been read.
+pub fn frame_for(options: FrameOptions, layout: &Layout, f: &PyFrame, code: &CodeInfo) -> Frame {
+    named_frame(code, line_of(options, layout, f, code))
 }
 
 /// The line a frame was on, per the label options.

@@ -3,6 +3,7 @@
 
 pub mod code;
 pub mod linetable;
+pub mod threads;
 mod v3_11;
 mod v3_12;
 
