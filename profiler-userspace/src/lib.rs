@@ -14,3 +14,4 @@ pub mod profile;
 pub mod python;
 pub mod record;
 pub mod report;
+pub mod top;

@@ -11,6 +11,7 @@ use profiler_userspace::{
     cli::{Cli, Command},
     dump, record,
     report::{self, ReportDone},
+    top,
 };
 
 fn main() -> ExitCode {
@@ -22,15 +23,43 @@ fn main() -> ExitCode {
                 Err(e) => return fail(&e, false),
             };
             // Ctrl-C and SIGTERM stop the recording; the profile is still written.
-            let stop = Arc::new(AtomicBool::new(false));
-            for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-                if let Err(e) = signal_hook::flag::register(signal, Arc::clone(&stop)) {
-                    return fail(&e, false);
-                }
-            }
+            let stop = match stop_on_signals() {
+                Ok(stop) => stop,
+                Err(e) => return fail(&e, false),
+            };
             match record::run(&cfg, &stop) {
                 Ok(summary) => {
                     let _ = summary.print(&mut io::stderr());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    let permission = e.is_permission();
+                    fail(&e, permission)
+                }
+            }
+        }
+        Command::Top(args) => {
+            let cfg = match args.into_config() {
+                Ok(cfg) => cfg,
+                Err(e) => return fail(&e, false),
+            };
+            // SIGTERM (and SIGINT before the terminal is raw) end top and restore the terminal.
+            let stop = match stop_on_signals() {
+                Ok(stop) => stop,
+                Err(e) => return fail(&e, false),
+            };
+            match top::run(&cfg, &stop) {
+                Ok(s) => {
+                    let why = match s.stop {
+                        record::StopReason::TargetExited => "the program exited",
+                        _ => "quit",
+                    };
+                    eprintln!(
+                        "prof-bpf: top of pid {} stopped ({why}) after {:.1}s, {} samples",
+                        s.pid,
+                        s.elapsed.as_secs_f64(),
+                        s.samples
+                    );
                     ExitCode::SUCCESS
                 }
                 Err(e) => {
@@ -64,6 +93,15 @@ fn main() -> ExitCode {
             Err(e) => fail(&e, false),
         },
     }
+}
+
+/// A flag SIGINT and SIGTERM set, for a command to stop cleanly.
+fn stop_on_signals() -> io::Result<Arc<AtomicBool>> {
+    let stop = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(signal, Arc::clone(&stop))?;
+    }
+    Ok(stop)
 }
 
 /// Prints `prof-bpf: error: <error chain>` and a hint where one helps.

@@ -126,29 +126,73 @@ pub fn run(cfg: &RecordConfig, stop: &AtomicBool) -> Result<Summary, RecordError
     record(cfg, stop)
 }
 
-fn record(cfg: &RecordConfig, stop: &AtomicBool) -> Result<Summary, RecordError> {
-    // Everything that can be checked without the kernel is checked before loading it; a
-    // launched command starts only once the kernel program is sampling.
-    let (mut sampler, process, layout, mut child) = match &cfg.target {
-        Target::Pid(pid) => {
-            let p = process::inspect(*pid)?;
-            let layout = supported_layout(&p)?;
-            (Sampler::start(cfg.rate_hz)?, p, layout, None)
-        }
-        Target::Launch(cmd) => {
-            check_program(&cmd[0])?;
-            let sampler = Sampler::start(cfg.rate_hz)?;
-            let mut c = launch(cmd)?;
-            match wait_for_python(&mut c, &cmd[0], stop) {
-                Ok((p, layout)) => (sampler, p, layout, Some(c)),
-                Err(e) => {
-                    let _ = c.kill();
-                    let _ = c.wait();
-                    return Err(e);
+/// A target being sampled: the loaded kernel program with the target registered, the process,
+/// its layout and, for a launched command, the child. `record` and `top` share it.
+pub(crate) struct Session {
+    pub sampler: Sampler,
+    pub process: PythonProcess,
+    pub layout: Layout,
+    pub child: Option<Child>,
+}
+
+impl Session {
+    /// Checks the target, loads the kernel program, launches the command if there is one (only
+    /// once the kernel program is sampling) and registers the target with the kernel.
+    pub fn start(target: &Target, rate_hz: u64, stop: &AtomicBool) -> Result<Self, RecordError> {
+        // Everything that can be checked without the kernel is checked before loading it.
+        let (mut sampler, process, layout, child) = match target {
+            Target::Pid(pid) => {
+                let p = process::inspect(*pid)?;
+                let layout = supported_layout(&p)?;
+                (Sampler::start(rate_hz)?, p, layout, None)
+            }
+            Target::Launch(cmd) => {
+                check_program(&cmd[0])?;
+                let sampler = Sampler::start(rate_hz)?;
+                let mut c = launch(cmd)?;
+                match wait_for_python(&mut c, &cmd[0], stop) {
+                    Ok((p, layout)) => (sampler, p, layout, Some(c)),
+                    Err(e) => {
+                        let _ = c.kill();
+                        let _ = c.wait();
+                        return Err(e);
+                    }
                 }
             }
+        };
+        sampler.add_target(
+            process.pid,
+            TargetInfo {
+                runtime_addr: process.runtime_addr,
+                offsets: layout.kernel,
+                version: layout.version.as_u16(),
+                _pad: [0; 6],
+            },
+        )?;
+        Ok(Self {
+            sampler,
+            process,
+            layout,
+            child,
+        })
+    }
+
+    /// Whether the target has exited (a launched child is reaped by this check).
+    pub fn exited(&mut self) -> bool {
+        match &mut self.child {
+            Some(c) => !matches!(c.try_wait(), Ok(None)),
+            None => !process::is_alive(&self.process),
         }
-    };
+    }
+}
+
+fn record(cfg: &RecordConfig, stop: &AtomicBool) -> Result<Summary, RecordError> {
+    let Session {
+        mut sampler,
+        process,
+        layout,
+        mut child,
+    } = Session::start(&cfg.target, cfg.rate_hz, stop)?;
     let output = match &cfg.output {
         Some(path) => path.clone(),
         None => {
@@ -157,16 +201,6 @@ fn record(cfg: &RecordConfig, stop: &AtomicBool) -> Result<Summary, RecordError>
             path
         }
     };
-
-    sampler.add_target(
-        process.pid,
-        TargetInfo {
-            runtime_addr: process.runtime_addr,
-            offsets: layout.kernel,
-            version: layout.version.as_u16(),
-            _pad: [0; 6],
-        },
-    )?;
     let mut collector = Collector::new(cfg.frames);
     collector.add_target(process.clone(), layout);
 
@@ -250,7 +284,7 @@ fn supported_layout(p: &PythonProcess) -> Result<Layout, RecordError> {
     python::layout_for(p.version).map_err(|source| RecordError::Unsupported { pid: p.pid, source })
 }
 
-fn check_rate(rate: u64) -> Result<(), RecordError> {
+pub(crate) fn check_rate(rate: u64) -> Result<(), RecordError> {
     let max = fs::read_to_string("/proc/sys/kernel/perf_event_max_sample_rate")
         .ok()
         .and_then(|s| s.trim().parse::<u64>().ok());
@@ -338,7 +372,7 @@ fn wait_for_python(
 }
 
 /// A launched command still running when recording stops is ended, as py-spy does.
-fn stop_child(child: &mut Child, reason: StopReason) {
+pub(crate) fn stop_child(child: &mut Child, reason: StopReason) {
     if reason != StopReason::TargetExited {
         // SAFETY: kill with a pid we spawned and have not reaped.
         unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };

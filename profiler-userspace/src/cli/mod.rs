@@ -10,6 +10,7 @@ use crate::{
     output::Format,
     profile::collect::FrameOptions,
     report::{ReportConfig, ReportOptions, SortKey},
+    top::TopConfig,
 };
 
 #[derive(Debug, Parser)]
@@ -24,10 +25,65 @@ pub enum Command {
     /// Record a profile of a running process (--pid) or of a command (after --) and write it to a
     /// file.
     Record(RecordArgs),
+    /// A live view of where a process spends its time, like py-spy top.
+    Top(TopArgs),
     /// Print the current Python stack of every thread of a running process, once.
     Dump(DumpArgs),
     /// Print the statistics of a profile recorded with `-f profbpf`, or convert it (`-f`).
     Report(ReportArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct TopArgs {
+    /// PID of a running Python process.
+    #[arg(short, long, value_name = "PID")]
+    pub pid: Option<u32>,
+
+    /// Samples per second, per CPU.
+    #[arg(short, long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    pub rate: u64,
+
+    /// Seconds between refreshes (the percentages cover the last one).
+    #[arg(long, value_name = "SECONDS", default_value_t = 1.0)]
+    pub refresh: f64,
+
+    /// Start with line numbers shown (`l` toggles them).
+    #[arg(long)]
+    pub lines: bool,
+
+    /// Start asking for native frames (`n` toggles; not available in this build yet).
+    #[arg(short, long)]
+    pub native: bool,
+
+    /// The command to launch and watch, after `--`.
+    #[arg(last = true, value_name = "COMMAND")]
+    pub command: Vec<String>,
+}
+
+impl TopArgs {
+    pub fn into_config(self) -> Result<TopConfig, ConfigError> {
+        let refresh = match self.refresh {
+            r if r.is_finite() && r >= 0.1 => Duration::from_secs_f64(r),
+            r => return Err(ConfigError::BadRefresh(r.to_string())),
+        };
+        Ok(TopConfig {
+            target: target(self.pid, self.command)?,
+            rate_hz: self.rate,
+            refresh,
+            lines: self.lines,
+            native: self.native,
+        })
+    }
+}
+
+/// The target from `--pid` or a command, exactly one of them.
+fn target(pid: Option<u32>, command: Vec<String>) -> Result<Target, ConfigError> {
+    match (pid, command.is_empty()) {
+        (Some(_), false) => Err(ConfigError::BothTargets),
+        (Some(pid), true) => Ok(Target::Pid(pid)),
+        (None, false) => Ok(Target::Launch(command)),
+        (None, true) => Err(ConfigError::NoTarget),
+    }
 }
 
 #[derive(Debug, Args)]
@@ -164,16 +220,13 @@ pub enum ConfigError {
     NoTarget,
     #[error("--duration must be a positive number of seconds, not {0}")]
     BadDuration(String),
+    #[error("--refresh must be at least 0.1 seconds, not {0}")]
+    BadRefresh(String),
 }
 
 impl RecordArgs {
     pub fn into_config(self) -> Result<RecordConfig, ConfigError> {
-        let target = match (self.pid, self.command.is_empty()) {
-            (Some(_), false) => return Err(ConfigError::BothTargets),
-            (Some(pid), true) => Target::Pid(pid),
-            (None, false) => Target::Launch(self.command),
-            (None, true) => return Err(ConfigError::NoTarget),
-        };
+        let target = target(self.pid, self.command)?;
         let duration = match self.duration {
             None => None,
             Some(d) if d.is_finite() && d > 0.0 => Some(Duration::from_secs_f64(d)),
@@ -213,6 +266,40 @@ mod tests {
             panic!("not report")
         };
         Ok(r.into_config())
+    }
+
+    fn top(args: &[&str]) -> Result<TopConfig, String> {
+        let cli = Cli::try_parse_from(["prof-bpf", "top"].iter().chain(args))
+            .map_err(|e| e.to_string())?;
+        let Command::Top(t) = cli.command else {
+            panic!("not top")
+        };
+        t.into_config().map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn top_targets_and_options() {
+        let c = top(&["--pid", "7"]).unwrap();
+        assert_eq!(c.target, Target::Pid(7));
+        assert_eq!(
+            (c.rate_hz, c.refresh, c.lines, c.native),
+            (100, Duration::from_secs(1), false, false)
+        );
+        let c = top(&["--refresh", "0.5", "--lines", "-n", "--", "python", "x.py"]).unwrap();
+        assert_eq!(
+            c.target,
+            Target::Launch(vec!["python".into(), "x.py".into()])
+        );
+        assert_eq!(
+            (c.refresh, c.lines, c.native),
+            (Duration::from_millis(500), true, true)
+        );
+        assert!(top(&[]).unwrap_err().contains("nothing to profile"));
+        assert!(
+            top(&["-p", "1", "--refresh", "0"])
+                .unwrap_err()
+                .contains("at least 0.1")
+        );
     }
 
     #[test]
