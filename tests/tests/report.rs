@@ -96,6 +96,67 @@ fn pprof_conversion_is_gzipped_protobuf() {
     }
 }
 
+/// pprof's own reader agrees with `report`'s table: `go tool pprof` (Debian's golang-go,
+/// installed by scripts/setup) on the converted example.
+#[test]
+fn go_tool_pprof_reads_the_conversion() {
+    let dir = scratch_dir("go_tool_pprof");
+    let out = dir.join("p.pb.gz");
+    report(&[
+        input().to_str().unwrap(),
+        "-f",
+        "pprof",
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    let pprof = |args: &[&str]| {
+        let o = Command::new("go")
+            .args(["tool", "pprof"])
+            .args(args)
+            .arg(&out)
+            .env("HOME", &dir) // pprof keeps a cache under $HOME
+            .output()
+            .expect("go is not installed: run scripts/setup (apt-get install golang-go)");
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8(o.stdout).unwrap()
+    };
+    let raw = pprof(&["-raw"]);
+    for line in [
+        "PeriodType: cpu nanoseconds",
+        "Period: 10000000",
+        "Duration: 1.25",
+    ] {
+        assert!(raw.contains(line), "{line:?} missing from:\n{raw}");
+    }
+    // flat = direct, cum = cumulative, as in tests/data/report/two_threads.txt.
+    let top = pprof(&["-top", "-sample_index=samples"]);
+    let row = |name: &str| -> (u64, u64) {
+        let cols: Vec<&str> = top
+            .lines()
+            .find(|l| l.split_whitespace().skip(5).collect::<Vec<_>>().join(" ") == name)
+            .unwrap_or_else(|| panic!("no row for {name} in:\n{top}"))
+            .split_whitespace()
+            .collect();
+        (cols[0].parse().unwrap(), cols[3].parse().unwrap())
+    };
+    assert_eq!(row("burn"), (88, 88));
+    assert_eq!(row("work"), (10, 70));
+    assert_eq!(row("main"), (0, 90));
+    assert_eq!(
+        row("<module>"),
+        (0, 90),
+        "pprof must not cut <module> as a C++ template"
+    );
+    assert_eq!(row("recurse"), (0, 20));
+    let cpu = pprof(&["-top", "-sample_index=cpu"]);
+    assert!(cpu.contains("Total samples = 1000ms"), "{cpu}");
+    let thread = pprof(&["-top", "-sample_index=samples", "-tagfocus=tid=4243"]);
+    assert!(
+        thread.contains("Showing nodes accounting for 10, 10.00% of 100 total"),
+        "{thread}"
+    );
+}
+
 #[test]
 fn table_matches_the_golden_file() {
     // Run beside the input, so the header names it as the golden file does.

@@ -22,6 +22,8 @@ pub struct PprofProfile {
     pub sample_type: Vec<ValueType>,
     #[prost(message, repeated, tag = "2")]
     pub sample: Vec<PprofSample>,
+    #[prost(message, repeated, tag = "3")]
+    pub mapping: Vec<Mapping>,
     #[prost(message, repeated, tag = "4")]
     pub location: Vec<Location>,
     #[prost(message, repeated, tag = "5")]
@@ -70,10 +72,28 @@ pub struct Label {
     pub num: i64,
 }
 
+/// One mapping stands for the interpreter: it says the functions, files and lines are already
+/// known, so pprof does not try to symbolize addresses.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Mapping {
+    #[prost(uint64, tag = "1")]
+    pub id: u64,
+    #[prost(int64, tag = "5")]
+    pub filename: i64,
+    #[prost(bool, tag = "7")]
+    pub has_functions: bool,
+    #[prost(bool, tag = "8")]
+    pub has_filenames: bool,
+    #[prost(bool, tag = "9")]
+    pub has_line_numbers: bool,
+}
+
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct Location {
     #[prost(uint64, tag = "1")]
     pub id: u64,
+    #[prost(uint64, tag = "2")]
+    pub mapping_id: u64,
     #[prost(message, repeated, tag = "4")]
     pub line: Vec<Line>,
 }
@@ -92,6 +112,8 @@ pub struct Function {
     pub id: u64,
     #[prost(int64, tag = "2")]
     pub name: i64,
+    /// Left empty: pprof "demangles" a function whose system name equals its name, as if it
+    /// were C++, and would cut `<module>` down to nothing.
     #[prost(int64, tag = "3")]
     pub system_name: i64,
     #[prost(int64, tag = "4")]
@@ -149,17 +171,17 @@ pub fn build(profile: &Profile, title: &str) -> PprofProfile {
                 .entry((f.name.as_str(), f.file.as_str()))
                 .or_insert_with(|| {
                     let id = functions.len() as u64 + 1;
-                    let name = strings.get(&f.name);
                     functions.push(Function {
                         id,
-                        name,
-                        system_name: name,
+                        name: strings.get(&f.name),
+                        system_name: 0,
                         filename: strings.get(&f.file),
                     });
                     id
                 });
             Location {
                 id: i as u64 + 1,
+                mapping_id: 1,
                 line: vec![Line {
                     function_id: id,
                     line: f.line as i64,
@@ -199,9 +221,21 @@ pub fn build(profile: &Profile, title: &str) -> PprofProfile {
     ];
     let period_type = Some(value_type("cpu", "nanoseconds"));
     let comment = vec![strings.get(title)];
+    let interpreter = match profile.processes.as_slice() {
+        [one] => one.name.clone(),
+        _ => "python".to_string(),
+    };
+    let mapping = vec![Mapping {
+        id: 1,
+        filename: strings.get(&interpreter),
+        has_functions: true,
+        has_filenames: true,
+        has_line_numbers: true,
+    }];
     PprofProfile {
         sample_type,
         sample,
+        mapping,
         location,
         function: functions,
         string_table: strings.table,
