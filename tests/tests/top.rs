@@ -230,3 +230,52 @@ fn top_ctrl_c_restores_the_terminal() {
     tmux.keys(&["C-c"]);
     assert_terminal_restored(&tmux);
 }
+
+#[test]
+fn top_by_pid_leaves_the_process_running() {
+    if !privileged() {
+        return;
+    }
+    let mut target = Command::new(python("3.11"))
+        .arg(fixture("split.py"))
+        .arg("20")
+        .env("SPLIT_READY", "0.1")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(target.stdout.as_mut().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    let pid = serde_json::from_str::<serde_json::Value>(&line).unwrap()["pid"].to_string();
+    let tmux = Tmux::start("top_pid");
+    tmux.keys(&["clear; echo BEFORE-TOP-MARKER", "Enter"]);
+    tmux.keys(&[
+        &format!(
+            "{} top --refresh 0.5 -r 1000 --pid {pid}",
+            prof_bpf().display()
+        ),
+        "Enter",
+    ]);
+    let s = tmux.wait_for(15, "heavy and light", |s| {
+        rows(s).iter().any(|r| function(&r.1) == "heavy")
+            && rows(s).iter().any(|r| function(&r.1) == "light")
+    });
+    assert!(
+        s.contains(&format!("python3.11 (pid {pid}, CPython 3.11)")),
+        "{s}"
+    );
+    // Line numbers are off by default: one row per function.
+    assert!(s.contains("Function (file)"), "{s}");
+    tmux.keys(&["q"]);
+    assert_terminal_restored(&tmux);
+    // Attached, not launched: the program goes on.
+    assert!(
+        target.try_wait().unwrap().is_none(),
+        "top ended the process it watched"
+    );
+    let _ = target.kill();
+    let _ = target.wait();
+}
