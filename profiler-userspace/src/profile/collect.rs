@@ -278,3 +278,122 @@ fn line_of(options: FrameOptions, layout: &Layout, f: &PyFrame, code: &CodeInfo)
     )
     .unwrap_or(code.firstlineno)
 }
+
+#[cfg(test)]
+mod tests {
+    use profiler_common::{MAX_PYTHON_FRAMES, code_tag};
+
+    use super::*;
+    use crate::python::{Version, layout_for};
+
+    /// A CPython 3.12 code object named `f` in `t.py`, laid out in this process's own memory,
+    /// which the collector reads through /proc/self/mem like any target's.
+    struct FakeCode {
+        bytes: Vec<u8>,
+    }
+
+    impl FakeCode {
+        const NAME: u64 = 0x400;
+        const FILE: u64 = 0x500;
+        const TABLE: u64 = 0x600;
+
+        fn new(layout: &Layout) -> Self {
+            let mut me = Self {
+                bytes: vec![0; 0x800],
+            };
+            let c = layout.code;
+            let base = me.base();
+            me.word(0, 1); // ob_refcnt: alive
+            me.word(c.name as u64, base + Self::NAME);
+            me.word(c.qualname.unwrap() as u64, base + Self::NAME);
+            me.word(c.filename as u64, base + Self::FILE);
+            me.word(c.linetable as u64, base + Self::TABLE);
+            me.put(c.firstlineno as u64, &7i32.to_le_bytes());
+            me.string(layout, Self::NAME, "f");
+            me.string(layout, Self::FILE, "t.py");
+            me.word(Self::TABLE, 1); // an empty bytes object
+            me
+        }
+
+        fn base(&self) -> u64 {
+            self.bytes.as_ptr() as u64
+        }
+
+        fn tag(&self) -> u32 {
+            code_tag(self.base() + Self::NAME, self.base() + Self::FILE, 7)
+        }
+
+        fn put(&mut self, at: u64, b: &[u8]) {
+            self.bytes[at as usize..at as usize + b.len()].copy_from_slice(b);
+        }
+
+        fn word(&mut self, at: u64, v: u64) {
+            self.put(at, &v.to_le_bytes());
+        }
+
+        /// A compact ASCII str object.
+        fn string(&mut self, layout: &Layout, at: u64, s: &str) {
+            let o = layout.objects;
+            self.word(at, 1);
+            self.word(at + o.unicode_length as u64, s.len() as u64);
+            let state: u32 = 1 << 2 | 1 << 5 | 1 << 6;
+            self.put(at + o.unicode_state as u64, &state.to_le_bytes());
+            self.put(at + o.unicode_ascii_data as u64, s.as_bytes());
+        }
+    }
+
+    #[test]
+    fn snapshots_repeat_without_reading_code_objects_again() {
+        let layout = layout_for(Version::new(3, 12)).unwrap();
+        let mut code = FakeCode::new(&layout);
+        let pid = std::process::id();
+        let mut c = Collector::new(FrameOptions::default());
+        c.add_target(
+            PythonProcess {
+                pid,
+                name: "self".into(),
+                binary: "/proc/self/exe".into(),
+                version: Version::new(3, 12),
+                runtime_addr: 0,
+                start_time: 0,
+            },
+            layout,
+        );
+        let mut frames = [PyFrame::default(); MAX_PYTHON_FRAMES];
+        frames[0] = PyFrame {
+            code: code.base(),
+            instr: layout.code.code_adaptive as u32,
+            tag: code.tag(),
+        };
+        c.add_stack(
+            1,
+            &PyStack {
+                len: 1,
+                flags: 0,
+                frames,
+            },
+        );
+        let key = SampleKey {
+            pid,
+            tid: pid,
+            stack_id: 1,
+        };
+        c.add_count(key, 5);
+        let first = c.snapshot(100, Duration::from_secs(1));
+        assert_eq!(
+            first.frames[first.samples[0].frames[0] as usize].label(),
+            "f (t.py:7)"
+        );
+        assert_eq!(first.total_samples(), 5);
+
+        // The code object is freed now: reading it again would give [unknown]. A later
+        // snapshot still names it from what the first read cached, and counts on.
+        code.word(0, 0);
+        c.add_count(key, 3);
+        let second = c.snapshot(100, Duration::from_secs(2));
+        assert_eq!(second.frames, first.frames);
+        assert_eq!(second.total_samples(), 8);
+        assert_eq!(second.unknown_frames, 0);
+        drop(code);
+    }
+}
