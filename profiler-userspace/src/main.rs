@@ -9,7 +9,9 @@ use std::{
 use clap::Parser as _;
 use profiler_userspace::{
     cli::{Cli, Command},
-    record,
+    dump, record,
+    report::{self, ReportDone},
+    top,
 };
 
 fn main() -> ExitCode {
@@ -21,12 +23,10 @@ fn main() -> ExitCode {
                 Err(e) => return fail(&e, false),
             };
             // Ctrl-C and SIGTERM stop the recording; the profile is still written.
-            let stop = Arc::new(AtomicBool::new(false));
-            for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-                if let Err(e) = signal_hook::flag::register(signal, Arc::clone(&stop)) {
-                    return fail(&e, false);
-                }
-            }
+            let stop = match stop_on_signals() {
+                Ok(stop) => stop,
+                Err(e) => return fail(&e, false),
+            };
             match record::run(&cfg, &stop) {
                 Ok(summary) => {
                     let _ = summary.print(&mut io::stderr());
@@ -38,7 +38,73 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Top(args) => {
+            let cfg = match args.into_config() {
+                Ok(cfg) => cfg,
+                Err(e) => return fail(&e, false),
+            };
+            // SIGTERM (and SIGINT before the terminal is raw) end top and restore the terminal.
+            let stop = match stop_on_signals() {
+                Ok(stop) => stop,
+                Err(e) => return fail(&e, false),
+            };
+            match top::run(&cfg, &stop) {
+                Ok(s) => {
+                    let why = match s.stop {
+                        record::StopReason::TargetExited => "the program exited",
+                        _ => "quit",
+                    };
+                    let what = match s.pid {
+                        Some(pid) => format!("pid {pid}"),
+                        None => "all Python processes".to_string(),
+                    };
+                    eprintln!(
+                        "prof-bpf: top of {what} stopped ({why}) after {:.1}s, {} samples",
+                        s.elapsed.as_secs_f64(),
+                        s.samples
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    let permission = e.is_permission();
+                    fail(&e, permission)
+                }
+            }
+        }
+        Command::Dump(args) => match dump::run(&args.into_config(), &mut io::stdout().lock()) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(dump::DumpError::Write(e)) if e.kind() == io::ErrorKind::BrokenPipe => {
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                let permission = e.is_permission();
+                fail(&e, permission)
+            }
+        },
+        Command::Report(args) => match report::run(&args.into_config()) {
+            Ok(ReportDone::Printed) => ExitCode::SUCCESS,
+            Ok(ReportDone::Converted { format, path }) => {
+                if path.as_os_str() != "-" {
+                    eprintln!(
+                        "prof-bpf: wrote {format} to {}: {}",
+                        path.display(),
+                        format.how_to_open()
+                    );
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(&e, false),
+        },
     }
+}
+
+/// A flag SIGINT and SIGTERM set, for a command to stop cleanly.
+fn stop_on_signals() -> io::Result<Arc<AtomicBool>> {
+    let stop = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(signal, Arc::clone(&stop))?;
+    }
+    Ok(stop)
 }
 
 /// Prints `prof-bpf: error: <error chain>` and a hint where one helps.

@@ -6,7 +6,7 @@ use std::{
     collections::HashMap,
     env,
     fs::{self, File},
-    io::{self, BufWriter, IsTerminal, Write},
+    io::{self, IsTerminal, Write},
     path::{Path, PathBuf},
     process::{Child, Command, ExitStatus},
     sync::atomic::{AtomicBool, Ordering},
@@ -19,13 +19,16 @@ use profiler_common::Stat;
 use crate::{
     bpf::{BpfError, RunTime, Sampler, SamplerOptions, Stats},
     cli::{RecordConfig, Target},
-    output::Format,
+    output::{self, Format},
     privilege::{self, NotPrivileged},
     process::{
         self, ProcMem, ProcessError, PythonProcess,
         watch::{Change, Scope, Watcher},
     },
-    profile::{Profile, collect::Collector},
+    profile::{
+        Profile,
+        collect::{Collector, FrameOptions},
+    },
     python::{self, Layout, LayoutSource, UnsupportedVersion},
 };
 
@@ -145,98 +148,183 @@ pub fn run(cfg: &RecordConfig, stop: &AtomicBool) -> Result<Summary, RecordError
     record(cfg, stop)
 }
 
-fn record(cfg: &RecordConfig, stop: &AtomicBool) -> Result<Summary, RecordError> {
-    let options = SamplerOptions {
-        idle: cfg.idle,
-        gil_only: cfg.gil,
-    };
-    // Everything that can be checked without the kernel is checked before loading it; a
-    // launched command starts only once the kernel program is sampling.
-    let (mut sampler, first, mut child) = match &cfg.target {
-        Target::Pid(pid) => {
-            let p = process::inspect(*pid)?;
-            let layout = supported_layout(&p)?;
-            (
-                Sampler::start(cfg.rate_hz, options)?,
-                Some((p, layout)),
-                None,
-            )
-        }
-        Target::Launch(cmd) => {
-            check_program(&cmd[0])?;
-            let sampler = Sampler::start(cfg.rate_hz, options)?;
-            let mut c = launch(cmd)?;
-            // With --subprocesses the command itself need not be Python (a shell script, a
-            // launcher): the watcher finds the Python processes under it.
-            let first = if cfg.subprocesses {
-                None
-            } else {
-                match wait_for_python(&mut c, &cmd[0], stop) {
-                    Ok(found) => Some(found),
-                    Err(e) => {
-                        let _ = c.kill();
-                        let _ = c.wait();
-                        return Err(e);
+/// What `Session::start` needs besides the target.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct SessionOptions {
+    pub rate_hz: u64,
+    pub sampler: SamplerOptions,
+    pub frames: FrameOptions,
+    /// Follow child processes (`--subprocesses`).
+    pub subprocesses: bool,
+}
+
+/// What is being sampled: the kernel program, the processes registered with it and what they
+/// recorded, the watcher that finds processes coming and going, and, for a launched command,
+/// the child. `record` and `top` share it.
+pub(crate) struct Session {
+    pub sampler: Sampler,
+    pub collector: Collector,
+    watcher: Watcher,
+    pub child: Option<Child>,
+    /// A --pid target: watched by pid and start time, so a reused pid is not the target.
+    target_process: Option<PythonProcess>,
+    /// Python processes found but not profiled, and why.
+    pub skipped: Vec<String>,
+    last_scan: Option<Instant>,
+}
+
+impl Session {
+    /// Checks the target, loads the kernel program, launches the command if there is one (only
+    /// once the kernel program is sampling) and registers what is Python of it.
+    pub fn start(
+        target: &Target,
+        options: SessionOptions,
+        stop: &AtomicBool,
+    ) -> Result<Self, RecordError> {
+        let start_sampler = || Sampler::start(options.rate_hz, options.sampler);
+        // Everything that can be checked without the kernel is checked before loading it.
+        let (mut sampler, first, child) = match target {
+            Target::Pid(pid) => {
+                let p = process::inspect(*pid)?;
+                let layout = supported_layout(&p)?;
+                (start_sampler()?, Some((p, layout)), None)
+            }
+            Target::Launch(cmd) => {
+                check_program(&cmd[0])?;
+                let sampler = start_sampler()?;
+                let mut c = launch(cmd)?;
+                // With --subprocesses the command itself need not be Python (a shell script,
+                // a launcher): the watcher finds the Python processes under it.
+                let first = if options.subprocesses {
+                    None
+                } else {
+                    match wait_for_python(&mut c, &cmd[0], stop) {
+                        Ok(found) => Some(found),
+                        Err(e) => {
+                            let _ = c.kill();
+                            let _ = c.wait();
+                            return Err(e);
+                        }
                     }
-                }
-            };
-            (sampler, first, Some(c))
+                };
+                (sampler, first, Some(c))
+            }
+            Target::All => (start_sampler()?, None, None),
+        };
+        let root = match (target, &child) {
+            (Target::Pid(pid), _) => Some(*pid),
+            (_, Some(c)) => Some(c.id()),
+            _ => None,
+        };
+        let mut watcher = Watcher::new(match (root, options.subprocesses) {
+            (None, _) => Scope::All,
+            (Some(root), true) => Scope::Tree(vec![root]),
+            (Some(root), false) => Scope::One(root),
+        });
+        let mut collector = Collector::new(options.frames);
+        let target_process = match target {
+            Target::Pid(_) => first.as_ref().map(|(p, _)| p.clone()),
+            _ => None,
+        };
+        if let Some((p, layout)) = first {
+            sampler.add_target(p.pid, layout.target_info(p.runtime_addr))?;
+            watcher.know(&p);
+            collector.add_target(p, layout);
         }
-        Target::All => (Sampler::start(cfg.rate_hz, options)?, None, None),
+        Ok(Self {
+            sampler,
+            collector,
+            watcher,
+            child,
+            target_process,
+            skipped: Vec::new(),
+            last_scan: None,
+        })
+    }
+
+    /// The process named by `--pid` or launched, if it is Python: for labels.
+    pub fn first_process(&self) -> Option<&PythonProcess> {
+        self.collector.processes().next()
+    }
+
+    /// The pid of the process named by `--pid` or launched.
+    pub fn root_pid(&self) -> Option<u32> {
+        match (&self.target_process, &self.child) {
+            (Some(p), _) => Some(p.pid),
+            (_, Some(c)) => Some(c.id()),
+            _ => None,
+        }
+    }
+
+    /// Waits up to `timeout` for new stacks (reading their code objects at once), then, when
+    /// one is due, scans for processes that started or ended and registers or retires them.
+    pub fn poll(&mut self, timeout: Duration) -> Result<(), RecordError> {
+        self.sampler
+            .wait_for_new_stacks(timeout, &mut self.collector)?;
+        if self.last_scan.is_none_or(|t| t.elapsed() >= SCAN_INTERVAL) {
+            let changes = self.watcher.scan();
+            if !changes.is_empty() {
+                // Counts so far belong to the processes registered so far.
+                self.drain()?;
+                apply(
+                    changes,
+                    &mut self.sampler,
+                    &mut self.collector,
+                    &mut self.skipped,
+                )?;
+            }
+            self.last_scan = Some(Instant::now());
+        }
+        Ok(())
+    }
+
+    /// Moves what the kernel recorded into the collector.
+    pub fn drain(&mut self) -> Result<(), RecordError> {
+        Ok(self.sampler.drain(&mut self.collector)?)
+    }
+
+    /// Whether the target has exited (a launched child is reaped by this check). `--all` has
+    /// no end of its own.
+    pub fn exited(&mut self) -> bool {
+        match (&mut self.child, &self.target_process) {
+            (Some(c), _) => !matches!(c.try_wait(), Ok(None)),
+            (None, Some(p)) => !process::is_alive(p),
+            (None, None) => false,
+        }
+    }
+
+    /// Processes the watcher follows now (Python or not).
+    pub fn followed(&self) -> usize {
+        self.watcher.followed()
+    }
+}
+
+fn record(cfg: &RecordConfig, stop: &AtomicBool) -> Result<Summary, RecordError> {
+    let options = SessionOptions {
+        rate_hz: cfg.rate_hz,
+        sampler: SamplerOptions {
+            idle: cfg.idle,
+            gil_only: cfg.gil,
+        },
+        frames: cfg.frames,
+        subprocesses: cfg.subprocesses,
     };
-    let root = match (&cfg.target, &child) {
-        (Target::Pid(pid), _) => Some(*pid),
-        (_, Some(c)) => Some(c.id()),
-        _ => None,
-    };
+    let mut session = Session::start(&cfg.target, options, stop)?;
     let output = match &cfg.output {
         Some(path) => path.clone(),
         None => {
-            let path = default_output(first.as_ref().map(|(p, _)| p), root, cfg.format);
+            let path = default_output(session.first_process(), session.root_pid(), cfg.format);
             check_writable(&path)?;
             path
         }
     };
 
-    let mut collector = Collector::new(cfg.frames);
-    let mut watcher = Watcher::new(match (root, cfg.subprocesses) {
-        (None, _) => Scope::All,
-        (Some(root), true) => Scope::Tree(vec![root]),
-        (Some(root), false) => Scope::One(root),
-    });
-    let mut skipped = Vec::new();
-    // A --pid target is watched by pid and start time: a reused pid is not the target.
-    let target_process = match cfg.target {
-        Target::Pid(_) => first.as_ref().map(|(p, _)| p.clone()),
-        _ => None,
-    };
-    if let Some((p, layout)) = first {
-        sampler.add_target(p.pid, layout.target_info(p.runtime_addr))?;
-        watcher.know(&p);
-        collector.add_target(p, layout);
-    }
-
     let started = Instant::now();
     let mut last_drain = started;
-    let mut last_scan: Option<Instant> = None;
     let progress = Progress::new();
     let reason = loop {
-        sampler.wait_for_new_stacks(TICK, &mut collector)?;
-        if last_scan.is_none_or(|t| t.elapsed() >= SCAN_INTERVAL) {
-            let changes = watcher.scan();
-            if !changes.is_empty() {
-                // Counts so far belong to the processes registered so far.
-                sampler.drain(&mut collector)?;
-                apply(changes, &mut sampler, &mut collector, &mut skipped)?;
-            }
-            last_scan = Some(Instant::now());
-        }
-        let exited = match (&mut child, &target_process) {
-            (Some(c), _) => !matches!(c.try_wait(), Ok(None)),
-            (None, Some(p)) => !process::is_alive(p),
-            (None, None) => false,
-        };
-        if exited {
+        session.poll(TICK)?;
+        if session.exited() {
             break StopReason::TargetExited;
         }
         if stop.load(Ordering::Relaxed) {
@@ -246,19 +334,27 @@ fn record(cfg: &RecordConfig, stop: &AtomicBool) -> Result<Summary, RecordError>
             break StopReason::Duration;
         }
         if last_drain.elapsed() >= DRAIN_INTERVAL {
-            sampler.drain(&mut collector)?;
+            session.drain()?;
             last_drain = Instant::now();
             progress.show(
-                collector.samples(),
-                sampler.stats()?.lost(),
+                session.collector.samples(),
+                session.sampler.stats()?.lost(),
                 started.elapsed(),
             );
         }
     };
     let elapsed = started.elapsed();
-    sampler.drain(&mut collector)?;
-    let stats = sampler.stats()?;
-    let run_time = sampler.run_time();
+    session.drain()?;
+    let stats = session.sampler.stats()?;
+    let run_time = session.sampler.run_time();
+    let followed = session.followed();
+    let Session {
+        sampler,
+        collector,
+        child,
+        skipped,
+        ..
+    } = session;
     drop(sampler);
     progress.clear();
     if let Some(mut c) = child {
@@ -267,7 +363,6 @@ fn record(cfg: &RecordConfig, stop: &AtomicBool) -> Result<Summary, RecordError>
 
     let processes: Vec<PythonProcess> = collector.processes().cloned().collect();
     let totals = collector.totals();
-    let followed = watcher.followed();
     let profile = collector.finish(cfg.rate_hz, elapsed);
     let title = match &processes[..] {
         [p] => format!("prof-bpf: {} (pid {})", p.name, p.pid),
@@ -330,25 +425,15 @@ fn write_profile(
     path: &Path,
 ) -> Result<(), RecordError> {
     let writer = format.writer(title.to_string());
-    let fail = |source| RecordError::Output {
-        path: path.into(),
-        source,
-    };
-    if path == Path::new("-") {
-        let stdout = io::stdout();
-        let mut out = BufWriter::new(stdout.lock());
-        return match writer.write(profile, &mut out).and_then(|()| out.flush()) {
-            // A closed pipe (`| head`) is the reader's choice, not an error.
-            Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(()),
-            r => r.map_err(fail),
-        };
+    output::write_file(path, |out| writer.write(profile, out)).map_err(|source| {
+        RecordError::Output {
+            path: path.into(),
+            source,
+        }
+    })?;
+    if path != Path::new("-") {
+        privilege::give_to_invoking_user(path);
     }
-    let mut out = BufWriter::new(File::create(path).map_err(fail)?);
-    writer
-        .write(profile, &mut out)
-        .and_then(|()| out.flush())
-        .map_err(fail)?;
-    privilege::give_to_invoking_user(path);
     Ok(())
 }
 
@@ -377,7 +462,7 @@ fn supported_layout(p: &PythonProcess) -> Result<Layout, RecordError> {
     Ok(layout)
 }
 
-fn check_rate(rate: u64) -> Result<(), RecordError> {
+pub(crate) fn check_rate(rate: u64) -> Result<(), RecordError> {
     let max = fs::read_to_string("/proc/sys/kernel/perf_event_max_sample_rate")
         .ok()
         .and_then(|s| s.trim().parse::<u64>().ok());
@@ -465,7 +550,7 @@ fn wait_for_python(
 }
 
 /// A launched command still running when recording stops is ended, as py-spy does.
-fn stop_child(child: &mut Child, reason: StopReason) {
+pub(crate) fn stop_child(child: &mut Child, reason: StopReason) {
     if reason != StopReason::TargetExited {
         // SAFETY: kill with a pid we spawned and have not reaped.
         unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };

@@ -5,7 +5,13 @@ use std::{path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::{output::Format, profile::collect::FrameOptions};
+use crate::{
+    dump::DumpConfig,
+    output::Format,
+    profile::collect::FrameOptions,
+    report::{ReportConfig, ReportOptions, SortKey},
+    top::TopConfig,
+};
 
 #[derive(Debug, Parser)]
 #[command(name = "prof-bpf", version, about = "A kernel-assisted sampling profiler for Python", long_about = None)]
@@ -19,6 +25,141 @@ pub enum Command {
     /// Record a profile of a running process (--pid) or of a command (after --) and write it to a
     /// file.
     Record(RecordArgs),
+    /// A live view of where a process spends its time, like py-spy top.
+    Top(TopArgs),
+    /// Print the current Python stack of every thread of a running process, once.
+    Dump(DumpArgs),
+    /// Print the statistics of a profile recorded with `-f profbpf`, or convert it (`-f`).
+    Report(ReportArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct TopArgs {
+    /// PID of a running Python process.
+    #[arg(short, long, value_name = "PID")]
+    pub pid: Option<u32>,
+
+    /// Every Python process on the machine, including those that start while watching.
+    #[arg(long, conflicts_with = "pid")]
+    pub all: bool,
+
+    /// Samples per second, per CPU.
+    #[arg(short, long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    pub rate: u64,
+
+    /// Seconds between refreshes (the percentages cover the last one).
+    #[arg(long, value_name = "SECONDS", default_value_t = 1.0)]
+    pub refresh: f64,
+
+    /// Start with line numbers shown (`l` toggles them).
+    #[arg(long)]
+    pub lines: bool,
+
+    /// Start asking for native frames (`n` toggles; not available in this build yet).
+    #[arg(short, long)]
+    pub native: bool,
+
+    /// The command to launch and watch, after `--`.
+    #[arg(last = true, value_name = "COMMAND")]
+    pub command: Vec<String>,
+}
+
+impl TopArgs {
+    pub fn into_config(self) -> Result<TopConfig, ConfigError> {
+        let refresh = match self.refresh {
+            r if r.is_finite() && r >= 0.1 => Duration::from_secs_f64(r),
+            r => return Err(ConfigError::BadRefresh(r.to_string())),
+        };
+        Ok(TopConfig {
+            target: target(self.pid, self.all, self.command)?,
+            rate_hz: self.rate,
+            refresh,
+            lines: self.lines,
+            native: self.native,
+        })
+    }
+}
+
+/// The target from `--pid`, `--all` or a command, exactly one of them.
+fn target(pid: Option<u32>, all: bool, command: Vec<String>) -> Result<Target, ConfigError> {
+    match (pid, all, command.is_empty()) {
+        (Some(pid), false, true) => Ok(Target::Pid(pid)),
+        (None, true, true) => Ok(Target::All),
+        (None, false, false) => Ok(Target::Launch(command)),
+        (None, false, true) => Err(ConfigError::NoTarget),
+        _ => Err(ConfigError::BothTargets),
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct DumpArgs {
+    /// PID of a running Python process.
+    #[arg(short, long, value_name = "PID")]
+    pub pid: u32,
+
+    /// Native frames too (not available in this build yet: a notice says so).
+    #[arg(short, long)]
+    pub native: bool,
+
+    /// Do not show line numbers.
+    #[arg(long)]
+    pub nolineno: bool,
+}
+
+impl DumpArgs {
+    pub fn into_config(self) -> DumpConfig {
+        DumpConfig {
+            pid: self.pid,
+            native: self.native,
+            frames: FrameOptions {
+                nolineno: self.nolineno,
+                ..FrameOptions::default()
+            },
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct ReportArgs {
+    /// A profile written by `prof-bpf record -f profbpf`.
+    #[arg(value_name = "FILE")]
+    pub input: PathBuf,
+
+    /// Order of the table's rows.
+    #[arg(short, long, value_enum, default_value_t = SortKey::Direct)]
+    pub sort: SortKey,
+
+    /// Rows in the table; 0 shows all.
+    #[arg(short, long, default_value_t = 25)]
+    pub limit: usize,
+
+    /// One row per function rather than per line.
+    #[arg(short = 'F', long)]
+    pub function: bool,
+
+    /// Convert the profile to this format instead of printing the table.
+    #[arg(short, long, value_enum)]
+    pub format: Option<Format>,
+
+    /// Where the table or the converted profile goes; `-` for stdout [default: stdout for the
+    /// table, INPUT-NAME.EXT beside the input for a conversion].
+    #[arg(short, long, value_name = "FILE")]
+    pub output: Option<PathBuf>,
+}
+
+impl ReportArgs {
+    pub fn into_config(self) -> ReportConfig {
+        ReportConfig {
+            input: self.input,
+            options: ReportOptions {
+                sort: self.sort,
+                limit: self.limit,
+                by_function: self.function,
+            },
+            convert: self.format,
+            output: self.output,
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -113,17 +254,13 @@ pub enum ConfigError {
     NoTarget,
     #[error("--duration must be a positive number of seconds, not {0}")]
     BadDuration(String),
+    #[error("--refresh must be at least 0.1 seconds, not {0}")]
+    BadRefresh(String),
 }
 
 impl RecordArgs {
     pub fn into_config(self) -> Result<RecordConfig, ConfigError> {
-        let target = match (self.pid, self.all, self.command.is_empty()) {
-            (Some(pid), false, true) => Target::Pid(pid),
-            (None, true, true) => Target::All,
-            (None, false, false) => Target::Launch(self.command),
-            (None, false, true) => return Err(ConfigError::NoTarget),
-            _ => return Err(ConfigError::BothTargets),
-        };
+        let target = target(self.pid, self.all, self.command)?;
         // Several processes: each stack says whose it is.
         let processes = self.all || self.subprocesses;
         let duration = match self.duration {
@@ -157,8 +294,88 @@ mod tests {
     fn record(args: &[&str]) -> Result<RecordConfig, String> {
         let cli = Cli::try_parse_from(["prof-bpf", "record"].iter().chain(args))
             .map_err(|e| e.to_string())?;
-        let Command::Record(r) = cli.command;
+        let Command::Record(r) = cli.command else {
+            panic!("not record")
+        };
         r.into_config().map_err(|e| e.to_string())
+    }
+
+    fn report(args: &[&str]) -> Result<ReportConfig, String> {
+        let cli = Cli::try_parse_from(["prof-bpf", "report"].iter().chain(args))
+            .map_err(|e| e.to_string())?;
+        let Command::Report(r) = cli.command else {
+            panic!("not report")
+        };
+        Ok(r.into_config())
+    }
+
+    fn top(args: &[&str]) -> Result<TopConfig, String> {
+        let cli = Cli::try_parse_from(["prof-bpf", "top"].iter().chain(args))
+            .map_err(|e| e.to_string())?;
+        let Command::Top(t) = cli.command else {
+            panic!("not top")
+        };
+        t.into_config().map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn top_targets_and_options() {
+        let c = top(&["--pid", "7"]).unwrap();
+        assert_eq!(c.target, Target::Pid(7));
+        assert_eq!(
+            (c.rate_hz, c.refresh, c.lines, c.native),
+            (100, Duration::from_secs(1), false, false)
+        );
+        let c = top(&["--refresh", "0.5", "--lines", "-n", "--", "python", "x.py"]).unwrap();
+        assert_eq!(
+            c.target,
+            Target::Launch(vec!["python".into(), "x.py".into()])
+        );
+        assert_eq!(
+            (c.refresh, c.lines, c.native),
+            (Duration::from_millis(500), true, true)
+        );
+        assert!(top(&[]).unwrap_err().contains("nothing to profile"));
+        assert!(
+            top(&["-p", "1", "--refresh", "0"])
+                .unwrap_err()
+                .contains("at least 0.1")
+        );
+    }
+
+    #[test]
+    fn report_defaults_and_conversion() {
+        let c = report(&["p.json"]).unwrap();
+        assert_eq!(c.input, PathBuf::from("p.json"));
+        assert_eq!(
+            (c.options.sort, c.options.limit, c.convert),
+            (SortKey::Direct, 25, None)
+        );
+        let c = report(&[
+            "p.json",
+            "-s",
+            "cumulative",
+            "-l",
+            "0",
+            "-F",
+            "-f",
+            "pprof",
+            "-o",
+            "-",
+        ])
+        .unwrap();
+        assert_eq!(c.options.sort, SortKey::Cumulative);
+        assert!(c.options.by_function && c.options.limit == 0);
+        assert_eq!(
+            (c.convert, c.output),
+            (Some(Format::Pprof), Some(PathBuf::from("-")))
+        );
+        assert!(report(&[]).unwrap_err().contains("<FILE>"));
+        assert!(
+            report(&["p", "-s", "size"])
+                .unwrap_err()
+                .contains("possible values")
+        );
     }
 
     #[test]

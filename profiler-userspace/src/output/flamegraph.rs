@@ -21,6 +21,9 @@ impl ProfileWriter for Flamegraph {
         let mut options = Options::default();
         options.title = self.title.clone();
         options.count_name = "samples".into();
+        // Colors from a hash of the function name, not random: the same profile gives the same
+        // SVG (golden files), and a function keeps its color from one recording to the next.
+        options.hash = true;
         if lines.is_empty() {
             // inferno refuses an empty profile; an empty SVG still says what happened.
             writeln!(

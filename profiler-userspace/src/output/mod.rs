@@ -3,18 +3,22 @@
 
 mod collapsed;
 mod flamegraph;
+pub mod pprof;
 mod speedscope;
 
 use std::{
     fmt,
-    io::{self, Write},
+    fs::File,
+    io::{self, BufWriter, Write},
+    path::Path,
 };
 
 pub use collapsed::Collapsed;
 pub use flamegraph::Flamegraph;
+pub use pprof::Pprof;
 pub use speedscope::Speedscope;
 
-use crate::profile::Profile;
+use crate::profile::{Profile, store};
 
 /// Writers return plain I/O errors: everything else about a profile is already valid.
 pub trait ProfileWriter {
@@ -29,6 +33,10 @@ pub enum Format {
     Speedscope,
     /// Collapsed stacks, one `frame;frame;frame count` per line.
     Raw,
+    /// pprof protobuf, gzipped: `go tool pprof`, Pyroscope, Grafana.
+    Pprof,
+    /// prof-bpf's own lossless JSON: read it with `prof-bpf report FILE`, convert it later.
+    Profbpf,
 }
 
 impl Format {
@@ -37,6 +45,8 @@ impl Format {
             Format::Flamegraph => "svg",
             Format::Speedscope => "speedscope.json",
             Format::Raw => "txt",
+            Format::Pprof => "pb.gz",
+            Format::Profbpf => "profbpf.json",
         }
     }
 
@@ -45,6 +55,8 @@ impl Format {
             Format::Flamegraph => Box::new(Flamegraph { title }),
             Format::Speedscope => Box::new(Speedscope { name: title }),
             Format::Raw => Box::new(Collapsed),
+            Format::Pprof => Box::new(Pprof { title }),
+            Format::Profbpf => Box::new(ProfBpf),
         }
     }
 
@@ -54,6 +66,8 @@ impl Format {
             Format::Flamegraph => "open it in a web browser",
             Format::Speedscope => "drop it on https://www.speedscope.app or run `speedscope FILE`",
             Format::Raw => "feed it to inferno-flamegraph or flamegraph.pl, or read it",
+            Format::Pprof => "run `go tool pprof -http=: FILE`, or upload it to Pyroscope/Grafana",
+            Format::Profbpf => "run `prof-bpf report FILE` (it converts to every other format too)",
         }
     }
 }
@@ -64,6 +78,147 @@ impl fmt::Display for Format {
             Format::Flamegraph => "flamegraph",
             Format::Speedscope => "speedscope",
             Format::Raw => "raw",
+            Format::Pprof => "pprof",
+            Format::Profbpf => "profbpf",
         })
+    }
+}
+
+/// Runs `write` on `path` (`-` for stdout), buffered and flushed. A closed stdout pipe
+/// (`| head`) is the reader's choice, not an error.
+pub fn write_file(
+    path: &Path,
+    write: impl FnOnce(&mut dyn Write) -> io::Result<()>,
+) -> io::Result<()> {
+    if path == Path::new("-") {
+        let stdout = io::stdout();
+        let mut out = BufWriter::new(stdout.lock());
+        return match write(&mut out).and_then(|()| out.flush()) {
+            Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(()),
+            r => r,
+        };
+    }
+    let mut out = BufWriter::new(File::create(path)?);
+    write(&mut out)?;
+    out.flush()
+}
+
+/// The lossless format's writer; `profile::store` owns the format.
+pub struct ProfBpf;
+
+impl ProfileWriter for ProfBpf {
+    fn write(&self, profile: &Profile, out: &mut dyn Write) -> io::Result<()> {
+        store::write(profile, out)
+    }
+}
+
+/// Golden files: each format's rendering of `profile::example()`, under `tests/data/<format>/`.
+/// `UPDATE_GOLDEN=1 cargo test` rewrites them; review the diff before committing.
+#[cfg(test)]
+pub(crate) mod golden {
+    use std::{io::Read as _, path::PathBuf};
+
+    use prost::Message as _;
+
+    use super::*;
+    use crate::profile::example;
+
+    // What `report` titles a conversion of the example, so the e2e test can share the files.
+    const TITLE: &str = "prof-bpf: python3.12 (pid 4242)";
+
+    fn data(format: &str, file: &str) -> PathBuf {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("../tests/data")
+            .join(format)
+            .join(file)
+    }
+
+    /// Compares `actual` with the golden file, showing the first differing lines.
+    pub(crate) fn check(format: &str, file: &str, actual: &str) {
+        let path = data(format, file);
+        if std::env::var_os("UPDATE_GOLDEN").is_some() {
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(&path, actual).unwrap();
+            return;
+        }
+        let expected = std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("{}: {e} (UPDATE_GOLDEN=1 creates it)", path.display()));
+        if expected == actual {
+            return;
+        }
+        let mut diff = String::new();
+        let (e, a): (Vec<_>, Vec<_>) = (expected.lines().collect(), actual.lines().collect());
+        let first = e
+            .iter()
+            .zip(&a)
+            .position(|(x, y)| x != y)
+            .unwrap_or(e.len().min(a.len()));
+        for i in first.saturating_sub(2)..(first + 6).min(e.len().max(a.len())) {
+            match (e.get(i), a.get(i)) {
+                (Some(x), Some(y)) if x == y => diff += &format!("   {x}\n"),
+                (x, y) => {
+                    if let Some(x) = x {
+                        diff += &format!(" - {x}\n");
+                    }
+                    if let Some(y) = y {
+                        diff += &format!(" + {y}\n");
+                    }
+                }
+            }
+        }
+        panic!(
+            "{} differs from this build's output (- expected, + actual) from line {}:\n{diff}\
+             UPDATE_GOLDEN=1 rewrites it if the change is intended",
+            path.display(),
+            first + 1
+        );
+    }
+
+    fn render(format: Format) -> Vec<u8> {
+        let mut out = Vec::new();
+        format
+            .writer(TITLE.into())
+            .write(&example(), &mut out)
+            .unwrap();
+        out
+    }
+
+    fn text(format: Format) -> String {
+        String::from_utf8(render(format)).unwrap()
+    }
+
+    #[test]
+    fn raw() {
+        check("raw", "two_threads.txt", &text(Format::Raw));
+    }
+
+    #[test]
+    fn speedscope() {
+        check("speedscope", "two_threads.json", &text(Format::Speedscope));
+    }
+
+    #[test]
+    fn flamegraph() {
+        check("flamegraph", "two_threads.svg", &text(Format::Flamegraph));
+    }
+
+    #[test]
+    fn profbpf() {
+        check("profbpf", "two_threads.json", &text(Format::Profbpf));
+    }
+
+    #[test]
+    fn pprof() {
+        let gz = render(Format::Pprof);
+        let mut raw = Vec::new();
+        flate2::read::GzDecoder::new(gz.as_slice())
+            .read_to_end(&mut raw)
+            .unwrap();
+        let decoded = pprof::PprofProfile::decode(raw.as_slice()).unwrap();
+        check(
+            "pprof",
+            "two_threads.txt",
+            &pprof::describe(&decoded).unwrap(),
+        );
     }
 }

@@ -97,6 +97,8 @@ pub struct Collector {
     resolved: HashSet<(usize, u64)>,
     /// Thread names, read when a thread is first seen (it may be gone by the end).
     threads: HashMap<(usize, u32), String>,
+    /// Decoded lines by (target index, code, tag, instr), kept across snapshots.
+    lines: HashMap<(usize, u64, u32, u32), u32>,
 }
 
 impl Collector {
@@ -109,6 +111,7 @@ impl Collector {
             counts: HashMap::new(),
             resolved: HashSet::new(),
             threads: HashMap::new(),
+            lines: HashMap::new(),
         }
     }
 
@@ -234,10 +237,17 @@ impl Collector {
     /// (`threads`), a truncation marker, then the Python frames. Off-CPU time counts as the
     /// samples the CPU clock would have taken in it at `rate_hz`.
     pub fn finish(mut self, rate_hz: u64, duration: Duration) -> Profile {
+        self.snapshot(rate_hz, duration)
+    }
+
+    /// The profile of everything collected so far, leaving the collector able to go on (`top`
+    /// takes one per refresh). Code objects already read are not read again, and lines already
+    /// decoded are not decoded again.
+    pub fn snapshot(&mut self, rate_hz: u64, duration: Duration) -> Profile {
         self.resolve_new();
         let mut table = FrameTable::default();
         let mut merged: HashMap<(u32, u32, Vec<u32>), u64> = HashMap::new();
-        let mut line_cache: HashMap<(usize, u64, u32, u32), u32> = HashMap::new();
+        let line_cache = &mut self.lines;
         let mut unknown_frames = 0;
         for (&(target, tid, stack_id), counts) in &self.counts {
             let t = &self.targets[target];
@@ -270,11 +280,7 @@ impl Collector {
                                 let line = *line_cache
                                     .entry((target, f.code, f.tag, f.instr))
                                     .or_insert_with(|| line_of(self.options, &t.layout, f, code));
-                                Frame {
-                                    name: code.name.clone(),
-                                    file: code.filename.clone(),
-                                    line,
-                                }
+                                named_frame(code, line)
                             }
                             Some(Err(why)) => {
                                 unknown_frames += count;
@@ -351,6 +357,21 @@ fn thread_info(
     }
 }
 
+/// A frame named from its code object.
+fn named_frame(code: &CodeInfo, line: u32) -> Frame {
+    Frame {
+        name: code.name.clone(),
+        file: code.filename.clone(),
+        line,
+    }
+}
+
+/// The frame the user sees for a frame the kernel (or `python::threads`) recorded, once its
+/// code object has been read.
+pub fn frame_for(options: FrameOptions, layout: &Layout, f: &PyFrame, code: &CodeInfo) -> Frame {
+    named_frame(code, line_of(options, layout, f, code))
+}
+
 /// The line a frame was on, per the label options.
 fn line_of(options: FrameOptions, layout: &Layout, f: &PyFrame, code: &CodeInfo) -> u32 {
     if options.nolineno {
@@ -382,7 +403,123 @@ fn line_of(options: FrameOptions, layout: &Layout, f: &PyFrame, code: &CodeInfo)
 
 #[cfg(test)]
 mod tests {
+    use profiler_common::{MAX_PYTHON_FRAMES, code_tag};
+
     use super::*;
+    use crate::python::{Version, layout_for};
+
+    /// A CPython 3.12 code object named `f` in `t.py`, laid out in this process's own memory,
+    /// which the collector reads through /proc/self/mem like any target's.
+    struct FakeCode {
+        bytes: Vec<u8>,
+    }
+
+    impl FakeCode {
+        const NAME: u64 = 0x400;
+        const FILE: u64 = 0x500;
+        const TABLE: u64 = 0x600;
+
+        fn new(layout: &Layout) -> Self {
+            let mut me = Self {
+                bytes: vec![0; 0x800],
+            };
+            let c = layout.code;
+            let base = me.base();
+            me.word(0, 1); // ob_refcnt: alive
+            me.word(c.name as u64, base + Self::NAME);
+            me.word(c.qualname.unwrap() as u64, base + Self::NAME);
+            me.word(c.filename as u64, base + Self::FILE);
+            me.word(c.linetable as u64, base + Self::TABLE);
+            me.put(c.firstlineno as u64, &7i32.to_le_bytes());
+            me.string(layout, Self::NAME, "f");
+            me.string(layout, Self::FILE, "t.py");
+            me.word(Self::TABLE, 1); // an empty bytes object
+            me
+        }
+
+        fn base(&self) -> u64 {
+            self.bytes.as_ptr() as u64
+        }
+
+        fn tag(&self) -> u32 {
+            code_tag(self.base() + Self::NAME, self.base() + Self::FILE, 7)
+        }
+
+        fn put(&mut self, at: u64, b: &[u8]) {
+            self.bytes[at as usize..at as usize + b.len()].copy_from_slice(b);
+        }
+
+        fn word(&mut self, at: u64, v: u64) {
+            self.put(at, &v.to_le_bytes());
+        }
+
+        /// A compact ASCII str object.
+        fn string(&mut self, layout: &Layout, at: u64, s: &str) {
+            let o = layout.objects;
+            self.word(at, 1);
+            self.word(at + o.unicode_length as u64, s.len() as u64);
+            let state: u32 = 1 << 2 | 1 << 5 | 1 << 6;
+            self.put(at + o.unicode_state as u64, &state.to_le_bytes());
+            self.put(at + o.unicode_ascii_data as u64, s.as_bytes());
+        }
+    }
+
+    #[test]
+    fn snapshots_repeat_without_reading_code_objects_again() {
+        let layout = layout_for(Version::new(3, 12)).unwrap();
+        let mut code = FakeCode::new(&layout);
+        let pid = std::process::id();
+        let mut c = Collector::new(FrameOptions::default());
+        c.add_target(
+            PythonProcess {
+                pid,
+                name: "self".into(),
+                binary: "/proc/self/exe".into(),
+                version: Version::new(3, 12),
+                runtime_addr: 0,
+                start_time: 0,
+            },
+            layout,
+        );
+        let mut frames = [PyFrame::default(); MAX_PYTHON_FRAMES];
+        frames[0] = PyFrame {
+            code: code.base(),
+            instr: layout.code.code_adaptive as u32,
+            tag: code.tag(),
+        };
+        c.add_stack(
+            1,
+            &PyStack {
+                len: 1,
+                flags: 0,
+                frames,
+            },
+        );
+        let key = SampleKey {
+            pid,
+            tid: pid,
+            stack_id: 1,
+            kind: count_kind::ON_CPU,
+            _pad: 0,
+        };
+        c.add_count(key, 5);
+        let first = c.snapshot(100, Duration::from_secs(1));
+        assert_eq!(
+            first.frames[first.samples[0].frames[0] as usize].label(),
+            "f (t.py:7)"
+        );
+        assert_eq!(first.total_samples(), 5);
+
+        // The code object is freed now: reading it again would give [unknown]. A later
+        // snapshot still names it from what the first read cached, and counts on.
+        code.word(0, 0);
+        c.add_count(key, 3);
+        let second = c.snapshot(100, Duration::from_secs(2));
+        assert_eq!(second.frames, first.frames);
+        assert_eq!(second.total_samples(), 8);
+        assert_eq!(second.unknown_frames, 0);
+        drop(code);
+    }
 
     #[test]
     fn off_cpu_time_counts_as_the_samples_it_would_have_had() {

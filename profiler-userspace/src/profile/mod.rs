@@ -3,6 +3,7 @@
 //! recorded.
 
 pub mod collect;
+pub mod store;
 
 use std::{collections::HashMap, time::Duration};
 
@@ -141,6 +142,61 @@ impl FrameTable {
 
     pub fn into_frames(self) -> Vec<Frame> {
         self.frames
+    }
+}
+
+/// A small hand-made profile for unit and golden-file tests: two threads, recursion, a marker
+/// frame, a frame without a line. Its file form is `tests/data/profbpf/two_threads.json`.
+#[cfg(test)]
+pub fn example() -> Profile {
+    let f = |name: &str, file: &str, line| Frame {
+        name: name.into(),
+        file: file.into(),
+        line,
+    };
+    let s = |tid, frames: &[u32], count| Sample {
+        pid: 4242,
+        tid,
+        frames: frames.to_vec(),
+        count,
+    };
+    Profile {
+        frames: vec![
+            f("<module>", "app.py", 30),
+            f("main", "app.py", 25),
+            f("work", "app.py", 10),
+            f("burn", "app.py", 4),
+            f("recurse", "app.py", 15),
+            Frame::marker("[unknown] (code object freed before it was read)"),
+            f("Helper.run", "lib/util.py", 0),
+        ],
+        samples: vec![
+            s(4242, &[0, 1, 2, 3], 60),
+            s(4242, &[0, 1, 2], 10),
+            s(4242, &[0, 1, 4, 4, 4, 3], 20),
+            s(4243, &[6, 3], 8),
+            s(4243, &[5], 2),
+        ],
+        processes: vec![ProcessInfo {
+            pid: 4242,
+            name: "python3.12".into(),
+            version: "3.12".into(),
+        }],
+        threads: vec![
+            ThreadInfo {
+                pid: 4242,
+                tid: 4242,
+                name: "python3.12".into(),
+            },
+            ThreadInfo {
+                pid: 4242,
+                tid: 4243,
+                name: "worker".into(),
+            },
+        ],
+        rate_hz: 100,
+        duration: Duration::from_millis(1250),
+        unknown_frames: 2,
     }
 }
 

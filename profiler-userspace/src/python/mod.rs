@@ -4,6 +4,7 @@
 pub mod code;
 pub mod debug_offsets;
 pub mod linetable;
+pub mod threads;
 mod v3_10;
 mod v3_11;
 mod v3_12;

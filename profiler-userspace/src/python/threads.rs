@@ -1,0 +1,315 @@
+//! Walking every thread's frame chain from userspace, for `dump`. The kernel sampler cannot see a
+//! thread that is blocked (it never runs on a CPU, so the CPU-clock event never fires for it);
+//! this reads the same structures with the same `PyOffsets` fields the kernel uses, through
+//! `ProcessMemory`, and yields the same raw frames (`PyFrame`: code object, instruction, tag) so
+//! they are named the way recorded ones are. Generic over the memory, so it is tested against
+//! local buffers; works for every version table, frame objects (up to 3.10, `cframe_current_frame
+//! == NO_OFFSET`, instruction as an int) and interpreter frames (3.11+) alike.
+
+use std::io;
+
+use profiler_common::{
+    MAX_PYTHON_FRAMES, MAX_THREADS, NO_CSTACK_OWNER, NO_OFFSET, PyFrame, PyOffsets, TargetInfo,
+    code_tag, instr_kind,
+};
+
+use crate::process::ProcessMemory;
+
+/// One Python thread and its frames, leaf first.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ThreadStack {
+    /// `PyThreadState.native_thread_id`: the kernel's thread id.
+    pub tid: u64,
+    /// Address of the thread state, to tell threads apart when there is no native id.
+    pub tstate: u64,
+    /// Leaf first; C-stack shim frames (3.12+) are left out.
+    pub frames: Vec<PyFrame>,
+    /// The chain was deeper than `MAX_PYTHON_FRAMES`.
+    pub truncated: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum WalkError {
+    #[error("reading the interpreter's thread list: {0}")]
+    Threads(io::Error),
+    #[error("reading thread {tid}'s frames: {source}")]
+    Frames { tid: u64, source: io::Error },
+    #[error("the interpreter is not initialized (no interpreter state)")]
+    NoInterpreter,
+    #[error("the layout's instruction kind {0} is unknown")]
+    BadLayout(u16),
+}
+
+/// Reads every thread of the main interpreter of `target` (as the kernel would get it: the
+/// address of `_PyRuntime` and the layout), in the interpreter's list order (newest first).
+pub fn walk_threads(
+    mem: &impl ProcessMemory,
+    target: &TargetInfo,
+) -> Result<Vec<ThreadStack>, WalkError> {
+    let off = &target.offsets;
+    let runtime = target.runtime_addr;
+    if off.instr_kind > instr_kind::INT {
+        return Err(WalkError::BadLayout(off.instr_kind));
+    }
+    let field = |base: u64, offset: u16| base.wrapping_add(offset as u64);
+    let interp = mem
+        .read_u64(field(runtime, off.runtime_interpreters_head))
+        .map_err(WalkError::Threads)?;
+    if interp == 0 {
+        return Err(WalkError::NoInterpreter);
+    }
+    let mut tstate = mem
+        .read_u64(field(interp, off.interp_threads_head))
+        .map_err(WalkError::Threads)?;
+    let mut threads = Vec::new();
+    while tstate != 0 && threads.len() < MAX_THREADS as usize {
+        let id = mem
+            .read_u64(field(tstate, off.tstate_native_thread_id))
+            .map_err(WalkError::Threads)?;
+        // Up to 3.10 the thread state holds pthread_self(): the tid is in the descriptor.
+        let tid = match target.pthread_tid {
+            NO_OFFSET => id,
+            at => mem.read_u32(field(id, at)).map_or(0, u64::from),
+        };
+        let (frames, truncated) =
+            walk_frames(mem, off, tstate).map_err(|source| WalkError::Frames { tid, source })?;
+        threads.push(ThreadStack {
+            tid,
+            tstate,
+            frames,
+            truncated,
+        });
+        tstate = mem
+            .read_u64(field(tstate, off.tstate_next))
+            .map_err(WalkError::Threads)?;
+    }
+    Ok(threads)
+}
+
+/// One thread's frames, leaf first, as the kernel's walker records them.
+fn walk_frames(
+    mem: &impl ProcessMemory,
+    off: &PyOffsets,
+    tstate: u64,
+) -> io::Result<(Vec<PyFrame>, bool)> {
+    let field = |base: u64, offset: u16| base.wrapping_add(offset as u64);
+    let mut frame = mem.read_u64(field(tstate, off.tstate_frame))?;
+    if off.cframe_current_frame != NO_OFFSET && frame != 0 {
+        frame = mem.read_u64(field(frame, off.cframe_current_frame))?;
+    }
+    let mut frames = Vec::new();
+    while frame != 0 {
+        if frames.len() == MAX_PYTHON_FRAMES {
+            return Ok((frames, true));
+        }
+        let shim = off.owner_cstack != NO_CSTACK_OWNER && {
+            let mut owner = [0u8];
+            mem.read(field(frame, off.frame_owner), &mut owner)?;
+            owner[0] as u16 == off.owner_cstack
+        };
+        if !shim {
+            let code = mem.read_u64(field(frame, off.frame_code))?;
+            let instr = if off.instr_kind == instr_kind::POINTER {
+                // As the kernel records it: the pointer minus the code object's address.
+                mem.read_u64(field(frame, off.frame_instr))?
+                    .wrapping_sub(code) as u32
+            } else {
+                mem.read_u32(field(frame, off.frame_instr))?
+            };
+            let name = mem.read_u64(field(code, off.code_name))?;
+            let filename = mem.read_u64(field(code, off.code_filename))?;
+            let firstlineno = mem.read_u32(field(code, off.code_firstlineno))? as i32;
+            frames.push(PyFrame {
+                code,
+                instr,
+                tag: code_tag(name, filename, firstlineno),
+            });
+        }
+        frame = mem.read_u64(field(frame, off.frame_previous))?;
+    }
+    Ok((frames, false))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        process::LocalMemory,
+        python::{Layout, Version, layout_for},
+    };
+
+    const BASE: u64 = 0x10000;
+
+    /// Builds interpreter memory by hand: a bump allocator over a buffer.
+    struct Heap {
+        bytes: Vec<u8>,
+        next: u64,
+    }
+
+    impl Heap {
+        fn new() -> Self {
+            Self {
+                bytes: vec![0; 0x10000],
+                next: BASE + 0x100,
+            }
+        }
+        fn alloc(&mut self, size: u64) -> u64 {
+            let at = self.next;
+            self.next += size.next_multiple_of(16);
+            at
+        }
+        fn put(&mut self, at: u64, bytes: &[u8]) {
+            let i = (at - BASE) as usize;
+            self.bytes[i..i + bytes.len()].copy_from_slice(bytes);
+        }
+        fn word(&mut self, at: u64, v: u64) {
+            self.put(at, &v.to_le_bytes());
+        }
+        fn mem(self) -> LocalMemory {
+            LocalMemory {
+                base: BASE,
+                bytes: self.bytes,
+            }
+        }
+    }
+
+    /// A code object with `name`/`filename` pointers and a first line, at a fresh address.
+    fn code(h: &mut Heap, off: &PyOffsets, n: u64) -> (u64, u32) {
+        let c = h.alloc(512);
+        let (name, file, first) = (0xaaaa_0000 + n, 0xbbbb_0000 + n, 10 * n as i32);
+        h.word(c + off.code_name as u64, name);
+        h.word(c + off.code_filename as u64, file);
+        h.put(c + off.code_firstlineno as u64, &first.to_le_bytes());
+        (c, code_tag(name, file, first))
+    }
+
+    /// A frame running `code` at instruction `instr`, its caller `previous`.
+    fn frame(
+        h: &mut Heap,
+        off: &PyOffsets,
+        code: u64,
+        instr: u32,
+        previous: u64,
+        owner: u8,
+    ) -> u64 {
+        let f = h.alloc(256);
+        h.word(f + off.frame_code as u64, code);
+        h.word(f + off.frame_previous as u64, previous);
+        if off.instr_kind == instr_kind::POINTER {
+            h.word(f + off.frame_instr as u64, code + instr as u64);
+        } else {
+            h.put(f + off.frame_instr as u64, &instr.to_le_bytes());
+        }
+        if off.owner_cstack != NO_CSTACK_OWNER {
+            h.put(f + off.frame_owner as u64, &[owner]);
+        }
+        f
+    }
+
+    /// Two threads: tid 7 runs c1 <- c2 <- (shim) <- c3; tid 8 has no frame. The thread state's
+    /// frame field points at a cframe or straight at the frame, and its thread id field holds
+    /// the tid or a `pthread_t` descriptor holding it, per the layout.
+    fn two_threads(off: &PyOffsets, pthread_tid: u16) -> (LocalMemory, u64, Vec<(u64, u32)>) {
+        let mut h = Heap::new();
+        let codes: Vec<(u64, u32)> = (1..=3).map(|n| code(&mut h, off, n)).collect();
+        let owner_cstack = off.owner_cstack as u8;
+        let f3 = frame(&mut h, off, codes[2].0, 40, 0, 0);
+        let top = if off.owner_cstack != NO_CSTACK_OWNER {
+            frame(&mut h, off, 0xdead, 0, f3, owner_cstack)
+        } else {
+            f3
+        };
+        let f2 = frame(&mut h, off, codes[1].0, 20, top, 0);
+        let f1 = frame(&mut h, off, codes[0].0, 6, f2, 0);
+        let (runtime, interp) = (h.alloc(1024), h.alloc(1024));
+        let (t7, t8) = (h.alloc(512), h.alloc(512));
+        h.word(runtime + off.runtime_interpreters_head as u64, interp);
+        h.word(interp + off.interp_threads_head as u64, t7);
+        h.word(t7 + off.tstate_next as u64, t8);
+        for (t, tid) in [(t7, 7), (t8, 8)] {
+            let id = if pthread_tid == NO_OFFSET {
+                tid
+            } else {
+                let descriptor = h.alloc(1024);
+                h.word(descriptor + pthread_tid as u64, tid);
+                descriptor
+            };
+            h.word(t + off.tstate_native_thread_id as u64, id);
+        }
+        if off.cframe_current_frame != NO_OFFSET {
+            let cframe = h.alloc(64);
+            h.word(t7 + off.tstate_frame as u64, cframe);
+            h.word(cframe + off.cframe_current_frame as u64, f1);
+        } else {
+            h.word(t7 + off.tstate_frame as u64, f1);
+        }
+        (h.mem(), runtime, codes)
+    }
+
+    fn check(layout: Layout) {
+        let info = layout.target_info(0);
+        let (mem, runtime, codes) = two_threads(&info.offsets, info.pthread_tid);
+        let threads = walk_threads(&mem, &layout.target_info(runtime)).unwrap();
+        assert_eq!(threads.len(), 2);
+        assert_eq!((threads[0].tid, threads[1].tid), (7, 8));
+        let got: Vec<(u64, u32, u32)> = threads[0]
+            .frames
+            .iter()
+            .map(|f| (f.code, f.instr, f.tag))
+            .collect();
+        let want = vec![
+            (codes[0].0, 6, codes[0].1),
+            (codes[1].0, 20, codes[1].1),
+            (codes[2].0, 40, codes[2].1),
+        ];
+        assert_eq!(got, want, "leaf first, shims left out");
+        assert!(threads[1].frames.is_empty() && !threads[1].truncated);
+    }
+
+    #[test]
+    fn walks_every_built_in_layout() {
+        for minor in 8..=13 {
+            check(layout_for(Version::new(3, minor)).unwrap());
+        }
+    }
+
+    #[test]
+    fn a_cycle_is_cut_and_marked_truncated() {
+        let layout = layout_for(Version::new(3, 12)).unwrap();
+        let off = layout.kernel;
+        let mut h = Heap::new();
+        let (c, _) = code(&mut h, &off, 1);
+        let f = frame(&mut h, &off, c, 2, 0, 0);
+        h.word(f + off.frame_previous as u64, f); // a frame that is its own caller
+        let (runtime, interp, t) = (h.alloc(512), h.alloc(512), h.alloc(512));
+        let cframe = h.alloc(64);
+        h.word(runtime + off.runtime_interpreters_head as u64, interp);
+        h.word(interp + off.interp_threads_head as u64, t);
+        h.word(t + off.tstate_frame as u64, cframe);
+        h.word(cframe + off.cframe_current_frame as u64, f);
+        let threads = walk_threads(&h.mem(), &layout.target_info(runtime)).unwrap();
+        assert!(threads[0].truncated);
+        assert_eq!(threads[0].frames.len(), MAX_PYTHON_FRAMES);
+    }
+
+    #[test]
+    fn unreadable_memory_is_an_error_not_a_panic() {
+        let layout = layout_for(Version::new(3, 11)).unwrap();
+        let mem = LocalMemory {
+            base: BASE,
+            bytes: vec![0; 16],
+        };
+        assert!(matches!(
+            walk_threads(&mem, &layout.target_info(BASE + 0x1000)),
+            Err(WalkError::Threads(_))
+        ));
+        let mem = LocalMemory {
+            base: BASE,
+            bytes: vec![0; 4096],
+        };
+        assert!(matches!(
+            walk_threads(&mem, &layout.target_info(BASE)),
+            Err(WalkError::NoInterpreter)
+        ));
+    }
+}

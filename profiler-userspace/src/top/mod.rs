@@ -1,0 +1,307 @@
+//! The `top` command: a live view like py-spy top. It samples the target as `record` does
+//! (`record::Session`), takes a snapshot of the profile every refresh (`Collector::snapshot`),
+//! turns two snapshots into the table (`model`) and draws it (`ui`). It owns the terminal while
+//! it runs and gives it back as it was on every way out: `q`, Ctrl-C, SIGTERM, the target
+//! exiting, an error (and a panic, through ratatui's hook).
+
+mod model;
+mod ui;
+
+use std::{
+    fs, io,
+    io::IsTerminal as _,
+    sync::atomic::{AtomicBool, Ordering},
+    time::{Duration, Instant},
+};
+
+use profiler_common::Stat;
+use ratatui::{
+    DefaultTerminal,
+    crossterm::event::{self, Event, KeyCode, KeyEventKind, KeyModifiers},
+};
+
+pub use model::Column;
+
+use crate::{
+    bpf::{BpfError, SamplerOptions},
+    cli::Target,
+    privilege, process,
+    profile::{Profile, collect::FrameOptions},
+    record::{self, RecordError, Session, SessionOptions, StopReason},
+};
+
+/// How often the kernel maps are drained, as in `record`.
+const DRAIN_INTERVAL: Duration = Duration::from_millis(50);
+/// Longest wait for kernel notices or a key between two checks.
+const TICK: Duration = Duration::from_millis(50);
+/// How long a notice (e.g. about native frames) stays in the status line.
+const NOTICE_TIME: Duration = Duration::from_secs(4);
+
+/// What `n` says while native frames cannot be shown.
+pub const NATIVE_UNAVAILABLE: &str =
+    "native frames are not available in this build yet; showing Python frames";
+
+#[derive(Debug, thiserror::Error)]
+pub enum TopError {
+    #[error(transparent)]
+    Record(#[from] RecordError),
+    #[error(transparent)]
+    Bpf(#[from] BpfError),
+    #[error("top needs a terminal: its output is not one (use `record` to write a file)")]
+    NotATerminal,
+    #[error("terminal: {0}")]
+    Terminal(#[from] io::Error),
+}
+
+impl TopError {
+    pub fn is_permission(&self) -> bool {
+        match self {
+            TopError::Record(e) => e.is_permission(),
+            TopError::Bpf(e) => e.is_permission(),
+            _ => false,
+        }
+    }
+}
+
+/// A validated `top` invocation.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TopConfig {
+    pub target: Target,
+    pub rate_hz: u64,
+    /// How often the table is recomputed (its percentages cover this interval).
+    pub refresh: Duration,
+    /// Start with line numbers (`l` toggles).
+    pub lines: bool,
+    /// Start asking for native frames (`n` toggles).
+    pub native: bool,
+}
+
+/// How `top` ended, for the closing line.
+pub struct TopSummary {
+    /// The process named by `--pid` or launched; none for `--all`.
+    pub pid: Option<u32>,
+    pub samples: u64,
+    pub elapsed: Duration,
+    pub stop: StopReason,
+}
+
+pub fn run(cfg: &TopConfig, stop: &AtomicBool) -> Result<TopSummary, TopError> {
+    if !io::stdout().is_terminal() {
+        return Err(TopError::NotATerminal);
+    }
+    privilege::check().map_err(RecordError::from)?;
+    record::check_rate(cfg.rate_hz)?;
+    let options = SessionOptions {
+        rate_hz: cfg.rate_hz,
+        sampler: SamplerOptions::default(),
+        frames: FrameOptions::default(),
+        subprocesses: false,
+    };
+    let mut session = Session::start(&cfg.target, options, stop)?;
+
+    let result = ratatui::try_init()
+        .map_err(TopError::from)
+        .and_then(|mut terminal| {
+            let r = Screen::new(cfg, &session).run(&mut terminal, &mut session, stop);
+            ratatui::restore();
+            r
+        });
+    let (stop_reason, samples, elapsed) = match result {
+        Ok(done) => done,
+        Err(e) => {
+            if let Some(mut c) = session.child.take() {
+                record::stop_child(&mut c, StopReason::Signal);
+            }
+            return Err(e);
+        }
+    };
+    let pid = session.root_pid();
+    drop(session.sampler);
+    if let Some(mut c) = session.child.take() {
+        record::stop_child(&mut c, stop_reason);
+    }
+    Ok(TopSummary {
+        pid,
+        samples,
+        elapsed,
+        stop: stop_reason,
+    })
+}
+
+/// The state of the screen between refreshes.
+struct Screen {
+    target: String,
+    rate_hz: u64,
+    refresh: Duration,
+    sort: Column,
+    lines: bool,
+    native: bool,
+    notice: Option<(String, Instant)>,
+    /// The previous refresh's snapshot and this one's.
+    before: Profile,
+    now: Profile,
+    header: Option<model::Header>,
+    rows: Vec<model::TopRow>,
+    /// Kernel samples of the target at the last refresh (all kinds, for Active %).
+    kernel_samples: u64,
+}
+
+impl Screen {
+    fn new(cfg: &TopConfig, session: &Session) -> Self {
+        let target = match session.first_process() {
+            Some(p) => format!("{} (pid {}, CPython {})", p.name, p.pid, p.version),
+            None => "all Python processes".to_string(),
+        };
+        Self {
+            target,
+            rate_hz: cfg.rate_hz,
+            refresh: cfg.refresh,
+            sort: Column::default(),
+            lines: cfg.lines,
+            native: cfg.native,
+            notice: cfg
+                .native
+                .then(|| (NATIVE_UNAVAILABLE.to_string(), Instant::now())),
+            before: Profile::default(),
+            now: Profile::default(),
+            header: None,
+            rows: Vec::new(),
+            kernel_samples: 0,
+        }
+    }
+
+    /// Runs until a way out; returns why, the samples and the time.
+    fn run(
+        mut self,
+        terminal: &mut DefaultTerminal,
+        session: &mut Session,
+        stop: &AtomicBool,
+    ) -> Result<(StopReason, u64, Duration), TopError> {
+        let started = Instant::now();
+        let mut last_drain = started;
+        let mut last_refresh = started;
+        let mut dirty = true;
+        let reason = loop {
+            if dirty {
+                self.draw(terminal, started.elapsed())?;
+                dirty = false;
+            }
+            session.poll(TICK)?;
+            let mut quit = false;
+            while event::poll(Duration::ZERO)? {
+                match event::read()? {
+                    Event::Key(k) if k.kind != KeyEventKind::Release => {
+                        quit |= self.key(k.code, k.modifiers);
+                        dirty = true;
+                    }
+                    Event::Resize(..) => dirty = true,
+                    _ => {}
+                }
+            }
+            if quit || stop.load(Ordering::Relaxed) {
+                break StopReason::Signal;
+            }
+            if session.exited() {
+                break StopReason::TargetExited;
+            }
+            if last_drain.elapsed() >= DRAIN_INTERVAL {
+                session.drain()?;
+                last_drain = Instant::now();
+            }
+            if last_refresh.elapsed() >= self.refresh {
+                let interval = last_refresh.elapsed();
+                last_refresh = Instant::now();
+                session.drain()?;
+                self.refresh(session, started.elapsed(), interval)?;
+                dirty = true;
+            }
+            if self
+                .notice
+                .as_ref()
+                .is_some_and(|(_, at)| at.elapsed() > NOTICE_TIME)
+            {
+                self.notice = None;
+                dirty = true;
+            }
+        };
+        Ok((reason, session.collector.samples(), started.elapsed()))
+    }
+
+    /// Handles a key; returns whether to quit.
+    fn key(&mut self, code: KeyCode, modifiers: KeyModifiers) -> bool {
+        match code {
+            KeyCode::Char('q') | KeyCode::Esc => return true,
+            // Raw mode turns Ctrl-C into a key, not a signal.
+            KeyCode::Char('c') if modifiers.contains(KeyModifiers::CONTROL) => return true,
+            KeyCode::Char('l') => self.lines = !self.lines,
+            KeyCode::Char('n') => {
+                self.native = !self.native;
+                if self.native {
+                    self.notice = Some((NATIVE_UNAVAILABLE.to_string(), Instant::now()));
+                }
+            }
+            KeyCode::Char(c) => match Column::from_key(c) {
+                Some(column) => self.sort = column,
+                None => return false,
+            },
+            _ => return false,
+        }
+        self.rows = model::table(&self.before, &self.now, self.lines, self.sort);
+        false
+    }
+
+    fn refresh(
+        &mut self,
+        session: &mut Session,
+        elapsed: Duration,
+        interval: Duration,
+    ) -> Result<(), TopError> {
+        let snapshot = session.collector.snapshot(self.rate_hz, elapsed);
+        self.before = std::mem::replace(&mut self.now, snapshot);
+        self.rows = model::table(&self.before, &self.now, self.lines, self.sort);
+        let stats = session.sampler.stats()?;
+        // Every sample's fate, not the tallies kept beside them.
+        let kernel = Stat::ALL
+            .iter()
+            .filter(|s| !s.is_tally())
+            .map(|&s| stats.get(s))
+            .sum::<u64>();
+        // Threads of the processes still running.
+        let threads = session
+            .collector
+            .processes()
+            .filter(|p| process::is_alive(p))
+            .map(|p| {
+                fs::read_dir(format!("/proc/{}/task", p.pid))
+                    .map(|d| d.count())
+                    .unwrap_or(0)
+            })
+            .sum();
+        self.header = Some(model::header(
+            self.now.total_samples(),
+            elapsed.as_secs_f64(),
+            kernel - self.kernel_samples,
+            interval.as_secs_f64(),
+            self.rate_hz,
+            threads,
+        ));
+        self.kernel_samples = kernel;
+        Ok(())
+    }
+
+    fn draw(&self, terminal: &mut DefaultTerminal, elapsed: Duration) -> io::Result<()> {
+        let view = ui::View {
+            target: &self.target,
+            elapsed_secs: elapsed.as_secs_f64(),
+            rate_hz: self.rate_hz,
+            header: self.header.as_ref(),
+            rows: &self.rows,
+            sort: self.sort,
+            lines: self.lines,
+            native: self.native,
+            notice: self.notice.as_ref().map(|(n, _)| n.as_str()),
+        };
+        terminal.draw(|frame| ui::draw(frame, &view))?;
+        Ok(())
+    }
+}

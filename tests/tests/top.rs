@@ -1,0 +1,294 @@
+//! `prof-bpf top` driven in a real terminal: tmux runs it in a detached pane, the test types
+//! keys (send-keys) and reads the screen (capture-pane). Against split.py (heavy:light = 3:1 by
+//! design): the header and rows appear with that split, the sort keys reorder the rows, `l`
+//! toggles line numbers, and `q` or Ctrl-C give the terminal back as it was.
+
+use std::{
+    process::{Command, Output},
+    thread,
+    time::{Duration, Instant},
+};
+
+use prof_bpf_tests::*;
+
+/// A tmux server of its own (its own socket), killed when the test ends.
+struct Tmux {
+    socket: String,
+}
+
+impl Tmux {
+    fn start(test: &str) -> Self {
+        let t = Tmux {
+            socket: format!("prof-bpf-{test}-{}", std::process::id()),
+        };
+        let out = t.cmd(&[
+            "new-session",
+            "-d",
+            "-x",
+            "150",
+            "-y",
+            "40",
+            "-s",
+            "top",
+            "bash",
+            "--norc",
+            "--noprofile",
+        ]);
+        assert!(
+            out.status.success(),
+            "tmux: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        t
+    }
+
+    fn cmd(&self, args: &[&str]) -> Output {
+        Command::new("tmux")
+            .args(["-L", &self.socket])
+            .args(args)
+            .output()
+            .expect("running tmux (apt-get install tmux)")
+    }
+
+    fn keys(&self, keys: &[&str]) {
+        let out = self.cmd(&[&["send-keys", "-t", "top"], keys].concat());
+        assert!(out.status.success());
+    }
+
+    fn screen(&self) -> String {
+        String::from_utf8_lossy(&self.cmd(&["capture-pane", "-p", "-t", "top"]).stdout).into()
+    }
+
+    fn alternate_screen(&self) -> bool {
+        let out = self.cmd(&["display-message", "-p", "-t", "top", "#{alternate_on}"]);
+        String::from_utf8_lossy(&out.stdout).trim() == "1"
+    }
+
+    /// Waits up to `secs` for the screen to satisfy `ok`; returns the last screen.
+    fn wait_for(&self, secs: u64, what: &str, ok: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        loop {
+            let s = self.screen();
+            if ok(&s) {
+                return s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "waited {secs}s for {what}; screen:\n{s}"
+            );
+            thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        let _ = self.cmd(&["kill-server"]);
+    }
+}
+
+/// The table's rows: (the five columns, function label).
+fn rows(screen: &str) -> Vec<(Vec<f64>, String)> {
+    screen
+        .lines()
+        .skip_while(|l| !l.starts_with("%Own"))
+        .skip(1)
+        .filter_map(|l| {
+            let mut cols = l.split_whitespace();
+            let nums: Vec<f64> = cols
+                .by_ref()
+                .take(4)
+                .map(|c| c.trim_end_matches(['%', 's']).parse().ok())
+                .collect::<Option<_>>()?;
+            (nums.len() == 4).then(|| (nums, cols.collect::<Vec<_>>().join(" ")))
+        })
+        .collect()
+}
+
+fn first_function(screen: &str) -> String {
+    function(&rows(screen)[0].1).to_string()
+}
+
+fn total_time(screen: &str, name: &str) -> f64 {
+    rows(screen)
+        .iter()
+        .filter(|(_, f)| function(f) == name)
+        .map(|(n, _)| n[3])
+        .sum()
+}
+
+/// Starts top on split.py in a fresh pane, after a line that must survive it.
+fn start_top(test: &str) -> Tmux {
+    let tmux = Tmux::start(test);
+    tmux.keys(&["clear; echo BEFORE-TOP-MARKER", "Enter"]);
+    let cmd = format!(
+        "{} top --lines --refresh 0.5 -r 1000 -- {} {} 20",
+        prof_bpf().display(),
+        python("3.12").display(),
+        fixture("split.py").display()
+    );
+    tmux.keys(&[&cmd, "Enter"]);
+    tmux.wait_for(15, "the first refresh", |s| {
+        s.contains("Total Samples") && rows(s).len() >= 5
+    });
+    tmux
+}
+
+/// Asserts top left the alternate screen and the shell's earlier output is back.
+fn assert_terminal_restored(tmux: &Tmux) {
+    let s = tmux.wait_for(10, "top to exit", |s| s.contains("stopped (quit)"));
+    assert!(
+        !tmux.alternate_screen(),
+        "still on the alternate screen:\n{s}"
+    );
+    assert!(s.contains("BEFORE-TOP-MARKER"), "earlier output gone:\n{s}");
+    assert!(!s.contains("%Own"), "top's table left behind:\n{s}");
+    // The shell reads lines again (raw mode is off): a typed command runs.
+    tmux.keys(&["echo AFTER-TOP-$((6*7))", "Enter"]);
+    tmux.wait_for(5, "the shell to answer", |s| s.contains("AFTER-TOP-42"));
+}
+
+#[test]
+fn top_shows_the_split_sorts_toggles_lines_and_quits() {
+    if !privileged() {
+        return;
+    }
+    let tmux = start_top("top_main");
+    assert!(tmux.alternate_screen());
+    // Let at least 2 s of samples accumulate: heavy:light = 3:1 by design.
+    let s = tmux.wait_for(20, "2000 samples", |s| {
+        s.lines()
+            .find_map(|l| l.strip_prefix("Total Samples "))
+            .and_then(|r| r.split_whitespace().next()?.parse::<u64>().ok())
+            .is_some_and(|n| n >= 2000)
+    });
+    assert!(
+        s.contains("python3.12 (pid ") && s.contains("Threads 1"),
+        "{s}"
+    );
+
+    // 1 (%Own): the leaf burn leads. 2 (%Total): <module> (on every stack) leads.
+    tmux.keys(&["1"]);
+    let s = tmux.wait_for(5, "sort by %Own", |s| s.contains("Sort: %Own"));
+    assert_eq!(first_function(&s), "burn", "{s}");
+    tmux.keys(&["2"]);
+    let s = tmux.wait_for(5, "sort by %Total", |s| s.contains("Sort: %Total"));
+    assert_eq!(first_function(&s), "<module>", "{s}");
+    // Sorted by %Total, heavy's and light's rows are on screen, whatever else the recording
+    // holds (it starts with the interpreter, so import-time functions are in it too).
+    let (heavy, light) = (total_time(&s, "heavy"), total_time(&s, "light"));
+    let share = 100.0 * heavy / (heavy + light);
+    eprintln!("top: heavy {share:.1}% of heavy+light total time ({heavy}s + {light}s)");
+    assert!((share - 75.0).abs() <= 6.0, "heavy is {share:.1}%:\n{s}");
+    let totals: Vec<f64> = rows(&s).iter().map(|r| r.0[1]).collect();
+    assert!(
+        totals.windows(2).all(|w| w[0] >= w[1]),
+        "not sorted by %Total:\n{s}"
+    );
+    tmux.keys(&["3"]);
+    let s = tmux.wait_for(5, "sort by OwnTime", |s| s.contains("Sort: OwnTime"));
+    assert_eq!(first_function(&s), "burn", "{s}");
+    tmux.keys(&["4"]);
+    let s = tmux.wait_for(5, "sort by TotalTime", |s| s.contains("Sort: TotalTime"));
+    let times: Vec<f64> = rows(&s).iter().map(|r| r.0[3]).collect();
+    assert!(
+        times.windows(2).all(|w| w[0] >= w[1]),
+        "not sorted by TotalTime:\n{s}"
+    );
+
+    // l: line numbers off (one row per function), then on again. The fixture's rows are the
+    // ones to look at: the interpreter's own start-up (importlib) has rows too.
+    let fixture_rows = |s: &str| -> Vec<String> {
+        rows(s)
+            .into_iter()
+            .map(|r| r.1)
+            .filter(|f| f.contains("split.py"))
+            .collect()
+    };
+    let with_lines = |s: &str| {
+        let labels = fixture_rows(s);
+        !labels.is_empty() && labels.iter().all(|f| f.contains("split.py:"))
+    };
+    assert!(with_lines(&s), "{s}");
+    tmux.keys(&["l"]);
+    let s = tmux.wait_for(5, "lines off", |s| s.contains("Line numbers: off"));
+    assert!(s.contains("Function (file)"), "{s}");
+    let labels = fixture_rows(&s);
+    assert!(
+        !labels.is_empty() && labels.iter().all(|f| f.ends_with("split.py)")),
+        "{labels:?}"
+    );
+    let burns = labels.iter().filter(|f| function(f) == "burn").count();
+    assert_eq!(burns, 1, "one row per function: {labels:?}");
+    tmux.keys(&["l"]);
+    let s = tmux.wait_for(5, "lines on", |s| s.contains("Line numbers: on"));
+    assert!(with_lines(&s), "{s}");
+
+    // n: native frames are another branch's work; the key says so.
+    tmux.keys(&["n"]);
+    tmux.wait_for(5, "the native notice", |s| {
+        s.contains("native frames are not available")
+    });
+
+    tmux.keys(&["q"]);
+    assert_terminal_restored(&tmux);
+}
+
+#[test]
+fn top_ctrl_c_restores_the_terminal() {
+    if !privileged() {
+        return;
+    }
+    let tmux = start_top("top_ctrl_c");
+    tmux.keys(&["C-c"]);
+    assert_terminal_restored(&tmux);
+}
+
+#[test]
+fn top_by_pid_leaves_the_process_running() {
+    if !privileged() {
+        return;
+    }
+    let mut target = Command::new(python("3.11"))
+        .arg(fixture("split.py"))
+        .arg("20")
+        .env("SPLIT_READY", "0.1")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(target.stdout.as_mut().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    let pid = serde_json::from_str::<serde_json::Value>(&line).unwrap()["pid"].to_string();
+    let tmux = Tmux::start("top_pid");
+    tmux.keys(&["clear; echo BEFORE-TOP-MARKER", "Enter"]);
+    tmux.keys(&[
+        &format!(
+            "{} top --refresh 0.5 -r 1000 --pid {pid}",
+            prof_bpf().display()
+        ),
+        "Enter",
+    ]);
+    let s = tmux.wait_for(15, "heavy and light", |s| {
+        rows(s).iter().any(|r| function(&r.1) == "heavy")
+            && rows(s).iter().any(|r| function(&r.1) == "light")
+    });
+    assert!(
+        s.contains(&format!("python3.11 (pid {pid}, CPython 3.11)")),
+        "{s}"
+    );
+    // Line numbers are off by default: one row per function.
+    assert!(s.contains("Function (file)"), "{s}");
+    tmux.keys(&["q"]);
+    assert_terminal_restored(&tmux);
+    // Attached, not launched: the program goes on.
+    assert!(
+        target.try_wait().unwrap().is_none(),
+        "top ended the process it watched"
+    );
+    let _ = target.kill();
+    let _ = target.wait();
+}
