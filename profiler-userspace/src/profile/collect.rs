@@ -521,6 +521,69 @@ mod tests {
         drop(code);
     }
 
+    /// A pid that ends and comes back as another process (reused) starts a new process in the
+    /// profile: its frames are read anew, never named from the old process's code objects.
+    #[test]
+    fn a_reused_pid_is_a_new_process() {
+        let layout = layout_for(Version::new(3, 12)).unwrap();
+        let mut code = FakeCode::new(&layout);
+        let pid = std::process::id();
+        let process = |name: &str| PythonProcess {
+            pid,
+            name: name.into(),
+            binary: "/proc/self/exe".into(),
+            version: Version::new(3, 12),
+            runtime_addr: 0,
+            start_time: 0,
+        };
+        let mut frames = [PyFrame::default(); MAX_PYTHON_FRAMES];
+        frames[0] = PyFrame {
+            code: code.base(),
+            instr: layout.code.code_adaptive as u32,
+            tag: code.tag(),
+        };
+        let stack = PyStack {
+            len: 1,
+            flags: 0,
+            frames,
+        };
+        let key = SampleKey {
+            pid,
+            tid: pid,
+            stack_id: 1,
+            kind: count_kind::ON_CPU,
+            _pad: 0,
+        };
+        let mut c = Collector::new(FrameOptions {
+            processes: true,
+            ..FrameOptions::default()
+        });
+        c.add_target(process("old"), layout);
+        c.add_stack(1, &stack);
+        c.add_count(key, 2);
+        c.resolve_new();
+        c.remove_target(pid);
+        // The same address in the new process holds a code object named otherwise.
+        code.string(&layout, FakeCode::NAME, "g");
+        c.add_target(process("new"), layout);
+        c.add_count(key, 3);
+        let p = c.finish(100, Duration::from_secs(1));
+        let folded = p.folded();
+        let line = |name: &str, n: u64| {
+            (
+                format!(
+                    "process {pid} ({name});{} (t.py:7)",
+                    if name == "old" { "f" } else { "g" }
+                ),
+                n,
+            )
+        };
+        assert!(folded.contains(&line("old", 2)), "{folded:?}");
+        assert!(folded.contains(&line("new", 3)), "{folded:?}");
+        assert_eq!(p.processes.len(), 2);
+        drop(code);
+    }
+
     #[test]
     fn off_cpu_time_counts_as_the_samples_it_would_have_had() {
         assert_eq!(off_cpu_samples(5_000_000_000, 100), 500);
