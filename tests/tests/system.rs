@@ -4,7 +4,6 @@
 //! profile is compared with that.
 
 use std::{
-    collections::BTreeMap,
     path::Path,
     process::{Child, Command, Output, Stdio},
     thread,
