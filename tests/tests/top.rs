@@ -166,6 +166,13 @@ fn top_shows_the_split_sorts_toggles_lines_and_quits() {
         s.contains("python3.12 (pid ") && s.contains("Threads 1"),
         "{s}"
     );
+    // One thread running pure Python holds the GIL whenever it is sampled in Python code.
+    let gil: f64 = s
+        .lines()
+        .find_map(|l| l.split("   GIL ").nth(1))
+        .and_then(|g| g.trim_end().trim_end_matches('%').parse().ok())
+        .unwrap_or_else(|| panic!("no GIL % in the header:\n{s}"));
+    assert!(gil >= 90.0, "GIL {gil}% for a single busy thread:\n{s}");
 
     // 1 (%Own): the leaf burn leads. 2 (%Total): <module> (on every stack) leads.
     tmux.keys(&["1"]);
@@ -291,4 +298,40 @@ fn top_by_pid_leaves_the_process_running() {
     );
     let _ = target.kill();
     let _ = target.wait();
+}
+
+/// `top --all`: a Python process that starts after top does shows up by its function, and
+/// quitting leaves it running.
+#[test]
+fn top_all_takes_in_a_process_started_later() {
+    if !privileged() {
+        return;
+    }
+    let tmux = Tmux::start("top_all");
+    tmux.keys(&["clear; echo BEFORE-TOP-MARKER", "Enter"]);
+    tmux.keys(&[
+        &format!("{} top --all --refresh 0.5 -r 1000", prof_bpf().display()),
+        "Enter",
+    ]);
+    tmux.wait_for(15, "the all-processes header", |s| {
+        s.contains("prof-bpf top: all Python processes")
+    });
+    let mut busy = Command::new(python("3.13"))
+        .arg(fixture("busy.py"))
+        .args(["gamma", "30", "0"])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let s = tmux.wait_for(15, "gamma", |s| {
+        rows(s).iter().any(|r| function(&r.1) == "gamma")
+    });
+    assert!(s.contains("Total Samples"), "{s}");
+    tmux.keys(&["q"]);
+    assert_terminal_restored(&tmux);
+    assert!(
+        busy.try_wait().unwrap().is_none(),
+        "top ended a process it watched"
+    );
+    let _ = busy.kill();
+    let _ = busy.wait();
 }

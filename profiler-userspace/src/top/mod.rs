@@ -144,6 +144,8 @@ struct Screen {
     rows: Vec<model::TopRow>,
     /// Kernel samples of the target at the last refresh (all kinds, for Active %).
     kernel_samples: u64,
+    /// The kernel's (GIL held, recorded) tallies at the last refresh, for GIL %.
+    gil_tallies: (u64, u64),
 }
 
 impl Screen {
@@ -167,6 +169,7 @@ impl Screen {
             header: None,
             rows: Vec::new(),
             kernel_samples: 0,
+            gil_tallies: (0, 0),
         }
     }
 
@@ -277,15 +280,19 @@ impl Screen {
                     .unwrap_or(0)
             })
             .sum();
-        self.header = Some(model::header(
+        let mut header = model::header(
             self.now.total_samples(),
             elapsed.as_secs_f64(),
             kernel - self.kernel_samples,
             interval.as_secs_f64(),
             self.rate_hz,
             threads,
-        ));
+        );
+        let gil = (stats.get(Stat::GilHeld), stats.get(Stat::Recorded));
+        header.gil_pct = model::gil_pct(self.gil_tallies, gil);
+        self.header = Some(header);
         self.kernel_samples = kernel;
+        self.gil_tallies = gil;
         Ok(())
     }
 

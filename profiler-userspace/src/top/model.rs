@@ -109,6 +109,8 @@ pub struct Header {
     /// Share of the process's thread time on a CPU over the last interval: samples divided by
     /// what every thread running all the time would have given.
     pub active_pct: f64,
+    /// Share of the interval's recorded samples whose thread held the GIL, when there were any.
+    pub gil_pct: Option<f64>,
 }
 
 /// `interval_samples` counts every sample of the target in the interval (inside Python or
@@ -131,13 +133,28 @@ pub fn header(
         } else {
             0.0
         },
+        gil_pct: None,
     }
+}
+
+/// The GIL share over an interval from the kernel's tallies at its start and end: (samples
+/// with the GIL held, samples recorded).
+pub fn gil_pct(before: (u64, u64), now: (u64, u64)) -> Option<f64> {
+    let held = now.0.saturating_sub(before.0);
+    let recorded = now.1.saturating_sub(before.1);
+    (recorded > 0).then(|| 100.0 * held as f64 / recorded as f64)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::profile::example;
+
+    #[test]
+    fn gil_share_is_of_the_interval() {
+        assert_eq!(gil_pct((10, 100), (40, 200)), Some(30.0));
+        assert_eq!(gil_pct((10, 100), (10, 100)), None);
+    }
 
     #[test]
     fn percentages_cover_the_interval_and_times_the_run() {

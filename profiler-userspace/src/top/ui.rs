@@ -44,10 +44,16 @@ pub fn draw(frame: &mut Frame, v: &View) {
         title,
     );
     let numbers_text = match v.header {
-        Some(h) => format!(
-            "Total Samples {}   Achieved {:.1} samples/s (--rate {})   Threads {}   Active {:.1}%",
-            h.samples, h.achieved_rate, v.rate_hz, h.threads, h.active_pct
-        ),
+        Some(h) => {
+            let gil = h
+                .gil_pct
+                .map(|g| format!("   GIL {g:.1}%"))
+                .unwrap_or_default();
+            format!(
+                "Total Samples {}   Achieved {:.1} samples/s (--rate {})   Threads {}   Active {:.1}%{gil}",
+                h.samples, h.achieved_rate, v.rate_hz, h.threads, h.active_pct
+            )
+        }
         None => "Collecting samples...".to_string(),
     };
     frame.render_widget(Paragraph::new(numbers_text), numbers);
