@@ -411,6 +411,10 @@ fn apply(
                     sampler.add_target(p.pid, layout.target_info(p.runtime_addr))?;
                     collector.add_target(p, layout);
                 }
+                // Gone before it could be registered: nothing was missed.
+                Err(RecordError::Process(
+                    ProcessError::Exited { .. } | ProcessError::NoSuchProcess { .. },
+                )) => {}
                 Err(e) => skipped.push(format!("{} (pid {}): {e}", p.name, p.pid)),
             },
         }

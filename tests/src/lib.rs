@@ -98,6 +98,45 @@ pub fn run(args: &[&str]) -> Output {
         .expect("running prof-bpf")
 }
 
+/// Runs `prof-bpf record ARGS -o OUT -- PYTHON FIXTURE FIXTURE_ARGS` to the end and asserts it
+/// succeeded. The fixture's stdout is the output's stdout; prof-bpf's summary its stderr.
+pub fn record_fixture(
+    args: &[&str],
+    out: &Path,
+    python_version: &str,
+    fixture_name: &str,
+    fixture_args: &[&str],
+) -> Output {
+    let result = Command::new(prof_bpf())
+        .arg("record")
+        .args(args)
+        .arg("-o")
+        .arg(out)
+        .arg("--")
+        .arg(python(python_version))
+        .arg(fixture(fixture_name))
+        .args(fixture_args)
+        .env_remove("RUST_BACKTRACE")
+        .output()
+        .expect("running prof-bpf");
+    assert!(
+        result.status.success(),
+        "prof-bpf record {args:?} -- {fixture_name} failed: {}",
+        String::from_utf8_lossy(&result.stderr)
+    );
+    result
+}
+
+/// The last line a fixture printed, as JSON: its own measurement of the run.
+pub fn fixture_json(out: &Output) -> serde_json::Value {
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let last = stdout
+        .lines()
+        .last()
+        .expect("the fixture printed its measurement");
+    serde_json::from_str(last).expect("the fixture's measurement is JSON")
+}
+
 /// A collapsed profile: stack (root first) -> count.
 pub type Folded = BTreeMap<Vec<String>, u64>;
 

@@ -103,19 +103,12 @@ fn assert_not_blank(png_path: &Path) {
 /// Records split.py into `format`; returns the file.
 fn record(dir: &Path, format: &str, file: &str) -> PathBuf {
     let out_path = dir.join(file);
-    let out = Command::new(prof_bpf())
-        .args(["record", "-r", "1000", "-f", format, "-o"])
-        .arg(&out_path)
-        .arg("--")
-        .arg(python("3.12"))
-        .arg(fixture("split.py"))
-        .arg("1")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    record_fixture(
+        &["-r", "1000", "-f", format],
+        &out_path,
+        "3.12",
+        "split.py",
+        &["1"],
     );
     out_path
 }

@@ -31,7 +31,19 @@ fn start_blocked(python_name: &str) -> (Fixture, String) {
     BufReader::new(child.stdout.take().unwrap())
         .read_line(&mut line)
         .unwrap();
-    (Fixture(child), line.trim().to_string())
+    let pid = line.trim().to_string();
+    // The pid is printed just before the main thread's last sleep: wait until it sleeps there,
+    // or a dump on a busy machine can catch it still returning from the print.
+    let state = |pid: &str| {
+        std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/stat"))
+            .ok()
+            .and_then(|s| s.rsplit_once(") ")?.1.chars().next())
+    };
+    let started = std::time::Instant::now();
+    while state(&pid) != Some('S') && started.elapsed() < std::time::Duration::from_secs(10) {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    (Fixture(child), pid)
 }
 
 /// Thread header line -> its frames, leaf first.

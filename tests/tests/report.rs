@@ -243,19 +243,12 @@ fn table_numbers_agree_with_raw_counts() {
     }
     let dir = scratch_dir("report_numbers");
     let recorded = dir.join("split.profbpf.json");
-    let out = Command::new(prof_bpf())
-        .args(["record", "-r", "1000", "-f", "profbpf", "-o"])
-        .arg(&recorded)
-        .arg("--")
-        .arg(python("3.12"))
-        .arg(fixture("split.py"))
-        .arg("1")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    record_fixture(
+        &["-r", "1000", "-f", "profbpf"],
+        &recorded,
+        "3.12",
+        "split.py",
+        &["1"],
     );
     let rec = recorded.to_str().unwrap();
     let raw = parse_folded(&String::from_utf8(report(&[rec, "-f", "raw", "-o", "-"])).unwrap());

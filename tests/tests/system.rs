@@ -5,7 +5,7 @@
 
 use std::{
     path::Path,
-    process::{Child, Command, Output, Stdio},
+    process::{Child, Command, Stdio},
     thread,
     time::{Duration, Instant},
 };
@@ -79,16 +79,6 @@ fn spawn_busy(python_version: &str, function: &str, cpu: f64, wait: f64) -> Chil
         .expect("starting busy.py")
 }
 
-/// The JSON line a fixture printed last.
-fn measured(out: &Output) -> Value {
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let last = stdout
-        .lines()
-        .last()
-        .expect("the fixture printed its measurement");
-    serde_json::from_str(last).expect("the fixture's measurement is JSON")
-}
-
 /// Samples whose root frame is process `pid` and which pass through function `name`.
 fn samples_of(profile: &Folded, pid: u64, name: &str) -> u64 {
     let root = format!("process {pid} (");
@@ -156,7 +146,7 @@ fn all_processes_of_three_versions_started_before_and_during() {
     let runs: Vec<Value> = [early]
         .into_iter()
         .chain(during)
-        .map(|c| measured(&c.wait_with_output().unwrap()))
+        .map(|c| fixture_json(&c.wait_with_output().unwrap()))
         .collect();
     let summary = finish_recording(recording);
     let profile = parse_folded(&std::fs::read_to_string(&out).unwrap());
@@ -222,7 +212,7 @@ fn fifty_short_lived_processes_under_all() {
             .map(|_| spawn_busy("3.12", "short", 0.15, 0.2))
             .collect();
         for c in children {
-            let run = measured(&c.wait_with_output().unwrap());
+            let run = fixture_json(&c.wait_with_output().unwrap());
             pids.push(run["pid"].as_u64().unwrap());
         }
         if batch == 1 {
@@ -266,21 +256,9 @@ fn subprocesses_follow_a_multiprocessing_pool() {
         return;
     }
     let out = scratch_dir("subprocesses_pool").join("profile.txt");
-    let result = Command::new(prof_bpf())
-        .args(["record", "--subprocesses", "-r", "1000", "-f", "raw", "-o"])
-        .arg(&out)
-        .arg("--")
-        .arg(python("3.12"))
-        .arg(fixture("pool.py"))
-        .arg("1")
-        .output()
-        .expect("running prof-bpf");
-    assert!(
-        result.status.success(),
-        "{}",
-        String::from_utf8_lossy(&result.stderr)
-    );
-    let runs = measured(&result).as_array().unwrap().clone();
+    let args = ["--subprocesses", "-r", "1000", "-f", "raw"];
+    let result = record_fixture(&args, &out, "3.12", "pool.py", &["1"]);
+    let runs = fixture_json(&result).as_array().unwrap().clone();
     assert_eq!(runs.len(), 4);
     let profile = parse_folded(&std::fs::read_to_string(&out).unwrap());
     check_processes(&profile, &runs, "subprocesses_pool");
@@ -294,20 +272,14 @@ fn subprocesses_follow_exec_and_grandchildren() {
         return;
     }
     let out = scratch_dir("subprocesses_family").join("profile.txt");
-    let result = Command::new(prof_bpf())
-        .args(["record", "-s", "-r", "1000", "-f", "raw", "-o"])
-        .arg(&out)
-        .arg("--")
-        .arg(python("3.11"))
-        .arg(fixture("family.py"))
-        .output()
-        .expect("running prof-bpf");
-    assert!(
-        result.status.success(),
-        "{}",
-        String::from_utf8_lossy(&result.stderr)
+    let result = record_fixture(
+        &["-s", "-r", "1000", "-f", "raw"],
+        &out,
+        "3.11",
+        "family.py",
+        &[],
     );
-    let runs = measured(&result).as_array().unwrap().clone();
+    let runs = fixture_json(&result).as_array().unwrap().clone();
     assert_eq!(runs.len(), 3);
     let profile = parse_folded(&std::fs::read_to_string(&out).unwrap());
     check_processes(&profile, &runs, "subprocesses_family");
@@ -322,17 +294,15 @@ fn idle_time_goes_to_where_the_thread_slept() {
     }
     let rate = 100.0;
     let out = scratch_dir("idle_sleep").join("profile.txt");
-    let result = Command::new(prof_bpf())
-        .args(["record", "--idle", "-r", "100", "-f", "raw", "-o"])
-        .arg(&out)
-        .arg("--")
-        .arg(python("3.12"))
-        .arg(fixture("sleepy.py"))
-        .output()
-        .expect("running prof-bpf");
+    let result = record_fixture(
+        &["--idle", "-r", "100", "-f", "raw"],
+        &out,
+        "3.12",
+        "sleepy.py",
+        &[],
+    );
     let stderr = String::from_utf8_lossy(&result.stderr);
-    assert!(result.status.success(), "{stderr}");
-    let slept = measured(&result);
+    let slept = fixture_json(&result);
     let profile = parse_folded(&std::fs::read_to_string(&out).unwrap());
     let own = |name: &str| -> f64 {
         profile
@@ -363,20 +333,14 @@ fn gil_keeps_only_samples_holding_the_gil() {
     let dir = scratch_dir("gil_only");
     let record = |extra: &[&str], name: &str| -> (Folded, Value, String) {
         let out = dir.join(name);
-        let result = Command::new(prof_bpf())
-            .args(["record", "--threads", "-r", "1000", "-f", "raw", "-o"])
-            .arg(&out)
-            .args(extra)
-            .arg("--")
-            .arg(python("3.12"))
-            .arg(fixture("gil.py"))
-            .arg("1")
-            .output()
-            .expect("running prof-bpf");
+        let args: Vec<&str> = ["--threads", "-r", "1000", "-f", "raw"]
+            .into_iter()
+            .chain(extra.iter().copied())
+            .collect();
+        let result = record_fixture(&args, &out, "3.12", "gil.py", &["1"]);
         let stderr = String::from_utf8_lossy(&result.stderr).into_owned();
-        assert!(result.status.success(), "{stderr}");
         let profile = parse_folded(&std::fs::read_to_string(&out).unwrap());
-        (profile, measured(&result), stderr)
+        (profile, fixture_json(&result), stderr)
     };
     let gil_share = |summary: &str| -> f64 {
         summary

@@ -21,26 +21,15 @@ const TOLERANCE_PP: f64 = 3.0;
 /// roots; returns the profile and the JSON line the fixture printed last.
 fn record(python_version: &str, fixture_name: &str, args: &[&str], test: &str) -> (Folded, Value) {
     let out = scratch_dir(test).join("profile.txt");
-    let result = Command::new(prof_bpf())
-        .args(["record", "-r", "1000", "-f", "raw", "--threads", "-o"])
-        .arg(&out)
-        .arg("--")
-        .arg(python(python_version))
-        .arg(fixture(fixture_name))
-        .args(args)
-        .env_remove("RUST_BACKTRACE")
-        .output()
-        .expect("running prof-bpf");
-    let stderr = String::from_utf8_lossy(&result.stderr);
-    assert!(result.status.success(), "{test}: prof-bpf failed: {stderr}");
-    let stdout = String::from_utf8_lossy(&result.stdout);
-    let last = stdout
-        .lines()
-        .last()
-        .expect("the fixture printed its measurements");
-    let measured = serde_json::from_str(last).expect("the fixture's measurements are JSON");
+    let result = record_fixture(
+        &["-r", "1000", "-f", "raw", "--threads"],
+        &out,
+        python_version,
+        fixture_name,
+        args,
+    );
     let profile = parse_folded(&std::fs::read_to_string(&out).unwrap());
-    (profile, measured)
+    (profile, fixture_json(&result))
 }
 
 /// Asserts each function's share of the samples in any of `names` is within `TOLERANCE_PP` of

@@ -184,6 +184,9 @@ impl Sampler {
             map_mut(&mut self.ebpf, maps::TARGETS)?;
         match targets.remove(&pid) {
             Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+            Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => {
+                Ok(())
+            }
             Err(e) => Err(map_err(maps::TARGETS)(e)),
         }
     }
@@ -216,8 +219,10 @@ impl Sampler {
         for notice in notices {
             if let Ok(stack) = stacks.get(&notice.stack_id, 0) {
                 collector.add_stack(notice.stack_id, &stack);
-                collector.resolve_stack(notice.pid, notice.stack_id);
             }
+            // Resolved even when a drain took the stack out of the map first: an off-CPU stack
+            // has no count to be resolved by until its thread wakes, which may be at exit.
+            collector.resolve_stack(notice.pid, notice.stack_id);
         }
         Ok(())
     }

@@ -151,20 +151,34 @@ pub fn find_python_cheaply(pid: u32) -> Result<Option<PythonProcess>, ProcessErr
     let maps = read_maps(pid).map_err(|e| ProcessError::from_proc(pid, "maps", e))?;
     let has_lib = maps.iter().any(is_libpython);
     let exe = exe_of(pid)?;
-    let named_python = exe
-        .file_name()
-        .and_then(|n| n.to_str())
-        .is_some_and(|n| n.contains("python"));
-    if has_lib || named_python {
+    if has_lib || named_python(&exe) {
         find_python(pid)
     } else {
         Ok(None)
     }
 }
 
+/// Whether an executable's name says Python (`python3.12`, `python`, `pythonw`...): such a
+/// process that shows no interpreter yet may still be loading it.
+pub fn named_python(exe: &std::path::Path) -> bool {
+    exe.file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| n.contains("python"))
+}
+
+/// How long `inspect` waits for a process named like Python to map its interpreter: the loader
+/// takes milliseconds, so a pid taken right after a spawn is not called "not Python".
+const LOADING_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Like `find_python`, but a process without an interpreter is an error.
 pub fn inspect(pid: u32) -> Result<PythonProcess, ProcessError> {
-    match find_python(pid)? {
+    let started = std::time::Instant::now();
+    let mut found = find_python(pid)?;
+    while found.is_none() && started.elapsed() < LOADING_GRACE && named_python(&exe_of(pid)?) {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+        found = find_python(pid)?;
+    }
+    match found {
         Some(p) => Ok(p),
         None => {
             let exe = fs::read_link(format!("/proc/{pid}/exe"))

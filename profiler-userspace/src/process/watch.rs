@@ -11,7 +11,7 @@ use std::{
     path::PathBuf,
 };
 
-use super::{PythonProcess, find_python_cheaply};
+use super::{PythonProcess, find_python_cheaply, named_python};
 
 /// Which processes a watcher follows.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -209,12 +209,6 @@ fn read_stat(pid: u32) -> Option<Stat> {
     let ppid = fields.nth(1)?.parse().ok()?;
     let start_time = fields.nth(17)?.parse().ok()?;
     Some(Stat { ppid, start_time })
-}
-
-fn named_python(exe: &std::path::Path) -> bool {
-    exe.file_name()
-        .and_then(|n| n.to_str())
-        .is_some_and(|n| n.starts_with("python"))
 }
 
 fn exe_of(pid: u32) -> Option<PathBuf> {

@@ -1,65 +1,25 @@
-//! CPython 3.10. Offsets checked against DWARF of pyenv's 3.10.13 libpython (gdb `ptype /o`).
-//! Frames are heap `PyFrameObject`s linked by `f_back`; the thread state holds a `pthread_t`,
-//! not the kernel's thread id.
+//! CPython 3.10: 3.9's layout but for the frame's instruction position and the line table.
+//! Checked against DWARF of pyenv's 3.10.13 libpython (gdb `ptype /o`): every other offset in
+//! `v3_9` is the same.
 
-use profiler_common::{NO_CSTACK_OWNER, NO_OFFSET, PyOffsets, instr_kind};
+use profiler_common::PyOffsets;
 
-use super::{CodeLayout, Layout, LineTableFormat, ObjectLayout, ThreadId, Version};
+use super::{CodeLayout, Layout, LineTableFormat, Version, v3_9};
 
 pub const LAYOUT: Layout = Layout {
     version: Version::new(3, 10),
     kernel: PyOffsets {
-        // Include/internal/pycore_runtime.h: _PyRuntimeState.interpreters.head
-        runtime_interpreters_head: 32,
-        // Include/internal/pycore_interp.h: PyInterpreterState.tstate_head
-        interp_threads_head: 8,
-        // Include/cpython/pystate.h: PyThreadState.next, .thread_id (pthread_self()), .frame
-        tstate_next: 8,
-        tstate_native_thread_id: 176,
-        tstate_frame: 24,
-        // No _PyCFrame: tstate->frame is the current PyFrameObject.
-        cframe_current_frame: NO_OFFSET,
-        // Include/cpython/frameobject.h: PyFrameObject.f_code, .f_back, .f_lasti
-        frame_code: 32,
-        frame_previous: 24,
+        // Include/cpython/frameobject.h: PyFrameObject.f_lasti (f_stackdepth replaced
+        // f_stacktop before it)
         frame_instr: 96,
-        // No owner byte: the kernel reads byte 0, which never equals NO_CSTACK_OWNER.
-        frame_owner: 0,
-        // Include/cpython/code.h: PyCodeObject
-        code_firstlineno: 40,
-        code_name: 112,
-        code_filename: 104,
-        instr_kind: instr_kind::INT,
-        owner_cstack: NO_CSTACK_OWNER,
-        // Include/internal/pycore_runtime.h: _PyRuntimeState.ceval.gil;
-        // Include/internal/pycore_gil.h: _gil_runtime_state.locked, .last_holder
-        gil_ptr_in_interp: NO_OFFSET,
-        gil_in_runtime: 352,
-        gil_locked: 16,
-        gil_last_holder: 8,
-        _pad: 0,
+        ..v3_9::LAYOUT.kernel
     },
-    thread_id: ThreadId::Pthread,
     code: CodeLayout {
-        filename: 104,
-        name: 112,
-        qualname: None,
-        firstlineno: 40,
-        // Include/cpython/code.h: PyCodeObject.co_linetable
-        linetable: 120,
+        // Include/cpython/code.h: PyCodeObject.co_linetable, where co_lnotab was
         linetable_format: LineTableFormat::Linetable310,
-        code_adaptive: 0,
-        // f_lasti counts 2-byte code units.
+        // f_lasti counts 2-byte code units now, not bytes.
         instr_unit: 2,
+        ..v3_9::LAYOUT.code
     },
-    // Include/cpython/unicodeobject.h (PyASCIIObject still has wstr: 48 bytes),
-    // Include/cpython/bytesobject.h
-    objects: ObjectLayout {
-        unicode_length: 16,
-        unicode_state: 32,
-        unicode_ascii_data: 48,
-        unicode_compact_data: 72,
-        bytes_size: 16,
-        bytes_data: 32,
-    },
+    ..v3_9::LAYOUT
 };
