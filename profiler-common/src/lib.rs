@@ -32,6 +32,8 @@ pub mod maps {
     pub const SCRATCH: &str = "SCRATCH";
     pub const PROGRAMS: &str = "PROGRAMS";
     pub const NEW_STACKS: &str = "NEW_STACKS";
+    pub const UNWIND_ROWS: &str = "UNWIND_ROWS";
+    pub const NATIVE_MAPPINGS: &str = "NATIVE_MAPPINGS";
 }
 
 /// Bytes of the ring buffer that announces new stacks.
@@ -54,6 +56,12 @@ pub const PROGRAM_NAME: &str = "on_cpu_sample";
 pub const WALK_PROGRAM_NAME: &str = "walk_python_stack";
 /// `WALK_PROGRAM_NAME`'s slot in `maps::PROGRAMS`.
 pub const WALK_PROGRAM_SLOT: u32 = 0;
+/// The program that unwinds the native stack (`--native`), tail-called before the walker.
+pub const UNWIND_PROGRAM_NAME: &str = "unwind_native_stack";
+/// `UNWIND_PROGRAM_NAME`'s slot in `maps::PROGRAMS`.
+pub const UNWIND_PROGRAM_SLOT: u32 = 1;
+/// Slots in `maps::PROGRAMS`.
+pub const PROGRAM_SLOTS: u32 = 2;
 
 /// Marks an offset the running CPython version does not have.
 pub const NO_OFFSET: u16 = u16::MAX;
@@ -120,8 +128,16 @@ pub struct TargetInfo {
     pub offsets: PyOffsets,
     /// `major << 8 | minor`, for the record.
     pub version: u16,
-    pub _pad: [u8; 6],
+    /// Frame: a byte that is non-zero on the first frame of an eval call (3.11's
+    /// `_PyInterpreterFrame.is_entry`), or `NO_OFFSET`. The kernel sets `PY_ENTRY_FRAME` in such
+    /// a frame's `instr`, so userspace can match Python frames to native eval calls.
+    pub frame_is_entry: u16,
+    pub _pad: [u8; 4],
 }
+
+/// Set in `PyFrame::instr` on the first frame of an eval call (see `TargetInfo::frame_is_entry`).
+/// Instruction offsets never reach it.
+pub const PY_ENTRY_FRAME: u32 = 1 << 31;
 
 /// One Python frame as the kernel saw it. Userspace turns `code` + `instr` into a function and a
 /// line; `tag` tells a code object from another one allocated later at the same address.
@@ -152,7 +168,8 @@ pub const fn code_tag(name: u64, filename: u64, firstlineno: i32) -> u32 {
 /// A stack is truncated: it was deeper than `MAX_PYTHON_FRAMES`.
 pub const STACK_TRUNCATED: u32 = 1;
 
-/// One Python stack, leaf first. Stored once per distinct content in `STACKS`, keyed by its hash.
+/// One Python stack, leaf first, and with `--native` the native stack of the same sample. Stored
+/// once per distinct content in `STACKS`, keyed by its hash.
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct PyStack {
@@ -160,6 +177,90 @@ pub struct PyStack {
     /// `STACK_TRUNCATED`, ...
     pub flags: u32,
     pub frames: [PyFrame; MAX_PYTHON_FRAMES],
+    /// Native frames recorded (0 without `--native`).
+    pub native_len: u32,
+    /// How the native unwind ended: a `Stat::Native*` value (0 without `--native`).
+    pub native_end: u32,
+    /// Instruction pointers, leaf first: the sampled one, then return addresses.
+    pub native: [u64; MAX_NATIVE_FRAMES],
+}
+
+/// Native frames the kernel unwinds before it stops (counted as `Stat::NativeTruncated`).
+pub const MAX_NATIVE_FRAMES: usize = 128;
+
+/// Executable mappings of one process the kernel can unwind through.
+pub const MAX_MAPPINGS: usize = 256;
+/// Steps of the kernel's binary search over one process's mappings (2^8 = `MAX_MAPPINGS`).
+pub const MAPPING_SEARCH_STEPS: usize = 8;
+
+/// Unwind rows per element of `maps::UNWIND_ROWS` (one map update writes this many).
+pub const ROWS_PER_CHUNK: usize = 1024;
+/// Elements of `maps::UNWIND_ROWS`: 2048 * 1024 rows of 8 bytes, 16 MiB.
+pub const MAX_ROW_CHUNKS: u32 = 2048;
+/// Rows one ELF file's table may hold; the kernel's binary search takes this many steps' log2.
+pub const MAX_ROWS_PER_TABLE: usize = 1 << ROW_SEARCH_STEPS;
+pub const ROW_SEARCH_STEPS: usize = 21;
+
+/// How a row finds the caller's frame (`UnwindRow::kind`).
+pub mod row_kind {
+    /// CFA = rsp + 8 * `cfa_offset`.
+    pub const CFA_RSP: u8 = 0;
+    /// CFA = rbp + 8 * `cfa_offset`.
+    pub const CFA_RBP: u8 = 1;
+    /// A PLT entry: CFA = rsp + 8 * `cfa_offset` (+ 8 once the entry has pushed its argument).
+    pub const PLT: u8 = 2;
+    /// The return address is undefined: the outermost frame (`_start`, `clone3`).
+    pub const END: u8 = 3;
+    /// A rule the kernel does not evaluate (a DWARF expression, another CFA register).
+    pub const UNSUPPORTED: u8 = 4;
+    /// No call frame information covers these addresses.
+    pub const NONE: u8 = 5;
+}
+
+/// One row of a compact unwind table: from `pc` (an address in the ELF file, as linked) up to the
+/// next row's, how to find the caller. The return address is always at CFA - 8 (rows where the
+/// CFI says otherwise are `UNSUPPORTED`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct UnwindRow {
+    pub pc: u32,
+    /// In 8-byte units (frames up to 512 KiB; x86-64 CFA offsets are multiples of 8).
+    pub cfa_offset: u16,
+    /// `row_kind::*`.
+    pub kind: u8,
+    /// The caller's rbp is saved at CFA + 8 * `rbp_offset`; 0: rbp is unchanged.
+    pub rbp_offset: i8,
+}
+
+/// `ROWS_PER_CHUNK` rows: one element of `maps::UNWIND_ROWS`.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct RowChunk {
+    pub rows: [UnwindRow; ROWS_PER_CHUNK],
+}
+
+/// One executable mapping of a process and where its unwind table is.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NativeMapping {
+    pub start: u64,
+    pub end: u64,
+    /// Address in the process minus address in the ELF file.
+    pub bias: u64,
+    /// First row of the file's table in `maps::UNWIND_ROWS` (chunk * `ROWS_PER_CHUNK` + slot).
+    pub rows_start: u32,
+    /// Rows in the table; 0: no table, unwind with frame pointers.
+    pub rows_len: u32,
+}
+
+/// A process's executable mappings, sorted by `start`: the value of `maps::NATIVE_MAPPINGS`.
+/// A target with an entry there gets native stacks.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct NativeMappings {
+    pub len: u32,
+    pub _pad: u32,
+    pub mappings: [NativeMapping; MAX_MAPPINGS],
 }
 
 /// What a count in `COUNTS_*` is for.
@@ -199,10 +300,24 @@ pub enum Stat {
     EmptyStack = 8,
     /// The tail call to the frame walker failed (the walker is not loaded).
     TailCall = 9,
+    /// Native unwind (`--native`): reached the thread's outermost frame.
+    NativeComplete = 10,
+    /// Native unwind stopped at an address in no known executable mapping.
+    NativeNoMapping = 11,
+    /// Native unwind stopped at an address no call frame information covers.
+    NativeNoRow = 12,
+    /// Native unwind stopped at a CFI rule the kernel does not evaluate.
+    NativeUnsupported = 13,
+    /// Native unwind stopped: reading the stack faulted.
+    NativeReadFault = 14,
+    /// Native unwind stopped after `MAX_NATIVE_FRAMES` frames.
+    NativeTruncated = 15,
+    /// Native unwind stopped at an implausible frame (the stack did not grow toward the root).
+    NativeBadFrame = 16,
 }
 
 impl Stat {
-    pub const COUNT: u32 = 10;
+    pub const COUNT: u32 = 17;
     pub const ALL: [Stat; Self::COUNT as usize] = [
         Stat::Recorded,
         Stat::NoThreadState,
@@ -214,7 +329,20 @@ impl Stat {
         Stat::BadOffsets,
         Stat::EmptyStack,
         Stat::TailCall,
+        Stat::NativeComplete,
+        Stat::NativeNoMapping,
+        Stat::NativeNoRow,
+        Stat::NativeUnsupported,
+        Stat::NativeReadFault,
+        Stat::NativeTruncated,
+        Stat::NativeBadFrame,
     ];
+
+    /// Whether it counts how a native unwind ended (one per sample with `--native`), rather
+    /// than what happened to the sample.
+    pub const fn is_native(self) -> bool {
+        self as u32 >= Stat::NativeComplete as u32
+    }
 
     /// Whether the sample found the thread outside Python code (no thread state, or no
     /// frame): an honest answer, not a fault.
@@ -224,7 +352,7 @@ impl Stat {
 
     /// Whether the sample was lost (as opposed to kept with a caveat).
     pub const fn is_loss(self) -> bool {
-        !matches!(self, Stat::Recorded | Stat::ReadFrame | Stat::Truncated)
+        !matches!(self, Stat::Recorded | Stat::ReadFrame | Stat::Truncated) && !self.is_native()
     }
 
     pub const fn name(self) -> &'static str {
@@ -239,6 +367,13 @@ impl Stat {
             Stat::BadOffsets => "bad offsets",
             Stat::EmptyStack => "no python frame",
             Stat::TailCall => "tail call failed",
+            Stat::NativeComplete => "complete",
+            Stat::NativeNoMapping => "address outside known mappings",
+            Stat::NativeNoRow => "no unwind info",
+            Stat::NativeUnsupported => "unsupported unwind rule",
+            Stat::NativeReadFault => "stack read fault",
+            Stat::NativeTruncated => "deeper than the frame limit",
+            Stat::NativeBadFrame => "implausible frame",
         }
     }
 }
@@ -252,6 +387,10 @@ mod pod {
     unsafe impl aya::Pod for super::PyStack {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::SampleKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::RowChunk {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::NativeMappings {}
 }
 
 // Layout checks: both sides compile these, so a drift breaks the build, not the profile.
@@ -259,4 +398,11 @@ const _: () = assert!(core::mem::size_of::<PyOffsets>() == 32);
 const _: () = assert!(core::mem::size_of::<TargetInfo>() == 48);
 const _: () = assert!(core::mem::size_of::<PyFrame>() == 16);
 const _: () = assert!(core::mem::size_of::<SampleKey>() == 16);
-const _: () = assert!(core::mem::size_of::<PyStack>() == 8 + 16 * MAX_PYTHON_FRAMES);
+const _: () = assert!(
+    core::mem::size_of::<PyStack>() == 8 + 16 * MAX_PYTHON_FRAMES + 8 + 8 * MAX_NATIVE_FRAMES
+);
+const _: () = assert!(core::mem::size_of::<UnwindRow>() == 8);
+const _: () = assert!(core::mem::size_of::<NativeMapping>() == 32);
+const _: () = assert!(core::mem::size_of::<NativeMappings>() == 8 + 32 * MAX_MAPPINGS);
+const _: () = assert!(MAX_MAPPINGS == 1 << MAPPING_SEARCH_STEPS);
+const _: () = assert!(MAX_NATIVE_FRAMES.is_power_of_two());

@@ -12,3 +12,5 @@ pub mod process;
 pub mod profile;
 pub mod python;
 pub mod record;
+pub mod symbolize;
+pub mod unwind;

@@ -164,7 +164,8 @@ fn record(cfg: &RecordConfig, stop: &AtomicBool) -> Result<Summary, RecordError>
             runtime_addr: process.runtime_addr,
             offsets: layout.kernel,
             version: layout.version.as_u16(),
-            _pad: [0; 6],
+            frame_is_entry: profiler_common::NO_OFFSET,
+            _pad: [0; 4],
         },
     )?;
     let mut collector = Collector::new(cfg.frames);
