@@ -4,23 +4,40 @@
 #![no_main]
 
 mod maps;
+mod native;
 mod python;
 
 use aya_ebpf::{macros::perf_event, programs::PerfEventContext};
-use profiler_common::{Stat, WALK_PROGRAM_SLOT};
+use profiler_common::{Stat, UNWIND_PROGRAM_SLOT, WALK_PROGRAM_SLOT};
 
 use crate::maps::{PROGRAMS, count};
 
 /// Runs on every CPU-clock sample of every CPU; returns at once unless the interrupted thread
-/// belongs to a target process. Finds the thread's current frame, then tail-calls the walker.
+/// belongs to a target process. Finds the thread's current frame, then tail-calls the native
+/// unwinder (targets with `--native`) or the walker.
 #[perf_event]
 pub fn on_cpu_sample(ctx: PerfEventContext) -> u32 {
-    if python::locate_current_frame() {
-        // SAFETY: the walker is a perf_event program like this one and takes the same context;
+    if let Some(pid) = python::locate_current_frame() {
+        let slot = if native::wanted(pid) {
+            UNWIND_PROGRAM_SLOT
+        } else {
+            WALK_PROGRAM_SLOT
+        };
+        // SAFETY: the callee is a perf_event program like this one and takes the same context;
         // control only comes back here if the call fails.
-        unsafe { PROGRAMS.tail_call(&ctx, WALK_PROGRAM_SLOT) };
+        unsafe { PROGRAMS.tail_call(&ctx, slot) };
         count(Stat::TailCall);
     }
+    0
+}
+
+/// Unwinds the native stack (`--native`), then tail-calls the walker.
+#[perf_event]
+pub fn unwind_native_stack(ctx: PerfEventContext) -> u32 {
+    native::unwind(&ctx);
+    // SAFETY: as in `on_cpu_sample`.
+    unsafe { PROGRAMS.tail_call(&ctx, WALK_PROGRAM_SLOT) };
+    count(Stat::TailCall);
     0
 }
 

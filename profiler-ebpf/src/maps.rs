@@ -7,7 +7,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, PerCpuArray, PerCpuHashMap, ProgramArray, RingBuf},
 };
 use profiler_common::{
-    MAX_COUNTS, MAX_STACKS, MAX_TARGETS, NEW_STACKS_BYTES, PyStack, SampleKey, Stat, TargetInfo,
+    MAX_COUNTS, MAX_ROW_CHUNKS, MAX_STACKS, MAX_TARGETS, NEW_STACKS_BYTES, NativeMappings,
+    PROGRAM_SLOTS, PyStack, RowChunk, SampleKey, Stat, TargetInfo,
 };
 
 /// Processes to profile, by tgid, with their interpreter's address and layout.
@@ -47,15 +48,37 @@ pub struct Scratch {
     pub frame: u64,
     /// The stack's content hash, written by the walk and read back by the tail.
     pub hash: u64,
+    /// The native frames' hash (0 without `--native`).
+    pub native_hash: u64,
+    /// The native unwinder's registers, carried from one frame to the next.
+    pub rip: u64,
+    pub rsp: u64,
+    pub rbp: u64,
+    /// How the native unwind ended (a `Stat::Native*`).
+    pub native_end: u32,
+    /// `TargetInfo::frame_is_entry` of the sampled target.
+    pub entry_offset: u16,
+    pub _pad: u16,
     pub stack: PyStack,
 }
 
 #[map]
 pub static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
 
-/// The tail-call table: slot `WALK_PROGRAM_SLOT` holds `walk_python_stack`.
+/// The tail-call table: `WALK_PROGRAM_SLOT` holds `walk_python_stack`, `UNWIND_PROGRAM_SLOT`
+/// `unwind_native_stack`.
 #[map]
-pub static PROGRAMS: ProgramArray = ProgramArray::with_max_entries(1, 0);
+pub static PROGRAMS: ProgramArray = ProgramArray::with_max_entries(PROGRAM_SLOTS, 0);
+
+/// Unwind tables of every file userspace loaded, one after another (`NativeMapping` says where
+/// a file's rows are).
+#[map]
+pub static UNWIND_ROWS: Array<RowChunk> = Array::with_max_entries(MAX_ROW_CHUNKS, 0);
+
+/// Per target with `--native`: its executable mappings and their tables.
+#[map]
+pub static NATIVE_MAPPINGS: HashMap<u32, NativeMappings> =
+    HashMap::with_max_entries(MAX_TARGETS, BPF_F_NO_PREALLOC);
 
 #[inline(always)]
 pub fn count(stat: Stat) {

@@ -15,8 +15,8 @@ use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_probe_read_user, generated},
 };
 use profiler_common::{
-    MAX_PYTHON_FRAMES, MAX_THREADS, NO_OFFSET, NewStack, PyFrame, PyOffsets, STACK_TRUNCATED,
-    SampleKey, Stat, code_tag, instr_kind, mix,
+    MAX_PYTHON_FRAMES, MAX_THREADS, NO_OFFSET, NewStack, PY_ENTRY_FRAME, PyFrame, PyOffsets,
+    STACK_TRUNCATED, SampleKey, Stat, code_tag, instr_kind, mix,
 };
 
 use crate::maps::{
@@ -46,19 +46,15 @@ fn scratch() -> Option<&'static mut Scratch> {
 }
 
 /// Stage one: for a target thread, finds its current frame and leaves it in the scratch map.
-/// Returns whether there is a stack to walk.
-pub fn locate_current_frame() -> bool {
+/// Returns the target's pid when there is a stack to walk.
+pub fn locate_current_frame() -> Option<u32> {
     let pid_tgid = bpf_get_current_pid_tgid();
     let pid = (pid_tgid >> 32) as u32;
     let tid = pid_tgid as u32;
     // SAFETY: TARGETS is only updated by userspace with whole entries; a racing update at worst
     // gives one sample the old or new layout, and every read below is fault-tolerant.
-    let Some(target) = (unsafe { TARGETS.get(pid) }) else {
-        return false;
-    };
-    let Some(s) = scratch() else {
-        return false;
-    };
+    let target = unsafe { TARGETS.get(pid) }?;
+    let s = scratch()?;
     let off = &target.offsets;
     let frame = find_thread_state(target.runtime_addr, off, tid).and_then(|tstate| {
         let mut frame: u64 = read(field(tstate, off.tstate_frame))?;
@@ -76,11 +72,16 @@ pub fn locate_current_frame() -> bool {
             s.pid = pid;
             s.tid = tid;
             s.frame = frame;
-            true
+            s.entry_offset = target.frame_is_entry;
+            // No native stack unless the unwinder runs next and records one.
+            s.stack.native_len = 0;
+            s.stack.native_end = 0;
+            s.native_hash = 0;
+            Some(pid)
         }
         Err(stat) => {
             count(stat);
-            false
+            None
         }
     }
 }
@@ -160,6 +161,9 @@ fn ne_mask(a: u64, b: u64) -> u64 {
 fn walk_frames(s: &mut Scratch, off: &PyOffsets) {
     // Loop-invariant masks, so the body needs no branch on the layout.
     let pointer_mask = !ne_mask(off.instr_kind as u64, instr_kind::POINTER as u64);
+    // Where the eval-call entry flag is (3.11), or a readable stand-in whose value is dropped.
+    let has_entry = ne_mask(s.entry_offset as u64, NO_OFFSET as u64);
+    let entry_offset = s.entry_offset as u64 & has_entry;
     let mut frame = s.frame;
     let mut hash = 0;
     let mut len = MAX_PYTHON_FRAMES;
@@ -180,10 +184,13 @@ fn walk_frames(s: &mut Scratch, off: &PyOffsets) {
         let name: u64 = read_or_zero(field(readable, off.code_name), &mut faults);
         let filename: u64 = read_or_zero(field(readable, off.code_filename), &mut faults);
         let firstlineno: i32 = read_or_zero(field(readable, off.code_firstlineno), &mut faults);
+        let is_entry: u8 = read_or_zero(frame.wrapping_add(entry_offset), &mut faults);
+        let entry = ne_mask(is_entry as u64, 0) & has_entry & PY_ENTRY_FRAME as u64;
         let slot = PyFrame {
             code,
             // A pointer becomes an offset from the code object; an int is kept as is.
-            instr: raw_instr.wrapping_sub(code & pointer_mask) as u32,
+            instr: (raw_instr.wrapping_sub(code & pointer_mask) as u32 & !PY_ENTRY_FRAME)
+                | entry as u32,
             tag: code_tag(name, filename, firstlineno) & keep as u32,
         };
         s.stack.frames[i] = slot;
@@ -216,16 +223,17 @@ fn walk_frames(s: &mut Scratch, off: &PyOffsets) {
 #[inline(always)]
 fn finish(s: &mut Scratch) -> Result<(), Stat> {
     // SAFETY: reads of our own scratch entry, written by `walk_frames`.
-    let (len, hash) = unsafe {
+    let (len, hash, native_hash) = unsafe {
         (
             read_volatile(addr_of!(s.stack.len)),
             read_volatile(addr_of!(s.hash)),
+            read_volatile(addr_of!(s.native_hash)),
         )
     };
     if len == 0 {
         return Err(Stat::ReadFrame);
     }
-    let stack_id = mix(hash, len as u64);
+    let stack_id = mix(mix(hash, len as u64), native_hash);
     if STACKS.get_ptr(stack_id).is_none() {
         // By reference: clippy's needless-borrow advice would copy the 3 KB stack onto the
         // 512-byte BPF stack.

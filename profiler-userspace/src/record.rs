@@ -23,6 +23,7 @@ use crate::{
     process::{self, ProcessError, PythonProcess},
     profile::{Profile, collect::Collector},
     python::{self, Layout, UnsupportedVersion},
+    unwind::{LoadStats, NativeTables},
 };
 
 /// How often the kernel maps are drained (and new code objects read while they exist).
@@ -90,6 +91,8 @@ pub struct Summary {
     pub unknown_frames: u64,
     pub stop: StopReason,
     pub run_time: Option<RunTime>,
+    /// With `--native`: what loading unwind tables met, and native frames left unnamed.
+    pub native: Option<(LoadStats, Vec<(String, u64)>)>,
 }
 
 /// Fails now if `path` could not be written later, without changing it: an existing file is
@@ -133,11 +136,11 @@ fn record(cfg: &RecordConfig, stop: &AtomicBool) -> Result<Summary, RecordError>
         Target::Pid(pid) => {
             let p = process::inspect(*pid)?;
             let layout = supported_layout(&p)?;
-            (Sampler::start(cfg.rate_hz)?, p, layout, None)
+            (Sampler::start(cfg.rate_hz, cfg.native)?, p, layout, None)
         }
         Target::Launch(cmd) => {
             check_program(&cmd[0])?;
-            let sampler = Sampler::start(cfg.rate_hz)?;
+            let sampler = Sampler::start(cfg.rate_hz, cfg.native)?;
             let mut c = launch(cmd)?;
             match wait_for_python(&mut c, &cmd[0], stop) {
                 Ok((p, layout)) => (sampler, p, layout, Some(c)),
@@ -158,6 +161,11 @@ fn record(cfg: &RecordConfig, stop: &AtomicBool) -> Result<Summary, RecordError>
         }
     };
 
+    // Unwind tables before the target: its first samples already unwind.
+    let mut tables = NativeTables::default();
+    if cfg.native {
+        refresh_tables(&mut tables, &mut sampler, process.pid)?;
+    }
     sampler.add_target(
         process.pid,
         TargetInfo {
@@ -190,6 +198,10 @@ fn record(cfg: &RecordConfig, stop: &AtomicBool) -> Result<Summary, RecordError>
             break StopReason::Duration;
         }
         if last_drain.elapsed() >= DRAIN_INTERVAL {
+            if cfg.native {
+                // Libraries mapped since (an `import numpy`) get their tables now.
+                refresh_tables(&mut tables, &mut sampler, process.pid)?;
+            }
             sampler.drain(&mut collector)?;
             last_drain = Instant::now();
             progress.show(
@@ -209,6 +221,9 @@ fn record(cfg: &RecordConfig, stop: &AtomicBool) -> Result<Summary, RecordError>
         stop_child(&mut c, reason);
     }
 
+    if cfg.native {
+        collector.set_native_mappings(process.pid, tables.mappings(process.pid).to_vec());
+    }
     let profile = collector.finish(cfg.rate_hz, elapsed);
     write_profile(&profile, cfg.format, &process, &output)?;
     Ok(Summary {
@@ -222,7 +237,26 @@ fn record(cfg: &RecordConfig, stop: &AtomicBool) -> Result<Summary, RecordError>
         unknown_frames: profile.unknown_frames,
         stop: reason,
         run_time,
+        native: cfg
+            .native
+            .then(|| (tables.stats.clone(), profile.unknown_native.clone())),
     })
+}
+
+/// Loads the tables of the target's newly mapped files; a target that has exited is not an
+/// error (the loop notices it next).
+fn refresh_tables(
+    tables: &mut NativeTables,
+    sampler: &mut Sampler,
+    pid: u32,
+) -> Result<(), RecordError> {
+    match tables.refresh(pid, sampler) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound || e.raw_os_error() == Some(libc::ESRCH) => {
+            Ok(())
+        }
+        Err(e) => Err(RecordError::Bpf(BpfError::Native(e))),
+    }
 }
 
 fn write_profile(
@@ -454,11 +488,57 @@ impl Summary {
         if !outside.is_empty() {
             writeln!(out, "prof-bpf: outside Python code: {}", outside.join(", "))?;
         }
-        let errors = list(|s| !s.is_outside_python());
+        let errors = list(|s| !s.is_outside_python() && !s.is_native());
         if errors.is_empty() {
             writeln!(out, "prof-bpf: errors: none")?;
         } else {
             writeln!(out, "prof-bpf: errors: {}", errors.join(", "))?;
+        }
+        if let Some((load, unknown)) = &self.native {
+            let unwinds: u64 = Stat::ALL
+                .iter()
+                .filter(|s| s.is_native())
+                .map(|&s| self.stats.get(s))
+                .sum();
+            let complete = self.stats.get(Stat::NativeComplete);
+            let failures = list(|s| s.is_native() && s != Stat::NativeComplete);
+            writeln!(
+                out,
+                "prof-bpf: native unwind: {:.1}% complete ({complete} of {unwinds} samples reached the outermost frame){}",
+                100.0 * complete as f64 / unwinds.max(1) as f64,
+                if failures.is_empty() {
+                    String::new()
+                } else {
+                    format!("; stopped early: {}", failures.join(", "))
+                },
+            )?;
+            writeln!(
+                out,
+                "prof-bpf: native unwind tables: {} rows for {} files{}",
+                load.rows,
+                load.files,
+                if load.failed.is_empty() {
+                    String::new()
+                } else {
+                    let failed: Vec<String> = load
+                        .failed
+                        .iter()
+                        .map(|(f, why)| format!("{f} ({why})"))
+                        .collect();
+                    format!("; frame pointers only for: {}", failed.join(", "))
+                },
+            )?;
+            if !unknown.is_empty() {
+                let reasons: Vec<String> = unknown
+                    .iter()
+                    .map(|(why, n)| format!("{n} {why}"))
+                    .collect();
+                writeln!(
+                    out,
+                    "prof-bpf: native frames not named: {}",
+                    reasons.join(", ")
+                )?;
+            }
         }
         if let Some(rt) = self.run_time.filter(|rt| rt.runs > 0) {
             writeln!(

@@ -19,9 +19,11 @@ use aya::{
     },
     util::online_cpus,
 };
-use profiler_common::{NewStack, PyStack, SampleKey, Stat, TargetInfo, maps};
+use profiler_common::{
+    NativeMappings, NewStack, PyStack, RowChunk, SampleKey, Stat, TargetInfo, maps,
+};
 
-use crate::profile::collect::Collector;
+use crate::{profile::collect::Collector, unwind::UnwindMaps};
 
 static OBJECT: &[u8] = include_bytes_aligned!(concat!(env!("OUT_DIR"), "/profiler-ebpf"));
 
@@ -48,6 +50,8 @@ pub enum BpfError {
     Cpus(std::io::Error),
     #[error("opening the CPU-clock perf event on CPU {cpu}: {source}")]
     Attach { cpu: u32, source: ProgramError },
+    #[error("loading native unwind tables: {0}")]
+    Native(#[source] std::io::Error),
 }
 
 impl BpfError {
@@ -110,8 +114,9 @@ pub struct RunTime {
 
 impl Sampler {
     /// Loads the program and starts sampling every CPU at `rate_hz`. Nothing is recorded until
-    /// a target is added.
-    pub fn start(rate_hz: u64) -> Result<Self, BpfError> {
+    /// a target is added. With `native`, the native unwinder is loaded too (a target gets native
+    /// stacks once its mappings are written, see `UnwindMaps`).
+    pub fn start(rate_hz: u64, native: bool) -> Result<Self, BpfError> {
         let mut ebpf = Ebpf::load(OBJECT).map_err(BpfError::Load)?;
         let stats = aya::sys::enable_stats(aya::sys::Stats::RunTime).ok();
 
@@ -125,6 +130,16 @@ impl Sampler {
         programs
             .set(profiler_common::WALK_PROGRAM_SLOT, &walker_fd, 0)
             .map_err(map_err(maps::PROGRAMS))?;
+        if native {
+            let unwinder = load_program(&mut ebpf, profiler_common::UNWIND_PROGRAM_NAME)?;
+            let unwinder_fd = unwinder
+                .fd()?
+                .try_clone()
+                .map_err(|e| BpfError::Program(ProgramError::IOError(e)))?;
+            programs
+                .set(profiler_common::UNWIND_PROGRAM_SLOT, &unwinder_fd, 0)
+                .map_err(map_err(maps::PROGRAMS))?;
+        }
 
         let new_stacks = map_owned(&mut ebpf, maps::NEW_STACKS)?;
         let sampler = load_program(&mut ebpf, profiler_common::PROGRAM_NAME)?;
@@ -253,6 +268,22 @@ impl Sampler {
                 .unwrap_or(0);
         }
         Ok(out)
+    }
+}
+
+impl UnwindMaps for Sampler {
+    fn write_chunk(&mut self, index: u32, chunk: &RowChunk) -> std::io::Result<()> {
+        let mut rows: Array<&mut MapData, RowChunk> =
+            map_mut(&mut self.ebpf, maps::UNWIND_ROWS).map_err(std::io::Error::other)?;
+        rows.set(index, chunk, 0).map_err(std::io::Error::other)
+    }
+
+    fn write_mappings(&mut self, pid: u32, mappings: &NativeMappings) -> std::io::Result<()> {
+        let mut table: HashMap<&mut MapData, u32, NativeMappings> =
+            map_mut(&mut self.ebpf, maps::NATIVE_MAPPINGS).map_err(std::io::Error::other)?;
+        table
+            .insert(pid, mappings, 0)
+            .map_err(std::io::Error::other)
     }
 }
 

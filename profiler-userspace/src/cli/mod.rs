@@ -51,6 +51,11 @@ pub struct RecordArgs {
     #[arg(long)]
     pub nolineno: bool,
 
+    /// Mixed stacks: native (C, C++, Rust) frames with the Python frames in place of the
+    /// interpreter's eval loop, unwound in the kernel from .eh_frame.
+    #[arg(short = 'n', long)]
+    pub native: bool,
+
     /// The command to launch and profile, after `--`.
     #[arg(last = true, value_name = "COMMAND")]
     pub command: Vec<String>,
@@ -72,6 +77,8 @@ pub struct RecordConfig {
     pub rate_hz: u64,
     pub duration: Option<Duration>,
     pub frames: FrameOptions,
+    /// Mixed native and Python stacks (`--native`).
+    pub native: bool,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -109,6 +116,7 @@ impl RecordArgs {
                 function: self.function,
                 nolineno: self.nolineno,
             },
+            native: self.native,
         })
     }
 }

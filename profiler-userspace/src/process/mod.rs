@@ -8,7 +8,7 @@ mod memory;
 
 use std::{fs, io, path::PathBuf};
 
-pub use maps::{Mapping, read_maps};
+pub use maps::{Mapping, parse_maps, read_maps};
 pub use memory::{LocalMemory, ProcMem, ProcessMemory};
 
 use crate::python::Version;

@@ -9,9 +9,15 @@ use std::{
     time::Duration,
 };
 
-use profiler_common::{PyFrame, PyStack, STACK_TRUNCATED, SampleKey, instr_kind};
+use profiler_common::{
+    MAX_NATIVE_FRAMES, PY_ENTRY_FRAME, PyFrame, PyStack, STACK_TRUNCATED, SampleKey, Stat,
+    instr_kind,
+};
 
-use super::{Frame, FrameTable, ProcessInfo, Profile, Sample};
+use super::{
+    Frame, FrameTable, ProcessInfo, Profile, Sample,
+    merge::{self, EntryMarking, Mixed},
+};
 use crate::{
     process::{ProcMem, PythonProcess},
     python::{
@@ -19,6 +25,8 @@ use crate::{
         code::{CodeError, CodeInfo, read_code},
         linetable::line_for,
     },
+    symbolize::NativeSymbolizer,
+    unwind::KnownMapping,
 };
 
 /// How frames are labelled.
@@ -58,6 +66,10 @@ struct Target {
 struct RawStack {
     frames: Vec<PyFrame>,
     truncated: bool,
+    /// Native instruction pointers, leaf first (empty without `--native`).
+    native: Vec<u64>,
+    /// How the native unwind ended (a `Stat`), 0 without `--native`.
+    native_end: u32,
 }
 
 /// Accumulates drains from the kernel.
@@ -68,6 +80,8 @@ pub struct Collector {
     counts: HashMap<SampleKey, u64>,
     /// (pid, stack) pairs whose code objects have been read.
     resolved: HashSet<(u32, u64)>,
+    /// With `--native`: each target's executable mappings, to name native frames.
+    native: HashMap<u32, Vec<KnownMapping>>,
 }
 
 impl Collector {
@@ -78,7 +92,14 @@ impl Collector {
             stacks: HashMap::new(),
             counts: HashMap::new(),
             resolved: HashSet::new(),
+            native: HashMap::new(),
         }
+    }
+
+    /// Turns mixed stacks on for `pid`, naming native frames from `mappings` (every executable
+    /// mapping it was seen with).
+    pub fn set_native_mappings(&mut self, pid: u32, mappings: Vec<KnownMapping>) {
+        self.native.insert(pid, mappings);
     }
 
     pub fn add_target(&mut self, process: PythonProcess, layout: Layout) {
@@ -96,9 +117,12 @@ impl Collector {
 
     pub fn add_stack(&mut self, id: u64, stack: &PyStack) {
         let len = (stack.len as usize).min(stack.frames.len());
+        let native_len = (stack.native_len as usize).min(MAX_NATIVE_FRAMES);
         self.stacks.entry(id).or_insert_with(|| RawStack {
             frames: stack.frames[..len].to_vec(),
             truncated: stack.flags & STACK_TRUNCATED != 0,
+            native: stack.native[..native_len].to_vec(),
+            native_end: stack.native_end,
         });
     }
 
@@ -161,6 +185,7 @@ impl Collector {
         let mut merged: HashMap<(u32, u32, Vec<u32>), u64> = HashMap::new();
         let mut line_cache: HashMap<(u32, u64, u32, u32), u32> = HashMap::new();
         let mut unknown_frames = 0;
+        let mut symbolizer = NativeSymbolizer::new();
         for (key, count) in &self.counts {
             let mut frames = Vec::new();
             match self.stacks.get(&key.stack_id) {
@@ -173,30 +198,72 @@ impl Collector {
                         ))));
                     }
                     let target = self.targets.get(&key.pid);
-                    for f in stack.frames.iter().rev().filter(|f| f.code != 0) {
-                        let frame = match target
-                            .and_then(|t| t.codes.get(&(f.code, f.tag)).map(|c| (t, c)))
-                        {
-                            Some((t, Ok(code))) => {
-                                let line = *line_cache
-                                    .entry((key.pid, f.code, f.tag, f.instr))
-                                    .or_insert_with(|| line_of(self.options, &t.layout, f, code));
-                                Frame {
-                                    name: code.name.clone(),
-                                    file: code.filename.clone(),
-                                    line,
-                                }
+                    let mut python_frame = |f: &PyFrame| match target
+                        .and_then(|t| t.codes.get(&(f.code, f.tag)).map(|c| (t, c)))
+                    {
+                        Some((t, Ok(code))) => {
+                            let line = *line_cache
+                                .entry((key.pid, f.code, f.tag, f.instr))
+                                .or_insert_with(|| line_of(self.options, &t.layout, f, code));
+                            Frame {
+                                name: code.name.clone(),
+                                file: code.filename.clone(),
+                                line,
                             }
-                            Some((_, Err(why))) => {
-                                unknown_frames += count;
-                                why.frame()
+                        }
+                        Some((_, Err(why))) => {
+                            unknown_frames += count;
+                            why.frame()
+                        }
+                        None => {
+                            unknown_frames += count;
+                            Unknown::Exited.frame()
+                        }
+                    };
+                    match (self.native.get(&key.pid), target) {
+                        (Some(mappings), Some(t)) if !stack.native.is_empty() => {
+                            let named: Vec<Frame> = stack
+                                .native
+                                .iter()
+                                .enumerate()
+                                .map(|(i, &pc)| {
+                                    let sym = symbolizer.symbolize(mappings, pc, i > 0);
+                                    if sym.unknown {
+                                        Frame::marker(sym.name)
+                                    } else {
+                                        Frame {
+                                            name: sym.name,
+                                            file: sym.file,
+                                            line: if self.options.nolineno { 0 } else { sym.line },
+                                        }
+                                    }
+                                })
+                                .collect();
+                            let is_eval: Vec<bool> = named
+                                .iter()
+                                .map(|f| merge::is_eval_function(&f.name))
+                                .collect();
+                            let marking = EntryMarking::for_version(t.layout.version);
+                            let calls = merge::eval_calls(&stack.frames, marking);
+                            let complete = stack.native_end == Stat::NativeComplete as u32;
+                            for m in merge::merge(&is_eval, complete, &calls) {
+                                let frame = match m {
+                                    Mixed::Native(i) => named[i].clone(),
+                                    Mixed::Python(f) => python_frame(&f),
+                                    Mixed::Incomplete => Frame::marker(format!(
+                                        "[native unwind stopped: {}]",
+                                        native_end_name(stack.native_end)
+                                    )),
+                                };
+                                frames.push(table.intern(frame));
                             }
-                            None => {
-                                unknown_frames += count;
-                                Unknown::Exited.frame()
+                        }
+                        _ => {
+                            for f in stack.frames.iter().rev().filter(|f| f.code != 0) {
+                                let frame = python_frame(f);
+                                frames.push(table.intern(frame));
                             }
-                        };
-                        frames.push(table.intern(frame));
+                        }
                     }
                 }
             }
@@ -229,8 +296,21 @@ impl Collector {
             rate_hz,
             duration,
             unknown_frames,
+            unknown_native: {
+                let mut v: Vec<(String, u64)> = symbolizer.unknown_reasons.into_iter().collect();
+                v.sort();
+                v
+            },
         }
     }
+}
+
+/// What a `Stat::Native*` code says, for the incomplete-stack marker.
+fn native_end_name(end: u32) -> &'static str {
+    Stat::ALL
+        .iter()
+        .find(|s| **s as u32 == end)
+        .map_or("unknown", |s| s.name())
 }
 
 /// The line a frame was on, per the label options.
@@ -241,13 +321,14 @@ fn line_of(options: FrameOptions, layout: &Layout, f: &PyFrame, code: &CodeInfo)
     if options.function {
         return code.firstlineno;
     }
+    let instr = f.instr & !PY_ENTRY_FRAME;
     let addr = match layout.kernel.instr_kind {
         // prev_instr starts one code unit before the first instruction: that is the def line.
-        instr_kind::POINTER => match f.instr.checked_sub(layout.code.code_adaptive as u32) {
+        instr_kind::POINTER => match instr.checked_sub(layout.code.code_adaptive as u32) {
             Some(addr) => addr,
             None => return code.firstlineno,
         },
-        _ => f.instr,
+        _ => instr,
     };
     line_for(
         layout.code.linetable_format,

@@ -3,6 +3,7 @@
 //! recorded.
 
 pub mod collect;
+pub mod merge;
 
 use std::{collections::HashMap, time::Duration};
 
@@ -64,6 +65,8 @@ pub struct Profile {
     pub duration: Duration,
     /// Samples with at least one frame that could not be named (counted once per such frame).
     pub unknown_frames: u64,
+    /// Native frames shown as `[unknown]`, by reason (per distinct stack frame).
+    pub unknown_native: Vec<(String, u64)>,
 }
 
 impl Profile {

@@ -4,3 +4,6 @@
 //! walks a stack.
 
 pub mod cfi;
+pub mod tables;
+
+pub use tables::{KnownMapping, LoadStats, NativeTables, UnwindMaps};

@@ -1,0 +1,258 @@
+//! Keeps the kernel's unwind maps in step with a target's executable mappings: builds each
+//! mapped file's table once (`cfi`), places it in the shared row array, and writes the process's
+//! sorted mapping list. Called again on every drain, it picks up libraries mapped later (an
+//! `import numpy` mid-run). Also remembers every mapping it saw, so native addresses can be
+//! named after the process has exited.
+
+use std::{
+    collections::HashMap,
+    fs,
+    io::{self, Read as _, Seek as _, SeekFrom},
+    path::{Path, PathBuf},
+};
+
+use object::{Object, ObjectSegment};
+use profiler_common::{
+    MAX_MAPPINGS, MAX_ROW_CHUNKS, NativeMapping, NativeMappings, ROWS_PER_CHUNK, RowChunk,
+    UnwindRow,
+};
+
+use super::cfi::{self, CfiError};
+use crate::process::Mapping;
+
+/// Where the kernel's maps are written: the `bpf` module implements it.
+pub trait UnwindMaps {
+    fn write_chunk(&mut self, index: u32, chunk: &RowChunk) -> io::Result<()>;
+    fn write_mappings(&mut self, pid: u32, mappings: &NativeMappings) -> io::Result<()>;
+}
+
+/// A file mapped executable in a target, as the symbolizer needs it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KnownMapping {
+    pub start: u64,
+    pub end: u64,
+    /// Address in the process minus address in the file.
+    pub bias: u64,
+    /// The file as the process names it (`[vdso]` for the vDSO).
+    pub name: String,
+    /// The file to read, from our mount namespace (None for the vDSO).
+    pub path: Option<PathBuf>,
+}
+
+/// A file's place in the row array.
+#[derive(Clone, Copy, Debug)]
+struct Placed {
+    rows_start: u32,
+    rows_len: u32,
+}
+
+/// What loading tables met, for the summary.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LoadStats {
+    pub files: usize,
+    pub rows: usize,
+    /// Files without a usable table (unwound with frame pointers), with why.
+    pub failed: Vec<(String, String)>,
+    /// Executable mappings beyond `MAX_MAPPINGS`.
+    pub dropped_mappings: usize,
+}
+
+#[derive(Default)]
+pub struct NativeTables {
+    /// By (path, size, mtime): one table per file content.
+    files: HashMap<(PathBuf, u64, i64), Option<Placed>>,
+    next_chunk: u32,
+    /// Per pid: the executable mappings last written, and every one ever seen.
+    current: HashMap<u32, Vec<(u64, u64, String)>>,
+    seen: HashMap<u32, Vec<KnownMapping>>,
+    pub stats: LoadStats,
+}
+
+impl NativeTables {
+    /// Re-reads `pid`'s mappings and, if its executable mappings changed, loads the tables of
+    /// new files and rewrites its mapping list. Returns whether anything changed.
+    pub fn refresh(&mut self, pid: u32, maps: &mut impl UnwindMaps) -> io::Result<bool> {
+        let text = fs::read_to_string(format!("/proc/{pid}/maps"))?;
+        let all = crate::process::parse_maps(&text);
+        let mut exec: Vec<(Mapping, String)> = all
+            .into_iter()
+            .filter(|m| m.perms.contains('x'))
+            .filter_map(|m| {
+                let name = m.path.as_ref()?.display().to_string();
+                Some((m, name))
+            })
+            .collect();
+        if let Some(vdso) = text.lines().find(|l| l.ends_with("[vdso]"))
+            && let Some(m) = crate::process::parse_maps(vdso).pop()
+        {
+            exec.push((m, "[vdso]".to_string()));
+        }
+        let key: Vec<(u64, u64, String)> = exec
+            .iter()
+            .map(|(m, n)| (m.start, m.end, n.clone()))
+            .collect();
+        if self.current.get(&pid) == Some(&key) {
+            return Ok(false);
+        }
+
+        let mut out = Vec::new();
+        for (m, name) in &exec {
+            let (data, path) = if name == "[vdso]" {
+                (read_memory(pid, m.start, m.end - m.start)?, None)
+            } else {
+                // The file as seen from the process's root; the plain path when that is ours,
+                // so it can still be read for symbols after the process exited.
+                let same_root =
+                    fs::read_link(format!("/proc/{pid}/root")).is_ok_and(|r| r == Path::new("/"));
+                let path = if same_root {
+                    PathBuf::from(name)
+                } else {
+                    PathBuf::from(format!("/proc/{pid}/root{name}"))
+                };
+                match fs::read(&path) {
+                    Ok(d) => (d, Some(path)),
+                    Err(e) => {
+                        self.note_failure(name, &e.to_string());
+                        continue;
+                    }
+                }
+            };
+            let Some(bias) = load_bias(&data, m, path.is_none()) else {
+                self.note_failure(name, "no loadable segment covers the mapping");
+                continue;
+            };
+            let placed = self.place(&data, path.as_ref(), name, maps)?;
+            let known = KnownMapping {
+                start: m.start,
+                end: m.end,
+                bias,
+                name: name.clone(),
+                path,
+            };
+            let seen = self.seen.entry(pid).or_default();
+            if !seen.contains(&known) {
+                seen.push(known);
+            }
+            out.push(NativeMapping {
+                start: m.start,
+                end: m.end,
+                bias,
+                rows_start: placed.map_or(0, |p| p.rows_start),
+                rows_len: placed.map_or(0, |p| p.rows_len),
+            });
+        }
+        out.sort_by_key(|m| m.start);
+        if out.len() > MAX_MAPPINGS {
+            self.stats.dropped_mappings += out.len() - MAX_MAPPINGS;
+            out.truncate(MAX_MAPPINGS);
+        }
+        let mut value = Box::new(NativeMappings {
+            len: out.len() as u32,
+            _pad: 0,
+            mappings: [NativeMapping::default(); MAX_MAPPINGS],
+        });
+        value.mappings[..out.len()].copy_from_slice(&out);
+        maps.write_mappings(pid, &value)?;
+        self.current.insert(pid, key);
+        Ok(true)
+    }
+
+    /// Every executable mapping `pid` was seen with.
+    pub fn mappings(&self, pid: u32) -> &[KnownMapping] {
+        self.seen.get(&pid).map_or(&[], Vec::as_slice)
+    }
+
+    fn note_failure(&mut self, name: &str, why: &str) {
+        if !self.stats.failed.iter().any(|(n, _)| n == name) {
+            self.stats.failed.push((name.to_string(), why.to_string()));
+        }
+    }
+
+    /// The file's rows in the kernel's array, building and writing them the first time.
+    fn place(
+        &mut self,
+        data: &[u8],
+        path: Option<&PathBuf>,
+        name: &str,
+        maps: &mut impl UnwindMaps,
+    ) -> io::Result<Option<Placed>> {
+        let key = match path.and_then(|p| fs::metadata(p).ok()) {
+            Some(md) => {
+                use std::os::unix::fs::MetadataExt as _;
+                (PathBuf::from(name), md.size(), md.mtime())
+            }
+            None => (PathBuf::from(name), data.len() as u64, 0),
+        };
+        if let Some(placed) = self.files.get(&key) {
+            return Ok(*placed);
+        }
+        let placed = match cfi::table_for_elf(data) {
+            Ok(table) if !table.rows.is_empty() => self.write(&table.rows, name, maps)?,
+            Ok(_) => {
+                self.note_failure(name, "no call frame information");
+                None
+            }
+            Err(e @ (CfiError::Elf(_) | CfiError::Dwarf(_) | CfiError::AddressTooHigh(_))) => {
+                self.note_failure(name, &e.to_string());
+                None
+            }
+            Err(e @ CfiError::TooManyRows(_)) => {
+                self.note_failure(name, &e.to_string());
+                None
+            }
+        };
+        self.files.insert(key, placed);
+        Ok(placed)
+    }
+
+    fn write(
+        &mut self,
+        rows: &[UnwindRow],
+        name: &str,
+        maps: &mut impl UnwindMaps,
+    ) -> io::Result<Option<Placed>> {
+        let chunks = rows.len().div_ceil(ROWS_PER_CHUNK) as u32;
+        if self.next_chunk + chunks > MAX_ROW_CHUNKS {
+            self.note_failure(name, "the kernel's unwind row array is full");
+            return Ok(None);
+        }
+        let first = self.next_chunk;
+        let mut chunk = Box::new(RowChunk {
+            rows: [UnwindRow::default(); ROWS_PER_CHUNK],
+        });
+        for (i, part) in rows.chunks(ROWS_PER_CHUNK).enumerate() {
+            chunk.rows[..part.len()].copy_from_slice(part);
+            chunk.rows[part.len()..].fill(UnwindRow::default());
+            maps.write_chunk(first + i as u32, &chunk)?;
+        }
+        self.next_chunk += chunks;
+        self.stats.files += 1;
+        self.stats.rows += rows.len();
+        Ok(Some(Placed {
+            rows_start: first * ROWS_PER_CHUNK as u32,
+            rows_len: rows.len() as u32,
+        }))
+    }
+}
+
+/// Address in the process minus address in the file, from the loadable segment that holds the
+/// mapping's file offset. The vDSO is mapped whole from its first byte.
+fn load_bias(data: &[u8], m: &Mapping, whole_image: bool) -> Option<u64> {
+    let file = object::File::parse(data).ok()?;
+    let offset = if whole_image { 0 } else { m.offset };
+    file.segments().find_map(|seg| {
+        let (start, size) = seg.file_range();
+        (start <= offset && offset < start + size.max(1)).then(|| {
+            let vaddr = seg.address() + (offset - start);
+            m.start.wrapping_sub(vaddr)
+        })
+    })
+}
+
+fn read_memory(pid: u32, addr: u64, len: u64) -> io::Result<Vec<u8>> {
+    let mut f = fs::File::open(format!("/proc/{pid}/mem"))?;
+    f.seek(SeekFrom::Start(addr))?;
+    let mut buf = vec![0; len as usize];
+    f.read_exact(&mut buf)?;
+    Ok(buf)
+}
