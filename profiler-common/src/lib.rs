@@ -186,7 +186,7 @@ pub struct PyStack {
 }
 
 /// Native frames the kernel unwinds before it stops (counted as `Stat::NativeTruncated`).
-pub const MAX_NATIVE_FRAMES: usize = 128;
+pub const MAX_NATIVE_FRAMES: usize = 256;
 
 /// Executable mappings of one process the kernel can unwind through.
 pub const MAX_MAPPINGS: usize = 256;

@@ -184,6 +184,10 @@ fn record(cfg: &RecordConfig, stop: &AtomicBool) -> Result<Summary, RecordError>
     let progress = Progress::new();
     let reason = loop {
         sampler.wait_for_new_stacks(TICK, &mut collector)?;
+        if cfg.native && collector.take_saw_unmapped() {
+            // A library was mapped since the last refresh: load its table now, not at the drain.
+            refresh_tables(&mut tables, &mut sampler, process.pid)?;
+        }
         let exited = match &mut child {
             Some(c) => !matches!(c.try_wait(), Ok(None)),
             None => !process::is_alive(&process),

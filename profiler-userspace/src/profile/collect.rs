@@ -82,6 +82,9 @@ pub struct Collector {
     resolved: HashSet<(u32, u64)>,
     /// With `--native`: each target's executable mappings, to name native frames.
     native: HashMap<u32, Vec<KnownMapping>>,
+    /// A new stack's native unwind stopped outside the known mappings: a library was mapped
+    /// since the tables were last loaded.
+    saw_unmapped: bool,
 }
 
 impl Collector {
@@ -93,7 +96,13 @@ impl Collector {
             counts: HashMap::new(),
             resolved: HashSet::new(),
             native: HashMap::new(),
+            saw_unmapped: false,
         }
+    }
+
+    /// Whether a stack added since the last call hit an address outside the known mappings.
+    pub fn take_saw_unmapped(&mut self) -> bool {
+        std::mem::take(&mut self.saw_unmapped)
     }
 
     /// Turns mixed stacks on for `pid`, naming native frames from `mappings` (every executable
@@ -118,6 +127,7 @@ impl Collector {
     pub fn add_stack(&mut self, id: u64, stack: &PyStack) {
         let len = (stack.len as usize).min(stack.frames.len());
         let native_len = (stack.native_len as usize).min(MAX_NATIVE_FRAMES);
+        self.saw_unmapped |= stack.native_end == Stat::NativeNoMapping as u32;
         self.stacks.entry(id).or_insert_with(|| RawStack {
             frames: stack.frames[..len].to_vec(),
             truncated: stack.flags & STACK_TRUNCATED != 0,

@@ -17,7 +17,7 @@ use profiler_common::{
     UnwindRow,
 };
 
-use super::cfi::{self, CfiError};
+use super::cfi;
 use crate::process::Mapping;
 
 /// Where the kernel's maps are written: the `bpf` module implements it.
@@ -46,6 +46,14 @@ struct Placed {
     rows_len: u32,
 }
 
+/// What is kept of a file once read: its table's place and its loadable segments
+/// (file offset, file size, address), to place later mappings of it without reading it again.
+#[derive(Clone, Debug)]
+struct FileInfo {
+    placed: Option<Placed>,
+    segments: Vec<(u64, u64, u64)>,
+}
+
 /// What loading tables met, for the summary.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct LoadStats {
@@ -60,7 +68,7 @@ pub struct LoadStats {
 #[derive(Default)]
 pub struct NativeTables {
     /// By (path, size, mtime): one table per file content.
-    files: HashMap<(PathBuf, u64, i64), Option<Placed>>,
+    files: HashMap<(PathBuf, u64, i64), FileInfo>,
     next_chunk: u32,
     /// Per pid: the executable mappings last written, and every one ever seen.
     current: HashMap<u32, Vec<(u64, u64, String)>>,
@@ -95,66 +103,107 @@ impl NativeTables {
             return Ok(false);
         }
 
+        // Mappings of files already placed first, then each new file's as soon as its table is
+        // in: samples in the libraries loaded so far unwind while a big one is still parsed.
+        let (ready, pending): (Vec<_>, Vec<_>) = exec
+            .iter()
+            .partition(|(m, name)| self.files.contains_key(&self.file_key(pid, name, m)));
         let mut out = Vec::new();
-        for (m, name) in &exec {
-            let (data, path) = if name == "[vdso]" {
-                (read_memory(pid, m.start, m.end - m.start)?, None)
-            } else {
-                // The file as seen from the process's root; the plain path when that is ours,
-                // so it can still be read for symbols after the process exited.
-                let same_root =
-                    fs::read_link(format!("/proc/{pid}/root")).is_ok_and(|r| r == Path::new("/"));
-                let path = if same_root {
-                    PathBuf::from(name)
-                } else {
-                    PathBuf::from(format!("/proc/{pid}/root{name}"))
-                };
-                match fs::read(&path) {
-                    Ok(d) => (d, Some(path)),
+        for (m, name) in ready {
+            self.add_mapping(pid, m, name, maps, &mut out)?;
+        }
+        self.write_mappings(pid, &mut out, maps)?;
+        for (m, name) in pending {
+            if self.add_mapping(pid, m, name, maps, &mut out)? {
+                self.write_mappings(pid, &mut out, maps)?;
+            }
+        }
+        self.current.insert(pid, key);
+        Ok(true)
+    }
+
+    /// Places `m`'s file (building its table if new) and adds it to `out`. Returns whether it
+    /// was added.
+    fn add_mapping(
+        &mut self,
+        pid: u32,
+        m: &Mapping,
+        name: &str,
+        maps: &mut impl UnwindMaps,
+        out: &mut Vec<NativeMapping>,
+    ) -> io::Result<bool> {
+        let path = (name != "[vdso]").then(|| file_path(pid, name));
+        let key = self.file_key(pid, name, m);
+        if !self.files.contains_key(&key) {
+            let data = match &path {
+                None => read_memory(pid, m.start, m.end - m.start)?,
+                Some(path) => match fs::read(path) {
+                    Ok(d) => d,
                     Err(e) => {
                         self.note_failure(name, &e.to_string());
-                        continue;
+                        return Ok(false);
                     }
-                }
+                },
             };
-            let Some(bias) = load_bias(&data, m, path.is_none()) else {
-                self.note_failure(name, "no loadable segment covers the mapping");
-                continue;
-            };
-            let placed = self.place(&data, path.as_ref(), name, maps)?;
-            let known = KnownMapping {
-                start: m.start,
-                end: m.end,
-                bias,
-                name: name.clone(),
-                path,
-            };
-            let seen = self.seen.entry(pid).or_default();
-            if !seen.contains(&known) {
-                seen.push(known);
-            }
-            out.push(NativeMapping {
-                start: m.start,
-                end: m.end,
-                bias,
-                rows_start: placed.map_or(0, |p| p.rows_start),
-                rows_len: placed.map_or(0, |p| p.rows_len),
-            });
+            let segments = segments(&data);
+            let placed = self.place(&data, name, maps)?;
+            self.files
+                .insert(key.clone(), FileInfo { placed, segments });
         }
+        let info = &self.files[&key];
+        let placed = info.placed;
+        let Some(bias) = load_bias(&info.segments, m, path.is_none()) else {
+            self.note_failure(name, "no loadable segment covers the mapping");
+            return Ok(false);
+        };
+        let known = KnownMapping {
+            start: m.start,
+            end: m.end,
+            bias,
+            name: name.to_string(),
+            path,
+        };
+        let seen = self.seen.entry(pid).or_default();
+        if !seen.contains(&known) {
+            seen.push(known);
+        }
+        out.push(NativeMapping {
+            start: m.start,
+            end: m.end,
+            bias,
+            rows_start: placed.map_or(0, |p| p.rows_start),
+            rows_len: placed.map_or(0, |p| p.rows_len),
+        });
+        Ok(true)
+    }
+
+    fn write_mappings(
+        &mut self,
+        pid: u32,
+        out: &mut Vec<NativeMapping>,
+        maps: &mut impl UnwindMaps,
+    ) -> io::Result<()> {
         out.sort_by_key(|m| m.start);
-        if out.len() > MAX_MAPPINGS {
-            self.stats.dropped_mappings += out.len() - MAX_MAPPINGS;
-            out.truncate(MAX_MAPPINGS);
-        }
         let mut value = Box::new(NativeMappings {
-            len: out.len() as u32,
+            len: out.len().min(MAX_MAPPINGS) as u32,
             _pad: 0,
             mappings: [NativeMapping::default(); MAX_MAPPINGS],
         });
-        value.mappings[..out.len()].copy_from_slice(&out);
-        maps.write_mappings(pid, &value)?;
-        self.current.insert(pid, key);
-        Ok(true)
+        if out.len() > MAX_MAPPINGS {
+            self.stats.dropped_mappings = out.len() - MAX_MAPPINGS;
+        }
+        let n = value.len as usize;
+        value.mappings[..n].copy_from_slice(&out[..n]);
+        maps.write_mappings(pid, &value)
+    }
+
+    /// Identifies a file's content: (name, size, mtime), or the mapping's size for the vDSO.
+    fn file_key(&self, pid: u32, name: &str, m: &Mapping) -> (PathBuf, u64, i64) {
+        use std::os::unix::fs::MetadataExt as _;
+        match fs::metadata(file_path(pid, name)) {
+            Ok(md) if name != "[vdso]" => (PathBuf::from(name), md.size(), md.mtime()),
+            _ => (PathBuf::from(name), m.end - m.start, 0),
+        }
     }
 
     /// Every executable mapping `pid` was seen with.
@@ -168,41 +217,24 @@ impl NativeTables {
         }
     }
 
-    /// The file's rows in the kernel's array, building and writing them the first time.
+    /// Builds the file's table and writes it into the kernel's array.
     fn place(
         &mut self,
         data: &[u8],
-        path: Option<&PathBuf>,
         name: &str,
         maps: &mut impl UnwindMaps,
     ) -> io::Result<Option<Placed>> {
-        let key = match path.and_then(|p| fs::metadata(p).ok()) {
-            Some(md) => {
-                use std::os::unix::fs::MetadataExt as _;
-                (PathBuf::from(name), md.size(), md.mtime())
-            }
-            None => (PathBuf::from(name), data.len() as u64, 0),
-        };
-        if let Some(placed) = self.files.get(&key) {
-            return Ok(*placed);
-        }
-        let placed = match cfi::table_for_elf(data) {
-            Ok(table) if !table.rows.is_empty() => self.write(&table.rows, name, maps)?,
+        match cfi::table_for_elf(data) {
+            Ok(table) if !table.rows.is_empty() => self.write(&table.rows, name, maps),
             Ok(_) => {
                 self.note_failure(name, "no call frame information");
-                None
+                Ok(None)
             }
-            Err(e @ (CfiError::Elf(_) | CfiError::Dwarf(_) | CfiError::AddressTooHigh(_))) => {
+            Err(e) => {
                 self.note_failure(name, &e.to_string());
-                None
+                Ok(None)
             }
-            Err(e @ CfiError::TooManyRows(_)) => {
-                self.note_failure(name, &e.to_string());
-                None
-            }
-        };
-        self.files.insert(key, placed);
-        Ok(placed)
+        }
     }
 
     fn write(
@@ -235,18 +267,38 @@ impl NativeTables {
     }
 }
 
+/// An ELF file's loadable segments as (file offset, file size, address).
+fn segments(data: &[u8]) -> Vec<(u64, u64, u64)> {
+    let Ok(file) = object::File::parse(data) else {
+        return Vec::new();
+    };
+    file.segments()
+        .map(|seg| {
+            let (offset, size) = seg.file_range();
+            (offset, size, seg.address())
+        })
+        .collect()
+}
+
 /// Address in the process minus address in the file, from the loadable segment that holds the
 /// mapping's file offset. The vDSO is mapped whole from its first byte.
-fn load_bias(data: &[u8], m: &Mapping, whole_image: bool) -> Option<u64> {
-    let file = object::File::parse(data).ok()?;
+fn load_bias(segments: &[(u64, u64, u64)], m: &Mapping, whole_image: bool) -> Option<u64> {
     let offset = if whole_image { 0 } else { m.offset };
-    file.segments().find_map(|seg| {
-        let (start, size) = seg.file_range();
-        (start <= offset && offset < start + size.max(1)).then(|| {
-            let vaddr = seg.address() + (offset - start);
-            m.start.wrapping_sub(vaddr)
-        })
+    segments.iter().find_map(|&(start, size, address)| {
+        (start <= offset && offset < start + size.max(1))
+            .then(|| m.start.wrapping_sub(address + (offset - start)))
     })
+}
+
+/// The file `name` mapped in `pid`, as seen from the process's root; the plain path when that
+/// root is ours, so it can still be read for symbols after the process exited.
+fn file_path(pid: u32, name: &str) -> PathBuf {
+    let same_root = fs::read_link(format!("/proc/{pid}/root")).is_ok_and(|r| r == Path::new("/"));
+    if same_root {
+        PathBuf::from(name)
+    } else {
+        PathBuf::from(format!("/proc/{pid}/root{name}"))
+    }
 }
 
 fn read_memory(pid: u32, addr: u64, len: u64) -> io::Result<Vec<u8>> {
