@@ -172,7 +172,7 @@ fn record(cfg: &RecordConfig, stop: &AtomicBool) -> Result<Summary, RecordError>
             runtime_addr: process.runtime_addr,
             offsets: layout.kernel,
             version: layout.version.as_u16(),
-            frame_is_entry: profiler_common::NO_OFFSET,
+            frame_is_entry: crate::profile::merge::entry_flag_offset(layout.version),
             _pad: [0; 4],
         },
     )?;

@@ -31,6 +31,16 @@ impl EntryMarking {
     }
 }
 
+/// Where the kernel finds the entry flag (`TargetInfo::frame_is_entry`) for `EntryFlag`
+/// versions: 3.11's `_PyInterpreterFrame.is_entry` (Include/internal/pycore_frame.h; byte 68
+/// in pyenv's 3.11 by DWARF). `NO_OFFSET` elsewhere.
+pub fn entry_flag_offset(v: Version) -> u16 {
+    match (v.major, v.minor) {
+        (3, 11) => 68,
+        _ => profiler_common::NO_OFFSET,
+    }
+}
+
 /// Whether a native function is the interpreter's eval loop (or its `.cold` part).
 pub fn is_eval_function(name: &str) -> bool {
     name.strip_prefix("_PyEval_EvalFrameDefault")
