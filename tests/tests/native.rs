@@ -199,7 +199,8 @@ fn default_is_python_only() {
         .unwrap();
     assert!(result.status.success());
     let profile = parse_folded(&std::fs::read_to_string(&out).unwrap());
-    for stack in profile.keys() {
+    // (A stack of only a 3.12 shim frame folds to an empty line: not a native frame.)
+    for stack in profile.keys().filter(|s| !s[0].is_empty()) {
         assert_eq!(
             function(&stack[0]),
             "<module>",

@@ -180,7 +180,7 @@ impl NativeTables {
     fn write_mappings(
         &mut self,
         pid: u32,
-        out: &mut Vec<NativeMapping>,
+        out: &mut [NativeMapping],
         maps: &mut impl UnwindMaps,
     ) -> io::Result<()> {
         out.sort_by_key(|m| m.start);
