@@ -132,7 +132,15 @@ pub struct TargetInfo {
     /// `_PyInterpreterFrame.is_entry`), or `NO_OFFSET`. The kernel sets `PY_ENTRY_FRAME` in such
     /// a frame's `instr`, so userspace can match Python frames to native eval calls.
     pub frame_is_entry: u16,
-    pub _pad: [u8; 4],
+    /// `target_options::*` bits.
+    pub options: u16,
+    pub _pad: [u8; 2],
+}
+
+/// What a target wants recorded besides its Python frames (`TargetInfo::options`).
+pub mod target_options {
+    /// Kernel frames of samples taken in the kernel (`--kernel`).
+    pub const KERNEL_STACKS: u16 = 1;
 }
 
 /// Set in `PyFrame::instr` on the first frame of an eval call (see `TargetInfo::frame_is_entry`).
@@ -183,7 +191,15 @@ pub struct PyStack {
     pub native_end: u32,
     /// Instruction pointers, leaf first: the sampled one, then return addresses.
     pub native: [u64; MAX_NATIVE_FRAMES],
+    /// Kernel frames recorded (`--kernel`; 0 when the sample was taken in user mode).
+    pub kernel_len: u32,
+    pub _pad: u32,
+    /// Kernel instruction pointers, leaf first.
+    pub kernel: [u64; MAX_KERNEL_FRAMES],
 }
+
+/// Kernel frames recorded with `--kernel`.
+pub const MAX_KERNEL_FRAMES: usize = 64;
 
 /// Native frames the kernel unwinds before it stops (counted as `Stat::NativeTruncated`).
 pub const MAX_NATIVE_FRAMES: usize = 256;
@@ -314,10 +330,12 @@ pub enum Stat {
     NativeTruncated = 15,
     /// Native unwind stopped at an implausible frame (the stack did not grow toward the root).
     NativeBadFrame = 16,
+    /// `--kernel`: the kernel stack could not be read (the sample is kept without it).
+    KernelStack = 17,
 }
 
 impl Stat {
-    pub const COUNT: u32 = 17;
+    pub const COUNT: u32 = 18;
     pub const ALL: [Stat; Self::COUNT as usize] = [
         Stat::Recorded,
         Stat::NoThreadState,
@@ -336,12 +354,13 @@ impl Stat {
         Stat::NativeReadFault,
         Stat::NativeTruncated,
         Stat::NativeBadFrame,
+        Stat::KernelStack,
     ];
 
     /// Whether it counts how a native unwind ended (one per sample with `--native`), rather
     /// than what happened to the sample.
     pub const fn is_native(self) -> bool {
-        self as u32 >= Stat::NativeComplete as u32
+        self as u32 >= Stat::NativeComplete as u32 && self as u32 <= Stat::NativeBadFrame as u32
     }
 
     /// Whether the sample found the thread outside Python code (no thread state, or no
@@ -352,7 +371,10 @@ impl Stat {
 
     /// Whether the sample was lost (as opposed to kept with a caveat).
     pub const fn is_loss(self) -> bool {
-        !matches!(self, Stat::Recorded | Stat::ReadFrame | Stat::Truncated) && !self.is_native()
+        !matches!(
+            self,
+            Stat::Recorded | Stat::ReadFrame | Stat::Truncated | Stat::KernelStack
+        ) && !self.is_native()
     }
 
     pub const fn name(self) -> &'static str {
@@ -374,6 +396,7 @@ impl Stat {
             Stat::NativeReadFault => "stack read fault",
             Stat::NativeTruncated => "deeper than the frame limit",
             Stat::NativeBadFrame => "implausible frame",
+            Stat::KernelStack => "kernel stack read fault",
         }
     }
 }
@@ -399,7 +422,8 @@ const _: () = assert!(core::mem::size_of::<TargetInfo>() == 48);
 const _: () = assert!(core::mem::size_of::<PyFrame>() == 16);
 const _: () = assert!(core::mem::size_of::<SampleKey>() == 16);
 const _: () = assert!(
-    core::mem::size_of::<PyStack>() == 8 + 16 * MAX_PYTHON_FRAMES + 8 + 8 * MAX_NATIVE_FRAMES
+    core::mem::size_of::<PyStack>()
+        == 8 + 16 * MAX_PYTHON_FRAMES + 8 + 8 * MAX_NATIVE_FRAMES + 8 + 8 * MAX_KERNEL_FRAMES
 );
 const _: () = assert!(core::mem::size_of::<UnwindRow>() == 8);
 const _: () = assert!(core::mem::size_of::<NativeMapping>() == 32);

@@ -41,9 +41,11 @@ pub fn unwind_native_stack(ctx: PerfEventContext) -> u32 {
     0
 }
 
-/// Walks the frame chain `on_cpu_sample` found and counts the stack.
+/// Walks the frame chain `on_cpu_sample` found and counts the stack (with the kernel stack,
+/// for targets that want it).
 #[perf_event]
-pub fn walk_python_stack(_ctx: PerfEventContext) -> u32 {
+pub fn walk_python_stack(ctx: PerfEventContext) -> u32 {
+    native::record_kernel_stack(&ctx);
     python::walk_and_count();
     0
 }

@@ -16,11 +16,12 @@ use aya_ebpf::{
     programs::PerfEventContext,
 };
 use profiler_common::{
-    MAPPING_SEARCH_STEPS, MAX_MAPPINGS, MAX_NATIVE_FRAMES, NativeMapping, NativeMappings,
-    ROW_SEARCH_STEPS, ROWS_PER_CHUNK, Stat, UnwindRow, mix, row_kind,
+    MAPPING_SEARCH_STEPS, MAX_KERNEL_FRAMES, MAX_MAPPINGS, MAX_NATIVE_FRAMES, NativeMapping,
+    NativeMappings, ROW_SEARCH_STEPS, ROWS_PER_CHUNK, Stat, UnwindRow, mix, row_kind,
+    target_options,
 };
 
-use crate::maps::{NATIVE_MAPPINGS, SCRATCH, Scratch, UNWIND_ROWS, count};
+use crate::maps::{NATIVE_MAPPINGS, SCRATCH, Scratch, TARGETS, UNWIND_ROWS, count};
 
 /// User-mode code segments have privilege level 3 in the low bits of cs.
 const USER_MODE: u64 = 3;
@@ -98,6 +99,46 @@ pub fn unwind(ctx: &PerfEventContext) {
         16 => Stat::NativeBadFrame,
         _ => Stat::NativeReadFault,
     });
+}
+
+/// `--kernel`: records the kernel stack of a sample taken in the kernel (none for one taken in
+/// user mode) and mixes it into `native_hash`. Run after the native unwind, before the walk.
+pub fn record_kernel_stack(ctx: &PerfEventContext) {
+    let Some(s) = scratch() else {
+        return;
+    };
+    s.stack.kernel_len = 0;
+    // SAFETY: as in `python::locate_current_frame`.
+    let Some(target) = (unsafe { TARGETS.get(s.pid) }) else {
+        return;
+    };
+    if target.options & target_options::KERNEL_STACKS == 0 {
+        return;
+    }
+    // SAFETY: the destination is our scratch entry's kernel array, of the size passed; the
+    // helper writes at most that many bytes.
+    let bytes = unsafe {
+        generated::bpf_get_stack(
+            ctx.ctx.cast(),
+            s.stack.kernel.as_mut_ptr().cast(),
+            (MAX_KERNEL_FRAMES * 8) as u32,
+            0,
+        )
+    };
+    if bytes < 0 {
+        count(Stat::KernelStack);
+        return;
+    }
+    let len = (bytes as usize / 8).min(MAX_KERNEL_FRAMES);
+    s.stack.kernel_len = len as u32;
+    let mut hash = s.native_hash;
+    for i in 0..MAX_KERNEL_FRAMES {
+        if i >= len {
+            break;
+        }
+        hash = mix(hash, s.stack.kernel[i]);
+    }
+    s.native_hash = mix(hash, len as u64);
 }
 
 /// bpf_loop's callback: records the current frame and steps to its caller. Returns 0 to go

@@ -173,10 +173,18 @@ fn record(cfg: &RecordConfig, stop: &AtomicBool) -> Result<Summary, RecordError>
             offsets: layout.kernel,
             version: layout.version.as_u16(),
             frame_is_entry: crate::profile::merge::entry_flag_offset(layout.version),
-            _pad: [0; 4],
+            options: if cfg.kernel {
+                profiler_common::target_options::KERNEL_STACKS
+            } else {
+                0
+            },
+            _pad: [0; 2],
         },
     )?;
     let mut collector = Collector::new(cfg.frames);
+    if cfg.kernel {
+        collector.enable_kernel_frames();
+    }
     collector.add_target(process.clone(), layout);
 
     let started = Instant::now();

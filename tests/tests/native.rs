@@ -210,3 +210,47 @@ fn default_is_python_only() {
     let stderr = String::from_utf8_lossy(&result.stderr);
     assert!(!stderr.contains("native unwind"), "{stderr}");
 }
+
+/// --kernel puts the kernel frames of system calls on top of the native frames that made them.
+#[test]
+fn kernel_frames_on_top_of_system_calls() {
+    if !privileged() {
+        return;
+    }
+    let dir = scratch_dir("kernel_frames");
+    let out = dir.join("profile.txt");
+    let result = Command::new(prof_bpf())
+        .args(["record", "-n", "--kernel", "-r", "1000", "-f", "raw", "-o"])
+        .arg(&out)
+        .arg("--")
+        .arg(python("3.12"))
+        .arg(fixture("syscalls.py"))
+        .env_remove("RUST_BACKTRACE")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&result.stderr);
+    assert!(result.status.success(), "{stderr}");
+    let profile = parse_folded(&std::fs::read_to_string(&out).unwrap());
+    let mut in_kernel = 0;
+    for (stack, n) in &profile {
+        let Some(first_k) = stack.iter().position(|f| f.ends_with("_[k]")) else {
+            continue;
+        };
+        in_kernel += n;
+        assert!(
+            stack[first_k..].iter().all(|f| f.ends_with("_[k]")),
+            "kernel frames below user frames: {stack:?}"
+        );
+        assert!(
+            stack[..first_k].iter().any(|f| function(f) == "<module>"),
+            "no Python frames below the kernel frames: {stack:?}"
+        );
+    }
+    // The fixture spends most of its time in system calls.
+    assert!(
+        in_kernel as f64 >= 0.3 * total(&profile) as f64,
+        "only {in_kernel} of {} samples have kernel frames\n{stderr}",
+        total(&profile)
+    );
+    assert!(completeness(&stderr) >= 99.0, "{stderr}");
+}

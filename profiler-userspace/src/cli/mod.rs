@@ -56,6 +56,11 @@ pub struct RecordArgs {
     #[arg(short = 'n', long)]
     pub native: bool,
 
+    /// Kernel frames on top of the stack for samples taken in the kernel (system calls, page
+    /// faults).
+    #[arg(long)]
+    pub kernel: bool,
+
     /// The command to launch and profile, after `--`.
     #[arg(last = true, value_name = "COMMAND")]
     pub command: Vec<String>,
@@ -79,6 +84,8 @@ pub struct RecordConfig {
     pub frames: FrameOptions,
     /// Mixed native and Python stacks (`--native`).
     pub native: bool,
+    /// Kernel frames too (`--kernel`).
+    pub kernel: bool,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -117,6 +124,7 @@ impl RecordArgs {
                 nolineno: self.nolineno,
             },
             native: self.native,
+            kernel: self.kernel,
         })
     }
 }
@@ -170,6 +178,10 @@ mod tests {
         assert_eq!(c.format, Format::Speedscope);
         assert_eq!(c.output, Some(PathBuf::from("x.json")));
         assert!(c.frames.function && !c.frames.nolineno);
+        let c = record(&["-p", "1", "-n", "--kernel"]).unwrap();
+        assert!(c.native && c.kernel);
+        let c = record(&["-p", "1"]).unwrap();
+        assert!(!c.native && !c.kernel);
         assert!(
             record(&["-f", "raw", "--nolineno", "-p", "1"])
                 .unwrap()

@@ -10,8 +10,8 @@ use std::{
 };
 
 use profiler_common::{
-    MAX_NATIVE_FRAMES, PY_ENTRY_FRAME, PyFrame, PyStack, STACK_TRUNCATED, SampleKey, Stat,
-    instr_kind,
+    MAX_KERNEL_FRAMES, MAX_NATIVE_FRAMES, PY_ENTRY_FRAME, PyFrame, PyStack, STACK_TRUNCATED,
+    SampleKey, Stat, instr_kind,
 };
 
 use super::{
@@ -25,7 +25,7 @@ use crate::{
         code::{CodeError, CodeInfo, read_code},
         linetable::line_for,
     },
-    symbolize::NativeSymbolizer,
+    symbolize::{NativeSymbolizer, kernel::KernelSymbols},
     unwind::KnownMapping,
 };
 
@@ -70,6 +70,8 @@ struct RawStack {
     native: Vec<u64>,
     /// How the native unwind ended (a `Stat`), 0 without `--native`.
     native_end: u32,
+    /// Kernel instruction pointers, leaf first (`--kernel`, samples taken in the kernel).
+    kernel: Vec<u64>,
 }
 
 /// Accumulates drains from the kernel.
@@ -85,6 +87,8 @@ pub struct Collector {
     /// A new stack's native unwind stopped outside the known mappings: a library was mapped
     /// since the tables were last loaded.
     saw_unmapped: bool,
+    /// With `--kernel`: the kernel's symbols.
+    kernel_symbols: Option<KernelSymbols>,
 }
 
 impl Collector {
@@ -97,7 +101,13 @@ impl Collector {
             resolved: HashSet::new(),
             native: HashMap::new(),
             saw_unmapped: false,
+            kernel_symbols: None,
         }
+    }
+
+    /// Shows kernel frames (`--kernel`), named from /proc/kallsyms (read now).
+    pub fn enable_kernel_frames(&mut self) {
+        self.kernel_symbols = Some(KernelSymbols::load().unwrap_or_default());
     }
 
     /// Whether a stack added since the last call hit an address outside the known mappings.
@@ -133,6 +143,7 @@ impl Collector {
             truncated: stack.flags & STACK_TRUNCATED != 0,
             native: stack.native[..native_len].to_vec(),
             native_end: stack.native_end,
+            kernel: stack.kernel[..(stack.kernel_len as usize).min(MAX_KERNEL_FRAMES)].to_vec(),
         });
     }
 
@@ -273,6 +284,11 @@ impl Collector {
                                 let frame = python_frame(f);
                                 frames.push(table.intern(frame));
                             }
+                        }
+                    }
+                    if let Some(ksyms) = &self.kernel_symbols {
+                        for &pc in stack.kernel.iter().rev() {
+                            frames.push(table.intern(Frame::marker(ksyms.name(pc))));
                         }
                     }
                 }

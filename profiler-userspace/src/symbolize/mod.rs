@@ -1,7 +1,10 @@
 //! Native symbols: names the raw instruction pointers the kernel recorded, with blazesym, from
 //! the ELF files the process had mapped (so it works after the process exited): function,
 //! file:line where DWARF is present, demangled C++ and Rust names. An address that cannot be
-//! named becomes `[unknown] (libfoo.so+0x1234)`, with the reason counted.
+//! named becomes `[unknown] (libfoo.so+0x1234)`, with the reason counted. `kernel` names kernel
+//! frames (`--kernel`).
+
+pub mod kernel;
 
 use std::{collections::HashMap, path::Path};
 
