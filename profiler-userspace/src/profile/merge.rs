@@ -3,8 +3,9 @@
 //!
 //! The kernel records the Python frames leaf first with the boundaries of eval calls marked (a
 //! shim frame with code 0 at the bottom of each call, 3.12+; the `PY_ENTRY_FRAME` bit on each
-//! call's first frame, 3.11; up to 3.10 every frame is its own call). Leaf first, the k-th
-//! native `_PyEval_EvalFrameDefault` frame ran the k-th group.
+//! call's first frame, 3.11; up to 3.10 every frame is its own call). Counted from the root,
+//! the k-th native `_PyEval_EvalFrameDefault` frame ran the k-th call (see `merge` for the leaf,
+//! where the two stacks may be a step apart).
 
 use profiler_common::{PY_ENTRY_FRAME, PyFrame};
 
@@ -88,10 +89,33 @@ pub enum Mixed {
 }
 
 /// Merges a leaf-first native stack with leaf-first Python eval calls into a root-first mixed
-/// stack. `is_eval[i]` says native frame `i` is the eval loop. When the native unwind stopped
-/// early (`complete` false) or did not reach every eval call, the Python frames of the calls it
-/// did not reach go at the root, above an `Incomplete` marker.
+/// stack. `is_eval[i]` says native frame `i` is the eval loop.
+///
+/// A complete native stack is matched from the root: the outermost eval frame ran the
+/// outermost call. The two stacks can disagree only at the leaf, where a sample can fall
+/// between the interpreter pushing a call's frame and entering the eval loop for it (or leaving
+/// it): a call with no eval frame yet goes on top, an eval frame with no call stays a native
+/// frame. When the native unwind stopped early (`complete` false) the root is missing, so the
+/// stacks are matched from the leaf instead, and the Python frames of the calls the unwind did
+/// not reach go at the root, above an `Incomplete` marker.
 pub fn merge(is_eval: &[bool], complete: bool, calls: &[Vec<PyFrame>]) -> Vec<Mixed> {
+    if complete {
+        let mut root_first = Vec::new();
+        let mut next = calls.len();
+        for (i, &eval) in is_eval.iter().enumerate().rev() {
+            if eval && next > 0 {
+                next -= 1;
+                root_first.extend(calls[next].iter().rev().copied().map(Mixed::Python));
+            } else {
+                root_first.push(Mixed::Native(i));
+            }
+        }
+        // Calls the interpreter pushed but has not entered the eval loop for yet: on top.
+        for call in calls[..next].iter().rev() {
+            root_first.extend(call.iter().rev().copied().map(Mixed::Python));
+        }
+        return root_first;
+    }
     let mut leaf_first = Vec::new();
     let mut next_call = 0;
     for (i, &eval) in is_eval.iter().enumerate() {
@@ -102,11 +126,9 @@ pub fn merge(is_eval: &[bool], complete: bool, calls: &[Vec<PyFrame>]) -> Vec<Mi
             leaf_first.push(Mixed::Native(i));
         }
     }
-    if next_call < calls.len() || !complete {
-        leaf_first.push(Mixed::Incomplete);
-        for call in &calls[next_call..] {
-            leaf_first.extend(call.iter().copied().map(Mixed::Python));
-        }
+    leaf_first.push(Mixed::Incomplete);
+    for call in &calls[next_call..] {
+        leaf_first.extend(call.iter().copied().map(Mixed::Python));
     }
     leaf_first.reverse();
     leaf_first
@@ -169,6 +191,31 @@ mod tests {
                 Mixed::Native(1),
                 Mixed::Python(py(30)),
             ]
+        );
+    }
+
+    /// A sample between pushing slow_key's frame and entering the eval loop for it: the
+    /// outer frames still line up, and the new call goes on top.
+    #[test]
+    fn a_call_not_yet_in_the_eval_loop_goes_on_top() {
+        // Native leaf first: 0 _PyFunction_Vectorcall, 1 sorted's C code, 2 eval (main), 3 main.
+        let is_eval = [false, false, true, false];
+        let calls = vec![vec![py(30)], vec![py(20), py(10)]];
+        assert_eq!(
+            merge(&is_eval, true, &calls),
+            vec![
+                Mixed::Native(3),
+                Mixed::Python(py(10)),
+                Mixed::Python(py(20)),
+                Mixed::Native(1),
+                Mixed::Native(0),
+                Mixed::Python(py(30)),
+            ]
+        );
+        // An eval frame whose call was already popped stays a native frame.
+        assert_eq!(
+            merge(&[true, true, false], true, &[vec![py(1)]]),
+            vec![Mixed::Native(2), Mixed::Python(py(1)), Mixed::Native(0)]
         );
     }
 
