@@ -92,7 +92,24 @@ impl NativeSymbolizer {
                     .symbolize(&src, Input::VirtOffset(&[vaddr][..]))
                     .map_err(|e| e.to_string())
             }
-            None => Err("no file to read symbols from".to_string()),
+            None => {
+                return match m.image.as_deref().and_then(|img| image_symbol(img, vaddr)) {
+                    Some(name) => {
+                        let sym = NativeSymbol {
+                            name,
+                            file: module,
+                            line: 0,
+                            unknown: false,
+                        };
+                        self.cache.insert(key, sym.clone());
+                        sym
+                    }
+                    None => self.unknown(
+                        format!("[unknown] ({module}+{vaddr:#x})"),
+                        "no symbol in the vDSO",
+                    ),
+                };
+            }
         };
         let sym = match result.as_ref().map(|v| v.first()) {
             Ok(Some(Symbolized::Sym(sym))) => {
@@ -137,6 +154,16 @@ impl NativeSymbolizer {
             unknown: true,
         }
     }
+}
+
+/// The function of an in-memory ELF image (the vDSO) that holds `vaddr`, from its symbols.
+fn image_symbol(image: &[u8], vaddr: u64) -> Option<String> {
+    use object::{Object as _, ObjectSymbol as _};
+    let file = object::File::parse(image).ok()?;
+    file.dynamic_symbols()
+        .chain(file.symbols())
+        .filter(|s| s.address() <= vaddr && vaddr < s.address() + s.size().max(1))
+        .find_map(|s| s.name().ok().map(str::to_string))
 }
 
 /// `[unknown] (libfoo.so+0x1234)`; the reason rides in `file` (not shown) for the count.

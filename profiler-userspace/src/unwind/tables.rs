@@ -9,6 +9,7 @@ use std::{
     fs,
     io::{self, Read as _, Seek as _, SeekFrom},
     path::{Path, PathBuf},
+    sync::Arc,
 };
 
 use object::{Object, ObjectSegment};
@@ -37,6 +38,8 @@ pub struct KnownMapping {
     pub name: String,
     /// The file to read, from our mount namespace (None for the vDSO).
     pub path: Option<PathBuf>,
+    /// The vDSO's image, copied from the process (it has no file).
+    pub image: Option<Arc<[u8]>>,
 }
 
 /// A file's place in the row array.
@@ -52,6 +55,8 @@ struct Placed {
 struct FileInfo {
     placed: Option<Placed>,
     segments: Vec<(u64, u64, u64)>,
+    /// The vDSO's image (kept to name its functions).
+    image: Option<Arc<[u8]>>,
 }
 
 /// What loading tables met, for the summary.
@@ -147,11 +152,19 @@ impl NativeTables {
             };
             let segments = segments(&data);
             let placed = self.place(&data, name, maps)?;
-            self.files
-                .insert(key.clone(), FileInfo { placed, segments });
+            let image = path.is_none().then(|| Arc::from(data));
+            self.files.insert(
+                key.clone(),
+                FileInfo {
+                    placed,
+                    segments,
+                    image,
+                },
+            );
         }
         let info = &self.files[&key];
         let placed = info.placed;
+        let image = info.image.clone();
         let Some(bias) = load_bias(&info.segments, m, path.is_none()) else {
             self.note_failure(name, "no loadable segment covers the mapping");
             return Ok(false);
@@ -162,6 +175,7 @@ impl NativeTables {
             bias,
             name: name.to_string(),
             path,
+            image,
         };
         let seen = self.seen.entry(pid).or_default();
         if !seen.contains(&known) {
