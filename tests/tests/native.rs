@@ -254,3 +254,41 @@ fn kernel_frames_on_top_of_system_calls() {
     );
     assert!(completeness(&stderr) >= 99.0, "{stderr}");
 }
+
+/// Attached by pid after numpy was imported: every table is loaded before the first sample.
+#[test]
+fn numpy_by_pid_unwinds_completely() {
+    if !privileged() {
+        return;
+    }
+    let dir = scratch_dir("numpy_by_pid");
+    let out = dir.join("profile.txt");
+    let mut target = Command::new(numpy_python())
+        .arg(fixture("numpy_fft.py"))
+        .arg("3")
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // The fixture imports numpy after 0.1 s of CPU.
+    std::thread::sleep(std::time::Duration::from_millis(800));
+    let result = Command::new(prof_bpf())
+        .args(["record", "-n", "-r", "1000", "-d", "1.5", "-f", "raw", "-o"])
+        .arg(&out)
+        .args(["--pid", &target.id().to_string()])
+        .env_remove("RUST_BACKTRACE")
+        .output()
+        .unwrap();
+    let _ = target.kill();
+    let _ = target.wait();
+    let stderr = String::from_utf8_lossy(&result.stderr);
+    assert!(result.status.success(), "{stderr}");
+    let profile = parse_folded(&std::fs::read_to_string(&out).unwrap());
+    assert!(total(&profile) >= 500, "{stderr}");
+    assert!(completeness(&stderr) >= 99.0, "{stderr}");
+    assert!(
+        profile
+            .keys()
+            .any(|s| s.iter().any(|f| f.contains("pocketfft"))),
+        "no pocketfft frame"
+    );
+}
