@@ -13,6 +13,7 @@ use std::{
 };
 
 use object::{Object, ObjectSegment};
+
 use profiler_common::{
     MAX_MAPPINGS, MAX_ROW_CHUNKS, NativeMapping, NativeMappings, ROWS_PER_CHUNK, RowChunk,
     UnwindRow,
@@ -54,7 +55,7 @@ struct Placed {
 #[derive(Clone, Debug)]
 struct FileInfo {
     placed: Option<Placed>,
-    segments: Vec<(u64, u64, u64)>,
+    segments: Vec<Segment>,
     /// The vDSO's image (kept to name its functions).
     image: Option<Arc<[u8]>>,
 }
@@ -281,27 +282,44 @@ impl NativeTables {
     }
 }
 
-/// An ELF file's loadable segments as (file offset, file size, address).
-fn segments(data: &[u8]) -> Vec<(u64, u64, u64)> {
+/// A loadable segment: file offset, address, and whether it is executable.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Segment {
+    offset: u64,
+    address: u64,
+    executable: bool,
+}
+
+const PAGE: u64 = 4096;
+
+/// An ELF file's loadable segments.
+fn segments(data: &[u8]) -> Vec<Segment> {
     let Ok(file) = object::File::parse(data) else {
         return Vec::new();
     };
     file.segments()
-        .map(|seg| {
-            let (offset, size) = seg.file_range();
-            (offset, size, seg.address())
+        .map(|seg| Segment {
+            offset: seg.file_range().0,
+            address: seg.address(),
+            executable: matches!(
+                seg.flags(),
+                object::SegmentFlags::Elf { p_flags, .. } if p_flags.0 & object::elf::PF_X.0 != 0
+            ),
         })
         .collect()
 }
 
-/// Address in the process minus address in the file, from the loadable segment that holds the
-/// mapping's file offset. The vDSO is mapped whole from its first byte.
-fn load_bias(segments: &[(u64, u64, u64)], m: &Mapping, whole_image: bool) -> Option<u64> {
+/// Address in the process minus address in the file. The loader maps a segment from its file
+/// offset rounded down to a page, at its address rounded down; the segment is found by that
+/// offset (the executable one when several share the page: lld starts the code segment in
+/// the read-only one's last page). The vDSO is mapped whole from its first byte.
+fn load_bias(segments: &[Segment], m: &Mapping, whole_image: bool) -> Option<u64> {
     let offset = if whole_image { 0 } else { m.offset };
-    segments.iter().find_map(|&(start, size, address)| {
-        (start <= offset && offset < start + size.max(1))
-            .then(|| m.start.wrapping_sub(address + (offset - start)))
-    })
+    let matching = || segments.iter().filter(|s| s.offset & !(PAGE - 1) == offset);
+    let seg = matching()
+        .find(|s| s.executable)
+        .or_else(|| matching().next())?;
+    Some(m.start.wrapping_sub(seg.address & !(PAGE - 1)))
 }
 
 /// The file `name` mapped in `pid`, as seen from the process's root; the plain path when that
@@ -321,4 +339,194 @@ fn read_memory(pid: u32, addr: u64, len: u64) -> io::Result<Vec<u8>> {
     let mut buf = vec![0; len as usize];
     f.read_exact(&mut buf)?;
     Ok(buf)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{collections::HashMap, ffi::c_void, os::unix::fs::FileExt as _};
+
+    use profiler_common::row_kind;
+
+    use super::*;
+
+    /// The kernel's maps, in memory.
+    #[derive(Default)]
+    struct Maps {
+        chunks: HashMap<u32, Box<RowChunk>>,
+        mappings: Option<Box<NativeMappings>>,
+    }
+
+    impl UnwindMaps for Maps {
+        fn write_chunk(&mut self, index: u32, chunk: &RowChunk) -> io::Result<()> {
+            self.chunks.insert(index, Box::new(*chunk));
+            Ok(())
+        }
+
+        fn write_mappings(&mut self, _pid: u32, mappings: &NativeMappings) -> io::Result<()> {
+            self.mappings = Some(Box::new(*mappings));
+            Ok(())
+        }
+    }
+
+    impl Maps {
+        fn rows(&self, m: &NativeMapping) -> Vec<UnwindRow> {
+            (m.rows_start..m.rows_start + m.rows_len)
+                .map(|i| {
+                    self.chunks[&(i / ROWS_PER_CHUNK as u32)].rows[i as usize % ROWS_PER_CHUNK]
+                })
+                .collect()
+        }
+    }
+
+    fn read_u64(mem: &fs::File, addr: u64) -> Option<u64> {
+        let mut b = [0; 8];
+        mem.read_exact_at(&mut b, addr).ok()?;
+        Some(u64::from_le_bytes(b))
+    }
+
+    /// The kernel's unwind (profiler-ebpf/src/native.rs) over the in-memory maps, reading this
+    /// process's stack. Returns the frames and whether it reached the outermost one.
+    fn unwind(maps: &Maps, (mut pc, mut rsp, mut rbp): (u64, u64, u64)) -> (Vec<u64>, bool) {
+        let mem = fs::File::open("/proc/self/mem").unwrap();
+        let list = maps.mappings.as_ref().unwrap();
+        let list = &list.mappings[..list.len as usize];
+        let mut frames = Vec::new();
+        for i in 0..profiler_common::MAX_NATIVE_FRAMES {
+            frames.push(pc);
+            let lookup = if i == 0 { pc } else { pc - 1 };
+            let Some(m) = list.iter().find(|m| m.start <= lookup && lookup < m.end) else {
+                return (frames, false);
+            };
+            let rows = maps.rows(m);
+            let Some(row) = cfi::lookup(&rows, (lookup - m.bias) as u32) else {
+                return (frames, false);
+            };
+            let offset = row.cfa_offset as u64 * 8;
+            let cfa = match row.kind {
+                row_kind::CFA_RSP => rsp + offset,
+                row_kind::CFA_RBP => rbp + offset,
+                row_kind::PLT => rsp + offset + ((pc & 15 >= 11) as u64) * 8,
+                row_kind::END => return (frames, true),
+                _ => return (frames, false),
+            };
+            let Some(ra) = read_u64(&mem, cfa - 8) else {
+                return (frames, false);
+            };
+            if row.rbp_offset != 0 {
+                rbp = read_u64(&mem, cfa.wrapping_add((row.rbp_offset as i64 * 8) as u64)).unwrap();
+            }
+            (pc, rsp) = (ra, cfa);
+            if pc == 0 {
+                return (frames, true);
+            }
+        }
+        (frames, false)
+    }
+
+    unsafe extern "C" {
+        /// glibc's backtrace(3): libgcc's unwinder over the same .eh_frame.
+        fn backtrace(buffer: *mut *mut c_void, size: i32) -> i32;
+    }
+
+    /// Our unwind from this function's registers, and glibc's backtrace, both taken here
+    /// while the frames above are live.
+    #[inline(never)]
+    fn capture(maps: &Maps) -> ((Vec<u64>, bool), Vec<u64>) {
+        let (rip, rsp, rbp): (u64, u64, u64);
+        // SAFETY: reads three registers, writes nothing else.
+        unsafe {
+            std::arch::asm!(
+                "lea {0}, [rip]",
+                "mov {1}, rsp",
+                "mov {2}, rbp",
+                out(reg) rip,
+                out(reg) rsp,
+                out(reg) rbp,
+            )
+        };
+        let mut buf = [std::ptr::null_mut(); 256];
+        // SAFETY: the buffer holds the 256 entries backtrace may write.
+        let n = unsafe { backtrace(buf.as_mut_ptr(), buf.len() as i32) };
+        let reference = buf[..n.max(0) as usize].iter().map(|&p| p as u64).collect();
+        (unwind(maps, (rip, rsp, rbp)), reference)
+    }
+
+    #[inline(never)]
+    fn nested(maps: &Maps, depth: u32) -> ((Vec<u64>, bool), Vec<u64>) {
+        let r = if depth == 0 {
+            capture(maps)
+        } else {
+            nested(maps, depth - 1)
+        };
+        std::hint::black_box(r)
+    }
+
+    /// lld's layout: the code segment starts inside the read-only segment's last page.
+    #[test]
+    fn bias_from_the_segment_the_mapping_starts() {
+        let segs = [
+            Segment {
+                offset: 0,
+                address: 0,
+                executable: false,
+            },
+            Segment {
+                offset: 0x64050,
+                address: 0x65050,
+                executable: true,
+            },
+            Segment {
+                offset: 0x19d690,
+                address: 0x19f690,
+                executable: false,
+            },
+        ];
+        let m = |start, offset| Mapping {
+            start,
+            end: start + 0x1000,
+            offset,
+            perms: "r-xp".into(),
+            path: None,
+        };
+        assert_eq!(
+            load_bias(&segs, &m(0x7000_0006_5000, 0x64000), false),
+            Some(0x7000_0000_0000)
+        );
+        assert_eq!(
+            load_bias(&segs, &m(0x7000_0000_0000, 0), false),
+            Some(0x7000_0000_0000)
+        );
+        assert_eq!(load_bias(&segs, &m(0x7000_0000_0000, 0x5000), false), None);
+    }
+
+    /// Tables for this very process, then the kernel's algorithm over them on this thread's
+    /// stack: the same return addresses as the system unwinder, up to the outermost frame.
+    #[test]
+    fn unwinds_this_thread_like_the_system_unwinder() {
+        let mut maps = Maps::default();
+        let mut tables = NativeTables::default();
+        assert!(tables.refresh(std::process::id(), &mut maps).unwrap());
+        assert!(tables.stats.files >= 3, "{:?}", tables.stats);
+        {
+            let list = maps.mappings.as_ref().unwrap();
+            let list = &list.mappings[..list.len as usize];
+            assert!(list.windows(2).all(|w| w[0].end <= w[1].start));
+        }
+        // Nothing changed: no rewrite.
+        assert!(!tables.refresh(std::process::id(), &mut maps).unwrap());
+
+        let ((ours, complete), reference) = nested(&maps, 5);
+        assert!(
+            complete,
+            "stopped early: ours {ours:x?}\nreference {reference:x?}"
+        );
+        // reference[0] is the return into `capture` after backtrace(); ours[0] the asm.
+        let n = reference.len().min(ours.len());
+        assert!(n > 8, "ours {ours:x?}\nreference {reference:x?}");
+        assert_eq!(
+            ours[1..n],
+            reference[1..n],
+            "ours {ours:x?}\nreference {reference:x?}"
+        );
+    }
 }
