@@ -119,9 +119,10 @@ out += ["",
         f"{E['NCPU']} CPUs; load average at start / end {E['LOAD']}",
         f"- numpy {E['NUMPY']} (target/numpy-venv); py-spy {E['PYSPY_VERSION']} from PyPI; prof-bpf at git {E['GIT_REV']}",
         "- Where the BPF time goes: about 10 µs is the Python walk (as without `--native`), the rest "
-        "the native unwind of about 30 frames (per frame: a binary search over the process's "
+        "the native unwind of about 20 frames (per frame: a binary search over the process's "
         "mappings and one over the file's rows, one or two stack reads). An LRU-hash cache of "
-        "resolved rows was tried and measured no faster.",
+        "resolved rows was tried; on this shared, noisy VM it showed no measurable gain, so the "
+        "simpler search stayed.",
         "- py-spy's sample count covers every thread it saw (numpy starts OpenBLAS threads), so it "
         "is not comparable with prof-bpf's, which counts samples of threads running Python.",
         "- The few incomplete unwinds are samples taken in a library numpy had just mapped, before "
