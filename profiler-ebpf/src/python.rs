@@ -161,9 +161,11 @@ fn ne_mask(a: u64, b: u64) -> u64 {
 fn walk_frames(s: &mut Scratch, off: &PyOffsets) {
     // Loop-invariant masks, so the body needs no branch on the layout.
     let pointer_mask = !ne_mask(off.instr_kind as u64, instr_kind::POINTER as u64);
-    // Where the eval-call entry flag is (3.11), or a readable stand-in whose value is dropped.
+    // Where the eval-call entry flag is (3.11). Other versions read 0 bytes of it: the helper
+    // returns at once, and the loop body stays free of branches.
     let has_entry = ne_mask(s.entry_offset as u64, NO_OFFSET as u64);
     let entry_offset = s.entry_offset as u64 & has_entry;
+    let entry_size = (has_entry & 1) as u32;
     let mut frame = s.frame;
     let mut hash = 0;
     let mut len = MAX_PYTHON_FRAMES;
@@ -184,7 +186,16 @@ fn walk_frames(s: &mut Scratch, off: &PyOffsets) {
         let name: u64 = read_or_zero(field(readable, off.code_name), &mut faults);
         let filename: u64 = read_or_zero(field(readable, off.code_filename), &mut faults);
         let firstlineno: i32 = read_or_zero(field(readable, off.code_firstlineno), &mut faults);
-        let is_entry: u8 = read_or_zero(frame.wrapping_add(entry_offset), &mut faults);
+        let mut is_entry: u8 = 0;
+        // SAFETY: `is_entry` is a valid destination of `entry_size` (0 or 1) bytes; the helper
+        // reads user memory fault-tolerantly.
+        faults |= unsafe {
+            generated::bpf_probe_read_user(
+                addr_of_mut!(is_entry).cast(),
+                entry_size,
+                frame.wrapping_add(entry_offset) as *const core::ffi::c_void,
+            )
+        };
         let entry = ne_mask(is_entry as u64, 0) & has_entry & PY_ENTRY_FRAME as u64;
         let slot = PyFrame {
             code,

@@ -172,7 +172,13 @@ fn record(cfg: &RecordConfig, stop: &AtomicBool) -> Result<Summary, RecordError>
             runtime_addr: process.runtime_addr,
             offsets: layout.kernel,
             version: layout.version.as_u16(),
-            frame_is_entry: crate::profile::merge::entry_flag_offset(layout.version),
+            // Only mixed stacks need the eval-call boundaries; without them the kernel skips the
+            // flag's read.
+            frame_is_entry: if cfg.native {
+                crate::profile::merge::entry_flag_offset(layout.version)
+            } else {
+                profiler_common::NO_OFFSET
+            },
             options: if cfg.kernel {
                 profiler_common::target_options::KERNEL_STACKS
             } else {
