@@ -9,7 +9,7 @@ use std::{
 };
 
 use aya::{
-    Ebpf, EbpfError, include_bytes_aligned,
+    Ebpf, EbpfError, EbpfLoader, include_bytes_aligned,
     maps::{
         Array, HashMap, Map, MapData, MapError, PerCpuArray, PerCpuHashMap, ProgramArray, RingBuf,
     },
@@ -117,7 +117,12 @@ impl Sampler {
     /// a target is added. With `native`, the native unwinder is loaded too (a target gets native
     /// stacks once its mappings are written, see `UnwindMaps`).
     pub fn start(rate_hz: u64, native: bool) -> Result<Self, BpfError> {
-        let mut ebpf = Ebpf::load(OBJECT).map_err(BpfError::Load)?;
+        let mut loader = EbpfLoader::new();
+        if !native {
+            // The row array is 16 MiB of locked kernel memory: only mixed stacks need it.
+            loader.map_max_entries(maps::UNWIND_ROWS, 1);
+        }
+        let mut ebpf = loader.load(OBJECT).map_err(BpfError::Load)?;
         let stats = aya::sys::enable_stats(aya::sys::Stats::RunTime).ok();
 
         // The walker first: the sampler tail-calls it from its first sample on.
