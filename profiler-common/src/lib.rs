@@ -34,6 +34,7 @@ pub mod maps {
     pub const NEW_STACKS: &str = "NEW_STACKS";
     pub const UNWIND_ROWS: &str = "UNWIND_ROWS";
     pub const NATIVE_MAPPINGS: &str = "NATIVE_MAPPINGS";
+    pub const PAGE_INDEX: &str = "PAGE_INDEX";
 }
 
 /// Bytes of the ring buffer that announces new stacks.
@@ -248,6 +249,22 @@ pub struct UnwindRow {
     pub rbp_offset: i8,
 }
 
+/// A table's page index: for each 4 KiB page of code from the table's first row's, the row that
+/// covers the page's first byte. The kernel searches only the rows between a page's entry and the
+/// next page's (a cache line or two) instead of the whole table.
+pub const PAGE_SHIFT: u32 = 12;
+/// Page index entries per element of `maps::PAGE_INDEX`.
+pub const PAGES_PER_CHUNK: usize = 2048;
+/// Elements of `maps::PAGE_INDEX`: 1024 * 2048 pages, 8 GiB of code, 8 MiB of map.
+pub const MAX_PAGE_CHUNKS: u32 = 1024;
+
+/// `PAGES_PER_CHUNK` page index entries (row numbers within the file's table).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct PageChunk {
+    pub rows: [u32; PAGES_PER_CHUNK],
+}
+
 /// `ROWS_PER_CHUNK` rows: one element of `maps::UNWIND_ROWS`.
 #[repr(C)]
 #[derive(Clone, Copy)]
@@ -267,6 +284,13 @@ pub struct NativeMapping {
     pub rows_start: u32,
     /// Rows in the table; 0: no table, unwind with frame pointers.
     pub rows_len: u32,
+    /// First entry of the table's page index in `maps::PAGE_INDEX`.
+    pub pages_start: u32,
+    /// Entries in the page index: one per page from `first_page` to the last row's page.
+    pub pages_len: u32,
+    /// The page (ELF address >> `PAGE_SHIFT`) of the table's first row.
+    pub first_page: u32,
+    pub _pad: u32,
 }
 
 /// A process's executable mappings, sorted by `start`: the value of `maps::NATIVE_MAPPINGS`.
@@ -413,6 +437,8 @@ mod pod {
     // SAFETY: as above.
     unsafe impl aya::Pod for super::RowChunk {}
     // SAFETY: as above.
+    unsafe impl aya::Pod for super::PageChunk {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for super::NativeMappings {}
 }
 
@@ -426,7 +452,7 @@ const _: () = assert!(
         == 8 + 16 * MAX_PYTHON_FRAMES + 8 + 8 * MAX_NATIVE_FRAMES + 8 + 8 * MAX_KERNEL_FRAMES
 );
 const _: () = assert!(core::mem::size_of::<UnwindRow>() == 8);
-const _: () = assert!(core::mem::size_of::<NativeMapping>() == 32);
-const _: () = assert!(core::mem::size_of::<NativeMappings>() == 8 + 32 * MAX_MAPPINGS);
+const _: () = assert!(core::mem::size_of::<NativeMapping>() == 48);
+const _: () = assert!(core::mem::size_of::<NativeMappings>() == 8 + 48 * MAX_MAPPINGS);
 const _: () = assert!(MAX_MAPPINGS == 1 << MAPPING_SEARCH_STEPS);
 const _: () = assert!(MAX_NATIVE_FRAMES.is_power_of_two());

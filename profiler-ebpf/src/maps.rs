@@ -7,8 +7,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, PerCpuArray, PerCpuHashMap, ProgramArray, RingBuf},
 };
 use profiler_common::{
-    MAX_COUNTS, MAX_ROW_CHUNKS, MAX_STACKS, MAX_TARGETS, NEW_STACKS_BYTES, NativeMappings,
-    PROGRAM_SLOTS, PyStack, RowChunk, SampleKey, Stat, TargetInfo,
+    MAX_COUNTS, MAX_PAGE_CHUNKS, MAX_ROW_CHUNKS, MAX_STACKS, MAX_TARGETS, NEW_STACKS_BYTES,
+    NativeMappings, PROGRAM_SLOTS, PageChunk, PyStack, RowChunk, SampleKey, Stat, TargetInfo,
 };
 
 /// Processes to profile, by tgid, with their interpreter's address and layout.
@@ -74,6 +74,10 @@ pub static PROGRAMS: ProgramArray = ProgramArray::with_max_entries(PROGRAM_SLOTS
 /// a file's rows are).
 #[map]
 pub static UNWIND_ROWS: Array<RowChunk> = Array::with_max_entries(MAX_ROW_CHUNKS, 0);
+
+/// Page indexes of the tables in `UNWIND_ROWS` (`NativeMapping` says where a file's is).
+#[map]
+pub static PAGE_INDEX: Array<PageChunk> = Array::with_max_entries(MAX_PAGE_CHUNKS, 0);
 
 /// Per target with `--native`: its executable mappings and their tables.
 #[map]

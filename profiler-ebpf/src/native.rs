@@ -17,11 +17,11 @@ use aya_ebpf::{
 };
 use profiler_common::{
     MAPPING_SEARCH_STEPS, MAX_KERNEL_FRAMES, MAX_MAPPINGS, MAX_NATIVE_FRAMES, NativeMapping,
-    NativeMappings, ROW_SEARCH_STEPS, ROWS_PER_CHUNK, Stat, UnwindRow, mix, row_kind,
-    target_options,
+    NativeMappings, PAGE_SHIFT, PAGES_PER_CHUNK, ROW_SEARCH_STEPS, ROWS_PER_CHUNK, Stat, UnwindRow,
+    mix, row_kind, target_options,
 };
 
-use crate::maps::{NATIVE_MAPPINGS, SCRATCH, Scratch, TARGETS, UNWIND_ROWS, count};
+use crate::maps::{NATIVE_MAPPINGS, PAGE_INDEX, SCRATCH, Scratch, TARGETS, UNWIND_ROWS, count};
 
 /// User-mode code segments have privilege level 3 in the low bits of cs.
 const USER_MODE: u64 = 3;
@@ -189,7 +189,7 @@ fn step_frame(s: &mut Scratch) -> Result<(), Stat> {
         if rel > u32::MAX as u64 {
             return Err(Stat::NativeNoRow);
         }
-        let row = find_row(m.rows_start, m.rows_len, rel as u32).ok_or(Stat::NativeNoRow)?;
+        let row = find_row(&m, rel as u32).ok_or(Stat::NativeNoRow)?;
         let offset = (row.cfa_offset as u64) * 8;
         let cfa = match row.kind {
             row_kind::CFA_RSP => rsp.wrapping_add(offset),
@@ -248,15 +248,31 @@ fn find_mapping(maps: &NativeMappings, pc: u64) -> Option<NativeMapping> {
     }
 }
 
-/// The last row at or below `pc` among `len` rows from `start` in `UNWIND_ROWS`.
+/// The row of `m`'s table that covers `pc` (an ELF address): the last one at or below it. The
+/// page index narrows the search to the rows between the entries of `pc`'s page and the next
+/// page; the search stops once one row is left.
 #[inline(always)]
-fn find_row(start: u32, len: u32, pc: u32) -> Option<UnwindRow> {
-    if len == 0 {
+fn find_row(m: &NativeMapping, pc: u32) -> Option<UnwindRow> {
+    let page = (pc >> PAGE_SHIFT).checked_sub(m.first_page)?;
+    if m.rows_len == 0 || page >= m.pages_len {
         return None;
     }
+    let lo_row = page_entry(m.pages_start + page)?;
+    let hi_row = if page + 1 < m.pages_len {
+        page_entry(m.pages_start + page + 1)?
+    } else {
+        m.rows_len - 1
+    };
+    if hi_row < lo_row || hi_row >= m.rows_len {
+        return None;
+    }
+    let start = m.rows_start + lo_row;
     let mut lo = 0u32;
-    let mut n = len;
+    let mut n = hi_row - lo_row + 1;
     for _ in 0..ROW_SEARCH_STEPS {
+        if n <= 1 {
+            break;
+        }
         let half = n / 2;
         let mid = lo + half;
         if row_at(start + mid)?.pc <= pc {
@@ -266,6 +282,12 @@ fn find_row(start: u32, len: u32, pc: u32) -> Option<UnwindRow> {
     }
     let row = row_at(start + lo)?;
     if row.pc <= pc { Some(row) } else { None }
+}
+
+#[inline(always)]
+fn page_entry(index: u32) -> Option<u32> {
+    let chunk = PAGE_INDEX.get(index / PAGES_PER_CHUNK as u32)?;
+    Some(chunk.rows[index as usize & (PAGES_PER_CHUNK - 1)])
 }
 
 #[inline(always)]

@@ -20,7 +20,7 @@ use aya::{
     util::online_cpus,
 };
 use profiler_common::{
-    NativeMappings, NewStack, PyStack, RowChunk, SampleKey, Stat, TargetInfo, maps,
+    NativeMappings, NewStack, PageChunk, PyStack, RowChunk, SampleKey, Stat, TargetInfo, maps,
 };
 
 use crate::{profile::collect::Collector, unwind::UnwindMaps};
@@ -119,8 +119,10 @@ impl Sampler {
     pub fn start(rate_hz: u64, native: bool) -> Result<Self, BpfError> {
         let mut loader = EbpfLoader::new();
         if !native {
-            // The row array is 16 MiB of locked kernel memory: only mixed stacks need it.
+            // The row array and page index are 24 MiB of locked kernel memory: only mixed stacks
+            // need them.
             loader.map_max_entries(maps::UNWIND_ROWS, 1);
+            loader.map_max_entries(maps::PAGE_INDEX, 1);
         }
         let mut ebpf = loader.load(OBJECT).map_err(BpfError::Load)?;
         let stats = aya::sys::enable_stats(aya::sys::Stats::RunTime).ok();
@@ -281,6 +283,12 @@ impl UnwindMaps for Sampler {
         let mut rows: Array<&mut MapData, RowChunk> =
             map_mut(&mut self.ebpf, maps::UNWIND_ROWS).map_err(std::io::Error::other)?;
         rows.set(index, chunk, 0).map_err(std::io::Error::other)
+    }
+
+    fn write_page_chunk(&mut self, index: u32, chunk: &PageChunk) -> std::io::Result<()> {
+        let mut pages: Array<&mut MapData, PageChunk> =
+            map_mut(&mut self.ebpf, maps::PAGE_INDEX).map_err(std::io::Error::other)?;
+        pages.set(index, chunk, 0).map_err(std::io::Error::other)
     }
 
     fn write_mappings(&mut self, pid: u32, mappings: &NativeMappings) -> std::io::Result<()> {

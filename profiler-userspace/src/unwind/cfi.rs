@@ -9,7 +9,7 @@ use gimli::{
     RegisterRule, UnwindContext, UnwindSection, UnwindTableRow,
 };
 use object::{Object, ObjectSection};
-use profiler_common::{MAX_ROWS_PER_TABLE, UnwindRow, row_kind};
+use profiler_common::{MAX_ROWS_PER_TABLE, PAGE_SHIFT, UnwindRow, row_kind};
 
 /// x86-64 DWARF register numbers.
 const RBP: Register = Register(6);
@@ -260,6 +260,39 @@ pub fn lookup(rows: &[UnwindRow], pc: u32) -> Option<&UnwindRow> {
     i.checked_sub(1).map(|i| &rows[i])
 }
 
+/// The page index of sorted `rows` (see `profiler_common::PAGE_SHIFT`): the first page, and for
+/// each page up to the last row's, the number of the row covering the page's first byte (0 when
+/// none does: the search then rejects addresses below the first row).
+pub fn page_index(rows: &[UnwindRow]) -> (u32, Vec<u32>) {
+    let (Some(first), Some(last)) = (rows.first(), rows.last()) else {
+        return (0, Vec::new());
+    };
+    let (first_page, last_page) = (first.pc >> PAGE_SHIFT, last.pc >> PAGE_SHIFT);
+    let mut index = Vec::with_capacity((last_page - first_page + 1) as usize);
+    let mut row = 0usize;
+    for page in first_page..=last_page {
+        let start = page << PAGE_SHIFT;
+        while row + 1 < rows.len() && rows[row + 1].pc <= start {
+            row += 1;
+        }
+        index.push(row as u32);
+    }
+    (first_page, index)
+}
+
+/// The kernel's search (profiler-ebpf/src/native.rs `find_row`): through the page index, then
+/// over the rows between a page's entry and the next page's.
+pub fn lookup_paged(
+    rows: &[UnwindRow],
+    (first_page, index): (u32, &[u32]),
+    pc: u32,
+) -> Option<UnwindRow> {
+    let page = (pc >> PAGE_SHIFT).checked_sub(first_page)? as usize;
+    let lo = *index.get(page)? as usize;
+    let hi = index.get(page + 1).map_or(rows.len() - 1, |&r| r as usize);
+    lookup(rows.get(lo..=hi)?, pc).copied()
+}
+
 #[cfg(test)]
 mod tests {
     use std::{path::PathBuf, process::Command};
@@ -346,9 +379,16 @@ mod tests {
             .unwrap();
         let search = parsed.table().unwrap();
         let mut ctx = UnwindContext::new();
+        let (first_page, index) = page_index(&table.rows);
         let (mut checked, mut uncovered, mut plt) = (0, 0, 0);
         for pc in (text.address()..text.address() + text.size()).step_by(7) {
             let ours = lookup(&table.rows, pc as u32).copied().unwrap_or_default();
+            let paged = lookup_paged(&table.rows, (first_page, &index), pc as u32);
+            assert_eq!(
+                paged.unwrap_or_default(),
+                ours,
+                "pc {pc:#x}: the page index disagrees"
+            );
             match search.unwind_info_for_address(
                 &eh_frame,
                 &bases,
@@ -398,5 +438,24 @@ mod tests {
         assert_eq!(lookup(&rows, 10).unwrap().pc, 10);
         assert_eq!(lookup(&rows, 19).unwrap().pc, 10);
         assert_eq!(lookup(&rows, 25).unwrap().kind, row_kind::NONE);
+
+        // Rows over three pages, the middle one without a row of its own.
+        let at = |pc| UnwindRow {
+            pc,
+            ..Default::default()
+        };
+        let rows = [at(0x1800), at(0x1900), at(0x3010), at(0x3020)];
+        let (first, index) = page_index(&rows);
+        assert_eq!((first, index.as_slice()), (1, &[0, 1, 1][..]));
+        for pc in [
+            0x17ff, 0x1800, 0x18ff, 0x1900, 0x2000, 0x2fff, 0x3010, 0x301f, 0x3500,
+        ] {
+            assert_eq!(
+                lookup_paged(&rows, (first, &index), pc),
+                lookup(&rows, pc).copied(),
+                "{pc:#x}"
+            );
+        }
+        assert_eq!(lookup_paged(&rows, (first, &index), 0x4000), None);
     }
 }

@@ -15,8 +15,8 @@ use std::{
 use object::{Object, ObjectSegment};
 
 use profiler_common::{
-    MAX_MAPPINGS, MAX_ROW_CHUNKS, NativeMapping, NativeMappings, ROWS_PER_CHUNK, RowChunk,
-    UnwindRow,
+    MAX_MAPPINGS, MAX_PAGE_CHUNKS, MAX_ROW_CHUNKS, NativeMapping, NativeMappings, PAGES_PER_CHUNK,
+    PageChunk, ROWS_PER_CHUNK, RowChunk, UnwindRow,
 };
 
 use super::cfi;
@@ -25,6 +25,7 @@ use crate::process::Mapping;
 /// Where the kernel's maps are written: the `bpf` module implements it.
 pub trait UnwindMaps {
     fn write_chunk(&mut self, index: u32, chunk: &RowChunk) -> io::Result<()>;
+    fn write_page_chunk(&mut self, index: u32, chunk: &PageChunk) -> io::Result<()>;
     fn write_mappings(&mut self, pid: u32, mappings: &NativeMappings) -> io::Result<()>;
 }
 
@@ -48,6 +49,9 @@ pub struct KnownMapping {
 struct Placed {
     rows_start: u32,
     rows_len: u32,
+    pages_start: u32,
+    pages_len: u32,
+    first_page: u32,
 }
 
 /// What is kept of a file once read: its table's place and its loadable segments
@@ -76,6 +80,7 @@ pub struct NativeTables {
     /// By (path, size, mtime): one table per file content.
     files: HashMap<(PathBuf, u64, i64), FileInfo>,
     next_chunk: u32,
+    next_page_chunk: u32,
     /// Per pid: the executable mappings last written, and every one ever seen.
     current: HashMap<u32, Vec<(u64, u64, String)>>,
     seen: HashMap<u32, Vec<KnownMapping>>,
@@ -188,6 +193,10 @@ impl NativeTables {
             bias,
             rows_start: placed.map_or(0, |p| p.rows_start),
             rows_len: placed.map_or(0, |p| p.rows_len),
+            pages_start: placed.map_or(0, |p| p.pages_start),
+            pages_len: placed.map_or(0, |p| p.pages_len),
+            first_page: placed.map_or(0, |p| p.first_page),
+            _pad: 0,
         });
         Ok(true)
     }
@@ -258,8 +267,12 @@ impl NativeTables {
         name: &str,
         maps: &mut impl UnwindMaps,
     ) -> io::Result<Option<Placed>> {
+        let (first_page, index) = cfi::page_index(rows);
         let chunks = rows.len().div_ceil(ROWS_PER_CHUNK) as u32;
-        if self.next_chunk + chunks > MAX_ROW_CHUNKS {
+        let page_chunks = index.len().div_ceil(PAGES_PER_CHUNK) as u32;
+        if self.next_chunk + chunks > MAX_ROW_CHUNKS
+            || self.next_page_chunk + page_chunks > MAX_PAGE_CHUNKS
+        {
             self.note_failure(name, "the kernel's unwind row array is full");
             return Ok(None);
         }
@@ -272,12 +285,25 @@ impl NativeTables {
             chunk.rows[part.len()..].fill(UnwindRow::default());
             maps.write_chunk(first + i as u32, &chunk)?;
         }
+        let first_pages = self.next_page_chunk;
+        let mut pages = Box::new(PageChunk {
+            rows: [0; PAGES_PER_CHUNK],
+        });
+        for (i, part) in index.chunks(PAGES_PER_CHUNK).enumerate() {
+            pages.rows[..part.len()].copy_from_slice(part);
+            pages.rows[part.len()..].fill(0);
+            maps.write_page_chunk(first_pages + i as u32, &pages)?;
+        }
         self.next_chunk += chunks;
+        self.next_page_chunk += page_chunks;
         self.stats.files += 1;
         self.stats.rows += rows.len();
         Ok(Some(Placed {
             rows_start: first * ROWS_PER_CHUNK as u32,
             rows_len: rows.len() as u32,
+            pages_start: first_pages * PAGES_PER_CHUNK as u32,
+            pages_len: index.len() as u32,
+            first_page,
         }))
     }
 }
@@ -353,12 +379,18 @@ mod tests {
     #[derive(Default)]
     struct Maps {
         chunks: HashMap<u32, Box<RowChunk>>,
+        pages: HashMap<u32, Box<PageChunk>>,
         mappings: Option<Box<NativeMappings>>,
     }
 
     impl UnwindMaps for Maps {
         fn write_chunk(&mut self, index: u32, chunk: &RowChunk) -> io::Result<()> {
             self.chunks.insert(index, Box::new(*chunk));
+            Ok(())
+        }
+
+        fn write_page_chunk(&mut self, index: u32, chunk: &PageChunk) -> io::Result<()> {
+            self.pages.insert(index, Box::new(*chunk));
             Ok(())
         }
 
@@ -373,6 +405,14 @@ mod tests {
             (m.rows_start..m.rows_start + m.rows_len)
                 .map(|i| {
                     self.chunks[&(i / ROWS_PER_CHUNK as u32)].rows[i as usize % ROWS_PER_CHUNK]
+                })
+                .collect()
+        }
+
+        fn pages(&self, m: &NativeMapping) -> Vec<u32> {
+            (m.pages_start..m.pages_start + m.pages_len)
+                .map(|i| {
+                    self.pages[&(i / PAGES_PER_CHUNK as u32)].rows[i as usize % PAGES_PER_CHUNK]
                 })
                 .collect()
         }
@@ -397,8 +437,10 @@ mod tests {
             let Some(m) = list.iter().find(|m| m.start <= lookup && lookup < m.end) else {
                 return (frames, false);
             };
-            let rows = maps.rows(m);
-            let Some(row) = cfi::lookup(&rows, (lookup - m.bias) as u32) else {
+            let (rows, pages) = (maps.rows(m), maps.pages(m));
+            let Some(row) =
+                cfi::lookup_paged(&rows, (m.first_page, &pages), (lookup - m.bias) as u32)
+            else {
                 return (frames, false);
             };
             let offset = row.cfa_offset as u64 * 8;
