@@ -417,6 +417,77 @@ mod tests {
         assert!(checked > 100_000);
     }
 
+    /// A library built with only .debug_frame (no .eh_frame): its rows come from there, and
+    /// match gimli's evaluation of the .debug_frame at every byte.
+    #[test]
+    fn debug_frame_only_library() {
+        let dir = std::env::temp_dir().join(format!("prof-bpf-cfi-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (src, lib) = (dir.join("f.c"), dir.join("libf.so"));
+        std::fs::write(
+            &src,
+            "int g(int*);\n\
+             int f(int n) { int a[64]; for (int i = 0; i < 64; i++) a[i] = n + i; return g(a); }\n\
+             int h(int n) { return f(n) * 3 + f(n + 1); }\n",
+        )
+        .unwrap();
+        let built = Command::new("cc")
+            .args(["-O2", "-g", "-shared", "-fPIC"])
+            .args([
+                "-fno-asynchronous-unwind-tables",
+                "-fno-unwind-tables",
+                "-o",
+            ])
+            .arg(&lib)
+            .arg(&src)
+            .status();
+        if !built.is_ok_and(|s| s.success()) {
+            assert!(std::env::var("CI").is_err(), "cc is needed in CI");
+            eprintln!("SKIPPED: no C compiler");
+            return;
+        }
+        let data = std::fs::read(&lib).unwrap();
+        let file = object::File::parse(&*data).unwrap();
+        assert!(file.section_by_name(".debug_frame").is_some());
+        let table = table_for_elf(&data).unwrap();
+        assert!(table.fdes >= 2 && table.rows.len() >= 4, "{table:?}");
+
+        let section = file.section_by_name(".debug_frame").unwrap();
+        let mut debug_frame = DebugFrame::new(section.data().unwrap(), LittleEndian);
+        debug_frame.set_address_size(8);
+        let bases = BaseAddresses::default();
+        let mut ctx = UnwindContext::new();
+        let text = file.section_by_name(".text").unwrap();
+        let mut checked = 0;
+        for pc in text.address()..text.address() + text.size() {
+            // No row at all (below the first) means no CFI, like a NONE row.
+            let ours = lookup(&table.rows, pc as u32)
+                .copied()
+                .unwrap_or(UnwindRow {
+                    kind: row_kind::NONE,
+                    ..UnwindRow::default()
+                });
+            match debug_frame.unwind_info_for_address(
+                &bases,
+                &mut ctx,
+                pc,
+                DebugFrame::cie_from_offset,
+            ) {
+                Ok(row) => {
+                    assert_eq!(
+                        (ours.kind, ours.cfa_offset, ours.rbp_offset),
+                        expected(row),
+                        "pc {pc:#x}"
+                    );
+                    checked += 1;
+                }
+                Err(_) => assert_eq!(ours.kind, row_kind::NONE, "pc {pc:#x}: {ours:?}"),
+            }
+        }
+        assert!(checked > 20);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
     #[test]
     fn gaps_and_overlaps() {
         assert!(overlaps(&[(10, 20), (30, 40)], 15, 16));
