@@ -1,7 +1,8 @@
 //! Native unwinding (`--native`): from the sampled user registers, walks the thread's C stack
 //! with the compact unwind tables userspace built from each mapped file's call frame
 //! information, and records the raw instruction pointers, leaf first. No symbols here: userspace
-//! names the addresses. Frame pointers are used only for mappings that have no table.
+//! names the addresses. Frame pointers are used only for mappings that have no table. With
+//! `--kernel` the kernel stack of a sample taken in the kernel is recorded here too.
 //!
 //! One frame per `bpf_loop` iteration: the callback keeps every value it carries from one frame
 //! to the next in the per-CPU scratch map, so the verifier sees the same state on every entry and
@@ -90,15 +91,20 @@ pub fn unwind(ctx: &PerfEventContext) {
     };
     s.stack.native_end = s.native_end;
     s.native_hash = mix(s.native_hash, s.native_end as u64);
-    count(match s.native_end {
-        10 => Stat::NativeComplete,
-        11 => Stat::NativeNoMapping,
-        12 => Stat::NativeNoRow,
-        13 => Stat::NativeUnsupported,
-        15 => Stat::NativeTruncated,
-        16 => Stat::NativeBadFrame,
-        _ => Stat::NativeReadFault,
-    });
+    let end = s.native_end;
+    count(
+        [
+            Stat::NativeComplete,
+            Stat::NativeNoMapping,
+            Stat::NativeNoRow,
+            Stat::NativeUnsupported,
+            Stat::NativeTruncated,
+            Stat::NativeBadFrame,
+        ]
+        .into_iter()
+        .find(|&stat| stat as u32 == end)
+        .unwrap_or(Stat::NativeReadFault),
+    );
 }
 
 /// `--kernel`: records the kernel stack of a sample taken in the kernel (none for one taken in
