@@ -120,7 +120,7 @@ out += ["",
         f"- numpy {E['NUMPY']} (target/numpy-venv); py-spy {E['PYSPY_VERSION']} from PyPI; prof-bpf at git {E['GIT_REV']}",
         "- Where the BPF time goes: about 10 µs is the Python walk (as without `--native`), the rest "
         "the native unwind of about 20 frames (per frame: a binary search over the process's "
-        "mappings and one over the file's rows, one or two stack reads). An LRU-hash cache of "
+        "mappings, a page-index entry, a short search over the rows of the pc's 4 KiB page, one or two stack reads). An LRU-hash cache of "
         "resolved rows was tried; on this shared, noisy VM it showed no measurable gain, so the "
         "simpler search stayed.",
         "- py-spy's sample count covers every thread it saw (numpy starts OpenBLAS threads), so it "
