@@ -56,9 +56,9 @@ pub struct Scratch {
     pub rbp: u64,
     /// How the native unwind ended (a `Stat::Native*`).
     pub native_end: u32,
-    /// `TargetInfo::frame_is_entry` of the sampled target.
+    /// `TargetInfo::frame_is_entry` and `TargetInfo::options` of the sampled target.
     pub entry_offset: u16,
-    pub _pad: u16,
+    pub options: u16,
     pub stack: PyStack,
 }
 

@@ -22,7 +22,7 @@ use profiler_common::{
     mix, row_kind, target_options,
 };
 
-use crate::maps::{NATIVE_MAPPINGS, PAGE_INDEX, SCRATCH, Scratch, TARGETS, UNWIND_ROWS, count};
+use crate::maps::{NATIVE_MAPPINGS, PAGE_INDEX, SCRATCH, Scratch, UNWIND_ROWS, count};
 
 /// User-mode code segments have privilege level 3 in the low bits of cs.
 const USER_MODE: u64 = 3;
@@ -114,11 +114,7 @@ pub fn record_kernel_stack(ctx: &PerfEventContext) {
         return;
     };
     s.stack.kernel_len = 0;
-    // SAFETY: as in `python::locate_current_frame`.
-    let Some(target) = (unsafe { TARGETS.get(s.pid) }) else {
-        return;
-    };
-    if target.options & target_options::KERNEL_STACKS == 0 {
+    if s.options & target_options::KERNEL_STACKS == 0 {
         return;
     }
     // SAFETY: the destination is our scratch entry's kernel array, of the size passed; the

@@ -73,6 +73,7 @@ pub fn locate_current_frame() -> Option<u32> {
             s.tid = tid;
             s.frame = frame;
             s.entry_offset = target.frame_is_entry;
+            s.options = target.options;
             // No native stack unless the unwinder runs next and records one.
             s.stack.native_len = 0;
             s.stack.native_end = 0;
