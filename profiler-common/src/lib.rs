@@ -35,6 +35,9 @@ pub mod maps {
     pub const SWITCH_PROGRAMS: &str = "SWITCH_PROGRAMS";
     pub const PROGRAMS: &str = "PROGRAMS";
     pub const NEW_STACKS: &str = "NEW_STACKS";
+    pub const UNWIND_ROWS: &str = "UNWIND_ROWS";
+    pub const NATIVE_MAPPINGS: &str = "NATIVE_MAPPINGS";
+    pub const PAGE_INDEX: &str = "PAGE_INDEX";
 }
 
 /// Bytes of the ring buffer that announces new stacks.
@@ -62,6 +65,12 @@ pub const WALK_PROGRAM_SLOT: u32 = 0;
 pub const SWITCH_PROGRAM_NAME: &str = "on_sched_switch";
 /// The frame walker again, as a tracepoint program: a tail call stays within one program type.
 pub const SWITCH_WALK_PROGRAM_NAME: &str = "walk_python_stack_on_switch";
+/// The program that unwinds the native stack (`--native`), tail-called before the walker.
+pub const UNWIND_PROGRAM_NAME: &str = "unwind_native_stack";
+/// `UNWIND_PROGRAM_NAME`'s slot in `maps::PROGRAMS`.
+pub const UNWIND_PROGRAM_SLOT: u32 = 1;
+/// Slots in `maps::PROGRAMS`.
+pub const PROGRAM_SLOTS: u32 = 2;
 
 /// Marks an offset the running CPython version does not have.
 pub const NO_OFFSET: u16 = u16::MAX;
@@ -142,8 +151,23 @@ pub struct TargetInfo {
     /// kernel's thread id (3.11+). Otherwise it holds a `pthread_t` (up to 3.10), the address of
     /// the C library's thread descriptor, and this is the offset of the thread id in it.
     pub pthread_tid: u16,
-    pub _pad: [u8; 4],
+    /// Frame: a byte that is non-zero on the first frame of an eval call (3.11's
+    /// `_PyInterpreterFrame.is_entry`), or `NO_OFFSET`. The kernel sets `PY_ENTRY_FRAME` in such
+    /// a frame's `instr`, so userspace can match Python frames to native eval calls.
+    pub frame_is_entry: u16,
+    /// `target_options::*` bits.
+    pub options: u16,
 }
+
+/// What a target wants recorded besides its Python frames (`TargetInfo::options`).
+pub mod target_options {
+    /// Kernel frames of samples taken in the kernel (`--kernel`).
+    pub const KERNEL_STACKS: u16 = 1;
+}
+
+/// Set in `PyFrame::instr` on the first frame of an eval call (see `TargetInfo::frame_is_entry`).
+/// Instruction offsets never reach it.
+pub const PY_ENTRY_FRAME: u32 = 1 << 31;
 
 /// One Python frame as the kernel saw it. Userspace turns `code` + `instr` into a function and a
 /// line; `tag` tells a code object from another one allocated later at the same address.
@@ -174,7 +198,8 @@ pub const fn code_tag(name: u64, filename: u64, firstlineno: i32) -> u32 {
 /// A stack is truncated: it was deeper than `MAX_PYTHON_FRAMES`.
 pub const STACK_TRUNCATED: u32 = 1;
 
-/// One Python stack, leaf first. Stored once per distinct content in `STACKS`, keyed by its hash.
+/// One Python stack, leaf first, and with `--native` the native stack of the same sample. Stored
+/// once per distinct content in `STACKS`, keyed by its hash.
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct PyStack {
@@ -182,6 +207,140 @@ pub struct PyStack {
     /// `STACK_TRUNCATED`, ...
     pub flags: u32,
     pub frames: [PyFrame; MAX_PYTHON_FRAMES],
+    /// Native frames recorded (0 without `--native`).
+    pub native_len: u32,
+    /// How the native unwind ended: a `Stat::Native*` value (0 without `--native`).
+    pub native_end: u32,
+    /// Instruction pointers, leaf first: the sampled one, then return addresses.
+    pub native: [u64; MAX_NATIVE_FRAMES],
+    /// Kernel frames recorded (`--kernel`; 0 when the sample was taken in user mode).
+    pub kernel_len: u32,
+    pub _pad: u32,
+    /// Kernel instruction pointers, leaf first.
+    pub kernel: [u64; MAX_KERNEL_FRAMES],
+}
+
+impl PyStack {
+    /// A stack with no frames: userspace's starting point for building one (tests, `dump`).
+    pub const EMPTY: PyStack = PyStack {
+        len: 0,
+        flags: 0,
+        frames: [PyFrame {
+            code: 0,
+            instr: 0,
+            tag: 0,
+        }; MAX_PYTHON_FRAMES],
+        native_len: 0,
+        native_end: 0,
+        native: [0; MAX_NATIVE_FRAMES],
+        kernel_len: 0,
+        _pad: 0,
+        kernel: [0; MAX_KERNEL_FRAMES],
+    };
+}
+
+/// Kernel frames recorded with `--kernel`.
+pub const MAX_KERNEL_FRAMES: usize = 64;
+
+/// Native frames the kernel unwinds before it stops (counted as `Stat::NativeTruncated`).
+pub const MAX_NATIVE_FRAMES: usize = 256;
+
+/// Executable mappings of one process the kernel can unwind through.
+pub const MAX_MAPPINGS: usize = 256;
+/// Steps of the kernel's binary search over one process's mappings (2^8 = `MAX_MAPPINGS`).
+pub const MAPPING_SEARCH_STEPS: usize = 8;
+
+/// Unwind rows per element of `maps::UNWIND_ROWS` (one map update writes this many).
+pub const ROWS_PER_CHUNK: usize = 1024;
+/// Elements of `maps::UNWIND_ROWS`: 2048 * 1024 rows of 8 bytes, 16 MiB.
+pub const MAX_ROW_CHUNKS: u32 = 2048;
+/// Rows one ELF file's table may hold; the kernel's binary search takes this many steps' log2.
+pub const MAX_ROWS_PER_TABLE: usize = 1 << ROW_SEARCH_STEPS;
+pub const ROW_SEARCH_STEPS: usize = 21;
+
+/// How a row finds the caller's frame (`UnwindRow::kind`).
+pub mod row_kind {
+    /// CFA = rsp + 8 * `cfa_offset`.
+    pub const CFA_RSP: u8 = 0;
+    /// CFA = rbp + 8 * `cfa_offset`.
+    pub const CFA_RBP: u8 = 1;
+    /// A PLT entry: CFA = rsp + 8 * `cfa_offset` (+ 8 once the entry has pushed its argument).
+    pub const PLT: u8 = 2;
+    /// The return address is undefined: the outermost frame (`_start`, `clone3`).
+    pub const END: u8 = 3;
+    /// A rule the kernel does not evaluate (a DWARF expression, another CFA register).
+    pub const UNSUPPORTED: u8 = 4;
+    /// No call frame information covers these addresses.
+    pub const NONE: u8 = 5;
+}
+
+/// One row of a compact unwind table: from `pc` (an address in the ELF file, as linked) up to the
+/// next row's, how to find the caller. The return address is always at CFA - 8 (rows where the
+/// CFI says otherwise are `UNSUPPORTED`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct UnwindRow {
+    pub pc: u32,
+    /// In 8-byte units (frames up to 512 KiB; x86-64 CFA offsets are multiples of 8).
+    pub cfa_offset: u16,
+    /// `row_kind::*`.
+    pub kind: u8,
+    /// The caller's rbp is saved at CFA + 8 * `rbp_offset`; 0: rbp is unchanged.
+    pub rbp_offset: i8,
+}
+
+/// A table's page index: for each 4 KiB page of code from the table's first row's, the row that
+/// covers the page's first byte. The kernel searches only the rows between a page's entry and the
+/// next page's (a cache line or two) instead of the whole table.
+pub const PAGE_SHIFT: u32 = 12;
+/// Page index entries per element of `maps::PAGE_INDEX`.
+pub const PAGES_PER_CHUNK: usize = 2048;
+/// Elements of `maps::PAGE_INDEX`: 1024 * 2048 pages, 8 GiB of code, 8 MiB of map.
+pub const MAX_PAGE_CHUNKS: u32 = 1024;
+
+/// `PAGES_PER_CHUNK` page index entries (row numbers within the file's table).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct PageChunk {
+    pub rows: [u32; PAGES_PER_CHUNK],
+}
+
+/// `ROWS_PER_CHUNK` rows: one element of `maps::UNWIND_ROWS`.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct RowChunk {
+    pub rows: [UnwindRow; ROWS_PER_CHUNK],
+}
+
+/// One executable mapping of a process and where its unwind table is.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NativeMapping {
+    pub start: u64,
+    pub end: u64,
+    /// Address in the process minus address in the ELF file.
+    pub bias: u64,
+    /// First row of the file's table in `maps::UNWIND_ROWS` (chunk * `ROWS_PER_CHUNK` + slot).
+    pub rows_start: u32,
+    /// Rows in the table; 0: no table, unwind with frame pointers.
+    pub rows_len: u32,
+    /// First entry of the table's page index in `maps::PAGE_INDEX`.
+    pub pages_start: u32,
+    /// Entries in the page index: one per page from `first_page` to the last row's page.
+    pub pages_len: u32,
+    /// The page (ELF address >> `PAGE_SHIFT`) of the table's first row.
+    pub first_page: u32,
+    pub _pad: u32,
+}
+
+/// A process's executable mappings, sorted by `start`: the value of `maps::NATIVE_MAPPINGS`.
+/// A target with an entry there gets native stacks.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct NativeMappings {
+    pub len: u32,
+    pub _pad: u32,
+    pub mappings: [NativeMapping; MAX_MAPPINGS],
 }
 
 /// What a count in `COUNTS_*` is for.
@@ -266,10 +425,26 @@ pub enum Stat {
     OffCpu = 12,
     /// `--idle`: the map of threads off the CPU was full: an interval was lost.
     OffCpuMapFull = 13,
+    /// Native unwind (`--native`): reached the thread's outermost frame.
+    NativeComplete = 14,
+    /// Native unwind stopped at an address in no known executable mapping.
+    NativeNoMapping = 15,
+    /// Native unwind stopped at an address no call frame information covers.
+    NativeNoRow = 16,
+    /// Native unwind stopped at a CFI rule the kernel does not evaluate.
+    NativeUnsupported = 17,
+    /// Native unwind stopped: reading the stack faulted.
+    NativeReadFault = 18,
+    /// Native unwind stopped after `MAX_NATIVE_FRAMES` frames.
+    NativeTruncated = 19,
+    /// Native unwind stopped at an implausible frame (the stack did not grow toward the root).
+    NativeBadFrame = 20,
+    /// `--kernel`: the kernel stack could not be read (the sample is kept without it).
+    KernelStack = 21,
 }
 
 impl Stat {
-    pub const COUNT: u32 = 14;
+    pub const COUNT: u32 = 22;
     pub const ALL: [Stat; Self::COUNT as usize] = [
         Stat::Recorded,
         Stat::NoThreadState,
@@ -285,7 +460,21 @@ impl Stat {
         Stat::GilHeld,
         Stat::OffCpu,
         Stat::OffCpuMapFull,
+        Stat::NativeComplete,
+        Stat::NativeNoMapping,
+        Stat::NativeNoRow,
+        Stat::NativeUnsupported,
+        Stat::NativeReadFault,
+        Stat::NativeTruncated,
+        Stat::NativeBadFrame,
+        Stat::KernelStack,
     ];
+
+    /// Whether it counts how a native unwind ended (one per sample with `--native`), rather
+    /// than what happened to the sample.
+    pub const fn is_native(self) -> bool {
+        self as u32 >= Stat::NativeComplete as u32 && self as u32 <= Stat::NativeBadFrame as u32
+    }
 
     /// Whether the sample found the thread outside Python code (no thread state, or no
     /// frame): an honest answer, not a fault.
@@ -303,8 +492,13 @@ impl Stat {
     pub const fn is_loss(self) -> bool {
         !matches!(
             self,
-            Stat::Recorded | Stat::ReadFrame | Stat::Truncated | Stat::GilNotHeld
+            Stat::Recorded
+                | Stat::ReadFrame
+                | Stat::Truncated
+                | Stat::GilNotHeld
+                | Stat::KernelStack
         ) && !self.is_tally()
+            && !self.is_native()
     }
 
     pub const fn name(self) -> &'static str {
@@ -323,6 +517,14 @@ impl Stat {
             Stat::GilHeld => "with the GIL held",
             Stat::OffCpu => "off-CPU intervals",
             Stat::OffCpuMapFull => "off-CPU map full",
+            Stat::NativeComplete => "complete",
+            Stat::NativeNoMapping => "address outside known mappings",
+            Stat::NativeNoRow => "no unwind info",
+            Stat::NativeUnsupported => "unsupported unwind rule",
+            Stat::NativeReadFault => "stack read fault",
+            Stat::NativeTruncated => "deeper than the frame limit",
+            Stat::NativeBadFrame => "implausible frame",
+            Stat::KernelStack => "kernel stack read fault",
         }
     }
 }
@@ -338,6 +540,12 @@ mod pod {
     unsafe impl aya::Pod for super::SampleKey {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::OffCpuStart {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::RowChunk {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::PageChunk {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::NativeMappings {}
 }
 
 // Layout checks: both sides compile these, so a drift breaks the build, not the profile.
@@ -346,4 +554,12 @@ const _: () = assert!(core::mem::size_of::<TargetInfo>() == 56);
 const _: () = assert!(core::mem::size_of::<OffCpuStart>() == 24);
 const _: () = assert!(core::mem::size_of::<PyFrame>() == 16);
 const _: () = assert!(core::mem::size_of::<SampleKey>() == 24);
-const _: () = assert!(core::mem::size_of::<PyStack>() == 8 + 16 * MAX_PYTHON_FRAMES);
+const _: () = assert!(
+    core::mem::size_of::<PyStack>()
+        == 8 + 16 * MAX_PYTHON_FRAMES + 8 + 8 * MAX_NATIVE_FRAMES + 8 + 8 * MAX_KERNEL_FRAMES
+);
+const _: () = assert!(core::mem::size_of::<UnwindRow>() == 8);
+const _: () = assert!(core::mem::size_of::<NativeMapping>() == 48);
+const _: () = assert!(core::mem::size_of::<NativeMappings>() == 8 + 48 * MAX_MAPPINGS);
+const _: () = assert!(MAX_MAPPINGS == 1 << MAPPING_SEARCH_STEPS);
+const _: () = assert!(MAX_NATIVE_FRAMES.is_power_of_two());

@@ -4,13 +4,14 @@
 #![no_main]
 
 mod maps;
+mod native;
 mod python;
 
 use aya_ebpf::{
     macros::{perf_event, tracepoint},
     programs::{PerfEventContext, TracePointContext},
 };
-use profiler_common::{Stat, WALK_PROGRAM_SLOT};
+use profiler_common::{Stat, UNWIND_PROGRAM_SLOT, WALK_PROGRAM_SLOT};
 
 use crate::maps::{PROGRAMS, SWITCH_PROGRAMS, Slot, count};
 
@@ -23,21 +24,39 @@ const SWITCH_NEXT_PID: usize = 56;
 const BLOCKED_STATES: i64 = 0xff;
 
 /// Runs on every CPU-clock sample of every CPU; returns at once unless the interrupted thread
-/// belongs to a target process. Finds the thread's current frame, then tail-calls the walker.
+/// belongs to a target process. Finds the thread's current frame, then tail-calls the native
+/// unwinder (targets with `--native`) or the walker.
 #[perf_event]
 pub fn on_cpu_sample(ctx: PerfEventContext) -> u32 {
-    if python::locate_current_frame(Slot::Sample) {
-        // SAFETY: the walker is a perf_event program like this one and takes the same context;
+    if let Some(pid) = python::locate_current_frame(Slot::Sample) {
+        let slot = if native::wanted(pid) {
+            UNWIND_PROGRAM_SLOT
+        } else {
+            WALK_PROGRAM_SLOT
+        };
+        // SAFETY: the callee is a perf_event program like this one and takes the same context;
         // control only comes back here if the call fails.
-        unsafe { PROGRAMS.tail_call(&ctx, WALK_PROGRAM_SLOT) };
+        unsafe { PROGRAMS.tail_call(&ctx, slot) };
         count(Stat::TailCall);
     }
     0
 }
 
-/// Walks the frame chain `on_cpu_sample` found and counts the stack.
+/// Unwinds the native stack (`--native`), then tail-calls the walker.
 #[perf_event]
-pub fn walk_python_stack(_ctx: PerfEventContext) -> u32 {
+pub fn unwind_native_stack(ctx: PerfEventContext) -> u32 {
+    native::unwind(&ctx);
+    // SAFETY: as in `on_cpu_sample`.
+    unsafe { PROGRAMS.tail_call(&ctx, WALK_PROGRAM_SLOT) };
+    count(Stat::TailCall);
+    0
+}
+
+/// Walks the frame chain `on_cpu_sample` found and counts the stack (with the kernel stack,
+/// for targets that want it).
+#[perf_event]
+pub fn walk_python_stack(ctx: PerfEventContext) -> u32 {
+    native::record_kernel_stack(&ctx);
     python::walk_and_count(Slot::Sample);
     0
 }
@@ -56,7 +75,7 @@ pub fn on_sched_switch(ctx: TracePointContext) -> u32 {
     };
     python::end_off_cpu(next_tid as u32);
     // The thread going out is the current one: its memory is the one user reads see.
-    if prev_state & BLOCKED_STATES != 0 && python::locate_current_frame(Slot::Switch) {
+    if prev_state & BLOCKED_STATES != 0 && python::locate_current_frame(Slot::Switch).is_some() {
         // SAFETY: the walker is a tracepoint program like this one and takes the same context.
         unsafe { SWITCH_PROGRAMS.tail_call(&ctx, WALK_PROGRAM_SLOT) };
         count(Stat::TailCall);

@@ -7,8 +7,9 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, ProgramArray, RingBuf},
 };
 use profiler_common::{
-    MAX_COUNTS, MAX_OFF_CPU_THREADS, MAX_STACKS, MAX_TARGETS, NEW_STACKS_BYTES, OffCpuStart,
-    PyStack, SampleKey, Stat, TargetInfo, config,
+    MAX_COUNTS, MAX_OFF_CPU_THREADS, MAX_PAGE_CHUNKS, MAX_ROW_CHUNKS, MAX_STACKS, MAX_TARGETS,
+    NEW_STACKS_BYTES, NativeMappings, OffCpuStart, PROGRAM_SLOTS, PageChunk, PyStack, RowChunk,
+    SampleKey, Stat, TargetInfo, config,
 };
 
 /// Processes to profile, by tgid, with their interpreter's address and layout.
@@ -66,6 +67,17 @@ pub struct Scratch {
     pub hash: u64,
     /// Whether the thread held the GIL (1) or not (0).
     pub gil_held: u32,
+    /// How the native unwind ended (a `Stat::Native*`).
+    pub native_end: u32,
+    /// The native frames' hash (0 without `--native`).
+    pub native_hash: u64,
+    /// The native unwinder's registers, carried from one frame to the next.
+    pub rip: u64,
+    pub rsp: u64,
+    pub rbp: u64,
+    /// `TargetInfo::frame_is_entry` and `TargetInfo::options` of the sampled target.
+    pub entry_offset: u16,
+    pub options: u16,
     pub _pad: u32,
     pub stack: PyStack,
 }
@@ -82,10 +94,24 @@ pub enum Slot {
 #[map]
 pub static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(2, 0);
 
-/// The tail-call table of the CPU-clock programs: slot `WALK_PROGRAM_SLOT` holds
-/// `walk_python_stack`.
+/// The tail-call table of the CPU-clock programs: `WALK_PROGRAM_SLOT` holds
+/// `walk_python_stack`, `UNWIND_PROGRAM_SLOT` `unwind_native_stack`.
 #[map]
-pub static PROGRAMS: ProgramArray = ProgramArray::with_max_entries(1, 0);
+pub static PROGRAMS: ProgramArray = ProgramArray::with_max_entries(PROGRAM_SLOTS, 0);
+
+/// Unwind tables of every file userspace loaded, one after another (`NativeMapping` says where
+/// a file's rows are).
+#[map]
+pub static UNWIND_ROWS: Array<RowChunk> = Array::with_max_entries(MAX_ROW_CHUNKS, 0);
+
+/// Page indexes of the tables in `UNWIND_ROWS` (`NativeMapping` says where a file's is).
+#[map]
+pub static PAGE_INDEX: Array<PageChunk> = Array::with_max_entries(MAX_PAGE_CHUNKS, 0);
+
+/// Per target with `--native`: its executable mappings and their tables.
+#[map]
+pub static NATIVE_MAPPINGS: HashMap<u32, NativeMappings> =
+    HashMap::with_max_entries(MAX_TARGETS, BPF_F_NO_PREALLOC);
 
 /// The tail-call table of the scheduler-switch programs (a table serves one program type):
 /// slot `WALK_PROGRAM_SLOT` holds `walk_python_stack_on_switch`.

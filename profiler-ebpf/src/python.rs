@@ -15,8 +15,9 @@ use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user, generated},
 };
 use profiler_common::{
-    MAX_PYTHON_FRAMES, MAX_THREADS, NO_OFFSET, NewStack, OffCpuStart, PyFrame, PyOffsets,
-    STACK_TRUNCATED, SampleKey, Stat, TargetInfo, code_tag, config, count_kind, instr_kind, mix,
+    MAX_PYTHON_FRAMES, MAX_THREADS, NO_OFFSET, NewStack, OffCpuStart, PY_ENTRY_FRAME, PyFrame,
+    PyOffsets, STACK_TRUNCATED, SampleKey, Stat, TargetInfo, code_tag, config, count_kind,
+    instr_kind, mix,
 };
 
 use crate::maps::{
@@ -47,19 +48,15 @@ fn scratch(slot: Slot) -> Option<&'static mut Scratch> {
 }
 
 /// Stage one: for a target thread, finds its current frame and leaves it in the scratch map
-/// `slot`. Returns whether there is a stack to walk.
-pub fn locate_current_frame(slot: Slot) -> bool {
+/// `slot`. Returns the target's pid when there is a stack to walk.
+pub fn locate_current_frame(slot: Slot) -> Option<u32> {
     let pid_tgid = bpf_get_current_pid_tgid();
     let pid = (pid_tgid >> 32) as u32;
     let tid = pid_tgid as u32;
     // SAFETY: TARGETS is only updated by userspace with whole entries; a racing update at worst
     // gives one sample the old or new layout, and every read below is fault-tolerant.
-    let Some(target) = (unsafe { TARGETS.get(pid) }) else {
-        return false;
-    };
-    let Some(s) = scratch(slot) else {
-        return false;
-    };
+    let target = unsafe { TARGETS.get(pid) }?;
+    let s = scratch(slot)?;
     let off = &target.offsets;
     let frame = find_thread_state(target, tid).and_then(|(interp, tstate)| {
         let gil_held = holds_gil(target, interp, tstate);
@@ -82,11 +79,17 @@ pub fn locate_current_frame(slot: Slot) -> bool {
             s.pid = pid;
             s.tid = tid;
             s.frame = frame;
-            true
+            s.entry_offset = target.frame_is_entry;
+            s.options = target.options;
+            // No native stack unless the unwinder runs next and records one.
+            s.stack.native_len = 0;
+            s.stack.native_end = 0;
+            s.native_hash = 0;
+            Some(pid)
         }
         Err(stat) => {
             count(stat);
-            false
+            None
         }
     }
 }
@@ -253,6 +256,11 @@ fn ne_mask(a: u64, b: u64) -> u64 {
 fn walk_frames(s: &mut Scratch, off: &PyOffsets) {
     // Loop-invariant masks, so the body needs no branch on the layout.
     let pointer_mask = !ne_mask(off.instr_kind as u64, instr_kind::POINTER as u64);
+    // Where the eval-call entry flag is (3.11). Other versions read 0 bytes of it: the helper
+    // returns at once, and the loop body stays free of branches.
+    let has_entry = ne_mask(s.entry_offset as u64, NO_OFFSET as u64);
+    let entry_offset = s.entry_offset as u64 & has_entry;
+    let entry_size = (has_entry & 1) as u32;
     let mut frame = s.frame;
     let mut hash = 0;
     let mut len = MAX_PYTHON_FRAMES;
@@ -273,10 +281,22 @@ fn walk_frames(s: &mut Scratch, off: &PyOffsets) {
         let name: u64 = read_or_zero(field(readable, off.code_name), &mut faults);
         let filename: u64 = read_or_zero(field(readable, off.code_filename), &mut faults);
         let firstlineno: i32 = read_or_zero(field(readable, off.code_firstlineno), &mut faults);
+        let mut is_entry: u8 = 0;
+        // SAFETY: `is_entry` is a valid destination of `entry_size` (0 or 1) bytes; the helper
+        // reads user memory fault-tolerantly.
+        faults |= unsafe {
+            generated::bpf_probe_read_user(
+                addr_of_mut!(is_entry).cast(),
+                entry_size,
+                frame.wrapping_add(entry_offset) as *const core::ffi::c_void,
+            )
+        };
+        let entry = ne_mask(is_entry as u64, 0) & has_entry & PY_ENTRY_FRAME as u64;
         let slot = PyFrame {
             code,
             // A pointer becomes an offset from the code object; an int is kept as is.
-            instr: raw_instr.wrapping_sub(code & pointer_mask) as u32,
+            instr: (raw_instr.wrapping_sub(code & pointer_mask) as u32 & !PY_ENTRY_FRAME)
+                | entry as u32,
             tag: code_tag(name, filename, firstlineno) & keep as u32,
         };
         s.stack.frames[i] = slot;
@@ -309,16 +329,17 @@ fn walk_frames(s: &mut Scratch, off: &PyOffsets) {
 #[inline(always)]
 fn store(s: &mut Scratch) -> Result<u64, Stat> {
     // SAFETY: reads of our own scratch entry, written by `walk_frames`.
-    let (len, hash) = unsafe {
+    let (len, hash, native_hash) = unsafe {
         (
             read_volatile(addr_of!(s.stack.len)),
             read_volatile(addr_of!(s.hash)),
+            read_volatile(addr_of!(s.native_hash)),
         )
     };
     if len == 0 {
         return Err(Stat::ReadFrame);
     }
-    let stack_id = mix(hash, len as u64);
+    let stack_id = mix(mix(hash, len as u64), native_hash);
     if STACKS.get_ptr(stack_id).is_none() {
         // By reference: clippy's needless-borrow advice would copy the 3 KB stack onto the
         // 512-byte BPF stack.

@@ -14,4 +14,6 @@ pub mod profile;
 pub mod python;
 pub mod record;
 pub mod report;
+pub mod symbolize;
 pub mod top;
+pub mod unwind;

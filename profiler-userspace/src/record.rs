@@ -30,6 +30,7 @@ use crate::{
         collect::{Collector, FrameOptions},
     },
     python::{self, Layout, LayoutSource, UnsupportedVersion},
+    unwind::{LoadStats, NativeTables},
 };
 
 /// How often the kernel maps are drained (and new code objects read while they exist).
@@ -112,6 +113,8 @@ pub struct Summary {
     pub unknown_frames: u64,
     pub stop: StopReason,
     pub run_time: Option<RunTime>,
+    /// With `--native`: what loading unwind tables met, and native frames left unnamed.
+    pub native: Option<(LoadStats, Vec<(String, u64)>)>,
 }
 
 /// Fails now if `path` could not be written later, without changing it: an existing file is
@@ -148,6 +151,18 @@ pub fn run(cfg: &RecordConfig, stop: &AtomicBool) -> Result<Summary, RecordError
     record(cfg, stop)
 }
 
+/// What is left of a `Session` once sampling stopped.
+pub(crate) struct Finished {
+    pub stats: Stats,
+    pub run_time: Option<RunTime>,
+    pub followed: usize,
+    pub collector: Collector,
+    pub child: Option<Child>,
+    pub skipped: Vec<String>,
+    /// With `--native`: what loading unwind tables met.
+    pub tables: Option<LoadStats>,
+}
+
 /// What `Session::start` needs besides the target.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct SessionOptions {
@@ -156,6 +171,8 @@ pub(crate) struct SessionOptions {
     pub frames: FrameOptions,
     /// Follow child processes (`--subprocesses`).
     pub subprocesses: bool,
+    /// Kernel frames on top (`--kernel`).
+    pub kernel: bool,
 }
 
 /// What is being sampled: the kernel program, the processes registered with it and what they
@@ -171,6 +188,9 @@ pub(crate) struct Session {
     /// Python processes found but not profiled, and why.
     pub skipped: Vec<String>,
     last_scan: Option<Instant>,
+    /// Native unwind tables (`--native`), per target.
+    tables: NativeTables,
+    options: SessionOptions,
 }
 
 impl Session {
@@ -183,7 +203,7 @@ impl Session {
     ) -> Result<Self, RecordError> {
         let start_sampler = || Sampler::start(options.rate_hz, options.sampler);
         // Everything that can be checked without the kernel is checked before loading it.
-        let (mut sampler, first, child) = match target {
+        let (sampler, first, child) = match target {
             Target::Pid(pid) => {
                 let p = process::inspect(*pid)?;
                 let layout = supported_layout(&p)?;
@@ -216,22 +236,20 @@ impl Session {
             (_, Some(c)) => Some(c.id()),
             _ => None,
         };
-        let mut watcher = Watcher::new(match (root, options.subprocesses) {
+        let watcher = Watcher::new(match (root, options.subprocesses) {
             (None, _) => Scope::All,
             (Some(root), true) => Scope::Tree(vec![root]),
             (Some(root), false) => Scope::One(root),
         });
         let mut collector = Collector::new(options.frames);
+        if options.kernel {
+            collector.enable_kernel_frames();
+        }
         let target_process = match target {
             Target::Pid(_) => first.as_ref().map(|(p, _)| p.clone()),
             _ => None,
         };
-        if let Some((p, layout)) = first {
-            sampler.add_target(p.pid, layout.target_info(p.runtime_addr))?;
-            watcher.know(&p);
-            collector.add_target(p, layout);
-        }
-        Ok(Self {
+        let mut session = Self {
             sampler,
             collector,
             watcher,
@@ -239,7 +257,56 @@ impl Session {
             target_process,
             skipped: Vec::new(),
             last_scan: None,
-        })
+            tables: NativeTables::default(),
+            options,
+        };
+        if let Some((p, layout)) = first {
+            session.watcher.know(&p);
+            session.register(p, layout)?;
+        }
+        Ok(session)
+    }
+
+    /// Registers a Python process with the kernel and the collector. With `--native` its
+    /// unwind tables go first, so its first samples already unwind.
+    fn register(&mut self, p: PythonProcess, layout: Layout) -> Result<(), RecordError> {
+        let mut info = layout.target_info(p.runtime_addr);
+        if self.options.sampler.native {
+            self.refresh_tables(p.pid)?;
+            info.frame_is_entry = layout.entry_flag;
+        }
+        if self.options.kernel {
+            info.options |= profiler_common::target_options::KERNEL_STACKS;
+        }
+        self.sampler.add_target(p.pid, info)?;
+        self.collector.add_target(p, layout);
+        Ok(())
+    }
+
+    /// Loads the tables of `pid`'s newly mapped files; a process that has exited is not an error
+    /// (the watcher retires it).
+    fn refresh_tables(&mut self, pid: u32) -> Result<(), RecordError> {
+        match self.tables.refresh(pid, &mut self.sampler) {
+            Ok(_) => Ok(()),
+            Err(e)
+                if e.kind() == io::ErrorKind::NotFound || e.raw_os_error() == Some(libc::ESRCH) =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(RecordError::Bpf(BpfError::Native(e))),
+        }
+    }
+
+    /// With `--native`: loads the tables of libraries every registered process mapped since the
+    /// last call (an `import numpy`).
+    fn refresh_all_tables(&mut self) -> Result<(), RecordError> {
+        if self.options.sampler.native {
+            let pids: Vec<u32> = self.collector.registered().collect();
+            for pid in pids {
+                self.refresh_tables(pid)?;
+            }
+        }
+        Ok(())
     }
 
     /// The process named by `--pid` or launched, if it is Python: for labels.
@@ -261,26 +328,87 @@ impl Session {
     pub fn poll(&mut self, timeout: Duration) -> Result<(), RecordError> {
         self.sampler
             .wait_for_new_stacks(timeout, &mut self.collector)?;
+        if self.options.sampler.native && self.collector.take_saw_unmapped() {
+            // A library was mapped since the last refresh: load its table now, not at the drain.
+            self.refresh_all_tables()?;
+        }
         if self.last_scan.is_none_or(|t| t.elapsed() >= SCAN_INTERVAL) {
             let changes = self.watcher.scan();
             if !changes.is_empty() {
                 // Counts so far belong to the processes registered so far.
                 self.drain()?;
-                apply(
-                    changes,
-                    &mut self.sampler,
-                    &mut self.collector,
-                    &mut self.skipped,
-                )?;
+                self.apply(changes)?;
             }
             self.last_scan = Some(Instant::now());
         }
         Ok(())
     }
 
-    /// Moves what the kernel recorded into the collector.
+    /// Moves what the kernel recorded into the collector (with `--native`, after loading the
+    /// tables of libraries mapped since).
     pub fn drain(&mut self) -> Result<(), RecordError> {
+        self.refresh_all_tables()?;
         Ok(self.sampler.drain(&mut self.collector)?)
+    }
+
+    /// Registers the processes a scan found and retires the ones that ended. Processes of a
+    /// version prof-bpf cannot profile are noted for the summary, not errors: in `--all` they
+    /// are just part of the machine.
+    fn apply(&mut self, changes: Vec<Change>) -> Result<(), RecordError> {
+        for change in changes {
+            match change {
+                Change::Ended(pid) => {
+                    self.sampler.remove_target(pid)?;
+                    self.name_native_frames(pid);
+                    self.collector.remove_target(pid);
+                }
+                Change::Started(p) => match supported_layout(&p) {
+                    Ok(layout) => self.register(p, layout)?,
+                    // Gone before it could be registered: nothing was missed.
+                    Err(RecordError::Process(
+                        ProcessError::Exited { .. } | ProcessError::NoSuchProcess { .. },
+                    )) => {}
+                    Err(e) => self
+                        .skipped
+                        .push(format!("{} (pid {}): {e}", p.name, p.pid)),
+                },
+            }
+        }
+        Ok(())
+    }
+
+    /// With `--native`: hands the collector every executable mapping `pid` was seen with, to
+    /// name its native frames (also after it exits).
+    fn name_native_frames(&mut self, pid: u32) {
+        if self.options.sampler.native {
+            self.collector
+                .set_native_mappings(pid, self.tables.mappings(pid).to_vec());
+        }
+    }
+
+    /// Ends the session: the last drain, native frames' mappings handed over, the kernel
+    /// program unloaded. Returns the collector and what the summary needs of the rest.
+    pub fn finish(mut self) -> Result<Finished, RecordError> {
+        self.drain()?;
+        let stats = self.sampler.stats()?;
+        let run_time = self.sampler.run_time();
+        let pids: Vec<u32> = self.collector.registered().collect();
+        for pid in pids {
+            self.name_native_frames(pid);
+        }
+        Ok(Finished {
+            stats,
+            run_time,
+            followed: self.watcher.followed(),
+            collector: self.collector,
+            child: self.child,
+            skipped: self.skipped,
+            tables: self
+                .options
+                .sampler
+                .native
+                .then(|| self.tables.stats.clone()),
+        })
     }
 
     /// Whether the target has exited (a launched child is reaped by this check). `--all` has
@@ -292,11 +420,6 @@ impl Session {
             (None, None) => false,
         }
     }
-
-    /// Processes the watcher follows now (Python or not).
-    pub fn followed(&self) -> usize {
-        self.watcher.followed()
-    }
 }
 
 fn record(cfg: &RecordConfig, stop: &AtomicBool) -> Result<Summary, RecordError> {
@@ -305,9 +428,11 @@ fn record(cfg: &RecordConfig, stop: &AtomicBool) -> Result<Summary, RecordError>
         sampler: SamplerOptions {
             idle: cfg.idle,
             gil_only: cfg.gil,
+            native: cfg.native,
         },
         frames: cfg.frames,
         subprocesses: cfg.subprocesses,
+        kernel: cfg.kernel,
     };
     let mut session = Session::start(&cfg.target, options, stop)?;
     let output = match &cfg.output {
@@ -344,18 +469,15 @@ fn record(cfg: &RecordConfig, stop: &AtomicBool) -> Result<Summary, RecordError>
         }
     };
     let elapsed = started.elapsed();
-    session.drain()?;
-    let stats = session.sampler.stats()?;
-    let run_time = session.sampler.run_time();
-    let followed = session.followed();
-    let Session {
-        sampler,
+    let Finished {
+        stats,
+        run_time,
+        followed,
         collector,
         child,
         skipped,
-        ..
-    } = session;
-    drop(sampler);
+        tables,
+    } = session.finish()?;
     progress.clear();
     if let Some(mut c) = child {
         stop_child(&mut c, reason);
@@ -388,38 +510,8 @@ fn record(cfg: &RecordConfig, stop: &AtomicBool) -> Result<Summary, RecordError>
         unknown_frames: profile.unknown_frames,
         stop: reason,
         run_time,
+        native: tables.map(|t| (t, profile.unknown_native.clone())),
     })
-}
-
-/// Registers the processes a scan found and retires the ones that ended. Processes of a
-/// version prof-bpf cannot profile are noted for the summary, not errors: in `--all` they are
-/// just part of the machine.
-fn apply(
-    changes: Vec<Change>,
-    sampler: &mut Sampler,
-    collector: &mut Collector,
-    skipped: &mut Vec<String>,
-) -> Result<(), RecordError> {
-    for change in changes {
-        match change {
-            Change::Ended(pid) => {
-                sampler.remove_target(pid)?;
-                collector.remove_target(pid);
-            }
-            Change::Started(p) => match supported_layout(&p) {
-                Ok(layout) => {
-                    sampler.add_target(p.pid, layout.target_info(p.runtime_addr))?;
-                    collector.add_target(p, layout);
-                }
-                // Gone before it could be registered: nothing was missed.
-                Err(RecordError::Process(
-                    ProcessError::Exited { .. } | ProcessError::NoSuchProcess { .. },
-                )) => {}
-                Err(e) => skipped.push(format!("{} (pid {}): {e}", p.name, p.pid)),
-            },
-        }
-    }
-    Ok(())
 }
 
 fn write_profile(
@@ -709,11 +801,59 @@ impl Summary {
         if !left_out.is_empty() {
             writeln!(out, "prof-bpf: left out: {}", left_out.join(", "))?;
         }
-        let errors = list(|s| !s.is_outside_python() && !s.is_tally() && s != Stat::GilNotHeld);
+        let errors = list(|s| {
+            !s.is_outside_python() && !s.is_tally() && !s.is_native() && s != Stat::GilNotHeld
+        });
         if errors.is_empty() {
             writeln!(out, "prof-bpf: errors: none")?;
         } else {
             writeln!(out, "prof-bpf: errors: {}", errors.join(", "))?;
+        }
+        if let Some((load, unknown)) = &self.native {
+            let unwinds: u64 = Stat::ALL
+                .iter()
+                .filter(|s| s.is_native())
+                .map(|&s| self.stats.get(s))
+                .sum();
+            let complete = self.stats.get(Stat::NativeComplete);
+            let failures = list(|s| s.is_native() && s != Stat::NativeComplete);
+            writeln!(
+                out,
+                "prof-bpf: native unwind: {:.1}% complete ({complete} of {unwinds} samples reached the outermost frame){}",
+                100.0 * complete as f64 / unwinds.max(1) as f64,
+                if failures.is_empty() {
+                    String::new()
+                } else {
+                    format!("; stopped early: {}", failures.join(", "))
+                },
+            )?;
+            writeln!(
+                out,
+                "prof-bpf: native unwind tables: {} rows for {} files{}",
+                load.rows,
+                load.files,
+                if load.failed.is_empty() {
+                    String::new()
+                } else {
+                    let failed: Vec<String> = load
+                        .failed
+                        .iter()
+                        .map(|(f, why)| format!("{f} ({why})"))
+                        .collect();
+                    format!("; frame pointers only for: {}", failed.join(", "))
+                },
+            )?;
+            if !unknown.is_empty() {
+                let reasons: Vec<String> = unknown
+                    .iter()
+                    .map(|(why, n)| format!("{n} {why}"))
+                    .collect();
+                writeln!(
+                    out,
+                    "prof-bpf: native frames not named: {}",
+                    reasons.join(", ")
+                )?;
+            }
         }
         if let Some(rt) = self.run_time.filter(|rt| rt.runs > 0) {
             writeln!(

@@ -429,6 +429,15 @@ fn ctrl_c_stops_and_still_writes_the_profile() {
         .stdout(Stdio::null())
         .spawn()
         .unwrap();
+    // Attach once the interpreter is mapped: on a loaded machine a just-spawned python may not
+    // have mapped libpython yet, and prof-bpf would rightly say it is not a Python process.
+    let maps = format!("/proc/{}/maps", target.id());
+    for _ in 0..200 {
+        if std::fs::read_to_string(&maps).is_ok_and(|m| m.contains("libpython")) {
+            break;
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
     let profiler = Command::new(prof_bpf())
         .args([
             "record",

@@ -9,7 +9,7 @@ use std::{
 };
 
 use aya::{
-    Ebpf, EbpfError, include_bytes_aligned,
+    Ebpf, EbpfError, EbpfLoader, include_bytes_aligned,
     maps::{
         Array, HashMap, Map, MapData, MapError, PerCpuArray, PerCpuHashMap, ProgramArray, RingBuf,
     },
@@ -19,9 +19,12 @@ use aya::{
     },
     util::online_cpus,
 };
-use profiler_common::{NewStack, PyStack, SampleKey, Stat, TargetInfo, config, maps};
+use profiler_common::{
+    NativeMappings, NewStack, PageChunk, PyStack, RowChunk, SampleKey, Stat, TargetInfo, config,
+    maps,
+};
 
-use crate::profile::collect::Collector;
+use crate::{profile::collect::Collector, unwind::UnwindMaps};
 
 static OBJECT: &[u8] = include_bytes_aligned!(concat!(env!("OUT_DIR"), "/profiler-ebpf"));
 
@@ -48,6 +51,8 @@ pub enum BpfError {
     Cpus(std::io::Error),
     #[error("opening the CPU-clock perf event on CPU {cpu}: {source}")]
     Attach { cpu: u32, source: ProgramError },
+    #[error("loading native unwind tables: {0}")]
+    Native(#[source] std::io::Error),
 }
 
 impl BpfError {
@@ -93,6 +98,8 @@ where
 pub struct SamplerOptions {
     /// Off-CPU time (`--idle`): attaches the scheduler-switch program.
     pub idle: bool,
+    /// Mixed stacks (`--native`): loads the native unwinder and its tables' maps.
+    pub native: bool,
     /// Only samples of threads that hold the GIL (`--gil`).
     pub gil_only: bool,
 }
@@ -119,9 +126,17 @@ pub struct RunTime {
 
 impl Sampler {
     /// Loads the program and starts sampling every CPU at `rate_hz`. Nothing is recorded until
-    /// a target is added.
+    /// a target is added. With `options.native`, the native unwinder is loaded too (a target gets
+    /// native stacks once its mappings are written, see `UnwindMaps`).
     pub fn start(rate_hz: u64, options: SamplerOptions) -> Result<Self, BpfError> {
-        let mut ebpf = Ebpf::load(OBJECT).map_err(BpfError::Load)?;
+        let mut loader = EbpfLoader::new();
+        if !options.native {
+            // The row array and page index are 24 MiB of locked kernel memory: only mixed stacks
+            // need them.
+            loader.map_max_entries(maps::UNWIND_ROWS, 1);
+            loader.map_max_entries(maps::PAGE_INDEX, 1);
+        }
+        let mut ebpf = loader.load(OBJECT).map_err(BpfError::Load)?;
         let stats = aya::sys::enable_stats(aya::sys::Stats::RunTime).ok();
         let mut switches: Array<&mut MapData, u32> = map_mut(&mut ebpf, maps::CONFIG)?;
         for (index, on) in [
@@ -133,17 +148,40 @@ impl Sampler {
                 .map_err(map_err(maps::CONFIG))?;
         }
 
-        // Walkers first: the first programs tail-call them from their first run on.
+        // Tail-call targets first: the first programs call them from their first run on.
+        let mut programs: ProgramArray<MapData> = map_owned(&mut ebpf, maps::PROGRAMS)?;
         let walker: &mut PerfEvent = program(&mut ebpf, profiler_common::WALK_PROGRAM_NAME)?;
         load(walker.load())?;
         let fd = clone_fd(walker.fd()?)?;
-        let mut programs = vec![tail_call_table(&mut ebpf, maps::PROGRAMS, &fd)?];
+        put(
+            &mut programs,
+            maps::PROGRAMS,
+            profiler_common::WALK_PROGRAM_SLOT,
+            &fd,
+        )?;
+        if options.native {
+            let unwinder: &mut PerfEvent =
+                program(&mut ebpf, profiler_common::UNWIND_PROGRAM_NAME)?;
+            load(unwinder.load())?;
+            let fd = clone_fd(unwinder.fd()?)?;
+            put(
+                &mut programs,
+                maps::PROGRAMS,
+                profiler_common::UNWIND_PROGRAM_SLOT,
+                &fd,
+            )?;
+        }
+        let mut programs = vec![programs];
         if options.idle {
+            let mut switch_programs: ProgramArray<MapData> =
+                map_owned(&mut ebpf, maps::SWITCH_PROGRAMS)?;
             let walker: &mut TracePoint =
                 program(&mut ebpf, profiler_common::SWITCH_WALK_PROGRAM_NAME)?;
             load(walker.load())?;
             let fd = clone_fd(walker.fd()?)?;
-            programs.push(tail_call_table(&mut ebpf, maps::SWITCH_PROGRAMS, &fd)?);
+            let slot = profiler_common::WALK_PROGRAM_SLOT;
+            put(&mut switch_programs, maps::SWITCH_PROGRAMS, slot, &fd)?;
+            programs.push(switch_programs);
             let switch: &mut TracePoint = program(&mut ebpf, profiler_common::SWITCH_PROGRAM_NAME)?;
             load(switch.load())?;
             switch.attach("sched", "sched_switch")?;
@@ -295,6 +333,28 @@ impl Sampler {
     }
 }
 
+impl UnwindMaps for Sampler {
+    fn write_chunk(&mut self, index: u32, chunk: &RowChunk) -> std::io::Result<()> {
+        let mut rows: Array<&mut MapData, RowChunk> =
+            map_mut(&mut self.ebpf, maps::UNWIND_ROWS).map_err(std::io::Error::other)?;
+        rows.set(index, chunk, 0).map_err(std::io::Error::other)
+    }
+
+    fn write_page_chunk(&mut self, index: u32, chunk: &PageChunk) -> std::io::Result<()> {
+        let mut pages: Array<&mut MapData, PageChunk> =
+            map_mut(&mut self.ebpf, maps::PAGE_INDEX).map_err(std::io::Error::other)?;
+        pages.set(index, chunk, 0).map_err(std::io::Error::other)
+    }
+
+    fn write_mappings(&mut self, pid: u32, mappings: &NativeMappings) -> std::io::Result<()> {
+        let mut table: HashMap<&mut MapData, u32, NativeMappings> =
+            map_mut(&mut self.ebpf, maps::NATIVE_MAPPINGS).map_err(std::io::Error::other)?;
+        table
+            .insert(pid, mappings, 0)
+            .map_err(std::io::Error::other)
+    }
+}
+
 /// Program `name` of the object, as the type `P` it was built as.
 fn program<'a, P>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut P, BpfError>
 where
@@ -326,18 +386,14 @@ fn clone_fd(fd: &ProgramFd) -> Result<ProgramFd, BpfError> {
         .map_err(|e| BpfError::Program(ProgramError::IOError(e)))
 }
 
-/// Puts a loaded walker (`fd`) in slot `WALK_PROGRAM_SLOT` of tail-call table `name`; the
-/// table is returned so the caller keeps it (and the walker) alive.
-fn tail_call_table(
-    ebpf: &mut Ebpf,
+/// Puts a loaded program (`fd`) in `slot` of tail-call table `name`.
+fn put(
+    table: &mut ProgramArray<MapData>,
     name: &'static str,
+    slot: u32,
     fd: &ProgramFd,
-) -> Result<ProgramArray<MapData>, BpfError> {
-    let mut table: ProgramArray<MapData> = map_owned(ebpf, name)?;
-    table
-        .set(profiler_common::WALK_PROGRAM_SLOT, fd, 0)
-        .map_err(map_err(name))?;
-    Ok(table)
+) -> Result<(), BpfError> {
+    table.set(slot, fd, 0).map_err(map_err(name))
 }
 
 /// Kernel counters by `Stat`.

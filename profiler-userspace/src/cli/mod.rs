@@ -213,6 +213,16 @@ pub struct RecordArgs {
     #[arg(long)]
     pub threads: bool,
 
+    /// Mixed stacks: native (C, C++, Rust) frames with the Python frames in place of the
+    /// interpreter's eval loop, unwound in the kernel from .eh_frame.
+    #[arg(short = 'n', long)]
+    pub native: bool,
+
+    /// Kernel frames on top of the stack for samples taken in the kernel (system calls, page
+    /// faults).
+    #[arg(long)]
+    pub kernel: bool,
+
     /// The command to launch and profile, after `--`.
     #[arg(last = true, value_name = "COMMAND")]
     pub command: Vec<String>,
@@ -242,6 +252,10 @@ pub struct RecordConfig {
     pub idle: bool,
     /// Only samples with the GIL held (`--gil`).
     pub gil: bool,
+    /// Mixed native and Python stacks (`--native`).
+    pub native: bool,
+    /// Kernel frames too (`--kernel`).
+    pub kernel: bool,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -283,6 +297,8 @@ impl RecordArgs {
             subprocesses: self.subprocesses,
             idle: self.idle,
             gil: self.gil,
+            native: self.native,
+            kernel: self.kernel,
         })
     }
 }
@@ -428,6 +444,10 @@ mod tests {
         assert_eq!(c.format, Format::Speedscope);
         assert_eq!(c.output, Some(PathBuf::from("x.json")));
         assert!(c.frames.function && !c.frames.nolineno && c.frames.threads);
+        let c = record(&["-p", "1", "-n", "--kernel"]).unwrap();
+        assert!(c.native && c.kernel);
+        let c = record(&["-p", "1"]).unwrap();
+        assert!(!c.native && !c.kernel);
         assert!(
             record(&["-f", "raw", "--nolineno", "-p", "1"])
                 .unwrap()

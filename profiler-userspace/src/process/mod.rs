@@ -9,7 +9,7 @@ pub mod watch;
 
 use std::{fs, io, path::PathBuf};
 
-pub use maps::{Mapping, read_maps};
+pub use maps::{Mapping, parse_maps, read_maps};
 pub use memory::{LocalMemory, ProcMem, ProcessMemory};
 
 use crate::python::Version;

@@ -9,9 +9,15 @@ use std::{
     time::Duration,
 };
 
-use profiler_common::{PyFrame, PyStack, STACK_TRUNCATED, SampleKey, count_kind, instr_kind};
+use profiler_common::{
+    MAX_KERNEL_FRAMES, MAX_NATIVE_FRAMES, PY_ENTRY_FRAME, PyFrame, PyStack, STACK_TRUNCATED,
+    SampleKey, Stat, count_kind, instr_kind,
+};
 
-use super::{Frame, FrameTable, ProcessInfo, Profile, Sample, ThreadInfo};
+use super::{
+    Frame, FrameTable, ProcessInfo, Profile, Sample, ThreadInfo,
+    merge::{self, EntryMarking, Mixed},
+};
 use crate::{
     process::{self, ProcMem, PythonProcess},
     python::{
@@ -19,6 +25,8 @@ use crate::{
         code::{CodeError, CodeInfo, read_code},
         linetable::line_for,
     },
+    symbolize::{NativeSymbolizer, kernel::KernelSymbols},
+    unwind::KnownMapping,
 };
 
 /// How frames are labelled.
@@ -59,11 +67,19 @@ struct Target {
     /// run holds one descriptor per live process only.
     mem: Option<ProcMem>,
     codes: HashMap<(u64, u32), Result<Rc<CodeInfo>, Unknown>>,
+    /// With `--native`: the process's executable mappings, to name native frames.
+    native: Option<Vec<KnownMapping>>,
 }
 
 struct RawStack {
     frames: Vec<PyFrame>,
     truncated: bool,
+    /// Native instruction pointers, leaf first (empty without `--native`).
+    native: Vec<u64>,
+    /// How the native unwind ended (a `Stat`), 0 without `--native`.
+    native_end: u32,
+    /// Kernel instruction pointers, leaf first (`--kernel`, samples taken in the kernel).
+    kernel: Vec<u64>,
 }
 
 /// What the kernel counted for one (process, thread, stack).
@@ -99,6 +115,13 @@ pub struct Collector {
     threads: HashMap<(usize, u32), String>,
     /// Decoded lines by (target index, code, tag, instr), kept across snapshots.
     lines: HashMap<(usize, u64, u32, u32), u32>,
+    /// Names native frames (`--native`), caching across snapshots.
+    symbolizer: NativeSymbolizer,
+    /// A new stack's native unwind stopped outside the known mappings: a library was mapped
+    /// since the tables were last loaded.
+    saw_unmapped: bool,
+    /// With `--kernel`: the kernel's symbols.
+    kernel_symbols: Option<KernelSymbols>,
 }
 
 impl Collector {
@@ -112,6 +135,27 @@ impl Collector {
             resolved: HashSet::new(),
             threads: HashMap::new(),
             lines: HashMap::new(),
+            symbolizer: NativeSymbolizer::new(),
+            saw_unmapped: false,
+            kernel_symbols: None,
+        }
+    }
+
+    /// Shows kernel frames (`--kernel`), named from /proc/kallsyms (read now).
+    pub fn enable_kernel_frames(&mut self) {
+        self.kernel_symbols = Some(KernelSymbols::load().unwrap_or_default());
+    }
+
+    /// Whether a stack added since the last call hit an address outside the known mappings.
+    pub fn take_saw_unmapped(&mut self) -> bool {
+        std::mem::take(&mut self.saw_unmapped)
+    }
+
+    /// Turns mixed stacks on for the process registered as `pid`, naming native frames from
+    /// `mappings` (every executable mapping it was seen with).
+    pub fn set_native_mappings(&mut self, pid: u32, mappings: Vec<KnownMapping>) {
+        if let Some(&target) = self.by_pid.get(&pid) {
+            self.targets[target].native = Some(mappings);
         }
     }
 
@@ -125,6 +169,7 @@ impl Collector {
             layout,
             mem,
             codes: HashMap::new(),
+            native: None,
         });
     }
 
@@ -136,6 +181,11 @@ impl Collector {
         }
     }
 
+    /// The pids registered now (not the ones that ended).
+    pub fn registered(&self) -> impl Iterator<Item = u32> + '_ {
+        self.by_pid.keys().copied()
+    }
+
     /// Processes registered so far, exited ones included.
     pub fn processes(&self) -> impl Iterator<Item = &PythonProcess> {
         self.targets.iter().map(|t| &t.process)
@@ -143,9 +193,15 @@ impl Collector {
 
     pub fn add_stack(&mut self, id: u64, stack: &PyStack) {
         let len = (stack.len as usize).min(stack.frames.len());
+        let native_len = (stack.native_len as usize).min(MAX_NATIVE_FRAMES);
+        let kernel_len = (stack.kernel_len as usize).min(MAX_KERNEL_FRAMES);
+        self.saw_unmapped |= stack.native_end == Stat::NativeNoMapping as u32;
         self.stacks.entry(id).or_insert_with(|| RawStack {
             frames: stack.frames[..len].to_vec(),
             truncated: stack.flags & STACK_TRUNCATED != 0,
+            native: stack.native[..native_len].to_vec(),
+            native_end: stack.native_end,
+            kernel: stack.kernel[..kernel_len].to_vec(),
         });
     }
 
@@ -274,24 +330,72 @@ impl Collector {
                             profiler_common::MAX_PYTHON_FRAMES
                         ))));
                     }
-                    for f in stack.frames.iter().rev().filter(|f| f.code != 0) {
-                        let frame = match t.codes.get(&(f.code, f.tag)) {
-                            Some(Ok(code)) => {
-                                let line = *line_cache
-                                    .entry((target, f.code, f.tag, f.instr))
-                                    .or_insert_with(|| line_of(self.options, &t.layout, f, code));
-                                named_frame(code, line)
+                    let options = self.options;
+                    let mut python_frame = |f: &PyFrame| match t.codes.get(&(f.code, f.tag)) {
+                        Some(Ok(code)) => {
+                            let line = *line_cache
+                                .entry((target, f.code, f.tag, f.instr))
+                                .or_insert_with(|| line_of(options, &t.layout, f, code));
+                            named_frame(code, line)
+                        }
+                        Some(Err(why)) => {
+                            unknown_frames += count;
+                            why.frame()
+                        }
+                        None => {
+                            unknown_frames += count;
+                            Unknown::Exited.frame()
+                        }
+                    };
+                    match &t.native {
+                        Some(mappings) if !stack.native.is_empty() => {
+                            let named: Vec<Frame> = stack
+                                .native
+                                .iter()
+                                .enumerate()
+                                .map(|(i, &pc)| {
+                                    let sym = self.symbolizer.symbolize(mappings, pc, i > 0);
+                                    if sym.unknown {
+                                        Frame::marker(sym.name)
+                                    } else {
+                                        Frame {
+                                            name: sym.name,
+                                            file: sym.file,
+                                            line: if options.nolineno { 0 } else { sym.line },
+                                        }
+                                    }
+                                })
+                                .collect();
+                            let is_eval: Vec<bool> = named
+                                .iter()
+                                .map(|f| merge::is_eval_function(&f.name))
+                                .collect();
+                            let marking = EntryMarking::for_version(t.layout.version);
+                            let calls = merge::eval_calls(&stack.frames, marking);
+                            let complete = stack.native_end == Stat::NativeComplete as u32;
+                            for m in merge::merge(&is_eval, complete, &calls) {
+                                let frame = match m {
+                                    Mixed::Native(i) => named[i].clone(),
+                                    Mixed::Python(f) => python_frame(&f),
+                                    Mixed::Incomplete => Frame::marker(format!(
+                                        "[native unwind stopped: {}]",
+                                        native_end_name(stack.native_end)
+                                    )),
+                                };
+                                frames.push(table.intern(frame));
                             }
-                            Some(Err(why)) => {
-                                unknown_frames += count;
-                                why.frame()
+                        }
+                        _ => {
+                            for f in stack.frames.iter().rev().filter(|f| f.code != 0) {
+                                let frame = python_frame(f);
+                                frames.push(table.intern(frame));
                             }
-                            None => {
-                                unknown_frames += count;
-                                Unknown::Exited.frame()
-                            }
-                        };
-                        frames.push(table.intern(frame));
+                        }
+                    }
+                    if let Some(ksyms) = &self.kernel_symbols {
+                        for &pc in stack.kernel.iter().rev() {
+                            frames.push(table.intern(Frame::marker(ksyms.name(pc))));
+                        }
                     }
                 }
             }
@@ -335,8 +439,26 @@ impl Collector {
             rate_hz,
             duration,
             unknown_frames,
+            unknown_native: {
+                let mut v: Vec<(String, u64)> = self
+                    .symbolizer
+                    .unknown_reasons
+                    .iter()
+                    .map(|(why, n)| (why.clone(), *n))
+                    .collect();
+                v.sort();
+                v
+            },
         }
     }
+}
+
+/// What a `Stat::Native*` code says, for the incomplete-stack marker.
+fn native_end_name(end: u32) -> &'static str {
+    Stat::ALL
+        .iter()
+        .find(|s| **s as u32 == end)
+        .map_or("unknown", |s| s.name())
 }
 
 /// Off-CPU time as the number of CPU-clock samples `rate_hz` would have taken in it.
@@ -382,10 +504,13 @@ fn line_of(options: FrameOptions, layout: &Layout, f: &PyFrame, code: &CodeInfo)
     }
     let addr = match layout.kernel.instr_kind {
         // prev_instr starts one code unit before the first instruction: that is the def line.
-        instr_kind::POINTER => match f.instr.checked_sub(layout.code.code_adaptive as u32) {
-            Some(addr) => addr,
-            None => return code.firstlineno,
-        },
+        // The entry-frame mark (3.11 with --native) is not part of the position.
+        instr_kind::POINTER => {
+            match (f.instr & !PY_ENTRY_FRAME).checked_sub(layout.code.code_adaptive as u32) {
+                Some(addr) => addr,
+                None => return code.firstlineno,
+            }
+        }
         // f_lasti is -1 before the first instruction runs.
         _ => match i32::try_from(f.instr) {
             Ok(lasti) => lasti as u32 * layout.code.instr_unit,
@@ -491,8 +616,8 @@ mod tests {
             1,
             &PyStack {
                 len: 1,
-                flags: 0,
                 frames,
+                ..PyStack::EMPTY
             },
         );
         let key = SampleKey {
@@ -544,8 +669,8 @@ mod tests {
         };
         let stack = PyStack {
             len: 1,
-            flags: 0,
             frames,
+            ..PyStack::EMPTY
         };
         let key = SampleKey {
             pid,

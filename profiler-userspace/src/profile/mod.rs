@@ -3,6 +3,7 @@
 //! recorded.
 
 pub mod collect;
+pub mod merge;
 pub mod store;
 
 use std::{collections::HashMap, time::Duration};
@@ -83,6 +84,8 @@ pub struct Profile {
     pub duration: Duration,
     /// Samples with at least one frame that could not be named (counted once per such frame).
     pub unknown_frames: u64,
+    /// Native frames shown as `[unknown]`, by reason (per distinct stack frame).
+    pub unknown_native: Vec<(String, u64)>,
 }
 
 impl Profile {
@@ -197,6 +200,7 @@ pub fn example() -> Profile {
         rate_hz: 100,
         duration: Duration::from_millis(1250),
         unknown_frames: 2,
+        unknown_native: Vec::new(),
     }
 }
 

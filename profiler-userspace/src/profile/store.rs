@@ -269,6 +269,8 @@ pub fn parse(text: &str, path: &Path) -> Result<Profile, StoreError> {
         rate_hz: file.rate_hz,
         duration: Duration::from_nanos(file.duration_ns),
         unknown_frames: file.unknown_frames,
+        // What a recording's summary said about native symbols is not kept.
+        unknown_native: Vec::new(),
     })
 }
 

@@ -114,6 +114,10 @@ pub struct Layout {
     /// What the kernel needs to walk threads and frames.
     pub kernel: PyOffsets,
     pub thread_id: ThreadId,
+    /// The frame's byte that marks the first frame of an eval call (3.11's
+    /// `_PyInterpreterFrame.is_entry`), or `NO_OFFSET` where the version marks calls otherwise
+    /// (see `profile::merge::EntryMarking`). Read by the kernel for mixed stacks only.
+    pub entry_flag: u16,
     pub code: CodeLayout,
     pub objects: ObjectLayout,
 }
@@ -130,7 +134,9 @@ impl Layout {
                 ThreadId::Native => NO_OFFSET,
                 ThreadId::Pthread => crate::process::PTHREAD_TID_OFFSET,
             },
-            _pad: [0; 4],
+            // Mixed stacks only (`Session` sets them): the kernel skips the reads otherwise.
+            frame_is_entry: NO_OFFSET,
+            options: 0,
         }
     }
 }
@@ -235,6 +241,10 @@ mod tests {
                 l.code.code_adaptive > 0,
                 "3.{minor}: co_code_adaptive"
             );
+            // The entry flag is data for the versions whose merge reads it, and only for them.
+            let flag = crate::profile::merge::EntryMarking::for_version(l.version)
+                == crate::profile::merge::EntryMarking::EntryFlag;
+            assert_eq!(l.entry_flag != NO_OFFSET, flag, "3.{minor}: entry flag");
             let info = l.target_info(0x1000);
             assert_eq!(info.pthread_tid != NO_OFFSET, minor <= 10, "3.{minor}");
             assert_eq!(info.version, 3 << 8 | minor as u16);

@@ -38,6 +38,8 @@ pub const LAYOUT: Layout = Layout {
         gil_last_holder: 8,
         _pad: 0,
     },
+    // Include/internal/pycore_frame.h: _PyInterpreterFrame.is_entry
+    entry_flag: 68,
     thread_id: ThreadId::Native,
     code: CodeLayout {
         filename: 112,

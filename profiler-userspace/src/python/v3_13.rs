@@ -42,6 +42,8 @@ pub const LAYOUT: Layout = Layout {
         gil_last_holder: 8,
         _pad: 0,
     },
+    // Eval calls are marked by C-stack shim frames instead.
+    entry_flag: NO_OFFSET,
     thread_id: ThreadId::Native,
     code: CodeLayout {
         filename: 112,

@@ -39,6 +39,8 @@ pub const LAYOUT: Layout = Layout {
         gil_last_holder: 8,
         _pad: 0,
     },
+    // Every PyFrameObject is its own eval call: no entry flag.
+    entry_flag: NO_OFFSET,
     thread_id: ThreadId::Pthread,
     code: CodeLayout {
         filename: 104,

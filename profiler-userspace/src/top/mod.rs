@@ -96,6 +96,7 @@ pub fn run(cfg: &TopConfig, stop: &AtomicBool) -> Result<TopSummary, TopError> {
         sampler: SamplerOptions::default(),
         frames: FrameOptions::default(),
         subprocesses: false,
+        kernel: false,
     };
     let mut session = Session::start(&cfg.target, options, stop)?;
 

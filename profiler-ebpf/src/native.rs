@@ -1,0 +1,299 @@
+//! Native unwinding (`--native`): from the sampled user registers, walks the thread's C stack
+//! with the compact unwind tables userspace built from each mapped file's call frame
+//! information, and records the raw instruction pointers, leaf first. No symbols here: userspace
+//! names the addresses. Frame pointers are used only for mappings that have no table. With
+//! `--kernel` the kernel stack of a sample taken in the kernel is recorded here too.
+//!
+//! One frame per `bpf_loop` iteration: the callback keeps every value it carries from one frame
+//! to the next in the per-CPU scratch map, so the verifier sees the same state on every entry and
+//! checks the callback once, whatever the number of frames. The two binary searches inside it
+//! are bounded by constants from `profiler-common` and have one exit branch per step.
+
+use core::ffi::c_void;
+
+use aya_ebpf::{
+    bindings::pt_regs,
+    helpers::{bpf_get_current_task_btf, bpf_probe_read_kernel, bpf_probe_read_user, generated},
+    programs::PerfEventContext,
+};
+use profiler_common::{
+    MAPPING_SEARCH_STEPS, MAX_KERNEL_FRAMES, MAX_MAPPINGS, MAX_NATIVE_FRAMES, NativeMapping,
+    NativeMappings, PAGE_SHIFT, PAGES_PER_CHUNK, ROW_SEARCH_STEPS, ROWS_PER_CHUNK, Stat, UnwindRow,
+    mix, row_kind, target_options,
+};
+
+use crate::maps::{NATIVE_MAPPINGS, PAGE_INDEX, SCRATCH, Scratch, UNWIND_ROWS, count};
+
+/// User-mode code segments have privilege level 3 in the low bits of cs.
+const USER_MODE: u64 = 3;
+
+#[inline(always)]
+fn scratch() -> Option<&'static mut Scratch> {
+    // SAFETY: the per-CPU scratch entry is only used by the programs of the sample running on
+    // this CPU, one after another.
+    SCRATCH.get_ptr_mut(0).map(|p| unsafe { &mut *p })
+}
+
+/// Whether the target `pid` wants native stacks (it has a mapping table).
+#[inline(always)]
+pub fn wanted(pid: u32) -> bool {
+    NATIVE_MAPPINGS.get_ptr(pid).is_some()
+}
+
+/// The sampled thread's user registers (rip, rsp, rbp): the perf context's when the sample
+/// interrupted user code, else those saved at the kernel entry (a system call or fault).
+#[inline(always)]
+fn user_regs(ctx: &PerfEventContext) -> Option<(u64, u64, u64)> {
+    // SAFETY: a perf_event program may read its context's register block.
+    let regs: &pt_regs = unsafe { &(*ctx.ctx).regs };
+    if regs.cs & 3 == USER_MODE {
+        return Some((regs.rip, regs.rsp, regs.rbp));
+    }
+    // SAFETY: bpf_get_current_task_btf returns the running task; bpf_task_pt_regs returns its
+    // user register block (the top of its kernel stack), read below through the fault-tolerant
+    // helper.
+    let user = unsafe { generated::bpf_task_pt_regs(bpf_get_current_task_btf()) } as *const pt_regs;
+    if user.is_null() {
+        return None;
+    }
+    // SAFETY: as above.
+    let regs: pt_regs = unsafe { bpf_probe_read_kernel(user) }.ok()?;
+    Some((regs.rip, regs.rsp, regs.rbp))
+}
+
+/// Unwinds the sampled thread's native stack into the scratch map's stack (`native`,
+/// `native_len`, `native_end`) and `native_hash`, and counts how the unwind ended.
+pub fn unwind(ctx: &PerfEventContext) {
+    let Some(s) = scratch() else {
+        return;
+    };
+    s.stack.native_len = 0;
+    s.native_hash = 0;
+    s.native_end = Stat::NativeReadFault as u32;
+    if let Some((rip, rsp, rbp)) = user_regs(ctx) {
+        s.rip = rip;
+        s.rsp = rsp;
+        s.rbp = rbp;
+        s.native_end = Stat::NativeTruncated as u32;
+        // SAFETY: `step` is a callback of the shape bpf_loop expects; it takes no context.
+        unsafe {
+            generated::bpf_loop(
+                MAX_NATIVE_FRAMES as u32,
+                step as *mut c_void,
+                core::ptr::null_mut(),
+                0,
+            )
+        };
+    }
+    // The callback may have written through another pointer: read back through this one.
+    let Some(s) = scratch() else {
+        return;
+    };
+    s.stack.native_end = s.native_end;
+    s.native_hash = mix(s.native_hash, s.native_end as u64);
+    let end = s.native_end;
+    count(
+        [
+            Stat::NativeComplete,
+            Stat::NativeNoMapping,
+            Stat::NativeNoRow,
+            Stat::NativeUnsupported,
+            Stat::NativeTruncated,
+            Stat::NativeBadFrame,
+        ]
+        .into_iter()
+        .find(|&stat| stat as u32 == end)
+        .unwrap_or(Stat::NativeReadFault),
+    );
+}
+
+/// `--kernel`: records the kernel stack of a sample taken in the kernel (none for one taken in
+/// user mode) and mixes it into `native_hash`. Run after the native unwind, before the walk.
+pub fn record_kernel_stack(ctx: &PerfEventContext) {
+    let Some(s) = scratch() else {
+        return;
+    };
+    s.stack.kernel_len = 0;
+    if s.options & target_options::KERNEL_STACKS == 0 {
+        return;
+    }
+    // SAFETY: the destination is our scratch entry's kernel array, of the size passed; the
+    // helper writes at most that many bytes.
+    let bytes = unsafe {
+        generated::bpf_get_stack(
+            ctx.ctx.cast(),
+            s.stack.kernel.as_mut_ptr().cast(),
+            (MAX_KERNEL_FRAMES * 8) as u32,
+            0,
+        )
+    };
+    if bytes < 0 {
+        count(Stat::KernelStack);
+        return;
+    }
+    let len = (bytes as usize / 8).min(MAX_KERNEL_FRAMES);
+    s.stack.kernel_len = len as u32;
+    let mut hash = s.native_hash;
+    for i in 0..MAX_KERNEL_FRAMES {
+        if i >= len {
+            break;
+        }
+        hash = mix(hash, s.stack.kernel[i]);
+    }
+    s.native_hash = mix(hash, len as u64);
+}
+
+/// bpf_loop's callback: records the current frame and steps to its caller. Returns 0 to go
+/// on, 1 to stop (with `native_end` set).
+#[inline(never)]
+extern "C" fn step(_index: u64, _ctx: *mut c_void) -> i64 {
+    let Some(s) = scratch() else {
+        return 1;
+    };
+    match step_frame(s) {
+        Ok(()) => 0,
+        Err(end) => {
+            s.native_end = end as u32;
+            1
+        }
+    }
+}
+
+#[inline(always)]
+fn step_frame(s: &mut Scratch) -> Result<(), Stat> {
+    let pid = s.pid;
+    let Some(mappings) = NATIVE_MAPPINGS.get_ptr(pid) else {
+        return Err(Stat::NativeNoMapping);
+    };
+    // SAFETY: userspace replaces a process's entry whole; a racing update gives this sample
+    // the old or the new table, both consistent.
+    let mappings = unsafe { &*mappings };
+    let (pc, rsp, rbp) = (s.rip, s.rsp, s.rbp);
+    let i = s.stack.native_len as usize;
+    if i >= MAX_NATIVE_FRAMES {
+        return Err(Stat::NativeTruncated);
+    }
+    s.stack.native[i & (MAX_NATIVE_FRAMES - 1)] = pc;
+    s.stack.native_len = i as u32 + 1;
+    s.native_hash = mix(s.native_hash, pc);
+    if pc == 0 {
+        return Err(Stat::NativeComplete);
+    }
+    // A return address points after the call: look up the call itself.
+    let lookup = if i == 0 { pc } else { pc - 1 };
+    let m = find_mapping(mappings, lookup).ok_or(Stat::NativeNoMapping)?;
+
+    let (cfa, rbp_slot) = if m.rows_len == 0 {
+        // No table: trust the frame pointer chain.
+        (rbp.wrapping_add(16), -2i64)
+    } else {
+        let rel = lookup.wrapping_sub(m.bias);
+        if rel > u32::MAX as u64 {
+            return Err(Stat::NativeNoRow);
+        }
+        let row = find_row(&m, rel as u32).ok_or(Stat::NativeNoRow)?;
+        let offset = (row.cfa_offset as u64) * 8;
+        let cfa = match row.kind {
+            row_kind::CFA_RSP => rsp.wrapping_add(offset),
+            row_kind::CFA_RBP => rbp.wrapping_add(offset),
+            // The PLT entry pushes once it is 11 bytes in.
+            row_kind::PLT => rsp.wrapping_add(offset + (((pc & 15) >= 11) as u64) * 8),
+            row_kind::END => return Err(Stat::NativeComplete),
+            row_kind::UNSUPPORTED => return Err(Stat::NativeUnsupported),
+            _ => return Err(Stat::NativeNoRow),
+        };
+        (cfa, row.rbp_offset as i64)
+    };
+    if cfa <= rsp {
+        return Err(Stat::NativeBadFrame);
+    }
+    let ra: u64 = read(cfa - 8)?;
+    let new_rbp = if rbp_slot != 0 {
+        read(cfa.wrapping_add((rbp_slot * 8) as u64))?
+    } else {
+        rbp
+    };
+    s.rip = ra;
+    s.rsp = cfa;
+    s.rbp = new_rbp;
+    Ok(())
+}
+
+#[inline(always)]
+fn read(addr: u64) -> Result<u64, Stat> {
+    // SAFETY: bpf_probe_read_user copies through the kernel's fault-tolerant path.
+    unsafe { bpf_probe_read_user(addr as *const u64) }.map_err(|_| Stat::NativeReadFault)
+}
+
+/// The mapping that holds `pc`: a binary search over the sorted mappings.
+#[inline(always)]
+fn find_mapping(maps: &NativeMappings, pc: u64) -> Option<NativeMapping> {
+    let len = maps.len as usize;
+    if len == 0 || len > MAX_MAPPINGS {
+        return None;
+    }
+    let mut lo = 0usize;
+    let mut n = len;
+    for _ in 0..MAPPING_SEARCH_STEPS {
+        let half = n / 2;
+        let mid = lo + half;
+        if maps.mappings[mid & (MAX_MAPPINGS - 1)].start <= pc {
+            lo = mid;
+        }
+        n -= half;
+    }
+    let m = maps.mappings[lo & (MAX_MAPPINGS - 1)];
+    if m.start <= pc && pc < m.end {
+        Some(m)
+    } else {
+        None
+    }
+}
+
+/// The row of `m`'s table that covers `pc` (an ELF address): the last one at or below it. The
+/// page index narrows the search to the rows between the entries of `pc`'s page and the next
+/// page; the search stops once one row is left.
+#[inline(always)]
+fn find_row(m: &NativeMapping, pc: u32) -> Option<UnwindRow> {
+    let page = (pc >> PAGE_SHIFT).checked_sub(m.first_page)?;
+    if m.rows_len == 0 || page >= m.pages_len {
+        return None;
+    }
+    let lo_row = page_entry(m.pages_start + page)?;
+    let hi_row = if page + 1 < m.pages_len {
+        page_entry(m.pages_start + page + 1)?
+    } else {
+        m.rows_len - 1
+    };
+    if hi_row < lo_row || hi_row >= m.rows_len {
+        return None;
+    }
+    let start = m.rows_start + lo_row;
+    let mut lo = 0u32;
+    let mut n = hi_row - lo_row + 1;
+    for _ in 0..ROW_SEARCH_STEPS {
+        if n <= 1 {
+            break;
+        }
+        let half = n / 2;
+        let mid = lo + half;
+        if row_at(start + mid)?.pc <= pc {
+            lo = mid;
+        }
+        n -= half;
+    }
+    let row = row_at(start + lo)?;
+    if row.pc <= pc { Some(row) } else { None }
+}
+
+#[inline(always)]
+fn page_entry(index: u32) -> Option<u32> {
+    let chunk = PAGE_INDEX.get(index / PAGES_PER_CHUNK as u32)?;
+    Some(chunk.rows[index as usize & (PAGES_PER_CHUNK - 1)])
+}
+
+#[inline(always)]
+fn row_at(index: u32) -> Option<UnwindRow> {
+    let chunk = UNWIND_ROWS.get(index / ROWS_PER_CHUNK as u32)?;
+    Some(chunk.rows[index as usize & (ROWS_PER_CHUNK - 1)])
+}

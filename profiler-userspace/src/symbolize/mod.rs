@@ -1,0 +1,177 @@
+//! Native symbols: names the raw instruction pointers the kernel recorded, with blazesym, from
+//! the ELF files the process had mapped (so it works after the process exited): function,
+//! file:line where DWARF is present, demangled C++ and Rust names. An address that cannot be
+//! named becomes `[unknown] (libfoo.so+0x1234)`, with the reason counted. `kernel` names kernel
+//! frames (`--kernel`).
+
+pub mod kernel;
+
+use std::{collections::HashMap, path::Path};
+
+use blazesym::symbolize::{
+    Input, Symbolized, Symbolizer,
+    source::{Elf, Source},
+};
+
+use crate::unwind::KnownMapping;
+
+/// A named native frame.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct NativeSymbol {
+    /// Function name, or `[unknown] (module+0xoffset)`.
+    pub name: String,
+    /// Source file (may be empty).
+    pub file: String,
+    pub line: u32,
+    /// Whether the name is an `[unknown]` marker.
+    pub unknown: bool,
+}
+
+/// Names addresses, caching by (file, address in the file).
+pub struct NativeSymbolizer {
+    symbolizer: Symbolizer,
+    cache: HashMap<(String, u64), NativeSymbol>,
+    /// `[unknown]` frames by reason.
+    pub unknown_reasons: HashMap<String, u64>,
+}
+
+impl Default for NativeSymbolizer {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl NativeSymbolizer {
+    pub fn new() -> Self {
+        Self {
+            symbolizer: Symbolizer::builder().enable_demangling(true).build(),
+            cache: HashMap::new(),
+            unknown_reasons: HashMap::new(),
+        }
+    }
+
+    /// Names `addr` (a return address when `is_return`: the call is one byte before it) of a
+    /// process whose executable mappings were `mappings`.
+    pub fn symbolize(
+        &mut self,
+        mappings: &[KnownMapping],
+        addr: u64,
+        is_return: bool,
+    ) -> NativeSymbol {
+        let lookup = if is_return {
+            addr.wrapping_sub(1)
+        } else {
+            addr
+        };
+        let Some(m) = mappings
+            .iter()
+            .rev()
+            .find(|m| m.start <= lookup && lookup < m.end)
+        else {
+            return self.unknown(
+                format!("[unknown] ({addr:#x})"),
+                "address in no known mapping",
+            );
+        };
+        let vaddr = lookup.wrapping_sub(m.bias);
+        let module = Path::new(&m.name)
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| m.name.clone());
+        let key = (m.name.clone(), vaddr);
+        if let Some(sym) = self.cache.get(&key) {
+            if sym.unknown {
+                *self.unknown_reasons.entry(sym.file.clone()).or_default() += 1;
+            }
+            return sym.clone();
+        }
+        let result = match &m.path {
+            Some(path) => {
+                let src = Source::Elf(Elf::new(path));
+                self.symbolizer
+                    .symbolize(&src, Input::VirtOffset(&[vaddr][..]))
+                    .map_err(|e| e.to_string())
+            }
+            None => {
+                return match m.image.as_deref().and_then(|img| image_symbol(img, vaddr)) {
+                    Some(name) => {
+                        let sym = NativeSymbol {
+                            name,
+                            file: module,
+                            line: 0,
+                            unknown: false,
+                        };
+                        self.cache.insert(key, sym.clone());
+                        sym
+                    }
+                    None => self.unknown(
+                        format!("[unknown] ({module}+{vaddr:#x})"),
+                        "no symbol in the vDSO",
+                    ),
+                };
+            }
+        };
+        let sym = match result.as_ref().map(|v| v.first()) {
+            Ok(Some(Symbolized::Sym(sym))) => {
+                let (file, line) = sym
+                    .code_info
+                    .as_ref()
+                    .map(|ci| {
+                        let file = ci.file.to_string_lossy().into_owned();
+                        (file, ci.line.unwrap_or(0))
+                    })
+                    .unwrap_or_default();
+                NativeSymbol {
+                    name: sym.name.to_string(),
+                    file: if file.is_empty() {
+                        module.clone()
+                    } else {
+                        file
+                    },
+                    line,
+                    unknown: false,
+                }
+            }
+            Ok(Some(Symbolized::Unknown(reason))) => {
+                unknown_symbol(&module, vaddr, &reason.to_string())
+            }
+            Ok(None) => unknown_symbol(&module, vaddr, "no result"),
+            Err(e) => unknown_symbol(&module, vaddr, e),
+        };
+        if sym.unknown {
+            *self.unknown_reasons.entry(sym.file.clone()).or_default() += 1;
+        }
+        self.cache.insert(key, sym.clone());
+        sym
+    }
+
+    fn unknown(&mut self, name: String, reason: &str) -> NativeSymbol {
+        *self.unknown_reasons.entry(reason.to_string()).or_default() += 1;
+        NativeSymbol {
+            name,
+            file: reason.to_string(),
+            line: 0,
+            unknown: true,
+        }
+    }
+}
+
+/// The function of an in-memory ELF image (the vDSO) that holds `vaddr`, from its symbols.
+fn image_symbol(image: &[u8], vaddr: u64) -> Option<String> {
+    use object::{Object as _, ObjectSymbol as _};
+    let file = object::File::parse(image).ok()?;
+    file.dynamic_symbols()
+        .chain(file.symbols())
+        .filter(|s| s.address() <= vaddr && vaddr < s.address() + s.size().max(1))
+        .find_map(|s| s.name().ok().map(str::to_string))
+}
+
+/// `[unknown] (libfoo.so+0x1234)`; the reason rides in `file` (not shown) for the count.
+fn unknown_symbol(module: &str, vaddr: u64, reason: &str) -> NativeSymbol {
+    NativeSymbol {
+        name: format!("[unknown] ({module}+{vaddr:#x})"),
+        file: reason.to_string(),
+        line: 0,
+        unknown: true,
+    }
+}

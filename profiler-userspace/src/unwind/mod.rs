@@ -1,0 +1,9 @@
+//! Native unwinding, userspace half: turns the call frame information of every executable
+//! mapping of a target into compact unwind tables (`cfi`) and loads them, with the process's
+//! mapping list, into the kernel's maps (`tables`). The kernel unwinds with them; nothing here
+//! walks a stack.
+
+pub mod cfi;
+pub mod tables;
+
+pub use tables::{KnownMapping, LoadStats, NativeTables, UnwindMaps};
