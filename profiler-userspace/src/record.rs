@@ -271,23 +271,30 @@ impl Session {
     /// unwind tables go first, so its first samples already unwind.
     fn register(&mut self, p: PythonProcess, layout: Layout) -> Result<(), RecordError> {
         let mut info = layout.target_info(p.runtime_addr);
+        let pid = p.pid;
+        self.collector.add_target(p, layout);
         if self.options.sampler.native {
-            self.refresh_tables(p.pid)?;
+            self.refresh_tables(pid)?;
             info.frame_is_entry = layout.entry_flag;
         }
         if self.options.kernel {
             info.options |= profiler_common::target_options::KERNEL_STACKS;
         }
-        self.sampler.add_target(p.pid, info)?;
-        self.collector.add_target(p, layout);
-        Ok(())
+        self.sampler
+            .add_target(pid, info)
+            .map_err(RecordError::from)
     }
 
     /// Loads the tables of `pid`'s newly mapped files; a process that has exited is not an error
-    /// (the watcher retires it).
+    /// (the watcher retires it). Must follow the process's registration with the collector.
     fn refresh_tables(&mut self, pid: u32) -> Result<(), RecordError> {
         match self.tables.refresh(pid, &mut self.sampler) {
-            Ok(_) => Ok(()),
+            // Live views (`top`) name native frames before the process ends.
+            Ok(true) => {
+                self.name_native_frames(pid);
+                Ok(())
+            }
+            Ok(false) => Ok(()),
             Err(e)
                 if e.kind() == io::ErrorKind::NotFound || e.raw_os_error() == Some(libc::ESRCH) =>
             {

@@ -229,10 +229,10 @@ fn top_shows_the_split_sorts_toggles_lines_and_quits() {
     let s = tmux.wait_for(5, "lines on", |s| s.contains("Line numbers: on"));
     assert!(with_lines(&s), "{s}");
 
-    // n: native frames are another branch's work; the key says so.
+    // n without --native: native frames are recorded from the start; the key says so.
     tmux.keys(&["n"]);
     tmux.wait_for(5, "the native notice", |s| {
-        s.contains("native frames are not available")
+        s.contains("run `top --native` to see them")
     });
 
     tmux.keys(&["q"]);
@@ -335,4 +335,45 @@ fn top_all_takes_in_a_process_started_later() {
     );
     let _ = busy.kill();
     let _ = busy.wait();
+}
+
+/// `top --native` on numpy FFT work: pocketfft's native frames are rows of their own, and `n`
+/// hides them (Python frames only) and shows them again.
+#[test]
+fn top_native_shows_and_hides_native_frames() {
+    if !privileged() {
+        return;
+    }
+    let numpy = root().join("target/numpy-venv/bin/python");
+    assert!(numpy.exists(), "scripts/setup makes {}", numpy.display());
+    let tmux = Tmux::start("top_native");
+    tmux.keys(&["clear; echo BEFORE-TOP-MARKER", "Enter"]);
+    tmux.keys(&[
+        &format!(
+            "{} top --native --refresh 0.5 -r 1000 -- {} {} 30",
+            prof_bpf().display(),
+            numpy.display(),
+            fixture("numpy_fft.py").display()
+        ),
+        "Enter",
+    ]);
+    // pocketfft is C++: its native frames are `pocketfft::...` functions.
+    let native_rows = |s: &str| rows(s).iter().any(|r| r.1.contains("pocketfft::"));
+    tmux.wait_for(20, "pocketfft rows", |s| {
+        native_rows(s) && s.contains("Native frames: on")
+    });
+    tmux.keys(&["n"]);
+    // Hidden, the FFT time is the own time of numpy's Python function that calls pocketfft.
+    let s = tmux.wait_for(10, "Python frames only", |s| {
+        s.contains("Native frames: off")
+            && !native_rows(s)
+            && rows(s).first().is_some_and(|r| function(&r.1) == "_raw_fft")
+    });
+    assert!(!s.contains("_PyEval_EvalFrameDefault"), "{s}");
+    tmux.keys(&["n"]);
+    tmux.wait_for(10, "pocketfft rows again", |s| {
+        native_rows(s) && s.contains("Native frames: on")
+    });
+    tmux.keys(&["q"]);
+    assert_terminal_restored(&tmux);
 }

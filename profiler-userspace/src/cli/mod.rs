@@ -55,7 +55,7 @@ pub struct TopArgs {
     #[arg(long)]
     pub lines: bool,
 
-    /// Start asking for native frames (`n` toggles; not available in this build yet).
+    /// Mixed stacks: record native frames too (`n` then toggles showing them).
     #[arg(short, long)]
     pub native: bool,
 
@@ -293,6 +293,7 @@ impl RecordArgs {
                 nolineno: self.nolineno,
                 threads: self.threads,
                 processes,
+                native: self.native,
             },
             subprocesses: self.subprocesses,
             idle: self.idle,

@@ -40,6 +40,9 @@ pub struct FrameOptions {
     pub threads: bool,
     /// Put the process under each stack as its root frame (several processes profiled).
     pub processes: bool,
+    /// Mixed stacks: native frames, with the Python frames in place of the eval loop, where the
+    /// kernel recorded them (`--native`).
+    pub native: bool,
 }
 
 /// Why a frame could not be named.
@@ -139,6 +142,11 @@ impl Collector {
             saw_unmapped: false,
             kernel_symbols: None,
         }
+    }
+
+    /// Shows native frames in the snapshots from now on, or not (`top`'s `n`).
+    pub fn show_native_frames(&mut self, show: bool) {
+        self.options.native = show;
     }
 
     /// Shows kernel frames (`--kernel`), named from /proc/kallsyms (read now).
@@ -348,7 +356,7 @@ impl Collector {
                         }
                     };
                     match &t.native {
-                        Some(mappings) if !stack.native.is_empty() => {
+                        Some(mappings) if options.native && !stack.native.is_empty() => {
                             let named: Vec<Frame> = stack
                                 .native
                                 .iter()

@@ -37,9 +37,9 @@ const TICK: Duration = Duration::from_millis(50);
 /// How long a notice (e.g. about native frames) stays in the status line.
 const NOTICE_TIME: Duration = Duration::from_secs(4);
 
-/// What `n` says while native frames cannot be shown.
+/// What `n` says when top was started without native frames.
 pub const NATIVE_UNAVAILABLE: &str =
-    "native frames are not available in this build yet; showing Python frames";
+    "native frames are recorded from the start: run `top --native` to see them";
 
 #[derive(Debug, thiserror::Error)]
 pub enum TopError {
@@ -93,8 +93,14 @@ pub fn run(cfg: &TopConfig, stop: &AtomicBool) -> Result<TopSummary, TopError> {
     record::check_rate(cfg.rate_hz)?;
     let options = SessionOptions {
         rate_hz: cfg.rate_hz,
-        sampler: SamplerOptions::default(),
-        frames: FrameOptions::default(),
+        sampler: SamplerOptions {
+            native: cfg.native,
+            ..SamplerOptions::default()
+        },
+        frames: FrameOptions {
+            native: cfg.native,
+            ..FrameOptions::default()
+        },
         subprocesses: false,
         kernel: false,
     };
@@ -136,7 +142,12 @@ struct Screen {
     refresh: Duration,
     sort: Column,
     lines: bool,
+    /// Native frames shown (`n`).
     native: bool,
+    /// Native frames recorded (`--native`): `n` can show them.
+    recording_native: bool,
+    /// `n` was pressed since the last loop turn.
+    native_toggled: bool,
     notice: Option<(String, Instant)>,
     /// The previous refresh's snapshot and this one's.
     before: Profile,
@@ -162,9 +173,9 @@ impl Screen {
             sort: Column::default(),
             lines: cfg.lines,
             native: cfg.native,
-            notice: cfg
-                .native
-                .then(|| (NATIVE_UNAVAILABLE.to_string(), Instant::now())),
+            recording_native: cfg.native,
+            native_toggled: false,
+            notice: None,
             before: Profile::default(),
             now: Profile::default(),
             header: None,
@@ -205,6 +216,15 @@ impl Screen {
             if quit || stop.load(Ordering::Relaxed) {
                 break StopReason::Signal;
             }
+            if std::mem::take(&mut self.native_toggled) {
+                // The previous snapshot was built the other way: start the interval afresh,
+                // so no row compares mixed frames with Python-only ones.
+                session.collector.show_native_frames(self.native);
+                let snapshot = session.collector.snapshot(self.rate_hz, started.elapsed());
+                self.before = snapshot.clone();
+                self.now = snapshot;
+                self.rows = model::table(&self.before, &self.now, self.lines, self.sort);
+            }
             if session.exited() {
                 break StopReason::TargetExited;
             }
@@ -238,11 +258,12 @@ impl Screen {
             // Raw mode turns Ctrl-C into a key, not a signal.
             KeyCode::Char('c') if modifiers.contains(KeyModifiers::CONTROL) => return true,
             KeyCode::Char('l') => self.lines = !self.lines,
-            KeyCode::Char('n') => {
+            KeyCode::Char('n') if self.recording_native => {
                 self.native = !self.native;
-                if self.native {
-                    self.notice = Some((NATIVE_UNAVAILABLE.to_string(), Instant::now()));
-                }
+                self.native_toggled = true;
+            }
+            KeyCode::Char('n') => {
+                self.notice = Some((NATIVE_UNAVAILABLE.to_string(), Instant::now()));
             }
             KeyCode::Char(c) => match Column::from_key(c) {
                 Some(column) => self.sort = column,
