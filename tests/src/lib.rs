@@ -103,7 +103,7 @@ pub fn run(args: &[&str]) -> Output {
 pub fn record_fixture(
     args: &[&str],
     out: &Path,
-    python_version: &str,
+    python: &Path,
     fixture_name: &str,
     fixture_args: &[&str],
 ) -> Output {
@@ -113,7 +113,7 @@ pub fn record_fixture(
         .arg("-o")
         .arg(out)
         .arg("--")
-        .arg(python(python_version))
+        .arg(python)
         .arg(fixture(fixture_name))
         .args(fixture_args)
         .env_remove("RUST_BACKTRACE")

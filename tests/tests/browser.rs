@@ -106,7 +106,7 @@ fn record(dir: &Path, format: &str, file: &str) -> PathBuf {
     record_fixture(
         &["-r", "1000", "-f", format],
         &out_path,
-        "3.12",
+        &python("3.12"),
         "split.py",
         &["1"],
     );

@@ -246,7 +246,7 @@ fn table_numbers_agree_with_raw_counts() {
     record_fixture(
         &["-r", "1000", "-f", "profbpf"],
         &recorded,
-        "3.12",
+        &python("3.12"),
         "split.py",
         &["1"],
     );

@@ -257,7 +257,7 @@ fn subprocesses_follow_a_multiprocessing_pool() {
     }
     let out = scratch_dir("subprocesses_pool").join("profile.txt");
     let args = ["--subprocesses", "-r", "1000", "-f", "raw"];
-    let result = record_fixture(&args, &out, "3.12", "pool.py", &["1"]);
+    let result = record_fixture(&args, &out, &python("3.12"), "pool.py", &["1"]);
     let runs = fixture_json(&result).as_array().unwrap().clone();
     assert_eq!(runs.len(), 4);
     let profile = parse_folded(&std::fs::read_to_string(&out).unwrap());
@@ -275,7 +275,7 @@ fn subprocesses_follow_exec_and_grandchildren() {
     let result = record_fixture(
         &["-s", "-r", "1000", "-f", "raw"],
         &out,
-        "3.11",
+        &python("3.11"),
         "family.py",
         &[],
     );
@@ -297,7 +297,7 @@ fn idle_time_goes_to_where_the_thread_slept() {
     let result = record_fixture(
         &["--idle", "-r", "100", "-f", "raw"],
         &out,
-        "3.12",
+        &python("3.12"),
         "sleepy.py",
         &[],
     );
@@ -337,7 +337,7 @@ fn gil_keeps_only_samples_holding_the_gil() {
             .into_iter()
             .chain(extra.iter().copied())
             .collect();
-        let result = record_fixture(&args, &out, "3.12", "gil.py", &["1"]);
+        let result = record_fixture(&args, &out, &python("3.12"), "gil.py", &["1"]);
         let stderr = String::from_utf8_lossy(&result.stderr).into_owned();
         let profile = parse_folded(&std::fs::read_to_string(&out).unwrap());
         (profile, fixture_json(&result), stderr)

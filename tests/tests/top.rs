@@ -367,7 +367,9 @@ fn top_native_shows_and_hides_native_frames() {
     let s = tmux.wait_for(10, "Python frames only", |s| {
         s.contains("Native frames: off")
             && !native_rows(s)
-            && rows(s).first().is_some_and(|r| function(&r.1) == "_raw_fft")
+            && rows(s)
+                .first()
+                .is_some_and(|r| function(&r.1) == "_raw_fft")
     });
     assert!(!s.contains("_PyEval_EvalFrameDefault"), "{s}");
     tmux.keys(&["n"]);

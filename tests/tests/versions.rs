@@ -24,7 +24,7 @@ fn record(python_version: &str, fixture_name: &str, args: &[&str], test: &str) -
     let result = record_fixture(
         &["-r", "1000", "-f", "raw", "--threads"],
         &out,
-        python_version,
+        &python(python_version),
         fixture_name,
         args,
     );
