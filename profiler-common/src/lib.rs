@@ -289,6 +289,47 @@ pub struct UnwindRow {
     pub rbp_offset: i8,
 }
 
+/// One native unwind step, as both the kernel (`profiler-ebpf/src/native.rs`) and `dump --native`
+/// take it: from the frame at (`pc`, `rsp`, `rbp`) to its caller's (return address, CFA, rbp).
+/// `row` is the row covering the frame's pc, or `None` when its file has no table (the frame
+/// pointer chain is trusted then); `pc` is the frame's own pc (the PLT rule looks at its low
+/// bits). `read` reads a word of the thread's stack.
+#[inline(always)]
+pub fn unwind_step(
+    row: Option<UnwindRow>,
+    pc: u64,
+    rsp: u64,
+    rbp: u64,
+    mut read: impl FnMut(u64) -> Option<u64>,
+) -> Result<(u64, u64, u64), Stat> {
+    let (cfa, rbp_slot) = match row {
+        None => (rbp.wrapping_add(16), -2i64),
+        Some(row) => {
+            let offset = (row.cfa_offset as u64) * 8;
+            let cfa = match row.kind {
+                row_kind::CFA_RSP => rsp.wrapping_add(offset),
+                row_kind::CFA_RBP => rbp.wrapping_add(offset),
+                // The PLT entry pushes once it is 11 bytes in.
+                row_kind::PLT => rsp.wrapping_add(offset + (((pc & 15) >= 11) as u64) * 8),
+                row_kind::END => return Err(Stat::NativeComplete),
+                row_kind::UNSUPPORTED => return Err(Stat::NativeUnsupported),
+                _ => return Err(Stat::NativeNoRow),
+            };
+            (cfa, row.rbp_offset as i64)
+        }
+    };
+    if cfa <= rsp {
+        return Err(Stat::NativeBadFrame);
+    }
+    let ra = read(cfa - 8).ok_or(Stat::NativeReadFault)?;
+    let new_rbp = if rbp_slot != 0 {
+        read(cfa.wrapping_add((rbp_slot * 8) as u64)).ok_or(Stat::NativeReadFault)?
+    } else {
+        rbp
+    };
+    Ok((ra, cfa, new_rbp))
+}
+
 /// A table's page index: for each 4 KiB page of code from the table's first row's, the row that
 /// covers the page's first byte. The kernel searches only the rows between a page's entry and the
 /// next page's (a cache line or two) instead of the whole table.

@@ -19,7 +19,7 @@ use aya_ebpf::{
 use profiler_common::{
     MAPPING_SEARCH_STEPS, MAX_KERNEL_FRAMES, MAX_MAPPINGS, MAX_NATIVE_FRAMES, NativeMapping,
     NativeMappings, PAGE_SHIFT, PAGES_PER_CHUNK, ROW_SEARCH_STEPS, ROWS_PER_CHUNK, Stat, UnwindRow,
-    mix, row_kind, target_options,
+    mix, target_options, unwind_step,
 };
 
 use crate::maps::{NATIVE_MAPPINGS, PAGE_INDEX, SCRATCH, Scratch, UNWIND_ROWS, count};
@@ -183,36 +183,17 @@ fn step_frame(s: &mut Scratch) -> Result<(), Stat> {
     let lookup = if i == 0 { pc } else { pc - 1 };
     let m = find_mapping(mappings, lookup).ok_or(Stat::NativeNoMapping)?;
 
-    let (cfa, rbp_slot) = if m.rows_len == 0 {
+    let row = if m.rows_len == 0 {
         // No table: trust the frame pointer chain.
-        (rbp.wrapping_add(16), -2i64)
+        None
     } else {
         let rel = lookup.wrapping_sub(m.bias);
         if rel > u32::MAX as u64 {
             return Err(Stat::NativeNoRow);
         }
-        let row = find_row(&m, rel as u32).ok_or(Stat::NativeNoRow)?;
-        let offset = (row.cfa_offset as u64) * 8;
-        let cfa = match row.kind {
-            row_kind::CFA_RSP => rsp.wrapping_add(offset),
-            row_kind::CFA_RBP => rbp.wrapping_add(offset),
-            // The PLT entry pushes once it is 11 bytes in.
-            row_kind::PLT => rsp.wrapping_add(offset + (((pc & 15) >= 11) as u64) * 8),
-            row_kind::END => return Err(Stat::NativeComplete),
-            row_kind::UNSUPPORTED => return Err(Stat::NativeUnsupported),
-            _ => return Err(Stat::NativeNoRow),
-        };
-        (cfa, row.rbp_offset as i64)
+        Some(find_row(&m, rel as u32).ok_or(Stat::NativeNoRow)?)
     };
-    if cfa <= rsp {
-        return Err(Stat::NativeBadFrame);
-    }
-    let ra: u64 = read(cfa - 8)?;
-    let new_rbp = if rbp_slot != 0 {
-        read(cfa.wrapping_add((rbp_slot * 8) as u64))?
-    } else {
-        rbp
-    };
+    let (ra, cfa, new_rbp) = unwind_step(row, pc, rsp, rbp, |addr| read(addr).ok())?;
     s.rip = ra;
     s.rsp = cfa;
     s.rbp = new_rbp;

@@ -1,31 +1,48 @@
 //! The `dump` command: prints the current Python stack of every thread of a process once, like
 //! `py-spy dump`. No BPF: a blocked thread never runs on a CPU, so the CPU-clock sampler cannot
 //! see it; the thread list and frame chains are read from /proc/PID/mem (`python::threads`),
-//! code objects and line tables as `record` reads them. It ties those stages together and holds
-//! none of their logic.
+//! code objects and line tables as `record` reads them. With `--native` the threads are stopped
+//! for a moment (`process::ptrace`) to take their registers, a copy of their stacks and their
+//! Python frames; after they run again the stacks are unwound in userspace with the kernel's
+//! tables and step (`unwind::walk`) and merged as `record --native` merges them
+//! (`profile::collect::mixed_frames`). It ties those stages together and holds none of their
+//! logic.
 
 use std::{
+    collections::HashMap,
     fmt::Write as _,
     fs,
     io::{self, Write},
+    time::Duration,
 };
 
+use profiler_common::PyFrame;
+
 use crate::{
-    process::{self, ProcMem, ProcessError, PythonProcess},
+    process::{
+        self, LocalMemory, ProcMem, ProcessError, ProcessMemory, PythonProcess,
+        ptrace::{self, PtraceError, Regs},
+    },
     profile::{
         Frame,
-        collect::{FrameOptions, frame_for},
+        collect::{FrameOptions, NativeRaw, frame_for, mixed_frames},
     },
     python::{
         self, Layout, UnsupportedVersion,
         code::read_code,
         threads::{ThreadStack, WalkError, walk_threads},
     },
+    symbolize::NativeSymbolizer,
+    unwind::{NativeTables, walk::LocalMaps, walk::unwind},
 };
 
 /// Reads of a running process can race with it (a frame popped while we follow it); a failed
 /// walk is tried again this many times.
 const ATTEMPTS: usize = 5;
+
+/// How much of a stopped thread's stack is copied, from its stack pointer up (less where the
+/// stack's mapping ends first). An unwind that reaches beyond it stops there, marked.
+const STACK_COPY: u64 = 1 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DumpError {
@@ -38,6 +55,10 @@ pub enum DumpError {
     },
     #[error("pid {pid}: {source}")]
     Walk { pid: u32, source: WalkError },
+    #[error(transparent)]
+    Ptrace(#[from] PtraceError),
+    #[error("reading pid {pid}'s executable mappings for --native: {source}")]
+    Tables { pid: u32, source: io::Error },
     #[error("writing the dump: {0}")]
     Write(#[from] io::Error),
 }
@@ -47,6 +68,7 @@ impl DumpError {
         matches!(
             self,
             DumpError::Process(ProcessError::PermissionDenied { .. })
+                | DumpError::Ptrace(PtraceError::PermissionDenied { .. })
         )
     }
 }
@@ -55,7 +77,7 @@ impl DumpError {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DumpConfig {
     pub pid: u32,
-    /// Native frames asked for (not available in this build: a notice says so).
+    /// Native frames too, with the Python frames in place of the eval loop's (`--native`).
     pub native: bool,
     pub frames: FrameOptions,
 }
@@ -79,12 +101,16 @@ pub fn run(cfg: &DumpConfig, out: &mut impl Write) -> Result<(), DumpError> {
     // Where the interpreter publishes its layout (3.13+), that one.
     let (layout, _) = python::layout_of(&mem, p.version, p.runtime_addr)
         .map_err(|source| DumpError::Unsupported { pid: p.pid, source })?;
-    if cfg.native {
+    let threads = if cfg.native {
+        let (threads, paused) = dump_native(&p, &layout, cfg.frames)?;
         eprintln!(
-            "prof-bpf: --native: native frames are not available in this build; showing Python frames"
+            "prof-bpf: the threads were stopped for {:.2} ms",
+            paused.as_secs_f64() * 1e3
         );
-    }
-    let threads = dump(&p, &layout, cfg.frames)?;
+        threads
+    } else {
+        dump(&p, &layout, cfg.frames)?
+    };
     out.write_all(render(&p, &threads).as_bytes())?;
     out.flush()?;
     Ok(())
@@ -126,6 +152,29 @@ fn name_thread(
     options: FrameOptions,
     t: &ThreadStack,
 ) -> ThreadDump {
+    let frames = t
+        .frames
+        .iter()
+        .filter(|f| f.code != 0)
+        .map(python_namer(mem, layout, options))
+        .collect();
+    thread_dump(pid, t, frames)
+}
+
+/// Names a Python frame from its code object, read now.
+fn python_namer<'a>(
+    mem: &'a ProcMem,
+    layout: &'a Layout,
+    options: FrameOptions,
+) -> impl FnMut(&PyFrame) -> Frame + 'a {
+    move |f| match read_code(mem, layout, f.code, f.tag) {
+        Ok(code) => frame_for(options, layout, f, &code),
+        Err(e) => Frame::marker(format!("[unknown] ({e})")),
+    }
+}
+
+/// A thread as printed: its frames (leaf first) and what /proc says of it now.
+fn thread_dump(pid: u32, t: &ThreadStack, frames: Vec<Frame>) -> ThreadDump {
     let task = format!("/proc/{pid}/task/{}", t.tid);
     let name = fs::read_to_string(format!("{task}/comm"))
         .ok()
@@ -133,14 +182,6 @@ fn name_thread(
     let state = fs::read_to_string(format!("{task}/stat"))
         .ok()
         .and_then(|s| Some(state_name(s.rsplit_once(')')?.1.split_whitespace().next()?)));
-    let frames = t
-        .frames
-        .iter()
-        .map(|f| match read_code(mem, layout, f.code, f.tag) {
-            Ok(code) => frame_for(options, layout, f, &code),
-            Err(e) => Frame::marker(format!("[unknown] ({e})")),
-        })
-        .collect();
     ThreadDump {
         tid: t.tid,
         name,
@@ -148,6 +189,111 @@ fn name_thread(
         frames,
         truncated: t.truncated,
     }
+}
+
+/// A stopped thread: its registers and a copy of its stack from the stack pointer up.
+struct Captured {
+    regs: Regs,
+    stack: LocalMemory,
+}
+
+/// Every thread's mixed stack, main thread first, and how long the threads were stopped.
+///
+/// The unwind tables are built before anything is stopped (reading and converting the files'
+/// CFI is the slow part). Then every thread is stopped; its registers, a copy of its stack and
+/// the interpreter's frames are read; the threads run again; and only then are the stacks
+/// unwound, named and merged. A thread that exits meanwhile is left out.
+pub fn dump_native(
+    p: &PythonProcess,
+    layout: &Layout,
+    options: FrameOptions,
+) -> Result<(Vec<ThreadDump>, Duration), DumpError> {
+    let pid = p.pid;
+    let mem = ProcMem::open(pid).map_err(|e| ProcessError::from_proc(pid, "mem", e))?;
+    let mut tables = NativeTables::default();
+    let mut maps = LocalMaps::default();
+    tables.refresh(pid, &mut maps).map_err(|source| {
+        match ProcessError::from_proc(pid, "maps", source) {
+            ProcessError::Io { source, .. } => DumpError::Tables { pid, source },
+            e => e.into(),
+        }
+    })?;
+    let mut target = layout.target_info(p.runtime_addr);
+    target.frame_is_entry = layout.entry_flag;
+
+    let stopped = ptrace::stop_threads(pid)?;
+    // Read while stopped: the stacks of threads started since the tables were built are here.
+    let areas = process::read_maps(pid).unwrap_or_default();
+    let mut captured: HashMap<u64, Captured> = HashMap::new();
+    for tid in stopped.tids() {
+        // A thread that died since it was stopped has no registers: left out.
+        let Ok(regs) = stopped.regs(tid) else {
+            continue;
+        };
+        let len = areas
+            .iter()
+            .find(|m| m.start <= regs.rsp && regs.rsp < m.end)
+            .map_or(0, |m| (m.end - regs.rsp).min(STACK_COPY));
+        let bytes = mem.read_vec(regs.rsp, len as usize).unwrap_or_default();
+        captured.insert(
+            tid as u64,
+            Captured {
+                regs,
+                stack: LocalMemory {
+                    base: regs.rsp,
+                    bytes,
+                },
+            },
+        );
+    }
+    let walked = walk_threads(&mem, &target);
+    let paused = stopped.resume();
+    let stacks = match walked {
+        Ok(s) => s,
+        Err(_) if !process::is_alive(p) => return Err(ProcessError::Exited { pid }.into()),
+        Err(source) => return Err(DumpError::Walk { pid, source }),
+    };
+
+    // A library mapped between building the tables and stopping the threads: add it.
+    let _ = tables.refresh(pid, &mut maps);
+    let mut symbolizer = NativeSymbolizer::new();
+    let mut name_python = python_namer(&mem, layout, options);
+    let mut threads = Vec::new();
+    for t in &stacks {
+        let frames = match captured.get(&t.tid) {
+            Some(c) => {
+                let regs = (c.regs.rip, c.regs.rsp, c.regs.rbp);
+                let native = unwind(maps.tables(pid), regs, &c.stack);
+                let mut frames = mixed_frames(
+                    &mut symbolizer,
+                    tables.mappings(pid),
+                    NativeRaw {
+                        pcs: &native.pcs,
+                        end: native.end as u32,
+                    },
+                    &t.frames,
+                    layout.version,
+                    options.nolineno,
+                    &mut name_python,
+                );
+                frames.reverse();
+                frames
+            }
+            // Not stopped: it exited before it could be.
+            None if !fs::exists(format!("/proc/{pid}/task/{}", t.tid)).unwrap_or(false) => {
+                continue;
+            }
+            None => t
+                .frames
+                .iter()
+                .filter(|f| f.code != 0)
+                .map(&mut name_python)
+                .collect(),
+        };
+        threads.push(thread_dump(pid, t, frames));
+    }
+    threads.sort_by_key(|t| t.tid);
+    Ok((threads, paused))
 }
 
 /// `S` -> `sleeping`, as ps(1) documents the letters.

@@ -1,6 +1,7 @@
 //! `prof-bpf dump` end to end, as root: a fixture whose three threads are blocked in known
 //! functions on known lines. Blocked threads never run on a CPU, so this checks the userspace
-//! walk of the interpreter's thread list, for every supported interpreter build.
+//! walk of the interpreter's thread list, for every supported interpreter build, and with
+//! `--native` the userspace unwind of the stopped threads' C stacks.
 
 use std::{
     io::{BufRead, BufReader},
@@ -122,16 +123,183 @@ fn dump_debian_3_11() {
     dump_shows_every_blocked_thread("debian-3.11");
 }
 
+/// The kernel's state letter of every thread of `pid` (`t` is stopped under a tracer).
+fn thread_states(pid: &str) -> Vec<(String, char)> {
+    let mut states: Vec<(String, char)> = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .filter_map(|e| {
+            let tid = e.ok()?.file_name().to_string_lossy().to_string();
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/stat")).ok()?;
+            Some((tid, stat.rsplit_once(") ")?.1.chars().next()?))
+        })
+        .collect();
+    states.sort();
+    states
+}
+
+/// `dump --native`: each blocked thread shows the C functions it is blocked in above the Python
+/// function that called them, the Python frames in order in place of the eval loop's frames
+/// (which must not show), C again down to the thread's start; and the process runs on after.
+fn dump_native_shows_c_frames_above_python(python_name: &str) {
+    if !privileged() {
+        return;
+    }
+    let (_fixture, pid) = start_blocked(python_name);
+    let out = run(&["dump", "--native", "--pid", &pid]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "dump failed: {stderr}");
+    eprintln!("{}", stderr.trim_end());
+    assert!(stderr.contains("threads were stopped for"), "{stderr}");
+
+    // Not left stopped: every thread sleeps again once the dump is done.
+    let states = thread_states(&pid);
+    assert!(
+        states.iter().all(|(_, s)| *s != 't' && *s != 'T'),
+        "left stopped: {states:?}"
+    );
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    assert!(
+        thread_states(&pid).iter().all(|(_, s)| *s == 'S'),
+        "{:?}",
+        thread_states(&pid)
+    );
+
+    let file = fixture("blocked.py");
+    let at = |function: &str, marker: &str| {
+        format!("{function} ({}:{})", file.display(), line_of(&file, marker))
+    };
+    let threads = threads(&stdout);
+    assert_eq!(threads.len(), 3, "three threads:\n{stdout}");
+    assert!(
+        !stdout.contains("_PyEval_EvalFrameDefault"),
+        "the eval loop's frames are replaced by the Python frames:\n{stdout}"
+    );
+    let index = |frames: &[String], want: &str| {
+        frames
+            .iter()
+            .position(|f| f == want || function(f) == want)
+            .unwrap_or_else(|| panic!("no {want} in {frames:#?}"))
+    };
+    let cases = [
+        (
+            at("main_waits_here", "# main waits on this line"),
+            "clock_nanosleep",
+            vec!["<module>"],
+            "_start",
+        ),
+        (
+            at("worker_sleeps_here", "# worker sleeps on this line"),
+            "clock_nanosleep",
+            vec!["Thread.run", "Thread._bootstrap_inner", "Thread._bootstrap"],
+            "clone3",
+        ),
+        (
+            at("worker_waits_on_lock_here", "# worker waits on this line"),
+            "PyThread_acquire_lock_timed",
+            vec!["Thread.run", "Thread._bootstrap_inner", "Thread._bootstrap"],
+            "clone3",
+        ),
+    ];
+    for ((header, frames), (python_leaf, c_leaf, callers, root)) in threads.iter().zip(cases) {
+        // Leaf first: the C function the thread is blocked in, then the Python function.
+        let leaf_c = frames
+            .iter()
+            .position(|f| function(f).contains(c_leaf))
+            .unwrap_or_else(|| panic!("{header}: no {c_leaf} in {frames:#?}"));
+        let py = index(frames, &python_leaf);
+        assert!(leaf_c < py, "{header}: C above Python: {frames:#?}");
+        assert!(
+            !frames[0].contains(".py:"),
+            "{header}: the leaf is native: {frames:#?}"
+        );
+        // Its Python callers, in order, below it, and the thread's start at the root.
+        let mut last = py;
+        for caller in callers {
+            let i = index(frames, caller);
+            assert!(i > last, "{header}: {caller} out of order: {frames:#?}");
+            last = i;
+        }
+        assert!(
+            function(frames.last().unwrap()).contains(root),
+            "{header}: the unwind reaches {root}: {frames:#?}"
+        );
+        assert!(
+            !frames
+                .iter()
+                .any(|f| f.starts_with("[native unwind stopped")),
+            "{header}: {frames:#?}"
+        );
+    }
+}
+
 #[test]
-fn dump_native_says_it_is_not_available_and_still_dumps() {
+fn dump_native_3_11() {
+    dump_native_shows_c_frames_above_python("3.11");
+}
+
+#[test]
+fn dump_native_3_12() {
+    dump_native_shows_c_frames_above_python("3.12");
+}
+
+/// A thread already traced by another tracer (strace on the last worker) cannot be stopped: the
+/// dump fails with a message that says so, and the threads stopped before it run again.
+#[test]
+fn dump_native_when_ptrace_is_refused_says_so_and_resumes_the_others() {
     if !privileged() {
         return;
     }
     let (_fixture, pid) = start_blocked("3.12");
+    let last = thread_states(&pid).last().unwrap().0.clone();
+    let mut strace = Fixture(
+        Command::new("strace")
+            .args(["-o", "/dev/null", "-p", &last])
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("strace is needed for this test"),
+    );
+    // strace says "attached" once it is.
+    let mut line = String::new();
+    BufReader::new(strace.0.stderr.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
     let out = run(&["dump", "--native", "--pid", &pid]);
-    assert!(out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("native frames are not available"));
-    assert_eq!(threads(&String::from_utf8_lossy(&out.stdout)).len(), 3);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!("not permitted to ptrace pid {pid}"))
+            && stderr.contains("hint: run as root"),
+        "{stderr}"
+    );
+    drop(strace);
+    let others: Vec<(String, char)> = thread_states(&pid)
+        .into_iter()
+        .filter(|(tid, _)| *tid != last)
+        .collect();
+    assert!(
+        others.iter().all(|(_, s)| *s == 'S'),
+        "left stopped: {others:?}"
+    );
+}
+
+/// A process that exits while it is dumped, or before: a specific error, not a hang or panic.
+#[test]
+fn dump_native_of_an_exited_process_says_so() {
+    if !privileged() {
+        return;
+    }
+    let (mut fixture, pid) = start_blocked("3.12");
+    let _ = fixture.0.kill();
+    let _ = fixture.0.wait();
+    let out = run(&["dump", "--native", "--pid", &pid]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!("no process with pid {pid}"))
+            || stderr.contains(&format!("process {pid} exited")),
+        "{stderr}"
+    );
 }
 
 #[test]

@@ -97,7 +97,8 @@ pub struct DumpArgs {
     #[arg(short, long, value_name = "PID")]
     pub pid: u32,
 
-    /// Native frames too (not available in this build yet: a notice says so).
+    /// Native (C, C++, Rust) frames too, with the Python frames in place of the interpreter's
+    /// eval loop (stops the threads for well under a millisecond, with ptrace).
     #[arg(short, long)]
     pub native: bool,
 

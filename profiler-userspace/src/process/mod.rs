@@ -5,6 +5,7 @@
 mod elf;
 mod maps;
 mod memory;
+pub mod ptrace;
 pub mod watch;
 
 use std::{fs, io, path::PathBuf};

@@ -21,7 +21,7 @@ use super::{
 use crate::{
     process::{self, ProcMem, PythonProcess},
     python::{
-        Layout,
+        Layout, Version,
         code::{CodeError, CodeInfo, read_code},
         linetable::line_for,
     },
@@ -357,39 +357,19 @@ impl Collector {
                     };
                     match &t.native {
                         Some(mappings) if options.native && !stack.native.is_empty() => {
-                            let named: Vec<Frame> = stack
-                                .native
-                                .iter()
-                                .enumerate()
-                                .map(|(i, &pc)| {
-                                    let sym = self.symbolizer.symbolize(mappings, pc, i > 0);
-                                    if sym.unknown {
-                                        Frame::marker(sym.name)
-                                    } else {
-                                        Frame {
-                                            name: sym.name,
-                                            file: sym.file,
-                                            line: if options.nolineno { 0 } else { sym.line },
-                                        }
-                                    }
-                                })
-                                .collect();
-                            let is_eval: Vec<bool> = named
-                                .iter()
-                                .map(|f| merge::is_eval_function(&f.name))
-                                .collect();
-                            let marking = EntryMarking::for_version(t.layout.version);
-                            let calls = merge::eval_calls(&stack.frames, marking);
-                            let complete = stack.native_end == Stat::NativeComplete as u32;
-                            for m in merge::merge(&is_eval, complete, &calls) {
-                                let frame = match m {
-                                    Mixed::Native(i) => named[i].clone(),
-                                    Mixed::Python(f) => python_frame(&f),
-                                    Mixed::Incomplete => Frame::marker(format!(
-                                        "[native unwind stopped: {}]",
-                                        native_end_name(stack.native_end)
-                                    )),
-                                };
+                            let mixed = mixed_frames(
+                                &mut self.symbolizer,
+                                mappings,
+                                NativeRaw {
+                                    pcs: &stack.native,
+                                    end: stack.native_end,
+                                },
+                                &stack.frames,
+                                t.layout.version,
+                                options.nolineno,
+                                &mut python_frame,
+                            );
+                            for frame in mixed {
                                 frames.push(table.intern(frame));
                             }
                         }
@@ -459,6 +439,65 @@ impl Collector {
             },
         }
     }
+}
+
+/// A native stack as unwound (by the kernel, or by `dump` in userspace).
+#[derive(Clone, Copy, Debug)]
+pub struct NativeRaw<'a> {
+    /// Instruction pointers, leaf first.
+    pub pcs: &'a [u64],
+    /// How the unwind ended: a `Stat::Native*` value.
+    pub end: u32,
+}
+
+/// A mixed stack, root first: the native frames named (`symbolizer`, from the process's
+/// executable `mappings`), with each eval call's Python frames (`python`, leaf first as the
+/// kernel records them, shims as code 0) in place of the eval loop frame that ran it, and a
+/// `[native unwind stopped: ...]` frame where the unwind did not reach the root. `python_frame`
+/// names one Python frame. `record --native` and `dump --native` both build their stacks here.
+pub fn mixed_frames(
+    symbolizer: &mut NativeSymbolizer,
+    mappings: &[KnownMapping],
+    native: NativeRaw<'_>,
+    python: &[PyFrame],
+    version: Version,
+    nolineno: bool,
+    python_frame: &mut impl FnMut(&PyFrame) -> Frame,
+) -> Vec<Frame> {
+    let named: Vec<Frame> = native
+        .pcs
+        .iter()
+        .enumerate()
+        .map(|(i, &pc)| {
+            let sym = symbolizer.symbolize(mappings, pc, i > 0);
+            if sym.unknown {
+                Frame::marker(sym.name)
+            } else {
+                Frame {
+                    name: sym.name,
+                    file: sym.file,
+                    line: if nolineno { 0 } else { sym.line },
+                }
+            }
+        })
+        .collect();
+    let is_eval: Vec<bool> = named
+        .iter()
+        .map(|f| merge::is_eval_function(&f.name))
+        .collect();
+    let calls = merge::eval_calls(python, EntryMarking::for_version(version));
+    let complete = native.end == Stat::NativeComplete as u32;
+    merge::merge(&is_eval, complete, &calls)
+        .into_iter()
+        .map(|m| match m {
+            Mixed::Native(i) => named[i].clone(),
+            Mixed::Python(f) => python_frame(&f),
+            Mixed::Incomplete => Frame::marker(format!(
+                "[native unwind stopped: {}]",
+                native_end_name(native.end)
+            )),
+        })
+        .collect()
 }
 
 /// What a `Stat::Native*` code says, for the incomplete-stack marker.

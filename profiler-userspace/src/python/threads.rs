@@ -9,8 +9,8 @@
 use std::io;
 
 use profiler_common::{
-    MAX_PYTHON_FRAMES, MAX_THREADS, NO_CSTACK_OWNER, NO_OFFSET, PyFrame, PyOffsets, TargetInfo,
-    code_tag, instr_kind,
+    MAX_PYTHON_FRAMES, MAX_THREADS, NO_CSTACK_OWNER, NO_OFFSET, PY_ENTRY_FRAME, PyFrame,
+    TargetInfo, code_tag, instr_kind,
 };
 
 use crate::process::ProcessMemory;
@@ -22,7 +22,9 @@ pub struct ThreadStack {
     pub tid: u64,
     /// Address of the thread state, to tell threads apart when there is no native id.
     pub tstate: u64,
-    /// Leaf first; C-stack shim frames (3.12+) are left out.
+    /// Leaf first. As the kernel records them: a C-stack shim frame (3.12+) is a frame with code
+    /// 0, and where `TargetInfo::frame_is_entry` is set (3.11) an eval call's first frame has
+    /// `PY_ENTRY_FRAME` in its instruction, so `profile::merge` can split the eval calls.
     pub frames: Vec<PyFrame>,
     /// The chain was deeper than `MAX_PYTHON_FRAMES`.
     pub truncated: bool,
@@ -72,7 +74,7 @@ pub fn walk_threads(
             at => mem.read_u32(field(id, at)).map_or(0, u64::from),
         };
         let (frames, truncated) =
-            walk_frames(mem, off, tstate).map_err(|source| WalkError::Frames { tid, source })?;
+            walk_frames(mem, target, tstate).map_err(|source| WalkError::Frames { tid, source })?;
         threads.push(ThreadStack {
             tid,
             tstate,
@@ -89,9 +91,10 @@ pub fn walk_threads(
 /// One thread's frames, leaf first, as the kernel's walker records them.
 fn walk_frames(
     mem: &impl ProcessMemory,
-    off: &PyOffsets,
+    target: &TargetInfo,
     tstate: u64,
 ) -> io::Result<(Vec<PyFrame>, bool)> {
+    let off = &target.offsets;
     let field = |base: u64, offset: u16| base.wrapping_add(offset as u64);
     let mut frame = mem.read_u64(field(tstate, off.tstate_frame))?;
     if off.cframe_current_frame != NO_OFFSET && frame != 0 {
@@ -107,15 +110,28 @@ fn walk_frames(
             mem.read(field(frame, off.frame_owner), &mut owner)?;
             owner[0] as u16 == off.owner_cstack
         };
-        if !shim {
+        if shim {
+            frames.push(PyFrame {
+                code: 0,
+                instr: 0,
+                tag: 0,
+            });
+        } else {
             let code = mem.read_u64(field(frame, off.frame_code))?;
-            let instr = if off.instr_kind == instr_kind::POINTER {
+            let mut instr = if off.instr_kind == instr_kind::POINTER {
                 // As the kernel records it: the pointer minus the code object's address.
                 mem.read_u64(field(frame, off.frame_instr))?
                     .wrapping_sub(code) as u32
             } else {
                 mem.read_u32(field(frame, off.frame_instr))?
             };
+            if target.frame_is_entry != NO_OFFSET {
+                let mut entry = [0u8];
+                mem.read(field(frame, target.frame_is_entry), &mut entry)?;
+                if entry[0] != 0 {
+                    instr |= PY_ENTRY_FRAME;
+                }
+            }
             let name = mem.read_u64(field(code, off.code_name))?;
             let filename = mem.read_u64(field(code, off.code_filename))?;
             let firstlineno = mem.read_u32(field(code, off.code_firstlineno))? as i32;
@@ -132,6 +148,8 @@ fn walk_frames(
 
 #[cfg(test)]
 mod tests {
+    use profiler_common::PyOffsets;
+
     use super::*;
     use crate::{
         process::LocalMemory,
@@ -257,13 +275,48 @@ mod tests {
             .iter()
             .map(|f| (f.code, f.instr, f.tag))
             .collect();
-        let want = vec![
-            (codes[0].0, 6, codes[0].1),
-            (codes[1].0, 20, codes[1].1),
-            (codes[2].0, 40, codes[2].1),
-        ];
-        assert_eq!(got, want, "leaf first, shims left out");
+        let mut want = vec![(codes[0].0, 6, codes[0].1), (codes[1].0, 20, codes[1].1)];
+        if info.offsets.owner_cstack != NO_CSTACK_OWNER {
+            want.push((0, 0, 0));
+        }
+        want.push((codes[2].0, 40, codes[2].1));
+        assert_eq!(got, want, "leaf first, shims as code 0");
+
+        // 3.11 marks each eval call's first frame (here the leaf's: its is_entry byte is 1).
+        if layout.entry_flag != NO_OFFSET {
+            let mut mem = mem;
+            let mut target = layout.target_info(runtime);
+            target.frame_is_entry = layout.entry_flag;
+            let leaf = leaf_frame(&mem, &target);
+            mem.bytes[(leaf + layout.entry_flag as u64 - BASE) as usize] = 1;
+            let threads = walk_threads(&mem, &target).unwrap();
+            let flags: Vec<bool> = threads[0]
+                .frames
+                .iter()
+                .map(|f| f.instr & PY_ENTRY_FRAME != 0)
+                .collect();
+            assert_eq!(flags, vec![true, false, false]);
+            assert_eq!(threads[0].frames[0].instr & !PY_ENTRY_FRAME, 6);
+        }
         assert!(threads[1].frames.is_empty() && !threads[1].truncated);
+    }
+
+    /// The address of thread 7's leaf frame (the thread state's frame, through the cframe).
+    fn leaf_frame(mem: &LocalMemory, target: &TargetInfo) -> u64 {
+        let off = &target.offsets;
+        let interp = mem
+            .read_u64(target.runtime_addr + off.runtime_interpreters_head as u64)
+            .unwrap();
+        let t7 = mem
+            .read_u64(interp + off.interp_threads_head as u64)
+            .unwrap();
+        let mut frame = mem.read_u64(t7 + off.tstate_frame as u64).unwrap();
+        if off.cframe_current_frame != NO_OFFSET {
+            frame = mem
+                .read_u64(frame + off.cframe_current_frame as u64)
+                .unwrap();
+        }
+        frame
     }
 
     #[test]
