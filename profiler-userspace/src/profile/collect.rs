@@ -634,6 +634,33 @@ mod tests {
             self.put(at + o.unicode_state as u64, &state.to_le_bytes());
             self.put(at + o.unicode_ascii_data as u64, s.as_bytes());
         }
+
+        /// A one-frame stack in this code object, at its first instruction.
+        fn stack(&self, layout: &Layout) -> PyStack {
+            let mut frames = [PyFrame::default(); MAX_PYTHON_FRAMES];
+            frames[0] = PyFrame {
+                code: self.base(),
+                instr: layout.code.code_adaptive as u32,
+                tag: self.tag(),
+            };
+            PyStack {
+                len: 1,
+                frames,
+                ..PyStack::EMPTY
+            }
+        }
+    }
+
+    /// The on-CPU count of stack 1 on this process's main thread.
+    fn key() -> SampleKey {
+        let pid = std::process::id();
+        SampleKey {
+            pid,
+            tid: pid,
+            stack_id: 1,
+            kind: count_kind::ON_CPU,
+            _pad: 0,
+        }
     }
 
     #[test]
@@ -653,27 +680,8 @@ mod tests {
             },
             layout,
         );
-        let mut frames = [PyFrame::default(); MAX_PYTHON_FRAMES];
-        frames[0] = PyFrame {
-            code: code.base(),
-            instr: layout.code.code_adaptive as u32,
-            tag: code.tag(),
-        };
-        c.add_stack(
-            1,
-            &PyStack {
-                len: 1,
-                frames,
-                ..PyStack::EMPTY
-            },
-        );
-        let key = SampleKey {
-            pid,
-            tid: pid,
-            stack_id: 1,
-            kind: count_kind::ON_CPU,
-            _pad: 0,
-        };
+        c.add_stack(1, &code.stack(&layout));
+        let key = key();
         c.add_count(key, 5);
         let first = c.snapshot(100, Duration::from_secs(1));
         assert_eq!(
@@ -708,24 +716,8 @@ mod tests {
             runtime_addr: 0,
             start_time: 0,
         };
-        let mut frames = [PyFrame::default(); MAX_PYTHON_FRAMES];
-        frames[0] = PyFrame {
-            code: code.base(),
-            instr: layout.code.code_adaptive as u32,
-            tag: code.tag(),
-        };
-        let stack = PyStack {
-            len: 1,
-            frames,
-            ..PyStack::EMPTY
-        };
-        let key = SampleKey {
-            pid,
-            tid: pid,
-            stack_id: 1,
-            kind: count_kind::ON_CPU,
-            _pad: 0,
-        };
+        let stack = code.stack(&layout);
+        let key = key();
         let mut c = Collector::new(FrameOptions {
             processes: true,
             ..FrameOptions::default()
