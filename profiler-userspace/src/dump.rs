@@ -97,7 +97,7 @@ pub struct ThreadDump {
 
 pub fn run(cfg: &DumpConfig, out: &mut impl Write) -> Result<(), DumpError> {
     let p = process::inspect(cfg.pid)?;
-    let mem = ProcMem::open(p.pid).map_err(|e| ProcessError::from_proc(p.pid, "mem", e))?;
+    let mem = process::open_memory(p.pid)?;
     // Where the interpreter publishes its layout (3.13+), that one.
     let (layout, _) = python::layout_of(&mem, p.version, p.runtime_addr)
         .map_err(|source| DumpError::Unsupported { pid: p.pid, source })?;
@@ -122,7 +122,7 @@ pub fn dump(
     layout: &Layout,
     options: FrameOptions,
 ) -> Result<Vec<ThreadDump>, DumpError> {
-    let mem = ProcMem::open(p.pid).map_err(|e| ProcessError::from_proc(p.pid, "mem", e))?;
+    let mem = process::open_memory(p.pid)?;
     let mut attempt = 0;
     let stacks = loop {
         attempt += 1;
@@ -209,7 +209,7 @@ pub fn dump_native(
     options: FrameOptions,
 ) -> Result<(Vec<ThreadDump>, Duration), DumpError> {
     let pid = p.pid;
-    let mem = ProcMem::open(pid).map_err(|e| ProcessError::from_proc(pid, "mem", e))?;
+    let mem = process::open_memory(pid)?;
     let mut tables = NativeTables::default();
     let mut maps = LocalMaps::default();
     tables.refresh(pid, &mut maps).map_err(|source| {

@@ -22,7 +22,7 @@ use crate::{
     output::{self, Format},
     privilege::{self, NotPrivileged},
     process::{
-        self, ProcMem, ProcessError, PythonProcess,
+        self, ProcessError, PythonProcess,
         watch::{Change, Scope, Watcher},
     },
     profile::{
@@ -186,7 +186,7 @@ pub(crate) struct Session {
     /// A --pid target: watched by pid and start time, so a reused pid is not the target.
     target_process: Option<PythonProcess>,
     /// Python processes found but not profiled, and why.
-    pub skipped: Vec<String>,
+    skipped: Vec<String>,
     last_scan: Option<Instant>,
     /// Native unwind tables (`--native`), per target.
     tables: NativeTables,
@@ -544,7 +544,7 @@ fn write_profile(
 /// error naming its unsupported version. Says so on stderr when the published layout differs
 /// from the built-in table or could not be used.
 fn supported_layout(p: &PythonProcess) -> Result<Layout, RecordError> {
-    let mem = ProcMem::open(p.pid).map_err(|e| ProcessError::from_proc(p.pid, "mem", e))?;
+    let mem = process::open_memory(p.pid)?;
     let (layout, source) = python::layout_of(&mem, p.version, p.runtime_addr)
         .map_err(|source| RecordError::Unsupported { pid: p.pid, source })?;
     match source {

@@ -190,6 +190,11 @@ pub fn inspect(pid: u32) -> Result<PythonProcess, ProcessError> {
     }
 }
 
+/// `pid`'s memory, with the error saying which process and why (gone, not permitted).
+pub fn open_memory(pid: u32) -> Result<ProcMem, ProcessError> {
+    ProcMem::open(pid).map_err(|e| ProcessError::from_proc(pid, "mem", e))
+}
+
 /// The kernel's name for thread `tid` of `pid` (its `comm`), or `?` if it is gone.
 pub fn thread_name(pid: u32, tid: u32) -> String {
     fs::read_to_string(format!("/proc/{pid}/task/{tid}/comm"))
@@ -197,29 +202,44 @@ pub fn thread_name(pid: u32, tid: u32) -> String {
         .unwrap_or_else(|_| "?".into())
 }
 
+/// What prof-bpf reads from /proc/PID/stat: the state letter, the parent and the start time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct ProcStat {
+    pub state: char,
+    pub ppid: u32,
+    /// Clock ticks since boot: with the pid, it tells a process from a later one with its pid.
+    pub start_time: u64,
+}
+
+/// /proc/PID/stat's fields 3, 4 and 22.
+pub(crate) fn proc_stat(pid: u32) -> io::Result<ProcStat> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    parse_stat(&stat).ok_or_else(|| io::Error::other("malformed /proc/PID/stat"))
+}
+
+fn parse_stat(stat: &str) -> Option<ProcStat> {
+    // The name (field 2) may hold spaces and parentheses: parse after the last ')'.
+    let mut fields = stat.rsplit_once(')')?.1.split_whitespace();
+    let state = fields.next()?.chars().next()?;
+    let ppid = fields.next()?.parse().ok()?;
+    let start_time = fields.nth(17)?.parse().ok()?;
+    Some(ProcStat {
+        state,
+        ppid,
+        start_time,
+    })
+}
+
 /// The process's start time (field 22 of /proc/PID/stat).
 pub fn start_time(pid: u32) -> Result<u64, ProcessError> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map_err(|e| ProcessError::from_proc(pid, "stat", e))?;
-    // The name (field 2) may hold spaces and parentheses: parse after the last ')'.
-    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    Ok(rest
-        .split_whitespace()
-        .nth(19)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0))
+    proc_stat(pid)
+        .map(|s| s.start_time)
+        .map_err(|e| ProcessError::from_proc(pid, "stat", e))
 }
 
 /// Whether `p` is still the same running process (not exited, pid not reused, not a zombie).
 pub fn is_alive(p: &PythonProcess) -> bool {
-    let Ok(stat) = fs::read_to_string(format!("/proc/{}/stat", p.pid)) else {
-        return false;
-    };
-    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let mut fields = rest.split_whitespace();
-    let state = fields.next().unwrap_or("X");
-    let start: u64 = fields.nth(18).and_then(|s| s.parse().ok()).unwrap_or(0);
-    start == p.start_time && state != "Z" && state != "X"
+    proc_stat(p.pid).is_ok_and(|s| s.start_time == p.start_time && !matches!(s.state, 'Z' | 'X'))
 }
 
 fn is_libpython(m: &Mapping) -> bool {
@@ -229,7 +249,7 @@ fn is_libpython(m: &Mapping) -> bool {
 }
 
 /// The process's executable, as it was when it started (a deleted file keeps its path).
-fn exe_of(pid: u32) -> Result<PathBuf, ProcessError> {
+pub(crate) fn exe_of(pid: u32) -> Result<PathBuf, ProcessError> {
     let exe = fs::read_link(format!("/proc/{pid}/exe"))
         .map_err(|e| ProcessError::from_proc(pid, "exe", e))?;
     Ok(strip_deleted(exe))
@@ -261,6 +281,23 @@ mod tests {
     use std::path::Path;
 
     use super::*;
+
+    #[test]
+    fn stat_fields_after_a_name_with_spaces_and_parentheses() {
+        let line = "42 (a (b) c) S 7 42 42 0 -1 4194560 1 0 0 0 0 0 0 0 20 0 1 0 123456 1 2";
+        assert_eq!(
+            parse_stat(line),
+            Some(ProcStat {
+                state: 'S',
+                ppid: 7,
+                start_time: 123456
+            })
+        );
+        assert_eq!(parse_stat("42 (x"), None);
+        let me = proc_stat(std::process::id()).unwrap();
+        assert_eq!(me.ppid, std::os::unix::process::parent_id());
+        assert_ne!(me.start_time, 0);
+    }
 
     #[test]
     fn versions_from_file_names() {

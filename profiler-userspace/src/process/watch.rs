@@ -11,7 +11,7 @@ use std::{
     path::PathBuf,
 };
 
-use super::{PythonProcess, find_python_cheaply, named_python};
+use super::{ProcStat, PythonProcess, exe_of, find_python_cheaply, named_python, proc_stat};
 
 /// Which processes a watcher follows.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -68,7 +68,7 @@ impl Watcher {
 
     /// Marks `p` as already known (registered by the caller before watching began).
     pub fn know(&mut self, p: &PythonProcess) {
-        if let Some(exe) = exe_of(p.pid) {
+        if let Ok(exe) = exe_of(p.pid) {
             self.seen.insert(
                 p.pid,
                 Seen {
@@ -96,7 +96,7 @@ impl Watcher {
         for pid in known {
             let same = in_scope.contains(&pid)
                 && stats.get(&pid).map(|s| s.start_time) == Some(self.seen[&pid].start_time)
-                && exe_of(pid).as_ref() == Some(&self.seen[&pid].exe);
+                && exe_of(pid).ok().as_ref() == Some(&self.seen[&pid].exe);
             if !same && let Some(old) = self.seen.remove(&pid) {
                 self.retries.remove(&pid);
                 if old.python {
@@ -112,7 +112,7 @@ impl Watcher {
             .collect();
         new.sort_unstable();
         for pid in new {
-            let (Some(stat), Some(exe)) = (stats.get(&pid), exe_of(pid)) else {
+            let (Some(stat), Ok(exe)) = (stats.get(&pid), exe_of(pid)) else {
                 continue; // a kernel thread, or gone already
             };
             let python = match find_python_cheaply(pid) {
@@ -147,7 +147,7 @@ impl Watcher {
     }
 
     /// The processes to look at, with their parent and start time.
-    fn list(&self) -> HashMap<u32, Stat> {
+    fn list(&self) -> HashMap<u32, ProcStat> {
         let pids: Vec<u32> = match &self.scope {
             Scope::One(pid) => vec![*pid],
             Scope::Tree(_) | Scope::All => fs::read_dir("/proc")
@@ -160,11 +160,11 @@ impl Watcher {
         };
         pids.into_iter()
             .filter(|&pid| pid != self.own_pid)
-            .filter_map(|pid| Some((pid, read_stat(pid)?)))
+            .filter_map(|pid| Some((pid, proc_stat(pid).ok()?)))
             .collect()
     }
 
-    fn in_scope(&self, stats: &HashMap<u32, Stat>) -> HashSet<u32> {
+    fn in_scope(&self, stats: &HashMap<u32, ProcStat>) -> HashSet<u32> {
         match &self.scope {
             Scope::One(pid) => stats.keys().copied().filter(|p| p == pid).collect(),
             Scope::All => stats.keys().copied().collect(),
@@ -195,46 +195,19 @@ impl Watcher {
     }
 }
 
-#[derive(Clone, Copy, Debug)]
-struct Stat {
-    ppid: u32,
-    start_time: u64,
-}
-
-/// Parent and start time from /proc/PID/stat (fields 4 and 22).
-fn read_stat(pid: u32) -> Option<Stat> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The name (field 2) may hold spaces and parentheses: parse after the last ')'.
-    let mut fields = stat.rsplit_once(')')?.1.split_whitespace();
-    let ppid = fields.nth(1)?.parse().ok()?;
-    let start_time = fields.nth(17)?.parse().ok()?;
-    Some(Stat { ppid, start_time })
-}
-
-fn exe_of(pid: u32) -> Option<PathBuf> {
-    fs::read_link(format!("/proc/{pid}/exe")).ok()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn reads_parent_and_start_time_of_this_process() {
-        let me = std::process::id();
-        let stat = read_stat(me).unwrap();
-        assert_eq!(stat.ppid, std::os::unix::process::parent_id());
-        assert_eq!(stat.start_time, super::super::start_time(me).unwrap());
-    }
-
-    #[test]
     fn a_tree_scope_takes_in_children_and_grandchildren_only() {
-        let stats: HashMap<u32, Stat> = [(10, 1), (11, 10), (12, 11), (20, 1), (21, 20)]
+        let stats: HashMap<u32, ProcStat> = [(10, 1), (11, 10), (12, 11), (20, 1), (21, 20)]
             .into_iter()
             .map(|(pid, ppid)| {
                 (
                     pid,
-                    Stat {
+                    ProcStat {
+                        state: 'S',
                         ppid,
                         start_time: 0,
                     },
