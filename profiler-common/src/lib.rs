@@ -60,10 +60,11 @@ pub const PROGRAM_NAME: &str = "on_cpu_sample";
 pub const WALK_PROGRAM_NAME: &str = "walk_python_stack";
 /// `WALK_PROGRAM_NAME`'s slot in `maps::PROGRAMS`.
 pub const WALK_PROGRAM_SLOT: u32 = 0;
-/// The program on the `sched:sched_switch` tracepoint (`--idle`): ends a target thread's
+/// The program on the `sched_switch` raw tracepoint (`--idle`): ends a target thread's
 /// off-CPU interval when it comes back, and records its stack when it blocks.
 pub const SWITCH_PROGRAM_NAME: &str = "on_sched_switch";
-/// The frame walker again, as a tracepoint program: a tail call stays within one program type.
+/// The frame walker again, as a raw tracepoint program: a tail call stays within one program
+/// type.
 pub const SWITCH_WALK_PROGRAM_NAME: &str = "walk_python_stack_on_switch";
 /// The program that unwinds the native stack (`--native`), tail-called before the walker.
 pub const UNWIND_PROGRAM_NAME: &str = "unwind_native_stack";
@@ -415,7 +416,10 @@ pub mod config {
     pub const IDLE: u32 = 0;
     /// Count only samples of threads that hold the GIL (`--gil`).
     pub const GIL_ONLY: u32 = 1;
-    pub const COUNT: u32 = 2;
+    /// Byte offset of `pid` (the thread id) in the kernel's `struct task_struct`, read from its
+    /// BTF by userspace: the scheduler-switch program reads the incoming thread's id there.
+    pub const TASK_PID_OFFSET: u32 = 2;
+    pub const COUNT: u32 = 3;
 }
 
 /// Where the scheduler-switch program left a thread that went off the CPU, by thread id.

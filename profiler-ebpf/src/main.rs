@@ -8,20 +8,22 @@ mod native;
 mod python;
 
 use aya_ebpf::{
-    macros::{perf_event, tracepoint},
-    programs::{PerfEventContext, TracePointContext},
+    helpers::bpf_probe_read_kernel,
+    macros::{perf_event, raw_tracepoint},
+    programs::{PerfEventContext, RawTracePointContext},
 };
-use profiler_common::{Stat, UNWIND_PROGRAM_SLOT, WALK_PROGRAM_SLOT};
+use profiler_common::{Stat, UNWIND_PROGRAM_SLOT, WALK_PROGRAM_SLOT, config};
 
-use crate::maps::{PROGRAMS, SWITCH_PROGRAMS, Slot, count};
+use crate::maps::{PROGRAMS, SWITCH_PROGRAMS, Slot, config_value, count};
 
-/// `sched:sched_switch` fields (/sys/kernel/tracing/events/sched/sched_switch/format): a
-/// stable tracepoint ABI.
-const SWITCH_PREV_STATE: usize = 32;
-const SWITCH_NEXT_PID: usize = 56;
+/// `sched_switch`'s arguments (`TP_PROTO(bool preempt, struct task_struct *prev, struct
+/// task_struct *next, unsigned int prev_state)`, include/trace/events/sched.h, 5.18+), as a raw
+/// tracepoint passes them: attached by name, so no tracefs is needed.
+const SWITCH_NEXT: usize = 2;
+const SWITCH_PREV_STATE: usize = 3;
 /// `prev_state` bits of a task that blocked (S, D, T, t, X, Z, P, I); zero, or the
 /// preempted-while-runnable bit 0x100, means it is still runnable, not idle.
-const BLOCKED_STATES: i64 = 0xff;
+const BLOCKED_STATES: u64 = 0xff;
 
 /// Runs on every CPU-clock sample of every CPU; returns at once unless the interrupted thread
 /// belongs to a target process. Finds the thread's current frame, then tail-calls the native
@@ -63,20 +65,24 @@ pub fn walk_python_stack(ctx: PerfEventContext) -> u32 {
 
 /// On every context switch (attached with `--idle` only): ends the off-CPU interval of the
 /// thread coming in, and, when the thread going out blocks, records where it blocked.
-#[tracepoint]
-pub fn on_sched_switch(ctx: TracePointContext) -> u32 {
-    // SAFETY: offsets within the tracepoint's record, per its format file; the helper checks
-    // bounds.
-    let (next_tid, prev_state) = unsafe {
-        (
-            ctx.read_at::<i32>(SWITCH_NEXT_PID).unwrap_or(0),
-            ctx.read_at::<i64>(SWITCH_PREV_STATE).unwrap_or(0),
-        )
-    };
-    python::end_off_cpu(next_tid as u32);
+#[raw_tracepoint(tracepoint = "sched_switch")]
+pub fn on_sched_switch(ctx: RawTracePointContext) -> i32 {
+    let next: u64 = ctx.arg(SWITCH_NEXT);
+    let prev_state: u64 = ctx.arg(SWITCH_PREV_STATE);
+    // `task_struct.pid` (the thread id) sits where userspace found it in the kernel's BTF.
+    let pid_offset = config_value(config::TASK_PID_OFFSET) as u64;
+    if pid_offset != 0 {
+        // SAFETY: `next` is the kernel's task pointer for this switch; the helper reads kernel
+        // memory fault-tolerantly, and a bad offset only yields a wrong or zero tid.
+        let next_tid = unsafe { bpf_probe_read_kernel((next + pid_offset) as *const i32) };
+        if let Ok(tid) = next_tid {
+            python::end_off_cpu(tid as u32);
+        }
+    }
     // The thread going out is the current one: its memory is the one user reads see.
     if prev_state & BLOCKED_STATES != 0 && python::locate_current_frame(Slot::Switch).is_some() {
-        // SAFETY: the walker is a tracepoint program like this one and takes the same context.
+        // SAFETY: the walker is a raw tracepoint program like this one and takes the same
+        // context.
         unsafe { SWITCH_PROGRAMS.tail_call(&ctx, WALK_PROGRAM_SLOT) };
         count(Stat::TailCall);
     }
@@ -84,8 +90,8 @@ pub fn on_sched_switch(ctx: TracePointContext) -> u32 {
 }
 
 /// Walks the frame chain `on_sched_switch` found and notes where the thread left the CPU.
-#[tracepoint]
-pub fn walk_python_stack_on_switch(_ctx: TracePointContext) -> u32 {
+#[raw_tracepoint(tracepoint = "sched_switch")]
+pub fn walk_python_stack_on_switch(_ctx: RawTracePointContext) -> i32 {
     python::walk_and_count(Slot::Switch);
     0
 }

@@ -46,7 +46,13 @@ pub static CONFIG: Array<u32> = Array::with_max_entries(config::COUNT, 0);
 /// Whether userspace turned switch `index` of `profiler_common::config` on.
 #[inline(always)]
 pub fn enabled(index: u32) -> bool {
-    CONFIG.get(index).is_some_and(|&v| v != 0)
+    config_value(index) != 0
+}
+
+/// Value `index` of `profiler_common::config` as userspace set it (0 if unset).
+#[inline(always)]
+pub fn config_value(index: u32) -> u32 {
+    CONFIG.get(index).copied().unwrap_or(0)
 }
 
 /// Target threads off the CPU, by thread id: where and when they left. LRU, so threads that

@@ -294,12 +294,28 @@ fn idle_time_goes_to_where_the_thread_slept() {
     }
     let rate = 100.0;
     let out = scratch_dir("idle_sleep").join("profile.txt");
-    let result = record_fixture(
-        &["--idle", "-r", "100", "-f", "raw"],
-        &out,
-        &python("3.12"),
-        "sleepy.py",
-        &[],
+    // As on a fresh machine: neither tracefs nor debugfs mounted (issue 11). A private mount
+    // namespace unmounts them if this machine has them, and proves they are gone.
+    let result = Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c"])
+        .arg(
+            "umount -l /sys/kernel/tracing 2>/dev/null; umount -l /sys/kernel/debug 2>/dev/null; \
+             if [ -e /sys/kernel/tracing/events ] || [ -e /sys/kernel/debug/tracing/events ]; \
+             then echo 'tracefs is still mounted' >&2; exit 97; fi; exec \"$0\" \"$@\"",
+        )
+        .arg(prof_bpf())
+        .args(["record", "--idle", "-r", "100", "-f", "raw", "-o"])
+        .arg(&out)
+        .arg("--")
+        .arg(python("3.12"))
+        .arg(fixture("sleepy.py"))
+        .env_remove("RUST_BACKTRACE")
+        .output()
+        .expect("running unshare");
+    assert!(
+        result.status.success(),
+        "record --idle without tracefs: {}",
+        String::from_utf8_lossy(&result.stderr)
     );
     let stderr = String::from_utf8_lossy(&result.stderr);
     let slept = fixture_json(&result);

@@ -2,6 +2,8 @@
 //! every online CPU, registers targets and drains the maps. The only module that makes BPF
 //! syscalls.
 
+pub mod btf;
+
 use std::{
     os::fd::{AsRawFd as _, OwnedFd},
     thread,
@@ -14,7 +16,7 @@ use aya::{
         Array, HashMap, Map, MapData, MapError, PerCpuArray, PerCpuHashMap, ProgramArray, RingBuf,
     },
     programs::{
-        ProgramError, ProgramFd, TracePoint,
+        ProgramError, ProgramFd, RawTracePoint,
         perf_event::{PerfEvent, PerfEventConfig, PerfEventScope, SamplePolicy, SoftwareEvent},
     },
     util::online_cpus,
@@ -53,6 +55,8 @@ pub enum BpfError {
     Attach { cpu: u32, source: ProgramError },
     #[error("loading native unwind tables: {0}")]
     Native(#[source] std::io::Error),
+    #[error(transparent)]
+    Btf(#[from] btf::BtfError),
 }
 
 impl BpfError {
@@ -138,13 +142,19 @@ impl Sampler {
         }
         let mut ebpf = loader.load(OBJECT).map_err(BpfError::Load)?;
         let stats = aya::sys::enable_stats(aya::sys::Stats::RunTime).ok();
+        // With --idle the switch program reads the incoming thread's id from its task_struct.
+        let task_pid_offset = match options.idle {
+            true => btf::Btf::kernel()?.field_offset("task_struct", "pid")?,
+            false => 0,
+        };
         let mut switches: Array<&mut MapData, u32> = map_mut(&mut ebpf, maps::CONFIG)?;
-        for (index, on) in [
-            (config::IDLE, options.idle),
-            (config::GIL_ONLY, options.gil_only),
+        for (index, value) in [
+            (config::IDLE, options.idle as u32),
+            (config::GIL_ONLY, options.gil_only as u32),
+            (config::TASK_PID_OFFSET, task_pid_offset),
         ] {
             switches
-                .set(index, on as u32, 0)
+                .set(index, value, 0)
                 .map_err(map_err(maps::CONFIG))?;
         }
 
@@ -175,16 +185,18 @@ impl Sampler {
         if options.idle {
             let mut switch_programs: ProgramArray<MapData> =
                 map_owned(&mut ebpf, maps::SWITCH_PROGRAMS)?;
-            let walker: &mut TracePoint =
+            let walker: &mut RawTracePoint =
                 program(&mut ebpf, profiler_common::SWITCH_WALK_PROGRAM_NAME)?;
             load(walker.load())?;
             let fd = clone_fd(walker.fd()?)?;
             let slot = profiler_common::WALK_PROGRAM_SLOT;
             put(&mut switch_programs, maps::SWITCH_PROGRAMS, slot, &fd)?;
             programs.push(switch_programs);
-            let switch: &mut TracePoint = program(&mut ebpf, profiler_common::SWITCH_PROGRAM_NAME)?;
+            let switch: &mut RawTracePoint =
+                program(&mut ebpf, profiler_common::SWITCH_PROGRAM_NAME)?;
             load(switch.load())?;
-            switch.attach("sched", "sched_switch")?;
+            // By name through the bpf syscall: no tracefs needed.
+            switch.attach("sched_switch")?;
         }
 
         let new_stacks = map_owned(&mut ebpf, maps::NEW_STACKS)?;
