@@ -2,15 +2,14 @@
 //! touch the kernel or the target.
 
 mod collapsed;
+pub mod file;
 mod flamegraph;
 pub mod pprof;
 mod speedscope;
 
 use std::{
     fmt,
-    fs::File,
-    io::{self, BufWriter, Write},
-    path::Path,
+    io::{self, Write},
 };
 
 pub use collapsed::Collapsed;
@@ -82,25 +81,6 @@ impl fmt::Display for Format {
             Format::Profbpf => "profbpf",
         })
     }
-}
-
-/// Runs `write` on `path` (`-` for stdout), buffered and flushed. A closed stdout pipe
-/// (`| head`) is the reader's choice, not an error.
-pub fn write_file(
-    path: &Path,
-    write: impl FnOnce(&mut dyn Write) -> io::Result<()>,
-) -> io::Result<()> {
-    if path == Path::new("-") {
-        let stdout = io::stdout();
-        let mut out = BufWriter::new(stdout.lock());
-        return match write(&mut out).and_then(|()| out.flush()) {
-            Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(()),
-            r => r,
-        };
-    }
-    let mut out = BufWriter::new(File::create(path)?);
-    write(&mut out)?;
-    out.flush()
 }
 
 /// The lossless format's writer; `profile::store` owns the format.

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 
 use crate::{
     output::{self, Format},
+    privilege,
     profile::{Profile, store},
 };
 pub use table::{ReportOptions, SortKey};
@@ -18,8 +19,10 @@ pub enum ReportError {
     Read(#[from] store::StoreError),
     #[error("converting {} to {format} would overwrite it: give another -o FILE", path.display())]
     SameFile { path: PathBuf, format: Format },
-    #[error("cannot write {}: {source}", path.display())]
-    Write {
+    #[error(transparent)]
+    Write(#[from] output::file::SaveError),
+    #[error("cannot use {}: {source}", path.display())]
+    Access {
         path: PathBuf,
         source: std::io::Error,
     },
@@ -44,13 +47,19 @@ pub enum ReportDone {
 }
 
 pub fn run(cfg: &ReportConfig) -> Result<ReportDone, ReportError> {
-    let profile = store::read_file(&cfg.input)?;
+    // Under sudo the input is read with the invoking user's rights, as the output is written.
+    let profile =
+        privilege::as_invoking_user(|| Ok(store::read_file(&cfg.input))).map_err(|source| {
+            ReportError::Access {
+                path: cfg.input.clone(),
+                source,
+            }
+        })??;
     match cfg.convert {
         None => {
             let text = table::render(&profile, &cfg.input.display().to_string(), cfg.options);
             let path = cfg.output.clone().unwrap_or_else(|| PathBuf::from("-"));
-            output::write_file(&path, |out| out.write_all(text.as_bytes()))
-                .map_err(|source| ReportError::Write { path, source })?;
+            output::file::save(&path, "txt", |out| out.write_all(text.as_bytes()))?;
             Ok(ReportDone::Printed)
         }
         Some(format) => {
@@ -62,12 +71,11 @@ pub fn run(cfg: &ReportConfig) -> Result<ReportDone, ReportError> {
                 return Err(ReportError::SameFile { path, format });
             }
             let writer = format.writer(title(&profile));
-            output::write_file(&path, |out| writer.write(&profile, out)).map_err(|source| {
-                ReportError::Write {
-                    path: path.clone(),
-                    source,
-                }
+            output::file::check_writable(&path).map_err(|source| ReportError::Access {
+                path: path.clone(),
+                source,
             })?;
+            output::file::save(&path, format.extension(), |out| writer.write(&profile, out))?;
             Ok(ReportDone::Converted { format, path })
         }
     }
