@@ -103,7 +103,7 @@ pub fn run(cfg: &DumpConfig, out: &mut impl Write) -> Result<(), DumpError> {
         .map_err(|source| DumpError::Unsupported { pid: p.pid, source })?;
     let threads = if cfg.native {
         let (threads, paused) = dump_native(&p, &layout, cfg.frames)?;
-        eprintln!(
+        crate::note!(
             "prof-bpf: the threads were stopped for {:.2} ms",
             paused.as_secs_f64() * 1e3
         );

@@ -4,6 +4,16 @@
 //! -> profile (`profile`) -> file (`output`). `record` drives it; `report` reads a saved
 //! profile back; `cli` turns arguments into configs.
 
+/// Prints a line to stderr, ignoring failure: a closed terminal (after SIGHUP) must not stop
+/// prof-bpf from writing the profile, as `eprintln!`'s panic would.
+#[macro_export]
+macro_rules! note {
+    ($($arg:tt)*) => {{
+        use ::std::io::Write as _;
+        let _ = ::std::writeln!(::std::io::stderr(), $($arg)*);
+    }};
+}
+
 pub mod bpf;
 pub mod cli;
 pub mod dump;

@@ -1,4 +1,5 @@
-//! The `prof-bpf` binary: parses arguments, runs the command, maps errors to exit codes.
+//! The `prof-bpf` binary: parses arguments, runs the command, maps errors to exit codes
+//! (0 done, 1 failed, 2 a usage mistake).
 
 use std::{
     io,
@@ -6,86 +7,70 @@ use std::{
     sync::{Arc, atomic::AtomicBool},
 };
 
-use clap::Parser as _;
 use profiler_userspace::{
-    cli::{Cli, Command},
-    dump, record,
+    cli::{self, Config},
+    dump, note, record,
     report::{self, ReportDone},
     top,
 };
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    match cli.command {
-        Command::Record(args) => {
-            let cfg = match args.into_config() {
-                Ok(cfg) => cfg,
-                Err(e) => return fail(&e, false),
-            };
-            // Ctrl-C and SIGTERM stop the recording; the profile is still written.
-            let stop = match stop_on_signals() {
-                Ok(stop) => stop,
-                Err(e) => return fail(&e, false),
-            };
-            match record::run(&cfg, &stop) {
-                Ok(summary) => {
-                    let _ = summary.print(&mut io::stderr());
-                    ExitCode::SUCCESS
+    let config = match cli::parse_from(std::env::args_os()) {
+        Ok(config) => config,
+        Err(e) => e.exit(),
+    };
+    // A closed terminal (SIGHUP), Ctrl-C, SIGTERM and SIGQUIT all stop a recording the same
+    // way: it stops sampling and writes what it has.
+    let stop = match stop_on_signals() {
+        Ok(stop) => stop,
+        Err(e) => return fail(&e, false),
+    };
+    match config {
+        Config::Record(cfg) => match record::run(&cfg, &stop) {
+            Ok(summary) => {
+                let _ = summary.print(&mut io::stderr());
+                let mut code = ExitCode::SUCCESS;
+                if let Some(e) = &summary.failure {
+                    code = fail(e, e.is_permission());
                 }
-                Err(e) => {
-                    let permission = e.is_permission();
-                    fail(&e, permission)
+                if let Err(e) = &summary.saved {
+                    code = fail(e, false);
                 }
+                code
             }
-        }
-        Command::Top(args) => {
-            let cfg = match args.into_config() {
-                Ok(cfg) => cfg,
-                Err(e) => return fail(&e, false),
-            };
-            // SIGTERM (and SIGINT before the terminal is raw) end top and restore the terminal.
-            let stop = match stop_on_signals() {
-                Ok(stop) => stop,
-                Err(e) => return fail(&e, false),
-            };
-            match top::run(&cfg, &stop) {
-                Ok(s) => {
-                    let why = match s.stop {
-                        record::StopReason::TargetExited => "the program exited",
-                        _ => "quit",
-                    };
-                    let what = match s.pid {
-                        Some(pid) => format!("pid {pid}"),
-                        None => "all Python processes".to_string(),
-                    };
-                    eprintln!(
-                        "prof-bpf: top of {what} stopped ({why}) after {:.1}s, {} samples",
-                        s.elapsed.as_secs_f64(),
-                        s.samples
-                    );
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    let permission = e.is_permission();
-                    fail(&e, permission)
-                }
+            Err(e) => fail(&e, e.is_permission()),
+        },
+        Config::Top(cfg) => match top::run(&cfg, &stop) {
+            Ok(s) => {
+                let why = match s.stop {
+                    record::StopReason::TargetExited => "the program exited",
+                    _ => "quit",
+                };
+                let what = match s.pid {
+                    Some(pid) => format!("pid {pid}"),
+                    None => "all Python processes".to_string(),
+                };
+                note!(
+                    "prof-bpf: top of {what} stopped ({why}) after {:.1}s, {} samples",
+                    s.elapsed.as_secs_f64(),
+                    s.samples
+                );
+                ExitCode::SUCCESS
             }
-        }
-        Command::Dump(args) => match dump::run(&args.into_config(), &mut io::stdout().lock()) {
+            Err(e) => fail(&e, e.is_permission()),
+        },
+        Config::Dump(cfg) => match dump::run(&cfg, &mut io::stdout().lock()) {
             Ok(()) => ExitCode::SUCCESS,
             Err(dump::DumpError::Write(e)) if e.kind() == io::ErrorKind::BrokenPipe => {
                 ExitCode::SUCCESS
             }
-            Err(e) => {
-                let permission = e.is_permission();
-                fail(&e, permission)
-            }
+            Err(e) => fail(&e, e.is_permission()),
         },
-        Command::Report(args) => match report::run(&args.into_config()) {
+        Config::Report(cfg) => match report::run(&cfg) {
             Ok(ReportDone::Printed) => ExitCode::SUCCESS,
             Ok(ReportDone::Converted { format, path }) => {
                 if path.as_os_str() != "-" {
-                    eprintln!(
+                    note!(
                         "prof-bpf: wrote {format} to {}: {}",
                         path.display(),
                         format.how_to_open()
@@ -98,10 +83,11 @@ fn main() -> ExitCode {
     }
 }
 
-/// A flag SIGINT and SIGTERM set, for a command to stop cleanly.
+/// A flag the stopping signals set, for a command to stop cleanly.
 fn stop_on_signals() -> io::Result<Arc<AtomicBool>> {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGQUIT, SIGTERM};
     let stop = Arc::new(AtomicBool::new(false));
-    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+    for signal in [SIGHUP, SIGINT, SIGQUIT, SIGTERM] {
         signal_hook::flag::register(signal, Arc::clone(&stop))?;
     }
     Ok(stop)
@@ -119,9 +105,10 @@ fn fail(e: &dyn std::error::Error, permission: bool) -> ExitCode {
         }
         source = s.source();
     }
-    eprintln!("{msg}");
-    if permission {
-        eprintln!(
+    note!("{msg}");
+    // Root that is refused has no use for "run as root": the error itself says why.
+    if permission && !profiler_userspace::privilege::is_root() {
+        note!(
             "prof-bpf: hint: run as root (sudo), or grant CAP_BPF, CAP_PERFMON and CAP_SYS_PTRACE"
         );
     }

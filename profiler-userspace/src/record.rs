@@ -4,8 +4,7 @@
 
 use std::{
     collections::HashMap,
-    env,
-    fs::{self, File},
+    env, fs,
     io::{self, IsTerminal, Write},
     path::{Path, PathBuf},
     process::{Child, Command, ExitStatus},
@@ -89,6 +88,8 @@ pub enum StopReason {
     TargetExited,
     Duration,
     Signal,
+    /// Sampling failed; what was recorded before is still written.
+    Error,
 }
 
 /// What the summary reports.
@@ -115,31 +116,26 @@ pub struct Summary {
     pub run_time: Option<RunTime>,
     /// With `--native`: what loading unwind tables met, and native frames left unnamed.
     pub native: Option<(LoadStats, Vec<(String, u64)>)>,
+    /// What ended the recording early, if an error did.
+    pub failure: Option<RecordError>,
+    /// Whether the profile went where it was asked to (else where it went instead).
+    pub saved: Result<(), output::file::SaveError>,
 }
 
-/// Fails now if `path` could not be written later, without changing it: an existing file is
-/// opened for writing but not truncated; a new one is created and removed again.
+impl Summary {
+    /// Whether the run failed: the profile is not where it was asked to go, or sampling ended
+    /// on an error.
+    pub fn failed(&self) -> bool {
+        self.failure.is_some() || self.saved.is_err()
+    }
+}
+
+/// Fails now if `path` could not be written later, without changing it.
 fn check_writable(path: &Path) -> Result<(), RecordError> {
-    let fail = |source| RecordError::Output {
+    output::file::check_writable(path).map_err(|source| RecordError::Output {
         path: path.into(),
         source,
-    };
-    if path == Path::new("-") {
-        return Ok(());
-    }
-    if path.is_dir() {
-        return Err(fail(io::Error::other("it is a directory")));
-    }
-    if path.exists() {
-        fs::OpenOptions::new()
-            .write(true)
-            .open(path)
-            .map_err(fail)?;
-    } else {
-        File::create(path).map_err(fail)?;
-        fs::remove_file(path).map_err(fail)?;
-    }
-    Ok(())
+    })
 }
 
 pub fn run(cfg: &RecordConfig, stop: &AtomicBool) -> Result<Summary, RecordError> {
@@ -379,6 +375,9 @@ impl Session {
                         .skipped
                         .push(format!("{} (pid {}): {e}", p.name, p.pid)),
                 },
+                Change::Unreadable { pid, name, why } => {
+                    self.skipped.push(format!("{name} (pid {pid}): {why}"))
+                }
             }
         }
         Ok(())
@@ -395,15 +394,20 @@ impl Session {
 
     /// Ends the session: the last drain, native frames' mappings handed over, the kernel
     /// program unloaded. Returns the collector and what the summary needs of the rest.
-    pub fn finish(mut self) -> Result<Finished, RecordError> {
-        self.drain()?;
-        let stats = self.sampler.stats()?;
+    /// An error on the way (the last drain, the counters) is returned beside what was
+    /// collected, so the recording can still be written.
+    pub fn finish(mut self) -> (Finished, Option<RecordError>) {
+        let drained = self.drain().err();
+        let (stats, stats_error) = match self.sampler.stats() {
+            Ok(stats) => (stats, None),
+            Err(e) => (Stats::default(), Some(e.into())),
+        };
         let run_time = self.sampler.run_time();
         let pids: Vec<u32> = self.collector.registered().collect();
         for pid in pids {
             self.name_native_frames(pid);
         }
-        Ok(Finished {
+        let finished = Finished {
             stats,
             run_time,
             followed: self.watcher.followed(),
@@ -415,7 +419,8 @@ impl Session {
                 .sampler
                 .native
                 .then(|| self.tables.stats.clone()),
-        })
+        };
+        (finished, drained.or(stats_error))
     }
 
     /// Whether the target has exited (a launched child is reaped by this check). `--all` has
@@ -450,12 +455,31 @@ fn record(cfg: &RecordConfig, stop: &AtomicBool) -> Result<Summary, RecordError>
             path
         }
     };
+    // Said once sampling runs and the target is registered, as py-spy says it: a person sees
+    // it has begun, and a script can wait for it.
+    let what = match (session.first_process(), &cfg.target) {
+        (_, Target::All) => "every Python process".to_string(),
+        (Some(p), _) => format!("{} (pid {}, CPython {})", p.name, p.pid, p.version),
+        (None, _) => format!(
+            "pid {} and its Python subprocesses",
+            session.root_pid().unwrap_or(0)
+        ),
+    };
+    crate::note!(
+        "prof-bpf: sampling {what} {} times a second; Ctrl-C to stop and write the profile",
+        cfg.rate_hz
+    );
 
     let started = Instant::now();
     let mut last_drain = started;
     let progress = Progress::new();
+    // An error while sampling ends the recording; what was recorded up to it is still written.
+    let mut failure = None;
     let reason = loop {
-        session.poll(TICK)?;
+        if let Err(e) = session.poll(TICK) {
+            failure = Some(e);
+            break StopReason::Error;
+        }
         if session.exited() {
             break StopReason::TargetExited;
         }
@@ -466,25 +490,28 @@ fn record(cfg: &RecordConfig, stop: &AtomicBool) -> Result<Summary, RecordError>
             break StopReason::Duration;
         }
         if last_drain.elapsed() >= DRAIN_INTERVAL {
-            session.drain()?;
+            if let Err(e) = session.drain() {
+                failure = Some(e);
+                break StopReason::Error;
+            }
             last_drain = Instant::now();
-            progress.show(
-                session.collector.samples(),
-                session.sampler.stats()?.lost(),
-                started.elapsed(),
-            );
+            let lost = session.sampler.stats().map(|s| s.lost()).unwrap_or(0);
+            progress.show(session.collector.samples(), lost, started.elapsed());
         }
     };
     let elapsed = started.elapsed();
-    let Finished {
-        stats,
-        run_time,
-        followed,
-        collector,
-        child,
-        skipped,
-        tables,
-    } = session.finish()?;
+    let (
+        Finished {
+            stats,
+            run_time,
+            followed,
+            collector,
+            child,
+            skipped,
+            tables,
+        },
+        finish_error,
+    ) = session.finish();
     progress.clear();
     if let Some(mut c) = child {
         stop_child(&mut c, reason);
@@ -497,7 +524,7 @@ fn record(cfg: &RecordConfig, stop: &AtomicBool) -> Result<Summary, RecordError>
         [p] => format!("prof-bpf: {} (pid {})", p.name, p.pid),
         ps => format!("prof-bpf: {} Python processes", ps.len()),
     };
-    write_profile(&profile, cfg.format, &title, &output)?;
+    let saved = write_profile(&profile, cfg.format, &title, &output);
     let mut per_process: HashMap<u32, u64> = HashMap::new();
     for s in &profile.samples {
         *per_process.entry(s.pid).or_default() += s.count;
@@ -518,6 +545,8 @@ fn record(cfg: &RecordConfig, stop: &AtomicBool) -> Result<Summary, RecordError>
         stop: reason,
         run_time,
         native: tables.map(|t| (t, profile.unknown_native.clone())),
+        failure: failure.or(finish_error),
+        saved,
     })
 }
 
@@ -526,18 +555,9 @@ fn write_profile(
     format: Format,
     title: &str,
     path: &Path,
-) -> Result<(), RecordError> {
+) -> Result<(), output::file::SaveError> {
     let writer = format.writer(title.to_string());
-    output::write_file(path, |out| writer.write(profile, out)).map_err(|source| {
-        RecordError::Output {
-            path: path.into(),
-            source,
-        }
-    })?;
-    if path != Path::new("-") {
-        privilege::give_to_invoking_user(path);
-    }
-    Ok(())
+    output::file::save(path, format.extension(), |out| writer.write(profile, out))
 }
 
 /// The layout of the process's Python (published by the interpreter where it does so), or the
@@ -550,15 +570,20 @@ fn supported_layout(p: &PythonProcess) -> Result<Layout, RecordError> {
     match source {
         LayoutSource::Published(differences) => {
             for d in differences {
-                eprintln!(
+                crate::note!(
                     "prof-bpf: note: pid {}: python {} publishes {} = {}, the built-in table says {}; using the published value",
-                    p.pid, p.version, d.field, d.published, d.builtin
+                    p.pid,
+                    p.version,
+                    d.field,
+                    d.published,
+                    d.builtin
                 );
             }
         }
-        LayoutSource::Fallback(why) => eprintln!(
+        LayoutSource::Fallback(why) => crate::note!(
             "prof-bpf: warning: pid {}: {why}; using the built-in python {} layout",
-            p.pid, p.version
+            p.pid,
+            p.version
         ),
         LayoutSource::Builtin => {}
     }
@@ -723,7 +748,8 @@ impl Progress {
 
     fn show(&self, samples: u64, lost: u64, elapsed: Duration) {
         if self.tty {
-            eprint!(
+            let _ = write!(
+                io::stderr(),
                 "\r\x1b[Kprof-bpf: {samples} samples, {lost} errors, {:.1}s (Ctrl-C to stop and write)",
                 elapsed.as_secs_f64()
             );
@@ -732,7 +758,7 @@ impl Progress {
 
     fn clear(&self) {
         if self.tty {
-            eprint!("\r\x1b[K");
+            let _ = write!(io::stderr(), "\r\x1b[K");
         }
     }
 }
@@ -882,8 +908,20 @@ impl Summary {
             StopReason::TargetExited => "the program exited",
             StopReason::Duration => "the duration ended",
             StopReason::Signal => "interrupted",
+            StopReason::Error => "an error",
         };
-        if self.output == Path::new("-") {
+        if self.saved.is_err() {
+            writeln!(
+                out,
+                "prof-bpf: stopped ({why}); could not write {} to {}",
+                self.format,
+                if self.output == Path::new("-") {
+                    "stdout".to_string()
+                } else {
+                    self.output.display().to_string()
+                }
+            )
+        } else if self.output == Path::new("-") {
             writeln!(
                 out,
                 "prof-bpf: stopped ({why}); wrote {} to stdout",

@@ -12,62 +12,7 @@ use std::{
 use prof_bpf_tests::*;
 use serde_json::Value;
 
-/// How far a profiled share may be from the measured share, in percentage points.
-const TOLERANCE_PP: f64 = 3.0;
 const RATE: &str = "1000";
-
-/// The fixture's own measurement: CPU seconds spent in heavy() and light().
-fn measured_split(stdout: &str) -> (f64, f64) {
-    let line = stdout
-        .lines()
-        .rev()
-        .find(|l| l.contains("heavy"))
-        .expect("fixture printed its split");
-    let v: Value = serde_json::from_str(line).expect("fixture split is JSON");
-    (v["heavy"].as_f64().unwrap(), v["light"].as_f64().unwrap())
-}
-
-/// Asserts the profile's heavy:light split matches the measured one, with enough samples, and
-/// that burn's hot line is the hottest line.
-fn check_split(profile: &Folded, measured: (f64, f64), what: &str) {
-    let (heavy, light) = (samples_in(profile, "heavy"), samples_in(profile, "light"));
-    assert!(
-        heavy + light >= 1000,
-        "{what}: only {} samples in heavy/light (want >= 1000)",
-        heavy + light
-    );
-    let profiled = 100.0 * heavy as f64 / (heavy + light) as f64;
-    let expected = 100.0 * measured.0 / (measured.0 + measured.1);
-    eprintln!(
-        "{what}: heavy {profiled:.1}% profiled vs {expected:.1}% measured ({heavy}+{light} samples)"
-    );
-    assert!(
-        (profiled - expected).abs() <= TOLERANCE_PP,
-        "{what}: heavy is {profiled:.1}% of samples but {expected:.1}% of measured CPU time"
-    );
-    // Per-line counts of burn's leaf frames: the hot line must win.
-    let hot = line_of(&fixture("split.py"), "# hot line of burn");
-    let mut by_line = std::collections::BTreeMap::<u32, u64>::new();
-    for (stack, n) in profile {
-        let leaf = stack.last().unwrap();
-        if function(leaf) == "burn" {
-            let line: u32 = leaf
-                .rsplit(':')
-                .next()
-                .unwrap()
-                .trim_end_matches(')')
-                .parse()
-                .unwrap();
-            *by_line.entry(line).or_default() += n;
-        }
-    }
-    let hottest = by_line.iter().max_by_key(|(_, n)| **n).map(|(l, _)| *l);
-    assert_eq!(
-        hottest,
-        Some(hot),
-        "{what}: burn's samples by line: {by_line:?}"
-    );
-}
 
 fn record_launch(python: &str, test: &str) {
     if !privileged() {
@@ -101,6 +46,10 @@ fn python_path(which: &str) -> std::path::PathBuf {
 }
 
 fn record_pid(python: &str, test: &str) {
+    record_pid_with(python, test, &[]);
+}
+
+fn record_pid_with(python: &str, test: &str, env: &[(&str, &str)]) {
     if !privileged() {
         return;
     }
@@ -110,6 +59,7 @@ fn record_pid(python: &str, test: &str) {
         .arg(fixture("split.py"))
         .arg("2")
         .env("SPLIT_READY", "1.5")
+        .envs(env.iter().copied())
         .stdout(Stdio::piped())
         .spawn()
         .expect("starting the fixture");
@@ -198,6 +148,18 @@ fn split_debian_3_11_by_pid() {
 }
 
 /// Records the recursion fixture at `depth`; returns the profile and prof-bpf's stderr.
+/// A Python whose main thread has exited while a thread works on (issue 11): its
+/// /proc/PID/maps and mem are empty, so it is read through the live thread, not refused.
+#[test]
+fn split_3_12_main_thread_exited_by_pid() {
+    record_pid_with("3.12", "split_3_12_headless", &[("SPLIT_HEADLESS", "1")]);
+}
+
+#[test]
+fn split_3_8_main_thread_exited_by_pid() {
+    record_pid_with("3.8", "split_3_8_headless", &[("SPLIT_HEADLESS", "1")]);
+}
+
 fn record_recursion(depth: u32, test: &str) -> (Folded, String) {
     let dir = scratch_dir(test);
     let out = dir.join("profile.txt");
@@ -499,5 +461,127 @@ fn duration_stops_and_ends_the_launched_command() {
             &parse_folded(&std::fs::read_to_string(&out).unwrap()),
             "burn"
         ) > 50
+    );
+}
+
+/// Starts split.py with a long budget and returns it once it runs Python code (it says so).
+fn running_split(python: &str) -> std::process::Child {
+    let mut target = Command::new(python_path(python))
+        .arg(fixture("split.py"))
+        .arg("60")
+        .env("SPLIT_READY", "0")
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("starting the fixture");
+    let mut first = String::new();
+    BufReader::new(target.stdout.as_mut().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    assert!(first.contains("pid"), "fixture said {first:?}");
+    target
+}
+
+/// Starts prof-bpf with `args` and returns it once it says it is sampling, with the rest of its
+/// stderr being collected.
+fn sampling(args: &[&str]) -> (std::process::Child, thread::JoinHandle<String>) {
+    let mut profiler = Command::new(prof_bpf())
+        .args(args)
+        .env_remove("RUST_BACKTRACE")
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starting prof-bpf");
+    let mut stderr = BufReader::new(profiler.stderr.take().unwrap());
+    let mut seen = String::new();
+    loop {
+        let mut line = String::new();
+        if stderr.read_line(&mut line).unwrap() == 0 {
+            panic!("prof-bpf ended before sampling: {seen}");
+        }
+        seen.push_str(&line);
+        if line.contains("prof-bpf: sampling ") {
+            break;
+        }
+    }
+    let rest = thread::spawn(move || {
+        let mut rest = seen;
+        for line in stderr.lines() {
+            rest.push_str(&line.unwrap());
+            rest.push('\n');
+        }
+        rest
+    });
+    (profiler, rest)
+}
+
+/// A closed terminal (SIGHUP), SIGQUIT and SIGTERM stop a recording like Ctrl-C: the profile is
+/// written, and a --pid target runs on untouched (issue 11).
+#[test]
+fn every_stopping_signal_writes_the_profile_and_spares_the_target() {
+    if !privileged() {
+        return;
+    }
+    let dir = scratch_dir("signals");
+    let mut target = running_split("3.12");
+    let pid = target.id().to_string();
+    for (name, signal) in [
+        ("SIGHUP", libc::SIGHUP),
+        ("SIGQUIT", libc::SIGQUIT),
+        ("SIGTERM", libc::SIGTERM),
+    ] {
+        let out = dir.join(format!("{name}.txt"));
+        let out_arg = out.display().to_string();
+        let (profiler, stderr) = sampling(&[
+            "record", "-r", "500", "-f", "raw", "--pid", &pid, "-o", &out_arg,
+        ]);
+        thread::sleep(Duration::from_millis(800)); // samples to write, not a wait for readiness
+        // SAFETY: kill with the pid of a child we spawned and have not reaped.
+        unsafe { libc::kill(profiler.id() as i32, signal) };
+        let status = profiler.wait_with_output().unwrap().status;
+        let stderr = stderr.join().unwrap();
+        assert!(status.success(), "{name}: {stderr}");
+        assert!(stderr.contains("stopped (interrupted)"), "{name}: {stderr}");
+        let profile = parse_folded(&std::fs::read_to_string(&out).unwrap());
+        assert!(samples_in(&profile, "burn") > 100, "{name}: {profile:?}");
+        assert!(
+            matches!(target.try_wait(), Ok(None)),
+            "{name}: the target did not survive"
+        );
+    }
+    target.kill().unwrap();
+    target.wait().unwrap();
+}
+
+/// A write that fails at the end (a full disk: /dev/full) loses nothing: the profile goes to a
+/// fallback file that stderr names, and the exit status says it failed (issue 11).
+#[test]
+fn a_failed_write_saves_the_profile_elsewhere_and_fails() {
+    if !privileged() {
+        return;
+    }
+    let result = Command::new(prof_bpf())
+        .args(["record", "-r", RATE, "-f", "raw", "-o", "/dev/full", "--"])
+        .arg(python("3.12"))
+        .arg(fixture("split.py"))
+        .arg("1")
+        .env_remove("RUST_BACKTRACE")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&result.stderr);
+    assert_eq!(result.status.code(), Some(1), "{stderr}");
+    let saved = stderr
+        .split("saved it to ")
+        .nth(1)
+        .and_then(|rest| rest.split(" instead").next())
+        .unwrap_or_else(|| panic!("no fallback named: {stderr}"));
+    assert!(
+        stderr.contains("cannot write the profile to /dev/full: No space left on device"),
+        "{stderr}"
+    );
+    let profile = parse_folded(&std::fs::read_to_string(saved).unwrap());
+    std::fs::remove_file(saved).unwrap();
+    check_split(
+        &profile,
+        measured_split(&String::from_utf8_lossy(&result.stdout)),
+        "fallback",
     );
 }
