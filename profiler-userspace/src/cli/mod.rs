@@ -1,9 +1,10 @@
 //! Command-line arguments (clap) and their validation into the configs the commands run with.
-//! Pure: no process, file or kernel access, so it is unit tested with `try_parse_from`.
+//! Pure: no process, file or kernel access, so it is unit tested with `try_parse_from`. Every
+//! mistake in the arguments is a clap error: one message that names the option, exit status 2.
 
-use std::{path::PathBuf, time::Duration};
+use std::{ffi::OsString, path::PathBuf, time::Duration};
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory as _, Parser, Subcommand, error::ErrorKind};
 
 use crate::{
     dump::DumpConfig,
@@ -33,10 +34,85 @@ pub enum Command {
     Report(ReportArgs),
 }
 
+/// The largest pid Linux hands out (PID_MAX_LIMIT on 64-bit kernels).
+const PID_MAX: i64 = 4_194_304;
+/// The longest `--duration`: a century, far past any recording and far from overflow.
+const MAX_DURATION_SECS: f64 = 100.0 * 365.0 * 24.0 * 3600.0;
+/// The longest `--refresh`: a day.
+const MAX_REFRESH_SECS: f64 = 24.0 * 3600.0;
+
+fn parse_pid(s: &str) -> Result<u32, String> {
+    match s.parse::<i64>() {
+        Ok(pid) if (1..=PID_MAX).contains(&pid) => Ok(pid as u32),
+        Ok(pid) => Err(format!("{pid} is not a process id (1 to {PID_MAX})")),
+        Err(_) => Err(format!(
+            "{s:?} is not a process id (a number, 1 to {PID_MAX})"
+        )),
+    }
+}
+
+/// Seconds as a positive finite number no larger than `max`.
+fn parse_seconds(s: &str, min: f64, max: f64) -> Result<Duration, String> {
+    let secs: f64 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number of seconds"))?;
+    if !secs.is_finite() || secs < min || secs > max {
+        return Err(format!(
+            "{s} seconds is out of range: give a number from {min} to {max}"
+        ));
+    }
+    Duration::try_from_secs_f64(secs).map_err(|e| e.to_string())
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    match parse_seconds(s, 0.0, MAX_DURATION_SECS)? {
+        Duration::ZERO => Err(format!("{s} seconds is too short: give a positive number")),
+        d => Ok(d),
+    }
+}
+
+fn parse_refresh(s: &str) -> Result<Duration, String> {
+    parse_seconds(s, 0.1, MAX_REFRESH_SECS)
+}
+
+/// A validated invocation of one of the commands.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Config {
+    Record(RecordConfig),
+    Top(TopConfig),
+    Dump(DumpConfig),
+    Report(ReportConfig),
+}
+
+/// Parses and validates `args` (the program name first). A usage mistake is a clap error
+/// (`exit_code()` 2, or 0 for --help and --version).
+pub fn parse_from<I, T>(args: I) -> Result<Config, clap::Error>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    let cli = Cli::try_parse_from(args)?;
+    let (name, validated) = match cli.command {
+        Command::Record(a) => ("record", a.into_config().map(Config::Record)),
+        Command::Top(a) => ("top", a.into_config().map(Config::Top)),
+        Command::Dump(a) => ("dump", Ok(Config::Dump(a.into_config()))),
+        Command::Report(a) => ("report", Ok(Config::Report(a.into_config()))),
+    };
+    validated.map_err(|e| {
+        let mut cmd = Cli::command();
+        cmd.build();
+        let sub = cmd
+            .find_subcommand_mut(name)
+            .expect("every command is a subcommand");
+        sub.error(ErrorKind::ArgumentConflict, e)
+    })
+}
+
 #[derive(Debug, Args)]
 pub struct TopArgs {
     /// PID of a running Python process.
-    #[arg(short, long, value_name = "PID")]
+    #[arg(short, long, value_name = "PID", value_parser = parse_pid, allow_negative_numbers = true)]
     pub pid: Option<u32>,
 
     /// Every Python process on the machine, including those that start while watching.
@@ -44,12 +120,12 @@ pub struct TopArgs {
     pub all: bool,
 
     /// Samples per second, per CPU.
-    #[arg(short, long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    #[arg(short, long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=100_000), allow_negative_numbers = true)]
     pub rate: u64,
 
     /// Seconds between refreshes (the percentages cover the last one).
-    #[arg(long, value_name = "SECONDS", default_value_t = 1.0)]
-    pub refresh: f64,
+    #[arg(long, value_name = "SECONDS", default_value = "1", value_parser = parse_refresh, allow_negative_numbers = true)]
+    pub refresh: Duration,
 
     /// Start with line numbers shown (`l` toggles them).
     #[arg(long)]
@@ -66,14 +142,10 @@ pub struct TopArgs {
 
 impl TopArgs {
     pub fn into_config(self) -> Result<TopConfig, ConfigError> {
-        let refresh = match self.refresh {
-            r if r.is_finite() && r >= 0.1 => Duration::from_secs_f64(r),
-            r => return Err(ConfigError::BadRefresh(r.to_string())),
-        };
         Ok(TopConfig {
             target: target(self.pid, self.all, self.command)?,
             rate_hz: self.rate,
-            refresh,
+            refresh: self.refresh,
             lines: self.lines,
             native: self.native,
         })
@@ -94,7 +166,7 @@ fn target(pid: Option<u32>, all: bool, command: Vec<String>) -> Result<Target, C
 #[derive(Debug, Args)]
 pub struct DumpArgs {
     /// PID of a running Python process.
-    #[arg(short, long, value_name = "PID")]
+    #[arg(short, long, value_name = "PID", value_parser = parse_pid, allow_negative_numbers = true)]
     pub pid: u32,
 
     /// Native (C, C++, Rust) frames too, with the Python frames in place of the interpreter's
@@ -131,7 +203,7 @@ pub struct ReportArgs {
     pub sort: SortKey,
 
     /// Rows in the table; 0 shows all.
-    #[arg(short, long, default_value_t = 25)]
+    #[arg(short, long, default_value_t = 25, allow_negative_numbers = true)]
     pub limit: usize,
 
     /// One row per function rather than per line.
@@ -166,7 +238,7 @@ impl ReportArgs {
 #[derive(Debug, Args)]
 pub struct RecordArgs {
     /// PID of a running Python process.
-    #[arg(short, long, value_name = "PID")]
+    #[arg(short, long, value_name = "PID", value_parser = parse_pid, allow_negative_numbers = true)]
     pub pid: Option<u32>,
 
     /// Every Python process on the machine, including those that start while recording.
@@ -195,12 +267,12 @@ pub struct RecordArgs {
     pub format: Format,
 
     /// Samples per second, per CPU.
-    #[arg(short, long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    #[arg(short, long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=100_000), allow_negative_numbers = true)]
     pub rate: u64,
 
     /// Stop after this many seconds [default: when the program exits or on Ctrl-C].
-    #[arg(short, long, value_name = "SECONDS")]
-    pub duration: Option<f64>,
+    #[arg(short, long, value_name = "SECONDS", value_parser = parse_duration, allow_negative_numbers = true)]
+    pub duration: Option<Duration>,
 
     /// Aggregate by function (its first line) rather than by line.
     #[arg(short = 'F', long)]
@@ -267,10 +339,6 @@ pub enum ConfigError {
         "nothing to profile: give --pid PID, --all, or a command after `--` (e.g. `prof-bpf record -- python app.py`)"
     )]
     NoTarget,
-    #[error("--duration must be a positive number of seconds, not {0}")]
-    BadDuration(String),
-    #[error("--refresh must be at least 0.1 seconds, not {0}")]
-    BadRefresh(String),
 }
 
 impl RecordArgs {
@@ -278,17 +346,12 @@ impl RecordArgs {
         let target = target(self.pid, self.all, self.command)?;
         // Several processes: each stack says whose it is.
         let processes = self.all || self.subprocesses;
-        let duration = match self.duration {
-            None => None,
-            Some(d) if d.is_finite() && d > 0.0 => Some(Duration::from_secs_f64(d)),
-            Some(d) => return Err(ConfigError::BadDuration(d.to_string())),
-        };
         Ok(RecordConfig {
             target,
             output: self.output,
             format: self.format,
             rate_hz: self.rate,
-            duration,
+            duration: self.duration,
             frames: FrameOptions {
                 function: self.function,
                 nolineno: self.nolineno,
@@ -309,31 +372,29 @@ impl RecordArgs {
 mod tests {
     use super::*;
 
+    fn parse(command: &str, args: &[&str]) -> Result<Config, String> {
+        parse_from(["prof-bpf", command].iter().chain(args)).map_err(|e| e.to_string())
+    }
+
     fn record(args: &[&str]) -> Result<RecordConfig, String> {
-        let cli = Cli::try_parse_from(["prof-bpf", "record"].iter().chain(args))
-            .map_err(|e| e.to_string())?;
-        let Command::Record(r) = cli.command else {
-            panic!("not record")
-        };
-        r.into_config().map_err(|e| e.to_string())
+        match parse("record", args)? {
+            Config::Record(c) => Ok(c),
+            other => panic!("not record: {other:?}"),
+        }
     }
 
     fn report(args: &[&str]) -> Result<ReportConfig, String> {
-        let cli = Cli::try_parse_from(["prof-bpf", "report"].iter().chain(args))
-            .map_err(|e| e.to_string())?;
-        let Command::Report(r) = cli.command else {
-            panic!("not report")
-        };
-        Ok(r.into_config())
+        match parse("report", args)? {
+            Config::Report(c) => Ok(c),
+            other => panic!("not report: {other:?}"),
+        }
     }
 
     fn top(args: &[&str]) -> Result<TopConfig, String> {
-        let cli = Cli::try_parse_from(["prof-bpf", "top"].iter().chain(args))
-            .map_err(|e| e.to_string())?;
-        let Command::Top(t) = cli.command else {
-            panic!("not top")
-        };
-        t.into_config().map_err(|e| e.to_string())
+        match parse("top", args)? {
+            Config::Top(c) => Ok(c),
+            other => panic!("not top: {other:?}"),
+        }
     }
 
     #[test]
@@ -357,7 +418,7 @@ mod tests {
         assert!(
             top(&["-p", "1", "--refresh", "0"])
                 .unwrap_err()
-                .contains("at least 0.1")
+                .contains("from 0.1")
         );
     }
 
@@ -486,11 +547,141 @@ mod tests {
                 .unwrap_err()
                 .contains("0 is not in 1..=100000")
         );
-        assert!(record(&["-p", "x"]).unwrap_err().contains("invalid digit"));
+        assert!(
+            record(&["-p", "x"])
+                .unwrap_err()
+                .contains("is not a process id")
+        );
         assert!(
             record(&["-p", "1", "-f", "svg"])
                 .unwrap_err()
                 .contains("possible values")
         );
+    }
+
+    /// Values no option should take, and ones at the edge of what they take.
+    const EXTREMES: &[&str] = &[
+        "",
+        " ",
+        "0",
+        "-0",
+        "-1",
+        "1",
+        "1e20",
+        "-1e20",
+        "1e-400",
+        "1e308",
+        "nan",
+        "NaN",
+        "inf",
+        "-inf",
+        "0x10",
+        "18446744073709551616",
+        "4294967296",
+        "4194305",
+        "99999999999999999999",
+        "1.5",
+        "0.05",
+        "86401",
+        "3153600001",
+        "--",
+        "-",
+        "=",
+        "\u{0}",
+        "é",
+        "1 2",
+    ];
+
+    /// Every option of every command that takes a value, with a target that is valid on its
+    /// own, so the option under test is the only thing that can be wrong.
+    fn options() -> Vec<(String, String, Vec<&'static str>)> {
+        let mut cmd = Cli::command();
+        cmd.build();
+        let mut out = Vec::new();
+        for sub in cmd.get_subcommands() {
+            let name = sub.get_name().to_string();
+            for arg in sub.get_arguments() {
+                let (Some(long), true) = (arg.get_long(), arg.get_action().takes_values()) else {
+                    continue;
+                };
+                let target: Vec<&str> = match (name.as_str(), long) {
+                    ("report", _) => vec!["p.json"],
+                    (_, "pid") => vec![],
+                    _ => vec!["-p", "1"],
+                };
+                out.push((name.clone(), format!("--{long}"), target));
+            }
+        }
+        out
+    }
+
+    /// Parses `command --option=value target`: never a panic; a refusal is a usage error
+    /// (exit 2) whose message names the option.
+    fn check_one(command: &str, option: &str, value: &str, target: &[&str]) -> Result<(), String> {
+        let with_value = format!("{option}={value}");
+        let args = ["prof-bpf", command, with_value.as_str()]
+            .into_iter()
+            .chain(target.iter().copied());
+        match parse_from(args) {
+            Ok(_) => Ok(()),
+            Err(e) if e.exit_code() != 2 => Err(format!(
+                "{command} {option}={value:?}: exit {} ({e})",
+                e.exit_code()
+            )),
+            Err(e) if !e.to_string().contains(option) => Err(format!(
+                "{command} {option}={value:?}: the message does not name {option}: {e}"
+            )),
+            Err(_) => Ok(()),
+        }
+    }
+
+    #[test]
+    fn every_option_refuses_extreme_values_with_a_usage_error_naming_it() {
+        let options = options();
+        assert!(options.len() >= 12, "{options:?}");
+        for (command, option, target) in &options {
+            for value in EXTREMES {
+                check_one(command, option, value, target).unwrap();
+            }
+        }
+    }
+
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(proptest::test_runner::Config::with_cases(2000))]
+
+        /// Random strings, numbers and floats of every kind at every option.
+        #[test]
+        fn every_option_takes_any_value_without_panicking(
+            which in 0usize..64,
+            value in prop_oneof![
+                ".{0,12}".prop_map(|s: String| s),
+                any::<i64>().prop_map(|n| n.to_string()),
+                any::<f64>().prop_map(|f| f.to_string()),
+                any::<f64>().prop_map(|f| format!("{f:e}")),
+            ],
+        ) {
+            let options = options();
+            let (command, option, target) = &options[which % options.len()];
+            let checked = check_one(command, option, &value, target);
+            prop_assert!(checked.is_ok(), "{}", checked.unwrap_err());
+        }
+
+        /// Any mix of targets and flags: a valid config or a usage error, never a panic.
+        #[test]
+        fn any_mix_of_targets_and_flags_is_a_config_or_a_usage_error(
+            command in proptest::sample::select(vec!["record", "top", "dump"]),
+            flags in proptest::collection::vec(proptest::sample::select(vec![
+                "-p", "7", "--all", "-s", "-i", "-g", "-n", "--kernel", "--threads", "-F",
+                "--nolineno", "--lines", "--", "python", "-d", "2", "-r", "1000", "x.py",
+            ]), 0..8),
+        ) {
+            let args = ["prof-bpf", command].into_iter().chain(flags.iter().copied());
+            if let Err(e) = parse_from(args) {
+                prop_assert!(matches!(e.exit_code(), 0 | 2), "exit {}: {e}", e.exit_code());
+                prop_assert!(e.to_string().contains("-"), "names no option: {e}");
+            }
+        }
     }
 }
