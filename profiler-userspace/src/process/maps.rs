@@ -13,9 +13,9 @@ pub struct Mapping {
 }
 
 pub fn read_maps(pid: u32) -> io::Result<Vec<Mapping>> {
-    Ok(parse_maps(&fs::read_to_string(format!(
-        "/proc/{pid}/maps"
-    ))?))
+    Ok(parse_maps(&fs::read_to_string(
+        super::proc_dir(pid).join("maps"),
+    )?))
 }
 
 pub fn parse_maps(text: &str) -> Vec<Mapping> {

@@ -34,7 +34,7 @@ pub struct ProcMem {
 impl ProcMem {
     pub fn open(pid: u32) -> io::Result<Self> {
         Ok(Self {
-            file: File::open(format!("/proc/{pid}/mem"))?,
+            file: File::open(super::proc_dir(pid).join("mem"))?,
         })
     }
 }

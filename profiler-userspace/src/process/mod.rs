@@ -32,6 +32,18 @@ pub enum ProcessError {
     Exited { pid: u32 },
     #[error("permission denied reading /proc/{pid}/{what}")]
     PermissionDenied { pid: u32, what: &'static str },
+    #[error(
+        "the kernel does not let even root read /proc/{pid}/{what}: process {pid} is protected \
+         (not dumpable, in a user namespace root does not own, or guarded by a security module)"
+    )]
+    Protected { pid: u32, what: &'static str },
+    #[error("pid {pid} ({name}) is a kernel thread, not a program with a Python interpreter")]
+    KernelThread { pid: u32, name: String },
+    #[error(
+        "pid {pid} ({name}) is a zombie: it has exited and waits for its parent (pid {ppid}) to \
+         collect its exit status"
+    )]
+    Zombie { pid: u32, name: String, ppid: u32 },
     #[error("pid {pid} ({exe}) is not a Python process: looked for {LOOKED_FOR}")]
     NotPython { pid: u32, exe: String },
     #[error("reading {path}: {source}")]
@@ -51,6 +63,9 @@ impl ProcessError {
     pub(crate) fn from_proc(pid: u32, what: &'static str, e: io::Error) -> Self {
         match e.kind() {
             io::ErrorKind::NotFound => ProcessError::NoSuchProcess { pid },
+            io::ErrorKind::PermissionDenied if crate::privilege::is_root() => {
+                ProcessError::Protected { pid, what }
+            }
             io::ErrorKind::PermissionDenied => ProcessError::PermissionDenied { pid, what },
             _ if e.raw_os_error() == Some(libc::ESRCH) => ProcessError::Exited { pid },
             _ => ProcessError::Io {
@@ -100,7 +115,8 @@ pub fn find_python(pid: u32) -> Result<Option<PythonProcess>, ProcessError> {
         let Some(mapped) = maps.iter().find(|m| m.path.as_ref() == Some(&binary)) else {
             continue;
         };
-        let path_in_ns = PathBuf::from(format!("/proc/{pid}/root"))
+        let path_in_ns = proc_dir(pid)
+            .join("root")
             .join(binary.strip_prefix("/").unwrap_or(&binary));
         let info = match elf::inspect_file(&path_in_ns) {
             Ok(info) => info,
@@ -171,8 +187,23 @@ pub fn named_python(exe: &std::path::Path) -> bool {
 /// takes milliseconds, so a pid taken right after a spawn is not called "not Python".
 const LOADING_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// Like `find_python`, but a process without an interpreter is an error.
+/// Like `find_python`, but a process without an interpreter is an error, and so is a pid that
+/// names no process to profile (a kernel thread, a zombie), each with its own message.
 pub fn inspect(pid: u32) -> Result<PythonProcess, ProcessError> {
+    let stat = proc_stat(pid).map_err(|e| ProcessError::from_proc(pid, "stat", e))?;
+    if stat.flags & PF_KTHREAD != 0 {
+        return Err(ProcessError::KernelThread {
+            pid,
+            name: comm(pid),
+        });
+    }
+    if stat.state == 'Z' && live_thread(pid).is_none() {
+        return Err(ProcessError::Zombie {
+            pid,
+            name: comm(pid),
+            ppid: stat.ppid,
+        });
+    }
     let started = std::time::Instant::now();
     let mut found = find_python(pid)?;
     while found.is_none() && started.elapsed() < LOADING_GRACE && named_python(&exe_of(pid)?) {
@@ -182,7 +213,7 @@ pub fn inspect(pid: u32) -> Result<PythonProcess, ProcessError> {
     match found {
         Some(p) => Ok(p),
         None => {
-            let exe = fs::read_link(format!("/proc/{pid}/exe"))
+            let exe = exe_of(pid)
                 .map(|p| p.display().to_string())
                 .unwrap_or_else(|_| "unknown executable".into());
             Err(ProcessError::NotPython { pid, exe })
@@ -190,9 +221,46 @@ pub fn inspect(pid: u32) -> Result<PythonProcess, ProcessError> {
     }
 }
 
+/// The /proc directory to read `pid`'s memory, maps and files through: `/proc/PID`, or, when
+/// its main thread has exited while other threads run on, `/proc/PID/task/TID` of a live
+/// thread (the exited leader's own entries are empty).
+pub fn proc_dir(pid: u32) -> PathBuf {
+    let base = PathBuf::from(format!("/proc/{pid}"));
+    if !proc_stat(pid).is_ok_and(|s| s.state == 'Z') {
+        return base;
+    }
+    match live_thread(pid) {
+        Some(tid) => base.join("task").join(tid.to_string()),
+        None => base,
+    }
+}
+
+/// A thread of `pid` other than its exited main thread that still runs.
+fn live_thread(pid: u32) -> Option<u32> {
+    let mut tids: Vec<u32> = fs::read_dir(format!("/proc/{pid}/task"))
+        .ok()?
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .filter(|&tid| tid != pid)
+        .collect();
+    tids.sort_unstable();
+    tids.into_iter().find(|tid| {
+        fs::read_to_string(format!("/proc/{pid}/task/{tid}/stat"))
+            .ok()
+            .and_then(|s| parse_stat(&s))
+            .is_some_and(|s| !matches!(s.state, 'Z' | 'X'))
+    })
+}
+
 /// `pid`'s memory, with the error saying which process and why (gone, not permitted).
 pub fn open_memory(pid: u32) -> Result<ProcMem, ProcessError> {
     ProcMem::open(pid).map_err(|e| ProcessError::from_proc(pid, "mem", e))
+}
+
+/// The kernel's name for process `pid` (its `comm`), or `?` if it is gone.
+pub fn comm(pid: u32) -> String {
+    fs::read_to_string(format!("/proc/{pid}/comm"))
+        .map(|s| s.trim_end().to_string())
+        .unwrap_or_else(|_| "?".into())
 }
 
 /// The kernel's name for thread `tid` of `pid` (its `comm`), or `?` if it is gone.
@@ -202,16 +270,22 @@ pub fn thread_name(pid: u32, tid: u32) -> String {
         .unwrap_or_else(|_| "?".into())
 }
 
-/// What prof-bpf reads from /proc/PID/stat: the state letter, the parent and the start time.
+/// `PF_KTHREAD` in /proc/PID/stat's flags (include/linux/sched.h): a kernel thread.
+const PF_KTHREAD: u32 = 0x0020_0000;
+
+/// What prof-bpf reads from /proc/PID/stat: the state letter, the parent, the flags and the
+/// start time.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct ProcStat {
     pub state: char,
     pub ppid: u32,
+    /// The kernel's `PF_*` flags.
+    pub flags: u32,
     /// Clock ticks since boot: with the pid, it tells a process from a later one with its pid.
     pub start_time: u64,
 }
 
-/// /proc/PID/stat's fields 3, 4 and 22.
+/// /proc/PID/stat's fields 3, 4, 9 and 22.
 pub(crate) fn proc_stat(pid: u32) -> io::Result<ProcStat> {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat"))?;
     parse_stat(&stat).ok_or_else(|| io::Error::other("malformed /proc/PID/stat"))
@@ -222,10 +296,12 @@ fn parse_stat(stat: &str) -> Option<ProcStat> {
     let mut fields = stat.rsplit_once(')')?.1.split_whitespace();
     let state = fields.next()?.chars().next()?;
     let ppid = fields.next()?.parse().ok()?;
-    let start_time = fields.nth(17)?.parse().ok()?;
+    let flags = fields.nth(4)?.parse().ok()?;
+    let start_time = fields.nth(12)?.parse().ok()?;
     Some(ProcStat {
         state,
         ppid,
+        flags,
         start_time,
     })
 }
@@ -237,9 +313,13 @@ pub fn start_time(pid: u32) -> Result<u64, ProcessError> {
         .map_err(|e| ProcessError::from_proc(pid, "stat", e))
 }
 
-/// Whether `p` is still the same running process (not exited, pid not reused, not a zombie).
+/// Whether `p` is still the same running process (not exited, pid not reused, not a zombie; a
+/// process whose main thread exited lives on in its other threads).
 pub fn is_alive(p: &PythonProcess) -> bool {
-    proc_stat(p.pid).is_ok_and(|s| s.start_time == p.start_time && !matches!(s.state, 'Z' | 'X'))
+    proc_stat(p.pid).is_ok_and(|s| {
+        s.start_time == p.start_time
+            && (!matches!(s.state, 'Z' | 'X') || live_thread(p.pid).is_some())
+    })
 }
 
 fn is_libpython(m: &Mapping) -> bool {
@@ -250,7 +330,7 @@ fn is_libpython(m: &Mapping) -> bool {
 
 /// The process's executable, as it was when it started (a deleted file keeps its path).
 pub(crate) fn exe_of(pid: u32) -> Result<PathBuf, ProcessError> {
-    let exe = fs::read_link(format!("/proc/{pid}/exe"))
+    let exe = fs::read_link(proc_dir(pid).join("exe"))
         .map_err(|e| ProcessError::from_proc(pid, "exe", e))?;
     Ok(strip_deleted(exe))
 }
@@ -290,6 +370,7 @@ mod tests {
             Some(ProcStat {
                 state: 'S',
                 ppid: 7,
+                flags: 4194560,
                 start_time: 123456
             })
         );
@@ -297,6 +378,9 @@ mod tests {
         let me = proc_stat(std::process::id()).unwrap();
         assert_eq!(me.ppid, std::os::unix::process::parent_id());
         assert_ne!(me.start_time, 0);
+        assert_eq!(me.flags & PF_KTHREAD, 0);
+        // kthreadd, the parent of every kernel thread.
+        assert_ne!(proc_stat(2).unwrap().flags & PF_KTHREAD, 0);
     }
 
     #[test]

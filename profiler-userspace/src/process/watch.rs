@@ -11,7 +11,9 @@ use std::{
     path::PathBuf,
 };
 
-use super::{ProcStat, PythonProcess, exe_of, find_python_cheaply, named_python, proc_stat};
+use super::{
+    ProcStat, ProcessError, PythonProcess, exe_of, find_python_cheaply, named_python, proc_stat,
+};
 
 /// Which processes a watcher follows.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -31,6 +33,9 @@ pub enum Change {
     Started(PythonProcess),
     /// A process reported as `Started` is gone, or no longer runs that interpreter.
     Ended(u32),
+    /// A process that looks like Python (named so, or with a libpython mapped) whose
+    /// interpreter could not be read, and why: said in the summary, not silently left out.
+    Unreadable { pid: u32, name: String, why: String },
 }
 
 /// What the watcher remembers of a process it has looked at.
@@ -115,7 +120,8 @@ impl Watcher {
             let (Some(stat), Ok(exe)) = (stats.get(&pid), exe_of(pid)) else {
                 continue; // a kernel thread, or gone already
             };
-            let python = match find_python_cheaply(pid) {
+            let found = find_python_cheaply(pid);
+            let python = match found {
                 Ok(Some(p)) if p.start_time == stat.start_time => {
                     changes.push(Change::Started(p));
                     true
@@ -129,6 +135,24 @@ impl Watcher {
                     *tries += 1;
                     if *tries < RETRIES {
                         continue;
+                    }
+                    let why = match found {
+                        Err(ProcessError::Exited { .. } | ProcessError::NoSuchProcess { .. }) => {
+                            None
+                        }
+                        Err(e) => Some(e.to_string()),
+                        Ok(None) => Some(format!(
+                            "named like Python but no interpreter found in it ({})",
+                            exe.display()
+                        )),
+                        Ok(Some(_)) => None, // a reused pid: the next scan sees the new one
+                    };
+                    if let Some(why) = why {
+                        changes.push(Change::Unreadable {
+                            pid,
+                            name: super::comm(pid),
+                            why,
+                        });
                     }
                     false
                 }
@@ -209,6 +233,7 @@ mod tests {
                     ProcStat {
                         state: 'S',
                         ppid,
+                        flags: 0,
                         start_time: 0,
                     },
                 )

@@ -91,7 +91,7 @@ impl NativeTables {
     /// Re-reads `pid`'s mappings and, if its executable mappings changed, loads the tables of
     /// new files and rewrites its mapping list. Returns whether anything changed.
     pub fn refresh(&mut self, pid: u32, maps: &mut impl UnwindMaps) -> io::Result<bool> {
-        let text = fs::read_to_string(format!("/proc/{pid}/maps"))?;
+        let text = fs::read_to_string(crate::process::proc_dir(pid).join("maps"))?;
         let all = crate::process::parse_maps(&text);
         let mut exec: Vec<(Mapping, String)> = all
             .into_iter()
@@ -351,16 +351,17 @@ fn load_bias(segments: &[Segment], m: &Mapping, whole_image: bool) -> Option<u64
 /// The file `name` mapped in `pid`, as seen from the process's root; the plain path when that
 /// root is ours, so it can still be read for symbols after the process exited.
 fn file_path(pid: u32, name: &str) -> PathBuf {
-    let same_root = fs::read_link(format!("/proc/{pid}/root")).is_ok_and(|r| r == Path::new("/"));
+    let root = crate::process::proc_dir(pid).join("root");
+    let same_root = fs::read_link(&root).is_ok_and(|r| r == Path::new("/"));
     if same_root {
         PathBuf::from(name)
     } else {
-        PathBuf::from(format!("/proc/{pid}/root{name}"))
+        root.join(name.trim_start_matches('/'))
     }
 }
 
 fn read_memory(pid: u32, addr: u64, len: u64) -> io::Result<Vec<u8>> {
-    let mut f = fs::File::open(format!("/proc/{pid}/mem"))?;
+    let mut f = fs::File::open(crate::process::proc_dir(pid).join("mem"))?;
     f.seek(SeekFrom::Start(addr))?;
     let mut buf = vec![0; len as usize];
     f.read_exact(&mut buf)?;
