@@ -564,12 +564,15 @@ fn line_of(options: FrameOptions, layout: &Layout, f: &PyFrame, code: &CodeInfo)
             Err(_) => return code.firstlineno,
         },
     };
+    // Where the table gives no line, or line 0 (3.11+ put a module's RESUME on line 0), the
+    // frame shows its function's first line: every Python frame has a line.
     line_for(
         layout.code.linetable_format,
         &code.linetable,
         code.firstlineno,
         addr,
     )
+    .filter(|&line| line > 0)
     .unwrap_or(code.firstlineno)
 }
 
@@ -746,6 +749,33 @@ mod tests {
         assert!(folded.contains(&line("new", 3)), "{folded:?}");
         assert_eq!(p.processes.len(), 2);
         drop(code);
+    }
+
+    /// Issue 11's flake: a module sampled at its first instruction (RESUME, which 3.11+ put on
+    /// line 0) showed a frame without a line.
+    #[test]
+    fn every_python_frame_has_a_line() {
+        let layout = layout_for(Version::new(3, 12)).unwrap();
+        // `compile("x=1\ny=2\n", "m", "exec")` under 3.12: lines (0, 2, 0), (2, 6, 1), (6, 12, 2).
+        let code = CodeInfo {
+            name: "<module>".into(),
+            filename: "m".into(),
+            firstlineno: 1,
+            linetable: vec![
+                0xf0, 0x03, 0x01, 0x01, 0x01, 0xd8, 0x02, 0x03, 0x80, 0x01, 0xd8, 0x02, 0x03, 0x81,
+                0x01,
+            ],
+        };
+        let at = |offset: u32| PyFrame {
+            code: 1,
+            instr: layout.code.code_adaptive as u32 + offset,
+            tag: 0,
+        };
+        let line = |offset| line_of(FrameOptions::default(), &layout, &at(offset), &code);
+        assert_eq!(line(0), 1, "RESUME, on line 0 in the table");
+        assert_eq!(line(2), 1);
+        assert_eq!(line(6), 2);
+        assert_eq!(line(40), 1, "past the table: the first line");
     }
 
     #[test]
