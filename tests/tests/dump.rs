@@ -267,9 +267,13 @@ fn dump_native_when_ptrace_is_refused_says_so_and_resumes_the_others() {
     let out = run(&["dump", "--native", "--pid", &pid]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
+    // Root is refused because of the other tracer: it is named, and root is not told to run
+    // as root.
     assert!(
-        stderr.contains(&format!("not permitted to ptrace pid {pid}"))
-            && stderr.contains("hint: run as root"),
+        stderr.contains(&format!(
+            "not permitted to ptrace thread {last} of pid {pid}, even as root"
+        )) && stderr.contains("another tracer")
+            && !stderr.contains("run as root"),
         "{stderr}"
     );
     drop(strace);
@@ -314,6 +318,20 @@ fn dump_of_a_process_that_is_not_python_is_refused() {
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("is not a Python process"), "{stderr}");
     let _ = sleeper.0.kill();
+    // A pid that just exited and was reaped.
+    let mut gone = Command::new("true").spawn().unwrap();
+    let gone_pid = gone.id().to_string();
+    gone.wait().unwrap();
+    let out = run(&["dump", "--pid", &gone_pid]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!("no process with pid {gone_pid}")),
+        "{stderr}"
+    );
+    // No process could have this pid: a usage error.
     let out = run(&["dump", "--pid", "999999999"]);
-    assert!(String::from_utf8_lossy(&out.stderr).contains("no process with pid 999999999"));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("is not a process id"), "{stderr}");
 }

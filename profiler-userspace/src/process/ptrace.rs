@@ -17,6 +17,12 @@ pub enum PtraceError {
          CAP_SYS_PTRACE; another tracer such as gdb, or kernel.yama.ptrace_scope=3, also prevent it)"
     )]
     PermissionDenied { pid: u32 },
+    #[error(
+        "not permitted to ptrace thread {tid} of pid {pid}, even as root (needed for --native): \
+         another tracer such as gdb or strace is attached to it, or kernel.yama.ptrace_scope=3 \
+         forbids ptrace"
+    )]
+    TracedElsewhere { pid: u32, tid: u32 },
     #[error("process {pid} exited")]
     Exited { pid: u32 },
     #[error("stopping thread {tid} of pid {pid}: {source}")]
@@ -84,7 +90,11 @@ pub fn stop_threads(pid: u32) -> Result<Stopped, PtraceError> {
                 // Gone since the task list was read.
                 Err(e) if e.raw_os_error() == Some(libc::ESRCH) => {}
                 Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
-                    return Err(PtraceError::PermissionDenied { pid });
+                    return Err(if crate::privilege::is_root() {
+                        PtraceError::TracedElsewhere { pid, tid }
+                    } else {
+                        PtraceError::PermissionDenied { pid }
+                    });
                 }
                 Err(source) => return Err(PtraceError::Io { pid, tid, source }),
             }
