@@ -266,8 +266,9 @@ fn every_output_format_has_its_shape() {
         let stderr = String::from_utf8_lossy(&r.stderr).to_string();
         assert!(r.status.success(), "{format}: {stderr}");
         let samples: u64 = stderr
-            .split_whitespace()
-            .nth(1)
+            .lines()
+            .find(|l| l.contains(" samples of "))
+            .and_then(|l| l.split_whitespace().nth(1))
             .and_then(|n| n.parse().ok())
             .unwrap_or_else(|| panic!("no sample count in summary: {stderr}"));
         (std::fs::read_to_string(&path).unwrap(), samples)
