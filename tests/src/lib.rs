@@ -239,3 +239,26 @@ pub fn check_split(profile: &Folded, measured: (f64, f64), what: &str) {
         "{what}: burn's samples by line: {by_line:?}"
     );
 }
+
+/// CPU time `pid` has used (user + system, /proc/PID/stat fields 14 and 15).
+pub fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    // SAFETY: sysconf has no preconditions.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    let field = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok()).unwrap_or(0.0);
+    (field(11) + field(12)) / ticks
+}
+
+/// Waits until `pid` has used `seconds` more CPU time than now: a measured amount of work to
+/// sample, however loaded the machine is (not a sleep of wall time). Gives up after a minute.
+pub fn wait_for_cpu(pid: u32, seconds: f64) {
+    let start = cpu_seconds(pid);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while cpu_seconds(pid) - start < seconds && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}

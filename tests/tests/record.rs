@@ -534,7 +534,7 @@ fn every_stopping_signal_writes_the_profile_and_spares_the_target() {
         let (profiler, stderr) = sampling(&[
             "record", "-r", "500", "-f", "raw", "--pid", &pid, "-o", &out_arg,
         ]);
-        thread::sleep(Duration::from_millis(800)); // samples to write, not a wait for readiness
+        wait_for_cpu(target.id(), 0.6); // work to sample, however loaded the machine is
         // SAFETY: kill with the pid of a child we spawned and have not reaped.
         unsafe { libc::kill(profiler.id() as i32, signal) };
         let status = profiler.wait_with_output().unwrap().status;
