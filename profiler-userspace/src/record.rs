@@ -446,14 +446,21 @@ fn record(cfg: &RecordConfig, stop: &AtomicBool) -> Result<Summary, RecordError>
         subprocesses: cfg.subprocesses,
         kernel: cfg.kernel,
     };
+    // The default name depends on the target, known only once it runs: its directory is checked
+    // before anything is launched (a launched program is never left running for a profile that
+    // could not be written).
+    if cfg.output.is_none() {
+        output::file::check_writable(&default_output(None, None, cfg.format)).map_err(
+            |source| RecordError::Output {
+                path: env::current_dir().unwrap_or_else(|_| PathBuf::from(".")),
+                source,
+            },
+        )?;
+    }
     let mut session = Session::start(&cfg.target, options, stop)?;
     let output = match &cfg.output {
         Some(path) => path.clone(),
-        None => {
-            let path = default_output(session.first_process(), session.root_pid(), cfg.format);
-            check_writable(&path)?;
-            path
-        }
+        None => default_output(session.first_process(), session.root_pid(), cfg.format),
     };
     // Said once sampling runs and the target is registered, as py-spy says it: a person sees
     // it has begun, and a script can wait for it.

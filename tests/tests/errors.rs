@@ -159,6 +159,39 @@ fn unwritable_output_path() {
     );
 }
 
+/// Without -o the profile goes to the current directory: a read-only one is refused before the
+/// command is launched, so nothing is left running (found on a read-only checkout).
+#[test]
+fn default_output_in_a_read_only_directory_launches_nothing() {
+    if !privileged() {
+        return;
+    }
+    let dir = scratch_dir("readonly_cwd");
+    let marker = dir.join("launched");
+    let script = format!(
+        "mkdir -p {d}/ro && mount -t tmpfs -o ro tmpfs {d}/ro && cd {d}/ro && exec \"$0\" \"$@\"",
+        d = dir.display()
+    );
+    let out = Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c", &script])
+        .arg(prof_bpf())
+        .args(["record", "--"])
+        .arg(python("3.12"))
+        .arg("-c")
+        .arg(format!("open({:?}, 'w')", marker.display().to_string()))
+        .env_remove("RUST_BACKTRACE")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!("cannot write the profile to {}/ro", dir.display()))
+            && stderr.contains("Read-only file system"),
+        "{stderr}"
+    );
+    assert!(!marker.exists(), "the command was launched");
+}
+
 #[test]
 fn not_root_gets_the_capabilities_hint() {
     if !privileged() {
