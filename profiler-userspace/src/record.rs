@@ -672,6 +672,9 @@ pub(crate) fn stop_child(child: &mut Child, reason: StopReason) {
 /// `NAME-PID-YYYYmmdd-HHMMSS.EXT`, like py-spy's default names; `all-python-...` for `--all`
 /// and `process-PID-...` for a command not known to be Python yet.
 fn default_output(p: Option<&PythonProcess>, root: Option<u32>, format: Format) -> PathBuf {
+    // libc deprecates `time_t` on musl (the wheel's target) because it will widen on 32-bit
+    // targets; on x86_64 it is 64 bits on both libcs.
+    #[allow(deprecated)]
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs() as libc::time_t)
