@@ -750,6 +750,7 @@ impl Summary {
             [p] => format!("{} (pid {}, CPython {})", p.name, p.pid, p.version),
             ps => format!("{} Python processes", ps.len()),
         };
+        writeln!(out, "prof-bpf: prof-bpf {}", crate::VERSION)?;
         writeln!(
             out,
             "prof-bpf: {} samples of {what} in {secs:.2}s: {:.1} samples/s at --rate {}",
