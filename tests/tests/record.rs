@@ -12,62 +12,7 @@ use std::{
 use prof_bpf_tests::*;
 use serde_json::Value;
 
-/// How far a profiled share may be from the measured share, in percentage points.
-const TOLERANCE_PP: f64 = 3.0;
 const RATE: &str = "1000";
-
-/// The fixture's own measurement: CPU seconds spent in heavy() and light().
-fn measured_split(stdout: &str) -> (f64, f64) {
-    let line = stdout
-        .lines()
-        .rev()
-        .find(|l| l.contains("heavy"))
-        .expect("fixture printed its split");
-    let v: Value = serde_json::from_str(line).expect("fixture split is JSON");
-    (v["heavy"].as_f64().unwrap(), v["light"].as_f64().unwrap())
-}
-
-/// Asserts the profile's heavy:light split matches the measured one, with enough samples, and
-/// that burn's hot line is the hottest line.
-fn check_split(profile: &Folded, measured: (f64, f64), what: &str) {
-    let (heavy, light) = (samples_in(profile, "heavy"), samples_in(profile, "light"));
-    assert!(
-        heavy + light >= 1000,
-        "{what}: only {} samples in heavy/light (want >= 1000)",
-        heavy + light
-    );
-    let profiled = 100.0 * heavy as f64 / (heavy + light) as f64;
-    let expected = 100.0 * measured.0 / (measured.0 + measured.1);
-    eprintln!(
-        "{what}: heavy {profiled:.1}% profiled vs {expected:.1}% measured ({heavy}+{light} samples)"
-    );
-    assert!(
-        (profiled - expected).abs() <= TOLERANCE_PP,
-        "{what}: heavy is {profiled:.1}% of samples but {expected:.1}% of measured CPU time"
-    );
-    // Per-line counts of burn's leaf frames: the hot line must win.
-    let hot = line_of(&fixture("split.py"), "# hot line of burn");
-    let mut by_line = std::collections::BTreeMap::<u32, u64>::new();
-    for (stack, n) in profile {
-        let leaf = stack.last().unwrap();
-        if function(leaf) == "burn" {
-            let line: u32 = leaf
-                .rsplit(':')
-                .next()
-                .unwrap()
-                .trim_end_matches(')')
-                .parse()
-                .unwrap();
-            *by_line.entry(line).or_default() += n;
-        }
-    }
-    let hottest = by_line.iter().max_by_key(|(_, n)| **n).map(|(l, _)| *l);
-    assert_eq!(
-        hottest,
-        Some(hot),
-        "{what}: burn's samples by line: {by_line:?}"
-    );
-}
 
 fn record_launch(python: &str, test: &str) {
     if !privileged() {
