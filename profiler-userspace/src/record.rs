@@ -750,7 +750,6 @@ impl Summary {
             [p] => format!("{} (pid {}, CPython {})", p.name, p.pid, p.version),
             ps => format!("{} Python processes", ps.len()),
         };
-        writeln!(out, "prof-bpf: prof-bpf {}", crate::VERSION)?;
         writeln!(
             out,
             "prof-bpf: {} samples of {what} in {secs:.2}s: {:.1} samples/s at --rate {}",
@@ -892,7 +891,7 @@ impl Summary {
                 out,
                 "prof-bpf: stopped ({why}); wrote {} to stdout",
                 self.format
-            )
+            )?;
         } else {
             writeln!(
                 out,
@@ -900,7 +899,10 @@ impl Summary {
                 self.format,
                 self.output.display(),
                 self.format.how_to_open()
-            )
+            )?;
         }
+        // Last, so the first line stays the sample count that scripts read; pasted into a bug
+        // report, it says which build recorded this.
+        writeln!(out, "prof-bpf: prof-bpf {}", crate::VERSION)
     }
 }
