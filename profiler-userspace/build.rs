@@ -58,7 +58,8 @@ fn main() -> Result<()> {
 }
 
 /// `git describe --always` of HEAD, with `-dirty` when `SOURCES` differ from it; `None` when
-/// this is not a git checkout (a source archive) or git is missing or refuses the directory.
+/// the workspace is not a git checkout of its own (a source archive) or git is missing or
+/// refuses the directory.
 /// Asks cargo to rerun when HEAD moves: a commit, a checkout, a reset.
 fn commit(root: &Path) -> Option<String> {
     let git = |args: &[&str]| -> Option<String> {
@@ -72,6 +73,11 @@ fn commit(root: &Path) -> Option<String> {
             .success()
             .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
     };
+    // A source archive unpacked inside some other repository must not take that one's commit.
+    let top = PathBuf::from(git(&["rev-parse", "--show-toplevel"])?);
+    if top.canonicalize().ok()? != root.canonicalize().ok()? {
+        return None;
+    }
     // HEAD itself, the branch it names (a loose ref, or packed-refs once git packs it), each
     // where git keeps it: a worktree's HEAD lives apart from the shared refs.
     let mut watch = vec!["HEAD".to_string(), "packed-refs".to_string()];
