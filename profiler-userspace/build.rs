@@ -78,9 +78,15 @@ fn commit(root: &Path) -> Option<String> {
     if top.canonicalize().ok()? != root.canonicalize().ok()? {
         return None;
     }
-    // HEAD itself, the branch it names (a loose ref, or packed-refs once git packs it), each
-    // where git keeps it: a worktree's HEAD lives apart from the shared refs.
-    let mut watch = vec!["HEAD".to_string(), "packed-refs".to_string()];
+    // HEAD itself, the branch it names (a loose ref, or packed-refs once git packs it), and
+    // HEAD's reflog, which every commit, checkout and reset appends to (it catches a commit that
+    // writes a loose ref where there was only a packed one), each where git keeps it: a
+    // worktree's HEAD and reflog live apart from the shared refs.
+    let mut watch = vec![
+        "HEAD".to_string(),
+        "logs/HEAD".to_string(),
+        "packed-refs".to_string(),
+    ];
     watch.extend(git(&["symbolic-ref", "-q", "HEAD"]));
     for name in watch {
         if let Some(path) = git(&["rev-parse", "--git-path", &name]) {
