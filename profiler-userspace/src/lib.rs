@@ -27,3 +27,14 @@ pub mod report;
 pub mod symbolize;
 pub mod top;
 pub mod unwind;
+
+/// `0.1.0 (2e383aa)`: the package version and the commit this binary was built from (with
+/// `-dirty` when its sources differed from that commit, `unknown commit` when it was built
+/// outside a git checkout; see build.rs). `--version` and every recording's summary print it,
+/// so a pasted summary says which build it came from.
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (",
+    env!("PROF_BPF_COMMIT"),
+    ")"
+);

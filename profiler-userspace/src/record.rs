@@ -704,6 +704,9 @@ pub(crate) fn stop_child(child: &mut Child, reason: StopReason) {
 /// `NAME-PID-YYYYmmdd-HHMMSS.EXT`, like py-spy's default names; `all-python-...` for `--all`
 /// and `process-PID-...` for a command not known to be Python yet.
 fn default_output(p: Option<&PythonProcess>, root: Option<u32>, format: Format) -> PathBuf {
+    // libc deprecates `time_t` on musl (the wheel's target) because it will widen on 32-bit
+    // targets; on x86_64 it is 64 bits on both libcs.
+    #[allow(deprecated)]
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs() as libc::time_t)
@@ -927,13 +930,13 @@ impl Summary {
                 } else {
                     self.output.display().to_string()
                 }
-            )
+            )?;
         } else if self.output == Path::new("-") {
             writeln!(
                 out,
                 "prof-bpf: stopped ({why}); wrote {} to stdout",
                 self.format
-            )
+            )?;
         } else {
             writeln!(
                 out,
@@ -941,7 +944,9 @@ impl Summary {
                 self.format,
                 self.output.display(),
                 self.format.how_to_open()
-            )
+            )?;
         }
+        // Last; pasted into a bug report, it says which build recorded this.
+        writeln!(out, "prof-bpf: prof-bpf {}", crate::VERSION)
     }
 }

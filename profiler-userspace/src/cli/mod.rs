@@ -15,7 +15,7 @@ use crate::{
 };
 
 #[derive(Debug, Parser)]
-#[command(name = "prof-bpf", version, about = "A kernel-assisted sampling profiler for Python", long_about = None)]
+#[command(name = "prof-bpf", version = crate::VERSION, about = "A kernel-assisted sampling profiler for Python", long_about = None)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
