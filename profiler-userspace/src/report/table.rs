@@ -22,10 +22,10 @@ impl Row {
     /// Tachyon's `file:line(function)`; markers (`[unknown] ...`) as they are.
     pub fn location(&self) -> String {
         let f = &self.frame;
-        match (f.file.is_empty(), f.line) {
-            (true, _) => f.name.clone(),
-            (false, 0) => format!("{}({})", f.file, f.name),
-            (false, line) => format!("{}:{line}({})", f.file, f.name),
+        match (f.file(), f.line()) {
+            ("", _) => f.name(),
+            (file, 0) => format!("{file}({})", f.name()),
+            (file, line) => format!("{file}:{line}({})", f.name()),
         }
     }
 }
@@ -48,9 +48,9 @@ pub fn rows(profile: &Profile, by_function: bool, key: SortKey) -> Vec<Row> {
     let keys: Vec<Frame> = profile
         .frames
         .iter()
-        .map(|f| Frame {
-            line: if by_function { 0 } else { f.line },
-            ..f.clone()
+        .map(|f| match by_function {
+            true => f.without_line(),
+            false => f.clone(),
         })
         .collect();
     let mut index: HashMap<&Frame, usize> = HashMap::new();
@@ -116,11 +116,44 @@ const SUMMARY_MIN_SHARE: f64 = 0.01;
 
 /// The whole text report: header, table, hot spots and call magnification.
 pub fn render(profile: &Profile, source: &str, opts: ReportOptions) -> String {
-    let total = profile.total_samples();
-    let rate = profile.rate_hz.max(1) as f64;
-    let secs = |n: u64| n as f64 / rate;
-    let pct = |n: u64| 100.0 * n as f64 / total.max(1) as f64;
+    let all = rows(profile, opts.by_function, opts.sort);
+    let scale = Scale {
+        total: profile.total_samples(),
+        rate: profile.rate_hz.max(1) as f64,
+    };
     let mut out = String::new();
+    header(&mut out, profile, source, scale);
+    table(&mut out, &all, opts.limit, scale);
+    hot_spots(&mut out, &all, scale);
+    magnification(&mut out, &all, scale);
+    out
+}
+
+/// Turns sample counts into shares and seconds.
+#[derive(Clone, Copy)]
+struct Scale {
+    total: u64,
+    rate: f64,
+}
+
+impl Scale {
+    fn secs(self, n: u64) -> f64 {
+        n as f64 / self.rate
+    }
+
+    fn pct(self, n: u64) -> f64 {
+        100.0 * n as f64 / self.total.max(1) as f64
+    }
+
+    /// Whether a row belongs in the summaries: code (markers such as `[unknown]` are in the
+    /// table, not the summaries) with at least `SUMMARY_MIN_SHARE` of the samples.
+    fn significant(self, r: &Row) -> bool {
+        !r.frame.file().is_empty() && r.cumulative as f64 >= SUMMARY_MIN_SHARE * self.total as f64
+    }
+}
+
+fn header(out: &mut String, profile: &Profile, source: &str, scale: Scale) {
+    let total = scale.total;
     let threads = {
         let mut t: Vec<(u32, u32)> = profile.samples.iter().map(|s| (s.pid, s.tid)).collect();
         t.sort_unstable();
@@ -142,7 +175,7 @@ pub fn render(profile: &Profile, source: &str, opts: ReportOptions) -> String {
         if threads == 1 { "" } else { "s" },
         profile.rate_hz,
         total as f64 / duration.max(1e-9),
-        1000.0 / rate,
+        1000.0 / scale.rate,
     );
     if profile.unknown_frames > 0 {
         let _ = writeln!(
@@ -151,11 +184,13 @@ pub fn render(profile: &Profile, source: &str, opts: ReportOptions) -> String {
             profile.unknown_frames
         );
     }
-    let all = rows(profile, opts.by_function, opts.sort);
-    let shown = if opts.limit == 0 {
+}
+
+fn table(out: &mut String, all: &[Row], limit: usize, scale: Scale) {
+    let shown = if limit == 0 {
         all.len()
     } else {
-        opts.limit.min(all.len())
+        limit.min(all.len())
     };
     let _ = writeln!(out);
     let _ = writeln!(
@@ -168,11 +203,11 @@ pub fn render(profile: &Profile, source: &str, opts: ReportOptions) -> String {
             out,
             "{:>8} {:>7.1}% {:>9.3}s {:>8} {:>7.1}% {:>9.3}s  {}",
             r.direct,
-            pct(r.direct),
-            secs(r.direct),
+            scale.pct(r.direct),
+            scale.secs(r.direct),
             r.cumulative,
-            pct(r.cumulative),
-            secs(r.cumulative),
+            scale.pct(r.cumulative),
+            scale.secs(r.cumulative),
             r.location()
         );
     }
@@ -184,11 +219,10 @@ pub fn render(profile: &Profile, source: &str, opts: ReportOptions) -> String {
             if all.len() - shown == 1 { "" } else { "s" }
         );
     }
+}
 
-    // Markers ([unknown], [truncated]) are not code: they are in the table, not the summaries.
-    let significant = |r: &&Row| {
-        !r.frame.file.is_empty() && r.cumulative as f64 >= SUMMARY_MIN_SHARE * total as f64
-    };
+/// Locations whose time is mostly their own.
+fn hot_spots(out: &mut String, all: &[Row], scale: Scale) {
     let _ = writeln!(out);
     let _ = writeln!(
         out,
@@ -196,8 +230,7 @@ pub fn render(profile: &Profile, source: &str, opts: ReportOptions) -> String {
     );
     let mut hot: Vec<&Row> = all
         .iter()
-        .filter(significant)
-        .filter(|r| r.direct > 0)
+        .filter(|r| scale.significant(r) && r.direct > 0)
         .collect();
     hot.sort_by(|a, b| {
         let ratio = |r: &Row| r.direct as f64 / r.cumulative as f64;
@@ -213,12 +246,16 @@ pub fn render(profile: &Profile, source: &str, opts: ReportOptions) -> String {
         let _ = writeln!(
             out,
             "  {:>5.1}% own of {:>5.1}% total ({:>3.0}% of its time is its own)  {}",
-            pct(r.direct),
-            pct(r.cumulative),
+            scale.pct(r.direct),
+            scale.pct(r.cumulative),
             100.0 * r.direct as f64 / r.cumulative as f64,
             r.location()
         );
     }
+}
+
+/// Locations whose time is mostly in what they call.
+fn magnification(out: &mut String, all: &[Row], scale: Scale) {
     let _ = writeln!(out);
     let _ = writeln!(
         out,
@@ -226,11 +263,10 @@ pub fn render(profile: &Profile, source: &str, opts: ReportOptions) -> String {
     );
     let mut magnified: Vec<&Row> = all
         .iter()
-        .filter(significant)
-        .filter(|r| r.cumulative > r.direct)
+        .filter(|r| scale.significant(r) && r.cumulative > r.direct)
         .collect();
     // No direct samples at all is the largest magnification; then larger totals first.
-    let magnification = |r: &Row| {
+    let factor = |r: &Row| {
         if r.direct == 0 {
             f64::INFINITY
         } else {
@@ -238,8 +274,8 @@ pub fn render(profile: &Profile, source: &str, opts: ReportOptions) -> String {
         }
     };
     magnified.sort_by(|a, b| {
-        magnification(b)
-            .total_cmp(&magnification(a))
+        factor(b)
+            .total_cmp(&factor(a))
             .then(b.cumulative.cmp(&a.cumulative))
             .then_with(|| a.location().cmp(&b.location()))
     });
@@ -247,20 +283,19 @@ pub fn render(profile: &Profile, source: &str, opts: ReportOptions) -> String {
         let _ = writeln!(out, "  none");
     }
     for r in magnified.iter().take(SUMMARY_ENTRIES) {
-        let factor = if r.direct == 0 {
+        let shown = if r.direct == 0 {
             "all in callees".to_string()
         } else {
-            format!("{:.1}x", magnification(r))
+            format!("{:.1}x", factor(r))
         };
         let _ = writeln!(
             out,
-            "  {factor:>14}: {:>5.1}% total, {:>5.1}% own  {}",
-            pct(r.cumulative),
-            pct(r.direct),
+            "  {shown:>14}: {:>5.1}% total, {:>5.1}% own  {}",
+            scale.pct(r.cumulative),
+            scale.pct(r.direct),
             r.location()
         );
     }
-    out
 }
 
 #[cfg(test)]
@@ -269,7 +304,7 @@ mod tests {
     use crate::profile::example;
 
     fn find<'a>(rows: &'a [Row], name: &str) -> &'a Row {
-        rows.iter().find(|r| r.frame.name == name).unwrap()
+        rows.iter().find(|r| r.frame.name() == name).unwrap()
     }
 
     #[test]
@@ -293,7 +328,7 @@ mod tests {
             (10, 70)
         );
         assert_eq!(find(&rows, "<module>").cumulative, 90);
-        assert_eq!(rows[0].frame.name, "burn");
+        assert_eq!(rows[0].frame.name(), "burn");
         let total: u64 = rows.iter().map(|r| r.direct).sum();
         assert_eq!(total, example().total_samples());
     }
@@ -301,17 +336,17 @@ mod tests {
     #[test]
     fn by_function_merges_lines() {
         let mut p = example();
-        p.frames.push(Frame {
-            line: 5,
-            ..p.frames[3].clone()
-        });
+        p.frames.push(Frame::python("burn", "app.py", 5));
         p.samples[0].frames = vec![0, 1, 2, 7];
         let by_line = rows(&p, false, SortKey::Direct);
-        assert_eq!(by_line.iter().filter(|r| r.frame.name == "burn").count(), 2);
+        assert_eq!(
+            by_line.iter().filter(|r| r.frame.name() == "burn").count(),
+            2
+        );
         let by_fn = rows(&p, true, SortKey::Direct);
         let burn = find(&by_fn, "burn");
         assert_eq!(
-            (burn.direct, burn.frame.line, burn.location()),
+            (burn.direct, burn.frame.line(), burn.location()),
             (88, 0, "app.py(burn)".into())
         );
     }
@@ -333,7 +368,7 @@ mod tests {
         let names = |k| {
             rows(&p, false, k)
                 .iter()
-                .map(|r| r.frame.name.clone())
+                .map(|r| r.frame.name())
                 .collect::<Vec<_>>()
         };
         // <module> and main tie at 90 cumulative, 0 direct: the location decides.
