@@ -436,143 +436,150 @@ pub struct OffCpuStart {
 /// Threads that can be off the CPU with a stack recorded at once.
 pub const MAX_OFF_CPU_THREADS: u32 = 16384;
 
-/// Per-CPU counters in `STATS`, indexed by this enum. Every sample of a target lands in exactly
-/// one of `Recorded` or an error; nothing is dropped silently.
-#[repr(u32)]
+/// What a kernel counter counts, so every place that reports counters (the progress line, the
+/// summary, `top`, the profile file) reads one definition.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Stat {
-    /// Samples of a target thread recorded into the count maps.
-    Recorded = 0,
-    /// The sampled thread has no Python thread state (a thread that never ran Python).
-    NoThreadState = 1,
-    /// Reading the interpreter or thread list failed.
-    ReadThreadState = 2,
-    /// Reading a frame or code object failed mid-stack (the stack is kept, cut at the fault).
-    ReadFrame = 3,
-    /// The stack was deeper than `MAX_PYTHON_FRAMES` (the stack is kept, truncated).
-    Truncated = 4,
-    /// `STACKS` was full: the sample was lost.
-    StackMapFull = 5,
-    /// The count map was full: the sample was lost.
-    CountMapFull = 6,
-    /// A target entry had an offset outside the kernel's bounds.
-    BadOffsets = 7,
-    /// The thread was idle in Python: the thread state had no frame.
-    EmptyStack = 8,
-    /// The tail call to the frame walker failed (the walker is not loaded).
-    TailCall = 9,
-    /// `--gil`: the thread did not hold the GIL, so the sample was left out by request.
-    GilNotHeld = 10,
-    /// Not a sample's fate but a tally: recorded samples whose thread held the GIL.
-    GilHeld = 11,
-    /// Not a sample's fate but a tally (`--idle`): off-CPU intervals of target threads ended
-    /// and counted.
-    OffCpu = 12,
-    /// `--idle`: the map of threads off the CPU was full: an interval was lost.
-    OffCpuMapFull = 13,
-    /// Native unwind (`--native`): reached the thread's outermost frame.
-    NativeComplete = 14,
-    /// Native unwind stopped at an address in no known executable mapping.
-    NativeNoMapping = 15,
-    /// Native unwind stopped at an address no call frame information covers.
-    NativeNoRow = 16,
-    /// Native unwind stopped at a CFI rule the kernel does not evaluate.
-    NativeUnsupported = 17,
-    /// Native unwind stopped: reading the stack faulted.
-    NativeReadFault = 18,
-    /// Native unwind stopped after `MAX_NATIVE_FRAMES` frames.
-    NativeTruncated = 19,
-    /// Native unwind stopped at an implausible frame (the stack did not grow toward the root).
-    NativeBadFrame = 20,
-    /// `--kernel`: the kernel stack could not be read (the sample is kept without it).
-    KernelStack = 21,
+pub enum StatClass {
+    /// A sample's fate: it was recorded. Exactly one fate is counted per sample of a target
+    /// thread (`Stat::TargetSample`).
+    Recorded,
+    /// A sample's fate: the thread was outside Python code (no thread state, no frame). Not
+    /// recorded, and not an error.
+    OutsidePython,
+    /// A sample's fate: left out on request (`--gil`).
+    LeftOut,
+    /// A sample's fate: lost to a fault or a limit. An error.
+    Lost,
+    /// A note on a recorded sample, counted on top of its fate (cut at a fault, truncated).
+    Caveat,
+    /// How a sample's native unwind ended (`--native`), counted on top of its fate.
+    NativeOutcome,
+    /// A tally beside the fates (target samples seen, the GIL held, off-CPU intervals).
+    Tally,
+    /// `--idle`: an off-CPU interval was lost (the scheduler program's error).
+    IntervalLost,
 }
 
-impl Stat {
-    pub const COUNT: u32 = 22;
-    pub const ALL: [Stat; Self::COUNT as usize] = [
-        Stat::Recorded,
-        Stat::NoThreadState,
-        Stat::ReadThreadState,
-        Stat::ReadFrame,
-        Stat::Truncated,
-        Stat::StackMapFull,
-        Stat::CountMapFull,
-        Stat::BadOffsets,
-        Stat::EmptyStack,
-        Stat::TailCall,
-        Stat::GilNotHeld,
-        Stat::GilHeld,
-        Stat::OffCpu,
-        Stat::OffCpuMapFull,
-        Stat::NativeComplete,
-        Stat::NativeNoMapping,
-        Stat::NativeNoRow,
-        Stat::NativeUnsupported,
-        Stat::NativeReadFault,
-        Stat::NativeTruncated,
-        Stat::NativeBadFrame,
-        Stat::KernelStack,
-    ];
-
-    /// Whether it counts how a native unwind ended (one per sample with `--native`), rather
-    /// than what happened to the sample.
-    pub const fn is_native(self) -> bool {
-        self as u32 >= Stat::NativeComplete as u32 && self as u32 <= Stat::NativeBadFrame as u32
-    }
-
-    /// Whether the sample found the thread outside Python code (no thread state, or no
-    /// frame): an honest answer, not a fault.
-    pub const fn is_outside_python(self) -> bool {
-        matches!(self, Stat::NoThreadState | Stat::EmptyStack)
-    }
-
-    /// Whether the counter is a tally alongside the samples' fates, not one of them.
-    pub const fn is_tally(self) -> bool {
-        matches!(self, Stat::GilHeld | Stat::OffCpu)
-    }
-
-    /// Whether the sample was lost to a fault or a limit (as opposed to kept, kept with a
-    /// caveat, left out on request, or a tally).
-    pub const fn is_loss(self) -> bool {
-        !matches!(
+impl StatClass {
+    /// Whether this class is a sample's fate (exactly one per sample of a target thread).
+    pub const fn is_fate(self) -> bool {
+        matches!(
             self,
-            Stat::Recorded
-                | Stat::ReadFrame
-                | Stat::Truncated
-                | Stat::GilNotHeld
-                | Stat::KernelStack
-        ) && !self.is_tally()
-            && !self.is_native()
+            StatClass::Recorded | StatClass::OutsidePython | StatClass::LeftOut | StatClass::Lost
+        )
     }
 
-    pub const fn name(self) -> &'static str {
-        match self {
-            Stat::Recorded => "recorded",
-            Stat::NoThreadState => "no thread state",
-            Stat::ReadThreadState => "thread state read fault",
-            Stat::ReadFrame => "frame read fault",
-            Stat::Truncated => "truncated stack",
-            Stat::StackMapFull => "stack map full",
-            Stat::CountMapFull => "count map full",
-            Stat::BadOffsets => "bad offsets",
-            Stat::EmptyStack => "no python frame",
-            Stat::TailCall => "tail call failed",
-            Stat::GilNotHeld => "without the GIL (left out by --gil)",
-            Stat::GilHeld => "with the GIL held",
-            Stat::OffCpu => "off-CPU intervals",
-            Stat::OffCpuMapFull => "off-CPU map full",
-            Stat::NativeComplete => "complete",
-            Stat::NativeNoMapping => "address outside known mappings",
-            Stat::NativeNoRow => "no unwind info",
-            Stat::NativeUnsupported => "unsupported unwind rule",
-            Stat::NativeReadFault => "stack read fault",
-            Stat::NativeTruncated => "deeper than the frame limit",
-            Stat::NativeBadFrame => "implausible frame",
-            Stat::KernelStack => "kernel stack read fault",
-        }
+    /// Whether a counter of this class is an error the summary reports as one.
+    pub const fn is_error(self) -> bool {
+        matches!(self, StatClass::Lost | StatClass::IntervalLost)
     }
 }
+
+/// Declares `Stat` from one table: discriminant, class, name and doc of each counter, so `ALL`,
+/// `COUNT`, `name` and `class` cannot drift apart.
+macro_rules! stats {
+    ($( $(#[$doc:meta])* $stat:ident = $n:literal, $class:ident, $name:literal; )*) => {
+        /// Per-CPU counters in `STATS`, indexed by this enum (and by `Stat::COUNT` more for the
+        /// scheduler-switch program's own, see `stat_index`). Every sample of a target thread
+        /// gets exactly one fate (`StatClass::is_fate`); nothing is dropped silently.
+        #[repr(u32)]
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+        pub enum Stat {
+            $( $(#[$doc])* $stat = $n, )*
+        }
+
+        impl Stat {
+            /// Every counter, in discriminant order.
+            pub const ALL: &'static [Stat] = &[$(Stat::$stat),*];
+            pub const COUNT: u32 = Self::ALL.len() as u32;
+
+            pub const fn name(self) -> &'static str {
+                match self { $(Stat::$stat => $name,)* }
+            }
+
+            pub const fn class(self) -> StatClass {
+                match self { $(Stat::$stat => StatClass::$class,)* }
+            }
+        }
+    };
+}
+
+stats! {
+    /// Samples of a target thread recorded into the count maps.
+    Recorded = 0, Recorded, "recorded";
+    /// The sampled thread has no Python thread state (a thread that never ran Python).
+    NoThreadState = 1, OutsidePython, "no thread state";
+    /// Reading the interpreter or thread list failed.
+    ReadThreadState = 2, Lost, "thread state read fault";
+    /// Reading a frame or code object failed mid-stack: the stack is kept, cut at the fault.
+    ReadFrame = 3, Caveat, "frame read fault";
+    /// The stack was deeper than `MAX_PYTHON_FRAMES`: it is kept, truncated.
+    Truncated = 4, Caveat, "truncated stack";
+    /// `STACKS` was full: the sample was lost.
+    StackMapFull = 5, Lost, "stack map full";
+    /// The count map was full: the sample was lost.
+    CountMapFull = 6, Lost, "count map full";
+    /// A target entry had an offset outside the kernel's bounds.
+    BadOffsets = 7, Lost, "bad offsets";
+    /// The thread was idle in Python: the thread state had no frame.
+    EmptyStack = 8, OutsidePython, "no python frame";
+    /// The tail call to the frame walker failed (the walker is not loaded).
+    TailCall = 9, Lost, "tail call failed";
+    /// `--gil`: the thread did not hold the GIL, so the sample was left out by request.
+    GilNotHeld = 10, LeftOut, "without the GIL (left out by --gil)";
+    /// Recorded samples whose thread held the GIL.
+    GilHeld = 11, Tally, "with the GIL held";
+    /// `--idle`: off-CPU intervals of target threads ended and counted.
+    OffCpu = 12, Tally, "off-CPU intervals";
+    /// `--idle`: the map of threads off the CPU was full: an interval was lost.
+    OffCpuMapFull = 13, IntervalLost, "off-CPU map full";
+    /// Native unwind (`--native`): reached the thread's outermost frame.
+    NativeComplete = 14, NativeOutcome, "complete";
+    /// Native unwind stopped at an address in no known executable mapping.
+    NativeNoMapping = 15, NativeOutcome, "address outside known mappings";
+    /// Native unwind stopped at an address no call frame information covers.
+    NativeNoRow = 16, NativeOutcome, "no unwind info";
+    /// Native unwind stopped at a CFI rule the kernel does not evaluate.
+    NativeUnsupported = 17, NativeOutcome, "unsupported unwind rule";
+    /// Native unwind stopped: reading the stack faulted.
+    NativeReadFault = 18, NativeOutcome, "stack read fault";
+    /// Native unwind stopped after `MAX_NATIVE_FRAMES` frames.
+    NativeTruncated = 19, NativeOutcome, "deeper than the frame limit";
+    /// Native unwind stopped at an implausible frame (the stack did not grow toward the root).
+    NativeBadFrame = 20, NativeOutcome, "implausible frame";
+    /// `--kernel`: the kernel stack could not be read (the sample is kept without it).
+    KernelStack = 21, Caveat, "kernel stack read fault";
+    /// Not even the first frame could be read: the sample was lost.
+    NoFrame = 22, Lost, "first frame read fault";
+    /// Samples of a target thread: the sum of every fate.
+    TargetSample = 23, Tally, "target samples";
+    /// The target was removed between the sample's two programs: the sample was lost.
+    TargetGone = 24, Lost, "target removed mid-sample";
+    /// `_PyRuntime` could not be read: its page is not in memory yet, so the interpreter has not
+    /// started (a just-launched program). Outside Python code, not a fault.
+    RuntimeNotReady = 25, OutsidePython, "interpreter not started";
+}
+
+// `ALL` lists every counter in discriminant order, 0 to COUNT - 1, so `stat as usize` indexes
+// tables built from it.
+const _: () = {
+    let mut i = 0;
+    while i < Stat::ALL.len() {
+        assert!(Stat::ALL[i] as usize == i);
+        i += 1;
+    }
+};
+
+/// Where the counters of each program live in `STATS`: the CPU-clock sampler's at `stat`, the
+/// scheduler-switch program's (`--idle`) at `Stat::COUNT + stat`, so a blocked thread's walk
+/// never counts as a sample's fate.
+#[inline(always)]
+pub const fn stat_index(stat: Stat, switch: bool) -> u32 {
+    stat as u32 + switch as u32 * Stat::COUNT
+}
+
+/// Entries of `STATS`: one set of counters per program kind.
+pub const STAT_ENTRIES: u32 = 2 * Stat::COUNT;
 
 #[cfg(feature = "user")]
 mod pod {

@@ -39,7 +39,7 @@ pub fn on_cpu_sample(ctx: PerfEventContext) -> u32 {
         // SAFETY: the callee is a perf_event program like this one and takes the same context;
         // control only comes back here if the call fails.
         unsafe { PROGRAMS.tail_call(&ctx, slot) };
-        count(Stat::TailCall);
+        count(Slot::Sample, Stat::TailCall);
     }
     0
 }
@@ -50,7 +50,7 @@ pub fn unwind_native_stack(ctx: PerfEventContext) -> u32 {
     native::unwind(&ctx);
     // SAFETY: as in `on_cpu_sample`.
     unsafe { PROGRAMS.tail_call(&ctx, WALK_PROGRAM_SLOT) };
-    count(Stat::TailCall);
+    count(Slot::Sample, Stat::TailCall);
     0
 }
 
@@ -84,7 +84,7 @@ pub fn on_sched_switch(ctx: RawTracePointContext) -> i32 {
         // SAFETY: the walker is a raw tracepoint program like this one and takes the same
         // context.
         unsafe { SWITCH_PROGRAMS.tail_call(&ctx, WALK_PROGRAM_SLOT) };
-        count(Stat::TailCall);
+        count(Slot::Switch, Stat::TailCall);
     }
     0
 }

@@ -9,7 +9,7 @@ use aya_ebpf::{
 use profiler_common::{
     MAX_COUNTS, MAX_OFF_CPU_THREADS, MAX_PAGE_CHUNKS, MAX_ROW_CHUNKS, MAX_STACKS, MAX_TARGETS,
     NEW_STACKS_BYTES, NativeMappings, OffCpuStart, PROGRAM_SLOTS, PageChunk, PyStack, RowChunk,
-    SampleKey, Stat, TargetInfo, config,
+    STAT_ENTRIES, SampleKey, Stat, TargetInfo, config, stat_index,
 };
 
 /// Processes to profile, by tgid, with their interpreter's address and layout.
@@ -35,9 +35,9 @@ pub static COUNTS_1: PerCpuHashMap<SampleKey, u64> =
 #[map]
 pub static ACTIVE_COUNTS: Array<u32> = Array::with_max_entries(1, 0);
 
-/// Per-CPU counters indexed by `Stat`.
+/// Per-CPU counters indexed by `profiler_common::stat_index`.
 #[map]
-pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Stat::COUNT, 0);
+pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(STAT_ENTRIES, 0);
 
 /// Switches set by userspace, indexed by `profiler_common::config`.
 #[map]
@@ -124,9 +124,11 @@ pub static NATIVE_MAPPINGS: HashMap<u32, NativeMappings> =
 #[map]
 pub static SWITCH_PROGRAMS: ProgramArray = ProgramArray::with_max_entries(1, 0);
 
+/// Counts `stat` for the program using scratch `slot` (each kind of program has its own set of
+/// counters, `profiler_common::stat_index`).
 #[inline(always)]
-pub fn count(stat: Stat) {
-    if let Some(slot) = STATS.get_ptr_mut(stat as u32) {
+pub fn count(slot: Slot, stat: Stat) {
+    if let Some(slot) = STATS.get_ptr_mut(stat_index(stat, slot == Slot::Switch)) {
         // SAFETY: a per-CPU slot is only touched by this CPU, and programs do not nest on the
         // same CPU for one perf event.
         unsafe { *slot += 1 };

@@ -22,7 +22,7 @@ use profiler_common::{
     mix, target_options, unwind_step,
 };
 
-use crate::maps::{NATIVE_MAPPINGS, PAGE_INDEX, SCRATCH, Scratch, UNWIND_ROWS, count};
+use crate::maps::{NATIVE_MAPPINGS, PAGE_INDEX, SCRATCH, Scratch, Slot, UNWIND_ROWS, count};
 
 /// User-mode code segments have privilege level 3 in the low bits of cs.
 const USER_MODE: u64 = 3;
@@ -93,6 +93,7 @@ pub fn unwind(ctx: &PerfEventContext) {
     s.native_hash = mix(s.native_hash, s.native_end as u64);
     let end = s.native_end;
     count(
+        Slot::Sample,
         [
             Stat::NativeComplete,
             Stat::NativeNoMapping,
@@ -128,7 +129,7 @@ pub fn record_kernel_stack(ctx: &PerfEventContext) {
         )
     };
     if bytes < 0 {
-        count(Stat::KernelStack);
+        count(Slot::Sample, Stat::KernelStack);
         return;
     }
     let len = (bytes as usize / 8).min(MAX_KERNEL_FRAMES);

@@ -56,6 +56,7 @@ pub fn locate_current_frame(slot: Slot) -> Option<u32> {
     // SAFETY: TARGETS is only updated by userspace with whole entries; a racing update at worst
     // gives one sample the old or new layout, and every read below is fault-tolerant.
     let target = unsafe { TARGETS.get(pid) }?;
+    count(slot, Stat::TargetSample);
     let s = scratch(slot)?;
     let off = &target.offsets;
     let frame = find_thread_state(target, tid).and_then(|(interp, tstate)| {
@@ -88,7 +89,7 @@ pub fn locate_current_frame(slot: Slot) -> Option<u32> {
             Some(pid)
         }
         Err(stat) => {
-            count(stat);
+            count(slot, stat);
             None
         }
     }
@@ -117,8 +118,10 @@ fn holds_gil(target: &TargetInfo, interp: u64, tstate: u64) -> bool {
 fn find_thread_state(target: &TargetInfo, tid: u32) -> Result<(u64, u64), Stat> {
     let off = &target.offsets;
     let fault = |_| Stat::ReadThreadState;
-    let interp: u64 =
-        read(field(target.runtime_addr, off.runtime_interpreters_head)).map_err(fault)?;
+    // `_PyRuntime` lives in the interpreter's data: until the interpreter starts, its page may
+    // not be in memory, and a BPF read cannot fault it in.
+    let interp: u64 = read(field(target.runtime_addr, off.runtime_interpreters_head))
+        .map_err(|_| Stat::RuntimeNotReady)?;
     if interp == 0 {
         return Err(Stat::NoThreadState);
     }
@@ -152,13 +155,14 @@ pub fn walk_and_count(slot: Slot) {
     };
     // SAFETY: as in `locate_current_frame`.
     let Some(target) = (unsafe { TARGETS.get(s.pid) }) else {
+        count(slot, Stat::TargetGone);
         return;
     };
     if target.offsets.instr_kind > instr_kind::INT {
-        count(Stat::BadOffsets);
+        count(slot, Stat::BadOffsets);
         return;
     }
-    walk_frames(s, &target.offsets);
+    walk_frames(s, &target.offsets, slot);
     let stored = store(s);
     let done = match slot {
         Slot::Sample => stored.and_then(|stack_id| {
@@ -171,9 +175,9 @@ pub fn walk_and_count(slot: Slot) {
             };
             add_count(&key, 1)?;
             if s.gil_held != 0 {
-                count(Stat::GilHeld);
+                count(slot, Stat::GilHeld);
             }
-            count(Stat::Recorded);
+            count(slot, Stat::Recorded);
             Ok(())
         }),
         Slot::Switch => stored.and_then(|stack_id| {
@@ -189,7 +193,7 @@ pub fn walk_and_count(slot: Slot) {
         }),
     };
     if let Err(stat) = done {
-        count(stat);
+        count(slot, stat);
     }
 }
 
@@ -217,8 +221,8 @@ pub fn end_off_cpu(tid: u32) {
     };
     let away = now_ns().saturating_sub(start.since_ns);
     match add_count(&key, away) {
-        Ok(()) => count(Stat::OffCpu),
-        Err(stat) => count(stat),
+        Ok(()) => count(Slot::Switch, Stat::OffCpu),
+        Err(stat) => count(Slot::Switch, stat),
     }
 }
 
@@ -253,7 +257,7 @@ fn ne_mask(a: u64, b: u64) -> u64 {
 /// slot index stays the loop counter (the verifier needs that); userspace hides it. A read
 /// fault ends the walk at that frame and is counted once.
 #[inline(always)]
-fn walk_frames(s: &mut Scratch, off: &PyOffsets) {
+fn walk_frames(s: &mut Scratch, off: &PyOffsets, slot: Slot) {
     // Loop-invariant masks, so the body needs no branch on the layout.
     let pointer_mask = !ne_mask(off.instr_kind as u64, instr_kind::POINTER as u64);
     // Where the eval-call entry flag is (3.11). Other versions read 0 bytes of it: the helper
@@ -311,10 +315,10 @@ fn walk_frames(s: &mut Scratch, off: &PyOffsets) {
     let mut flags = 0;
     if len == MAX_PYTHON_FRAMES && frame != 0 {
         flags = STACK_TRUNCATED;
-        count(Stat::Truncated);
+        count(slot, Stat::Truncated);
     }
     if faults != 0 {
-        count(Stat::ReadFrame);
+        count(slot, Stat::ReadFrame);
     }
     // SAFETY: plain stores into our scratch entry; volatile so `finish` really reads them back.
     unsafe {
@@ -337,7 +341,7 @@ fn store(s: &mut Scratch) -> Result<u64, Stat> {
         )
     };
     if len == 0 {
-        return Err(Stat::ReadFrame);
+        return Err(Stat::NoFrame);
     }
     let stack_id = mix(mix(hash, len as u64), native_hash);
     if STACKS.get_ptr(stack_id).is_none() {

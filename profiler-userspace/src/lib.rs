@@ -1,8 +1,10 @@
-//! prof-bpf's library: the pipeline from kernel samples to profile files.
+//! prof-bpf's library: the pipeline from kernel samples to profile files, bottom layer first.
 //!
-//! kernel sample (`bpf`) -> raw stack + code objects read from the target (`process`, `python`)
-//! -> profile (`profile`) -> file (`output`). `record` drives it; `report` reads a saved
-//! profile back; `cli` turns arguments into configs.
+//! processes (`process`) -> their interpreters (`python`) and native code (`unwind`,
+//! `symbolize`) -> the kernel program (`bpf`) -> named stacks and the profile (`profile`) ->
+//! files (`output`) -> the sampling session (`session`) -> the commands (`record`, `top`,
+//! `dump`, `report`) -> arguments (`cli`, used by main). A module imports only from the layers
+//! below it; `privilege` and `cache` are leaves any layer may use.
 
 /// Prints a line to stderr, ignoring failure: a closed terminal (after SIGHUP) must not stop
 /// prof-bpf from writing the profile, as `eprintln!`'s panic would.
@@ -15,6 +17,7 @@ macro_rules! note {
 }
 
 pub mod bpf;
+pub mod cache;
 pub mod cli;
 pub mod dump;
 pub mod output;
@@ -24,6 +27,7 @@ pub mod profile;
 pub mod python;
 pub mod record;
 pub mod report;
+pub mod session;
 pub mod symbolize;
 pub mod top;
 pub mod unwind;

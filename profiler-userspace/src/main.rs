@@ -11,6 +11,7 @@ use profiler_userspace::{
     cli::{self, Config},
     dump, note, record,
     report::{self, ReportDone},
+    session::StopReason,
     top,
 };
 
@@ -43,7 +44,7 @@ fn main() -> ExitCode {
         Config::Top(cfg) => match top::run(&cfg, &stop) {
             Ok(s) => {
                 let why = match s.stop {
-                    record::StopReason::TargetExited => "the program exited",
+                    StopReason::TargetExited => "the program exited",
                     _ => "quit",
                 };
                 let what = match s.pid {

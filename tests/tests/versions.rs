@@ -9,7 +9,7 @@ use std::{
 
 use prof_bpf_tests::*;
 use profiler_userspace::{
-    process::{self, ProcMem},
+    process::ProcMem,
     python::{self, LayoutSource, Version, debug_offsets},
 };
 use serde_json::Value;
@@ -204,7 +204,7 @@ fn published_3_13_layout_equals_the_builtin_table() {
     let mut ready = [0u8; 1];
     std::io::Read::read_exact(child.stdout.as_mut().unwrap(), &mut ready).unwrap();
     let read = || {
-        let p = process::inspect(child.id()).expect("python 3.13 found");
+        let p = python::discover::inspect(child.id()).expect("python 3.13 found");
         let builtin = python::layout_for(Version::new(3, 13)).unwrap();
         let mem = ProcMem::open(p.pid).unwrap();
         let published = debug_offsets::read(&mem, p.runtime_addr, &builtin);

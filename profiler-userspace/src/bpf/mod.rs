@@ -22,11 +22,11 @@ use aya::{
     util::online_cpus,
 };
 use profiler_common::{
-    NativeMappings, NewStack, PageChunk, PyStack, RowChunk, SampleKey, Stat, TargetInfo, config,
-    maps,
+    NativeMappings, NewStack, PageChunk, PyStack, RowChunk, SampleKey, Stat, StatClass, TargetInfo,
+    config, maps,
 };
 
-use crate::{profile::collect::Collector, unwind::UnwindMaps};
+use crate::unwind::UnwindMaps;
 
 static OBJECT: &[u8] = include_bytes_aligned!(concat!(env!("OUT_DIR"), "/profiler-ebpf"));
 
@@ -60,13 +60,28 @@ pub enum BpfError {
 }
 
 impl BpfError {
-    /// Whether more privileges would fix it.
+    /// Whether more privileges would fix it: the kernel said EPERM or EACCES somewhere in the
+    /// error's chain.
     pub fn is_permission(&self) -> bool {
-        let text = format!("{self:?}");
-        text.contains("PermissionDenied")
-            || text.contains("EPERM")
-            || text.contains("Operation not permitted")
+        if let BpfError::Verifier { error, .. } = self {
+            return is_permission_error(error);
+        }
+        let mut source: Option<&(dyn std::error::Error + 'static)> = Some(self);
+        while let Some(e) = source {
+            if let Some(io) = e.downcast_ref::<std::io::Error>()
+                && is_permission_error(io)
+            {
+                return true;
+            }
+            source = e.source();
+        }
+        false
     }
+}
+
+fn is_permission_error(e: &std::io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EPERM | libc::EACCES))
+        || e.kind() == std::io::ErrorKind::PermissionDenied
 }
 
 fn map_err(name: &'static str) -> impl FnOnce(MapError) -> BpfError {
@@ -120,6 +135,23 @@ pub struct Sampler {
     active: u32,
 }
 
+/// A stack the kernel stored for the first time, announced so its code objects are read at
+/// once; with its content, unless a drain took it out of the map first.
+pub struct Announced {
+    pub pid: u32,
+    pub stack_id: u64,
+    pub stack: Option<Box<PyStack>>,
+}
+
+/// What one drain moved out of the kernel's maps.
+#[derive(Default)]
+pub struct Drained {
+    /// Per (process, thread, stack, kind): samples, or nanoseconds off the CPU.
+    pub counts: Vec<(SampleKey, u64)>,
+    /// The stacks stored since the last drain, by id.
+    pub stacks: Vec<(u64, Box<PyStack>)>,
+}
+
 /// The kernel's own accounting of the sampling program (the tail-called walker included).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct RunTime {
@@ -142,77 +174,14 @@ impl Sampler {
         }
         let mut ebpf = loader.load(OBJECT).map_err(BpfError::Load)?;
         let stats = aya::sys::enable_stats(aya::sys::Stats::RunTime).ok();
-        // With --idle the switch program reads the incoming thread's id from its task_struct.
-        let task_pid_offset = match options.idle {
-            true => btf::Btf::kernel()?.field_offset("task_struct", "pid")?,
-            false => 0,
-        };
-        let mut switches: Array<&mut MapData, u32> = map_mut(&mut ebpf, maps::CONFIG)?;
-        for (index, value) in [
-            (config::IDLE, options.idle as u32),
-            (config::GIL_ONLY, options.gil_only as u32),
-            (config::TASK_PID_OFFSET, task_pid_offset),
-        ] {
-            switches
-                .set(index, value, 0)
-                .map_err(map_err(maps::CONFIG))?;
-        }
-
+        configure(&mut ebpf, options)?;
         // Tail-call targets first: the first programs call them from their first run on.
-        let mut programs: ProgramArray<MapData> = map_owned(&mut ebpf, maps::PROGRAMS)?;
-        let walker: &mut PerfEvent = program(&mut ebpf, profiler_common::WALK_PROGRAM_NAME)?;
-        load(walker.load())?;
-        let fd = clone_fd(walker.fd()?)?;
-        put(
-            &mut programs,
-            maps::PROGRAMS,
-            profiler_common::WALK_PROGRAM_SLOT,
-            &fd,
-        )?;
-        if options.native {
-            let unwinder: &mut PerfEvent =
-                program(&mut ebpf, profiler_common::UNWIND_PROGRAM_NAME)?;
-            load(unwinder.load())?;
-            let fd = clone_fd(unwinder.fd()?)?;
-            put(
-                &mut programs,
-                maps::PROGRAMS,
-                profiler_common::UNWIND_PROGRAM_SLOT,
-                &fd,
-            )?;
-        }
-        let mut programs = vec![programs];
+        let mut programs = vec![load_sample_programs(&mut ebpf, options.native)?];
         if options.idle {
-            let mut switch_programs: ProgramArray<MapData> =
-                map_owned(&mut ebpf, maps::SWITCH_PROGRAMS)?;
-            let walker: &mut RawTracePoint =
-                program(&mut ebpf, profiler_common::SWITCH_WALK_PROGRAM_NAME)?;
-            load(walker.load())?;
-            let fd = clone_fd(walker.fd()?)?;
-            let slot = profiler_common::WALK_PROGRAM_SLOT;
-            put(&mut switch_programs, maps::SWITCH_PROGRAMS, slot, &fd)?;
-            programs.push(switch_programs);
-            let switch: &mut RawTracePoint =
-                program(&mut ebpf, profiler_common::SWITCH_PROGRAM_NAME)?;
-            load(switch.load())?;
-            // By name through the bpf syscall: no tracefs needed.
-            switch.attach("sched_switch")?;
+            programs.push(attach_switch_programs(&mut ebpf)?);
         }
-
         let new_stacks = map_owned(&mut ebpf, maps::NEW_STACKS)?;
-        let sampler: &mut PerfEvent = program(&mut ebpf, profiler_common::PROGRAM_NAME)?;
-        load(sampler.load())?;
-        let cpus = online_cpus().map_err(|(_, e)| BpfError::Cpus(e))?;
-        for cpu in cpus {
-            sampler
-                .attach(
-                    PerfEventConfig::Software(SoftwareEvent::CpuClock),
-                    PerfEventScope::AllProcessesOneCpu { cpu },
-                    SamplePolicy::Frequency(rate_hz),
-                    false,
-                )
-                .map_err(|source| BpfError::Attach { cpu, source })?;
-        }
+        attach_sampler(&mut ebpf, rate_hz)?;
         Ok(Self {
             ebpf,
             _programs: programs,
@@ -241,13 +210,10 @@ impl Sampler {
         }
     }
 
-    /// Waits up to `timeout` for the kernel to announce new stacks, and reads the code objects of
-    /// each at once, while they are surely alive. Returns early when notices arrive.
-    pub fn wait_for_new_stacks(
-        &mut self,
-        timeout: Duration,
-        collector: &mut Collector,
-    ) -> Result<(), BpfError> {
+    /// Waits up to `timeout` for the kernel to announce new stacks; returns the notices at
+    /// once, each with its stack if still stored, so the caller can read their code objects
+    /// while they are surely alive.
+    pub fn wait_for_new_stacks(&mut self, timeout: Duration) -> Result<Vec<Announced>, BpfError> {
         let mut fd = libc::pollfd {
             fd: self.new_stacks.as_raw_fd(),
             events: libc::POLLIN,
@@ -263,24 +229,24 @@ impl Sampler {
             }
         }
         if notices.is_empty() {
-            return Ok(());
+            return Ok(Vec::new());
         }
         let stacks: HashMap<&MapData, u64, PyStack> = map_ref(&self.ebpf, maps::STACKS)?;
-        for notice in notices {
-            if let Ok(stack) = stacks.get(&notice.stack_id, 0) {
-                collector.add_stack(notice.stack_id, &stack);
-            }
-            // Resolved even when a drain took the stack out of the map first: an off-CPU stack
-            // has no count to be resolved by until its thread wakes, which may be at exit.
-            collector.resolve_stack(notice.pid, notice.stack_id);
-        }
-        Ok(())
+        Ok(notices
+            .into_iter()
+            .map(|notice| Announced {
+                pid: notice.pid,
+                stack_id: notice.stack_id,
+                // A drain may have taken it out of the map first: it came with that drain.
+                stack: stacks.get(&notice.stack_id, 0).ok().map(Box::new),
+            })
+            .collect())
     }
 
-    /// Moves everything the kernel recorded since the last drain into `collector`: flips the
+    /// Moves everything the kernel recorded since the last drain out of its maps: flips the
     /// count maps so the kernel counts into the other one, drains the idle one, then copies and
     /// deletes the stacks. No sample is lost between two drains.
-    pub fn drain(&mut self, collector: &mut Collector) -> Result<(), BpfError> {
+    pub fn drain(&mut self) -> Result<Drained, BpfError> {
         let idle = self.active;
         self.active ^= 1;
         let mut active: Array<&mut MapData, u32> = map_mut(&mut self.ebpf, maps::ACTIVE_COUNTS)?;
@@ -294,12 +260,13 @@ impl Sampler {
         } else {
             maps::COUNTS_1
         };
+        let mut drained = Drained::default();
         let mut counts: PerCpuHashMap<&mut MapData, SampleKey, u64> =
             map_mut(&mut self.ebpf, name)?;
         let keys: Vec<SampleKey> = counts.keys().filter_map(Result::ok).collect();
         for key in keys {
             if let Ok(per_cpu) = counts.get(&key, 0) {
-                collector.add_count(key, per_cpu.iter().sum());
+                drained.counts.push((key, per_cpu.iter().sum()));
             }
             let _ = counts.remove(&key);
         }
@@ -309,12 +276,11 @@ impl Sampler {
         let ids: Vec<u64> = stacks.keys().filter_map(Result::ok).collect();
         for id in ids {
             if let Ok(stack) = stacks.get(&id, 0) {
-                collector.add_stack(id, &stack);
+                drained.stacks.push((id, Box::new(stack)));
             }
             let _ = stacks.remove(&id);
         }
-        collector.resolve_new();
-        Ok(())
+        Ok(drained)
     }
 
     /// How long the kernel spent in the sampling program so far.
@@ -331,15 +297,19 @@ impl Sampler {
         })
     }
 
-    /// The kernel's counters, summed over CPUs, indexed by `Stat`.
+    /// The kernel's counters, summed over CPUs: the sampler's and the scheduler program's.
     pub fn stats(&self) -> Result<Stats, BpfError> {
         let stats: PerCpuArray<&MapData, u64> = map_ref(&self.ebpf, maps::STATS)?;
-        let mut out = Stats::default();
-        for stat in Stat::ALL {
-            out.0[stat as usize] = stats
-                .get(&(stat as u32), 0)
+        let read = |stat: Stat, switch: bool| {
+            stats
+                .get(&profiler_common::stat_index(stat, switch), 0)
                 .map(|v| v.iter().sum())
-                .unwrap_or(0);
+                .unwrap_or(0)
+        };
+        let mut out = Stats::default();
+        for &stat in Stat::ALL {
+            out.sample[stat as usize] = read(stat, false);
+            out.switch[stat as usize] = read(stat, true);
         }
         Ok(out)
     }
@@ -365,6 +335,82 @@ impl UnwindMaps for Sampler {
             .insert(pid, mappings, 0)
             .map_err(std::io::Error::other)
     }
+}
+
+/// Sets the kernel side's switches (`profiler_common::config`).
+fn configure(ebpf: &mut Ebpf, options: SamplerOptions) -> Result<(), BpfError> {
+    // With --idle the switch program reads the incoming thread's id from its task_struct.
+    let task_pid_offset = match options.idle {
+        true => btf::Btf::kernel()?.field_offset("task_struct", "pid")?,
+        false => 0,
+    };
+    let mut switches: Array<&mut MapData, u32> = map_mut(ebpf, maps::CONFIG)?;
+    for (index, value) in [
+        (config::IDLE, options.idle as u32),
+        (config::GIL_ONLY, options.gil_only as u32),
+        (config::TASK_PID_OFFSET, task_pid_offset),
+    ] {
+        switches
+            .set(index, value, 0)
+            .map_err(map_err(maps::CONFIG))?;
+    }
+    Ok(())
+}
+
+/// Loads the programs the CPU-clock sampler tail-calls (the walker; with `native`, the
+/// unwinder) into their table, which the caller holds while sampling runs.
+fn load_sample_programs(ebpf: &mut Ebpf, native: bool) -> Result<ProgramArray<MapData>, BpfError> {
+    let mut programs: ProgramArray<MapData> = map_owned(ebpf, maps::PROGRAMS)?;
+    let mut slots = vec![(
+        profiler_common::WALK_PROGRAM_NAME,
+        profiler_common::WALK_PROGRAM_SLOT,
+    )];
+    if native {
+        slots.push((
+            profiler_common::UNWIND_PROGRAM_NAME,
+            profiler_common::UNWIND_PROGRAM_SLOT,
+        ));
+    }
+    for (name, slot) in slots {
+        let p: &mut PerfEvent = program(ebpf, name)?;
+        load(p.load())?;
+        let fd = clone_fd(p.fd()?)?;
+        put(&mut programs, maps::PROGRAMS, slot, &fd)?;
+    }
+    Ok(programs)
+}
+
+/// `--idle`: loads the switch walker into its table and attaches the scheduler-switch program
+/// to the `sched_switch` raw tracepoint, by name through the bpf syscall (no tracefs needed).
+fn attach_switch_programs(ebpf: &mut Ebpf) -> Result<ProgramArray<MapData>, BpfError> {
+    let mut switch_programs: ProgramArray<MapData> = map_owned(ebpf, maps::SWITCH_PROGRAMS)?;
+    let walker: &mut RawTracePoint = program(ebpf, profiler_common::SWITCH_WALK_PROGRAM_NAME)?;
+    load(walker.load())?;
+    let fd = clone_fd(walker.fd()?)?;
+    let slot = profiler_common::WALK_PROGRAM_SLOT;
+    put(&mut switch_programs, maps::SWITCH_PROGRAMS, slot, &fd)?;
+    let switch: &mut RawTracePoint = program(ebpf, profiler_common::SWITCH_PROGRAM_NAME)?;
+    load(switch.load())?;
+    switch.attach("sched_switch")?;
+    Ok(switch_programs)
+}
+
+/// Loads the sampler and attaches it to the CPU-clock event of every online CPU.
+fn attach_sampler(ebpf: &mut Ebpf, rate_hz: u64) -> Result<(), BpfError> {
+    let sampler: &mut PerfEvent = program(ebpf, profiler_common::PROGRAM_NAME)?;
+    load(sampler.load())?;
+    let cpus = online_cpus().map_err(|(_, e)| BpfError::Cpus(e))?;
+    for cpu in cpus {
+        sampler
+            .attach(
+                PerfEventConfig::Software(SoftwareEvent::CpuClock),
+                PerfEventScope::AllProcessesOneCpu { cpu },
+                SamplePolicy::Frequency(rate_hz),
+                false,
+            )
+            .map_err(|source| BpfError::Attach { cpu, source })?;
+    }
+    Ok(())
 }
 
 /// Program `name` of the object, as the type `P` it was built as.
@@ -408,21 +454,122 @@ fn put(
     table.set(slot, fd, 0).map_err(map_err(name))
 }
 
-/// Kernel counters by `Stat`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Stats(pub [u64; Stat::COUNT as usize]);
+/// The kernel's counters by `Stat`: the CPU-clock sampler's, and the scheduler-switch
+/// program's (`--idle`). What each counts is its `StatClass`, defined once in profiler-common.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Stats {
+    sample: [u64; Stat::COUNT as usize],
+    switch: [u64; Stat::COUNT as usize],
+}
+
+impl Default for Stats {
+    fn default() -> Self {
+        Self {
+            sample: [0; Stat::COUNT as usize],
+            switch: [0; Stat::COUNT as usize],
+        }
+    }
+}
 
 impl Stats {
+    /// A sampler counter.
     pub fn get(&self, stat: Stat) -> u64 {
-        self.0[stat as usize]
+        self.sample[stat as usize]
     }
 
-    /// Samples lost to an error (not counting ones kept with a caveat).
+    /// A scheduler-switch program counter (`--idle`).
+    pub fn switch(&self, stat: Stat) -> u64 {
+        self.switch[stat as usize]
+    }
+
+    /// Sets a sampler counter (for tests of what reports them).
+    pub fn set(&mut self, stat: Stat, n: u64) {
+        self.sample[stat as usize] = n;
+    }
+
+    /// Sets a scheduler-switch counter (for tests of what reports them).
+    pub fn set_switch(&mut self, stat: Stat, n: u64) {
+        self.switch[stat as usize] = n;
+    }
+
+    /// The sampler's counters of one class, with their counts, in `Stat` order (zeros too).
+    pub fn of_class(&self, class: StatClass) -> impl Iterator<Item = (Stat, u64)> + '_ {
+        Stat::ALL
+            .iter()
+            .filter(move |s| s.class() == class)
+            .map(|&s| (s, self.get(s)))
+    }
+
+    /// Samples of target threads, by their fates: recorded, outside Python, left out, lost.
+    pub fn fates(&self) -> u64 {
+        Stat::ALL
+            .iter()
+            .filter(|s| s.class().is_fate())
+            .map(|&s| self.get(s))
+            .sum()
+    }
+
+    /// Samples lost to a fault or a limit, and off-CPU intervals lost: every error.
     pub fn lost(&self) -> u64 {
         Stat::ALL
             .iter()
-            .filter(|s| s.is_loss())
-            .map(|&s| self.get(s))
+            .filter(|s| s.class().is_error())
+            .map(|&s| self.get(s) + self.switch(s))
             .sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn permission_is_found_in_the_error_chain_not_in_its_text() {
+        let syscall = |errno| BpfError::Attach {
+            cpu: 0,
+            source: ProgramError::SyscallError(aya::sys::SyscallError {
+                call: "perf_event_open",
+                io_error: std::io::Error::from_raw_os_error(errno),
+            }),
+        };
+        assert!(syscall(libc::EPERM).is_permission());
+        assert!(syscall(libc::EACCES).is_permission());
+        assert!(!syscall(libc::EINVAL).is_permission());
+        let verifier = |errno| BpfError::Verifier {
+            error: std::io::Error::from_raw_os_error(errno),
+            log: "EPERM in a log is not a refusal".into(),
+        };
+        assert!(!verifier(libc::EINVAL).is_permission());
+        assert!(verifier(libc::EPERM).is_permission());
+    }
+
+    #[test]
+    fn fates_and_losses_follow_the_classes() {
+        let mut s = Stats::default();
+        for (stat, n) in [
+            (Stat::TargetSample, 112),
+            (Stat::Recorded, 100),
+            (Stat::NoThreadState, 5),
+            (Stat::GilNotHeld, 4),
+            (Stat::StackMapFull, 2),
+            (Stat::NoFrame, 1),
+            // Notes on top of recorded samples, not fates.
+            (Stat::ReadFrame, 7),
+            (Stat::Truncated, 3),
+            (Stat::NativeComplete, 99),
+            (Stat::GilHeld, 60),
+        ] {
+            s.set(stat, n);
+        }
+        s.set_switch(Stat::OffCpuMapFull, 1);
+        s.set_switch(Stat::NoThreadState, 40);
+        assert_eq!(s.fates(), 112, "each sample has one fate");
+        assert_eq!(s.fates(), s.get(Stat::TargetSample));
+        assert_eq!(s.lost(), 2 + 1 + 1, "sample losses and the lost interval");
+        let lost: Vec<_> = s
+            .of_class(StatClass::Lost)
+            .filter(|&(_, n)| n > 0)
+            .collect();
+        assert_eq!(lost, vec![(Stat::StackMapFull, 2), (Stat::NoFrame, 1)]);
     }
 }

@@ -10,7 +10,9 @@ use crate::{
     dump::DumpConfig,
     output::Format,
     profile::collect::FrameOptions,
+    record::RecordConfig,
     report::{ReportConfig, ReportOptions, SortKey},
+    session::Target,
     top::TopConfig,
 };
 
@@ -299,36 +301,6 @@ pub struct RecordArgs {
     /// The command to launch and profile, after `--`.
     #[arg(last = true, value_name = "COMMAND")]
     pub command: Vec<String>,
-}
-
-/// What to profile.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Target {
-    Pid(u32),
-    Launch(Vec<String>),
-    /// Every Python process (`--all`).
-    All,
-}
-
-/// A validated `record` invocation.
-#[derive(Clone, Debug, PartialEq)]
-pub struct RecordConfig {
-    pub target: Target,
-    pub output: Option<PathBuf>,
-    pub format: Format,
-    pub rate_hz: u64,
-    pub duration: Option<Duration>,
-    pub frames: FrameOptions,
-    /// Follow child processes (`--subprocesses`).
-    pub subprocesses: bool,
-    /// Record off-CPU time (`--idle`).
-    pub idle: bool,
-    /// Only samples with the GIL held (`--gil`).
-    pub gil: bool,
-    /// Mixed native and Python stacks (`--native`).
-    pub native: bool,
-    /// Kernel frames too (`--kernel`).
-    pub kernel: bool,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]

@@ -4,9 +4,8 @@
 //! code objects and line tables as `record` reads them. With `--native` the threads are stopped
 //! for a moment (`process::ptrace`) to take their registers, a copy of their stacks and their
 //! Python frames; after they run again the stacks are unwound in userspace with the kernel's
-//! tables and step (`unwind::walk`) and merged as `record --native` merges them
-//! (`profile::collect::mixed_frames`). It ties those stages together and holds none of their
-//! logic.
+//! tables and step (`unwind::walk`) and named and merged as `record --native` names them
+//! (`profile::naming`). It ties those stages together and holds none of their logic.
 
 use std::{
     collections::HashMap,
@@ -16,24 +15,23 @@ use std::{
     time::Duration,
 };
 
-use profiler_common::PyFrame;
-
 use crate::{
     process::{
-        self, LocalMemory, ProcMem, ProcessError, ProcessMemory, PythonProcess,
+        self, LocalMemory, ProcessError, ProcessMemory,
         ptrace::{self, PtraceError, Regs},
     },
     profile::{
         Frame,
-        collect::{FrameOptions, NativeRaw, frame_for, mixed_frames},
+        collect::FrameOptions,
+        naming::{Namer, RawStack},
     },
     python::{
         self, Layout, UnsupportedVersion,
-        code::read_code,
+        discover::{self, FindError, PythonProcess},
+        instance::Interpreter,
         threads::{ThreadStack, WalkError, walk_threads},
     },
-    symbolize::NativeSymbolizer,
-    unwind::{NativeTables, walk::LocalMaps, walk::unwind},
+    unwind::{KnownMapping, NativeTables, walk::LocalMaps, walk::unwind},
 };
 
 /// Reads of a running process can race with it (a frame popped while we follow it); a failed
@@ -48,6 +46,8 @@ const STACK_COPY: u64 = 1 << 20;
 pub enum DumpError {
     #[error(transparent)]
     Process(#[from] ProcessError),
+    #[error(transparent)]
+    Find(#[from] FindError),
     #[error("pid {pid}: {source}")]
     Unsupported {
         pid: u32,
@@ -68,6 +68,7 @@ impl DumpError {
         matches!(
             self,
             DumpError::Process(ProcessError::PermissionDenied { .. })
+                | DumpError::Find(FindError::Process(ProcessError::PermissionDenied { .. }))
                 | DumpError::Ptrace(PtraceError::PermissionDenied { .. })
         )
     }
@@ -96,7 +97,7 @@ pub struct ThreadDump {
 }
 
 pub fn run(cfg: &DumpConfig, out: &mut impl Write) -> Result<(), DumpError> {
-    let p = process::inspect(cfg.pid)?;
+    let p = discover::inspect(cfg.pid)?;
     let mem = process::open_memory(p.pid)?;
     // Where the interpreter publishes its layout (3.13+), that one.
     let (layout, _) = python::layout_of(&mem, p.version, p.runtime_addr)
@@ -128,48 +129,66 @@ pub fn dump(
         attempt += 1;
         match walk_threads(&mem, &layout.target_info(p.runtime_addr)) {
             Ok(s) => break s,
-            Err(_) if attempt < ATTEMPTS && process::is_alive(p) => {
+            Err(_) if attempt < ATTEMPTS && p.is_alive() => {
                 std::thread::sleep(std::time::Duration::from_millis(10));
             }
-            Err(source) if process::is_alive(p) => {
+            Err(source) if p.is_alive() => {
                 return Err(DumpError::Walk { pid: p.pid, source });
             }
             Err(_) => return Err(ProcessError::Exited { pid: p.pid }.into()),
         }
     };
+    let mut names = Names::new(p, layout, options);
     let mut threads: Vec<ThreadDump> = stacks
         .iter()
-        .map(|t| name_thread(&mem, p.pid, layout, options, t))
+        .map(|t| thread_dump(p.pid, t, names.frames(t, None, None)))
         .collect();
     threads.sort_by_key(|t| t.tid);
     Ok(threads)
 }
 
-fn name_thread(
-    mem: &ProcMem,
-    pid: u32,
-    layout: &Layout,
+/// Names the threads' frames as `record` names its stacks, leaf first as `dump` prints them.
+struct Names {
+    interpreter: Interpreter,
+    namer: Namer,
     options: FrameOptions,
-    t: &ThreadStack,
-) -> ThreadDump {
-    let frames = t
-        .frames
-        .iter()
-        .filter(|f| f.code != 0)
-        .map(python_namer(mem, layout, options))
-        .collect();
-    thread_dump(pid, t, frames)
 }
 
-/// Names a Python frame from its code object, read now.
-fn python_namer<'a>(
-    mem: &'a ProcMem,
-    layout: &'a Layout,
-    options: FrameOptions,
-) -> impl FnMut(&PyFrame) -> Frame + 'a {
-    move |f| match read_code(mem, layout, f.code, f.tag) {
-        Ok(code) => frame_for(options, layout, f, &code),
-        Err(e) => Frame::marker(format!("[unknown] ({e})")),
+impl Names {
+    fn new(p: &PythonProcess, layout: &Layout, options: FrameOptions) -> Self {
+        Self {
+            interpreter: Interpreter::new(p.clone(), *layout),
+            namer: Namer::default(),
+            options,
+        }
+    }
+
+    /// `t`'s frames, leaf first; mixed with its native stack (`pcs`, how the unwind ended) where
+    /// there is one.
+    fn frames(
+        &mut self,
+        t: &ThreadStack,
+        mappings: Option<&[KnownMapping]>,
+        native: Option<(&[u64], u32)>,
+    ) -> Vec<Frame> {
+        let (pcs, end) = native.unwrap_or((&[], 0));
+        let raw = RawStack {
+            python: &t.frames,
+            // Said on its own line by `render`.
+            truncated: false,
+            native: pcs,
+            native_end: end,
+            kernel: &[],
+        };
+        let named = self.namer.name(Some(&mut self.interpreter), mappings, raw);
+        named
+            .into_iter()
+            .rev()
+            .map(|f| match self.options.nolineno {
+                true => f.frame.without_line(),
+                false => f.frame,
+            })
+            .collect()
     }
 }
 
@@ -250,45 +269,30 @@ pub fn dump_native(
     let paused = stopped.resume();
     let stacks = match walked {
         Ok(s) => s,
-        Err(_) if !process::is_alive(p) => return Err(ProcessError::Exited { pid }.into()),
+        Err(_) if !p.is_alive() => return Err(ProcessError::Exited { pid }.into()),
         Err(source) => return Err(DumpError::Walk { pid, source }),
     };
 
     // A library mapped between building the tables and stopping the threads: add it.
     let _ = tables.refresh(pid, &mut maps);
-    let mut symbolizer = NativeSymbolizer::new();
-    let mut name_python = python_namer(&mem, layout, options);
+    let mut names = Names::new(p, layout, options);
     let mut threads = Vec::new();
     for t in &stacks {
         let frames = match captured.get(&t.tid) {
             Some(c) => {
                 let regs = (c.regs.rip, c.regs.rsp, c.regs.rbp);
                 let native = unwind(maps.tables(pid), regs, &c.stack);
-                let mut frames = mixed_frames(
-                    &mut symbolizer,
-                    tables.mappings(pid),
-                    NativeRaw {
-                        pcs: &native.pcs,
-                        end: native.end as u32,
-                    },
-                    &t.frames,
-                    layout.version,
-                    options.nolineno,
-                    &mut name_python,
-                );
-                frames.reverse();
-                frames
+                names.frames(
+                    t,
+                    Some(tables.mappings(pid)),
+                    Some((&native.pcs, native.end as u32)),
+                )
             }
             // Not stopped: it exited before it could be.
             None if !fs::exists(format!("/proc/{pid}/task/{}", t.tid)).unwrap_or(false) => {
                 continue;
             }
-            None => t
-                .frames
-                .iter()
-                .filter(|f| f.code != 0)
-                .map(&mut name_python)
-                .collect(),
+            None => names.frames(t, None, None),
         };
         threads.push(thread_dump(pid, t, frames));
     }
@@ -362,11 +366,7 @@ mod tests {
             runtime_addr: 0,
             start_time: 0,
         };
-        let f = |name: &str, line| Frame {
-            name: name.into(),
-            file: "a.py".into(),
-            line,
-        };
+        let f = |name: &str, line| Frame::python(name, "a.py", line);
         let threads = vec![
             ThreadDump {
                 tid: 10,

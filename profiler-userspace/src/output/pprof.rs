@@ -160,31 +160,29 @@ pub fn period_ns(rate_hz: u64) -> i64 {
 pub fn build(profile: &Profile, title: &str) -> PprofProfile {
     let mut strings = Strings::new();
     let mut functions: Vec<Function> = Vec::new();
-    let mut function_ids: HashMap<(&str, &str), u64> = HashMap::new();
+    let mut function_ids: HashMap<(String, &str), u64> = HashMap::new();
     // One location per profile frame: frame i is location i + 1.
     let location: Vec<Location> = profile
         .frames
         .iter()
         .enumerate()
         .map(|(i, f)| {
-            let id = *function_ids
-                .entry((f.name.as_str(), f.file.as_str()))
-                .or_insert_with(|| {
-                    let id = functions.len() as u64 + 1;
-                    functions.push(Function {
-                        id,
-                        name: strings.get(&f.name),
-                        system_name: 0,
-                        filename: strings.get(&f.file),
-                    });
-                    id
+            let id = *function_ids.entry((f.name(), f.file())).or_insert_with(|| {
+                let id = functions.len() as u64 + 1;
+                functions.push(Function {
+                    id,
+                    name: strings.get(&f.name()),
+                    system_name: 0,
+                    filename: strings.get(f.file()),
                 });
+                id
+            });
             Location {
                 id: i as u64 + 1,
                 mapping_id: 1,
                 line: vec![Line {
                     function_id: id,
-                    line: f.line as i64,
+                    line: f.line() as i64,
                 }],
             }
         })

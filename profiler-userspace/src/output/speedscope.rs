@@ -26,12 +26,12 @@ impl ProfileWriter for Speedscope {
             .frames
             .iter()
             .map(|f| {
-                let mut v = json!({ "name": f.name });
-                if !f.file.is_empty() {
-                    v["file"] = json!(f.file);
+                let mut v = json!({ "name": f.name() });
+                if !f.file().is_empty() {
+                    v["file"] = json!(f.file());
                 }
-                if f.line != 0 {
-                    v["line"] = json!(f.line);
+                if f.line() != 0 {
+                    v["line"] = json!(f.line());
                 }
                 v
             })

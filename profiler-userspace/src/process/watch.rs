@@ -1,19 +1,18 @@
 //! Watching /proc for the processes a recording follows: one pid, a process and its
-//! descendants (`--subprocesses`), or every process (`--all`). Each scan reports the Python
-//! processes that appeared (started, forked, or exec'd into Python) and the ones that ended
-//! (exited, or exec'd something else). A process is known by pid *and* start time, so a reused
-//! pid is a new process. Reads /proc only; the caller registers what it reports with the
-//! kernel.
+//! descendants (`--subprocesses`), or every process (`--all`). Each scan reports the processes a
+//! classifier wants that appeared (started, forked, or exec'd into something it wants) and the
+//! ones that ended (exited, or exec'd something else). A process is known by pid *and* start
+//! time, so a reused pid is a new process. Reads /proc only, and knows nothing of what the
+//! classifier looks for (the session asks `python::discover`); the caller registers what it
+//! reports with the kernel.
 
 use std::{
     collections::{HashMap, HashSet},
     fs,
-    path::PathBuf,
+    path::{Path, PathBuf},
 };
 
-use super::{
-    ProcStat, ProcessError, PythonProcess, exe_of, find_python_cheaply, named_python, proc_stat,
-};
+use super::{ProcStat, comm, exe_of, proc_stat};
 
 /// Which processes a watcher follows.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -26,15 +25,28 @@ pub enum Scope {
     All,
 }
 
+/// What a classifier says of a process it is shown.
+#[derive(Debug)]
+pub enum Verdict<T> {
+    /// Wanted, with what the classifier found in it.
+    Wanted(T),
+    /// Not wanted.
+    No,
+    /// Cannot tell yet (mid-exec, still loading): shown again at the next scans, a few times.
+    NotYet,
+    /// Looks like what is wanted but cannot be read, and why (after the retries, reported).
+    Unreadable(String),
+}
+
 /// What a scan found changed.
 #[derive(Clone, Debug)]
-pub enum Change {
-    /// A Python process to profile (its version may still be one prof-bpf cannot profile).
-    Started(PythonProcess),
-    /// A process reported as `Started` is gone, or no longer runs that interpreter.
+pub enum Change<T> {
+    /// A process the classifier wants.
+    Started(T),
+    /// A process reported as `Started` is gone, or exec'd something else.
     Ended(u32),
-    /// A process that looks like Python (named so, or with a libpython mapped) whose
-    /// interpreter could not be read, and why: said in the summary, not silently left out.
+    /// A process that looked wanted but could not be read, and why: said in the summary, not
+    /// silently left out.
     Unreadable { pid: u32, name: String, why: String },
 }
 
@@ -44,7 +56,7 @@ struct Seen {
     start_time: u64,
     /// `/proc/PID/exe`: it changes when the process execs.
     exe: PathBuf,
-    python: bool,
+    wanted: bool,
 }
 
 pub struct Watcher {
@@ -52,13 +64,11 @@ pub struct Watcher {
     /// Processes in scope looked at so far, by pid.
     seen: HashMap<u32, Seen>,
     own_pid: u32,
-    /// Processes in scope whose interpreter could not be read yet (say, an exec in progress):
-    /// how many scans have tried.
+    /// Processes in scope the classifier could not tell yet: how many scans have tried.
     retries: HashMap<u32, u32>,
 }
 
-/// Scans a process that looked half-started is looked at again before it counts as not
-/// Python.
+/// Scans a process that could not be told yet is looked at again before it counts as unwanted.
 const RETRIES: u32 = 3;
 
 impl Watcher {
@@ -71,27 +81,32 @@ impl Watcher {
         }
     }
 
-    /// Marks `p` as already known (registered by the caller before watching began).
-    pub fn know(&mut self, p: &PythonProcess) {
-        if let Ok(exe) = exe_of(p.pid) {
+    /// Marks process `pid` (started at `start_time`) as already known and wanted (registered by
+    /// the caller before watching began).
+    pub fn know(&mut self, pid: u32, start_time: u64) {
+        if let Ok(exe) = exe_of(pid) {
             self.seen.insert(
-                p.pid,
+                pid,
                 Seen {
-                    start_time: p.start_time,
+                    start_time,
                     exe,
-                    python: true,
+                    wanted: true,
                 },
             );
         }
     }
 
-    /// How many processes in scope are being followed now (Python or not).
+    /// How many processes in scope are being followed now (wanted or not).
     pub fn followed(&self) -> usize {
         self.seen.len()
     }
 
-    /// Looks at /proc once; returns what changed since the last scan.
-    pub fn scan(&mut self) -> Vec<Change> {
+    /// Looks at /proc once; returns what changed since the last scan. `classify` is shown each
+    /// new process in scope (pid, what /proc/PID/stat says, its executable).
+    pub fn scan<T>(
+        &mut self,
+        mut classify: impl FnMut(u32, &ProcStat, &Path) -> Verdict<T>,
+    ) -> Vec<Change<T>> {
         let stats = self.list();
         let in_scope = self.in_scope(&stats);
         let mut changes = Vec::new();
@@ -104,7 +119,7 @@ impl Watcher {
                 && exe_of(pid).ok().as_ref() == Some(&self.seen[&pid].exe);
             if !same && let Some(old) = self.seen.remove(&pid) {
                 self.retries.remove(&pid);
-                if old.python {
+                if old.wanted {
                     changes.push(Change::Ended(pid));
                 }
             }
@@ -120,37 +135,23 @@ impl Watcher {
             let (Some(stat), Ok(exe)) = (stats.get(&pid), exe_of(pid)) else {
                 continue; // a kernel thread, or gone already
             };
-            let found = find_python_cheaply(pid);
-            let python = match found {
-                Ok(Some(p)) if p.start_time == stat.start_time => {
-                    changes.push(Change::Started(p));
+            let wanted = match classify(pid, stat, &exe) {
+                Verdict::Wanted(found) => {
+                    changes.push(Change::Started(found));
                     true
                 }
-                // A Python executable whose libpython is not mapped yet (the loader is still
-                // at work) is looked at again like one mid-exec.
-                Ok(None) if !named_python(&exe) => false,
-                Ok(_) | Err(_) => {
+                Verdict::No => false,
+                verdict @ (Verdict::NotYet | Verdict::Unreadable(_)) => {
                     // Mid-exec or just gone: look again next time, a few times.
                     let tries = self.retries.entry(pid).or_default();
                     *tries += 1;
                     if *tries < RETRIES {
                         continue;
                     }
-                    let why = match found {
-                        Err(ProcessError::Exited { .. } | ProcessError::NoSuchProcess { .. }) => {
-                            None
-                        }
-                        Err(e) => Some(e.to_string()),
-                        Ok(None) => Some(format!(
-                            "named like Python but no interpreter found in it ({})",
-                            exe.display()
-                        )),
-                        Ok(Some(_)) => None, // a reused pid: the next scan sees the new one
-                    };
-                    if let Some(why) = why {
+                    if let Verdict::Unreadable(why) = verdict {
                         changes.push(Change::Unreadable {
                             pid,
-                            name: super::comm(pid),
+                            name: comm(pid),
                             why,
                         });
                     }
@@ -163,7 +164,7 @@ impl Watcher {
                 Seen {
                     start_time: stat.start_time,
                     exe,
-                    python,
+                    wanted,
                 },
             );
         }

@@ -3,40 +3,14 @@
 //! recorded.
 
 pub mod collect;
+pub mod frame;
 pub mod merge;
+pub mod naming;
 pub mod store;
 
 use std::{collections::HashMap, time::Duration};
 
-/// One frame as shown to the user.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Frame {
-    /// Function (qualified where the version has it), or a bracketed marker like `[unknown]`.
-    pub name: String,
-    /// Source file; empty for markers.
-    pub file: String,
-    /// Line, 0 when not known or not wanted.
-    pub line: u32,
-}
-
-impl Frame {
-    pub fn marker(name: impl Into<String>) -> Self {
-        Self {
-            name: name.into(),
-            file: String::new(),
-            line: 0,
-        }
-    }
-
-    /// `function (file:line)`, as py-spy writes it.
-    pub fn label(&self) -> String {
-        match (self.file.is_empty(), self.line) {
-            (true, _) => self.name.clone(),
-            (false, 0) => format!("{} ({})", self.name, self.file),
-            (false, line) => format!("{} ({}:{line})", self.name, self.file),
-        }
-    }
-}
+pub use frame::{Frame, Location, Unknown};
 
 /// A stack seen `count` times on one thread.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -68,7 +42,10 @@ pub struct ThreadInfo {
 impl ThreadInfo {
     /// The root frame `--threads` puts under a thread's stacks.
     pub fn frame(&self) -> Frame {
-        Frame::marker(format!("thread {} ({})", self.tid, self.name))
+        Frame::Thread {
+            tid: self.tid,
+            name: self.name.clone(),
+        }
     }
 }
 
@@ -143,6 +120,10 @@ impl FrameTable {
         i
     }
 
+    pub fn frames(&self) -> &[Frame] {
+        &self.frames
+    }
+
     pub fn into_frames(self) -> Vec<Frame> {
         self.frames
     }
@@ -152,11 +133,7 @@ impl FrameTable {
 /// frame, a frame without a line. Its file form is `tests/data/profbpf/two_threads.json`.
 #[cfg(test)]
 pub fn example() -> Profile {
-    let f = |name: &str, file: &str, line| Frame {
-        name: name.into(),
-        file: file.into(),
-        line,
-    };
+    let f = |name: &str, file: &str, line| Frame::python(name, file, line);
     let s = |tid, frames: &[u32], count| Sample {
         pid: 4242,
         tid,
@@ -170,7 +147,7 @@ pub fn example() -> Profile {
             f("work", "app.py", 10),
             f("burn", "app.py", 4),
             f("recurse", "app.py", 15),
-            Frame::marker("[unknown] (code object freed before it was read)"),
+            Frame::Unknown(Unknown::CodeFreed),
             f("Helper.run", "lib/util.py", 0),
         ],
         samples: vec![
@@ -211,29 +188,10 @@ mod tests {
     #[test]
     fn folds_and_merges_root_first() {
         let mut t = FrameTable::default();
-        let m = t.intern(Frame {
-            name: "<module>".into(),
-            file: "a.py".into(),
-            line: 9,
-        });
-        let f = t.intern(Frame {
-            name: "f".into(),
-            file: "a.py".into(),
-            line: 3,
-        });
-        let g = t.intern(Frame {
-            name: "g;x".into(),
-            file: "a.py".into(),
-            line: 0,
-        });
-        assert_eq!(
-            t.intern(Frame {
-                name: "f".into(),
-                file: "a.py".into(),
-                line: 3
-            }),
-            f
-        );
+        let m = t.intern(Frame::python("<module>", "a.py", 9));
+        let f = t.intern(Frame::python("f", "a.py", 3));
+        let g = t.intern(Frame::python("g;x", "a.py", 0));
+        assert_eq!(t.intern(Frame::python("f", "a.py", 3)), f);
         let p = Profile {
             frames: t.into_frames(),
             samples: vec![

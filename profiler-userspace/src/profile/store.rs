@@ -115,9 +115,9 @@ pub fn write(profile: &Profile, out: &mut dyn Write) -> io::Result<()> {
             .frames
             .iter()
             .map(|f| FileFrame {
-                name: f.name.clone(),
-                file: f.file.clone(),
-                line: f.line,
+                name: f.name(),
+                file: f.file().to_string(),
+                line: f.line(),
             })
             .collect(),
         samples: profile
@@ -232,11 +232,7 @@ pub fn parse(text: &str, path: &Path) -> Result<Profile, StoreError> {
         frames: file
             .frames
             .into_iter()
-            .map(|f| Frame {
-                name: f.name,
-                file: f.file,
-                line: f.line,
-            })
+            .map(|f| Frame::parse(&f.name, &f.file, f.line))
             .collect(),
         samples: file
             .samples

@@ -3,6 +3,8 @@
 
 pub mod code;
 pub mod debug_offsets;
+pub mod discover;
+pub mod instance;
 pub mod linetable;
 pub mod threads;
 mod v3_10;

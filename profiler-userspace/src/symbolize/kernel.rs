@@ -33,12 +33,19 @@ impl KernelSymbols {
 
     /// `function_[k]`, or `[unknown]_[k]` (addresses are hidden without root, or the table is
     /// empty).
-    pub fn name(&self, addr: u64) -> String {
+    /// The kernel function `addr` is in, if a symbol covers it.
+    pub fn name(&self, addr: u64) -> Option<&str> {
         let i = self.symbols.partition_point(|(a, _)| *a <= addr);
-        match i.checked_sub(1).map(|i| &self.symbols[i]) {
-            Some((_, name)) => format!("{name}_[k]"),
-            None => "[unknown]_[k]".to_string(),
-        }
+        i.checked_sub(1).map(|i| self.symbols[i].1.as_str())
+    }
+
+    /// Symbols loaded (none when /proc/kallsyms hides addresses).
+    pub fn len(&self) -> usize {
+        self.symbols.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.symbols.is_empty()
     }
 }
 
@@ -54,9 +61,9 @@ mod tests {
              ffffffff81002000 d some_data\n\
              ffffffffc0000000 t mod_fn\t[ext4]\n",
         );
-        assert_eq!(k.name(0xffffffff81001234), "do_syscall_64_[k]");
-        assert_eq!(k.name(0xffffffff81002004), "do_syscall_64_[k]");
-        assert_eq!(k.name(0xffffffffc0000010), "mod_fn_[k]");
-        assert_eq!(k.name(0x10), "[unknown]_[k]");
+        assert_eq!(k.name(0xffffffff81001234), Some("do_syscall_64"));
+        assert_eq!(k.name(0xffffffff81002004), Some("do_syscall_64"));
+        assert_eq!(k.name(0xffffffffc0000010), Some("mod_fn"));
+        assert_eq!(k.name(0x10), None);
     }
 }

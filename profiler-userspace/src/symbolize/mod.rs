@@ -1,7 +1,7 @@
 //! Native symbols: names the raw instruction pointers the kernel recorded, with blazesym, from
 //! the ELF files the process had mapped (so it works after the process exited): function,
 //! file:line where DWARF is present, demangled C++ and Rust names. An address that cannot be
-//! named becomes `[unknown] (libfoo.so+0x1234)`, with the reason counted. `kernel` names kernel
+//! named is `NativeSymbol::Unnamed`, with the reason counted. `kernel` names kernel
 //! frames (`--kernel`).
 
 pub mod kernel;
@@ -13,24 +13,35 @@ use blazesym::symbolize::{
     source::{Elf, Source},
 };
 
-use crate::unwind::KnownMapping;
+use crate::{cache::BoundedCache, unwind::KnownMapping};
 
-/// A named native frame.
+/// What the symbols say of a native address.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub struct NativeSymbol {
-    /// Function name, or `[unknown] (module+0xoffset)`.
-    pub name: String,
-    /// Source file (may be empty).
-    pub file: String,
-    pub line: u32,
-    /// Whether the name is an `[unknown]` marker.
-    pub unknown: bool,
+pub enum NativeSymbol {
+    /// The function (demangled), its source file where DWARF says (else the module's name) and
+    /// line (0 when unknown).
+    Named {
+        function: String,
+        file: String,
+        line: u32,
+    },
+    /// No symbol: the address in `module` at `offset` (as linked), or, with no module, in no
+    /// known mapping; `reason` says why.
+    Unnamed {
+        module: Option<String>,
+        offset: u64,
+        reason: String,
+    },
 }
+
+/// Native addresses whose names are kept: the hot code of a program, bounded however long the
+/// run.
+const SYMBOL_CACHE: usize = 64 * 1024;
 
 /// Names addresses, caching by (file, address in the file).
 pub struct NativeSymbolizer {
     symbolizer: Symbolizer,
-    cache: HashMap<(String, u64), NativeSymbol>,
+    cache: BoundedCache<(String, u64), NativeSymbol>,
     /// `[unknown]` frames by reason.
     pub unknown_reasons: HashMap<String, u64>,
 }
@@ -45,7 +56,7 @@ impl NativeSymbolizer {
     pub fn new() -> Self {
         Self {
             symbolizer: Symbolizer::builder().enable_demangling(true).build(),
-            cache: HashMap::new(),
+            cache: BoundedCache::new(SYMBOL_CACHE),
             unknown_reasons: HashMap::new(),
         }
     }
@@ -68,10 +79,7 @@ impl NativeSymbolizer {
             .rev()
             .find(|m| m.start <= lookup && lookup < m.end)
         else {
-            return self.unknown(
-                format!("[unknown] ({addr:#x})"),
-                "address in no known mapping",
-            );
+            return self.unnamed(None, addr, "address in no known mapping");
         };
         let vaddr = lookup.wrapping_sub(m.bias);
         let module = Path::new(&m.name)
@@ -79,11 +87,11 @@ impl NativeSymbolizer {
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_else(|| m.name.clone());
         let key = (m.name.clone(), vaddr);
-        if let Some(sym) = self.cache.get(&key) {
-            if sym.unknown {
-                *self.unknown_reasons.entry(sym.file.clone()).or_default() += 1;
+        if let Some(sym) = self.cache.get(&key).cloned() {
+            if let NativeSymbol::Unnamed { reason, .. } = &sym {
+                *self.unknown_reasons.entry(reason.clone()).or_default() += 1;
             }
-            return sym.clone();
+            return sym;
         }
         let result = match &m.path {
             Some(path) => {
@@ -94,20 +102,16 @@ impl NativeSymbolizer {
             }
             None => {
                 return match m.image.as_deref().and_then(|img| image_symbol(img, vaddr)) {
-                    Some(name) => {
-                        let sym = NativeSymbol {
-                            name,
+                    Some(function) => {
+                        let sym = NativeSymbol::Named {
+                            function,
                             file: module,
                             line: 0,
-                            unknown: false,
                         };
                         self.cache.insert(key, sym.clone());
                         sym
                     }
-                    None => self.unknown(
-                        format!("[unknown] ({module}+{vaddr:#x})"),
-                        "no symbol in the vDSO",
-                    ),
+                    None => self.unnamed(Some(module), vaddr, "no symbol in the vDSO"),
                 };
             }
         };
@@ -121,15 +125,14 @@ impl NativeSymbolizer {
                         (file, ci.line.unwrap_or(0))
                     })
                     .unwrap_or_default();
-                NativeSymbol {
-                    name: sym.name.to_string(),
+                NativeSymbol::Named {
+                    function: sym.name.to_string(),
                     file: if file.is_empty() {
                         module.clone()
                     } else {
                         file
                     },
                     line,
-                    unknown: false,
                 }
             }
             Ok(Some(Symbolized::Unknown(reason))) => {
@@ -138,20 +141,19 @@ impl NativeSymbolizer {
             Ok(None) => unknown_symbol(&module, vaddr, "no result"),
             Err(e) => unknown_symbol(&module, vaddr, e),
         };
-        if sym.unknown {
-            *self.unknown_reasons.entry(sym.file.clone()).or_default() += 1;
+        if let NativeSymbol::Unnamed { reason, .. } = &sym {
+            *self.unknown_reasons.entry(reason.clone()).or_default() += 1;
         }
         self.cache.insert(key, sym.clone());
         sym
     }
 
-    fn unknown(&mut self, name: String, reason: &str) -> NativeSymbol {
+    fn unnamed(&mut self, module: Option<String>, offset: u64, reason: &str) -> NativeSymbol {
         *self.unknown_reasons.entry(reason.to_string()).or_default() += 1;
-        NativeSymbol {
-            name,
-            file: reason.to_string(),
-            line: 0,
-            unknown: true,
+        NativeSymbol::Unnamed {
+            module,
+            offset,
+            reason: reason.to_string(),
         }
     }
 }
@@ -168,10 +170,9 @@ fn image_symbol(image: &[u8], vaddr: u64) -> Option<String> {
 
 /// `[unknown] (libfoo.so+0x1234)`; the reason rides in `file` (not shown) for the count.
 fn unknown_symbol(module: &str, vaddr: u64, reason: &str) -> NativeSymbol {
-    NativeSymbol {
-        name: format!("[unknown] ({module}+{vaddr:#x})"),
-        file: reason.to_string(),
-        line: 0,
-        unknown: true,
+    NativeSymbol::Unnamed {
+        module: Some(module.to_string()),
+        offset: vaddr,
+        reason: reason.to_string(),
     }
 }

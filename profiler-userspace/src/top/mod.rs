@@ -1,5 +1,5 @@
 //! The `top` command: a live view like py-spy top. It samples the target as `record` does
-//! (`record::Session`), takes a snapshot of the profile every refresh (`Collector::snapshot`),
+//! (`session::Session`), takes a snapshot of the profile every refresh (`Session::snapshot`),
 //! turns two snapshots into the table (`model`) and draws it (`ui`). It owns the terminal while
 //! it runs and gives it back as it was on every way out: `q`, Ctrl-C, SIGTERM, the target
 //! exiting, an error (and a panic, through ratatui's hook).
@@ -8,7 +8,7 @@ mod model;
 mod ui;
 
 use std::{
-    fs, io,
+    io,
     io::IsTerminal as _,
     sync::atomic::{AtomicBool, Ordering},
     time::{Duration, Instant},
@@ -24,10 +24,9 @@ pub use model::Column;
 
 use crate::{
     bpf::{BpfError, SamplerOptions},
-    cli::Target,
-    privilege, process,
+    privilege,
     profile::{Profile, collect::FrameOptions},
-    record::{self, RecordError, Session, SessionOptions, StopReason},
+    session::{self, Session, SessionError, SessionOptions, StopReason, Target},
 };
 
 /// How often the kernel maps are drained, as in `record`.
@@ -44,7 +43,7 @@ pub const NATIVE_UNAVAILABLE: &str =
 #[derive(Debug, thiserror::Error)]
 pub enum TopError {
     #[error(transparent)]
-    Record(#[from] RecordError),
+    Session(#[from] SessionError),
     #[error(transparent)]
     Bpf(#[from] BpfError),
     #[error("top needs a terminal: its output is not one (use `record` to write a file)")]
@@ -56,7 +55,7 @@ pub enum TopError {
 impl TopError {
     pub fn is_permission(&self) -> bool {
         match self {
-            TopError::Record(e) => e.is_permission(),
+            TopError::Session(e) => e.is_permission(),
             TopError::Bpf(e) => e.is_permission(),
             _ => false,
         }
@@ -89,8 +88,8 @@ pub fn run(cfg: &TopConfig, stop: &AtomicBool) -> Result<TopSummary, TopError> {
     if !io::stdout().is_terminal() {
         return Err(TopError::NotATerminal);
     }
-    privilege::check().map_err(RecordError::from)?;
-    record::check_rate(cfg.rate_hz)?;
+    privilege::check().map_err(SessionError::from)?;
+    session::check_rate(cfg.rate_hz)?;
     let options = SessionOptions {
         rate_hz: cfg.rate_hz,
         sampler: SamplerOptions {
@@ -116,16 +115,18 @@ pub fn run(cfg: &TopConfig, stop: &AtomicBool) -> Result<TopSummary, TopError> {
     let (stop_reason, samples, elapsed) = match result {
         Ok(done) => done,
         Err(e) => {
-            if let Some(mut c) = session.child.take() {
-                record::stop_child(&mut c, StopReason::Signal);
+            if let Some(mut c) = session.take_child() {
+                session::stop_child(&mut c, StopReason::Signal);
             }
             return Err(e);
         }
     };
     let pid = session.root_pid();
-    drop(session.sampler);
-    if let Some(mut c) = session.child.take() {
-        record::stop_child(&mut c, stop_reason);
+    let child = session.take_child();
+    // Sampling ends before the launched program is told to stop.
+    drop(session);
+    if let Some(mut c) = child {
+        session::stop_child(&mut c, stop_reason);
     }
     Ok(TopSummary {
         pid,
@@ -219,8 +220,8 @@ impl Screen {
             if std::mem::take(&mut self.native_toggled) {
                 // The previous snapshot was built the other way: start the interval afresh,
                 // so no row compares mixed frames with Python-only ones.
-                session.collector.show_native_frames(self.native);
-                let snapshot = session.collector.snapshot(self.rate_hz, started.elapsed());
+                session.show_native_frames(self.native);
+                let snapshot = session.snapshot(self.rate_hz, started.elapsed());
                 self.before = snapshot.clone();
                 self.now = snapshot;
                 self.rows = model::table(&self.before, &self.now, self.lines, self.sort);
@@ -248,7 +249,7 @@ impl Screen {
                 dirty = true;
             }
         };
-        Ok((reason, session.collector.samples(), started.elapsed()))
+        Ok((reason, session.samples(), started.elapsed()))
     }
 
     /// Handles a key; returns whether to quit.
@@ -281,27 +282,13 @@ impl Screen {
         elapsed: Duration,
         interval: Duration,
     ) -> Result<(), TopError> {
-        let snapshot = session.collector.snapshot(self.rate_hz, elapsed);
+        let snapshot = session.snapshot(self.rate_hz, elapsed);
         self.before = std::mem::replace(&mut self.now, snapshot);
         self.rows = model::table(&self.before, &self.now, self.lines, self.sort);
-        let stats = session.sampler.stats()?;
-        // Every sample's fate, not the tallies kept beside them.
-        let kernel = Stat::ALL
-            .iter()
-            .filter(|s| !s.is_tally())
-            .map(|&s| stats.get(s))
-            .sum::<u64>();
-        // Threads of the processes still running.
-        let threads = session
-            .collector
-            .processes()
-            .filter(|p| process::is_alive(p))
-            .map(|p| {
-                fs::read_dir(format!("/proc/{}/task", p.pid))
-                    .map(|d| d.count())
-                    .unwrap_or(0)
-            })
-            .sum();
+        let stats = session.stats()?;
+        // Every sample's fate once: not the notes, unwind outcomes and tallies beside them.
+        let kernel = stats.fates();
+        let threads = session.live_threads();
         let mut header = model::header(
             self.now.total_samples(),
             elapsed.as_secs_f64(),

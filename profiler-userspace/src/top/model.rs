@@ -164,21 +164,22 @@ mod tests {
         now.samples[0].count += 40;
         now.samples[3].count += 10;
         let t = table(&before, &now, true, Column::OwnPct);
-        let burn = t.iter().find(|r| r.frame.name == "burn").unwrap();
+        let burn = t.iter().find(|r| r.frame.name() == "burn").unwrap();
         assert_eq!(burn.own_pct, 100.0);
         assert_eq!(burn.total_pct, 100.0);
         assert!((burn.own_time - 1.38).abs() < 1e-9, "{}", burn.own_time);
-        let work = t.iter().find(|r| r.frame.name == "work").unwrap();
+        let work = t.iter().find(|r| r.frame.name() == "work").unwrap();
         assert_eq!((work.own_pct, work.total_pct), (0.0, 80.0));
         assert!((work.total_time - 1.10).abs() < 1e-9);
-        assert_eq!(t[0].frame.name, "burn");
+        assert_eq!(t[0].frame.name(), "burn");
         // By total time: burn (138 samples), then <module> and main (130, tie broken by label).
         let t = table(&before, &now, true, Column::TotalTime);
-        let first: Vec<(&str, f64)> = t[..3]
+        let first: Vec<(String, f64)> = t[..3]
             .iter()
-            .map(|r| (r.frame.name.as_str(), r.total_time))
+            .map(|r| (r.frame.name(), r.total_time))
             .collect();
-        assert_eq!(first, [("burn", 1.38), ("<module>", 1.3), ("main", 1.3)]);
+        let expected = [("burn", 1.38), ("<module>", 1.3), ("main", 1.3)];
+        assert_eq!(first, expected.map(|(n, t)| (n.to_string(), t)));
         // Without lines, the frame has line 0 (the label drops it).
         let t = table(&before, &now, false, Column::OwnPct);
         assert_eq!(t[0].frame.label(), "burn (app.py)");

@@ -1,0 +1,179 @@
+//! Naming one stack: the raw values the kernel (or `dump`) recorded become frames. Python frames
+//! are named from their code objects (`python::instance`), native frames from their symbols
+//! (`symbolize`), and with native frames the Python frames stand in place of the eval loop that
+//! ran them (`merge`); kernel frames go on top. `record`, `top` and `dump` all name stacks here,
+//! once per distinct stack; aggregation is `collect`'s.
+
+use profiler_common::{PyFrame, Stat};
+
+use super::{
+    Frame, Location, Unknown,
+    merge::{self, EntryMarking, Mixed},
+};
+use crate::{
+    python::{
+        Version,
+        instance::{CodeUnavailable, Interpreter, line_of},
+    },
+    symbolize::{NativeSymbol, NativeSymbolizer, kernel::KernelSymbols},
+    unwind::KnownMapping,
+};
+
+/// A stack as recorded, before naming.
+#[derive(Clone, Copy, Debug)]
+pub struct RawStack<'a> {
+    /// Python frames, leaf first; a 3.12+ C-stack shim is a frame with code 0.
+    pub python: &'a [PyFrame],
+    /// Deeper than the kernel records: the root's frames are missing.
+    pub truncated: bool,
+    /// Native instruction pointers, leaf first (empty without `--native`).
+    pub native: &'a [u64],
+    /// How the native unwind ended: a `Stat::Native*` value.
+    pub native_end: u32,
+    /// Kernel instruction pointers, leaf first (`--kernel`).
+    pub kernel: &'a [u64],
+}
+
+/// A frame and, for a Python frame, its function's first line: labels with `-F` show that, so
+/// a stack named once serves every label option.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct NamedFrame {
+    pub frame: Frame,
+    pub first_line: u32,
+}
+
+impl NamedFrame {
+    fn plain(frame: Frame) -> Self {
+        Self {
+            frame,
+            first_line: 0,
+        }
+    }
+}
+
+/// What names native and kernel frames, with its caches.
+#[derive(Default)]
+pub struct Namer {
+    pub symbolizer: NativeSymbolizer,
+    /// With `--kernel`: the kernel's symbols.
+    pub kernel: Option<KernelSymbols>,
+}
+
+impl Namer {
+    /// The frames of `raw`, root first. Python frames come from `interpreter` (none: the process
+    /// ended before they could be read); with `mappings` and recorded native frames the stack is
+    /// mixed.
+    pub fn name(
+        &mut self,
+        interpreter: Option<&mut Interpreter>,
+        mappings: Option<&[KnownMapping]>,
+        raw: RawStack<'_>,
+    ) -> Vec<NamedFrame> {
+        let mut frames = Vec::new();
+        if raw.truncated {
+            frames.push(NamedFrame::plain(Frame::Truncated {
+                limit: profiler_common::MAX_PYTHON_FRAMES as u32,
+            }));
+        }
+        let version = interpreter.as_ref().map(|i| i.layout.version);
+        let mut interpreter = interpreter;
+        let mut python = |f: &PyFrame| python_frame(interpreter.as_deref_mut(), f);
+        match (mappings, version) {
+            (Some(mappings), Some(version)) if !raw.native.is_empty() => {
+                let mixed = self.mixed(mappings, raw, version, &mut python);
+                frames.extend(mixed);
+            }
+            _ => frames.extend(raw.python.iter().rev().filter(|f| f.code != 0).map(python)),
+        }
+        if let Some(ksyms) = &self.kernel {
+            frames.extend(
+                raw.kernel
+                    .iter()
+                    .rev()
+                    .map(|&pc| NamedFrame::plain(Frame::Kernel(ksyms.name(pc).map(String::from)))),
+            );
+        }
+        frames
+    }
+
+    /// A mixed stack, root first: the native frames named, with each eval call's Python frames
+    /// in place of the eval loop frame that ran it, and a `NativeStopped` frame where the unwind
+    /// did not reach the root.
+    fn mixed(
+        &mut self,
+        mappings: &[KnownMapping],
+        raw: RawStack<'_>,
+        version: Version,
+        python: &mut impl FnMut(&PyFrame) -> NamedFrame,
+    ) -> Vec<NamedFrame> {
+        let named: Vec<Frame> = raw
+            .native
+            .iter()
+            .enumerate()
+            .map(|(i, &pc)| native_frame(self.symbolizer.symbolize(mappings, pc, i > 0)))
+            .collect();
+        let is_eval: Vec<bool> = named
+            .iter()
+            .map(|f| matches!(f, Frame::Native(l) if merge::is_eval_function(&l.function)))
+            .collect();
+        let calls = merge::eval_calls(raw.python, EntryMarking::for_version(version));
+        let complete = raw.native_end == Stat::NativeComplete as u32;
+        merge::merge(&is_eval, complete, &calls)
+            .into_iter()
+            .map(|m| match m {
+                Mixed::Native(i) => NamedFrame::plain(named[i].clone()),
+                Mixed::Python(f) => python(&f),
+                Mixed::Incomplete => {
+                    NamedFrame::plain(Frame::NativeStopped(native_end_name(raw.native_end).into()))
+                }
+            })
+            .collect()
+    }
+}
+
+/// A Python frame named from its code object, or why it could not be.
+fn python_frame(interpreter: Option<&mut Interpreter>, f: &PyFrame) -> NamedFrame {
+    let Some(interpreter) = interpreter else {
+        return NamedFrame::plain(Frame::Unknown(Unknown::ProcessExited));
+    };
+    match interpreter.code(f) {
+        Ok(code) => NamedFrame {
+            frame: Frame::Python(Location {
+                function: code.name.clone(),
+                file: code.filename.clone(),
+                line: line_of(&interpreter.layout, f, &code),
+            }),
+            first_line: code.firstlineno,
+        },
+        Err(why) => NamedFrame::plain(Frame::Unknown(match why {
+            CodeUnavailable::Freed => Unknown::CodeFreed,
+            CodeUnavailable::Exited => Unknown::ProcessExited,
+            CodeUnavailable::Unreadable(why) => Unknown::Unreadable(why),
+        })),
+    }
+}
+
+fn native_frame(sym: NativeSymbol) -> Frame {
+    match sym {
+        NativeSymbol::Named {
+            function,
+            file,
+            line,
+        } => Frame::Native(Location {
+            function,
+            file,
+            line,
+        }),
+        NativeSymbol::Unnamed { module, offset, .. } => {
+            Frame::Unknown(Unknown::NativeAddress { module, offset })
+        }
+    }
+}
+
+/// What a `Stat::Native*` code says, for the incomplete-stack marker.
+fn native_end_name(end: u32) -> &'static str {
+    Stat::ALL
+        .iter()
+        .find(|s| **s as u32 == end)
+        .map_or("unknown", |s| s.name())
+}

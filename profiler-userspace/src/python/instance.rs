@@ -1,0 +1,149 @@
+//! One profiled interpreter: its process, layout and memory, and a bounded cache of the code
+//! objects read from it (keyed by address and the kernel's tag, so a code object freed and its
+//! address reused is read afresh, never named from the old one). Turns a raw frame (code object,
+//! instruction) into what the code object says and the line it was on.
+
+use std::rc::Rc;
+
+use profiler_common::{PY_ENTRY_FRAME, PyFrame, instr_kind};
+
+use super::{
+    Layout,
+    code::{CodeError, CodeInfo, read_code},
+    discover::PythonProcess,
+    linetable::line_for,
+};
+use crate::{cache::BoundedCache, process::ProcMem};
+
+/// Code objects kept per interpreter: the working set of a program, with room for the ones a
+/// long `--all` run meets; older ones are read again if they are still alive, else named from
+/// the stacks that already hold their names.
+const CODE_CACHE: usize = 16 * 1024;
+
+/// Why a frame's code object could not be read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CodeUnavailable {
+    /// Freed, and its address reused, before it was read.
+    Freed,
+    /// The process exited before it was read.
+    Exited,
+    /// Reading it failed, for this reason.
+    Unreadable(String),
+}
+
+pub struct Interpreter {
+    pub process: PythonProcess,
+    pub layout: Layout,
+    /// The process's memory while it runs; dropped when it ends, so a long `--all` run holds
+    /// one descriptor per live process only.
+    mem: Option<ProcMem>,
+    codes: BoundedCache<(u64, u32), Result<Rc<CodeInfo>, CodeUnavailable>>,
+}
+
+impl Interpreter {
+    pub fn new(process: PythonProcess, layout: Layout) -> Self {
+        let mem = ProcMem::open(process.pid).ok();
+        Self {
+            process,
+            layout,
+            mem,
+            codes: BoundedCache::new(CODE_CACHE),
+        }
+    }
+
+    /// The process has ended: nothing more can be read from it.
+    pub fn detach(&mut self) {
+        self.mem = None;
+    }
+
+    /// What the code object of `frame` says, read once while it is cached.
+    pub fn code(&mut self, frame: &PyFrame) -> Result<Rc<CodeInfo>, CodeUnavailable> {
+        let mem = self.mem.as_ref();
+        let layout = &self.layout;
+        self.codes
+            .get_or_insert_with((frame.code, frame.tag), || {
+                let Some(mem) = mem else {
+                    return Err(CodeUnavailable::Exited);
+                };
+                match read_code(mem, layout, frame.code, frame.tag) {
+                    Ok(info) => Ok(Rc::new(info)),
+                    Err(CodeError::Stale) => Err(CodeUnavailable::Freed),
+                    Err(CodeError::Io(e))
+                        if e.raw_os_error() == Some(libc::ESRCH)
+                            || e.kind() == std::io::ErrorKind::UnexpectedEof =>
+                    {
+                        Err(CodeUnavailable::Exited)
+                    }
+                    Err(e) => Err(CodeUnavailable::Unreadable(e.to_string())),
+                }
+            })
+            .clone()
+    }
+
+    /// Code objects cached now.
+    pub fn cached_codes(&self) -> usize {
+        self.codes.len()
+    }
+}
+
+/// The line `frame` was on in `code`: from the version's line table, or the function's first
+/// line where the table gives none (or line 0, which 3.11+ give a module's first instruction):
+/// every Python frame has a line.
+pub fn line_of(layout: &Layout, frame: &PyFrame, code: &CodeInfo) -> u32 {
+    let addr = match layout.kernel.instr_kind {
+        // prev_instr starts one code unit before the first instruction: that is the def line.
+        // The entry-frame mark (3.11 with --native) is not part of the position.
+        instr_kind::POINTER => {
+            match (frame.instr & !PY_ENTRY_FRAME).checked_sub(layout.code.code_adaptive as u32) {
+                Some(addr) => addr,
+                None => return code.firstlineno,
+            }
+        }
+        // f_lasti is -1 before the first instruction runs.
+        _ => match i32::try_from(frame.instr) {
+            Ok(lasti) => lasti as u32 * layout.code.instr_unit,
+            Err(_) => return code.firstlineno,
+        },
+    };
+    line_for(
+        layout.code.linetable_format,
+        &code.linetable,
+        code.firstlineno,
+        addr,
+    )
+    .filter(|&line| line > 0)
+    .unwrap_or(code.firstlineno)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::python::{Version, layout_for};
+
+    /// Issue 11's flake: a module sampled at its first instruction (RESUME, which 3.11+ put on
+    /// line 0) showed a frame without a line.
+    #[test]
+    fn every_python_frame_has_a_line() {
+        let layout = layout_for(Version::new(3, 12)).unwrap();
+        // `compile("x=1\ny=2\n", "m", "exec")` under 3.12: lines (0, 2, 0), (2, 6, 1), (6, 12, 2).
+        let code = CodeInfo {
+            name: "<module>".into(),
+            filename: "m".into(),
+            firstlineno: 1,
+            linetable: vec![
+                0xf0, 0x03, 0x01, 0x01, 0x01, 0xd8, 0x02, 0x03, 0x80, 0x01, 0xd8, 0x02, 0x03, 0x81,
+                0x01,
+            ],
+        };
+        let at = |offset: u32| PyFrame {
+            code: 1,
+            instr: layout.code.code_adaptive as u32 + offset,
+            tag: 0,
+        };
+        let line = |offset| line_of(&layout, &at(offset), &code);
+        assert_eq!(line(0), 1, "RESUME, on line 0 in the table");
+        assert_eq!(line(2), 1);
+        assert_eq!(line(6), 2);
+        assert_eq!(line(40), 1, "past the table: the first line");
+    }
+}

@@ -1,0 +1,120 @@
+//! A session's command, when it launches one: checked before the kernel program loads,
+//! launched as the invoking user once sampling runs, waited for until its interpreter is
+//! mapped, and ended as py-spy ends it when recording stops first.
+
+use std::{
+    env, io,
+    path::Path,
+    process::{Child, Command},
+    sync::atomic::{AtomicBool, Ordering},
+    thread,
+    time::{Duration, Instant},
+};
+
+use super::{SessionError, StopReason, supported_layout};
+use crate::{
+    privilege,
+    process::ProcessError,
+    python::{
+        Layout,
+        discover::{PythonProcess, find_python_cheaply},
+    },
+};
+
+/// How long a launched command may take to load its interpreter.
+pub const LAUNCH_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Fails like exec would, before the kernel program is loaded.
+pub fn check_program(program: &str) -> Result<(), SessionError> {
+    let not_found = || SessionError::Launch {
+        program: program.into(),
+        source: io::Error::new(
+            io::ErrorKind::NotFound,
+            "no such file or directory (nor on PATH)",
+        ),
+    };
+    if program.contains('/') {
+        return if Path::new(program).is_file() {
+            Ok(())
+        } else {
+            Err(not_found())
+        };
+    }
+    let path = env::var_os("PATH").unwrap_or_default();
+    if env::split_paths(&path).any(|dir| dir.join(program).is_file()) {
+        Ok(())
+    } else {
+        Err(not_found())
+    }
+}
+
+/// Starts `cmd` (under sudo, as the invoking user).
+pub fn launch(cmd: &[String]) -> Result<Child, SessionError> {
+    let mut command = Command::new(&cmd[0]);
+    command.args(&cmd[1..]);
+    privilege::run_as_invoking_user(&mut command);
+    command.spawn().map_err(|source| SessionError::Launch {
+        program: cmd[0].clone(),
+        source,
+    })
+}
+
+/// Polls the launched command until its interpreter is mapped (a launcher script may exec
+/// Python later), it exits, or the timeout passes.
+pub fn wait_for_python(
+    child: &mut Child,
+    program: &str,
+    stop: &AtomicBool,
+) -> Result<(PythonProcess, Layout), SessionError> {
+    let pid = child.id();
+    let started = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().map_err(|source| SessionError::Launch {
+            program: program.into(),
+            source,
+        })? {
+            return Err(SessionError::ExitedEarly {
+                program: program.into(),
+                status,
+            });
+        }
+        match find_python_cheaply(pid) {
+            Ok(Some(p)) => {
+                let layout = supported_layout(&p)?;
+                return Ok((p, layout));
+            }
+            Ok(None) => {}
+            // Exec in progress or the child just exited: look again.
+            Err(
+                ProcessError::Exited { .. }
+                | ProcessError::NoSuchProcess { .. }
+                | ProcessError::Io { .. },
+            ) => {}
+            Err(e) => return Err(e.into()),
+        }
+        if started.elapsed() > LAUNCH_TIMEOUT || stop.load(Ordering::Relaxed) {
+            return Err(SessionError::LaunchedNotPython {
+                program: program.into(),
+                pid,
+            });
+        }
+        thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// A launched command still running when recording stops is ended, as py-spy does.
+pub fn stop_child(child: &mut Child, reason: StopReason) {
+    if reason != StopReason::TargetExited {
+        // SAFETY: kill with a pid we spawned and have not reaped.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while Instant::now() < deadline {
+            if !matches!(child.try_wait(), Ok(None)) {
+                return;
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+    }
+    let _ = child.wait();
+}
