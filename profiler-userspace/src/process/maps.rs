@@ -8,7 +8,13 @@ pub struct Mapping {
     pub end: u64,
     pub offset: u64,
     pub perms: String,
-    /// The backing file, if the mapping has one.
+    /// The backing file's device (`makedev(major, minor)`) and inode; 0 for an anonymous
+    /// mapping.
+    pub dev: u64,
+    pub inode: u64,
+    /// The backing file, if the mapping has one, as the kernel names it from prof-bpf's root:
+    /// for a process in another mount namespace it may not exist here, or be another file
+    /// (open it with `process::open_mapped`, never by this path).
     pub path: Option<PathBuf>,
 }
 
@@ -27,8 +33,12 @@ fn parse_line(line: &str) -> Option<Mapping> {
     let range = parts.next()?;
     let perms = parts.next()?.to_string();
     let offset = u64::from_str_radix(parts.next()?, 16).ok()?;
-    let _dev = parts.next()?;
-    let _inode = parts.next()?;
+    let (major, minor) = parts.next()?.split_once(':')?;
+    let dev = libc::makedev(
+        u32::from_str_radix(major, 16).ok()?,
+        u32::from_str_radix(minor, 16).ok()?,
+    );
+    let inode = parts.next()?.parse().ok()?;
     let path = parts
         .next()
         .map(str::trim)
@@ -40,6 +50,8 @@ fn parse_line(line: &str) -> Option<Mapping> {
         end: u64::from_str_radix(end, 16).ok()?,
         offset,
         perms,
+        dev,
+        inode,
         path,
     })
 }
@@ -76,6 +88,7 @@ mod tests {
         assert_eq!(maps.len(), 4);
         assert_eq!(maps[1].offset, 0x1000);
         assert_eq!(maps[2].path, None);
+        assert_eq!((maps[0].dev, maps[0].inode), (libc::makedev(0xfe, 1), 123));
         let lib = PathBuf::from("/usr/lib/libpython3.12.so.1.0");
         assert_eq!(load_bias(&maps, &lib, 0, true), Some(0x7f00a000));
         assert_eq!(load_bias(&maps, &lib, 0x400000, false), Some(0));

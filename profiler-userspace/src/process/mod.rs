@@ -1,16 +1,20 @@
 //! Processes in general, from /proc: their state, maps, memory, executable and threads, the ELF
-//! files they map, stopping their threads (`ptrace`) and following them as they come and go
-//! (`watch`). Knows nothing of Python (`python::discover` finds the interpreter in a process)
+//! files they map (opened as mapped, `files`, which also serves processes in containers), their
+//! pid namespace (`namespace`), stopping their threads (`ptrace`) and following them as they
+//! come and go (`watch`). Knows nothing of Python (`python::discover` finds the interpreter in a process)
 //! and never touches BPF.
 
 pub mod elf;
+mod files;
 mod maps;
 mod memory;
+pub mod namespace;
 pub mod ptrace;
 pub mod watch;
 
 use std::{fs, io, path::PathBuf};
 
+pub use files::{map_files_entry, open_mapped};
 pub use maps::{Mapping, load_bias, parse_maps, read_maps};
 pub use memory::{LocalMemory, ProcMem, ProcessMemory};
 
@@ -44,6 +48,12 @@ pub enum ProcessError {
     Elf {
         path: PathBuf,
         source: object::Error,
+    },
+    #[error("opening {} as pid {pid} maps it: {source}", path.display())]
+    MappedFile {
+        pid: u32,
+        path: PathBuf,
+        source: io::Error,
     },
     #[error("reading /proc/{pid}/{what}: {source}")]
     Io {
@@ -189,6 +199,33 @@ pub fn check_profilable(pid: u32) -> Result<ProcStat, ProcessError> {
         });
     }
     Ok(stat)
+}
+
+/// The descendants of `pid` (children, grandchildren, ...), nearest first, each generation in
+/// pid order.
+pub fn descendants(pid: u32) -> Vec<u32> {
+    let mut children: std::collections::HashMap<u32, Vec<u32>> = Default::default();
+    for entry in fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(child) = entry.file_name().to_str().and_then(|n| n.parse().ok()) else {
+            continue;
+        };
+        if let Ok(stat) = proc_stat(child) {
+            children.entry(stat.ppid).or_default().push(child);
+        }
+    }
+    let mut out = Vec::new();
+    let mut generation = vec![pid];
+    while !generation.is_empty() {
+        let mut next: Vec<u32> = generation
+            .iter()
+            .flat_map(|p| children.get(p).cloned().unwrap_or_default())
+            .filter(|c| !out.contains(c))
+            .collect();
+        next.sort_unstable();
+        out.extend(&next);
+        generation = next;
+    }
+    out
 }
 
 /// The process's executable, as it was when it started (a deleted file keeps its path).
