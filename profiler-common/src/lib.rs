@@ -121,8 +121,9 @@ pub struct PyOffsets {
     pub code_filename: u16,
     /// `instr_kind::POINTER` or `instr_kind::INT`.
     pub instr_kind: u16,
-    /// Frames whose owner byte equals this are C-stack shims, not code (3.12+);
-    /// `NO_CSTACK_OWNER` where the version has none.
+    /// Frames whose owner byte is this or above are shims that run no code (3.12+): 3.12 and
+    /// 3.13's `FRAME_OWNED_BY_CSTACK` (3), 3.14+'s `FRAME_OWNED_BY_INTERPRETER` (3) and
+    /// `FRAME_OWNED_BY_CSTACK` (4, 3.14 only); `NO_CSTACK_OWNER` where the version has none.
     pub owner_cstack: u16,
     /// The GIL's state (`struct _gil_runtime_state`) is reached through a pointer at this
     /// offset in `PyInterpreterState` (`ceval.gil`, 3.12+); `NO_OFFSET` where it sits in
@@ -133,7 +134,9 @@ pub struct PyOffsets {
     /// the last holder's once released).
     pub gil_locked: u16,
     pub gil_last_holder: u16,
-    pub _pad: u16,
+    /// Low bits of the frame's code field that are a tag, not part of the address, cleared
+    /// before use: 3 where `f_executable` is a `_PyStackRef` (3.14+, `Py_TAG_BITS`), else 0.
+    pub frame_code_tag: u16,
 }
 
 /// An `owner_cstack` no owner byte can equal.
@@ -158,6 +161,11 @@ pub struct TargetInfo {
     pub frame_is_entry: u16,
     /// `target_options::*` bits.
     pub options: u16,
+    /// The target's pid namespace (device and inode of its nsfs file) when it is not the one
+    /// the kernel's own ids are in (a container), else 0 and 0. Its thread states name threads
+    /// by their ids in that namespace, so the kernel asks for the sampled thread's id there.
+    pub pidns_dev: u64,
+    pub pidns_ino: u64,
 }
 
 /// What a target wants recorded besides its Python frames (`TargetInfo::options`).
@@ -521,7 +529,8 @@ stats! {
     CountMapFull = 6, Lost, "count map full";
     /// A target entry had an offset outside the kernel's bounds.
     BadOffsets = 7, Lost, "bad offsets";
-    /// The thread was idle in Python: the thread state had no frame.
+    /// The thread was idle in Python: the thread state had no frame, or only shim frames that
+    /// run no code (3.15's base frame).
     EmptyStack = 8, OutsidePython, "no python frame";
     /// The tail call to the frame walker failed (the walker is not loaded).
     TailCall = 9, Lost, "tail call failed";
@@ -558,6 +567,9 @@ stats! {
     /// `_PyRuntime` could not be read: its page is not in memory yet, so the interpreter has not
     /// started (a just-launched program). Outside Python code, not a fault.
     RuntimeNotReady = 25, OutsidePython, "interpreter not started";
+    /// The sampled thread's id in its container's pid namespace could not be had (its
+    /// namespace is not the target's): the sample was lost.
+    NamespaceId = 26, Lost, "namespace thread id unavailable";
 }
 
 // `ALL` lists every counter in discriminant order, 0 to COUNT - 1, so `stat as usize` indexes
@@ -602,7 +614,7 @@ mod pod {
 
 // Layout checks: both sides compile these, so a drift breaks the build, not the profile.
 const _: () = assert!(core::mem::size_of::<PyOffsets>() == 40);
-const _: () = assert!(core::mem::size_of::<TargetInfo>() == 56);
+const _: () = assert!(core::mem::size_of::<TargetInfo>() == 72);
 const _: () = assert!(core::mem::size_of::<OffCpuStart>() == 24);
 const _: () = assert!(core::mem::size_of::<PyFrame>() == 16);
 const _: () = assert!(core::mem::size_of::<SampleKey>() == 24);

@@ -84,7 +84,9 @@ pub struct Scratch {
     /// `TargetInfo::frame_is_entry` and `TargetInfo::options` of the sampled target.
     pub entry_offset: u16,
     pub options: u16,
-    pub _pad: u32,
+    /// Whether the walk met a frame that runs code (1) or only shims (0: 3.15's base frame
+    /// alone, an eval call that has not pushed its frame yet): no Python frame to record.
+    pub code_seen: u32,
     pub stack: PyStack,
 }
 

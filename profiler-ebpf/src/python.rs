@@ -11,7 +11,7 @@
 use core::ptr::{addr_of, addr_of_mut, read_volatile, write_volatile};
 
 use aya_ebpf::{
-    bindings::BPF_NOEXIST,
+    bindings::{BPF_NOEXIST, bpf_pidns_info},
     helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user, generated},
 };
 use profiler_common::{
@@ -59,7 +59,9 @@ pub fn locate_current_frame(slot: Slot) -> Option<u32> {
     count(slot, Stat::TargetSample);
     let s = scratch(slot)?;
     let off = &target.offsets;
-    let frame = find_thread_state(target, tid).and_then(|(interp, tstate)| {
+    let frame =
+        python_tid(target, tid).and_then(|python_tid| find_thread_state(target, python_tid));
+    let frame = frame.and_then(|(interp, tstate)| {
         let gil_held = holds_gil(target, interp, tstate);
         if slot == Slot::Sample && !gil_held && enabled(config::GIL_ONLY) {
             return Err(Stat::GilNotHeld);
@@ -92,6 +94,30 @@ pub fn locate_current_frame(slot: Slot) -> Option<u32> {
             count(slot, stat);
             None
         }
+    }
+}
+
+/// The id the target's thread states know the current thread by: its id in the target's pid
+/// namespace (a container's), which the kernel's own id `tid` is not.
+#[inline(always)]
+fn python_tid(target: &TargetInfo, tid: u32) -> Result<u32, Stat> {
+    if target.pidns_ino == 0 {
+        return Ok(tid);
+    }
+    let mut ns = bpf_pidns_info { pid: 0, tgid: 0 };
+    // SAFETY: `ns` is a valid destination of the size passed; the helper only writes it.
+    let ret = unsafe {
+        generated::bpf_get_ns_current_pid_tgid(
+            target.pidns_dev,
+            target.pidns_ino,
+            addr_of_mut!(ns),
+            core::mem::size_of::<bpf_pidns_info>() as u32,
+        )
+    };
+    if ret == 0 {
+        Ok(ns.pid)
+    } else {
+        Err(Stat::NamespaceId)
     }
 }
 
@@ -252,14 +278,22 @@ fn ne_mask(a: u64, b: u64) -> u64 {
     0u64.wrapping_sub((diff | diff.wrapping_neg()) >> 63)
 }
 
+/// All ones when `a < b`, zero otherwise, without a branch (both below 2^63).
+#[inline(always)]
+fn lt_mask(a: u64, b: u64) -> u64 {
+    0u64.wrapping_sub(a.wrapping_sub(b) >> 63)
+}
+
 /// Records up to `MAX_PYTHON_FRAMES` frames, leaf first, hashing them as it goes, into
-/// `s.stack` and `s.hash`. A C-stack shim frame (3.12+) is recorded with `code == 0` so the
-/// slot index stays the loop counter (the verifier needs that); userspace hides it. A read
-/// fault ends the walk at that frame and is counted once.
+/// `s.stack` and `s.hash`. A shim frame that runs no code (3.12+: owner `owner_cstack` or
+/// above) is recorded with `code == 0` so the slot index stays the loop counter (the verifier
+/// needs that); userspace hides it. The code field's tag bits (3.14+'s `_PyStackRef`) are
+/// cleared. A read fault ends the walk at that frame and is counted once.
 #[inline(always)]
 fn walk_frames(s: &mut Scratch, off: &PyOffsets, slot: Slot) {
     // Loop-invariant masks, so the body needs no branch on the layout.
     let pointer_mask = !ne_mask(off.instr_kind as u64, instr_kind::POINTER as u64);
+    let untag = !(off.frame_code_tag as u64);
     // Where the eval-call entry flag is (3.11). Other versions read 0 bytes of it: the helper
     // returns at once, and the loop body stays free of branches.
     let has_entry = ne_mask(s.entry_offset as u64, NO_OFFSET as u64);
@@ -269,6 +303,7 @@ fn walk_frames(s: &mut Scratch, off: &PyOffsets, slot: Slot) {
     let mut hash = 0;
     let mut len = MAX_PYTHON_FRAMES;
     let mut faults: i64 = 0;
+    let mut code_seen: u64 = 0;
     for i in 0..MAX_PYTHON_FRAMES {
         if frame == 0 {
             len = i;
@@ -276,8 +311,9 @@ fn walk_frames(s: &mut Scratch, off: &PyOffsets, slot: Slot) {
         }
         let owner: u8 = read_or_zero(field(frame, off.frame_owner), &mut faults);
         // Zero for a shim frame: its slot records code 0 and no tag.
-        let keep = ne_mask(owner as u64, off.owner_cstack as u64);
-        let code = read_or_zero::<u64>(field(frame, off.frame_code), &mut faults) & keep;
+        let keep = lt_mask(owner as u64, off.owner_cstack as u64);
+        let code = read_or_zero::<u64>(field(frame, off.frame_code), &mut faults) & untag & keep;
+        code_seen |= code;
         let raw_instr: u64 = read_or_zero(field(frame, off.frame_instr), &mut faults);
         // A shim's code field may not point at a code object (3.13): read the frame itself
         // instead, which is readable, and drop what was read.
@@ -325,6 +361,7 @@ fn walk_frames(s: &mut Scratch, off: &PyOffsets, slot: Slot) {
         write_volatile(addr_of_mut!(s.stack.len), len as u32);
         write_volatile(addr_of_mut!(s.stack.flags), flags);
         write_volatile(addr_of_mut!(s.hash), hash);
+        write_volatile(addr_of_mut!(s.code_seen), (code_seen != 0) as u32);
     }
 }
 
@@ -333,15 +370,20 @@ fn walk_frames(s: &mut Scratch, off: &PyOffsets, slot: Slot) {
 #[inline(always)]
 fn store(s: &mut Scratch) -> Result<u64, Stat> {
     // SAFETY: reads of our own scratch entry, written by `walk_frames`.
-    let (len, hash, native_hash) = unsafe {
+    let (len, hash, native_hash, code_seen) = unsafe {
         (
             read_volatile(addr_of!(s.stack.len)),
             read_volatile(addr_of!(s.hash)),
             read_volatile(addr_of!(s.native_hash)),
+            read_volatile(addr_of!(s.code_seen)),
         )
     };
     if len == 0 {
         return Err(Stat::NoFrame);
+    }
+    // Only shims: the thread runs no Python code (3.15's base frame alone, say).
+    if code_seen == 0 {
+        return Err(Stat::EmptyStack);
     }
     let stack_id = mix(mix(hash, len as u64), native_hash);
     if STACKS.get_ptr(stack_id).is_none() {
