@@ -76,10 +76,21 @@ impl Namer {
             }));
         }
         let version = interpreter.as_ref().map(|i| i.layout.version);
+        let base_frame = interpreter.as_ref().is_some_and(|i| i.layout.base_frame);
         let mut interpreter = interpreter;
         let mut python = |f: &PyFrame| python_frame(interpreter.as_deref_mut(), f);
         match (mappings, version) {
             (Some(mappings), Some(version)) if !raw.native.is_empty() => {
+                // 3.15's base frame ends every thread's chain: a shim, but no eval call's.
+                let raw = match raw.python.split_last() {
+                    Some((last, rest)) if base_frame && !raw.truncated && last.code == 0 => {
+                        RawStack {
+                            python: rest,
+                            ..raw
+                        }
+                    }
+                    _ => raw,
+                };
                 let mixed = self.mixed(mappings, raw, version, &mut python);
                 frames.extend(mixed);
             }

@@ -5,7 +5,7 @@ use std::io;
 
 use profiler_common::code_tag;
 
-use super::Layout;
+use super::{Layout, ObjectHeader};
 use crate::process::ProcessMemory;
 
 /// Longest string read, in characters: names and paths longer than this are cut.
@@ -75,7 +75,7 @@ fn read_live_header(
     tag: u32,
 ) -> Result<Header, CodeError> {
     let c = &layout.code;
-    let bytes = mem.read_vec(addr, c.linetable as usize + 8)?;
+    let bytes = mem.read_vec(addr, (c.linetable.max(c.firstlineno) as usize + 8).max(24))?;
     let field = |off: u16, len: usize| {
         bytes
             .get(off as usize..off as usize + len)
@@ -91,7 +91,7 @@ fn read_live_header(
         firstlineno: field(c.firstlineno, 4)
             .map(|b| i32::from_le_bytes(b.try_into().unwrap_or_default()))?,
     };
-    if !plausible_refcount(word(0)?)
+    if !alive(layout.objects.header, &bytes)
         || code_tag(header.name, header.filename, header.firstlineno) != tag
     {
         return Err(CodeError::Stale);
@@ -99,23 +99,48 @@ fn read_live_header(
     Ok(header)
 }
 
-/// Live objects have a positive count far below any heap address (3.12's immortal objects
-/// use 2^32 - 1).
-fn plausible_refcount(refcnt: u64) -> bool {
-    (1..1 << 40).contains(&refcnt)
+/// Whether the object whose header is `head` (its first 24 bytes at least) is alive.
+///
+/// With the GIL: live objects have a positive count far below any heap address (3.12's immortal
+/// objects use 2^32 - 1, 3.14's 3 << 30). When pymalloc frees a block it writes its free-list link
+/// (a pointer, or zero for the last block) over `ob_refcnt`. 3.14 keeps `ob_flags` in the word's
+/// top 16 bits, which user-space pointers never reach: they are dropped.
+///
+/// Free-threaded: `ob_tid` at 0 is the owning thread's id, or mimalloc's free-list link once
+/// freed; a live object holds a reference, counted in `ob_ref_local` (immortal: all ones) or
+/// `ob_ref_shared` (the count shifted left by 2 over two flag bits).
+fn alive(header: ObjectHeader, head: &[u8]) -> bool {
+    let word = |at: usize| {
+        head.get(at..at + 8)
+            .and_then(|b| b.try_into().ok())
+            .map(u64::from_le_bytes)
+    };
+    match header {
+        ObjectHeader::Gil => {
+            word(0).is_some_and(|refcnt| (1..1 << 40).contains(&(refcnt & 0xffff_ffff_ffff)))
+        }
+        ObjectHeader::FreeThreaded => {
+            let local = head
+                .get(12..16)
+                .and_then(|b| b.try_into().ok())
+                .map(u32::from_le_bytes);
+            let shared = word(16).map(|w| w as i64);
+            matches!((local, shared), (Some(l), Some(s)) if l != 0 || s >> 2 > 0)
+        }
+    }
 }
 
 /// Reads a `str` object: compact ASCII, compact latin-1/UCS-2/UCS-4, or a legacy string.
 pub fn read_str(mem: &impl ProcessMemory, layout: &Layout, addr: u64) -> Result<String, CodeError> {
     let o = &layout.objects;
-    if !plausible_refcount(mem.read_u64(addr)?) {
+    if !alive(o.header, &mem.read_vec(addr, 24)?) {
         return Err(CodeError::Malformed("string (freed)"));
     }
     let length = mem.read_u64(addr + o.unicode_length as u64)?;
     let state = mem.read_u32(addr + o.unicode_state as u64)?;
-    let kind = (state >> 2) & 7;
-    let compact = state & (1 << 5) != 0;
-    let ascii = state & (1 << 6) != 0;
+    let kind = (state >> o.unicode_kind_bit) & 7;
+    let compact = state & (1 << (o.unicode_kind_bit + 3)) != 0;
+    let ascii = state & (1 << (o.unicode_kind_bit + 4)) != 0;
     let chars = length.min(MAX_STRING_CHARS);
     let data = match (compact, ascii) {
         (true, true) => addr + o.unicode_ascii_data as u64,
@@ -165,7 +190,7 @@ mod tests {
     use super::*;
     use crate::{
         process::LocalMemory,
-        python::{Version, layout_for},
+        python::{ObjectLayout, Version, layout_for},
     };
 
     const BASE: u64 = 0x1000;
@@ -178,7 +203,10 @@ mod tests {
     /// Writes a compact string object at `at` the way CPython 3.12 lays it out.
     fn put_str(mem: &mut [u8], layout: &Layout, at: u64, s: &str) {
         let o = &layout.objects;
-        put(mem, at, &1u64.to_le_bytes()); // ob_refcnt: alive
+        match o.header {
+            ObjectHeader::Gil => put(mem, at, &1u64.to_le_bytes()), // ob_refcnt: alive
+            ObjectHeader::FreeThreaded => put(mem, at + 12, &1u32.to_le_bytes()), // ob_ref_local
+        }
         let chars: Vec<u32> = s.chars().map(|c| c as u32).collect();
         let max = chars.iter().copied().max().unwrap_or(0);
         let (kind, ascii) = match max {
@@ -192,7 +220,8 @@ mod tests {
             at + o.unicode_length as u64,
             &(chars.len() as u64).to_le_bytes(),
         );
-        let state: u32 = kind << 2 | 1 << 5 | (ascii as u32) << 6;
+        let k = o.unicode_kind_bit;
+        let state: u32 = kind << k | 1 << (k + 3) | (ascii as u32) << (k + 4);
         put(mem, at + o.unicode_state as u64, &state.to_le_bytes());
         let data = at
             + if ascii {
@@ -226,6 +255,70 @@ mod tests {
                 *s
             );
         }
+    }
+
+    /// 3.14t's strings: the free-threaded header, and `kind` after a whole-byte `interned`.
+    #[test]
+    fn reads_free_threaded_strings() {
+        let mut layout = layout_for(Version::new(3, 14)).unwrap();
+        layout.objects = ObjectLayout {
+            header: ObjectHeader::FreeThreaded,
+            unicode_length: 32,
+            unicode_state: 48,
+            unicode_kind_bit: 8,
+            unicode_ascii_data: 56,
+            unicode_compact_data: 72,
+            ..layout.objects
+        };
+        let mut bytes = vec![0; 0x1000];
+        let cases = ["worker", "naïve", "größe_Ω", "emoji_🐍"];
+        for (i, s) in cases.iter().enumerate() {
+            put_str(&mut bytes, &layout, BASE + 0x100 * i as u64, s);
+            // ob_tid: the owning thread, a pointer-like value.
+            put(
+                &mut bytes,
+                BASE + 0x100 * i as u64,
+                &0x7f12_3456_7000u64.to_le_bytes(),
+            );
+        }
+        let mem = LocalMemory { base: BASE, bytes };
+        for (i, s) in cases.iter().enumerate() {
+            assert_eq!(
+                read_str(&mem, &layout, BASE + 0x100 * i as u64).unwrap(),
+                *s
+            );
+        }
+    }
+
+    /// Whether an object's header says it is alive, in each build.
+    #[test]
+    fn liveness_by_header() {
+        let gil = |word: u64| {
+            alive(
+                ObjectHeader::Gil,
+                &[word.to_le_bytes(), [0; 8], [0; 8]].concat(),
+            )
+        };
+        assert!(gil(1));
+        assert!(gil(u32::MAX as u64), "3.12 immortal");
+        assert!(
+            gil(1 << 48 | 3 << 30),
+            "3.14 immortal: ob_flags in the top 16 bits"
+        );
+        assert!(!gil(0), "pymalloc's last free block");
+        assert!(!gil(0x7f12_3456_7890), "pymalloc's free-list link");
+        let ft = |local: u32, shared: i64| {
+            let mut b = vec![0u8; 24];
+            b[..8].copy_from_slice(&0x7f12_3456_7000u64.to_le_bytes());
+            b[12..16].copy_from_slice(&local.to_le_bytes());
+            b[16..24].copy_from_slice(&shared.to_le_bytes());
+            alive(ObjectHeader::FreeThreaded, &b)
+        };
+        assert!(ft(1, 0));
+        assert!(ft(u32::MAX, 0), "immortal");
+        assert!(ft(0, 2 << 2), "shared references only");
+        assert!(!ft(0, 0), "freed");
+        assert!(!ft(0, 1), "a flag, no reference");
     }
 
     #[test]

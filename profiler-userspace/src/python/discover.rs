@@ -8,6 +8,7 @@ use super::Version;
 use crate::process::{
     self, Mapping, ProcessError,
     elf::{self, ElfError},
+    namespace::{self, PidNamespace},
 };
 
 /// What was looked for, for the not-Python error.
@@ -15,6 +16,9 @@ const LOOKED_FOR: &str = "a mapped libpythonX.Y.so, or an executable that export
 
 /// The symbols read from an interpreter's ELF file: the runtime state, and (3.11+) the version.
 const SYMBOLS: &[&str] = &["_PyRuntime", "Py_Version"];
+/// The section that holds exactly `_PyRuntime` (3.13+ place it there for debuggers), for an
+/// executable stripped of the symbol too.
+const SECTIONS: &[&str] = &[".PyRuntime"];
 
 /// How long `inspect` waits for a process named like Python to map its interpreter: the loader
 /// takes milliseconds, so a pid taken right after a spawn is not called "not Python".
@@ -34,14 +38,23 @@ pub struct PythonProcess {
     pub pid: u32,
     /// The process's name (`comm`), for labels.
     pub name: String,
-    /// The ELF file that holds the interpreter.
+    /// The ELF file that holds the interpreter, as /proc/PID/maps names it (for a process in a
+    /// container, a path that may not exist in prof-bpf's mount namespace: for messages only).
     pub binary: PathBuf,
     /// The version as found (it may be one prof-bpf does not support).
     pub version: Version,
     /// Address of `_PyRuntime` in the process.
     pub runtime_addr: u64,
+    /// `sizeof(_PyRuntimeState)` as the ELF file says (the `.PyRuntime` section's or the
+    /// symbol's size), where it says: `_Py_DebugOffsets` must agree with it.
+    pub runtime_size: Option<u64>,
     /// Start time in clock ticks since boot, to tell this process from a later one with its pid.
     pub start_time: u64,
+    /// Its id inside its own pid namespace, when that is not prof-bpf's (a container).
+    pub ns_pid: Option<u32>,
+    /// Its pid namespace, when that is not prof-bpf's: the kernel matches its threads by their
+    /// ids there.
+    pub pid_namespace: Option<PidNamespace>,
 }
 
 impl PythonProcess {
@@ -52,7 +65,8 @@ impl PythonProcess {
 }
 
 /// Looks for a CPython interpreter in `pid`. `Ok(None)` means the process has none (yet: a
-/// launched command may still be loading it).
+/// launched command may still be loading it). Every ELF file is read as the process maps it
+/// (`process::open_mapped`), so a Python in a container is found as one on the host is.
 pub fn find_python(pid: u32) -> Result<Option<PythonProcess>, ProcessError> {
     let maps = process::read_maps(pid).map_err(|e| ProcessError::from_proc(pid, "maps", e))?;
     let start_time = process::start_time(pid)?;
@@ -67,15 +81,42 @@ pub fn find_python(pid: u32) -> Result<Option<PythonProcess>, ProcessError> {
         .chain([exe.clone()]);
 
     for binary in candidates {
-        let Some(mapped) = maps.iter().find(|m| m.path.as_ref() == Some(&binary)) else {
+        // The file's first mapping (offset 0 holds the ELF header the bias is computed from).
+        let Some(mapped) = maps
+            .iter()
+            .filter(|m| m.path.as_ref() == Some(&binary))
+            .min_by_key(|m| m.offset)
+        else {
             continue;
         };
-        let path_in_ns = process::proc_dir(pid)
-            .join("root")
-            .join(binary.strip_prefix("/").unwrap_or(&binary));
-        let info = match elf::inspect_file(&path_in_ns, SYMBOLS) {
+        let opened = process::open_mapped(pid, mapped).map_err(|source| {
+            match ProcessError::from_proc(pid, "map_files", source) {
+                // The mapping is gone: the process exited or exec'd meanwhile.
+                ProcessError::NoSuchProcess { .. } if !process::is_alive(pid, start_time) => {
+                    ProcessError::Exited { pid }
+                }
+                ProcessError::NoSuchProcess { .. } => ProcessError::MappedFile {
+                    pid,
+                    path: binary.clone(),
+                    source: std::io::ErrorKind::NotFound.into(),
+                },
+                ProcessError::Io { source, .. } => ProcessError::MappedFile {
+                    pid,
+                    path: binary.clone(),
+                    source,
+                },
+                e => e,
+            }
+        })?;
+        let info = match elf::inspect_file(&opened, SYMBOLS, SECTIONS) {
             Ok(info) => info,
-            Err(ElfError::Io(e)) => return Err(ProcessError::from_proc(pid, "root", e)),
+            Err(ElfError::Io(source)) => {
+                return Err(ProcessError::MappedFile {
+                    pid,
+                    path: binary.clone(),
+                    source,
+                });
+            }
             Err(ElfError::Parse(source)) => {
                 return Err(ProcessError::Elf {
                     path: binary.clone(),
@@ -84,6 +125,7 @@ pub fn find_python(pid: u32) -> Result<Option<PythonProcess>, ProcessError> {
             }
         };
         let (runtime, py_version) = (info.symbols[0], info.symbols[1]);
+        let section = info.sections[0];
         // Py_Version is PY_VERSION_HEX: 0xMMmmPPRS.
         let published = py_version
             .and_then(|s| s.word)
@@ -92,7 +134,14 @@ pub fn find_python(pid: u32) -> Result<Option<PythonProcess>, ProcessError> {
             .or(published)
             .or_else(|| executable_version(&binary));
         let Some(version) = version else { continue };
-        let Some(runtime) = runtime else {
+        let ns_pid = namespace::ns_pid(pid);
+        let pid_namespace = namespace::foreign_pid_namespace(pid)
+            .map_err(|e| ProcessError::from_proc(pid, "ns/pid", e))?;
+        // The symbol where it is exported; else the section made for it.
+        let runtime = runtime
+            .map(|s| (s.address, (s.size > 0).then_some(s.size)))
+            .or(section.map(|s| (s.address, Some(s.size))));
+        let Some((runtime, runtime_size)) = runtime else {
             if version < Version::new(3, 7) {
                 // Pythons before 3.7 have no _PyRuntime. Report the version so the caller can
                 // say it is unsupported.
@@ -102,7 +151,10 @@ pub fn find_python(pid: u32) -> Result<Option<PythonProcess>, ProcessError> {
                     binary,
                     version,
                     runtime_addr: 0,
+                    runtime_size: None,
                     start_time,
+                    ns_pid,
+                    pid_namespace,
                 }));
             }
             // An executable that loads libpython (not mapped yet, if we are early).
@@ -115,8 +167,11 @@ pub fn find_python(pid: u32) -> Result<Option<PythonProcess>, ProcessError> {
             name,
             binary,
             version,
-            runtime_addr: bias.wrapping_add(runtime.address),
+            runtime_addr: bias.wrapping_add(runtime),
+            runtime_size,
             start_time,
+            ns_pid,
+            pid_namespace,
         }));
     }
     Ok(None)

@@ -11,6 +11,8 @@ mod v3_10;
 mod v3_11;
 mod v3_12;
 mod v3_13;
+mod v3_14;
+mod v3_15;
 mod v3_8;
 mod v3_9;
 
@@ -18,7 +20,7 @@ use std::fmt;
 
 use profiler_common::{NO_OFFSET, PyOffsets, TargetInfo};
 
-use self::debug_offsets::{DebugOffsetsError, Disagreement};
+use self::debug_offsets::Disagreement;
 use crate::process::ProcessMemory;
 
 pub use linetable::LineTableFormat;
@@ -53,14 +55,23 @@ impl fmt::Display for Version {
 }
 
 /// The versions prof-bpf can profile, for messages.
-pub const SUPPORTED: &str = "3.8 to 3.13";
+pub const SUPPORTED: &str = "3.8 to 3.15, free-threaded builds from 3.13, and newer versions whose _Py_DebugOffsets check out";
 
 #[derive(Debug, thiserror::Error)]
 pub enum UnsupportedVersion {
     #[error("python {0} is not supported (prof-bpf supports CPython {SUPPORTED})")]
     Version(Version),
-    #[error("python {0} is a free-threaded (no-GIL) build, which prof-bpf does not support yet")]
-    FreeThreaded(Version),
+    #[error(
+        "python {version} is newer than prof-bpf's tables (up to {}), and its _Py_DebugOffsets \
+         could not be used: {why}",
+        debug_offsets::NEWEST
+    )]
+    Newer { version: Version, why: String },
+    #[error(
+        "python {version} is a free-threaded (no-GIL) build, whose layout prof-bpf reads from its \
+         _Py_DebugOffsets, and those could not be used: {why}"
+    )]
+    FreeThreaded { version: Version, why: String },
 }
 
 /// Where a code object keeps what userspace reads.
@@ -91,13 +102,29 @@ pub enum ThreadId {
     Pthread,
 }
 
+/// How an object's header says it is alive.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ObjectHeader {
+    /// `ob_refcnt` at 0 (Include/object.h). From 3.14 its top 16 bits are `ob_flags`, which
+    /// are not part of the count.
+    Gil,
+    /// The free-threaded header (Include/object.h, `Py_GIL_DISABLED`): `ob_tid` at 0, the
+    /// owning thread's `ob_ref_local` (u32) at 12 and the others' `ob_ref_shared` at 16.
+    FreeThreaded,
+}
+
 /// Where string and bytes objects keep their contents.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ObjectLayout {
+    pub header: ObjectHeader,
     /// `PyASCIIObject.length`.
     pub unicode_length: u16,
-    /// `PyASCIIObject.state` (a bitfield: kind bits 2-4, compact bit 5, ascii bit 6).
+    /// `PyASCIIObject.state` (a bitfield: `kind` 3 bits from `unicode_kind_bit`, then
+    /// `compact`, then `ascii`).
     pub unicode_state: u16,
+    /// Where `kind` starts in `state`: 2, after the 2-bit `interned`; 8 in 3.14+ free-threaded
+    /// builds, whose `interned` is a whole byte.
+    pub unicode_kind_bit: u8,
     /// `sizeof(PyASCIIObject)`: compact ASCII data follows it.
     pub unicode_ascii_data: u16,
     /// `sizeof(PyCompactUnicodeObject)`: other compact data follows it; a legacy string keeps
@@ -122,9 +149,23 @@ pub struct Layout {
     pub entry_flag: u16,
     pub code: CodeLayout,
     pub objects: ObjectLayout,
+    /// A free-threaded (no-GIL) build (`_Py_DebugOffsets.free_threaded`, 3.13t+): threads run
+    /// Python in parallel, and no GIL is held.
+    pub free_threaded: bool,
+    /// Every thread's frame chain ends in a base frame inside its thread state (3.15+): a shim
+    /// frame that stands for no eval call.
+    pub base_frame: bool,
 }
 
 impl Layout {
+    /// The version as users name it: `3.13t` for a free-threaded build.
+    pub fn version_name(&self) -> String {
+        match self.free_threaded {
+            true => format!("{}t", self.version),
+            false => self.version.to_string(),
+        }
+    }
+
     /// What the kernel needs to profile a process with this layout whose `_PyRuntime` is at
     /// `runtime_addr`.
     pub fn target_info(&self, runtime_addr: u64) -> TargetInfo {
@@ -139,7 +180,77 @@ impl Layout {
             // Mixed stacks only (`Session` sets them): the kernel skips the reads otherwise.
             frame_is_entry: NO_OFFSET,
             options: 0,
+            // Set by the session for a process in a container (`PythonProcess::pid_namespace`).
+            pidns_dev: 0,
+            pidns_ino: 0,
         }
+    }
+}
+
+impl Layout {
+    /// What the kernel needs to profile process `p`, whose interpreter has this layout: where
+    /// its `_PyRuntime` is, and, for a process in a container, its pid namespace.
+    pub fn target_info_of(&self, p: &discover::PythonProcess) -> TargetInfo {
+        let mut info = self.target_info(p.runtime_addr);
+        if let Some(ns) = p.pid_namespace {
+            info.pidns_dev = ns.dev;
+            info.pidns_ino = ns.ino;
+        }
+        info
+    }
+}
+
+/// Checks a layout against the live process before it is trusted without a table (a version
+/// newer than any): its thread list must name threads the process has, and the frames of its
+/// threads must lead to code objects that read as such. An interpreter that has not started yet
+/// passes (there is nothing to check).
+pub fn check_live(
+    mem: &impl ProcessMemory,
+    layout: &Layout,
+    p: &discover::PythonProcess,
+) -> Result<(), String> {
+    let threads = match threads::walk_threads(mem, &layout.target_info_of(p)) {
+        Ok(t) => t,
+        Err(threads::WalkError::NoInterpreter) => return Ok(()),
+        Err(e) => return Err(e.to_string()),
+    };
+    if threads.is_empty() {
+        return Ok(());
+    }
+    let tids: Vec<u64> = match p.pid_namespace {
+        Some(_) => crate::process::namespace::host_tids(p.pid)
+            .into_keys()
+            .map(u64::from)
+            .collect(),
+        None => std::fs::read_dir(format!("/proc/{}/task", p.pid))
+            .map(|d| {
+                d.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+                    .collect()
+            })
+            .unwrap_or_default(),
+    };
+    if !threads.iter().any(|t| tids.contains(&t.tid)) {
+        return Err(format!(
+            "no thread state names one of the process's threads (read {:?})",
+            threads.iter().map(|t| t.tid).collect::<Vec<_>>()
+        ));
+    }
+    // A frame may be popped and its code freed while this runs: one code object that reads
+    // right is enough, none at all is not.
+    let mut failure = None;
+    for frame in threads
+        .iter()
+        .flat_map(|t| &t.frames)
+        .filter(|f| f.code != 0)
+    {
+        match code::read_code(mem, layout, frame.code, frame.tag) {
+            Ok(_) => return Ok(()),
+            Err(e) => failure = Some(e),
+        }
+    }
+    match failure {
+        Some(e) => Err(format!("no frame's code object reads as one: {e}")),
+        None => Ok(()),
     }
 }
 
@@ -151,29 +262,62 @@ pub enum LayoutSource {
     /// `_Py_DebugOffsets` read from the process, with the fields where the built-in table
     /// differs (none, normally).
     Published(Vec<Disagreement>),
+    /// `_Py_DebugOffsets` of a free-threaded build: its layout comes from there alone (no
+    /// built-in table describes its objects).
+    FreeThreaded,
+    /// `_Py_DebugOffsets` of a version newer than any built-in table, read with the newest
+    /// table's member list and checked: used, with a warning.
+    Newer,
     /// The version should publish its layout, but what the process holds could not be used
     /// (the reason); the built-in table stands in.
     Fallback(String),
 }
 
+/// The newest version with a built-in table.
+pub const NEWEST: Version = Version::new(3, 15);
+
 /// The layout of the interpreter in a process: the built-in table for `version`, overridden by
 /// what the interpreter publishes about itself (3.13+) where that can be read and checks out.
+/// A free-threaded build, or a version newer than any table, must publish a layout that checks
+/// out. `runtime_size` is `_PyRuntime`'s size as the ELF file says, where it says.
 pub fn layout_of(
     mem: &impl ProcessMemory,
     version: Version,
     runtime_addr: u64,
+    runtime_size: Option<u64>,
 ) -> Result<(Layout, LayoutSource), UnsupportedVersion> {
-    let builtin = layout_for(version)?;
     if version < Version::new(3, 13) {
-        return Ok((builtin, LayoutSource::Builtin));
+        return Ok((layout_for(version)?, LayoutSource::Builtin));
     }
-    match debug_offsets::read(mem, runtime_addr, &builtin) {
-        Ok(published) => {
-            let differences = debug_offsets::disagreements(&builtin, &published);
-            Ok((published, LayoutSource::Published(differences)))
+    let newer = version > NEWEST;
+    let builtin = if newer {
+        layout_for(NEWEST)?
+    } else {
+        layout_for(version)?
+    };
+    let published = debug_offsets::read(mem, runtime_addr, version, runtime_size)
+        .and_then(|p| Ok((debug_offsets::apply(&p, &builtin)?, p.header.free_threaded)));
+    match published {
+        Ok((layout, true)) => Ok((layout, LayoutSource::FreeThreaded)),
+        Ok((layout, false)) if newer => Ok((layout, LayoutSource::Newer)),
+        Ok((layout, false)) => {
+            let differences = debug_offsets::disagreements(&builtin, &layout);
+            Ok((layout, LayoutSource::Published(differences)))
         }
-        Err(DebugOffsetsError::FreeThreaded) => Err(UnsupportedVersion::FreeThreaded(version)),
-        Err(e) => Ok((builtin, LayoutSource::Fallback(e.to_string()))),
+        Err(e) => {
+            let why = e.to_string();
+            // The build flag sits where every version keeps it: a free-threaded build has no
+            // table to fall back on.
+            let free_threaded =
+                debug_offsets::read_header(mem, runtime_addr).is_ok_and(|h| h.free_threaded);
+            if free_threaded {
+                Err(UnsupportedVersion::FreeThreaded { version, why })
+            } else if newer {
+                Err(UnsupportedVersion::Newer { version, why })
+            } else {
+                Ok((builtin, LayoutSource::Fallback(why)))
+            }
+        }
     }
 }
 
@@ -186,6 +330,8 @@ pub fn layout_for(version: Version) -> Result<Layout, UnsupportedVersion> {
         (3, 11) => Ok(v3_11::LAYOUT),
         (3, 12) => Ok(v3_12::LAYOUT),
         (3, 13) => Ok(v3_13::LAYOUT),
+        (3, 14) => Ok(v3_14::LAYOUT),
+        (3, 15) => Ok(v3_15::LAYOUT),
         _ => Err(UnsupportedVersion::Version(version)),
     }
 }
@@ -207,13 +353,13 @@ mod tests {
         let e = layout_for(Version::new(2, 7)).unwrap_err();
         assert_eq!(
             e.to_string(),
-            "python 2.7 is not supported (prof-bpf supports CPython 3.8 to 3.13)"
+            format!("python 2.7 is not supported (prof-bpf supports CPython {SUPPORTED})")
         );
-        for minor in 8..=13 {
+        for minor in 8..=15 {
             let layout = layout_for(Version::new(3, minor)).unwrap();
             assert_eq!(layout.version, Version::new(3, minor));
         }
-        for unsupported in [(2, 7), (3, 6), (3, 7), (3, 14), (4, 0)] {
+        for unsupported in [(2, 7), (3, 6), (3, 7), (3, 16), (4, 0)] {
             assert!(layout_for(Version::new(unsupported.0, unsupported.1)).is_err());
         }
     }
@@ -222,7 +368,7 @@ mod tests {
     /// kernel computes never matches the one userspace checks.
     #[test]
     fn each_table_agrees_with_itself() {
-        for minor in 8..=13 {
+        for minor in 8..=15 {
             let l = layout_for(Version::new(3, minor)).unwrap();
             let k = l.kernel;
             assert_eq!(
@@ -250,6 +396,16 @@ mod tests {
             let info = l.target_info(0x1000);
             assert_eq!(info.pthread_tid != NO_OFFSET, minor <= 10, "3.{minor}");
             assert_eq!(info.version, 3 << 8 | minor as u16);
+            // A tagged code field from 3.14 (_PyStackRef); owners from 3 up are shims from 3.12.
+            assert_eq!(k.frame_code_tag != 0, minor >= 14, "3.{minor}: tag bits");
+            assert_eq!(
+                k.owner_cstack == 3,
+                minor >= 12,
+                "3.{minor}: first owner without code"
+            );
+            assert_eq!(l.base_frame, minor >= 15, "3.{minor}: base frame");
+            assert!(!l.free_threaded);
+            assert_eq!(l.objects.header, ObjectHeader::Gil);
         }
     }
 }

@@ -18,12 +18,13 @@ use crate::process::ProcessMemory;
 /// One Python thread and its frames, leaf first.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ThreadStack {
-    /// `PyThreadState.native_thread_id`: the kernel's thread id.
+    /// `PyThreadState.native_thread_id`: the kernel's thread id, as the process's own pid
+    /// namespace numbers it (a container's differs from the host's).
     pub tid: u64,
     /// Address of the thread state, to tell threads apart when there is no native id.
     pub tstate: u64,
-    /// Leaf first. As the kernel records them: a C-stack shim frame (3.12+) is a frame with code
-    /// 0, and where `TargetInfo::frame_is_entry` is set (3.11) an eval call's first frame has
+    /// Leaf first. As the kernel records them: a shim frame that runs no code (3.12+) is a frame
+    /// with code 0, the code field's tag bits (3.14+) are cleared, and where `TargetInfo::frame_is_entry` is set (3.11) an eval call's first frame has
     /// `PY_ENTRY_FRAME` in its instruction, so `profile::merge` can split the eval calls.
     pub frames: Vec<PyFrame>,
     /// The chain was deeper than `MAX_PYTHON_FRAMES`.
@@ -108,7 +109,7 @@ fn walk_frames(
         let shim = off.owner_cstack != NO_CSTACK_OWNER && {
             let mut owner = [0u8];
             mem.read(field(frame, off.frame_owner), &mut owner)?;
-            owner[0] as u16 == off.owner_cstack
+            owner[0] as u16 >= off.owner_cstack
         };
         if shim {
             frames.push(PyFrame {
@@ -117,7 +118,7 @@ fn walk_frames(
                 tag: 0,
             });
         } else {
-            let code = mem.read_u64(field(frame, off.frame_code))?;
+            let code = mem.read_u64(field(frame, off.frame_code))? & !(off.frame_code_tag as u64);
             let mut instr = if off.instr_kind == instr_kind::POINTER {
                 // As the kernel records it: the pointer minus the code object's address.
                 mem.read_u64(field(frame, off.frame_instr))?
@@ -211,7 +212,9 @@ mod tests {
         owner: u8,
     ) -> u64 {
         let f = h.alloc(256);
-        h.word(f + off.frame_code as u64, code);
+        // 3.14+: a _PyStackRef, tagged as a borrowed reference.
+        let tag = (off.frame_code_tag as u64) & 1;
+        h.word(f + off.frame_code as u64, code | tag);
         h.word(f + off.frame_previous as u64, previous);
         if off.instr_kind == instr_kind::POINTER {
             h.word(f + off.frame_instr as u64, code + instr as u64);
@@ -321,7 +324,7 @@ mod tests {
 
     #[test]
     fn walks_every_built_in_layout() {
-        for minor in 8..=13 {
+        for minor in 8..=15 {
             check(layout_for(Version::new(3, minor)).unwrap());
         }
     }

@@ -2,7 +2,7 @@
 
 use profiler_common::{NO_CSTACK_OWNER, NO_OFFSET, PyOffsets, instr_kind};
 
-use super::{CodeLayout, Layout, LineTableFormat, ObjectLayout, ThreadId, Version};
+use super::{CodeLayout, Layout, LineTableFormat, ObjectHeader, ObjectLayout, ThreadId, Version};
 
 pub const LAYOUT: Layout = Layout {
     version: Version::new(3, 11),
@@ -36,7 +36,8 @@ pub const LAYOUT: Layout = Layout {
         gil_in_runtime: 360,
         gil_locked: 16,
         gil_last_holder: 8,
-        _pad: 0,
+        // f_code / f_executable is a plain pointer.
+        frame_code_tag: 0,
     },
     // Include/internal/pycore_frame.h: _PyInterpreterFrame.is_entry
     entry_flag: 68,
@@ -54,11 +55,16 @@ pub const LAYOUT: Layout = Layout {
     // Include/cpython/unicodeobject.h (3.11 still has wstr: PyASCIIObject is 48 bytes),
     // Include/cpython/bytesobject.h
     objects: ObjectLayout {
+        // Include/object.h: ob_refcnt at 0
+        header: ObjectHeader::Gil,
         unicode_length: 16,
         unicode_state: 32,
+        unicode_kind_bit: 2,
         unicode_ascii_data: 48,
         unicode_compact_data: 72,
         bytes_size: 16,
         bytes_data: 32,
     },
+    free_threaded: false,
+    base_frame: false,
 };

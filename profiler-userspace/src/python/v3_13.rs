@@ -5,7 +5,7 @@
 
 use profiler_common::{NO_OFFSET, PyOffsets, instr_kind};
 
-use super::{CodeLayout, Layout, LineTableFormat, ObjectLayout, ThreadId, Version};
+use super::{CodeLayout, Layout, LineTableFormat, ObjectHeader, ObjectLayout, ThreadId, Version};
 
 pub const LAYOUT: Layout = Layout {
     version: Version::new(3, 13),
@@ -40,7 +40,8 @@ pub const LAYOUT: Layout = Layout {
         gil_in_runtime: NO_OFFSET,
         gil_locked: 16,
         gil_last_holder: 8,
-        _pad: 0,
+        // f_code / f_executable is a plain pointer.
+        frame_code_tag: 0,
     },
     // Eval calls are marked by C-stack shim frames instead.
     entry_flag: NO_OFFSET,
@@ -57,11 +58,16 @@ pub const LAYOUT: Layout = Layout {
     },
     // Include/cpython/unicodeobject.h, Include/cpython/bytesobject.h
     objects: ObjectLayout {
+        // Include/object.h: ob_refcnt at 0
+        header: ObjectHeader::Gil,
         unicode_length: 16,
         unicode_state: 32,
+        unicode_kind_bit: 2,
         unicode_ascii_data: 40,
         unicode_compact_data: 56,
         bytes_size: 16,
         bytes_data: 32,
     },
+    free_threaded: false,
+    base_frame: false,
 };

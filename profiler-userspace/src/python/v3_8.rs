@@ -4,7 +4,7 @@
 
 use profiler_common::{NO_CSTACK_OWNER, NO_OFFSET, PyOffsets, instr_kind};
 
-use super::{CodeLayout, Layout, LineTableFormat, ObjectLayout, ThreadId, Version};
+use super::{CodeLayout, Layout, LineTableFormat, ObjectHeader, ObjectLayout, ThreadId, Version};
 
 pub const LAYOUT: Layout = Layout {
     version: Version::new(3, 8),
@@ -37,7 +37,8 @@ pub const LAYOUT: Layout = Layout {
         gil_in_runtime: 1152,
         gil_locked: 16,
         gil_last_holder: 8,
-        _pad: 0,
+        // f_code / f_executable is a plain pointer.
+        frame_code_tag: 0,
     },
     // Every PyFrameObject is its own eval call: no entry flag.
     entry_flag: NO_OFFSET,
@@ -57,11 +58,16 @@ pub const LAYOUT: Layout = Layout {
     // Include/cpython/unicodeobject.h (PyASCIIObject still has wstr: 48 bytes),
     // Include/cpython/bytesobject.h
     objects: ObjectLayout {
+        // Include/object.h: ob_refcnt at 0
+        header: ObjectHeader::Gil,
         unicode_length: 16,
         unicode_state: 32,
+        unicode_kind_bit: 2,
         unicode_ascii_data: 48,
         unicode_compact_data: 72,
         bytes_size: 16,
         bytes_data: 32,
     },
+    free_threaded: false,
+    base_frame: false,
 };
