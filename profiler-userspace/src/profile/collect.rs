@@ -66,8 +66,9 @@ pub struct Collector {
     by_stack_id: BoundedCache<(usize, u64), u32>,
     /// By (registration, thread id, named stack).
     counts: HashMap<(usize, u32, u32), Counts>,
-    /// Thread names, taken when a thread is first counted (it may be gone by the end).
-    threads: HashMap<(usize, u32), String>,
+    /// Thread names and ids in a container's namespace, taken when a thread is first counted
+    /// (it may be gone by the end).
+    threads: HashMap<(usize, u32), (String, Option<u32>)>,
 }
 
 impl Collector {
@@ -147,9 +148,15 @@ impl Collector {
     }
 
     /// Adds what the kernel counted for `key`: `n` samples, or `n` nanoseconds off the CPU.
-    /// `thread_name` names a thread seen for the first time. A stack never named (its record in
-    /// the kernel was lost) counts as `[unknown] (stack lost)`.
-    pub fn add_count(&mut self, key: SampleKey, n: u64, thread_name: impl FnOnce() -> String) {
+    /// `thread_name` names a thread seen for the first time (and gives its id in a container's
+    /// pid namespace, if it is in one). A stack never named (its record in the kernel was lost)
+    /// counts as `[unknown] (stack lost)`.
+    pub fn add_count(
+        &mut self,
+        key: SampleKey,
+        n: u64,
+        thread_name: impl FnOnce() -> (String, Option<u32>),
+    ) {
         let Some(&reg) = self.by_pid.get(&key.pid) else {
             return;
         };
@@ -225,10 +232,7 @@ impl Collector {
             let p = &self.processes[reg];
             let mut ids = Vec::new();
             if self.options.processes {
-                ids.push(table.intern(Frame::Process {
-                    pid: p.pid,
-                    name: p.name.clone(),
-                }));
+                ids.push(table.intern(p.frame()));
             }
             if self.options.threads {
                 ids.push(table.intern(thread_info(&self.threads, reg, p.pid, tid).frame()));
@@ -312,15 +316,17 @@ fn off_cpu_samples(ns: u64, rate_hz: u64) -> u64 {
 }
 
 fn thread_info(
-    names: &HashMap<(usize, u32), String>,
+    names: &HashMap<(usize, u32), (String, Option<u32>)>,
     reg: usize,
     pid: u32,
     tid: u32,
 ) -> ThreadInfo {
+    let (name, ns_tid) = names.get(&(reg, tid)).cloned().unwrap_or_default();
     ThreadInfo {
         pid,
         tid,
-        name: names.get(&(reg, tid)).cloned().unwrap_or_default(),
+        name,
+        ns_tid,
     }
 }
 
@@ -333,6 +339,7 @@ mod tests {
             pid,
             name: name.into(),
             version: "3.12".into(),
+            ns_pid: None,
         }
     }
 
@@ -362,9 +369,9 @@ mod tests {
         c.add_process(process(7, "py"));
         c.add_stack(7, 1, named(&[("main", 9, 8), ("f", 3, 2)]));
         c.add_stack(7, 2, named(&[("main", 9, 8), ("f", 4, 2)]));
-        c.add_count(key(7, 7, 1), 5, || "py".into());
-        c.add_count(key(7, 7, 2), 2, || "py".into());
-        c.add_count(key(7, 8, 1), 1, || "worker".into());
+        c.add_count(key(7, 7, 1), 5, || ("py".into(), None));
+        c.add_count(key(7, 7, 2), 2, || ("py".into(), None));
+        c.add_count(key(7, 8, 1), 1, || ("worker".into(), None));
         let p = c.snapshot(100, Duration::from_secs(1));
         assert_eq!(p.total_samples(), 8);
         assert_eq!(p.samples.len(), 3);
@@ -405,7 +412,7 @@ mod tests {
         });
         c.add_process(process(7, "old"));
         c.add_stack(7, 1, named(&[("f", 3, 3)]));
-        c.add_count(key(7, 7, 1), 2, || "old".into());
+        c.add_count(key(7, 7, 1), 2, || ("old".into(), None));
         c.remove_process(7);
         c.add_process(process(7, "new"));
         assert!(
@@ -413,7 +420,7 @@ mod tests {
             "the new process's stack 1 is named anew"
         );
         c.add_stack(7, 1, named(&[("g", 3, 3)]));
-        c.add_count(key(7, 7, 1), 3, || "new".into());
+        c.add_count(key(7, 7, 1), 3, || ("new".into(), None));
         let folded = c.finish(100, Duration::from_secs(1)).folded();
         assert!(
             folded.contains(&("process 7 (old);f (t.py:3)".to_string(), 2)),
@@ -435,8 +442,8 @@ mod tests {
             first_line: 0,
         });
         c.add_stack(7, 1, frames);
-        c.add_count(key(7, 7, 1), 1, String::new);
-        c.add_count(key(7, 7, 99), 1, String::new);
+        c.add_count(key(7, 7, 1), 1, Default::default);
+        c.add_count(key(7, 7, 99), 1, Default::default);
         let labels = |c: &mut Collector| c.snapshot(100, Duration::ZERO).folded();
         assert_eq!(
             labels(&mut c),
@@ -456,7 +463,7 @@ mod tests {
         // New code objects (new kernel stack ids) for the same function: one named stack.
         for id in 0..10_000 {
             c.add_stack(7, id, named(&[("main", 9, 8), ("f", 3, 2)]));
-            c.add_count(key(7, 7, id), 1, String::new);
+            c.add_count(key(7, 7, id), 1, Default::default);
         }
         assert_eq!(c.sizes().0, 2, "two distinct frames");
         assert_eq!(c.sizes().1, 1, "one distinct stack");

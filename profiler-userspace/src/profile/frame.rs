@@ -38,14 +38,17 @@ pub enum Frame {
     Native(Location),
     /// A kernel function (`--kernel`); `None` when no kernel symbol covers the address.
     Kernel(Option<String>),
-    /// The root of a process's stacks when several processes are profiled.
+    /// The root of a process's stacks when several processes are profiled; `ns_pid` is its id
+    /// inside its own pid namespace (a container's), where that is not prof-bpf's.
     Process {
         pid: u32,
+        ns_pid: Option<u32>,
         name: String,
     },
-    /// The root of a thread's stacks (`--threads`).
+    /// The root of a thread's stacks (`--threads`); `ns_tid` as `ns_pid`.
     Thread {
         tid: u32,
+        ns_tid: Option<u32>,
         name: String,
     },
     /// The stack went deeper than the kernel records: the frames nearest the root are missing.
@@ -89,8 +92,12 @@ impl Frame {
             Frame::Python(l) | Frame::Native(l) => l.function.clone(),
             Frame::Kernel(Some(f)) => format!("{f}_[k]"),
             Frame::Kernel(None) => "[unknown]_[k]".into(),
-            Frame::Process { pid, name } => format!("process {pid} ({name})"),
-            Frame::Thread { tid, name } => format!("thread {tid} ({name})"),
+            Frame::Process { pid, ns_pid, name } => {
+                format!("process {pid} ({name}{})", in_namespace("pid", *ns_pid))
+            }
+            Frame::Thread { tid, ns_tid, name } => {
+                format!("thread {tid} ({name}{})", in_namespace("tid", *ns_tid))
+            }
             Frame::Truncated { limit } => format!("[truncated: deeper than {limit} frames]"),
             Frame::NativeStopped(why) => format!("[native unwind stopped: {why}]"),
             Frame::Unknown(u) => format!("[unknown] ({u})"),
@@ -152,6 +159,23 @@ impl Frame {
     }
 }
 
+/// `, pid 1 in its namespace` after a process or thread name: its id in a container.
+fn in_namespace(what: &str, id: Option<u32>) -> String {
+    id.map(|id| format!(", {what} {id} in its namespace"))
+        .unwrap_or_default()
+}
+
+/// A process or thread label back into its name and namespace id.
+fn parse_in_namespace(what: &str, label: &str) -> (String, Option<u32>) {
+    let parsed = label
+        .rsplit_once(&format!(", {what} "))
+        .and_then(|(name, rest)| {
+            let id = canonical_number(rest.strip_suffix(" in its namespace")?)?;
+            Some((name.to_string(), Some(id)))
+        });
+    parsed.unwrap_or_else(|| (label.to_string(), None))
+}
+
 /// Whether a frame's file is Python code: a source, a frozen module (`<frozen ...>`) or source
 /// given as a string (`<string>`, `<stdin>`).
 fn is_python_file(file: &str) -> bool {
@@ -186,14 +210,22 @@ fn parse_marker(name: &str) -> Option<Frame> {
     let id = canonical_number(id)?;
     let label = rest.strip_suffix(')')?.to_string();
     match kind {
-        "process" => Some(Frame::Process {
-            pid: id,
-            name: label,
-        }),
-        "thread" => Some(Frame::Thread {
-            tid: id,
-            name: label,
-        }),
+        "process" => {
+            let (name, ns_pid) = parse_in_namespace("pid", &label);
+            Some(Frame::Process {
+                pid: id,
+                ns_pid,
+                name,
+            })
+        }
+        "thread" => {
+            let (name, ns_tid) = parse_in_namespace("tid", &label);
+            Some(Frame::Thread {
+                tid: id,
+                ns_tid,
+                name,
+            })
+        }
         _ => None,
     }
 }
@@ -269,15 +301,28 @@ mod tests {
             Frame::Kernel(None),
             Frame::Process {
                 pid: 42,
+                ns_pid: None,
                 name: "python3.12".into(),
             },
             Frame::Process {
                 pid: 7,
+                ns_pid: None,
                 name: "my (odd) name".into(),
+            },
+            Frame::Process {
+                pid: 30305,
+                ns_pid: Some(1),
+                name: "python3.15".into(),
             },
             Frame::Thread {
                 tid: 43,
+                ns_tid: None,
                 name: "worker".into(),
+            },
+            Frame::Thread {
+                tid: 30309,
+                ns_tid: Some(2),
+                name: "worker-1".into(),
             },
             Frame::Truncated { limit: 192 },
             Frame::NativeStopped("no unwind info".into()),
@@ -312,7 +357,9 @@ mod tests {
                 "[unknown]_[k]",
                 "process 42 (python3.12)",
                 "process 7 (my (odd) name)",
+                "process 30305 (python3.15, pid 1 in its namespace)",
                 "thread 43 (worker)",
+                "thread 30309 (worker-1, tid 2 in its namespace)",
                 "[truncated: deeper than 192 frames]",
                 "[native unwind stopped: no unwind info]",
                 "[unknown] (code object freed before it was read)",

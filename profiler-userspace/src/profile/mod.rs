@@ -27,7 +27,38 @@ pub struct Sample {
 pub struct ProcessInfo {
     pub pid: u32,
     pub name: String,
+    /// `3.12`, or `3.13t` for a free-threaded build.
     pub version: String,
+    /// Its id inside its own pid namespace (a container's), when that is not prof-bpf's.
+    pub ns_pid: Option<u32>,
+}
+
+impl ProcessInfo {
+    /// The root frame a multi-process recording puts under a process's stacks.
+    pub fn frame(&self) -> Frame {
+        Frame::Process {
+            pid: self.pid,
+            ns_pid: self.ns_pid,
+            name: self.name.clone(),
+        }
+    }
+
+    /// A free-threaded build (its version is named with the build's `t`, as `python3.13t` is).
+    pub fn free_threaded(&self) -> bool {
+        self.version.ends_with('t')
+    }
+
+    /// `python3.12 (pid 42, CPython 3.12)`, with the pid inside a container where it has one.
+    pub fn describe(&self) -> String {
+        let ns = self
+            .ns_pid
+            .map(|n| format!(", pid {n} in its namespace"))
+            .unwrap_or_default();
+        format!(
+            "{} (pid {}{ns}, CPython {})",
+            self.name, self.pid, self.version
+        )
+    }
 }
 
 /// A thread that was sampled.
@@ -37,6 +68,8 @@ pub struct ThreadInfo {
     pub tid: u32,
     /// The kernel's name for the thread (`comm`), as `top` and `ps -L` show it.
     pub name: String,
+    /// Its id inside its process's pid namespace (a container's), when that is not prof-bpf's.
+    pub ns_tid: Option<u32>,
 }
 
 impl ThreadInfo {
@@ -44,6 +77,7 @@ impl ThreadInfo {
     pub fn frame(&self) -> Frame {
         Frame::Thread {
             tid: self.tid,
+            ns_tid: self.ns_tid,
             name: self.name.clone(),
         }
     }
@@ -161,17 +195,20 @@ pub fn example() -> Profile {
             pid: 4242,
             name: "python3.12".into(),
             version: "3.12".into(),
+            ns_pid: None,
         }],
         threads: vec![
             ThreadInfo {
                 pid: 4242,
                 tid: 4242,
                 name: "python3.12".into(),
+                ns_tid: None,
             },
             ThreadInfo {
                 pid: 4242,
                 tid: 4243,
                 name: "worker".into(),
+                ns_tid: None,
             },
         ],
         rate_hz: 100,

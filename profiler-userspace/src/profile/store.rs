@@ -57,6 +57,9 @@ struct FileProcess {
     pid: u32,
     name: String,
     version: String,
+    /// Its id inside a container's pid namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    ns_pid: Option<u32>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -64,6 +67,9 @@ struct FileThread {
     pid: u32,
     tid: u32,
     name: String,
+    /// Its id inside a container's pid namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    ns_tid: Option<u32>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -100,6 +106,7 @@ pub fn write(profile: &Profile, out: &mut dyn Write) -> io::Result<()> {
                 pid: p.pid,
                 name: p.name.clone(),
                 version: p.version.clone(),
+                ns_pid: p.ns_pid,
             })
             .collect(),
         threads: profile
@@ -109,6 +116,7 @@ pub fn write(profile: &Profile, out: &mut dyn Write) -> io::Result<()> {
                 pid: t.pid,
                 tid: t.tid,
                 name: t.name.clone(),
+                ns_tid: t.ns_tid,
             })
             .collect(),
         frames: profile
@@ -251,6 +259,7 @@ pub fn parse(text: &str, path: &Path) -> Result<Profile, StoreError> {
                 pid: p.pid,
                 name: p.name,
                 version: p.version,
+                ns_pid: p.ns_pid,
             })
             .collect(),
         threads: file
@@ -260,6 +269,7 @@ pub fn parse(text: &str, path: &Path) -> Result<Profile, StoreError> {
                 pid: t.pid,
                 tid: t.tid,
                 name: t.name,
+                ns_tid: t.ns_tid,
             })
             .collect(),
         rate_hz: file.rate_hz,

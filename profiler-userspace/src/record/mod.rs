@@ -156,9 +156,9 @@ fn record(cfg: &RecordConfig, stop: &AtomicBool) -> Result<Summary, RecordError>
 /// Says once sampling runs and the target is registered, as py-spy says it: a person sees it
 /// has begun, and a script can wait for it.
 fn announce(cfg: &RecordConfig, session: &Session) {
-    let what = match (session.first_process(), &cfg.target) {
+    let what = match (session.first_described(), &cfg.target) {
         (_, Target::All) => "every Python process".to_string(),
-        (Some(p), _) => format!("{} (pid {}, CPython {})", p.name, p.pid, p.version),
+        (Some(p), _) => p,
         (None, _) => format!(
             "pid {} and its Python subprocesses",
             session.root_pid().unwrap_or(0)

@@ -97,7 +97,7 @@ impl Summary {
         let secs = self.duration.as_secs_f64();
         let what = match &self.processes[..] {
             [] => format!("no Python process ({} processes followed)", self.followed),
-            [p] => format!("{} (pid {}, CPython {})", p.name, p.pid, p.version),
+            [p] => p.describe(),
             ps => format!("{} Python processes", ps.len()),
         };
         writeln!(
@@ -113,10 +113,8 @@ impl Summary {
             for p in by_samples.iter().take(SUMMARY_PROCESSES) {
                 writeln!(
                     out,
-                    "prof-bpf:   {} (pid {}, CPython {}): {} samples",
-                    p.name,
-                    p.pid,
-                    p.version,
+                    "prof-bpf:   {}: {} samples",
+                    p.describe(),
                     self.per_process.get(&p.pid).copied().unwrap_or(0)
                 )?;
             }
@@ -143,12 +141,17 @@ impl Summary {
             )?;
         }
         let recorded = self.stats.get(Stat::Recorded);
-        writeln!(
-            out,
-            "prof-bpf: GIL held in {:.1}% of samples",
-            100.0 * self.stats.get(Stat::GilHeld) as f64
-                / (recorded + self.stats.get(Stat::GilNotHeld)).max(1) as f64
-        )
+        let share = 100.0 * self.stats.get(Stat::GilHeld) as f64
+            / (recorded + self.stats.get(Stat::GilNotHeld)).max(1) as f64;
+        match self.processes.iter().filter(|p| p.free_threaded()).count() {
+            0 => writeln!(out, "prof-bpf: GIL held in {share:.1}% of samples"),
+            n if n == self.processes.len() => writeln!(out, "prof-bpf: free-threaded: no GIL"),
+            // The kernel counts a free-threaded process's samples as without the GIL.
+            _ => writeln!(
+                out,
+                "prof-bpf: GIL held in {share:.1}% of samples (free-threaded processes have no GIL)"
+            ),
+        }
     }
 
     /// What became of the samples that were not recorded plainly: outside Python code, left
@@ -331,6 +334,7 @@ mod tests {
                 pid: 42,
                 name: "python3.12".into(),
                 version: "3.12".into(),
+                ns_pid: None,
             }],
             per_process: HashMap::new(),
             skipped: Vec::new(),

@@ -163,8 +163,8 @@ struct Screen {
 
 impl Screen {
     fn new(cfg: &TopConfig, session: &Session) -> Self {
-        let target = match session.first_process() {
-            Some(p) => format!("{} (pid {}, CPython {})", p.name, p.pid, p.version),
+        let target = match session.first_described() {
+            Some(p) => p,
             None => "all Python processes".to_string(),
         };
         Self {
@@ -299,6 +299,8 @@ impl Screen {
         );
         let gil = (stats.get(Stat::GilHeld), stats.get(Stat::Recorded));
         header.gil_pct = model::gil_pct(self.gil_tallies, gil);
+        header.free_threaded =
+            !self.now.processes.is_empty() && self.now.processes.iter().all(|p| p.free_threaded());
         self.header = Some(header);
         self.kernel_samples = kernel;
         self.gil_tallies = gil;

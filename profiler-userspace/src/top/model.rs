@@ -111,6 +111,8 @@ pub struct Header {
     pub active_pct: f64,
     /// Share of the interval's recorded samples whose thread held the GIL, when there were any.
     pub gil_pct: Option<f64>,
+    /// Every process watched is a free-threaded build: there is no GIL to share.
+    pub free_threaded: bool,
 }
 
 /// `interval_samples` counts every sample of the target in the interval (inside Python or
@@ -134,6 +136,7 @@ pub fn header(
             0.0
         },
         gil_pct: None,
+        free_threaded: false,
     }
 }
 

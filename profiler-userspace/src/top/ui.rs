@@ -45,10 +45,11 @@ pub fn draw(frame: &mut Frame, v: &View) {
     );
     let numbers_text = match v.header {
         Some(h) => {
-            let gil = h
-                .gil_pct
-                .map(|g| format!("   GIL {g:.1}%"))
-                .unwrap_or_default();
+            let gil = match (h.free_threaded, h.gil_pct) {
+                (true, _) => "   free-threaded: no GIL".to_string(),
+                (false, Some(g)) => format!("   GIL {g:.1}%"),
+                (false, None) => String::new(),
+            };
             format!(
                 "Total Samples {}   Achieved {:.1} samples/s (--rate {})   Threads {}   Active {:.1}%{gil}",
                 h.samples, h.achieved_rate, v.rate_hz, h.threads, h.active_pct
