@@ -86,7 +86,10 @@ pub struct DumpConfig {
 /// One thread as printed.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ThreadDump {
+    /// The kernel's thread id, as prof-bpf's pid namespace numbers it.
     pub tid: u64,
+    /// Its id inside the process's own pid namespace (a container's), when that is not ours.
+    pub ns_tid: Option<u64>,
     /// `/proc/PID/task/TID/comm`, if the thread still exists.
     pub name: Option<String>,
     /// The kernel's state letter and its meaning (`S sleeping`, `R running`, ...).
@@ -100,7 +103,7 @@ pub fn run(cfg: &DumpConfig, out: &mut impl Write) -> Result<(), DumpError> {
     let p = discover::inspect(cfg.pid)?;
     let mem = process::open_memory(p.pid)?;
     // Where the interpreter publishes its layout (3.13+), that one.
-    let (layout, _) = python::layout_of(&mem, p.version, p.runtime_addr)
+    let (layout, _) = python::layout_of(&mem, p.version, p.runtime_addr, p.runtime_size)
         .map_err(|source| DumpError::Unsupported { pid: p.pid, source })?;
     let threads = if cfg.native {
         let (threads, paused) = dump_native(&p, &layout, cfg.frames)?;
@@ -112,7 +115,7 @@ pub fn run(cfg: &DumpConfig, out: &mut impl Write) -> Result<(), DumpError> {
     } else {
         dump(&p, &layout, cfg.frames)?
     };
-    out.write_all(render(&p, &threads).as_bytes())?;
+    out.write_all(render(&p, &layout.version_name(), &threads).as_bytes())?;
     out.flush()?;
     Ok(())
 }
@@ -127,7 +130,7 @@ pub fn dump(
     let mut attempt = 0;
     let stacks = loop {
         attempt += 1;
-        match walk_threads(&mem, &layout.target_info(p.runtime_addr)) {
+        match walk_threads(&mem, &layout.target_info_of(p)) {
             Ok(s) => break s,
             Err(_) if attempt < ATTEMPTS && p.is_alive() => {
                 std::thread::sleep(std::time::Duration::from_millis(10));
@@ -139,9 +142,10 @@ pub fn dump(
         }
     };
     let mut names = Names::new(p, layout, options);
+    let ids = ThreadIds::of(p);
     let mut threads: Vec<ThreadDump> = stacks
         .iter()
-        .map(|t| thread_dump(p.pid, t, names.frames(t, None, None)))
+        .map(|t| thread_dump(p.pid, &ids, t, names.frames(t, None, None)))
         .collect();
     threads.sort_by_key(|t| t.tid);
     Ok(threads)
@@ -192,9 +196,39 @@ impl Names {
     }
 }
 
+/// How the interpreter's thread ids (`native_thread_id`) map to the kernel's: the same, or,
+/// for a process in a container, its namespace's ids mapped to ours.
+struct ThreadIds {
+    /// Host tid by namespace tid; None when the process is in our pid namespace.
+    host: Option<HashMap<u32, u32>>,
+}
+
+impl ThreadIds {
+    fn of(p: &PythonProcess) -> Self {
+        Self {
+            host: p
+                .pid_namespace
+                .map(|_| process::namespace::host_tids(p.pid)),
+        }
+    }
+
+    /// (our tid, the tid inside the container) of a thread the interpreter names `tid`.
+    fn resolve(&self, tid: u64) -> (u64, Option<u64>) {
+        match &self.host {
+            None => (tid, None),
+            Some(host) => {
+                let ours = u32::try_from(tid).ok().and_then(|t| host.get(&t));
+                // A thread gone since: its id inside stands alone.
+                (ours.map_or(tid, |&h| h as u64), Some(tid))
+            }
+        }
+    }
+}
+
 /// A thread as printed: its frames (leaf first) and what /proc says of it now.
-fn thread_dump(pid: u32, t: &ThreadStack, frames: Vec<Frame>) -> ThreadDump {
-    let task = format!("/proc/{pid}/task/{}", t.tid);
+fn thread_dump(pid: u32, ids: &ThreadIds, t: &ThreadStack, frames: Vec<Frame>) -> ThreadDump {
+    let (tid, ns_tid) = ids.resolve(t.tid);
+    let task = format!("/proc/{pid}/task/{tid}");
     let name = fs::read_to_string(format!("{task}/comm"))
         .ok()
         .map(|s| s.trim_end().to_string());
@@ -202,7 +236,8 @@ fn thread_dump(pid: u32, t: &ThreadStack, frames: Vec<Frame>) -> ThreadDump {
         .ok()
         .and_then(|s| Some(state_name(s.rsplit_once(')')?.1.split_whitespace().next()?)));
     ThreadDump {
-        tid: t.tid,
+        tid,
+        ns_tid,
         name,
         state,
         frames,
@@ -237,7 +272,7 @@ pub fn dump_native(
             e => e.into(),
         }
     })?;
-    let mut target = layout.target_info(p.runtime_addr);
+    let mut target = layout.target_info_of(p);
     target.frame_is_entry = layout.entry_flag;
 
     let stopped = ptrace::stop_threads(pid)?;
@@ -276,9 +311,11 @@ pub fn dump_native(
     // A library mapped between building the tables and stopping the threads: add it.
     let _ = tables.refresh(pid, &mut maps);
     let mut names = Names::new(p, layout, options);
+    let ids = ThreadIds::of(p);
     let mut threads = Vec::new();
     for t in &stacks {
-        let frames = match captured.get(&t.tid) {
+        let (tid, _) = ids.resolve(t.tid);
+        let frames = match captured.get(&tid) {
             Some(c) => {
                 let regs = (c.regs.rip, c.regs.rsp, c.regs.rbp);
                 let native = unwind(maps.tables(pid), regs, &c.stack);
@@ -289,12 +326,12 @@ pub fn dump_native(
                 )
             }
             // Not stopped: it exited before it could be.
-            None if !fs::exists(format!("/proc/{pid}/task/{}", t.tid)).unwrap_or(false) => {
+            None if !fs::exists(format!("/proc/{pid}/task/{tid}")).unwrap_or(false) => {
                 continue;
             }
             None => names.frames(t, None, None),
         };
-        threads.push(thread_dump(pid, t, frames));
+        threads.push(thread_dump(pid, &ids, t, frames));
     }
     threads.sort_by_key(|t| t.tid);
     Ok((threads, paused))
@@ -315,19 +352,26 @@ fn state_name(letter: &str) -> String {
 
 /// py-spy's layout: a line per process, then per thread its id, name and state, and its frames
 /// leaf first, indented.
-pub fn render(p: &PythonProcess, threads: &[ThreadDump]) -> String {
+pub fn render(p: &PythonProcess, version: &str, threads: &[ThreadDump]) -> String {
     let mut out = String::new();
+    let ns = p
+        .ns_pid
+        .map(|n| format!(" (pid {n} in its namespace)"))
+        .unwrap_or_default();
     let _ = writeln!(
         out,
-        "Process {}: {} ({}, CPython {})",
+        "Process {}{ns}: {} ({}, CPython {})",
         p.pid,
         p.name,
         p.binary.display(),
-        p.version
+        version
     );
     for t in threads {
         let _ = writeln!(out);
         let _ = write!(out, "Thread {}", t.tid);
+        if let Some(ns_tid) = t.ns_tid {
+            let _ = write!(out, " (tid {ns_tid} in its namespace)");
+        }
         if let Some(name) = &t.name {
             let _ = write!(out, " \"{name}\"");
         }
@@ -364,12 +408,16 @@ mod tests {
             binary: "/usr/bin/python3.11".into(),
             version: python::Version::new(3, 11),
             runtime_addr: 0,
+            runtime_size: None,
             start_time: 0,
+            ns_pid: None,
+            pid_namespace: None,
         };
         let f = |name: &str, line| Frame::python(name, "a.py", line);
         let threads = vec![
             ThreadDump {
                 tid: 10,
+                ns_tid: None,
                 name: Some("python3".into()),
                 state: Some(state_name("S")),
                 frames: vec![f("wait", 3), f("<module>", 9)],
@@ -377,6 +425,7 @@ mod tests {
             },
             ThreadDump {
                 tid: 11,
+                ns_tid: None,
                 name: None,
                 state: None,
                 frames: vec![],
@@ -384,7 +433,7 @@ mod tests {
             },
         ];
         assert_eq!(
-            render(&p, &threads),
+            render(&p, "3.11", &threads),
             "Process 10: python3 (/usr/bin/python3.11, CPython 3.11)\n\n\
              Thread 10 \"python3\" (sleeping)\n    wait (a.py:3)\n    <module> (a.py:9)\n\n\
              Thread 11\n    (no Python frame: idle or outside Python code)\n"

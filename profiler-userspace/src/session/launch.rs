@@ -14,7 +14,7 @@ use std::{
 use super::{SessionError, StopReason, supported_layout};
 use crate::{
     privilege,
-    process::ProcessError,
+    process::{self, ProcessError},
     python::{
         Layout,
         discover::{PythonProcess, find_python_cheaply},
@@ -60,7 +60,11 @@ pub fn launch(cmd: &[String]) -> Result<Child, SessionError> {
 }
 
 /// Polls the launched command until its interpreter is mapped (a launcher script may exec
-/// Python later), it exits, or the timeout passes.
+/// Python later), it exits, or the timeout passes. A command that is not Python itself but
+/// starts one (`unshare --pid --fork chroot ROOT python ...`, `sh -c "python ..."`, `sudo -u`)
+/// is followed to its first Python descendant, which is then the process profiled; stderr says
+/// so. (py-spy follows such a launcher only with `--subprocesses`; without it there is nothing
+/// to profile, so following is what a user means.)
 pub fn wait_for_python(
     child: &mut Child,
     program: &str,
@@ -68,6 +72,8 @@ pub fn wait_for_python(
 ) -> Result<(PythonProcess, Layout), SessionError> {
     let pid = child.id();
     let started = Instant::now();
+    // A mapped file that could not be opened, if that is what kept us from the interpreter.
+    let mut unreadable = None;
     loop {
         if let Some(status) = child.try_wait().map_err(|source| SessionError::Launch {
             program: program.into(),
@@ -83,23 +89,44 @@ pub fn wait_for_python(
                 let layout = supported_layout(&p)?;
                 return Ok((p, layout));
             }
-            Ok(None) => {}
+            Ok(None) => {
+                if let Some(p) = python_descendant(pid) {
+                    crate::note!(
+                        "prof-bpf: `{program}` (pid {pid}) is not Python; profiling its descendant {} (pid {})",
+                        p.name,
+                        p.pid
+                    );
+                    let layout = supported_layout(&p)?;
+                    return Ok((p, layout));
+                }
+            }
             // Exec in progress or the child just exited: look again.
             Err(
                 ProcessError::Exited { .. }
                 | ProcessError::NoSuchProcess { .. }
                 | ProcessError::Io { .. },
             ) => {}
+            Err(e @ ProcessError::MappedFile { .. }) => unreadable = Some(e),
             Err(e) => return Err(e.into()),
         }
         if started.elapsed() > LAUNCH_TIMEOUT || stop.load(Ordering::Relaxed) {
-            return Err(SessionError::LaunchedNotPython {
-                program: program.into(),
-                pid,
+            return Err(match unreadable {
+                Some(e) => e.into(),
+                None => SessionError::LaunchedNotPython {
+                    program: program.into(),
+                    pid,
+                },
             });
         }
         thread::sleep(Duration::from_millis(5));
     }
+}
+
+/// The first descendant of `pid` with a Python interpreter in it, nearest first.
+fn python_descendant(pid: u32) -> Option<PythonProcess> {
+    process::descendants(pid)
+        .into_iter()
+        .find_map(|child| find_python_cheaply(child).ok().flatten())
 }
 
 /// A launched command still running when recording stops is ended, as py-spy does.

@@ -70,6 +70,11 @@ pub enum SessionError {
     #[error("`{program}` (pid {pid}) loaded no Python interpreter within {}s: it is not a Python program", LAUNCH_TIMEOUT.as_secs())]
     LaunchedNotPython { program: String, pid: u32 },
     #[error(
+        "pid {pid}: --gil keeps only samples of threads holding the GIL, but python {version} is \
+         a free-threaded build (free-threaded: no GIL)"
+    )]
+    GilFreeThreaded { pid: u32, version: String },
+    #[error(
         "--rate {rate} is above the kernel's limit of {max} samples per second (/proc/sys/kernel/perf_event_max_sample_rate)"
     )]
     RateTooHigh { rate: u64, max: u64 },
@@ -204,6 +209,7 @@ impl Session {
             Target::Pid(pid) => {
                 let p = discover::inspect(*pid)?;
                 let layout = supported_layout(&p)?;
+                check_gil(&p, &layout, options)?;
                 (start_sampler()?, Some((p, layout)), None)
             }
             Target::Launch(cmd) => {
@@ -215,7 +221,9 @@ impl Session {
                 let first = if options.subprocesses {
                     None
                 } else {
-                    match launch::wait_for_python(&mut c, &cmd[0], stop) {
+                    match launch::wait_for_python(&mut c, &cmd[0], stop).and_then(|(p, layout)| {
+                        check_gil(&p, &layout, options).map(|()| (p, layout))
+                    }) {
                         Ok(found) => Some(found),
                         Err(e) => {
                             let _ = c.kill();
@@ -228,9 +236,12 @@ impl Session {
             }
             Target::All => (start_sampler()?, None, None),
         };
-        let root = match (target, &child) {
-            (Target::Pid(pid), _) => Some(*pid),
-            (_, Some(c)) => Some(c.id()),
+        // A launcher (`unshare ... chroot ROOT python`, a shell) whose Python is a descendant:
+        // that process is the one watched.
+        let root = match (target, &child, &first) {
+            (Target::Pid(pid), _, _) => Some(*pid),
+            (_, Some(_), Some((p, _))) => Some(p.pid),
+            (_, Some(c), None) => Some(c.id()),
             _ => None,
         };
         let watcher = Watcher::new(match (root, options.subprocesses) {
@@ -272,12 +283,13 @@ impl Session {
     /// Registers a Python process with the kernel, the collector and the namer. With
     /// `--native` its unwind tables go first, so its first samples already unwind.
     fn register(&mut self, p: PythonProcess, layout: Layout) -> Result<(), SessionError> {
-        let mut info = layout.target_info(p.runtime_addr);
+        let mut info = layout.target_info_of(&p);
         let pid = p.pid;
         self.collector.add_process(ProcessInfo {
             pid,
             name: p.name.clone(),
-            version: p.version.to_string(),
+            version: layout.version_name(),
+            ns_pid: p.ns_pid,
         });
         self.first.get_or_insert_with(|| p.clone());
         self.interpreters.insert(pid, Interpreter::new(p, layout));
@@ -322,6 +334,19 @@ impl Session {
     /// The process named by `--pid` or launched (or the first found), if it is Python.
     pub fn first_process(&self) -> Option<&PythonProcess> {
         self.first.as_ref()
+    }
+
+    /// `first_process` as the summary names it: `python3.13t (pid 42, CPython 3.13t)`, with
+    /// its pid in a container where it has one.
+    pub fn first_described(&self) -> Option<String> {
+        let pid = self.first.as_ref()?.pid;
+        let info = self
+            .collector
+            .processes()
+            .iter()
+            .rev()
+            .find(|p| p.pid == pid)?;
+        Some(info.describe())
     }
 
     /// The pid of the process named by `--pid` or launched.
@@ -401,8 +426,12 @@ impl Session {
         }
         for (key, n) in counts {
             self.name_stack(key.pid, key.stack_id);
-            self.collector
-                .add_count(key, n, || process::thread_name(key.pid, key.tid));
+            self.collector.add_count(key, n, || {
+                (
+                    process::thread_name(key.pid, key.tid),
+                    process::namespace::ns_tid(key.pid, key.tid),
+                )
+            });
         }
         Ok(())
     }
@@ -418,7 +447,9 @@ impl Session {
                     self.collector.remove_process(pid);
                     self.interpreters.remove(&pid);
                 }
-                Change::Started(p) => match supported_layout(&p) {
+                Change::Started(p) => match supported_layout(&p)
+                    .and_then(|layout| check_gil(&p, &layout, self.options).map(|()| layout))
+                {
                     Ok(layout) => self.register(p, layout)?,
                     // Gone before it could be registered: nothing was missed.
                     Err(SessionError::Process(
@@ -547,10 +578,11 @@ fn classify(pid: u32, stat: &process::ProcStat, exe: &std::path::Path) -> Verdic
 
 /// The layout of the process's Python (published by the interpreter where it does so), or the
 /// error naming its unsupported version. Says so on stderr when the published layout differs
-/// from the built-in table or could not be used.
+/// from the built-in table or could not be used, and when a version newer than any table is
+/// profiled from what it publishes (after checking that against the live process).
 pub(crate) fn supported_layout(p: &PythonProcess) -> Result<Layout, SessionError> {
     let mem = process::open_memory(p.pid)?;
-    let (layout, source) = python::layout_of(&mem, p.version, p.runtime_addr)
+    let (layout, source) = python::layout_of(&mem, p.version, p.runtime_addr, p.runtime_size)
         .map_err(|source| SessionError::Unsupported { pid: p.pid, source })?;
     match source {
         LayoutSource::Published(differences) => {
@@ -565,14 +597,44 @@ pub(crate) fn supported_layout(p: &PythonProcess) -> Result<Layout, SessionError
                 );
             }
         }
+        LayoutSource::Newer => {
+            python::check_live(&mem, &layout, p).map_err(|why| SessionError::Unsupported {
+                pid: p.pid,
+                source: UnsupportedVersion::Newer {
+                    version: p.version,
+                    why,
+                },
+            })?;
+            crate::note!(
+                "prof-bpf: warning: pid {}: python {} is newer than prof-bpf's tables (up to {}); profiling it from the layout it publishes (_Py_DebugOffsets), which checks out",
+                p.pid,
+                layout.version_name(),
+                python::NEWEST
+            );
+        }
         LayoutSource::Fallback(why) => crate::note!(
             "prof-bpf: warning: pid {}: {why}; using the built-in python {} layout",
             p.pid,
             p.version
         ),
-        LayoutSource::Builtin => {}
+        LayoutSource::Builtin | LayoutSource::FreeThreaded => {}
     }
     Ok(layout)
+}
+
+/// Fails when `--gil` asks for GIL holders of a free-threaded build, which has no GIL.
+fn check_gil(
+    p: &PythonProcess,
+    layout: &Layout,
+    options: SessionOptions,
+) -> Result<(), SessionError> {
+    if options.sampler.gil_only && layout.free_threaded {
+        return Err(SessionError::GilFreeThreaded {
+            pid: p.pid,
+            version: layout.version_name(),
+        });
+    }
+    Ok(())
 }
 
 /// Fails when the kernel would refuse `rate` samples per second.

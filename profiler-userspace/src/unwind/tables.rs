@@ -2,13 +2,15 @@
 //! mapped file's table once (`cfi`), places it in the shared row array, and writes the process's
 //! sorted mapping list. Called again on every drain, it picks up libraries mapped later (an
 //! `import numpy` mid-run). Also remembers every mapping it saw, so native addresses can be
-//! named after the process has exited.
+//! named after the process has exited. Files are read as the process maps them
+//! (`process::open_mapped`): a process in a container unwinds through its own libraries (its
+//! libc, not the host's), and nothing is opened by a path the container controls.
 
 use std::{
     collections::HashMap,
     fs,
     io::{self, Read as _, Seek as _, SeekFrom},
-    path::{Path, PathBuf},
+    path::PathBuf,
     sync::Arc,
 };
 
@@ -38,7 +40,9 @@ pub struct KnownMapping {
     pub bias: u64,
     /// The file as the process names it (`[vdso]` for the vDSO).
     pub name: String,
-    /// The file to read, from our mount namespace (None for the vDSO).
+    /// A path to the very file mapped, to read its symbols, even after the process exited:
+    /// the file's own path where that is the same file in our mount namespace, else
+    /// `/proc/self/fd/N` of a descriptor kept open for it (None for the vDSO).
     pub path: Option<PathBuf>,
     /// The vDSO's image, copied from the process (it has no file).
     pub image: Option<Arc<[u8]>>,
@@ -62,6 +66,10 @@ struct FileInfo {
     segments: Vec<Segment>,
     /// The vDSO's image (kept to name its functions).
     image: Option<Arc<[u8]>>,
+    /// Where its symbols are read from (see `KnownMapping::path`), and the descriptor that
+    /// path needs kept open, if it needs one.
+    path: Option<PathBuf>,
+    _open: Option<Arc<fs::File>>,
 }
 
 /// What loading tables met, for the summary.
@@ -77,8 +85,8 @@ pub struct LoadStats {
 
 #[derive(Default)]
 pub struct NativeTables {
-    /// By (path, size, mtime): one table per file content.
-    files: HashMap<(PathBuf, u64, i64), FileInfo>,
+    /// By file identity (device, inode, size, mtime; the vDSO by its size): one table per file.
+    files: HashMap<FileKey, FileInfo>,
     next_chunk: u32,
     next_page_chunk: u32,
     /// Per pid: the executable mappings last written, and every one ever seen.
@@ -116,16 +124,24 @@ impl NativeTables {
 
         // Mappings of files already placed first, then each new file's as soon as its table is
         // in: samples in the libraries loaded so far unwind while a big one is still parsed.
-        let (ready, pending): (Vec<_>, Vec<_>) = exec
-            .iter()
-            .partition(|(m, name)| self.files.contains_key(&self.file_key(pid, name, m)));
+        let mut ready = Vec::new();
+        let mut pending = Vec::new();
+        for (m, name) in &exec {
+            match identify(pid, m, name) {
+                Ok((file, opened)) if self.files.contains_key(&file) => {
+                    ready.push((m, name, file, opened))
+                }
+                Ok((file, opened)) => pending.push((m, name, file, opened)),
+                Err(e) => self.note_failure(name, &e.to_string()),
+            }
+        }
         let mut out = Vec::new();
-        for (m, name) in ready {
-            self.add_mapping(pid, m, name, maps, &mut out)?;
+        for (m, name, file, opened) in ready {
+            self.add_mapping(pid, (m, name), file, opened, maps, &mut out)?;
         }
         self.write_mappings(pid, &mut out, maps)?;
-        for (m, name) in pending {
-            if self.add_mapping(pid, m, name, maps, &mut out)? {
+        for (m, name, file, opened) in pending {
+            if self.add_mapping(pid, (m, name), file, opened, maps, &mut out)? {
                 self.write_mappings(pid, &mut out, maps)?;
             }
         }
@@ -133,44 +149,52 @@ impl NativeTables {
         Ok(true)
     }
 
-    /// Places `m`'s file (building its table if new) and adds it to `out`. Returns whether it
-    /// was added.
+    /// Places mapping `m` named `name` (its file's identity `file`, the file opened as mapped
+    /// unless it is the vDSO), building the file's table if new, and adds it to `out`. Returns
+    /// whether it was added.
     fn add_mapping(
         &mut self,
         pid: u32,
-        m: &Mapping,
-        name: &str,
+        (m, name): (&Mapping, &str),
+        file: FileKey,
+        opened: Option<fs::File>,
         maps: &mut impl UnwindMaps,
         out: &mut Vec<NativeMapping>,
     ) -> io::Result<bool> {
-        let path = (name != "[vdso]").then(|| file_path(pid, name));
-        let key = self.file_key(pid, name, m);
-        if !self.files.contains_key(&key) {
-            let data = match &path {
+        if !self.files.contains_key(&file) {
+            let data = match &opened {
                 None => read_memory(pid, m.start, m.end - m.start)?,
-                Some(path) => match fs::read(path) {
-                    Ok(d) => d,
-                    Err(e) => {
+                Some(f) => {
+                    let mut data = Vec::new();
+                    if let Err(e) = (&*f).read_to_end(&mut data) {
                         self.note_failure(name, &e.to_string());
                         return Ok(false);
                     }
-                },
+                    data
+                }
             };
             let segments = segments(&data);
             let placed = self.place(&data, name, maps)?;
+            let (path, open) = match opened {
+                None => (None, None),
+                Some(f) => symbols_path(m, f),
+            };
             let image = path.is_none().then(|| Arc::from(data));
             self.files.insert(
-                key.clone(),
+                file.clone(),
                 FileInfo {
                     placed,
                     segments,
                     image,
+                    path,
+                    _open: open,
                 },
             );
         }
-        let info = &self.files[&key];
+        let info = &self.files[&file];
         let placed = info.placed;
         let image = info.image.clone();
+        let path = info.path.clone();
         let Some(bias) = load_bias(&info.segments, m, path.is_none()) else {
             self.note_failure(name, "no loadable segment covers the mapping");
             return Ok(false);
@@ -219,15 +243,6 @@ impl NativeTables {
         let n = value.len as usize;
         value.mappings[..n].copy_from_slice(&out[..n]);
         maps.write_mappings(pid, &value)
-    }
-
-    /// Identifies a file's content: (name, size, mtime), or the mapping's size for the vDSO.
-    fn file_key(&self, pid: u32, name: &str, m: &Mapping) -> (PathBuf, u64, i64) {
-        use std::os::unix::fs::MetadataExt as _;
-        match fs::metadata(file_path(pid, name)) {
-            Ok(md) if name != "[vdso]" => (PathBuf::from(name), md.size(), md.mtime()),
-            _ => (PathBuf::from(name), m.end - m.start, 0),
-        }
     }
 
     /// Every executable mapping `pid` was seen with.
@@ -348,15 +363,43 @@ fn load_bias(segments: &[Segment], m: &Mapping, whole_image: bool) -> Option<u64
     Some(m.start.wrapping_sub(seg.address & !(PAGE - 1)))
 }
 
-/// The file `name` mapped in `pid`, as seen from the process's root; the plain path when that
-/// root is ours, so it can still be read for symbols after the process exited.
-fn file_path(pid: u32, name: &str) -> PathBuf {
-    let root = crate::process::proc_dir(pid).join("root");
-    let same_root = fs::read_link(&root).is_ok_and(|r| r == Path::new("/"));
-    if same_root {
-        PathBuf::from(name)
-    } else {
-        root.join(name.trim_start_matches('/'))
+/// A file's identity: (device, inode, size, mtime), or the vDSO's size.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+enum FileKey {
+    File(u64, u64, u64, i64),
+    Vdso(u64),
+}
+
+/// The identity of mapping `m`'s file and the file opened as mapped (None for the vDSO, which
+/// has no file and is known by its size).
+fn identify(pid: u32, m: &Mapping, name: &str) -> io::Result<(FileKey, Option<fs::File>)> {
+    use std::os::unix::fs::MetadataExt as _;
+    if name == "[vdso]" {
+        return Ok((FileKey::Vdso(m.end - m.start), None));
+    }
+    let file = crate::process::open_mapped(pid, m)?;
+    let md = file.metadata()?;
+    Ok((
+        FileKey::File(md.dev(), md.ino(), md.size(), md.mtime()),
+        Some(file),
+    ))
+}
+
+/// Where the symbols of `file` (opened as mapping `m` maps it) are read from: its own path
+/// when that names the same file in our mount namespace (a process on the host), else
+/// `/proc/self/fd/N` of `file`, kept open (a container's file, or one replaced since).
+fn symbols_path(m: &Mapping, file: fs::File) -> (Option<PathBuf>, Option<Arc<fs::File>>) {
+    use std::os::{fd::AsRawFd as _, unix::fs::MetadataExt as _};
+    let same = |p: &PathBuf| {
+        let (here, mapped) = (fs::metadata(p).ok()?, file.metadata().ok()?);
+        Some((here.dev(), here.ino()) == (mapped.dev(), mapped.ino()))
+    };
+    match &m.path {
+        Some(p) if same(p) == Some(true) => (Some(p.clone()), None),
+        _ => {
+            let path = PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()));
+            (Some(path), Some(Arc::new(file)))
+        }
     }
 }
 
@@ -529,6 +572,8 @@ mod tests {
             end: start + 0x1000,
             offset,
             perms: "r-xp".into(),
+            dev: 0,
+            inode: 0,
             path: None,
         };
         assert_eq!(
