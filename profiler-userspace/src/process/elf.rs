@@ -94,6 +94,13 @@ pub fn inspect_file(
     Ok(info)
 }
 
+/// The GNU build id of an ELF image, as the hex string debug file names use.
+pub fn build_id(data: &[u8]) -> Option<String> {
+    let file = object::File::parse(data).ok()?;
+    let id = file.build_id().ok()??;
+    Some(id.iter().map(|b| format!("{b:02x}")).collect())
+}
+
 /// The symbols `names` of an ELF image (first from `.dynsym`, then `.symtab`), the sections
 /// `sections`, and its load layout.
 pub fn inspect(data: &[u8], names: &[&str], sections: &[&str]) -> Result<ElfInfo, object::Error> {

@@ -7,16 +7,21 @@
 //! very file the process mapped whatever its name. Where the kernel does not allow that
 //! (map_files needs CAP_SYS_ADMIN or CAP_CHECKPOINT_RESTORE), the path is opened without
 //! following any symlink and kept only if it is the mapped file (same device and inode).
+//!
+//! Files a process does not map but prof-bpf wants from its root file system (the debug
+//! symbols of a library, installed in the container) are opened by a path resolved inside
+//! that root (`openat2` with `RESOLVE_IN_ROOT`): a symlink in the container points within the
+//! container, never at the host's files.
 
 use std::{
     ffi::CString,
     fs::File,
     io,
     os::{
-        fd::{FromRawFd as _, OwnedFd},
+        fd::{AsRawFd as _, FromRawFd as _, OwnedFd, RawFd},
         unix::{ffi::OsStrExt as _, fs::MetadataExt as _},
     },
-    path::PathBuf,
+    path::{Path, PathBuf},
 };
 
 use super::Mapping;
@@ -39,6 +44,18 @@ pub fn map_files_entry(pid: u32, m: &Mapping) -> PathBuf {
         .join(format!("{:x}-{:x}", m.start, m.end))
 }
 
+/// Opens `path` (absolute, as the process sees it) in process `pid`'s root file system, every
+/// symlink resolved inside that root.
+pub fn open_in_root(pid: u32, path: &Path) -> io::Result<File> {
+    let root = File::open(super::proc_dir(pid).join("root"))?;
+    let relative = path.strip_prefix("/").unwrap_or(path);
+    openat2(
+        root.as_raw_fd(),
+        relative,
+        libc::RESOLVE_IN_ROOT | libc::RESOLVE_NO_MAGICLINKS,
+    )
+}
+
 fn is_not_permitted(e: &io::Error) -> bool {
     matches!(e.raw_os_error(), Some(libc::EPERM | libc::EACCES))
 }
@@ -50,18 +67,36 @@ fn open_by_path_checked(m: &Mapping) -> io::Result<File> {
         .path
         .as_ref()
         .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "anonymous mapping"))?;
+    let file = openat2(
+        libc::AT_FDCWD,
+        path,
+        libc::RESOLVE_NO_SYMLINKS | libc::RESOLVE_NO_MAGICLINKS,
+    )?;
+    let meta = file.metadata()?;
+    if (meta.dev(), meta.ino()) != (m.dev, m.inode) {
+        return Err(io::Error::new(
+            io::ErrorKind::NotFound,
+            format!("{} is not the file the process maps", path.display()),
+        ));
+    }
+    Ok(file)
+}
+
+/// `openat2(dir, path, O_RDONLY | O_CLOEXEC, resolve)` (Linux 5.6+).
+fn openat2(dir: RawFd, path: &Path, resolve: u64) -> io::Result<File> {
     let c_path = CString::new(path.as_os_str().as_bytes())
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path with a NUL byte"))?;
     // SAFETY: open_how is plain data; zeroed is a valid value, then the fields are set.
     let mut how: libc::open_how = unsafe { std::mem::zeroed() };
     how.flags = (libc::O_RDONLY | libc::O_CLOEXEC) as u64;
-    how.resolve = libc::RESOLVE_NO_SYMLINKS | libc::RESOLVE_NO_MAGICLINKS;
-    // SAFETY: a valid NUL-terminated path and a valid open_how of the size passed; the kernel
-    // returns a new descriptor or an error.
+    how.resolve = resolve;
+    // SAFETY: a valid NUL-terminated path and a valid open_how of the size passed; `dir` is a
+    // descriptor the caller holds open (or AT_FDCWD); the kernel returns a new descriptor or an
+    // error.
     let fd = unsafe {
         libc::syscall(
             libc::SYS_openat2,
-            libc::AT_FDCWD,
+            dir,
             c_path.as_ptr(),
             &how as *const libc::open_how,
             std::mem::size_of::<libc::open_how>(),
@@ -71,15 +106,7 @@ fn open_by_path_checked(m: &Mapping) -> io::Result<File> {
         return Err(io::Error::last_os_error());
     }
     // SAFETY: the kernel just returned this descriptor to us; nothing else owns it.
-    let file = File::from(unsafe { OwnedFd::from_raw_fd(fd as i32) });
-    let meta = file.metadata()?;
-    if (meta.dev(), meta.ino()) != (m.dev, m.inode) {
-        return Err(io::Error::new(
-            io::ErrorKind::NotFound,
-            format!("{} is not the file the process maps", path.display()),
-        ));
-    }
-    Ok(file)
+    Ok(File::from(unsafe { OwnedFd::from_raw_fd(fd as i32) }))
 }
 
 #[cfg(test)]
@@ -127,6 +154,33 @@ mod tests {
         };
         let err = open_by_path_checked(&m).unwrap_err();
         assert_eq!(err.raw_os_error(), Some(libc::ELOOP), "{err}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// Inside a process's root, an absolute symlink stays in that root. (Our own root is `/`,
+    /// so the test builds a root: a chroot is not needed to see `RESOLVE_IN_ROOT` at work.)
+    #[test]
+    fn paths_in_a_root_stay_in_it() {
+        let dir = std::env::temp_dir().join(format!("prof-bpf-root-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("etc")).unwrap();
+        std::fs::write(dir.join("etc/inside"), "inside").unwrap();
+        std::os::unix::fs::symlink("/etc/inside", dir.join("link")).unwrap();
+        let root = File::open(&dir).unwrap();
+        let resolve = libc::RESOLVE_IN_ROOT | libc::RESOLVE_NO_MAGICLINKS;
+        let mut text = String::new();
+        std::io::Read::read_to_string(
+            &mut openat2(root.as_raw_fd(), Path::new("link"), resolve).unwrap(),
+            &mut text,
+        )
+        .unwrap();
+        assert_eq!(text, "inside");
+        let escape = openat2(
+            root.as_raw_fd(),
+            Path::new("../../../etc/hostname"),
+            resolve,
+        );
+        assert!(escape.is_err(), "no way out of the root");
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -14,7 +14,7 @@ pub mod watch;
 
 use std::{fs, io, path::PathBuf};
 
-pub use files::{map_files_entry, open_mapped};
+pub use files::{map_files_entry, open_in_root, open_mapped};
 pub use maps::{Mapping, load_bias, parse_maps, read_maps};
 pub use memory::{LocalMemory, ProcMem, ProcessMemory};
 

@@ -177,7 +177,7 @@ impl NativeTables {
             let placed = self.place(&data, name, maps)?;
             let (path, open) = match opened {
                 None => (None, None),
-                Some(f) => symbols_path(m, f),
+                Some(f) => symbols_path(pid, m, f, &data),
             };
             let image = path.is_none().then(|| Arc::from(data));
             self.files.insert(
@@ -385,21 +385,42 @@ fn identify(pid: u32, m: &Mapping, name: &str) -> io::Result<(FileKey, Option<fs
     ))
 }
 
-/// Where the symbols of `file` (opened as mapping `m` maps it) are read from: its own path
-/// when that names the same file in our mount namespace (a process on the host), else
-/// `/proc/self/fd/N` of `file`, kept open (a container's file, or one replaced since).
-fn symbols_path(m: &Mapping, file: fs::File) -> (Option<PathBuf>, Option<Arc<fs::File>>) {
+/// Where the symbols of `file` (opened as mapping `m` of `pid` maps it, its contents `data`)
+/// are read from:
+/// - its debug file (`/usr/lib/debug/.build-id/XX/YYYY.debug`, by its build id) in the
+///   process's own root file system, where one is installed: a Debian interpreter or libc is
+///   stripped to its exported symbols, and the eval loop's `.cold` part or `list_sort_impl`
+///   are only in there. Opened inside that root (a container's), kept open;
+/// - else its own path when that names the same file in our mount namespace (a process on the
+///   host);
+/// - else `/proc/self/fd/N` of `file`, kept open (a container's file, or one replaced since).
+fn symbols_path(
+    pid: u32,
+    m: &Mapping,
+    file: fs::File,
+    data: &[u8],
+) -> (Option<PathBuf>, Option<Arc<fs::File>>) {
     use std::os::{fd::AsRawFd as _, unix::fs::MetadataExt as _};
+    let kept = |f: fs::File| {
+        let path = PathBuf::from(format!("/proc/self/fd/{}", f.as_raw_fd()));
+        (Some(path), Some(Arc::new(f)))
+    };
+    let debug = crate::process::elf::build_id(data)
+        .filter(|id| id.len() > 2)
+        .and_then(|id| {
+            let path = format!("/usr/lib/debug/.build-id/{}/{}.debug", &id[..2], &id[2..]);
+            crate::process::open_in_root(pid, std::path::Path::new(&path)).ok()
+        });
+    if let Some(debug) = debug {
+        return kept(debug);
+    }
     let same = |p: &PathBuf| {
         let (here, mapped) = (fs::metadata(p).ok()?, file.metadata().ok()?);
         Some((here.dev(), here.ino()) == (mapped.dev(), mapped.ino()))
     };
     match &m.path {
         Some(p) if same(p) == Some(true) => (Some(p.clone()), None),
-        _ => {
-            let path = PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()));
-            (Some(path), Some(Arc::new(file)))
-        }
+        _ => kept(file),
     }
 }
 
