@@ -267,3 +267,196 @@ pub fn wait_for_cpu(pid: u32, seconds: f64) {
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
 }
+
+/// Where `scripts/setup` caches the interpreters bookworm lacks (`scripts/setup-pythons`).
+pub fn cache_dir() -> PathBuf {
+    env::var_os("PROF_BPF_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/cache/prof-bpf"))
+}
+
+/// An interpreter a test runs its fixtures with, and how it is run.
+#[derive(Clone, Debug)]
+pub enum Interp {
+    /// An executable on the host: pyenv's, Debian's, the free-threaded 3.13t.
+    Host(PathBuf),
+    /// An executable inside a root file system (Debian forky's python3.14 and python3.15), run
+    /// the way a container runs it: its own pid and mount namespace (`unshare --pid --mount
+    /// --fork`), its own /proc, the fixtures bind-mounted at /mnt, chroot. The Python is pid 1
+    /// there and a grandchild of the command started.
+    Container { root: PathBuf, exe: String },
+}
+
+/// An interpreter by name: what `python()` knows, "3.13t" (free-threaded, built by
+/// scripts/setup-pythons), and "forky-3.14" / "forky-3.15" (Debian forky's, in a container).
+/// A missing interpreter fails the test with what to run: these are not optional.
+pub fn interpreter(which: &str) -> Interp {
+    let missing = |path: &Path| -> ! {
+        panic!(
+            "{} is missing: run scripts/setup (as root), which installs it with scripts/setup-pythons",
+            path.display()
+        )
+    };
+    match which.strip_prefix("forky-") {
+        Some(version) => {
+            let root = cache_dir().join("forky");
+            let exe = format!("python{version}");
+            let path = root.join("usr/bin").join(&exe);
+            if !path.is_file() {
+                missing(&path);
+            }
+            Interp::Container { root, exe }
+        }
+        None if which == "3.13t" => {
+            let path = cache_dir().join("python3.13t/bin/python3.13t");
+            if !path.is_file() {
+                missing(&path);
+            }
+            Interp::Host(path)
+        }
+        None => Interp::Host(python(which)),
+    }
+}
+
+impl Interp {
+    /// The command that runs fixture `name` with `args` under this interpreter.
+    pub fn command(&self, name: &str, args: &[&str]) -> Command {
+        match self {
+            Interp::Host(path) => {
+                let mut c = Command::new(path);
+                c.arg(fixture(name)).args(args);
+                c
+            }
+            Interp::Container { root, exe } => {
+                let script = format!(
+                    "mount --bind '{}' '{root}/mnt' && mount -t proc proc '{root}/proc' && exec chroot '{root}' \"$@\"",
+                    crate::root().join("tests/fixtures").display(),
+                    root = root.display(),
+                );
+                let mut c = Command::new("unshare");
+                c.args(["--pid", "--mount", "--fork", "--kill-child", "sh", "-c"])
+                    .arg(script)
+                    .args(["sh", exe])
+                    .arg(self.fixture_path(name))
+                    .args(args);
+                c
+            }
+        }
+    }
+
+    /// Fixture `name` as the interpreter sees it (the file names in its frames).
+    pub fn fixture_path(&self, name: &str) -> PathBuf {
+        match self {
+            Interp::Host(_) => fixture(name),
+            Interp::Container { .. } => Path::new("/mnt").join(name),
+        }
+    }
+
+    pub fn is_container(&self) -> bool {
+        matches!(self, Interp::Container { .. })
+    }
+
+    /// The host pid of the Python that `started` (the command from `command`) runs: the process
+    /// itself on the host, its Python descendant in a container. Waits up to 10 s for it.
+    pub fn python_pid(&self, started: u32) -> u32 {
+        let Interp::Container { exe, .. } = self else {
+            return started;
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            if let Some(pid) = descendants(started).into_iter().find(|&p| {
+                std::fs::read_to_string(format!("/proc/{p}/comm"))
+                    .is_ok_and(|c| c.trim_end() == exe)
+            }) {
+                return pid;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no {exe} under pid {started} after 10 s"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    }
+
+    /// Whether `frame`, a thread root frame of a profile (`--threads`), is the thread the
+    /// fixture knows as `tid` (`threading.get_native_id()`: inside a container, its id there).
+    pub fn is_thread_root(&self, frame: &str, tid: u64) -> bool {
+        match self {
+            Interp::Host(_) => frame.starts_with(&format!("thread {tid} (")),
+            Interp::Container { .. } => {
+                frame.starts_with("thread ")
+                    && frame.ends_with(&format!(", tid {tid} in its namespace)"))
+            }
+        }
+    }
+}
+
+/// Every descendant of `pid` (children, grandchildren, ...).
+pub fn descendants(pid: u32) -> Vec<u32> {
+    let mut parent = std::collections::HashMap::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(p) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).unwrap_or_default();
+        if let Some(ppid) = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<u32>().ok())
+        {
+            parent.insert(p, ppid);
+        }
+    }
+    let mut out: Vec<u32> = parent
+        .keys()
+        .copied()
+        .filter(|&p| {
+            let mut at = p;
+            while let Some(&up) = parent.get(&at) {
+                if up == pid {
+                    return true;
+                }
+                if up <= 1 {
+                    return false;
+                }
+                at = up;
+            }
+            false
+        })
+        .collect();
+    out.sort_unstable();
+    out
+}
+
+/// Runs `prof-bpf record ARGS -o OUT -- COMMAND` to the end, COMMAND being fixture `name` with
+/// `args` under `interp`, and asserts it succeeded. The fixture's stdout is the output's stdout;
+/// prof-bpf's summary its stderr.
+pub fn record_under(
+    interp: &Interp,
+    args: &[&str],
+    out: &Path,
+    name: &str,
+    fixture_args: &[&str],
+) -> Output {
+    let command = interp.command(name, fixture_args);
+    let result = Command::new(prof_bpf())
+        .arg("record")
+        .args(args)
+        .arg("-o")
+        .arg(out)
+        .arg("--")
+        .arg(command.get_program())
+        .args(command.get_args())
+        .env_remove("RUST_BACKTRACE")
+        .output()
+        .expect("running prof-bpf");
+    assert!(
+        result.status.success(),
+        "prof-bpf record {args:?} -- {name} ({interp:?}) failed: {}",
+        String::from_utf8_lossy(&result.stderr)
+    );
+    result
+}

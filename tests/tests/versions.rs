@@ -207,8 +207,9 @@ fn published_3_13_layout_equals_the_builtin_table() {
         let p = python::discover::inspect(child.id()).expect("python 3.13 found");
         let builtin = python::layout_for(Version::new(3, 13)).unwrap();
         let mem = ProcMem::open(p.pid).unwrap();
-        let published = debug_offsets::read(&mem, p.runtime_addr, &builtin);
-        let of = python::layout_of(&mem, p.version, p.runtime_addr).unwrap();
+        let published = debug_offsets::read(&mem, p.runtime_addr, p.version, p.runtime_size)
+            .and_then(|published| debug_offsets::apply(&published, &builtin));
+        let of = python::layout_of(&mem, p.version, p.runtime_addr, p.runtime_size).unwrap();
         (builtin, published, of)
     };
     let (builtin, published, (layout, source)) = read();
