@@ -99,7 +99,7 @@ fn unsupported_python_versions_are_named() {
         let sleeper = Sleeper::python(&python(version));
         assert_fails(
             &["record", "--pid", &sleeper.pid()],
-            &format!("python {version} is not supported (prof-bpf supports CPython 3.8 to 3.13)"),
+            &format!("python {version} is not supported (prof-bpf supports CPython 3.8 to 3.15"),
         );
     }
 }
