@@ -4,14 +4,14 @@
 //! any path inside the container's root is the container's to change (a symlink in it that
 //! points at `/etc/shadow` would be followed on the host by a root that opened it by path). So
 //! a mapped file is opened as the mapping itself, `/proc/PID/map_files/START-END`, which is the
-//! very file the process mapped whatever its name. Where the kernel does not allow that
-//! (map_files needs CAP_SYS_ADMIN or CAP_CHECKPOINT_RESTORE), the path is opened without
-//! following any symlink and kept only if it is the mapped file (same device and inode).
+//! very file the process mapped whatever its name. Where that cannot be had (map_files needs
+//! CAP_SYS_ADMIN or CAP_CHECKPOINT_RESTORE, and a process whose main thread has exited has
+//! none), the path is opened inside the process's own root, every symlink resolved within that
+//! root (`openat2` with `RESOLVE_IN_ROOT`), and kept only if it is the mapped file (same device
+//! and inode).
 //!
 //! Files a process does not map but prof-bpf wants from its root file system (the debug
-//! symbols of a library, installed in the container) are opened by a path resolved inside
-//! that root (`openat2` with `RESOLVE_IN_ROOT`): a symlink in the container points within the
-//! container, never at the host's files.
+//! symbols of a library, installed in the container) are opened the same way, inside its root.
 
 use std::{
     ffi::CString,
@@ -28,11 +28,16 @@ use super::Mapping;
 
 /// The file mapping `m` of process `pid` maps, opened read-only.
 pub fn open_mapped(pid: u32, m: &Mapping) -> io::Result<File> {
-    let link = map_files_entry(pid, m);
-    match File::open(&link) {
+    match File::open(map_files_entry(pid, m)) {
         Ok(file) => Ok(file),
-        Err(e) if is_not_permitted(&e) => open_by_path_checked(m),
-        Err(e) => Err(e),
+        Err(e) => open_in_root_checked(pid, m).map_err(|fallback| {
+            // Say why the mapping itself could not be had, unless the path explains more.
+            if fallback.kind() == io::ErrorKind::NotFound {
+                e
+            } else {
+                fallback
+            }
+        }),
     }
 }
 
@@ -56,22 +61,26 @@ pub fn open_in_root(pid: u32, path: &Path) -> io::Result<File> {
     )
 }
 
-fn is_not_permitted(e: &io::Error) -> bool {
-    matches!(e.raw_os_error(), Some(libc::EPERM | libc::EACCES))
-}
-
-/// Opens `m`'s path without following a symlink anywhere in it (`openat2` with
-/// `RESOLVE_NO_SYMLINKS`, Linux 5.6+), and only if the file there is the one mapped.
-fn open_by_path_checked(m: &Mapping) -> io::Result<File> {
+/// Opens `m`'s path inside `pid`'s root, and only if the file there is the one mapped. The
+/// path /proc/PID/maps shows is as seen from prof-bpf's root: the process's root as seen from
+/// ours (/proc/PID/root's link) is taken off it first.
+fn open_in_root_checked(pid: u32, m: &Mapping) -> io::Result<File> {
     let path = m
         .path
         .as_ref()
         .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "anonymous mapping"))?;
-    let file = openat2(
-        libc::AT_FDCWD,
-        path,
-        libc::RESOLVE_NO_SYMLINKS | libc::RESOLVE_NO_MAGICLINKS,
-    )?;
+    let root = std::fs::read_link(super::proc_dir(pid).join("root"))?;
+    let inside = path.strip_prefix(&root).map_err(|_| {
+        io::Error::new(
+            io::ErrorKind::NotFound,
+            format!(
+                "{} is not under the process's root {}",
+                path.display(),
+                root.display()
+            ),
+        )
+    })?;
+    let file = open_in_root(pid, &Path::new("/").join(inside))?;
     let meta = file.metadata()?;
     if (meta.dev(), meta.ino()) != (m.dev, m.inode) {
         return Err(io::Error::new(
@@ -122,7 +131,7 @@ mod tests {
         let exe = std::fs::read_link("/proc/self/exe").unwrap();
         let m = maps.iter().find(|m| m.path.as_ref() == Some(&exe)).unwrap();
         let want = std::fs::metadata(&exe).unwrap();
-        let by_path = open_by_path_checked(m).unwrap().metadata().unwrap();
+        let by_path = open_in_root_checked(pid, m).unwrap().metadata().unwrap();
         assert_eq!((by_path.dev(), by_path.ino()), (want.dev(), want.ino()));
         let opened = open_mapped(pid, m).unwrap().metadata().unwrap();
         assert_eq!((opened.dev(), opened.ino()), (want.dev(), want.ino()));
@@ -130,31 +139,7 @@ mod tests {
         // Another file at the path: refused.
         let mut other = m.clone();
         other.inode += 1;
-        assert!(open_by_path_checked(&other).is_err());
-    }
-
-    /// A symlink on the way is not followed, even to the right file.
-    #[test]
-    fn a_symlink_in_the_path_is_not_followed() {
-        let dir = std::env::temp_dir().join(format!("prof-bpf-files-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let exe = std::fs::read_link("/proc/self/exe").unwrap();
-        let link = dir.join("exe");
-        std::os::unix::fs::symlink(&exe, &link).unwrap();
-        let meta = std::fs::metadata(&exe).unwrap();
-        let m = Mapping {
-            start: 0,
-            end: 0,
-            offset: 0,
-            perms: "r-xp".into(),
-            dev: meta.dev(),
-            inode: meta.ino(),
-            path: Some(link),
-        };
-        let err = open_by_path_checked(&m).unwrap_err();
-        assert_eq!(err.raw_os_error(), Some(libc::ELOOP), "{err}");
-        let _ = std::fs::remove_dir_all(&dir);
+        assert!(open_in_root_checked(pid, &other).is_err());
     }
 
     /// Inside a process's root, an absolute symlink stays in that root. (Our own root is `/`,
