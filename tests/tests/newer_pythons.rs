@@ -885,3 +885,240 @@ fn all_processes_with_a_container_and_a_host_python() {
         &format!("process {container_pid} (python3.15, pid 1 in its namespace)")
     );
 }
+
+// A version newer than any table.
+
+/// `PY_VERSION_HEX` of 3.16.0a1.
+const VERSION_3_16: u32 = 0x0310_00a1;
+
+/// A copy of forky's python3.15 that says it is 3.16.0a1 where prof-bpf reads the version
+/// (`Py_Version`, `_Py_DebugOffsets.version`), with `edit` applied to its `_Py_DebugOffsets`
+/// bytes after that: a stand-in for a 3.16 beta, which cannot be had here. The layout it
+/// publishes is 3.15's, which is what a 3.16 that changed nothing there would publish.
+fn fake_3_16(test: &str, edit: impl FnOnce(&mut [u8])) -> std::path::PathBuf {
+    use object::{Object, ObjectSection, ObjectSymbol};
+    let original = cache_dir().join("forky/usr/bin/python3.15");
+    interpreter("forky-3.15");
+    let mut bytes = std::fs::read(&original).unwrap();
+    let file = object::File::parse(&*bytes).unwrap();
+    let runtime = file
+        .section_by_name(".PyRuntime")
+        .unwrap()
+        .file_range()
+        .unwrap()
+        .0 as usize;
+    let py_version = file
+        .dynamic_symbols()
+        .find(|s| s.name() == Ok("Py_Version"))
+        .unwrap()
+        .address();
+    let section = file
+        .sections()
+        .find(|s| s.address() <= py_version && py_version < s.address() + s.size())
+        .unwrap();
+    let at = (section.file_range().unwrap().0 + py_version - section.address()) as usize;
+    assert_eq!(bytes[runtime..runtime + 8], *b"xdebugpy");
+    bytes[at..at + 4].copy_from_slice(&VERSION_3_16.to_le_bytes());
+    bytes[runtime + 8..runtime + 16].copy_from_slice(&(VERSION_3_16 as u64).to_le_bytes());
+    edit(&mut bytes[runtime..]);
+    let path = scratch_dir(test).join("python3.16");
+    std::fs::write(&path, &bytes).unwrap();
+    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    path
+}
+
+/// `prof-bpf record` of split.py under `exe` (bind-mounted over python3.15 in a container, so the
+/// forky root is not changed).
+fn record_fake(exe: &std::path::Path, out: &std::path::Path) -> std::process::Output {
+    let root = cache_dir().join("forky");
+    let script = format!(
+        "mount --bind '{exe}' '{root}/usr/bin/python3.15' && mount --bind '{fixtures}' '{root}/mnt' && exec chroot '{root}' python3.15 /mnt/split.py 2",
+        exe = exe.display(),
+        root = root.display(),
+        fixtures = fixture("").display(),
+    );
+    Command::new(prof_bpf())
+        .args(["record", "-r", "1000", "-f", "raw", "-o"])
+        .arg(out)
+        .args([
+            "--",
+            "unshare",
+            "--pid",
+            "--mount",
+            "--fork",
+            "--kill-child",
+            "sh",
+            "-c",
+        ])
+        .arg(script)
+        .env_remove("RUST_BACKTRACE")
+        .output()
+        .expect("running prof-bpf")
+}
+
+/// A 3.16 is profiled from the `_Py_DebugOffsets` it publishes, once they check out, with a
+/// warning; one whose offsets do not check out is refused, saying why.
+#[test]
+fn a_newer_version_is_profiled_from_its_debug_offsets_with_a_warning() {
+    if !privileged() {
+        return;
+    }
+    let test = "newer_version_3_16";
+    let exe = fake_3_16(test, |_| {});
+    let out = scratch_dir(&format!("{test}_profile")).join("profile.txt");
+    let result = record_fake(&exe, &out);
+    let stderr = String::from_utf8_lossy(&result.stderr);
+    assert!(result.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("python 3.16 is newer than prof-bpf's tables (up to 3.15); profiling it from the layout it publishes"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("CPython 3.16)"), "{stderr}");
+    let profile = parse_folded(&std::fs::read_to_string(&out).unwrap());
+    check_split(
+        &profile,
+        measured_split(&String::from_utf8_lossy(&result.stdout)),
+        test,
+    );
+
+    // _PyRuntime's size as published no longer matches the ELF section's: refused.
+    let broken = fake_3_16(&format!("{test}_broken"), |offsets| {
+        offsets[24..32].copy_from_slice(&1234u64.to_le_bytes());
+    });
+    let result = record_fake(&broken, &out);
+    let stderr = String::from_utf8_lossy(&result.stderr);
+    assert_eq!(result.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("python 3.16 is newer than prof-bpf's tables (up to 3.15), and its _Py_DebugOffsets could not be used: _Py_DebugOffsets says _PyRuntime is 1234 bytes"),
+        "{stderr}"
+    );
+}
+
+// top.
+
+/// A tmux server of its own running one pane, killed when the test ends.
+struct Tmux(String);
+
+impl Tmux {
+    fn cmd(&self, args: &[&str]) -> std::process::Output {
+        Command::new("tmux")
+            .args(["-L", &self.0])
+            .args(args)
+            .output()
+            .expect("running tmux (apt-get install tmux)")
+    }
+
+    fn screen(&self) -> String {
+        String::from_utf8_lossy(&self.cmd(&["capture-pane", "-p", "-t", "top"]).stdout).into()
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        let _ = self.cmd(&["kill-server"]);
+    }
+}
+
+/// `word` quoted for a POSIX shell.
+fn shell_quote(word: &std::ffi::OsStr) -> String {
+    format!("'{}'", word.to_string_lossy().replace('\'', r"'\''"))
+}
+
+/// `top` on split.py under `which`, in a real terminal: the header names the process (with its
+/// pid in a container) and says what there is of a GIL, and heavy holds its 3:1 share.
+fn top_shows(which: &str, test: &str) {
+    if !privileged() {
+        return;
+    }
+    let interp = interpreter(which);
+    let tmux = Tmux(format!("prof-bpf-{test}-{}", std::process::id()));
+    let out = tmux.cmd(&[
+        "new-session",
+        "-d",
+        "-x",
+        "160",
+        "-y",
+        "40",
+        "-s",
+        "top",
+        "bash",
+        "--norc",
+        "--noprofile",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let command = interp.command("split.py", &["30"]);
+    let words: Vec<String> = std::iter::once(command.get_program())
+        .chain(command.get_args())
+        .map(shell_quote)
+        .collect();
+    let line = format!(
+        "{} top --refresh 0.5 -r 1000 -- {}",
+        prof_bpf().display(),
+        words.join(" ")
+    );
+    assert!(
+        tmux.cmd(&["send-keys", "-t", "top", &line, "Enter"])
+            .status
+            .success()
+    );
+    let samples = |s: &str| {
+        s.lines()
+            .find_map(|l| l.strip_prefix("Total Samples "))
+            .and_then(|r| r.split_whitespace().next()?.parse::<u64>().ok())
+    };
+    let total_time = |s: &str, name: &str| -> f64 {
+        s.lines()
+            .skip_while(|l| !l.starts_with("%Own"))
+            .filter_map(|l| {
+                let cols: Vec<&str> = l.split_whitespace().collect();
+                (cols.len() > 4 && function(&cols[4..].join(" ")) == name)
+                    .then(|| cols[3].trim_end_matches('s').parse::<f64>().ok())?
+            })
+            .sum()
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let screen = loop {
+        let s = tmux.screen();
+        if samples(&s).is_some_and(|n| n >= 2000) && total_time(&s, "light") > 0.0 {
+            break s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{test}: no 2000 samples in 30 s:\n{s}"
+        );
+        thread::sleep(Duration::from_millis(200));
+    };
+    let _ = tmux.cmd(&["send-keys", "-t", "top", "q"]);
+    let version = version_of(which);
+    let named = match interp.is_container() {
+        true => format!(", pid 1 in its namespace, CPython {version})"),
+        false => format!(", CPython {version})"),
+    };
+    assert!(screen.contains(&named), "{test}: no {named:?}:\n{screen}");
+    let gil = match which {
+        "3.13t" => "free-threaded: no GIL",
+        _ => "   GIL ",
+    };
+    assert!(screen.contains(gil), "{test}: no {gil:?}:\n{screen}");
+    let (heavy, light) = (total_time(&screen, "heavy"), total_time(&screen, "light"));
+    let share = 100.0 * heavy / (heavy + light);
+    eprintln!("{test}: heavy {share:.1}% of heavy+light total time");
+    assert!(
+        (share - 75.0).abs() <= 6.0,
+        "{test}: heavy is {share:.1}%:\n{screen}"
+    );
+}
+
+#[test]
+fn top_3_15_in_a_container() {
+    top_shows("forky-3.15", "top_3_15_container");
+}
+
+#[test]
+fn top_3_13t() {
+    top_shows("3.13t", "top_3_13t");
+}
