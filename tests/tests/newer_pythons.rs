@@ -435,14 +435,22 @@ fn start_blocked(interp: &Interp) -> (Running, u32) {
         .read_line(&mut line)
         .unwrap();
     let pid = interp.python_pid(child.id());
-    // The pid is printed just before the main thread's last sleep: wait until it sleeps.
-    let state = || {
-        std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/stat"))
-            .ok()
-            .and_then(|s| s.rsplit_once(") ")?.1.chars().next())
+    // The pid is printed just before the main thread's last sleep, the workers blocked a
+    // moment before: wait until all three sleep (a busy machine can take a while).
+    let sleeping = || {
+        let states: Vec<char> = std::fs::read_dir(format!("/proc/{pid}/task"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|t| {
+                let stat = std::fs::read_to_string(t.path().join("stat")).ok()?;
+                stat.rsplit_once(") ")?.1.chars().next()
+            })
+            .collect();
+        states.len() == 3 && states.iter().all(|&s| s == 'S')
     };
     let started = Instant::now();
-    while state() != Some('S') && started.elapsed() < Duration::from_secs(10) {
+    while !sleeping() && started.elapsed() < Duration::from_secs(10) {
         thread::sleep(Duration::from_millis(5));
     }
     (Running(child), pid)
@@ -1083,7 +1091,12 @@ fn top_shows(which: &str, test: &str) {
     let deadline = Instant::now() + Duration::from_secs(30);
     let screen = loop {
         let s = tmux.screen();
-        if samples(&s).is_some_and(|n| n >= 2000) && total_time(&s, "light") > 0.0 {
+        if !s.contains("Sort: TotalTime") {
+            let _ = tmux.cmd(&["send-keys", "-t", "top", "4"]);
+        } else if samples(&s).is_some_and(|n| n >= 2000)
+            && total_time(&s, "light") > 0.0
+            && total_time(&s, "heavy") > 0.0
+        {
             break s;
         }
         assert!(
