@@ -72,6 +72,13 @@ fn split_launched(which: &str, test: &str) {
     assert!(stderr.contains("stopped (the program exited)"), "{stderr}");
     check_named(&interp, which, &stderr);
     let profile = parse_folded(&std::fs::read_to_string(&out).unwrap());
+    // A thread with no Python frame (3.15's base frame alone) is outside Python, not an empty
+    // stack.
+    assert!(
+        profile.keys().all(|s| s.iter().all(|f| !f.is_empty())),
+        "{test}: an empty stack: {:?}",
+        profile.keys().find(|s| s.iter().any(|f| f.is_empty()))
+    );
     check_split(
         &profile,
         measured_split(&String::from_utf8_lossy(&result.stdout)),
