@@ -1142,3 +1142,86 @@ fn top_3_15_in_a_container() {
 fn top_3_13t() {
     top_shows("3.13t", "top_3_13t");
 }
+
+// Tagged code references.
+
+/// 3.14+ keep a frame's code object as a `_PyStackRef`, whose low bit says the reference is not
+/// counted (an immortal or, in free-threaded builds, a deferred one). The interpreters here
+/// happen to tag only their entry frames, so the test tags the long-lived frames of split.py
+/// itself (`<module>` and `main`, while it waits to be attached) the way CPython would: the
+/// interpreter clears the bit whenever it reads the field, and only skips a decrement when the
+/// frame ends. Every stack must still be named from its root.
+fn tagged_code_is_untagged(which: &str, test: &str) {
+    if !privileged() {
+        return;
+    }
+    let interp = interpreter(which);
+    let (target, pid, stdout) = start_split(&interp);
+    let p = python::discover::inspect(pid).unwrap();
+    let mem = ProcMem::open(pid).unwrap();
+    let (layout, _) = python::layout_of(&mem, p.version, p.runtime_addr, p.runtime_size).unwrap();
+    let k = layout.kernel;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(format!("/proc/{pid}/mem"))
+        .unwrap();
+    let word = |addr: u64| {
+        let mut b = [0u8; 8];
+        std::os::unix::fs::FileExt::read_exact_at(&file, &mut b, addr).unwrap();
+        u64::from_le_bytes(b)
+    };
+    let interp_state = word(p.runtime_addr + k.runtime_interpreters_head as u64);
+    let tstate = word(interp_state + k.interp_threads_head as u64);
+    let mut frame = word(tstate + k.tstate_frame as u64);
+    let mut tagged = 0;
+    while frame != 0 {
+        let mut owner = [0u8];
+        std::os::unix::fs::FileExt::read_exact_at(&file, &mut owner, frame + k.frame_owner as u64)
+            .unwrap();
+        let at = frame + k.frame_code as u64;
+        let code = word(at);
+        if (owner[0] as u16) < k.owner_cstack && code & 1 == 0 {
+            // Only the low byte changes.
+            std::os::unix::fs::FileExt::write_all_at(&file, &[(code as u8) | 1], at).unwrap();
+            tagged += 1;
+        }
+        frame = word(frame + k.frame_previous as u64);
+    }
+    assert!(tagged >= 2, "{test}: tagged {tagged} frames");
+    let out = scratch_dir(test).join("profile.txt");
+    let result = run(&[
+        "record",
+        "-r",
+        "1000",
+        "-f",
+        "raw",
+        "--pid",
+        &pid.to_string(),
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    let rest: String = stdout.lines().map(|l| l.unwrap() + "\n").collect();
+    drop(target);
+    let stderr = String::from_utf8_lossy(&result.stderr);
+    assert!(result.status.success(), "prof-bpf failed: {stderr}");
+    let profile = parse_folded(&std::fs::read_to_string(&out).unwrap());
+    check_split(&profile, measured_split(&rest), test);
+    for (stack, n) in &profile {
+        let names: Vec<&str> = stack.iter().map(|f| function(f)).collect();
+        assert!(
+            names.starts_with(&["<module>", "main"]),
+            "{test}: {n} samples not named from the root: {stack:?}"
+        );
+    }
+}
+
+#[test]
+fn tagged_code_references_are_untagged_3_14() {
+    tagged_code_is_untagged("forky-3.14", "tagged_code_3_14");
+}
+
+#[test]
+fn tagged_code_references_are_untagged_3_15() {
+    tagged_code_is_untagged("forky-3.15", "tagged_code_3_15");
+}
