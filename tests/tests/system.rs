@@ -285,6 +285,105 @@ fn subprocesses_follow_exec_and_grandchildren() {
     check_processes(&profile, &runs, "subprocesses_family");
 }
 
+/// A fork storm (issue 15): 200 children of about 20 ms of CPU each under `--subprocesses`. The
+/// kernel follows each fork and samples the child from its first instruction: at least 90 % of
+/// the CPU time the children measured is in the profile, and the summary says if any samples
+/// could not be attributed.
+#[test]
+fn a_fork_storm_is_profiled_from_each_childs_first_millisecond() {
+    if !privileged() {
+        return;
+    }
+    let rate = 1000.0;
+    let out = scratch_dir("fork_storm").join("profile.txt");
+    let result = record_fixture(
+        &["-s", "-r", "1000", "-f", "raw"],
+        &out,
+        &python("3.12"),
+        "fork_storm.py",
+        &["200", "0.02"],
+    );
+    let stderr = String::from_utf8_lossy(&result.stderr);
+    let measured = fixture_json(&result);
+    assert_eq!(measured["children"].as_u64(), Some(200), "{measured}");
+    let child_cpu = measured["child_cpu"].as_f64().unwrap();
+    let profile = parse_folded(&std::fs::read_to_string(&out).unwrap());
+    let got = samples_in(&profile, "child_work") as f64;
+    let expected = child_cpu * rate;
+    eprintln!(
+        "fork_storm: {got} samples in child_work, {expected:.0} expected from {child_cpu:.2}s"
+    );
+    assert!(
+        got >= 0.9 * expected,
+        "{got} samples in child_work, but the children measured {child_cpu:.3}s ({expected:.0} samples)\n{stderr}"
+    );
+    // Each child is its own process in the profile.
+    let pids: std::collections::HashSet<&String> = profile
+        .keys()
+        .filter(|s| s.iter().any(|f| function(f) == "child_work"))
+        .map(|s| &s[0])
+        .collect();
+    assert!(
+        pids.len() >= 180,
+        "only {} child processes in the profile",
+        pids.len()
+    );
+}
+
+/// `--pid` of a shell with `-s`: the shell is not Python, the Python it starts is followed.
+#[test]
+fn a_shell_that_starts_python_is_followed_by_its_pid() {
+    if !privileged() {
+        return;
+    }
+    let dir = scratch_dir("launcher_shell");
+    let go = dir.join("go");
+    let out = dir.join("profile.txt");
+    let mut shell = Command::new(fixture("launcher.sh"))
+        .arg(&go)
+        .arg("1.5")
+        .env("PYTHON", python("3.12"))
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("starting the launcher");
+    let mut stdout = std::io::BufReader::new(shell.stdout.take().unwrap());
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut stdout, &mut line).unwrap();
+    let pid = line.trim().to_string();
+    let mut recording = start_recording(&["-s", "-r", "1000", "--pid", &pid], &out);
+    let mut stderr = std::io::BufReader::new(recording.stderr.take().unwrap());
+    let mut said = String::new();
+    while !said.contains("prof-bpf: sampling ") {
+        let mut l = String::new();
+        assert!(
+            std::io::BufRead::read_line(&mut stderr, &mut l).unwrap() > 0,
+            "{said}"
+        );
+        said.push_str(&l);
+    }
+    std::fs::write(&go, "").unwrap();
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stdout, &mut rest).unwrap();
+    shell.wait().unwrap();
+    // The shell has exited: so must the recording, soon.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = recording.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = recording.kill();
+            panic!("prof-bpf did not stop when the shell it followed exited: {said}");
+        }
+        thread::sleep(Duration::from_millis(20));
+    };
+    let mut summary = String::new();
+    std::io::Read::read_to_string(&mut stderr, &mut summary).unwrap();
+    assert!(status.success(), "{said}{summary}");
+    let profile = parse_folded(&std::fs::read_to_string(&out).unwrap());
+    check_split(&profile, measured_split(&rest), "launcher_shell");
+}
+
 /// py-spy's idle example: a() sleeps 5 s; b() sleeps 1 s and calls a(). With `--idle`, the own
 /// time of each is what it slept, within 10 %.
 #[test]

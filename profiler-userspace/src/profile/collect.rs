@@ -46,6 +46,8 @@ struct Counts {
 pub struct Totals {
     pub on_cpu_samples: u64,
     pub off_cpu: Duration,
+    /// Samples counted for processes never registered, and how many processes.
+    pub unattributed: (u64, usize),
 }
 
 /// Accumulates named stacks and counts. Processes are kept in order of registration and never
@@ -68,6 +70,9 @@ pub struct Collector {
     counts: HashMap<(usize, u32, u32), Counts>,
     /// Thread names, taken when a thread is first counted (it may be gone by the end).
     threads: HashMap<(usize, u32), String>,
+    /// CPU-clock samples counted for pids never registered (gone before they could be), by pid:
+    /// said in the summary, not dropped silently.
+    unattributed: HashMap<u32, u64>,
 }
 
 impl Collector {
@@ -83,6 +88,7 @@ impl Collector {
             by_stack_id: BoundedCache::new(STACK_IDS),
             counts: HashMap::new(),
             threads: HashMap::new(),
+            unattributed: HashMap::new(),
         }
     }
 
@@ -151,6 +157,9 @@ impl Collector {
     /// the kernel was lost) counts as `[unknown] (stack lost)`.
     pub fn add_count(&mut self, key: SampleKey, n: u64, thread_name: impl FnOnce() -> String) {
         let Some(&reg) = self.by_pid.get(&key.pid) else {
+            if key.kind == count_kind::ON_CPU {
+                *self.unattributed.entry(key.pid).or_default() += n;
+            }
             return;
         };
         let stack = match self.by_stack_id.get(&(reg, key.stack_id)) {
@@ -182,6 +191,7 @@ impl Collector {
         Totals {
             on_cpu_samples: self.samples(),
             off_cpu: Duration::from_nanos(self.counts.values().map(|c| c.off_cpu_ns).sum()),
+            unattributed: (self.unattributed.values().sum(), self.unattributed.len()),
         }
     }
 

@@ -37,6 +37,9 @@ pub struct Summary {
     pub followed: usize,
     /// CPU-clock samples.
     pub samples: u64,
+    /// Samples the kernel counted for processes that ended before they could be registered,
+    /// and how many such processes.
+    pub unattributed: (u64, usize),
     /// Time off the CPU recorded (`--idle`).
     pub off_cpu: Option<Duration>,
     pub duration: Duration,
@@ -65,6 +68,13 @@ impl Summary {
         self.print_samples(out)?;
         for why in &self.skipped {
             writeln!(out, "prof-bpf: not profiled: {why}")?;
+        }
+        if self.unattributed.0 > 0 {
+            writeln!(
+                out,
+                "prof-bpf: {} samples of {} processes could not be attributed: they ended before they could be registered",
+                self.unattributed.0, self.unattributed.1
+            )?;
         }
         self.print_time(out)?;
         self.print_fates(out)?;
@@ -164,6 +174,7 @@ impl Summary {
             writeln!(out, "prof-bpf: left out: {}", left_out.join(", "))?;
         }
         let mut errors = list(StatClass::Lost);
+        errors.extend(list(StatClass::EventLost));
         let intervals: Vec<(Stat, u64)> = Stat::ALL
             .iter()
             .filter(|s| s.class().is_error())
@@ -336,6 +347,7 @@ mod tests {
             skipped: Vec::new(),
             followed: 1,
             samples: 1000,
+            unattributed: (0, 0),
             off_cpu: None,
             duration: Duration::from_secs(2),
             rate_hz: 500,
@@ -393,7 +405,7 @@ mod tests {
             let expected = match stat.class() {
                 StatClass::OutsidePython => Some("prof-bpf: outside Python code: "),
                 StatClass::LeftOut => Some("prof-bpf: left out: "),
-                StatClass::Lost => Some("prof-bpf: errors: "),
+                StatClass::Lost | StatClass::EventLost => Some("prof-bpf: errors: "),
                 StatClass::Caveat => Some("prof-bpf: kept with a caveat: "),
                 // Native outcomes only with --native; tallies feed other figures.
                 StatClass::NativeOutcome | StatClass::Tally | StatClass::Recorded => None,
