@@ -22,8 +22,8 @@ use aya::{
     util::online_cpus,
 };
 use profiler_common::{
-    NativeMappings, NewStack, PageChunk, ProcessEvent, PyStack, RowChunk, SampleKey, Stat,
-    StatClass, TargetInfo, config, maps,
+    NativeMappings, NewStack, OffCpuStart, PageChunk, ProcessEvent, PyStack, RowChunk, SampleKey,
+    Stat, StatClass, TargetInfo, config, maps,
 };
 
 use crate::unwind::UnwindMaps;
@@ -216,6 +216,22 @@ impl Sampler {
     pub fn follow(&mut self, pid: u32) -> Result<(), BpfError> {
         let mut followed: HashMap<&mut MapData, u32, u8> = map_mut(&mut self.ebpf, maps::FOLLOWED)?;
         followed.insert(pid, 1, 0).map_err(map_err(maps::FOLLOWED))
+    }
+
+    /// `--idle`: records that thread `tid` has been off the CPU since `start.since_ns` in stack
+    /// `start.stack_id`, as the scheduler program would have had it left the CPU while
+    /// watched (a thread already blocked when recording starts).
+    pub fn seed_off_cpu(&mut self, tid: u32, start: OffCpuStart) -> Result<(), BpfError> {
+        let mut map: HashMap<&mut MapData, u32, OffCpuStart> =
+            map_mut(&mut self.ebpf, maps::OFF_CPU_START)?;
+        map.insert(tid, start, 0)
+            .map_err(map_err(maps::OFF_CPU_START))
+    }
+
+    /// `--idle`: every thread off the CPU now, with where and since when.
+    pub fn off_cpu_now(&self) -> Result<Vec<(u32, OffCpuStart)>, BpfError> {
+        let map: HashMap<&MapData, u32, OffCpuStart> = map_ref(&self.ebpf, maps::OFF_CPU_START)?;
+        Ok(map.iter().filter_map(Result::ok).collect())
     }
 
     /// The forks and execs reported since the last call.

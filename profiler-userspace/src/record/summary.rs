@@ -110,10 +110,20 @@ impl Summary {
             [p] => format!("{} (pid {}, CPython {})", p.name, p.pid, p.version),
             ps => format!("{} Python processes", ps.len()),
         };
+        // With --idle the profile's samples include the time off the CPU, counted as the samples
+        // the clock would have taken in it: the headline counts what the profile holds.
+        let total: u64 = self.per_process.values().sum::<u64>().max(self.samples);
+        let split = match self.off_cpu {
+            Some(_) => format!(
+                " ({} on the CPU, {} for time off it)",
+                self.samples,
+                total - self.samples
+            ),
+            None => String::new(),
+        };
         writeln!(
             out,
-            "prof-bpf: {} samples of {what} in {secs:.2}s: {:.1} samples/s at --rate {}",
-            self.samples,
+            "prof-bpf: {total} samples{split} of {what} in {secs:.2}s: {:.1} samples/s at --rate {}",
             self.stats.get(Stat::Recorded) as f64 / secs.max(1e-9),
             self.rate_hz,
         )?;
@@ -144,12 +154,12 @@ impl Summary {
     /// Time off the CPU (`--idle`) and the GIL share.
     fn print_time(&self, out: &mut impl Write) -> io::Result<()> {
         if let Some(off_cpu) = self.off_cpu {
-            let idle = off_cpu.as_secs_f64() * self.rate_hz as f64;
+            let total: u64 = self.per_process.values().sum::<u64>().max(self.samples);
             writeln!(
                 out,
                 "prof-bpf: idle: {:.2}s off the CPU recorded; active {:.1}% of the time",
                 off_cpu.as_secs_f64(),
-                100.0 * self.samples as f64 / (self.samples as f64 + idle).max(1.0)
+                100.0 * self.samples as f64 / total.max(1) as f64
             )?;
         }
         let recorded = self.stats.get(Stat::Recorded);

@@ -14,8 +14,8 @@ use std::{
 };
 
 use profiler_common::{
-    MAX_KERNEL_FRAMES, MAX_NATIVE_FRAMES, ProcessEvent, PyFrame, PyStack, STACK_TRUNCATED, Stat,
-    process_event,
+    MAX_KERNEL_FRAMES, MAX_NATIVE_FRAMES, OffCpuStart, ProcessEvent, PyFrame, PyStack,
+    STACK_TRUNCATED, SampleKey, Stat, count_kind, process_event,
 };
 
 pub use launch::{LAUNCH_TIMEOUT, stop_child};
@@ -37,6 +37,7 @@ use crate::{
         self, Layout, LayoutSource, UnsupportedVersion,
         discover::{self, FindError, PythonProcess},
         instance::Interpreter,
+        threads::walk_threads,
     },
     symbolize::kernel::KernelSymbols,
     unwind::{LoadStats, NativeTables},
@@ -48,6 +49,20 @@ use crate::{
 const SCAN_INTERVAL: Duration = Duration::from_millis(100);
 /// How often a process that exec'd is looked at while it loads its new program.
 const EXEC_POLL: Duration = Duration::from_millis(5);
+/// Marks the ids of stacks userspace read itself (threads blocked at registration, `--idle`):
+/// the kernel's ids are content hashes, and one with this bit is as unlikely as any collision.
+const SEEDED_STACK: u64 = 1 << 63;
+
+/// `CLOCK_MONOTONIC` in nanoseconds: the clock of `bpf_ktime_get_ns`.
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes into the timespec we own.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
 /// Raw stacks kept from the kernel, for counts of a second process with the same stack (forked
 /// workers share code addresses) and counts that come a drain after their stack.
 const RAW_STACKS: usize = 16 * 1024;
@@ -197,6 +212,8 @@ pub struct Session {
     exec_pending: HashMap<u32, Instant>,
     /// Forked children registered after they had already exited: retired after the next drain.
     retire: Vec<u32>,
+    /// Stacks of threads found blocked at registration (`--idle`), numbered.
+    seeded: u64,
     options: SessionOptions,
 }
 
@@ -294,6 +311,7 @@ impl Session {
             tables: NativeTables::default(),
             exec_pending: HashMap::new(),
             retire: Vec::new(),
+            seeded: 0,
             options,
         };
         if let Some((p, layout)) = first {
@@ -322,9 +340,81 @@ impl Session {
         if self.options.kernel {
             info.options |= profiler_common::target_options::KERNEL_STACKS;
         }
-        self.sampler
-            .add_target(pid, info)
-            .map_err(SessionError::from)
+        self.sampler.add_target(pid, info)?;
+        if self.options.sampler.idle {
+            self.seed_blocked_threads(pid);
+        }
+        Ok(())
+    }
+
+    /// `--idle` on the wall clock: a thread already blocked when its process is registered
+    /// never leaves the CPU while watched, so the scheduler program would not see it. Its
+    /// Python stack is read from the process now and it is marked off the CPU since now, as if
+    /// it had just blocked there. Best effort: a process that cannot be walked is left to the
+    /// scheduler program.
+    fn seed_blocked_threads(&mut self, pid: u32) {
+        let Some(interp) = self.interpreters.get(&pid) else {
+            return;
+        };
+        let target = interp.layout.target_info(interp.process.runtime_addr);
+        let Ok(mem) = process::open_memory(pid) else {
+            return;
+        };
+        let Ok(threads) = walk_threads(&mem, &target) else {
+            return;
+        };
+        for t in threads.iter().filter(|t| !t.frames.is_empty()) {
+            let tid = t.tid as u32;
+            if !process::thread_is_blocked(pid, tid) {
+                continue;
+            }
+            // An id no content hash of the kernel's takes in practice: the top bit set.
+            self.seeded += 1;
+            let stack_id = SEEDED_STACK | self.seeded;
+            self.raw.insert(
+                stack_id,
+                KeptStack {
+                    python: t.frames.clone(),
+                    truncated: t.truncated,
+                    native: Vec::new(),
+                    native_end: 0,
+                    kernel: Vec::new(),
+                },
+            );
+            self.name_stack(pid, stack_id);
+            let start = OffCpuStart {
+                pid,
+                _pad: 0,
+                since_ns: monotonic_ns(),
+                stack_id,
+            };
+            let _ = self.sampler.seed_off_cpu(tid, start);
+        }
+    }
+
+    /// `--idle` on the wall clock: threads still off the CPU when recording stops count up to
+    /// the end.
+    fn close_off_cpu_intervals(&mut self) -> Result<(), SessionError> {
+        let now = monotonic_ns();
+        for (tid, start) in self.sampler.off_cpu_now()? {
+            if !self.interpreters.contains_key(&start.pid) {
+                continue;
+            }
+            self.name_stack(start.pid, start.stack_id);
+            let key = SampleKey {
+                pid: start.pid,
+                tid,
+                stack_id: start.stack_id,
+                kind: count_kind::OFF_CPU_NS,
+                _pad: 0,
+            };
+            let pid = start.pid;
+            self.collector
+                .add_count(key, now.saturating_sub(start.since_ns), || {
+                    process::thread_name(pid, tid)
+                });
+        }
+        Ok(())
     }
 
     /// Loads the tables of `pid`'s newly mapped files; a process that has exited is not an error
@@ -595,7 +685,10 @@ impl Session {
     /// what the summary needs of the rest; an error on the way (the last drain, the counters)
     /// is returned beside them, so the recording can still be written.
     pub fn finish(mut self) -> (Finished, Option<SessionError>) {
-        let drained = self.drain().err();
+        let mut drained = self.drain().err();
+        if self.options.sampler.idle && drained.is_none() {
+            drained = self.close_off_cpu_intervals().err();
+        }
         let (stats, stats_error) = match self.sampler.stats() {
             Ok(stats) => (stats, None),
             Err(e) => (Stats::default(), Some(e.into())),
