@@ -38,7 +38,44 @@ pub mod maps {
     pub const UNWIND_ROWS: &str = "UNWIND_ROWS";
     pub const NATIVE_MAPPINGS: &str = "NATIVE_MAPPINGS";
     pub const PAGE_INDEX: &str = "PAGE_INDEX";
+    pub const FOLLOWED: &str = "FOLLOWED";
+    pub const PROCESS_EVENTS: &str = "PROCESS_EVENTS";
 }
+
+/// Processes whose children the kernel follows (`--subprocesses`): a forked child of one is
+/// followed too, and profiled from its first instruction if its parent was.
+pub const MAX_FOLLOWED: u32 = 16384;
+
+/// Bytes of the ring buffer of fork and exec events.
+pub const PROCESS_EVENTS_BYTES: u32 = 256 * 1024;
+
+/// What a `ProcessEvent` reports.
+pub mod process_event {
+    /// `pid` was forked by `parent`; if the parent is a target, the child is one already, with
+    /// the parent's layout (a forked child has the same address space).
+    pub const FORK: u32 = 0;
+    /// `pid` exec'd a new program: it is no longer a target (its interpreter, if any, is
+    /// another); userspace looks at what it runs now.
+    pub const EXEC: u32 = 1;
+}
+
+/// A fork or exec of a followed process, reported as it happens so userspace registers new
+/// processes within milliseconds instead of at the next /proc scan.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ProcessEvent {
+    /// `process_event::*`.
+    pub kind: u32,
+    /// The process (tgid) forked or exec'd, in the initial pid namespace.
+    pub pid: u32,
+    /// Its parent (the forking process).
+    pub parent: u32,
+    pub _pad: u32,
+}
+
+/// The fork and exec programs (`--subprocesses`, `--all`).
+pub const FORK_PROGRAM_NAME: &str = "on_process_fork";
+pub const EXEC_PROGRAM_NAME: &str = "on_process_exec";
 
 /// Bytes of the ring buffer that announces new stacks.
 pub const NEW_STACKS_BYTES: u32 = 256 * 1024;
@@ -427,7 +464,12 @@ pub mod config {
     /// Byte offset of `pid` (the thread id) in the kernel's `struct task_struct`, read from its
     /// BTF by userspace: the scheduler-switch program reads the incoming thread's id there.
     pub const TASK_PID_OFFSET: u32 = 2;
-    pub const COUNT: u32 = 3;
+    /// Follow every process's forks and execs (`--all`), not just the `FOLLOWED` ones.
+    pub const FOLLOW_ALL: u32 = 3;
+    /// Byte offset of `tgid` in `struct task_struct` (from BTF): the fork program reads the
+    /// parent's and the child's process ids there.
+    pub const TASK_TGID_OFFSET: u32 = 4;
+    pub const COUNT: u32 = 5;
 }
 
 /// Where the scheduler-switch program left a thread that went off the CPU, by thread id.
@@ -466,6 +508,9 @@ pub enum StatClass {
     Tally,
     /// `--idle`: an off-CPU interval was lost (the scheduler program's error).
     IntervalLost,
+    /// A fork or exec event could not be reported (its ring buffer was full): the process is
+    /// still found by the /proc scan, later.
+    EventLost,
 }
 
 impl StatClass {
@@ -479,7 +524,10 @@ impl StatClass {
 
     /// Whether a counter of this class is an error the summary reports as one.
     pub const fn is_error(self) -> bool {
-        matches!(self, StatClass::Lost | StatClass::IntervalLost)
+        matches!(
+            self,
+            StatClass::Lost | StatClass::IntervalLost | StatClass::EventLost
+        )
     }
 }
 
@@ -567,9 +615,15 @@ stats! {
     /// `_PyRuntime` could not be read: its page is not in memory yet, so the interpreter has not
     /// started (a just-launched program). Outside Python code, not a fault.
     RuntimeNotReady = 25, OutsidePython, "interpreter not started";
+    /// Forks of followed processes seen (`--subprocesses`, `--all`).
+    Fork = 26, Tally, "forks followed";
+    /// Execs of followed processes seen.
+    Exec = 27, Tally, "execs followed";
+    /// A fork or exec event was lost: the ring buffer was full.
+    ProcessEventLost = 28, EventLost, "process event lost";
     /// The sampled thread's id in its container's pid namespace could not be had (its
     /// namespace is not the target's): the sample was lost.
-    NamespaceId = 26, Lost, "namespace thread id unavailable";
+    NamespaceId = 29, Lost, "namespace thread id unavailable";
 }
 
 // `ALL` lists every counter in discriminant order, 0 to COUNT - 1, so `stat as usize` indexes
@@ -610,6 +664,8 @@ mod pod {
     unsafe impl aya::Pod for super::PageChunk {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::NativeMappings {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::ProcessEvent {}
 }
 
 // Layout checks: both sides compile these, so a drift breaks the build, not the profile.

@@ -5,6 +5,7 @@
 
 mod maps;
 mod native;
+mod process;
 mod python;
 
 use aya_ebpf::{
@@ -86,6 +87,21 @@ pub fn on_sched_switch(ctx: RawTracePointContext) -> i32 {
         unsafe { SWITCH_PROGRAMS.tail_call(&ctx, WALK_PROGRAM_SLOT) };
         count(Slot::Switch, Stat::TailCall);
     }
+    0
+}
+
+/// `sched_process_fork(struct task_struct *parent, struct task_struct *child)` (attached with
+/// `--subprocesses` and `--all`).
+#[raw_tracepoint(tracepoint = "sched_process_fork")]
+pub fn on_process_fork(ctx: RawTracePointContext) -> i32 {
+    process::on_fork(ctx.arg(0), ctx.arg(1));
+    0
+}
+
+/// `sched_process_exec(struct task_struct *p, pid_t old_pid, struct linux_binprm *bprm)`.
+#[raw_tracepoint(tracepoint = "sched_process_exec")]
+pub fn on_process_exec(ctx: RawTracePointContext) -> i32 {
+    process::on_exec(ctx.arg(0));
     0
 }
 

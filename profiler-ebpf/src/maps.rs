@@ -7,14 +7,24 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, ProgramArray, RingBuf},
 };
 use profiler_common::{
-    MAX_COUNTS, MAX_OFF_CPU_THREADS, MAX_PAGE_CHUNKS, MAX_ROW_CHUNKS, MAX_STACKS, MAX_TARGETS,
-    NEW_STACKS_BYTES, NativeMappings, OffCpuStart, PROGRAM_SLOTS, PageChunk, PyStack, RowChunk,
-    STAT_ENTRIES, SampleKey, Stat, TargetInfo, config, stat_index,
+    MAX_COUNTS, MAX_FOLLOWED, MAX_OFF_CPU_THREADS, MAX_PAGE_CHUNKS, MAX_ROW_CHUNKS, MAX_STACKS,
+    MAX_TARGETS, NEW_STACKS_BYTES, NativeMappings, OffCpuStart, PROCESS_EVENTS_BYTES,
+    PROGRAM_SLOTS, PageChunk, PyStack, RowChunk, STAT_ENTRIES, SampleKey, Stat, TargetInfo, config,
+    stat_index,
 };
 
 /// Processes to profile, by tgid, with their interpreter's address and layout.
 #[map]
 pub static TARGETS: HashMap<u32, TargetInfo> = HashMap::with_max_entries(MAX_TARGETS, 0);
+
+/// Processes whose forks and execs are followed (`--subprocesses`), by tgid. The fork program
+/// adds each child of one.
+#[map]
+pub static FOLLOWED: HashMap<u32, u8> = HashMap::with_max_entries(MAX_FOLLOWED, 0);
+
+/// `ProcessEvent`s: forks and execs of followed processes, for userspace to act on at once.
+#[map]
+pub static PROCESS_EVENTS: RingBuf = RingBuf::with_byte_size(PROCESS_EVENTS_BYTES, 0);
 
 /// Distinct stacks by content hash. Userspace copies and deletes entries as it drains.
 #[map]

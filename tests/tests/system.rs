@@ -285,6 +285,105 @@ fn subprocesses_follow_exec_and_grandchildren() {
     check_processes(&profile, &runs, "subprocesses_family");
 }
 
+/// A fork storm (issue 15): 200 children of about 20 ms of CPU each under `--subprocesses`. The
+/// kernel follows each fork and samples the child from its first instruction: at least 90 % of
+/// the CPU time the children measured is in the profile, and the summary says if any samples
+/// could not be attributed.
+#[test]
+fn a_fork_storm_is_profiled_from_each_childs_first_millisecond() {
+    if !privileged() {
+        return;
+    }
+    let rate = 1000.0;
+    let out = scratch_dir("fork_storm").join("profile.txt");
+    let result = record_fixture(
+        &["-s", "-r", "1000", "-f", "raw"],
+        &out,
+        &python("3.12"),
+        "fork_storm.py",
+        &["200", "0.02"],
+    );
+    let stderr = String::from_utf8_lossy(&result.stderr);
+    let measured = fixture_json(&result);
+    assert_eq!(measured["children"].as_u64(), Some(200), "{measured}");
+    let child_cpu = measured["child_cpu"].as_f64().unwrap();
+    let profile = parse_folded(&std::fs::read_to_string(&out).unwrap());
+    let got = samples_in(&profile, "child_work") as f64;
+    let expected = child_cpu * rate;
+    eprintln!(
+        "fork_storm: {got} samples in child_work, {expected:.0} expected from {child_cpu:.2}s"
+    );
+    assert!(
+        got >= 0.9 * expected,
+        "{got} samples in child_work, but the children measured {child_cpu:.3}s ({expected:.0} samples)\n{stderr}"
+    );
+    // Each child is its own process in the profile.
+    let pids: std::collections::HashSet<&String> = profile
+        .keys()
+        .filter(|s| s.iter().any(|f| function(f) == "child_work"))
+        .map(|s| &s[0])
+        .collect();
+    assert!(
+        pids.len() >= 180,
+        "only {} child processes in the profile",
+        pids.len()
+    );
+}
+
+/// `--pid` of a shell with `-s`: the shell is not Python, the Python it starts is followed.
+#[test]
+fn a_shell_that_starts_python_is_followed_by_its_pid() {
+    if !privileged() {
+        return;
+    }
+    let dir = scratch_dir("launcher_shell");
+    let go = dir.join("go");
+    let out = dir.join("profile.txt");
+    let mut shell = Command::new(fixture("launcher.sh"))
+        .arg(&go)
+        .arg("1.5")
+        .env("PYTHON", python("3.12"))
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("starting the launcher");
+    let mut stdout = std::io::BufReader::new(shell.stdout.take().unwrap());
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut stdout, &mut line).unwrap();
+    let pid = line.trim().to_string();
+    let mut recording = start_recording(&["-s", "-r", "1000", "--pid", &pid], &out);
+    let mut stderr = std::io::BufReader::new(recording.stderr.take().unwrap());
+    let mut said = String::new();
+    while !said.contains("prof-bpf: sampling ") {
+        let mut l = String::new();
+        assert!(
+            std::io::BufRead::read_line(&mut stderr, &mut l).unwrap() > 0,
+            "{said}"
+        );
+        said.push_str(&l);
+    }
+    std::fs::write(&go, "").unwrap();
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stdout, &mut rest).unwrap();
+    shell.wait().unwrap();
+    // The shell has exited: so must the recording, soon.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = recording.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = recording.kill();
+            panic!("prof-bpf did not stop when the shell it followed exited: {said}");
+        }
+        thread::sleep(Duration::from_millis(20));
+    };
+    let mut summary = String::new();
+    std::io::Read::read_to_string(&mut stderr, &mut summary).unwrap();
+    assert!(status.success(), "{said}{summary}");
+    let profile = parse_folded(&std::fs::read_to_string(&out).unwrap());
+    check_split(&profile, measured_split(&rest), "launcher_shell");
+}
+
 /// py-spy's idle example: a() sleeps 5 s; b() sleeps 1 s and calls a(). With `--idle`, the own
 /// time of each is what it slept, within 10 %.
 #[test]
@@ -317,9 +416,14 @@ fn idle_time_goes_to_where_the_thread_slept() {
         "record --idle without tracefs: {}",
         String::from_utf8_lossy(&result.stderr)
     );
+    check_slept(&result, &out, rate, "idle_sleep");
+}
+
+/// The own time of sleepy.py's a() and b() is what each measured it slept, within 10 %.
+fn check_slept(result: &std::process::Output, out: &Path, rate: f64, what: &str) {
     let stderr = String::from_utf8_lossy(&result.stderr);
-    let slept = fixture_json(&result);
-    let profile = parse_folded(&std::fs::read_to_string(&out).unwrap());
+    let slept = fixture_json(result);
+    let profile = parse_folded(&std::fs::read_to_string(out).unwrap());
     let own = |name: &str| -> f64 {
         profile
             .iter()
@@ -330,13 +434,124 @@ fn idle_time_goes_to_where_the_thread_slept() {
     for name in ["a", "b"] {
         let want = slept[name].as_f64().unwrap();
         let got = own(name);
-        eprintln!("idle_sleep: {name} own {got:.2}s profiled vs {want:.2}s slept");
+        eprintln!("{what}: {name} own {got:.2}s profiled vs {want:.2}s slept");
         assert!(
             (got - want).abs() <= 0.1 * want,
-            "{name}: {got:.2}s of own time, but it slept {want:.2}s\n{stderr}"
+            "{what}: {name}: {got:.2}s of own time, but it slept {want:.2}s\n{stderr}"
         );
     }
     assert!(stderr.contains("idle: "), "{stderr}");
+}
+
+/// `--native --idle` attributes time off the CPU as `--idle` does (issue 16): the blocked
+/// thread's stack is its Python stack, named the same way.
+#[test]
+fn idle_with_native_frames_splits_like_idle() {
+    if !privileged() {
+        return;
+    }
+    let out = scratch_dir("idle_native").join("profile.txt");
+    let result = record_fixture(
+        &["--idle", "--native", "-r", "100", "-f", "raw"],
+        &out,
+        &python("3.12"),
+        "sleepy.py",
+        &[],
+    );
+    check_slept(&result, &out, 100.0, "idle_native");
+}
+
+/// `--idle` on the wall clock (issue 15), py-spy's check: attached to a process whose main
+/// thread sleeps in one line the whole time, that thread gets the whole window (it was blocked
+/// before recording started and is still blocked when it stops), at least 95 % of its samples in
+/// that line; a worker that wakes every second gets its measured busy/idle split.
+#[test]
+fn idle_counts_the_whole_window_by_the_wall_clock() {
+    if !privileged() {
+        return;
+    }
+    let rate = 100.0;
+    // Six of the worker's one-second cycles: a part cycle at each end moves its split little.
+    let window = 6.0;
+    let out = scratch_dir("idle_wall_clock").join("profile.txt");
+    let mut target = Command::new(python("3.12"))
+        .arg(fixture("idle_threads.py"))
+        .arg("10")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = std::io::BufReader::new(target.stdout.take().unwrap());
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut stdout, &mut line).unwrap();
+    let pid = serde_json::from_str::<Value>(&line).unwrap()["pid"].to_string();
+    let result = Command::new(prof_bpf())
+        .args([
+            "record",
+            "--idle",
+            "--threads",
+            "-r",
+            "100",
+            "-d",
+            "6",
+            "-f",
+            "raw",
+        ])
+        .args(["--pid", &pid, "-o"])
+        .arg(&out)
+        .env_remove("RUST_BACKTRACE")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&result.stderr);
+    assert!(result.status.success(), "{stderr}");
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stdout, &mut rest).unwrap();
+    target.wait().unwrap();
+    let measured: Value = serde_json::from_str(rest.lines().last().unwrap()).unwrap();
+    let profile = parse_folded(&std::fs::read_to_string(&out).unwrap());
+
+    // The main thread: every sample in the sleeping line, the whole window long.
+    let sleeping_line = line_of(&fixture("idle_threads.py"), "# the sleeping line");
+    let main_thread = format!("thread {pid} ");
+    let of_main: Vec<(&Vec<String>, &u64)> = profile
+        .iter()
+        .filter(|(s, _)| s[0].starts_with(&main_thread))
+        .collect();
+    let main_total: u64 = of_main.iter().map(|(_, n)| **n).sum();
+    let in_line: u64 = of_main
+        .iter()
+        .filter(|(s, _)| s.last().unwrap().ends_with(&format!(":{sleeping_line})")))
+        .map(|(_, n)| **n)
+        .sum();
+    eprintln!(
+        "idle_wall_clock: main thread {in_line} of {main_total} samples in the sleeping line"
+    );
+    assert!(
+        main_total as f64 >= 0.9 * window * rate,
+        "the main thread slept the whole {window}s window but has {main_total} samples\n{stderr}"
+    );
+    assert!(in_line as f64 >= 0.95 * main_total as f64, "{of_main:?}");
+
+    // The worker: its busy share of its samples is the share it measured.
+    let of_worker = |name: &str| samples_in(&profile, name);
+    let (busy, all) = (
+        profile
+            .iter()
+            .filter(|(s, _)| s.iter().any(|f| function(f) == "burn"))
+            .map(|(_, n)| *n)
+            .sum::<u64>(),
+        of_worker("wakes_every_second"),
+    );
+    let profiled = 100.0 * busy as f64 / all.max(1) as f64;
+    let (b, i) = (
+        measured["busy"].as_f64().unwrap(),
+        measured["idle"].as_f64().unwrap(),
+    );
+    let expected = 100.0 * b / (b + i);
+    eprintln!("idle_wall_clock: worker busy {profiled:.1}% profiled vs {expected:.1}% measured");
+    assert!(
+        (profiled - expected).abs() <= TOLERANCE_PP,
+        "worker busy {profiled:.1}% of its samples, measured {expected:.1}%\n{stderr}"
+    );
 }
 
 /// Two threads busy at once, one in Python with the GIL and one hashing without it: `--gil`

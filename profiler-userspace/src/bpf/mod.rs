@@ -22,8 +22,8 @@ use aya::{
     util::online_cpus,
 };
 use profiler_common::{
-    NativeMappings, NewStack, PageChunk, PyStack, RowChunk, SampleKey, Stat, StatClass, TargetInfo,
-    config, maps,
+    NativeMappings, NewStack, OffCpuStart, PageChunk, ProcessEvent, PyStack, RowChunk, SampleKey,
+    Stat, StatClass, TargetInfo, config, maps,
 };
 
 use crate::unwind::UnwindMaps;
@@ -112,9 +112,23 @@ where
     M::try_from(ebpf.take_map(name).ok_or(BpfError::Missing(name))?).map_err(map_err(name))
 }
 
+/// Whose forks and execs the kernel follows.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Follow {
+    /// Nobody's: the targets are registered by userspace alone.
+    #[default]
+    Nobody,
+    /// The processes named with `Sampler::follow` and their descendants (`--subprocesses`).
+    Named,
+    /// Every process on the machine (`--all`).
+    All,
+}
+
 /// What the kernel records besides CPU samples of every target thread.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SamplerOptions {
+    /// Forks and execs to follow (`--subprocesses`, `--all`).
+    pub follow: Follow,
     /// Off-CPU time (`--idle`): attaches the scheduler-switch program.
     pub idle: bool,
     /// Mixed stacks (`--native`): loads the native unwinder and its tables' maps.
@@ -132,6 +146,8 @@ pub struct Sampler {
     _stats: Option<OwnedFd>,
     /// Notices of stacks stored for the first time.
     new_stacks: RingBuf<MapData>,
+    /// Forks and execs of followed processes (`--subprocesses`, `--all`).
+    process_events: Option<RingBuf<MapData>>,
     active: u32,
 }
 
@@ -181,14 +197,56 @@ impl Sampler {
             programs.push(attach_switch_programs(&mut ebpf)?);
         }
         let new_stacks = map_owned(&mut ebpf, maps::NEW_STACKS)?;
+        let process_events = match options.follow {
+            Follow::Nobody => None,
+            Follow::Named | Follow::All => Some(attach_process_programs(&mut ebpf)?),
+        };
         attach_sampler(&mut ebpf, rate_hz)?;
         Ok(Self {
             ebpf,
             _programs: programs,
             _stats: stats,
             new_stacks,
+            process_events,
             active: 0,
         })
+    }
+
+    /// Follows process `pid`'s forks and execs, and its children's (`Follow::Named`).
+    pub fn follow(&mut self, pid: u32) -> Result<(), BpfError> {
+        let mut followed: HashMap<&mut MapData, u32, u8> = map_mut(&mut self.ebpf, maps::FOLLOWED)?;
+        followed.insert(pid, 1, 0).map_err(map_err(maps::FOLLOWED))
+    }
+
+    /// `--idle`: records that thread `tid` has been off the CPU since `start.since_ns` in stack
+    /// `start.stack_id`, as the scheduler program would have had it left the CPU while
+    /// watched (a thread already blocked when recording starts).
+    pub fn seed_off_cpu(&mut self, tid: u32, start: OffCpuStart) -> Result<(), BpfError> {
+        let mut map: HashMap<&mut MapData, u32, OffCpuStart> =
+            map_mut(&mut self.ebpf, maps::OFF_CPU_START)?;
+        map.insert(tid, start, 0)
+            .map_err(map_err(maps::OFF_CPU_START))
+    }
+
+    /// `--idle`: every thread off the CPU now, with where and since when.
+    pub fn off_cpu_now(&self) -> Result<Vec<(u32, OffCpuStart)>, BpfError> {
+        let map: HashMap<&MapData, u32, OffCpuStart> = map_ref(&self.ebpf, maps::OFF_CPU_START)?;
+        Ok(map.iter().filter_map(Result::ok).collect())
+    }
+
+    /// The forks and execs reported since the last call.
+    pub fn process_events(&mut self) -> Vec<ProcessEvent> {
+        let Some(ring) = &mut self.process_events else {
+            return Vec::new();
+        };
+        let mut events = Vec::new();
+        while let Some(item) = ring.next() {
+            if item.len() >= size_of::<ProcessEvent>() {
+                // SAFETY: the kernel wrote a ProcessEvent (repr(C), plain integers) into it.
+                events.push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) });
+            }
+        }
+        events
     }
 
     pub fn add_target(&mut self, pid: u32, info: TargetInfo) -> Result<(), BpfError> {
@@ -214,13 +272,21 @@ impl Sampler {
     /// once, each with its stack if still stored, so the caller can read their code objects
     /// while they are surely alive.
     pub fn wait_for_new_stacks(&mut self, timeout: Duration) -> Result<Vec<Announced>, BpfError> {
-        let mut fd = libc::pollfd {
+        // Woken by a new stack or by a fork or exec to act on.
+        let mut fds = vec![libc::pollfd {
             fd: self.new_stacks.as_raw_fd(),
             events: libc::POLLIN,
             revents: 0,
-        };
-        // SAFETY: one valid pollfd; a failed or interrupted poll just means no notice yet.
-        unsafe { libc::poll(&mut fd, 1, timeout.as_millis() as i32) };
+        }];
+        if let Some(events) = &self.process_events {
+            fds.push(libc::pollfd {
+                fd: events.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            });
+        }
+        // SAFETY: valid pollfds; a failed or interrupted poll just means no notice yet.
+        unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as _, timeout.as_millis() as i32) };
         let mut notices = Vec::new();
         while let Some(item) = self.new_stacks.next() {
             if item.len() >= size_of::<NewStack>() {
@@ -339,16 +405,28 @@ impl UnwindMaps for Sampler {
 
 /// Sets the kernel side's switches (`profiler_common::config`).
 fn configure(ebpf: &mut Ebpf, options: SamplerOptions) -> Result<(), BpfError> {
-    // With --idle the switch program reads the incoming thread's id from its task_struct.
-    let task_pid_offset = match options.idle {
-        true => btf::Btf::kernel()?.field_offset("task_struct", "pid")?,
-        false => 0,
+    // The switch program reads the incoming thread's id from its task_struct, the fork program
+    // the processes' ids: offsets from the kernel's BTF, read only when needed.
+    let following = options.follow != Follow::Nobody;
+    let btf = match options.idle || following {
+        true => Some(btf::Btf::kernel()?),
+        false => None,
     };
+    let offset = |field: &str| -> Result<u32, BpfError> {
+        match &btf {
+            Some(btf) => Ok(btf.field_offset("task_struct", field)?),
+            None => Ok(0),
+        }
+    };
+    let task_pid_offset = if options.idle { offset("pid")? } else { 0 };
+    let task_tgid_offset = if following { offset("tgid")? } else { 0 };
     let mut switches: Array<&mut MapData, u32> = map_mut(ebpf, maps::CONFIG)?;
     for (index, value) in [
         (config::IDLE, options.idle as u32),
         (config::GIL_ONLY, options.gil_only as u32),
         (config::TASK_PID_OFFSET, task_pid_offset),
+        (config::FOLLOW_ALL, (options.follow == Follow::All) as u32),
+        (config::TASK_TGID_OFFSET, task_tgid_offset),
     ] {
         switches
             .set(index, value, 0)
@@ -393,6 +471,20 @@ fn attach_switch_programs(ebpf: &mut Ebpf) -> Result<ProgramArray<MapData>, BpfE
     load(switch.load())?;
     switch.attach("sched_switch")?;
     Ok(switch_programs)
+}
+
+/// `--subprocesses`, `--all`: attaches the fork and exec programs to their raw tracepoints and
+/// returns the ring buffer they report into.
+fn attach_process_programs(ebpf: &mut Ebpf) -> Result<RingBuf<MapData>, BpfError> {
+    for (name, tracepoint) in [
+        (profiler_common::FORK_PROGRAM_NAME, "sched_process_fork"),
+        (profiler_common::EXEC_PROGRAM_NAME, "sched_process_exec"),
+    ] {
+        let p: &mut RawTracePoint = program(ebpf, name)?;
+        load(p.load())?;
+        p.attach(tracepoint)?;
+    }
+    map_owned(ebpf, maps::PROCESS_EVENTS)
 }
 
 /// Loads the sampler and attaches it to the CPU-clock event of every online CPU.

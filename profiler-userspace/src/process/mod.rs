@@ -123,6 +123,14 @@ pub fn comm(pid: u32) -> String {
         .unwrap_or_else(|_| "?".into())
 }
 
+/// Whether thread `tid` of `pid` is blocked now (sleeping or waiting on I/O: state S or D).
+pub fn thread_is_blocked(pid: u32, tid: u32) -> bool {
+    fs::read_to_string(format!("/proc/{pid}/task/{tid}/stat"))
+        .ok()
+        .and_then(|s| parse_stat(&s))
+        .is_some_and(|s| matches!(s.state, 'S' | 'D'))
+}
+
 /// The kernel's name for thread `tid` of `pid` (its `comm`), or `?` if it is gone.
 pub fn thread_name(pid: u32, tid: u32) -> String {
     fs::read_to_string(format!("/proc/{pid}/task/{tid}/comm"))

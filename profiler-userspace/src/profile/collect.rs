@@ -46,6 +46,8 @@ struct Counts {
 pub struct Totals {
     pub on_cpu_samples: u64,
     pub off_cpu: Duration,
+    /// Samples counted for processes never registered, and how many processes.
+    pub unattributed: (u64, usize),
 }
 
 /// Accumulates named stacks and counts. Processes are kept in order of registration and never
@@ -69,6 +71,9 @@ pub struct Collector {
     /// Thread names and ids in a container's namespace, taken when a thread is first counted
     /// (it may be gone by the end).
     threads: HashMap<(usize, u32), (String, Option<u32>)>,
+    /// CPU-clock samples counted for pids never registered (gone before they could be), by pid:
+    /// said in the summary, not dropped silently.
+    unattributed: HashMap<u32, u64>,
 }
 
 impl Collector {
@@ -84,6 +89,7 @@ impl Collector {
             by_stack_id: BoundedCache::new(STACK_IDS),
             counts: HashMap::new(),
             threads: HashMap::new(),
+            unattributed: HashMap::new(),
         }
     }
 
@@ -158,6 +164,9 @@ impl Collector {
         thread_name: impl FnOnce() -> (String, Option<u32>),
     ) {
         let Some(&reg) = self.by_pid.get(&key.pid) else {
+            if key.kind == count_kind::ON_CPU {
+                *self.unattributed.entry(key.pid).or_default() += n;
+            }
             return;
         };
         let stack = match self.by_stack_id.get(&(reg, key.stack_id)) {
@@ -189,6 +198,7 @@ impl Collector {
         Totals {
             on_cpu_samples: self.samples(),
             off_cpu: Duration::from_nanos(self.counts.values().map(|c| c.off_cpu_ns).sum()),
+            unattributed: (self.unattributed.values().sum(), self.unattributed.len()),
         }
     }
 

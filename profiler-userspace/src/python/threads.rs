@@ -9,11 +9,15 @@
 use std::io;
 
 use profiler_common::{
-    MAX_PYTHON_FRAMES, MAX_THREADS, NO_CSTACK_OWNER, NO_OFFSET, PY_ENTRY_FRAME, PyFrame,
-    TargetInfo, code_tag, instr_kind,
+    MAX_PYTHON_FRAMES, NO_CSTACK_OWNER, NO_OFFSET, PY_ENTRY_FRAME, PyFrame, TargetInfo, code_tag,
+    instr_kind,
 };
 
 use crate::process::ProcessMemory;
+
+/// Threads walked at most: far beyond any real program (a thousand threads is a busy server),
+/// a bound against a corrupt list that loops.
+const MAX_WALKED_THREADS: usize = 1 << 16;
 
 /// One Python thread and its frames, leaf first.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -65,7 +69,7 @@ pub fn walk_threads(
         .read_u64(field(interp, off.interp_threads_head))
         .map_err(WalkError::Threads)?;
     let mut threads = Vec::new();
-    while tstate != 0 && threads.len() < MAX_THREADS as usize {
+    while tstate != 0 && threads.len() < MAX_WALKED_THREADS {
         let id = mem
             .read_u64(field(tstate, off.tstate_native_thread_id))
             .map_err(WalkError::Threads)?;

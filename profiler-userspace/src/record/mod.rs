@@ -92,6 +92,7 @@ fn record(cfg: &RecordConfig, stop: &AtomicBool) -> Result<Summary, RecordError>
             idle: cfg.idle,
             gil_only: cfg.gil,
             native: cfg.native,
+            ..SamplerOptions::default()
         },
         frames: cfg.frames,
         subprocesses: cfg.subprocesses,
@@ -140,6 +141,7 @@ fn record(cfg: &RecordConfig, stop: &AtomicBool) -> Result<Summary, RecordError>
         skipped,
         followed,
         samples: totals.on_cpu_samples,
+        unattributed: totals.unattributed,
         off_cpu: cfg.idle.then_some(totals.off_cpu),
         duration: elapsed,
         rate_hz: cfg.rate_hz,

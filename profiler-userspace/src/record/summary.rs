@@ -37,6 +37,9 @@ pub struct Summary {
     pub followed: usize,
     /// CPU-clock samples.
     pub samples: u64,
+    /// Samples the kernel counted for processes that ended before they could be registered,
+    /// and how many such processes.
+    pub unattributed: (u64, usize),
     /// Time off the CPU recorded (`--idle`).
     pub off_cpu: Option<Duration>,
     pub duration: Duration,
@@ -65,6 +68,13 @@ impl Summary {
         self.print_samples(out)?;
         for why in &self.skipped {
             writeln!(out, "prof-bpf: not profiled: {why}")?;
+        }
+        if self.unattributed.0 > 0 {
+            writeln!(
+                out,
+                "prof-bpf: {} samples of {} processes could not be attributed: they ended before they could be registered",
+                self.unattributed.0, self.unattributed.1
+            )?;
         }
         self.print_time(out)?;
         self.print_fates(out)?;
@@ -100,10 +110,20 @@ impl Summary {
             [p] => p.describe(),
             ps => format!("{} Python processes", ps.len()),
         };
+        // With --idle the profile's samples include the time off the CPU, counted as the samples
+        // the clock would have taken in it: the headline counts what the profile holds.
+        let total: u64 = self.per_process.values().sum::<u64>().max(self.samples);
+        let split = match self.off_cpu {
+            Some(_) => format!(
+                " ({} on the CPU, {} for time off it)",
+                self.samples,
+                total - self.samples
+            ),
+            None => String::new(),
+        };
         writeln!(
             out,
-            "prof-bpf: {} samples of {what} in {secs:.2}s: {:.1} samples/s at --rate {}",
-            self.samples,
+            "prof-bpf: {total} samples{split} of {what} in {secs:.2}s: {:.1} samples/s at --rate {}",
             self.stats.get(Stat::Recorded) as f64 / secs.max(1e-9),
             self.rate_hz,
         )?;
@@ -132,12 +152,12 @@ impl Summary {
     /// Time off the CPU (`--idle`) and the GIL share.
     fn print_time(&self, out: &mut impl Write) -> io::Result<()> {
         if let Some(off_cpu) = self.off_cpu {
-            let idle = off_cpu.as_secs_f64() * self.rate_hz as f64;
+            let total: u64 = self.per_process.values().sum::<u64>().max(self.samples);
             writeln!(
                 out,
                 "prof-bpf: idle: {:.2}s off the CPU recorded; active {:.1}% of the time",
                 off_cpu.as_secs_f64(),
-                100.0 * self.samples as f64 / (self.samples as f64 + idle).max(1.0)
+                100.0 * self.samples as f64 / total.max(1) as f64
             )?;
         }
         let recorded = self.stats.get(Stat::Recorded);
@@ -167,6 +187,7 @@ impl Summary {
             writeln!(out, "prof-bpf: left out: {}", left_out.join(", "))?;
         }
         let mut errors = list(StatClass::Lost);
+        errors.extend(list(StatClass::EventLost));
         let intervals: Vec<(Stat, u64)> = Stat::ALL
             .iter()
             .filter(|s| s.class().is_error())
@@ -340,6 +361,7 @@ mod tests {
             skipped: Vec::new(),
             followed: 1,
             samples: 1000,
+            unattributed: (0, 0),
             off_cpu: None,
             duration: Duration::from_secs(2),
             rate_hz: 500,
@@ -397,7 +419,7 @@ mod tests {
             let expected = match stat.class() {
                 StatClass::OutsidePython => Some("prof-bpf: outside Python code: "),
                 StatClass::LeftOut => Some("prof-bpf: left out: "),
-                StatClass::Lost => Some("prof-bpf: errors: "),
+                StatClass::Lost | StatClass::EventLost => Some("prof-bpf: errors: "),
                 StatClass::Caveat => Some("prof-bpf: kept with a caveat: "),
                 // Native outcomes only with --native; tallies feed other figures.
                 StatClass::NativeOutcome | StatClass::Tally | StatClass::Recorded => None,

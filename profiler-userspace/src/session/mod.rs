@@ -14,13 +14,14 @@ use std::{
 };
 
 use profiler_common::{
-    MAX_KERNEL_FRAMES, MAX_NATIVE_FRAMES, PyFrame, PyStack, STACK_TRUNCATED, Stat,
+    MAX_KERNEL_FRAMES, MAX_NATIVE_FRAMES, OffCpuStart, ProcessEvent, PyFrame, PyStack,
+    STACK_TRUNCATED, SampleKey, Stat, count_kind, process_event,
 };
 
 pub use launch::{LAUNCH_TIMEOUT, stop_child};
 
 use crate::{
-    bpf::{Announced, BpfError, Drained, RunTime, Sampler, SamplerOptions, Stats},
+    bpf::{Announced, BpfError, Drained, Follow, RunTime, Sampler, SamplerOptions, Stats},
     cache::BoundedCache,
     privilege::NotPrivileged,
     process::{
@@ -36,14 +37,32 @@ use crate::{
         self, Layout, LayoutSource, UnsupportedVersion,
         discover::{self, FindError, PythonProcess},
         instance::Interpreter,
+        threads::walk_threads,
     },
     symbolize::kernel::KernelSymbols,
     unwind::{LoadStats, NativeTables},
 };
 
-/// How often /proc is scanned for processes that started, forked, exec'd or ended: the
-/// longest a new process goes unprofiled.
+/// How often /proc is scanned for processes that started, forked, exec'd or ended. With
+/// `--subprocesses` and `--all` the kernel reports forks and execs as they happen; the scan
+/// catches what those miss (and ends).
 const SCAN_INTERVAL: Duration = Duration::from_millis(100);
+/// How often a process that exec'd is looked at while it loads its new program.
+const EXEC_POLL: Duration = Duration::from_millis(5);
+/// Marks the ids of stacks userspace read itself (threads blocked at registration, `--idle`):
+/// the kernel's ids are content hashes, and one with this bit is as unlikely as any collision.
+const SEEDED_STACK: u64 = 1 << 63;
+
+/// `CLOCK_MONOTONIC` in nanoseconds: the clock of `bpf_ktime_get_ns`.
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes into the timespec we own.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
 /// Raw stacks kept from the kernel, for counts of a second process with the same stack (forked
 /// workers share code addresses) and counts that come a drain after their stack.
 const RAW_STACKS: usize = 16 * 1024;
@@ -183,8 +202,9 @@ pub struct Session {
     raw: BoundedCache<u64, KeptStack>,
     watcher: Watcher,
     pub child: Option<Child>,
-    /// A --pid target: watched by pid and start time, so a reused pid is not the target.
-    target_process: Option<PythonProcess>,
+    /// A --pid target (Python or, with --subprocesses, a launcher): its pid and start time, so
+    /// a reused pid is not the target.
+    target_pid: Option<(u32, u64)>,
     /// The first process registered (the one named by --pid or launched), for labels.
     first: Option<PythonProcess>,
     /// Python processes found but not profiled, and why.
@@ -192,6 +212,13 @@ pub struct Session {
     last_scan: Option<Instant>,
     /// Native unwind tables (`--native`), per target.
     tables: NativeTables,
+    /// Processes that exec'd, looked at until their new program shows what it is (or the
+    /// launch timeout passes).
+    exec_pending: HashMap<u32, Instant>,
+    /// Forked children registered after they had already exited: retired after the next drain.
+    retire: Vec<u32>,
+    /// Stacks of threads found blocked at registration (`--idle`), numbered.
+    seeded: u64,
     options: SessionOptions,
 }
 
@@ -203,19 +230,38 @@ impl Session {
         options: SessionOptions,
         stop: &AtomicBool,
     ) -> Result<Self, SessionError> {
-        let start_sampler = || Sampler::start(options.rate_hz, options.sampler);
+        let follow = match (target, options.subprocesses) {
+            (Target::All, _) => Follow::All,
+            (_, true) => Follow::Named,
+            (_, false) => Follow::Nobody,
+        };
+        let sampler_options = SamplerOptions {
+            follow,
+            ..options.sampler
+        };
+        let start_sampler = || Sampler::start(options.rate_hz, sampler_options);
         // Everything that can be checked without the kernel is checked before loading it.
-        let (sampler, first, child) = match target {
-            Target::Pid(pid) => {
-                let p = discover::inspect(*pid)?;
-                let layout = supported_layout(&p)?;
-                check_gil(&p, &layout, options)?;
-                (start_sampler()?, Some((p, layout)), None)
-            }
+        let (mut sampler, first, child) = match target {
+            Target::Pid(pid) => match discover::inspect(*pid) {
+                Ok(p) => {
+                    let layout = supported_layout(&p)?;
+                    check_gil(&p, &layout, options)?;
+                    (start_sampler()?, Some((p, layout)), None)
+                }
+                // With --subprocesses a launcher (a shell, a job runner) is followed to the
+                // Python processes it starts.
+                Err(FindError::NotPython { .. }) if options.subprocesses => {
+                    (start_sampler()?, None, None)
+                }
+                Err(e) => return Err(e.into()),
+            },
             Target::Launch(cmd) => {
                 launch::check_program(&cmd[0])?;
-                let sampler = start_sampler()?;
+                let mut sampler = start_sampler()?;
                 let mut c = launch::launch(cmd)?;
+                if follow == Follow::Named {
+                    sampler.follow(c.id())?;
+                }
                 // With --subprocesses the command itself need not be Python (a shell script,
                 // a launcher): the watcher finds the Python processes under it.
                 let first = if options.subprocesses {
@@ -244,6 +290,9 @@ impl Session {
             (_, Some(c), None) => Some(c.id()),
             _ => None,
         };
+        if let (Target::Pid(pid), Follow::Named) = (target, follow) {
+            sampler.follow(*pid)?;
+        }
         let watcher = Watcher::new(match (root, options.subprocesses) {
             (None, _) => Scope::All,
             (Some(root), true) => Scope::Tree(vec![root]),
@@ -263,14 +312,17 @@ impl Session {
             raw: BoundedCache::new(RAW_STACKS),
             watcher,
             child,
-            target_process: match target {
-                Target::Pid(_) => first.as_ref().map(|(p, _)| p.clone()),
+            target_pid: match target {
+                Target::Pid(pid) => Some((*pid, process::start_time(*pid)?)),
                 _ => None,
             },
             first: None,
             skipped: Vec::new(),
             last_scan: None,
             tables: NativeTables::default(),
+            exec_pending: HashMap::new(),
+            retire: Vec::new(),
+            seeded: 0,
             options,
         };
         if let Some((p, layout)) = first {
@@ -300,9 +352,84 @@ impl Session {
         if self.options.kernel {
             info.options |= profiler_common::target_options::KERNEL_STACKS;
         }
-        self.sampler
-            .add_target(pid, info)
-            .map_err(SessionError::from)
+        self.sampler.add_target(pid, info)?;
+        if self.options.sampler.idle {
+            self.seed_blocked_threads(pid);
+        }
+        Ok(())
+    }
+
+    /// `--idle` on the wall clock: a thread already blocked when its process is registered
+    /// never leaves the CPU while watched, so the scheduler program would not see it. Its
+    /// Python stack is read from the process now and it is marked off the CPU since now, as if
+    /// it had just blocked there. Best effort: a process that cannot be walked is left to the
+    /// scheduler program.
+    fn seed_blocked_threads(&mut self, pid: u32) {
+        let Some(interp) = self.interpreters.get(&pid) else {
+            return;
+        };
+        let target = interp.layout.target_info(interp.process.runtime_addr);
+        let Ok(mem) = process::open_memory(pid) else {
+            return;
+        };
+        let Ok(threads) = walk_threads(&mem, &target) else {
+            return;
+        };
+        for t in threads.iter().filter(|t| !t.frames.is_empty()) {
+            let tid = t.tid as u32;
+            if !process::thread_is_blocked(pid, tid) {
+                continue;
+            }
+            // An id no content hash of the kernel's takes in practice: the top bit set.
+            self.seeded += 1;
+            let stack_id = SEEDED_STACK | self.seeded;
+            self.raw.insert(
+                stack_id,
+                KeptStack {
+                    python: t.frames.clone(),
+                    truncated: t.truncated,
+                    native: Vec::new(),
+                    native_end: 0,
+                    kernel: Vec::new(),
+                },
+            );
+            self.name_stack(pid, stack_id);
+            let start = OffCpuStart {
+                pid,
+                _pad: 0,
+                since_ns: monotonic_ns(),
+                stack_id,
+            };
+            let _ = self.sampler.seed_off_cpu(tid, start);
+        }
+    }
+
+    /// `--idle` on the wall clock: threads still off the CPU when recording stops count up to
+    /// the end.
+    fn close_off_cpu_intervals(&mut self) -> Result<(), SessionError> {
+        let now = monotonic_ns();
+        for (tid, start) in self.sampler.off_cpu_now()? {
+            if !self.interpreters.contains_key(&start.pid) {
+                continue;
+            }
+            self.name_stack(start.pid, start.stack_id);
+            let key = SampleKey {
+                pid: start.pid,
+                tid,
+                stack_id: start.stack_id,
+                kind: count_kind::OFF_CPU_NS,
+                _pad: 0,
+            };
+            let pid = start.pid;
+            self.collector
+                .add_count(key, now.saturating_sub(start.since_ns), || {
+                    (
+                        process::thread_name(pid, tid),
+                        process::namespace::ns_tid(pid, tid),
+                    )
+                });
+        }
+        Ok(())
     }
 
     /// Loads the tables of `pid`'s newly mapped files; a process that has exited is not an error
@@ -351,8 +478,8 @@ impl Session {
 
     /// The pid of the process named by `--pid` or launched.
     pub fn root_pid(&self) -> Option<u32> {
-        match (&self.target_process, &self.child) {
-            (Some(p), _) => Some(p.pid),
+        match (&self.target_pid, &self.child) {
+            (Some((pid, _)), _) => Some(*pid),
             (_, Some(c)) => Some(c.id()),
             _ => None,
         }
@@ -362,8 +489,15 @@ impl Session {
     /// surely alive), then, when one is due, scans for processes that started or ended and
     /// registers or retires them.
     pub fn poll(&mut self, timeout: Duration) -> Result<(), SessionError> {
+        let timeout = match self.exec_pending.is_empty() {
+            true => timeout,
+            false => timeout.min(EXEC_POLL),
+        };
         let announced = self.sampler.wait_for_new_stacks(timeout)?;
         self.name_announced(announced)?;
+        let events = self.sampler.process_events();
+        self.follow(events)?;
+        self.check_exec_pending()?;
         if self.last_scan.is_none_or(|t| t.elapsed() >= SCAN_INTERVAL) {
             let changes = self.watcher.scan(classify);
             if !changes.is_empty() {
@@ -372,6 +506,75 @@ impl Session {
                 self.apply(changes)?;
             }
             self.last_scan = Some(Instant::now());
+        }
+        Ok(())
+    }
+
+    /// Acts on the forks and execs the kernel reported: a forked child of a registered Python
+    /// is registered as a copy of its parent (the kernel samples it already); a process that
+    /// exec'd is retired and looked at until its new program shows what it is.
+    fn follow(&mut self, events: Vec<ProcessEvent>) -> Result<(), SessionError> {
+        for e in events {
+            match e.kind {
+                process_event::FORK => self.register_fork(e.parent, e.pid)?,
+                process_event::EXEC => {
+                    if self.interpreters.contains_key(&e.pid) {
+                        // Its counts so far are the old program's.
+                        self.drain()?;
+                        self.collector.remove_process(e.pid);
+                        self.interpreters.remove(&e.pid);
+                    }
+                    self.exec_pending.insert(e.pid, Instant::now());
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Registers `child`, forked by registered `parent`: same interpreter, same layout, at the
+    /// same addresses. A child gone already keeps what the kernel counted for it.
+    fn register_fork(&mut self, parent: u32, child: u32) -> Result<(), SessionError> {
+        let Some(p) = self.interpreters.get(&parent) else {
+            return Ok(());
+        };
+        let (layout, mut process) = (p.layout, p.process.clone());
+        process.pid = child;
+        match process::start_time(child) {
+            Ok(start_time) => {
+                process.start_time = start_time;
+                self.watcher.know(child, start_time);
+            }
+            Err(_) => self.retire.push(child),
+        }
+        self.register(process, layout)
+    }
+
+    /// Looks at processes that exec'd: registers the ones that are Python now.
+    fn check_exec_pending(&mut self) -> Result<(), SessionError> {
+        let pending: Vec<(u32, Instant)> =
+            self.exec_pending.iter().map(|(&p, &t)| (p, t)).collect();
+        for (pid, since) in pending {
+            let Ok(stat) = process::proc_stat(pid) else {
+                self.exec_pending.remove(&pid);
+                continue;
+            };
+            let exe = process::exe_of(pid).unwrap_or_default();
+            match classify(pid, &stat, &exe) {
+                Verdict::Wanted(p) => {
+                    self.exec_pending.remove(&pid);
+                    self.watcher.know(pid, p.start_time);
+                    self.apply(vec![Change::Started(p)])?;
+                }
+                Verdict::No => {
+                    self.exec_pending.remove(&pid);
+                }
+                Verdict::NotYet | Verdict::Unreadable(_) if since.elapsed() > LAUNCH_TIMEOUT => {
+                    // Left to the /proc scan, which says why if it still cannot tell.
+                    self.exec_pending.remove(&pid);
+                }
+                Verdict::NotYet | Verdict::Unreadable(_) => {}
+            }
         }
         Ok(())
     }
@@ -432,6 +635,12 @@ impl Session {
                     process::namespace::ns_tid(key.pid, key.tid),
                 )
             });
+        }
+        // Children that were gone when they were registered have been counted now.
+        for pid in std::mem::take(&mut self.retire) {
+            self.sampler.remove_target(pid)?;
+            self.collector.remove_process(pid);
+            self.interpreters.remove(&pid);
         }
         Ok(())
     }
@@ -510,7 +719,10 @@ impl Session {
     /// what the summary needs of the rest; an error on the way (the last drain, the counters)
     /// is returned beside them, so the recording can still be written.
     pub fn finish(mut self) -> (Finished, Option<SessionError>) {
-        let drained = self.drain().err();
+        let mut drained = self.drain().err();
+        if self.options.sampler.idle && drained.is_none() {
+            drained = self.close_off_cpu_intervals().err();
+        }
         let (stats, stats_error) = match self.sampler.stats() {
             Ok(stats) => (stats, None),
             Err(e) => (Stats::default(), Some(e.into())),
@@ -542,9 +754,9 @@ impl Session {
     /// Whether the target has exited (a launched child is reaped by this check). `--all` has
     /// no end of its own.
     pub fn exited(&mut self) -> bool {
-        match (&mut self.child, &self.target_process) {
+        match (&mut self.child, self.target_pid) {
             (Some(c), _) => !matches!(c.try_wait(), Ok(None)),
-            (None, Some(p)) => !p.is_alive(),
+            (None, Some((pid, start_time))) => !process::is_alive(pid, start_time),
             (None, None) => false,
         }
     }
