@@ -5,18 +5,43 @@
 //! raw values only (addresses, offsets, counters); decoding happens in userspace.
 #![no_std]
 
-/// Frames of one Python stack the kernel records before it marks the stack truncated.
-/// A recursion 150 deep plus the module and runner frames fits.
-pub const MAX_PYTHON_FRAMES: usize = 192;
+/// Frames of one Python stack the kernel records before it marks the stack truncated: recursive
+/// parsers, tree walkers and symbolic code go hundreds deep.
+pub const MAX_PYTHON_FRAMES: usize = 1024;
 
-/// Python thread states the kernel walks to find the sampled thread's.
-pub const MAX_THREADS: u32 = 128;
+/// Frames the walker program reads per run; it tail-calls itself for the next ones, so the
+/// verifier checks a bounded loop and the depth costs only what it reads.
+pub const FRAMES_PER_CALL: usize = 128;
+
+/// A stack of at most this many frames is stored in `maps::STACKS_SMALL`, a deeper one in
+/// `maps::STACKS_LARGE`: a map's memory follows the depth of what it holds.
+pub const SMALL_STACK_FRAMES: usize = 64;
+
+/// Thread states the kernel walks per run when a thread is not in `maps::THREADS` yet; it
+/// tail-calls itself for the next ones, up to `MAX_THREAD_CALLS` runs.
+pub const THREADS_PER_CALL: u32 = 128;
+pub const MAX_THREAD_CALLS: u32 = 12;
+
+/// Threads whose thread state the kernel keeps by thread id (a 1000-thread server fits many
+/// times over); checked on every use, so a stale entry costs one read and a new walk.
+pub const MAX_KNOWN_THREADS: u32 = 65536;
+
+/// Entries of the per-CPU cache of code objects' identities (`maps::CODE_CACHE`).
+pub const CODE_CACHE_SLOTS: u32 = 4096;
+
+/// Bytes read at once from a frame (every field the walker needs lies in them, in every
+/// version) and from a code object (its name, file name and first line).
+pub const FRAME_READ: usize = 128;
+pub const CODE_READ: usize = 248;
 
 /// Processes that can be profiled at once.
 pub const MAX_TARGETS: u32 = 1024;
 
-/// Distinct stacks the kernel holds between two drains by userspace.
-pub const MAX_STACKS: u32 = 32768;
+/// Distinct stacks the kernel holds between two drains by userspace, by size.
+pub const MAX_SMALL_STACKS: u32 = 16384;
+pub const MAX_LARGE_STACKS: u32 = 512;
+/// Distinct native-and-kernel stack parts (`--native`, `--kernel`) between two drains.
+pub const MAX_EXTRA_STACKS: u32 = 8192;
 
 /// Distinct (process, thread, stack) counters the kernel holds between two drains.
 pub const MAX_COUNTS: u32 = 65536;
@@ -24,7 +49,11 @@ pub const MAX_COUNTS: u32 = 65536;
 /// Map names, so userspace never spells one as a literal.
 pub mod maps {
     pub const TARGETS: &str = "TARGETS";
-    pub const STACKS: &str = "STACKS";
+    pub const STACKS_SMALL: &str = "STACKS_SMALL";
+    pub const STACKS_LARGE: &str = "STACKS_LARGE";
+    pub const EXTRA_STACKS: &str = "EXTRA_STACKS";
+    pub const THREADS: &str = "THREADS";
+    pub const CODE_CACHE: &str = "CODE_CACHE";
     pub const COUNTS_0: &str = "COUNTS_0";
     pub const COUNTS_1: &str = "COUNTS_1";
     pub const ACTIVE_COUNTS: &str = "ACTIVE_COUNTS";
@@ -86,7 +115,8 @@ pub const NEW_STACKS_BYTES: u32 = 256 * 1024;
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct NewStack {
     pub pid: u32,
-    pub _pad: u32,
+    /// Whether it was stored in `STACKS_LARGE` (1) or `STACKS_SMALL` (0).
+    pub large: u32,
     pub stack_id: u64,
 }
 
@@ -107,8 +137,15 @@ pub const SWITCH_WALK_PROGRAM_NAME: &str = "walk_python_stack_on_switch";
 pub const UNWIND_PROGRAM_NAME: &str = "unwind_native_stack";
 /// `UNWIND_PROGRAM_NAME`'s slot in `maps::PROGRAMS`.
 pub const UNWIND_PROGRAM_SLOT: u32 = 1;
+/// The thread-list walker, in `maps::PROGRAMS` (and `SWITCH_PROGRAMS`) at this slot.
+pub const THREADS_PROGRAM_SLOT: u32 = 2;
+pub const THREADS_PROGRAM_NAME: &str = "find_thread_state";
+pub const SWITCH_THREADS_PROGRAM_NAME: &str = "find_thread_state_on_switch";
+/// The native unwinder for kernels without `bpf_loop` or `bpf_task_pt_regs` (before 5.17):
+/// a few frames per run, tail-calling itself.
+pub const UNWIND_COMPAT_PROGRAM_NAME: &str = "unwind_native_stack_compat";
 /// Slots in `maps::PROGRAMS`.
-pub const PROGRAM_SLOTS: u32 = 2;
+pub const PROGRAM_SLOTS: u32 = 3;
 
 /// Marks an offset the running CPython version does not have.
 pub const NO_OFFSET: u16 = u16::MAX;
@@ -203,6 +240,11 @@ pub struct TargetInfo {
     /// by their ids in that namespace, so the kernel asks for the sampled thread's id there.
     pub pidns_dev: u64,
     pub pidns_ino: u64,
+    /// Bytes the walker reads of each frame and of a code object: past every field it takes,
+    /// at most `FRAME_READ` and `CODE_READ` (userspace refuses a layout that needs more).
+    pub frame_read: u16,
+    pub code_read: u16,
+    pub _pad: u32,
 }
 
 /// What a target wants recorded besides its Python frames (`TargetInfo::options`).
@@ -244,45 +286,88 @@ pub const fn code_tag(name: u64, filename: u64, firstlineno: i32) -> u32 {
 /// A stack is truncated: it was deeper than `MAX_PYTHON_FRAMES`.
 pub const STACK_TRUNCATED: u32 = 1;
 
-/// One Python stack, leaf first, and with `--native` the native stack of the same sample. Stored
-/// once per distinct content in `STACKS`, keyed by its hash.
+/// One Python stack, leaf first, as stored by content hash: the first `len` of `N` frames, and
+/// the id of its native and kernel part in `EXTRA_STACKS` (0: none).
 #[repr(C)]
 #[derive(Clone, Copy)]
-pub struct PyStack {
+pub struct PyStack<const N: usize> {
     pub len: u32,
     /// `STACK_TRUNCATED`, ...
     pub flags: u32,
-    pub frames: [PyFrame; MAX_PYTHON_FRAMES],
-    /// Native frames recorded (0 without `--native`).
-    pub native_len: u32,
-    /// How the native unwind ended: a `Stat::Native*` value (0 without `--native`).
-    pub native_end: u32,
-    /// Instruction pointers, leaf first: the sampled one, then return addresses.
-    pub native: [u64; MAX_NATIVE_FRAMES],
-    /// Kernel frames recorded (`--kernel`; 0 when the sample was taken in user mode).
-    pub kernel_len: u32,
-    pub _pad: u32,
-    /// Kernel instruction pointers, leaf first.
-    pub kernel: [u64; MAX_KERNEL_FRAMES],
+    pub extra: u64,
+    pub frames: [PyFrame; N],
 }
 
-impl PyStack {
+/// A stack of up to `SMALL_STACK_FRAMES` frames (`STACKS_SMALL`).
+pub type SmallStack = PyStack<SMALL_STACK_FRAMES>;
+/// A stack of up to `MAX_PYTHON_FRAMES` frames (`STACKS_LARGE`, and the walker's scratch: its
+/// first bytes are a `SmallStack`).
+pub type LargeStack = PyStack<MAX_PYTHON_FRAMES>;
+
+impl<const N: usize> PyStack<N> {
     /// A stack with no frames: userspace's starting point for building one (tests, `dump`).
-    pub const EMPTY: PyStack = PyStack {
+    pub const EMPTY: Self = Self {
         len: 0,
         flags: 0,
+        extra: 0,
         frames: [PyFrame {
             code: 0,
             instr: 0,
             tag: 0,
-        }; MAX_PYTHON_FRAMES],
+        }; N],
+    };
+}
+
+/// The native and kernel part of a sample (`--native`, `--kernel`), stored once per content in
+/// `EXTRA_STACKS`, its id mixed into the stack's.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct ExtraStack {
+    /// Native frames recorded (0 without `--native`).
+    pub native_len: u32,
+    /// How the native unwind ended: a `Stat::Native*` value (0 without `--native`).
+    pub native_end: u32,
+    /// Kernel frames recorded (`--kernel`; 0 when the sample was taken in user mode).
+    pub kernel_len: u32,
+    pub _pad: u32,
+    /// Instruction pointers, leaf first: the sampled one, then return addresses.
+    pub native: [u64; MAX_NATIVE_FRAMES],
+    /// Kernel instruction pointers, leaf first.
+    pub kernel: [u64; MAX_KERNEL_FRAMES],
+}
+
+impl ExtraStack {
+    pub const EMPTY: Self = Self {
         native_len: 0,
         native_end: 0,
-        native: [0; MAX_NATIVE_FRAMES],
         kernel_len: 0,
         _pad: 0,
+        native: [0; MAX_NATIVE_FRAMES],
         kernel: [0; MAX_KERNEL_FRAMES],
     };
+}
+
+/// A thread the kernel found in its interpreter's thread list: where its thread state is, kept
+/// by (host) thread id in `maps::THREADS`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KnownThread {
+    pub tstate: u64,
+    pub interp: u64,
+    /// The process it belongs to (a thread id reused by another process is not it).
+    pub pid: u32,
+    pub _pad: u32,
+}
+
+/// One slot of the per-CPU cache of code objects: the identity the kernel read of the code
+/// object at `code` (its tag), valid while `generation` is the current one (userspace moves it
+/// on at each drain, so an address reused by another code object is read again soon).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CodeSlot {
+    pub code: u64,
+    pub tag: u32,
+    pub generation: u32,
 }
 
 /// Kernel frames recorded with `--kernel`.
@@ -469,7 +554,16 @@ pub mod config {
     /// Byte offset of `tgid` in `struct task_struct` (from BTF): the fork program reads the
     /// parent's and the child's process ids there.
     pub const TASK_TGID_OFFSET: u32 = 4;
-    pub const COUNT: u32 = 5;
+    /// Byte offset of the task's state (`__state`, or `state` before 5.14) in `struct
+    /// task_struct`, from BTF: the switch program reads whether the outgoing thread blocked.
+    pub const TASK_STATE_OFFSET: u32 = 5;
+    /// The current generation of `CODE_CACHE` entries: userspace moves it on at each drain.
+    pub const CODE_GENERATION: u32 = 6;
+    /// Byte offset of `stack` (the kernel stack's base) in `struct task_struct`, from BTF, for
+    /// kernels without `bpf_task_pt_regs` (before 5.15): the user registers of a sample taken in
+    /// the kernel are at the top of that stack.
+    pub const TASK_STACK_OFFSET: u32 = 7;
+    pub const COUNT: u32 = 8;
 }
 
 /// Where the scheduler-switch program left a thread that went off the CPU, by thread id.
@@ -624,6 +718,9 @@ stats! {
     /// The sampled thread's id in its container's pid namespace could not be had (its
     /// namespace is not the target's): the sample was lost.
     NamespaceId = 29, Lost, "namespace thread id unavailable";
+    /// The thread was not among the first `THREADS_PER_CALL * MAX_THREAD_CALLS` thread states
+    /// of its interpreter's list: the sample was lost.
+    ThreadWalkLimit = 30, Lost, "thread list longer than the walk";
 }
 
 // `ALL` lists every counter in discriminant order, 0 to COUNT - 1, so `stat as usize` indexes
@@ -653,7 +750,13 @@ mod pod {
     // is valid and there are no implicit padding bytes.
     unsafe impl aya::Pod for super::TargetInfo {}
     // SAFETY: as above.
-    unsafe impl aya::Pod for super::PyStack {}
+    unsafe impl aya::Pod for super::SmallStack {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::LargeStack {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::ExtraStack {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::KnownThread {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::SampleKey {}
     // SAFETY: as above.
@@ -670,14 +773,17 @@ mod pod {
 
 // Layout checks: both sides compile these, so a drift breaks the build, not the profile.
 const _: () = assert!(core::mem::size_of::<PyOffsets>() == 40);
-const _: () = assert!(core::mem::size_of::<TargetInfo>() == 72);
+const _: () = assert!(core::mem::size_of::<TargetInfo>() == 80);
 const _: () = assert!(core::mem::size_of::<OffCpuStart>() == 24);
 const _: () = assert!(core::mem::size_of::<PyFrame>() == 16);
 const _: () = assert!(core::mem::size_of::<SampleKey>() == 24);
-const _: () = assert!(
-    core::mem::size_of::<PyStack>()
-        == 8 + 16 * MAX_PYTHON_FRAMES + 8 + 8 * MAX_NATIVE_FRAMES + 8 + 8 * MAX_KERNEL_FRAMES
-);
+const _: () = assert!(core::mem::size_of::<SmallStack>() == 16 + 16 * SMALL_STACK_FRAMES);
+const _: () = assert!(core::mem::size_of::<LargeStack>() == 16 + 16 * MAX_PYTHON_FRAMES);
+const _: () =
+    assert!(core::mem::size_of::<ExtraStack>() == 16 + 8 * MAX_NATIVE_FRAMES + 8 * MAX_KERNEL_FRAMES);
+const _: () = assert!(core::mem::size_of::<KnownThread>() == 24);
+const _: () = assert!(MAX_PYTHON_FRAMES.is_multiple_of(FRAMES_PER_CALL));
+const _: () = assert!(MAX_PYTHON_FRAMES.is_power_of_two() && FRAMES_PER_CALL.is_power_of_two());
 const _: () = assert!(core::mem::size_of::<UnwindRow>() == 8);
 const _: () = assert!(core::mem::size_of::<NativeMapping>() == 48);
 const _: () = assert!(core::mem::size_of::<NativeMappings>() == 8 + 48 * MAX_MAPPINGS);

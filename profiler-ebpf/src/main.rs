@@ -13,30 +13,42 @@ use aya_ebpf::{
     macros::{perf_event, raw_tracepoint},
     programs::{PerfEventContext, RawTracePointContext},
 };
-use profiler_common::{Stat, UNWIND_PROGRAM_SLOT, WALK_PROGRAM_SLOT, config};
+use profiler_common::{Stat, THREADS_PROGRAM_SLOT, UNWIND_PROGRAM_SLOT, WALK_PROGRAM_SLOT, config};
 
-use crate::maps::{PROGRAMS, SWITCH_PROGRAMS, Slot, config_value, count};
+use crate::{
+    maps::{PROGRAMS, SWITCH_PROGRAMS, Slot, config_value, count},
+    python::Next,
+};
 
-/// `sched_switch`'s arguments (`TP_PROTO(bool preempt, struct task_struct *prev, struct
-/// task_struct *next, unsigned int prev_state)`, include/trace/events/sched.h, 5.18+), as a raw
-/// tracepoint passes them: attached by name, so no tracefs is needed.
+/// `sched_switch`'s arguments as a raw tracepoint passes them (`TP_PROTO(bool preempt, struct
+/// task_struct *prev, struct task_struct *next, ...)`, include/trace/events/sched.h; 5.18 added a
+/// fourth, read here from the task instead, so one program serves every kernel): attached by
+/// name, so no tracefs is needed.
+const SWITCH_PREEMPT: usize = 0;
+const SWITCH_PREV: usize = 1;
 const SWITCH_NEXT: usize = 2;
-const SWITCH_PREV_STATE: usize = 3;
-/// `prev_state` bits of a task that blocked (S, D, T, t, X, Z, P, I); zero, or the
-/// preempted-while-runnable bit 0x100, means it is still runnable, not idle.
-const BLOCKED_STATES: u64 = 0xff;
+/// Task state bits of a task that blocked (S, D, T, t, X, Z, P, I); zero means it is still
+/// runnable (and a preempted task is runnable whatever its state says).
+const BLOCKED_STATES: u32 = 0xff;
+
+/// The slot of the program that goes on from a located frame: the native unwinder for a target
+/// that wants native stacks, else the walker.
+#[inline(always)]
+fn stack_slot(next: Next, pid: u32) -> u32 {
+    match next {
+        Next::Threads => THREADS_PROGRAM_SLOT,
+        Next::Stack if native::wanted(pid) => UNWIND_PROGRAM_SLOT,
+        Next::Stack => WALK_PROGRAM_SLOT,
+    }
+}
 
 /// Runs on every CPU-clock sample of every CPU; returns at once unless the interrupted thread
-/// belongs to a target process. Finds the thread's current frame, then tail-calls the native
-/// unwinder (targets with `--native`) or the walker.
+/// belongs to a target process. Finds the thread's current frame (or starts the thread walk),
+/// then tail-calls what comes next.
 #[perf_event]
 pub fn on_cpu_sample(ctx: PerfEventContext) -> u32 {
-    if let Some(pid) = python::locate_current_frame(Slot::Sample) {
-        let slot = if native::wanted(pid) {
-            UNWIND_PROGRAM_SLOT
-        } else {
-            WALK_PROGRAM_SLOT
-        };
+    if let Some(next) = python::locate_current_frame(Slot::Sample) {
+        let slot = stack_slot(next, python::sampled_pid(Slot::Sample));
         // SAFETY: the callee is a perf_event program like this one and takes the same context;
         // control only comes back here if the call fails.
         unsafe { PROGRAMS.tail_call(&ctx, slot) };
@@ -45,7 +57,20 @@ pub fn on_cpu_sample(ctx: PerfEventContext) -> u32 {
     0
 }
 
-/// Unwinds the native stack (`--native`), then tail-calls the walker.
+/// Walks the interpreter's thread list for a thread not met before, a part per run.
+#[perf_event]
+pub fn find_thread_state(ctx: PerfEventContext) -> u32 {
+    if let Some(next) = python::walk_threads(Slot::Sample) {
+        let slot = stack_slot(next, python::sampled_pid(Slot::Sample));
+        // SAFETY: as in `on_cpu_sample`.
+        unsafe { PROGRAMS.tail_call(&ctx, slot) };
+        count(Slot::Sample, Stat::TailCall);
+    }
+    0
+}
+
+/// Unwinds the native stack (`--native`) in one run with `bpf_loop` (5.17+), then tail-calls
+/// the walker.
 #[perf_event]
 pub fn unwind_native_stack(ctx: PerfEventContext) -> u32 {
     native::unwind(&ctx);
@@ -55,12 +80,33 @@ pub fn unwind_native_stack(ctx: PerfEventContext) -> u32 {
     0
 }
 
-/// Walks the frame chain `on_cpu_sample` found and counts the stack (with the kernel stack,
-/// for targets that want it).
+/// Unwinds the native stack a few frames per run, on kernels without `bpf_loop`: loaded in the
+/// unwinder's slot instead of `unwind_native_stack`, it tail-calls itself, then the walker.
+#[perf_event]
+pub fn unwind_native_stack_compat(ctx: PerfEventContext) -> u32 {
+    let slot = if native::unwind_compat(&ctx) {
+        UNWIND_PROGRAM_SLOT
+    } else {
+        WALK_PROGRAM_SLOT
+    };
+    // SAFETY: as in `on_cpu_sample`.
+    unsafe { PROGRAMS.tail_call(&ctx, slot) };
+    count(Slot::Sample, Stat::TailCall);
+    0
+}
+
+/// Walks the frame chain, a part per run, and counts the stack (with the kernel stack, for
+/// targets that want it, taken on the first run).
 #[perf_event]
 pub fn walk_python_stack(ctx: PerfEventContext) -> u32 {
-    native::record_kernel_stack(&ctx);
-    python::walk_and_count(Slot::Sample);
+    if !python::walk_started(Slot::Sample) {
+        native::record_kernel_stack(&ctx);
+    }
+    if python::walk_step(Slot::Sample) {
+        // SAFETY: as in `on_cpu_sample`: the callee is this program.
+        unsafe { PROGRAMS.tail_call(&ctx, WALK_PROGRAM_SLOT) };
+        count(Slot::Sample, Stat::TailCall);
+    }
     0
 }
 
@@ -68,22 +114,65 @@ pub fn walk_python_stack(ctx: PerfEventContext) -> u32 {
 /// thread coming in, and, when the thread going out blocks, records where it blocked.
 #[raw_tracepoint(tracepoint = "sched_switch")]
 pub fn on_sched_switch(ctx: RawTracePointContext) -> i32 {
+    let preempt: u64 = ctx.arg(SWITCH_PREEMPT);
+    let prev: u64 = ctx.arg(SWITCH_PREV);
     let next: u64 = ctx.arg(SWITCH_NEXT);
-    let prev_state: u64 = ctx.arg(SWITCH_PREV_STATE);
-    // `task_struct.pid` (the thread id) sits where userspace found it in the kernel's BTF.
-    let pid_offset = config_value(config::TASK_PID_OFFSET) as u64;
-    if pid_offset != 0 {
-        // SAFETY: `next` is the kernel's task pointer for this switch; the helper reads kernel
-        // memory fault-tolerantly, and a bad offset only yields a wrong or zero tid.
-        let next_tid = unsafe { bpf_probe_read_kernel((next + pid_offset) as *const i32) };
-        if let Ok(tid) = next_tid {
-            python::end_off_cpu(tid as u32);
-        }
+    // `task_struct.pid` (the thread id) and its state sit where userspace found them in the
+    // kernel's BTF.
+    if let Some(tid) = task_field::<i32>(next, config::TASK_PID_OFFSET) {
+        python::end_off_cpu(tid as u32);
     }
+    let blocked = preempt & 0xff == 0
+        && task_field::<u32>(prev, config::TASK_STATE_OFFSET)
+            .is_some_and(|s| s & BLOCKED_STATES != 0);
     // The thread going out is the current one: its memory is the one user reads see.
-    if prev_state & BLOCKED_STATES != 0 && python::locate_current_frame(Slot::Switch).is_some() {
-        // SAFETY: the walker is a raw tracepoint program like this one and takes the same
+    if blocked && let Some(next) = python::locate_current_frame(Slot::Switch) {
+        let slot = match next {
+            Next::Threads => THREADS_PROGRAM_SLOT,
+            Next::Stack => WALK_PROGRAM_SLOT,
+        };
+        // SAFETY: the callee is a raw tracepoint program like this one and takes the same
         // context.
+        unsafe { SWITCH_PROGRAMS.tail_call(&ctx, slot) };
+        count(Slot::Switch, Stat::TailCall);
+    }
+    0
+}
+
+/// A field of a kernel task at the BTF offset in `config[index]`; `None` if the offset is
+/// unknown or the read faults.
+#[inline(always)]
+fn task_field<T>(task: u64, index: u32) -> Option<T> {
+    let offset = config_value(index) as u64;
+    if offset == 0 {
+        return None;
+    }
+    // SAFETY: `task` is a task pointer the tracepoint passed; the helper reads kernel memory
+    // fault-tolerantly, and a bad offset only yields a wrong value.
+    unsafe { bpf_probe_read_kernel((task + offset) as *const T) }.ok()
+}
+
+/// The thread walk of `on_sched_switch`, as a raw tracepoint program.
+#[raw_tracepoint(tracepoint = "sched_switch")]
+pub fn find_thread_state_on_switch(ctx: RawTracePointContext) -> i32 {
+    if let Some(next) = python::walk_threads(Slot::Switch) {
+        let slot = match next {
+            Next::Threads => THREADS_PROGRAM_SLOT,
+            Next::Stack => WALK_PROGRAM_SLOT,
+        };
+        // SAFETY: as in `on_sched_switch`.
+        unsafe { SWITCH_PROGRAMS.tail_call(&ctx, slot) };
+        count(Slot::Switch, Stat::TailCall);
+    }
+    0
+}
+
+/// Walks the frame chain `on_sched_switch` found, a part per run, and notes where the thread
+/// left the CPU.
+#[raw_tracepoint(tracepoint = "sched_switch")]
+pub fn walk_python_stack_on_switch(ctx: RawTracePointContext) -> i32 {
+    if python::walk_step(Slot::Switch) {
+        // SAFETY: as in `on_sched_switch`: the callee is this program.
         unsafe { SWITCH_PROGRAMS.tail_call(&ctx, WALK_PROGRAM_SLOT) };
         count(Slot::Switch, Stat::TailCall);
     }
@@ -102,13 +191,6 @@ pub fn on_process_fork(ctx: RawTracePointContext) -> i32 {
 #[raw_tracepoint(tracepoint = "sched_process_exec")]
 pub fn on_process_exec(ctx: RawTracePointContext) -> i32 {
     process::on_exec(ctx.arg(0));
-    0
-}
-
-/// Walks the frame chain `on_sched_switch` found and notes where the thread left the CPU.
-#[raw_tracepoint(tracepoint = "sched_switch")]
-pub fn walk_python_stack_on_switch(_ctx: RawTracePointContext) -> i32 {
-    python::walk_and_count(Slot::Switch);
     0
 }
 

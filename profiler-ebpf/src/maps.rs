@@ -2,15 +2,15 @@
 //! `ACTIVE_COUNTS`; the kernel writes the rest, and userspace drains it.
 
 use aya_ebpf::{
-    bindings::BPF_F_NO_PREALLOC,
     macros::map,
     maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, ProgramArray, RingBuf},
 };
 use profiler_common::{
-    MAX_COUNTS, MAX_FOLLOWED, MAX_OFF_CPU_THREADS, MAX_PAGE_CHUNKS, MAX_ROW_CHUNKS, MAX_STACKS,
-    MAX_TARGETS, NEW_STACKS_BYTES, NativeMappings, OffCpuStart, PROCESS_EVENTS_BYTES,
-    PROGRAM_SLOTS, PageChunk, PyStack, RowChunk, STAT_ENTRIES, SampleKey, Stat, TargetInfo, config,
-    stat_index,
+    CODE_CACHE_SLOTS, CodeSlot, ExtraStack, KnownThread, LargeStack, MAX_COUNTS, MAX_EXTRA_STACKS,
+    MAX_FOLLOWED, MAX_KNOWN_THREADS, MAX_LARGE_STACKS, MAX_OFF_CPU_THREADS, MAX_PAGE_CHUNKS,
+    MAX_ROW_CHUNKS, MAX_SMALL_STACKS, MAX_TARGETS, NEW_STACKS_BYTES, NativeMappings, OffCpuStart,
+    PROCESS_EVENTS_BYTES, PROGRAM_SLOTS, PageChunk, RowChunk, STAT_ENTRIES, SampleKey, SmallStack,
+    Stat, TargetInfo, config, stat_index,
 };
 
 /// Processes to profile, by tgid, with their interpreter's address and layout.
@@ -26,9 +26,28 @@ pub static FOLLOWED: HashMap<u32, u8> = HashMap::with_max_entries(MAX_FOLLOWED, 
 #[map]
 pub static PROCESS_EVENTS: RingBuf = RingBuf::with_byte_size(PROCESS_EVENTS_BYTES, 0);
 
-/// Distinct stacks by content hash. Userspace copies and deletes entries as it drains.
+// Every hash map is preallocated: kernels before 6.1 let perf_event programs use no other kind,
+// and a preallocated map never allocates in the sample's path.
+
+/// Distinct stacks by content hash, by size: up to `SMALL_STACK_FRAMES` frames, and deeper.
+/// Userspace copies and deletes entries as it drains.
 #[map]
-pub static STACKS: HashMap<u64, PyStack> = HashMap::with_max_entries(MAX_STACKS, BPF_F_NO_PREALLOC);
+pub static STACKS_SMALL: HashMap<u64, SmallStack> = HashMap::with_max_entries(MAX_SMALL_STACKS, 0);
+#[map]
+pub static STACKS_LARGE: HashMap<u64, LargeStack> = HashMap::with_max_entries(MAX_LARGE_STACKS, 0);
+
+/// The native and kernel parts of stacks (`--native`, `--kernel`), by their own hash.
+#[map]
+pub static EXTRA_STACKS: HashMap<u64, ExtraStack> = HashMap::with_max_entries(MAX_EXTRA_STACKS, 0);
+
+/// Where each thread's thread state is, by thread id, as the thread walk found it.
+#[map]
+pub static THREADS: LruHashMap<u32, KnownThread> =
+    LruHashMap::with_max_entries(MAX_KNOWN_THREADS, 0);
+
+/// Per CPU, a direct-mapped cache of the code objects' tags the walker computed.
+#[map]
+pub static CODE_CACHE: PerCpuArray<CodeSlot> = PerCpuArray::with_max_entries(CODE_CACHE_SLOTS, 0);
 
 /// `NewStack` notices: userspace wakes on them to read a new stack's code objects at once.
 #[map]
@@ -37,11 +56,9 @@ pub static NEW_STACKS: RingBuf = RingBuf::with_byte_size(NEW_STACKS_BYTES, 0);
 /// Sample counts per (process, thread, stack). Two maps so userspace can drain one while the
 /// kernel counts into the other: `ACTIVE_COUNTS[0]` says which one is live.
 #[map]
-pub static COUNTS_0: PerCpuHashMap<SampleKey, u64> =
-    PerCpuHashMap::with_max_entries(MAX_COUNTS, BPF_F_NO_PREALLOC);
+pub static COUNTS_0: PerCpuHashMap<SampleKey, u64> = PerCpuHashMap::with_max_entries(MAX_COUNTS, 0);
 #[map]
-pub static COUNTS_1: PerCpuHashMap<SampleKey, u64> =
-    PerCpuHashMap::with_max_entries(MAX_COUNTS, BPF_F_NO_PREALLOC);
+pub static COUNTS_1: PerCpuHashMap<SampleKey, u64> = PerCpuHashMap::with_max_entries(MAX_COUNTS, 0);
 #[map]
 pub static ACTIVE_COUNTS: Array<u32> = Array::with_max_entries(1, 0);
 
@@ -71,21 +88,34 @@ pub fn config_value(index: u32) -> u32 {
 pub static OFF_CPU_START: LruHashMap<u32, OffCpuStart> =
     LruHashMap::with_max_entries(MAX_OFF_CPU_THREADS, 0);
 
-/// What a sample's first program hands the walker across the tail call, and room to build a
-/// stack in (far larger than the 512-byte BPF stack).
+/// What a sample's programs hand each other across tail calls, and room to build a stack in
+/// (far larger than the 512-byte BPF stack).
 #[repr(C)]
 pub struct Scratch {
     pub pid: u32,
     pub tid: u32,
-    /// The thread's current `_PyInterpreterFrame` (or `PyFrameObject`).
+    /// The thread's id as its thread state knows it (in a container's pid namespace).
+    pub python_tid: u32,
+    /// Runs of the thread walk so far (`MAX_THREAD_CALLS` at most).
+    pub thread_calls: u32,
+    /// The next frame to read: the thread's current `_PyInterpreterFrame` (or
+    /// `PyFrameObject`) at first.
     pub frame: u64,
-    /// The stack's content hash, written by the walk and read back by the tail.
+    /// The thread walk's next thread state, and the interpreter it walks.
+    pub cursor: u64,
+    pub interp: u64,
+    /// The stack's content hash so far.
     pub hash: u64,
     /// Whether the thread held the GIL (1) or not (0).
     pub gil_held: u32,
+    /// Whether the walk met a frame that runs code (1) or only shims (0: 3.15's base frame
+    /// alone, an eval call that has not pushed its frame yet): no Python frame to record.
+    pub code_seen: u32,
     /// How the native unwind ended (a `Stat::Native*`).
     pub native_end: u32,
-    /// The native frames' hash (0 without `--native`).
+    /// Read faults of the walk so far (non-zero: stop, and count one `ReadFrame`).
+    pub faults: u32,
+    /// The native and kernel frames' hash (0 without `--native` or `--kernel`).
     pub native_hash: u64,
     /// The native unwinder's registers, carried from one frame to the next.
     pub rip: u64,
@@ -94,10 +124,13 @@ pub struct Scratch {
     /// `TargetInfo::frame_is_entry` and `TargetInfo::options` of the sampled target.
     pub entry_offset: u16,
     pub options: u16,
-    /// Whether the walk met a frame that runs code (1) or only shims (0: 3.15's base frame
-    /// alone, an eval call that has not pushed its frame yet): no Python frame to record.
-    pub code_seen: u32,
-    pub stack: PyStack,
+    /// Native unwinder runs so far (the compatible unwinder's bound).
+    pub unwind_calls: u32,
+    /// One frame's or code object's bytes, read at once; twice `FRAME_READ` so an offset masked
+    /// below it plus the field's size stays inside.
+    pub bytes: [u8; 2 * profiler_common::FRAME_READ + 16],
+    pub stack: LargeStack,
+    pub extra: ExtraStack,
 }
 
 /// Which `SCRATCH` entry a program uses: CPU-clock samples and scheduler switches each have
@@ -129,12 +162,13 @@ pub static PAGE_INDEX: Array<PageChunk> = Array::with_max_entries(MAX_PAGE_CHUNK
 /// Per target with `--native`: its executable mappings and their tables.
 #[map]
 pub static NATIVE_MAPPINGS: HashMap<u32, NativeMappings> =
-    HashMap::with_max_entries(MAX_TARGETS, BPF_F_NO_PREALLOC);
+    HashMap::with_max_entries(MAX_TARGETS, 0);
 
 /// The tail-call table of the scheduler-switch programs (a table serves one program type):
-/// slot `WALK_PROGRAM_SLOT` holds `walk_python_stack_on_switch`.
+/// slot `WALK_PROGRAM_SLOT` holds `walk_python_stack_on_switch`, `THREADS_PROGRAM_SLOT`
+/// `find_thread_state_on_switch`.
 #[map]
-pub static SWITCH_PROGRAMS: ProgramArray = ProgramArray::with_max_entries(1, 0);
+pub static SWITCH_PROGRAMS: ProgramArray = ProgramArray::with_max_entries(PROGRAM_SLOTS, 0);
 
 /// Counts `stat` for the program using scratch `slot` (each kind of program has its own set of
 /// counters, `profiler_common::stat_index`).

@@ -7,25 +7,40 @@
 //! One frame per `bpf_loop` iteration: the callback keeps every value it carries from one frame
 //! to the next in the per-CPU scratch map, so the verifier sees the same state on every entry and
 //! checks the callback once, whatever the number of frames. The two binary searches inside it
-//! are bounded by constants from `profiler-common` and have one exit branch per step.
+//! are bounded by constants from `profiler-common` and have one exit branch per step. Kernels
+//! without `bpf_loop` or `bpf_task_pt_regs` (before 5.17) get the compatible unwinder instead:
+//! `COMPAT_FRAMES_PER_CALL` frames per run, the program tail-calling itself, up to
+//! `COMPAT_MAX_CALLS` runs, with the user registers of a sample taken in the kernel read from
+//! the top of the task's kernel stack at an offset from BTF.
 
 use core::ffi::c_void;
 
 use aya_ebpf::{
     bindings::pt_regs,
-    helpers::{bpf_get_current_task_btf, bpf_probe_read_kernel, bpf_probe_read_user, generated},
+    helpers::{
+        bpf_get_current_task, bpf_get_current_task_btf, bpf_probe_read_kernel, bpf_probe_read_user,
+        generated,
+    },
     programs::PerfEventContext,
 };
 use profiler_common::{
     MAPPING_SEARCH_STEPS, MAX_KERNEL_FRAMES, MAX_MAPPINGS, MAX_NATIVE_FRAMES, NativeMapping,
     NativeMappings, PAGE_SHIFT, PAGES_PER_CHUNK, ROW_SEARCH_STEPS, ROWS_PER_CHUNK, Stat, UnwindRow,
-    mix, target_options, unwind_step,
+    config, mix, target_options, unwind_step,
 };
 
-use crate::maps::{NATIVE_MAPPINGS, PAGE_INDEX, SCRATCH, Scratch, Slot, UNWIND_ROWS, count};
+use crate::maps::{
+    NATIVE_MAPPINGS, PAGE_INDEX, SCRATCH, Scratch, Slot, UNWIND_ROWS, config_value, count,
+};
 
 /// User-mode code segments have privilege level 3 in the low bits of cs.
 const USER_MODE: u64 = 3;
+/// The compatible unwinder's frames per run, and its runs: 8 * 8 = 64 frames.
+pub const COMPAT_FRAMES_PER_CALL: usize = 8;
+pub const COMPAT_MAX_CALLS: u32 = 8;
+/// x86_64's kernel stack: 16 KiB (`THREAD_SIZE` without KASAN), with the user registers saved
+/// at its top (`task_pt_regs`; no padding above them on x86_64).
+const THREAD_SIZE: u64 = 16 * 1024;
 
 #[inline(always)]
 fn scratch() -> Option<&'static mut Scratch> {
@@ -40,14 +55,20 @@ pub fn wanted(pid: u32) -> bool {
     NATIVE_MAPPINGS.get_ptr(pid).is_some()
 }
 
+/// The sampled thread's user registers (rip, rsp, rbp) when the sample interrupted user code.
+#[inline(always)]
+fn interrupted_user_regs(ctx: &PerfEventContext) -> Option<(u64, u64, u64)> {
+    // SAFETY: a perf_event program may read its context's register block.
+    let regs: &pt_regs = unsafe { &(*ctx.ctx).regs };
+    (regs.cs & 3 == USER_MODE).then_some((regs.rip, regs.rsp, regs.rbp))
+}
+
 /// The sampled thread's user registers (rip, rsp, rbp): the perf context's when the sample
 /// interrupted user code, else those saved at the kernel entry (a system call or fault).
 #[inline(always)]
 fn user_regs(ctx: &PerfEventContext) -> Option<(u64, u64, u64)> {
-    // SAFETY: a perf_event program may read its context's register block.
-    let regs: &pt_regs = unsafe { &(*ctx.ctx).regs };
-    if regs.cs & 3 == USER_MODE {
-        return Some((regs.rip, regs.rsp, regs.rbp));
+    if let Some(regs) = interrupted_user_regs(ctx) {
+        return Some(regs);
     }
     // SAFETY: bpf_get_current_task_btf returns the running task; bpf_task_pt_regs returns its
     // user register block (the top of its kernel stack), read below through the fault-tolerant
@@ -61,13 +82,35 @@ fn user_regs(ctx: &PerfEventContext) -> Option<(u64, u64, u64)> {
     Some((regs.rip, regs.rsp, regs.rbp))
 }
 
-/// Unwinds the sampled thread's native stack into the scratch map's stack (`native`,
+/// The user registers for kernels without `bpf_task_pt_regs`: those saved at the top of the
+/// task's kernel stack, whose base is at the BTF offset userspace passed.
+#[inline(always)]
+fn user_regs_compat(ctx: &PerfEventContext) -> Option<(u64, u64, u64)> {
+    if let Some(regs) = interrupted_user_regs(ctx) {
+        return Some(regs);
+    }
+    let offset = config_value(config::TASK_STACK_OFFSET) as u64;
+    if offset == 0 {
+        return None;
+    }
+    // SAFETY: bpf_get_current_task returns the running task's address; every read of it goes
+    // through the fault-tolerant helper.
+    let task = unsafe { bpf_get_current_task() };
+    // SAFETY: as above.
+    let stack: u64 = unsafe { bpf_probe_read_kernel((task + offset) as *const u64) }.ok()?;
+    let user = stack + THREAD_SIZE - core::mem::size_of::<pt_regs>() as u64;
+    // SAFETY: as above.
+    let regs: pt_regs = unsafe { bpf_probe_read_kernel(user as *const pt_regs) }.ok()?;
+    Some((regs.rip, regs.rsp, regs.rbp))
+}
+
+/// Unwinds the sampled thread's native stack into the scratch map's `extra` (`native`,
 /// `native_len`, `native_end`) and `native_hash`, and counts how the unwind ended.
 pub fn unwind(ctx: &PerfEventContext) {
     let Some(s) = scratch() else {
         return;
     };
-    s.stack.native_len = 0;
+    s.extra.native_len = 0;
     s.native_hash = 0;
     s.native_end = Stat::NativeReadFault as u32;
     if let Some((rip, rsp, rbp)) = user_regs(ctx) {
@@ -85,11 +128,51 @@ pub fn unwind(ctx: &PerfEventContext) {
             )
         };
     }
+    end_unwind();
+}
+
+/// One run of the compatible unwinder (kernels before 5.17): up to `COMPAT_FRAMES_PER_CALL`
+/// frames. Returns whether frames remain for another run.
+pub fn unwind_compat(ctx: &PerfEventContext) -> bool {
+    let Some(s) = scratch() else {
+        return false;
+    };
+    if s.unwind_calls == 0 {
+        s.extra.native_len = 0;
+        s.native_hash = 0;
+        s.native_end = Stat::NativeReadFault as u32;
+        let Some((rip, rsp, rbp)) = user_regs_compat(ctx) else {
+            end_unwind();
+            return false;
+        };
+        s.rip = rip;
+        s.rsp = rsp;
+        s.rbp = rbp;
+        s.native_end = Stat::NativeTruncated as u32;
+    }
+    s.unwind_calls += 1;
+    for _ in 0..COMPAT_FRAMES_PER_CALL {
+        if let Err(end) = step_frame(s) {
+            s.native_end = end as u32;
+            end_unwind();
+            return false;
+        }
+    }
+    if s.unwind_calls >= COMPAT_MAX_CALLS {
+        end_unwind();
+        return false;
+    }
+    true
+}
+
+/// Records how the unwind ended and counts it.
+#[inline(always)]
+fn end_unwind() {
     // The callback may have written through another pointer: read back through this one.
     let Some(s) = scratch() else {
         return;
     };
-    s.stack.native_end = s.native_end;
+    s.extra.native_end = s.native_end;
     s.native_hash = mix(s.native_hash, s.native_end as u64);
     let end = s.native_end;
     count(
@@ -114,7 +197,7 @@ pub fn record_kernel_stack(ctx: &PerfEventContext) {
     let Some(s) = scratch() else {
         return;
     };
-    s.stack.kernel_len = 0;
+    s.extra.kernel_len = 0;
     if s.options & target_options::KERNEL_STACKS == 0 {
         return;
     }
@@ -123,7 +206,7 @@ pub fn record_kernel_stack(ctx: &PerfEventContext) {
     let bytes = unsafe {
         generated::bpf_get_stack(
             ctx.ctx.cast(),
-            s.stack.kernel.as_mut_ptr().cast(),
+            s.extra.kernel.as_mut_ptr().cast(),
             (MAX_KERNEL_FRAMES * 8) as u32,
             0,
         )
@@ -133,13 +216,13 @@ pub fn record_kernel_stack(ctx: &PerfEventContext) {
         return;
     }
     let len = (bytes as usize / 8).min(MAX_KERNEL_FRAMES);
-    s.stack.kernel_len = len as u32;
+    s.extra.kernel_len = len as u32;
     let mut hash = s.native_hash;
     for i in 0..MAX_KERNEL_FRAMES {
         if i >= len {
             break;
         }
-        hash = mix(hash, s.stack.kernel[i]);
+        hash = mix(hash, s.extra.kernel[i]);
     }
     s.native_hash = mix(hash, len as u64);
 }
@@ -170,12 +253,12 @@ fn step_frame(s: &mut Scratch) -> Result<(), Stat> {
     // the old or the new table, both consistent.
     let mappings = unsafe { &*mappings };
     let (pc, rsp, rbp) = (s.rip, s.rsp, s.rbp);
-    let i = s.stack.native_len as usize;
+    let i = s.extra.native_len as usize;
     if i >= MAX_NATIVE_FRAMES {
         return Err(Stat::NativeTruncated);
     }
-    s.stack.native[i & (MAX_NATIVE_FRAMES - 1)] = pc;
-    s.stack.native_len = i as u32 + 1;
+    s.extra.native[i & (MAX_NATIVE_FRAMES - 1)] = pc;
+    s.extra.native_len = i as u32 + 1;
     s.native_hash = mix(s.native_hash, pc);
     if pc == 0 {
         return Err(Stat::NativeComplete);

@@ -4,35 +4,57 @@
 //! every read goes through `bpf_probe_read_user`, so a wrong offset yields a counted fault, never
 //! a bad access.
 //!
-//! The work is split in two programs joined by a tail call (`locate_current_frame`, then
-//! `walk_and_count`), and results cross each loop's end through the per-CPU scratch map: that
-//! keeps the verifier from exploring every exit of one loop times every exit of the other.
+//! Cost is what makes a sampler usable at 10 kHz, so each step does the least it can:
+//! - the thread state is found by thread id in `THREADS` and checked with one read; the
+//!   interpreter's thread list is walked (`THREADS_PER_CALL` per run, the program tail-calling
+//!   itself) only for a thread not met before, and every thread met on the way is remembered;
+//! - each frame costs one read of `FRAME_READ` bytes, its fields taken from the copy;
+//! - a code object's tag (what tells it from a later one at the same address) comes from a
+//!   per-CPU cache, read from the code object once per drain interval;
+//! - the walk reads `FRAMES_PER_CALL` frames per run and tail-calls itself for the next, so
+//!   the verifier checks one bounded loop and a stack costs what its depth costs, up to
+//!   `MAX_PYTHON_FRAMES`.
+//!
+//! Results cross each program's end through the per-CPU scratch map.
 
-use core::ptr::{addr_of, addr_of_mut, read_volatile, write_volatile};
+use core::ptr::{addr_of, addr_of_mut, read_unaligned, read_volatile, write_volatile};
 
 use aya_ebpf::{
     bindings::{BPF_NOEXIST, bpf_pidns_info},
     helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user, generated},
 };
 use profiler_common::{
-    MAX_PYTHON_FRAMES, MAX_THREADS, NO_OFFSET, NewStack, OffCpuStart, PY_ENTRY_FRAME, PyFrame,
-    PyOffsets, STACK_TRUNCATED, SampleKey, Stat, TargetInfo, code_tag, config, count_kind,
+    CODE_CACHE_SLOTS, CodeSlot, FRAMES_PER_CALL, KnownThread, MAX_PYTHON_FRAMES, MAX_THREAD_CALLS,
+    NO_OFFSET, NewStack, OffCpuStart, PY_ENTRY_FRAME, PyFrame, SMALL_STACK_FRAMES, STACK_TRUNCATED,
+    SampleKey, SmallStack, Stat, THREADS_PER_CALL, TargetInfo, code_tag, config, count_kind,
     instr_kind, mix,
 };
 
 use crate::maps::{
-    ACTIVE_COUNTS, COUNTS_0, COUNTS_1, NEW_STACKS, OFF_CPU_START, SCRATCH, STACKS, Scratch, Slot,
-    TARGETS, count, enabled,
+    ACTIVE_COUNTS, CODE_CACHE, COUNTS_0, COUNTS_1, EXTRA_STACKS, NEW_STACKS, OFF_CPU_START,
+    SCRATCH, STACKS_LARGE, STACKS_SMALL, Scratch, Slot, TARGETS, THREADS, config_value, count,
+    enabled,
 };
 
 const EEXIST: i32 = 17;
+/// Masks an offset into `Scratch::bytes`: every field offset userspace passes is below this
+/// (it refuses a layout whose reads would not fit), so the mask only bounds it for the verifier.
+const BYTES_MASK: u64 = 255;
+
+/// What a sample's first programs found: where to go next.
+pub enum Next {
+    /// The thread's current frame is in the scratch map: unwind (or walk) it.
+    Stack,
+    /// The thread is not known yet: walk the interpreter's thread list (tail-call the walk).
+    Threads,
+}
 
 /// Reads a `T` at `addr` in the current process.
 #[inline(always)]
-fn read<T>(addr: u64) -> Result<T, Stat> {
+fn read<T>(addr: u64) -> Result<T, ()> {
     // SAFETY: bpf_probe_read_user copies through the kernel's fault-tolerant path; any address
     // is safe to pass, a bad one returns an error.
-    unsafe { bpf_probe_read_user(addr as *const T) }.map_err(|_| Stat::ReadFrame)
+    unsafe { bpf_probe_read_user(addr as *const T) }.map_err(|_| ())
 }
 
 #[inline(always)]
@@ -43,13 +65,25 @@ fn field(base: u64, offset: u16) -> u64 {
 #[inline(always)]
 fn scratch(slot: Slot) -> Option<&'static mut Scratch> {
     // SAFETY: the per-CPU scratch entry is only used by the program running on this CPU, a
-    // sample's two programs run back to back on it, and each kind of program has its own slot.
+    // sample's programs run back to back on it, and each kind of program has its own slot.
     SCRATCH.get_ptr_mut(slot as u32).map(|p| unsafe { &mut *p })
 }
 
-/// Stage one: for a target thread, finds its current frame and leaves it in the scratch map
-/// `slot`. Returns the target's pid when there is a stack to walk.
-pub fn locate_current_frame(slot: Slot) -> Option<u32> {
+/// The pid of the target sampled now (what `locate_current_frame` left in `slot`).
+#[inline(always)]
+pub fn sampled_pid(slot: Slot) -> u32 {
+    scratch(slot).map_or(0, |s| s.pid)
+}
+
+/// Whether the frame walk of this sample has begun (a later run of the walker).
+#[inline(always)]
+pub fn walk_started(slot: Slot) -> bool {
+    scratch(slot).is_some_and(|s| s.stack.len != 0)
+}
+
+/// Stage one: for a target thread, finds its current frame (or the start of the thread walk)
+/// and leaves it in the scratch map `slot`. `None`: nothing to walk (counted).
+pub fn locate_current_frame(slot: Slot) -> Option<Next> {
     let pid_tgid = bpf_get_current_pid_tgid();
     let pid = (pid_tgid >> 32) as u32;
     let tid = pid_tgid as u32;
@@ -58,43 +92,48 @@ pub fn locate_current_frame(slot: Slot) -> Option<u32> {
     let target = unsafe { TARGETS.get(pid) }?;
     count(slot, Stat::TargetSample);
     let s = scratch(slot)?;
-    let off = &target.offsets;
-    let frame =
-        python_tid(target, tid).and_then(|python_tid| find_thread_state(target, python_tid));
-    let frame = frame.and_then(|(interp, tstate)| {
-        let gil_held = holds_gil(target, interp, tstate);
-        if slot == Slot::Sample && !gil_held && enabled(config::GIL_ONLY) {
-            return Err(Stat::GilNotHeld);
-        }
-        s.gil_held = gil_held as u32;
-        let mut frame: u64 = read(field(tstate, off.tstate_frame))?;
-        if off.cframe_current_frame != NO_OFFSET && frame != 0 {
-            frame = read(field(frame, off.cframe_current_frame))?;
-        }
-        if frame == 0 {
-            Err(Stat::EmptyStack)
-        } else {
-            Ok(frame)
+    let found = python_tid(target, tid).and_then(|python_tid| {
+        start(s, target, pid, tid, python_tid);
+        // SAFETY: entries are written whole; a stale one is checked below.
+        match unsafe { THREADS.get(tid) } {
+            Some(known)
+                if known.pid == pid && thread_id_of(target, known.tstate) == Ok(python_tid) =>
+            {
+                current_frame(slot, s, target, known.interp, known.tstate).map(|()| Next::Stack)
+            }
+            _ => begin_thread_walk(s, target).map(|()| Next::Threads),
         }
     });
-    match frame {
-        Ok(frame) => {
-            s.pid = pid;
-            s.tid = tid;
-            s.frame = frame;
-            s.entry_offset = target.frame_is_entry;
-            s.options = target.options;
-            // No native stack unless the unwinder runs next and records one.
-            s.stack.native_len = 0;
-            s.stack.native_end = 0;
-            s.native_hash = 0;
-            Some(pid)
-        }
+    match found {
+        Ok(next) => Some(next),
         Err(stat) => {
             count(slot, stat);
             None
         }
     }
+}
+
+/// Resets the scratch entry for a new sample of thread `tid` of `pid`.
+#[inline(always)]
+fn start(s: &mut Scratch, target: &TargetInfo, pid: u32, tid: u32, python_tid: u32) {
+    s.pid = pid;
+    s.tid = tid;
+    s.python_tid = python_tid;
+    s.thread_calls = 0;
+    s.unwind_calls = 0;
+    s.entry_offset = target.frame_is_entry;
+    s.options = target.options;
+    s.hash = 0;
+    s.code_seen = 0;
+    s.faults = 0;
+    s.native_hash = 0;
+    s.native_end = 0;
+    s.stack.len = 0;
+    s.stack.flags = 0;
+    s.stack.extra = 0;
+    s.extra.native_len = 0;
+    s.extra.native_end = 0;
+    s.extra.kernel_len = 0;
 }
 
 /// The id the target's thread states know the current thread by: its id in the target's pid
@@ -121,8 +160,118 @@ fn python_tid(target: &TargetInfo, tid: u32) -> Result<u32, Stat> {
     }
 }
 
+/// The thread id a thread state holds: `native_thread_id` (3.11+), or, up to 3.10, the one in
+/// the C library's descriptor its `pthread_t` points at.
+#[inline(always)]
+fn thread_id_of(target: &TargetInfo, tstate: u64) -> Result<u32, ()> {
+    let id: u64 = read(field(tstate, target.offsets.tstate_native_thread_id))?;
+    if target.pthread_tid == NO_OFFSET {
+        Ok(id as u32)
+    } else {
+        // A thread state whose thread has not started yet holds no descriptor: the read fails
+        // and the state is just not this thread's.
+        Ok(read::<u32>(field(id, target.pthread_tid)).unwrap_or(0))
+    }
+}
+
+/// Points the thread walk at the interpreter's first thread state.
+#[inline(always)]
+fn begin_thread_walk(s: &mut Scratch, target: &TargetInfo) -> Result<(), Stat> {
+    let off = &target.offsets;
+    // `_PyRuntime` lives in the interpreter's data: until the interpreter starts, its page may
+    // not be in memory, and a BPF read cannot fault it in.
+    let interp: u64 = read(field(target.runtime_addr, off.runtime_interpreters_head))
+        .map_err(|()| Stat::RuntimeNotReady)?;
+    if interp == 0 {
+        return Err(Stat::NoThreadState);
+    }
+    s.interp = interp;
+    s.cursor = read(field(interp, off.interp_threads_head)).map_err(|()| Stat::ReadThreadState)?;
+    Ok(())
+}
+
+/// One run of the thread walk: up to `THREADS_PER_CALL` thread states from the cursor. Every
+/// thread met is remembered in `THREADS` (a thread of a container only once it is the one
+/// sampled: its host id is not in its thread state). `Next::Threads`: run again.
+pub fn walk_threads(slot: Slot) -> Option<Next> {
+    let s = scratch(slot)?;
+    // SAFETY: as in `locate_current_frame`.
+    let Some(target) = (unsafe { TARGETS.get(s.pid) }) else {
+        count(slot, Stat::TargetGone);
+        return None;
+    };
+    let found = walk_thread_list(slot, s, target);
+    match found {
+        Ok(next) => Some(next),
+        Err(stat) => {
+            count(slot, stat);
+            None
+        }
+    }
+}
+
+#[inline(always)]
+fn walk_thread_list(slot: Slot, s: &mut Scratch, target: &TargetInfo) -> Result<Next, Stat> {
+    let off = &target.offsets;
+    let same_ids = target.pidns_ino == 0;
+    for _ in 0..THREADS_PER_CALL {
+        let tstate = s.cursor;
+        if tstate == 0 {
+            return Err(Stat::NoThreadState);
+        }
+        let id = thread_id_of(target, tstate).map_err(|()| Stat::ReadThreadState)?;
+        let known = KnownThread {
+            tstate,
+            interp: s.interp,
+            pid: s.pid,
+            _pad: 0,
+        };
+        if id == s.python_tid {
+            let _ = THREADS.insert(s.tid, known, 0);
+            current_frame(slot, s, target, s.interp, tstate)?;
+            return Ok(Next::Stack);
+        }
+        if same_ids && id != 0 {
+            let _ = THREADS.insert(id, known, 0);
+        }
+        s.cursor = read(field(tstate, off.tstate_next)).map_err(|()| Stat::ReadThreadState)?;
+    }
+    s.thread_calls += 1;
+    if s.thread_calls >= MAX_THREAD_CALLS {
+        return Err(Stat::ThreadWalkLimit);
+    }
+    Ok(Next::Threads)
+}
+
+/// With the thread state found: the GIL test (`--gil`) and the thread's current frame.
+#[inline(always)]
+fn current_frame(
+    slot: Slot,
+    s: &mut Scratch,
+    target: &TargetInfo,
+    interp: u64,
+    tstate: u64,
+) -> Result<(), Stat> {
+    let off = &target.offsets;
+    let gil_held = holds_gil(target, interp, tstate);
+    if slot == Slot::Sample && !gil_held && enabled(config::GIL_ONLY) {
+        return Err(Stat::GilNotHeld);
+    }
+    s.gil_held = gil_held as u32;
+    let mut frame: u64 = read(field(tstate, off.tstate_frame)).map_err(|()| Stat::ReadFrame)?;
+    if off.cframe_current_frame != NO_OFFSET && frame != 0 {
+        frame = read(field(frame, off.cframe_current_frame)).map_err(|()| Stat::ReadFrame)?;
+    }
+    if frame == 0 {
+        return Err(Stat::EmptyStack);
+    }
+    s.frame = frame;
+    Ok(())
+}
+
 /// Whether the thread whose state is `tstate` holds the GIL: the GIL is locked and it is the
 /// holder. A read fault answers no.
+#[inline(always)]
 fn holds_gil(target: &TargetInfo, interp: u64, tstate: u64) -> bool {
     let off = &target.offsets;
     let gil = if off.gil_ptr_in_interp == NO_OFFSET {
@@ -138,57 +287,47 @@ fn holds_gil(target: &TargetInfo, interp: u64, tstate: u64) -> bool {
     locked != 0 && holder == tstate
 }
 
-/// Walks `PyInterpreterState.threads` for the thread state of thread `tid`: the one whose
-/// `native_thread_id` is `tid` (3.11+), or whose `pthread_t` descriptor holds `tid` (up to 3.10).
-/// Returns the interpreter and the thread state.
-fn find_thread_state(target: &TargetInfo, tid: u32) -> Result<(u64, u64), Stat> {
-    let off = &target.offsets;
-    let fault = |_| Stat::ReadThreadState;
-    // `_PyRuntime` lives in the interpreter's data: until the interpreter starts, its page may
-    // not be in memory, and a BPF read cannot fault it in.
-    let interp: u64 = read(field(target.runtime_addr, off.runtime_interpreters_head))
-        .map_err(|_| Stat::RuntimeNotReady)?;
-    if interp == 0 {
-        return Err(Stat::NoThreadState);
-    }
-    let mut tstate: u64 = read(field(interp, off.interp_threads_head)).map_err(fault)?;
-    for _ in 0..MAX_THREADS {
-        if tstate == 0 {
-            break;
-        }
-        let id: u64 = read(field(tstate, off.tstate_native_thread_id)).map_err(fault)?;
-        let native = if target.pthread_tid == NO_OFFSET {
-            id
-        } else {
-            // A thread state whose thread has not started yet holds no descriptor: the read
-            // fails and the state is just not this thread's.
-            read::<u32>(field(id, target.pthread_tid)).unwrap_or(0) as u64
-        };
-        if native == tid as u64 {
-            return Ok((interp, tstate));
-        }
-        tstate = read(field(tstate, off.tstate_next)).map_err(fault)?;
-    }
-    Err(Stat::NoThreadState)
-}
-
-/// Stage two: walks the frame chain from the scratch map `slot` and stores the stack once.
-/// A CPU sample (`Slot::Sample`) is counted; a thread leaving the CPU (`Slot::Switch`) is noted
-/// in `OFF_CPU_START`, to be counted when it comes back.
-pub fn walk_and_count(slot: Slot) {
+/// One run of the frame walk: up to `FRAMES_PER_CALL` frames from `s.frame`. Returns whether
+/// frames remain for another run; when none do, the stack is stored and counted.
+pub fn walk_step(slot: Slot) -> bool {
     let Some(s) = scratch(slot) else {
-        return;
+        return false;
     };
     // SAFETY: as in `locate_current_frame`.
     let Some(target) = (unsafe { TARGETS.get(s.pid) }) else {
         count(slot, Stat::TargetGone);
-        return;
+        return false;
     };
     if target.offsets.instr_kind > instr_kind::INT {
         count(slot, Stat::BadOffsets);
-        return;
+        return false;
     }
-    walk_frames(s, &target.offsets, slot);
+    walk_frames(s, target);
+    // SAFETY: reads back of what `walk_frames` stored through the same entry.
+    let (frame, len, faults) = unsafe {
+        (
+            read_volatile(addr_of!(s.frame)),
+            read_volatile(addr_of!(s.stack.len)),
+            read_volatile(addr_of!(s.faults)),
+        )
+    };
+    if frame != 0 && faults == 0 && (len as usize) < MAX_PYTHON_FRAMES {
+        return true;
+    }
+    if frame != 0 && faults == 0 {
+        s.stack.flags = STACK_TRUNCATED;
+        count(slot, Stat::Truncated);
+    }
+    if faults != 0 {
+        count(slot, Stat::ReadFrame);
+    }
+    finish(slot, s);
+    false
+}
+
+/// Counts a walked stack (a sample) or notes where the thread left the CPU (a switch).
+#[inline(always)]
+fn finish(slot: Slot, s: &mut Scratch) {
     let stored = store(s);
     let done = match slot {
         Slot::Sample => stored.and_then(|stack_id| {
@@ -232,8 +371,8 @@ fn now_ns() -> u64 {
 /// Called when thread `tid` comes back on the CPU: if it left in a recorded stack, adds the
 /// time it was away to that stack's off-CPU count.
 pub fn end_off_cpu(tid: u32) {
-    // SAFETY: entries are written whole by `walk_and_count`; a concurrent update at worst
-    // gives the old or the new interval.
+    // SAFETY: entries are written whole by `finish`; a concurrent update at worst gives the
+    // old or the new interval.
     let Some(start) = (unsafe { OFF_CPU_START.get(tid) }).copied() else {
         return;
     };
@@ -252,25 +391,6 @@ pub fn end_off_cpu(tid: u32) {
     }
 }
 
-/// Reads a `T` at `addr`, or zeroes when the read faults (the helper zeroes its destination on
-/// failure); ORs the helper's return code into `faults`. No branch: the frame loop has none but
-/// its exit test, so the verifier walks one path per iteration.
-#[inline(always)]
-fn read_or_zero<T: Default>(addr: u64, faults: &mut i64) -> T {
-    let mut value = T::default();
-    // SAFETY: `value` is a valid destination of size_of::<T>() bytes; the helper reads user
-    // memory fault-tolerantly.
-    let ret = unsafe {
-        generated::bpf_probe_read_user(
-            addr_of_mut!(value).cast(),
-            core::mem::size_of::<T>() as u32,
-            addr as *const core::ffi::c_void,
-        )
-    };
-    *faults |= ret;
-    value
-}
-
 /// All ones when `a != b`, zero when equal, without a branch.
 #[inline(always)]
 fn ne_mask(a: u64, b: u64) -> u64 {
@@ -284,92 +404,129 @@ fn lt_mask(a: u64, b: u64) -> u64 {
     0u64.wrapping_sub(a.wrapping_sub(b) >> 63)
 }
 
-/// Records up to `MAX_PYTHON_FRAMES` frames, leaf first, hashing them as it goes, into
-/// `s.stack` and `s.hash`. A shim frame that runs no code (3.12+: owner `owner_cstack` or
-/// above) is recorded with `code == 0` so the slot index stays the loop counter (the verifier
-/// needs that); userspace hides it. The code field's tag bits (3.14+'s `_PyStackRef`) are
-/// cleared. A read fault ends the walk at that frame and is counted once.
+/// Copies `len` bytes at `addr` into the scratch buffer; the helper's return code (0 or a
+/// negative error) comes back.
 #[inline(always)]
-fn walk_frames(s: &mut Scratch, off: &PyOffsets, slot: Slot) {
-    // Loop-invariant masks, so the body needs no branch on the layout.
-    let pointer_mask = !ne_mask(off.instr_kind as u64, instr_kind::POINTER as u64);
-    let untag = !(off.frame_code_tag as u64);
-    // Where the eval-call entry flag is (3.11). Other versions read 0 bytes of it: the helper
-    // returns at once, and the loop body stays free of branches.
-    let has_entry = ne_mask(s.entry_offset as u64, NO_OFFSET as u64);
-    let entry_offset = s.entry_offset as u64 & has_entry;
-    let entry_size = (has_entry & 1) as u32;
-    let mut frame = s.frame;
-    let mut hash = 0;
-    let mut len = MAX_PYTHON_FRAMES;
-    let mut faults: i64 = 0;
-    let mut code_seen: u64 = 0;
-    for i in 0..MAX_PYTHON_FRAMES {
-        if frame == 0 {
-            len = i;
-            break;
-        }
-        let owner: u8 = read_or_zero(field(frame, off.frame_owner), &mut faults);
-        // Zero for a shim frame: its slot records code 0 and no tag.
-        let keep = lt_mask(owner as u64, off.owner_cstack as u64);
-        let code = read_or_zero::<u64>(field(frame, off.frame_code), &mut faults) & untag & keep;
-        code_seen |= code;
-        let raw_instr: u64 = read_or_zero(field(frame, off.frame_instr), &mut faults);
-        // A shim's code field may not point at a code object (3.13): read the frame itself
-        // instead, which is readable, and drop what was read.
-        let readable = code | (frame & !keep);
-        let name: u64 = read_or_zero(field(readable, off.code_name), &mut faults);
-        let filename: u64 = read_or_zero(field(readable, off.code_filename), &mut faults);
-        let firstlineno: i32 = read_or_zero(field(readable, off.code_firstlineno), &mut faults);
-        let mut is_entry: u8 = 0;
-        // SAFETY: `is_entry` is a valid destination of `entry_size` (0 or 1) bytes; the helper
-        // reads user memory fault-tolerantly.
-        faults |= unsafe {
-            generated::bpf_probe_read_user(
-                addr_of_mut!(is_entry).cast(),
-                entry_size,
-                frame.wrapping_add(entry_offset) as *const core::ffi::c_void,
-            )
-        };
-        let entry = ne_mask(is_entry as u64, 0) & has_entry & PY_ENTRY_FRAME as u64;
-        let slot = PyFrame {
-            code,
-            // A pointer becomes an offset from the code object; an int is kept as is.
-            instr: (raw_instr.wrapping_sub(code & pointer_mask) as u32 & !PY_ENTRY_FRAME)
-                | entry as u32,
-            tag: code_tag(name, filename, firstlineno) & keep as u32,
-        };
-        s.stack.frames[i] = slot;
-        hash = mix(
-            mix(mix(hash, slot.code), slot.instr as u64),
-            slot.tag as u64,
-        );
-        let previous: u64 = read_or_zero(field(frame, off.frame_previous), &mut faults);
-        // After a fault the chain cannot be trusted: stop here (the next test ends the loop).
-        frame = previous & !ne_mask(faults as u64, 0);
-    }
-    let mut flags = 0;
-    if len == MAX_PYTHON_FRAMES && frame != 0 {
-        flags = STACK_TRUNCATED;
-        count(slot, Stat::Truncated);
-    }
-    if faults != 0 {
-        count(slot, Stat::ReadFrame);
-    }
-    // SAFETY: plain stores into our scratch entry; volatile so `finish` really reads them back.
+fn read_bytes(s: &mut Scratch, addr: u64, len: u32) -> i64 {
+    // SAFETY: the destination is the scratch entry's buffer and `len` is masked below its size;
+    // the helper reads user memory fault-tolerantly and zeroes the buffer on failure.
     unsafe {
-        write_volatile(addr_of_mut!(s.stack.len), len as u32);
-        write_volatile(addr_of_mut!(s.stack.flags), flags);
-        write_volatile(addr_of_mut!(s.hash), hash);
-        write_volatile(addr_of_mut!(s.code_seen), (code_seen != 0) as u32);
+        generated::bpf_probe_read_user(
+            s.bytes.as_mut_ptr().cast(),
+            len & BYTES_MASK as u32,
+            addr as *const core::ffi::c_void,
+        )
     }
 }
 
-/// Stores the stack (once per content) and returns its id. Reads the walk's results back from
-/// the map, so the verifier sees one state here whatever iteration the walk ended in.
+/// A `T` at `offset` in the scratch buffer (masked into it).
+#[inline(always)]
+fn at<T: Copy>(s: &Scratch, offset: u16) -> T {
+    // SAFETY: the offset is masked below `BYTES_MASK`, and the buffer is `BYTES_MASK` plus
+    // more than `size_of::<T>()` bytes long; unaligned reads are allowed.
+    unsafe {
+        read_unaligned(
+            s.bytes
+                .as_ptr()
+                .add((offset as u64 & BYTES_MASK) as usize)
+                .cast(),
+        )
+    }
+}
+
+/// Reads up to `FRAMES_PER_CALL` frames from `s.frame`, leaf first, appending them to
+/// `s.stack` and hashing them into `s.hash`. A shim frame that runs no code (3.12+: owner
+/// `owner_cstack` or above) is recorded with `code == 0` so the slot index stays the loop
+/// counter (the verifier needs that); userspace hides it. A read fault ends the walk there.
+#[inline(always)]
+fn walk_frames(s: &mut Scratch, target: &TargetInfo) {
+    let off = &target.offsets;
+    // Loop-invariant masks, so the body needs no branch on the layout.
+    let pointer_mask = !ne_mask(off.instr_kind as u64, instr_kind::POINTER as u64);
+    let untag = !(off.frame_code_tag as u64);
+    let has_entry = ne_mask(s.entry_offset as u64, NO_OFFSET as u64);
+    let entry_offset = s.entry_offset & (has_entry as u16);
+    let generation = config_value(config::CODE_GENERATION);
+    let base = s.stack.len as usize;
+    let mut frame = s.frame;
+    let mut hash = s.hash;
+    let mut code_seen = s.code_seen as u64;
+    let mut n = FRAMES_PER_CALL;
+    let mut faults = 0i64;
+    for j in 0..FRAMES_PER_CALL {
+        if frame == 0 || faults != 0 {
+            n = j;
+            break;
+        }
+        faults |= read_bytes(s, frame, target.frame_read as u32);
+        let owner: u8 = at(s, off.frame_owner);
+        // Zero for a shim frame: its slot records code 0 and no tag.
+        let keep = lt_mask(owner as u64, off.owner_cstack as u64);
+        let code = at::<u64>(s, off.frame_code) & untag & keep;
+        let raw_instr: u64 = at(s, off.frame_instr);
+        let is_entry: u8 = at(s, entry_offset);
+        let previous: u64 = at(s, off.frame_previous);
+        code_seen |= code;
+        let entry = ne_mask(is_entry as u64, 0) & has_entry & PY_ENTRY_FRAME as u64;
+        let instr =
+            (raw_instr.wrapping_sub(code & pointer_mask) as u32 & !PY_ENTRY_FRAME) | entry as u32;
+        let tag = code_tag_of(s, target, code, generation, &mut faults) & keep as u32;
+        let slot = PyFrame { code, instr, tag };
+        s.stack.frames[(base + j) & (MAX_PYTHON_FRAMES - 1)] = slot;
+        hash = mix(mix(mix(hash, code), instr as u64), tag as u64);
+        frame = previous;
+    }
+    // SAFETY: plain stores into our scratch entry; volatile so the caller really reads them.
+    unsafe {
+        write_volatile(addr_of_mut!(s.frame), frame);
+        write_volatile(addr_of_mut!(s.stack.len), (base + n) as u32);
+        write_volatile(addr_of_mut!(s.hash), hash);
+        write_volatile(addr_of_mut!(s.code_seen), (code_seen != 0) as u32);
+        write_volatile(addr_of_mut!(s.faults), (faults != 0) as u32);
+    }
+}
+
+/// The tag of the code object at `code` (0 for a shim): from this CPU's cache when it was read
+/// in the current generation, else read from the code object (one read) and cached.
+#[inline(always)]
+fn code_tag_of(
+    s: &mut Scratch,
+    target: &TargetInfo,
+    code: u64,
+    generation: u32,
+    faults: &mut i64,
+) -> u32 {
+    if code == 0 {
+        return 0;
+    }
+    let index = ((code >> 4) ^ (code >> 16)) as u32 & (CODE_CACHE_SLOTS - 1);
+    let Some(slot) = CODE_CACHE.get_ptr_mut(index) else {
+        return 0;
+    };
+    // SAFETY: a per-CPU slot, only touched by this CPU's programs, one at a time.
+    let slot: &mut CodeSlot = unsafe { &mut *slot };
+    if slot.code == code && slot.generation == generation {
+        return slot.tag;
+    }
+    let off = &target.offsets;
+    *faults |= read_bytes(s, code, target.code_read as u32);
+    let tag = code_tag(
+        at(s, off.code_name),
+        at(s, off.code_filename),
+        at(s, off.code_firstlineno),
+    );
+    slot.code = code;
+    slot.tag = tag;
+    slot.generation = generation;
+    tag
+}
+
+/// Stores the stack (once per content; in `STACKS_SMALL` when it fits) and its native and
+/// kernel part, and returns its id. Reads the walk's results back from the map, so the verifier
+/// sees one state here whatever run the walk ended in.
 #[inline(always)]
 fn store(s: &mut Scratch) -> Result<u64, Stat> {
-    // SAFETY: reads of our own scratch entry, written by `walk_frames`.
+    // SAFETY: reads of our own scratch entry, written by the walk.
     let (len, hash, native_hash, code_seen) = unsafe {
         (
             read_volatile(addr_of!(s.stack.len)),
@@ -385,20 +542,48 @@ fn store(s: &mut Scratch) -> Result<u64, Stat> {
     if code_seen == 0 {
         return Err(Stat::EmptyStack);
     }
+    if native_hash != 0 {
+        s.stack.extra = native_hash;
+        if EXTRA_STACKS.get_ptr(native_hash).is_none() {
+            // By reference: a copy would not fit the 512-byte BPF stack.
+            #[expect(
+                clippy::needless_borrows_for_generic_args,
+                reason = "avoids a 2.6 KB copy"
+            )]
+            let inserted = EXTRA_STACKS.insert(native_hash, &s.extra, BPF_NOEXIST as u64);
+            match inserted {
+                Ok(()) => {}
+                Err(e) if e == -EEXIST => {}
+                Err(_) => return Err(Stat::StackMapFull),
+            }
+        }
+    }
     let stack_id = mix(mix(hash, len as u64), native_hash);
-    if STACKS.get_ptr(stack_id).is_none() {
-        // By reference: clippy's needless-borrow advice would copy the 3 KB stack onto the
-        // 512-byte BPF stack.
-        #[expect(
-            clippy::needless_borrows_for_generic_args,
-            reason = "avoids a 3 KB copy"
-        )]
-        let inserted = STACKS.insert(stack_id, &s.stack, BPF_NOEXIST as u64);
+    let large = len as usize > SMALL_STACK_FRAMES;
+    let known = if large {
+        STACKS_LARGE.get_ptr(stack_id).is_some()
+    } else {
+        STACKS_SMALL.get_ptr(stack_id).is_some()
+    };
+    if !known {
+        let inserted = if large {
+            #[expect(
+                clippy::needless_borrows_for_generic_args,
+                reason = "avoids a 16 KB copy"
+            )]
+            let r = STACKS_LARGE.insert(stack_id, &s.stack, BPF_NOEXIST as u64);
+            r
+        } else {
+            // SAFETY: a large stack's first bytes are a small stack: same header, and the
+            // first `SMALL_STACK_FRAMES` frames, which hold every frame of this one.
+            let small = unsafe { &*(addr_of!(s.stack) as *const SmallStack) };
+            STACKS_SMALL.insert(stack_id, small, BPF_NOEXIST as u64)
+        };
         match inserted {
             Ok(()) => {
                 let notice = NewStack {
                     pid: s.pid,
-                    _pad: 0,
+                    large: large as u32,
                     stack_id,
                 };
                 // A full ring only delays naming to the next drain: nothing is lost.

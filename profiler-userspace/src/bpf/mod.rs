@@ -22,7 +22,8 @@ use aya::{
     util::online_cpus,
 };
 use profiler_common::{
-    NativeMappings, NewStack, OffCpuStart, PageChunk, ProcessEvent, PyStack, RowChunk, SampleKey,
+    ExtraStack, LargeStack, NativeMappings, NewStack, OffCpuStart, PageChunk, ProcessEvent, PyFrame,
+    RowChunk, STACK_TRUNCATED, SampleKey, SmallStack,
     Stat, StatClass, TargetInfo, config, maps,
 };
 
@@ -135,6 +136,51 @@ pub struct SamplerOptions {
     pub native: bool,
     /// Only samples of threads that hold the GIL (`--gil`).
     pub gil_only: bool,
+    /// Kernel stacks for some target (`--kernel`): the native-and-kernel part's map is sized
+    /// for them (as for `--native`).
+    pub kernel: bool,
+}
+
+/// What the running kernel offers the BPF program, probed at load time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KernelFeatures {
+    pub release: (u32, u32),
+    /// `bpf_loop` (5.17) and `bpf_task_pt_regs` (5.15): the one-run native unwinder.
+    pub bpf_loop: bool,
+}
+
+impl KernelFeatures {
+    /// The running kernel's, from its release (`/proc/sys/kernel/osrelease`).
+    pub fn probe() -> Self {
+        let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+        Self::of_release(&release)
+    }
+
+    fn of_release(release: &str) -> Self {
+        let mut parts = release
+            .trim()
+            .split(|c: char| !c.is_ascii_digit())
+            .filter_map(|p| p.parse::<u32>().ok());
+        let release = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+        Self {
+            release,
+            bpf_loop: release >= (5, 17),
+        }
+    }
+
+    /// How the summary names the kernel path chosen.
+    pub fn describe(&self) -> String {
+        format!(
+            "kernel {}.{}: {}",
+            self.release.0,
+            self.release.1,
+            if self.bpf_loop {
+                "native unwinder with bpf_loop"
+            } else {
+                "native unwinder in tail-called parts (no bpf_loop), user registers from the kernel stack"
+            }
+        )
+    }
 }
 
 /// The loaded, attached kernel program.
@@ -149,14 +195,60 @@ pub struct Sampler {
     /// Forks and execs of followed processes (`--subprocesses`, `--all`).
     process_events: Option<RingBuf<MapData>>,
     active: u32,
+    /// The code cache's generation, moved on at each drain.
+    generation: u32,
+    pub features: KernelFeatures,
+}
+
+/// A Python stack as the kernel stored it: frames leaf first, and the id of its native and
+/// kernel part (0: none).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RawStack {
+    pub frames: Vec<PyFrame>,
+    pub truncated: bool,
+    pub extra: u64,
+}
+
+impl RawStack {
+    fn new<const N: usize>(stack: &profiler_common::PyStack<N>) -> Self {
+        let len = (stack.len as usize).min(N);
+        Self {
+            frames: stack.frames[..len].to_vec(),
+            truncated: stack.flags & STACK_TRUNCATED != 0,
+            extra: stack.extra,
+        }
+    }
+}
+
+/// The native and kernel part of stacks (`--native`, `--kernel`), leaf first.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RawExtra {
+    pub native: Vec<u64>,
+    /// How the native unwind ended: a `Stat::Native*` value.
+    pub native_end: u32,
+    pub kernel: Vec<u64>,
+}
+
+impl RawExtra {
+    fn new(extra: &ExtraStack) -> Self {
+        let native = (extra.native_len as usize).min(profiler_common::MAX_NATIVE_FRAMES);
+        let kernel = (extra.kernel_len as usize).min(profiler_common::MAX_KERNEL_FRAMES);
+        Self {
+            native: extra.native[..native].to_vec(),
+            native_end: extra.native_end,
+            kernel: extra.kernel[..kernel].to_vec(),
+        }
+    }
 }
 
 /// A stack the kernel stored for the first time, announced so its code objects are read at
-/// once; with its content, unless a drain took it out of the map first.
+/// once; with its content (and its native and kernel part), unless a drain took it out of the
+/// map first.
 pub struct Announced {
     pub pid: u32,
     pub stack_id: u64,
-    pub stack: Option<Box<PyStack>>,
+    pub stack: Option<RawStack>,
+    pub extra: Option<(u64, RawExtra)>,
 }
 
 /// What one drain moved out of the kernel's maps.
@@ -165,7 +257,9 @@ pub struct Drained {
     /// Per (process, thread, stack, kind): samples, or nanoseconds off the CPU.
     pub counts: Vec<(SampleKey, u64)>,
     /// The stacks stored since the last drain, by id.
-    pub stacks: Vec<(u64, Box<PyStack>)>,
+    pub stacks: Vec<(u64, RawStack)>,
+    /// Their native and kernel parts, by id.
+    pub extras: Vec<(u64, RawExtra)>,
 }
 
 /// The kernel's own accounting of the sampling program (the tail-called walker included).
@@ -181,18 +275,23 @@ impl Sampler {
     /// a target is added. With `options.native`, the native unwinder is loaded too (a target gets
     /// native stacks once its mappings are written, see `UnwindMaps`).
     pub fn start(rate_hz: u64, options: SamplerOptions) -> Result<Self, BpfError> {
+        let features = KernelFeatures::probe();
         let mut loader = EbpfLoader::new();
         if !options.native {
-            // The row array and page index are 24 MiB of locked kernel memory: only mixed stacks
-            // need them.
+            // The row array, page index and mapping lists are 37 MiB of locked kernel memory:
+            // only mixed stacks need them.
             loader.map_max_entries(maps::UNWIND_ROWS, 1);
             loader.map_max_entries(maps::PAGE_INDEX, 1);
+            loader.map_max_entries(maps::NATIVE_MAPPINGS, 1);
+        }
+        if !options.native && !options.kernel {
+            loader.map_max_entries(maps::EXTRA_STACKS, 1);
         }
         let mut ebpf = loader.load(OBJECT).map_err(BpfError::Load)?;
         let stats = aya::sys::enable_stats(aya::sys::Stats::RunTime).ok();
-        configure(&mut ebpf, options)?;
+        configure(&mut ebpf, options, features)?;
         // Tail-call targets first: the first programs call them from their first run on.
-        let mut programs = vec![load_sample_programs(&mut ebpf, options.native)?];
+        let mut programs = vec![load_sample_programs(&mut ebpf, options.native, features)?];
         if options.idle {
             programs.push(attach_switch_programs(&mut ebpf)?);
         }
@@ -209,6 +308,8 @@ impl Sampler {
             new_stacks,
             process_events,
             active: 0,
+            generation: 0,
+            features,
         })
     }
 
@@ -297,14 +398,27 @@ impl Sampler {
         if notices.is_empty() {
             return Ok(Vec::new());
         }
-        let stacks: HashMap<&MapData, u64, PyStack> = map_ref(&self.ebpf, maps::STACKS)?;
+        let small: HashMap<&MapData, u64, SmallStack> = map_ref(&self.ebpf, maps::STACKS_SMALL)?;
+        let large: HashMap<&MapData, u64, LargeStack> = map_ref(&self.ebpf, maps::STACKS_LARGE)?;
+        let extras: HashMap<&MapData, u64, ExtraStack> = map_ref(&self.ebpf, maps::EXTRA_STACKS)?;
         Ok(notices
             .into_iter()
-            .map(|notice| Announced {
-                pid: notice.pid,
-                stack_id: notice.stack_id,
+            .map(|notice| {
                 // A drain may have taken it out of the map first: it came with that drain.
-                stack: stacks.get(&notice.stack_id, 0).ok().map(Box::new),
+                let stack = match notice.large {
+                    0 => small.get(&notice.stack_id, 0).ok().map(|s| RawStack::new(&s)),
+                    _ => large.get(&notice.stack_id, 0).ok().map(|s| RawStack::new(&s)),
+                };
+                let extra = stack
+                    .as_ref()
+                    .filter(|s| s.extra != 0)
+                    .and_then(|s| Some((s.extra, RawExtra::new(&extras.get(&s.extra, 0).ok()?))));
+                Announced {
+                    pid: notice.pid,
+                    stack_id: notice.stack_id,
+                    stack,
+                    extra,
+                }
             })
             .collect())
     }
@@ -337,15 +451,24 @@ impl Sampler {
             let _ = counts.remove(&key);
         }
 
-        let mut stacks: HashMap<&mut MapData, u64, PyStack> =
-            map_mut(&mut self.ebpf, maps::STACKS)?;
-        let ids: Vec<u64> = stacks.keys().filter_map(Result::ok).collect();
-        for id in ids {
-            if let Ok(stack) = stacks.get(&id, 0) {
-                drained.stacks.push((id, Box::new(stack)));
-            }
-            let _ = stacks.remove(&id);
-        }
+        // Stacks before their native and kernel parts: a part a stack names was stored before
+        // it, so it is here now or was taken by an earlier drain.
+        drain_map::<SmallStack, _>(&mut self.ebpf, maps::STACKS_SMALL, |id, s| {
+            drained.stacks.push((id, RawStack::new(s)))
+        })?;
+        drain_map::<LargeStack, _>(&mut self.ebpf, maps::STACKS_LARGE, |id, s| {
+            drained.stacks.push((id, RawStack::new(s)))
+        })?;
+        drain_map::<ExtraStack, _>(&mut self.ebpf, maps::EXTRA_STACKS, |id, e| {
+            drained.extras.push((id, RawExtra::new(e)))
+        })?;
+        // Code objects read from now on are read again: an address freed and reused since is
+        // not named from its old tag for longer than a drain interval.
+        self.generation = self.generation.wrapping_add(1);
+        let mut config: Array<&mut MapData, u32> = map_mut(&mut self.ebpf, maps::CONFIG)?;
+        config
+            .set(config::CODE_GENERATION, self.generation, 0)
+            .map_err(map_err(maps::CONFIG))?;
         Ok(drained)
     }
 
@@ -404,11 +527,16 @@ impl UnwindMaps for Sampler {
 }
 
 /// Sets the kernel side's switches (`profiler_common::config`).
-fn configure(ebpf: &mut Ebpf, options: SamplerOptions) -> Result<(), BpfError> {
+fn configure(
+    ebpf: &mut Ebpf,
+    options: SamplerOptions,
+    features: KernelFeatures,
+) -> Result<(), BpfError> {
     // The switch program reads the incoming thread's id from its task_struct, the fork program
     // the processes' ids: offsets from the kernel's BTF, read only when needed.
     let following = options.follow != Follow::Nobody;
-    let btf = match options.idle || following {
+    let compat_regs = options.native && !features.bpf_loop;
+    let btf = match options.idle || following || compat_regs {
         true => Some(btf::Btf::kernel()?),
         false => None,
     };
@@ -420,6 +548,12 @@ fn configure(ebpf: &mut Ebpf, options: SamplerOptions) -> Result<(), BpfError> {
     };
     let task_pid_offset = if options.idle { offset("pid")? } else { 0 };
     let task_tgid_offset = if following { offset("tgid")? } else { 0 };
+    // The task's state is `__state` from 5.14, `state` before.
+    let task_state_offset = match options.idle {
+        true => offset("__state").or_else(|_| offset("state"))?,
+        false => 0,
+    };
+    let task_stack_offset = if compat_regs { offset("stack")? } else { 0 };
     let mut switches: Array<&mut MapData, u32> = map_mut(ebpf, maps::CONFIG)?;
     for (index, value) in [
         (config::IDLE, options.idle as u32),
@@ -427,6 +561,8 @@ fn configure(ebpf: &mut Ebpf, options: SamplerOptions) -> Result<(), BpfError> {
         (config::TASK_PID_OFFSET, task_pid_offset),
         (config::FOLLOW_ALL, (options.follow == Follow::All) as u32),
         (config::TASK_TGID_OFFSET, task_tgid_offset),
+        (config::TASK_STATE_OFFSET, task_state_offset),
+        (config::TASK_STACK_OFFSET, task_stack_offset),
     ] {
         switches
             .set(index, value, 0)
@@ -435,19 +571,31 @@ fn configure(ebpf: &mut Ebpf, options: SamplerOptions) -> Result<(), BpfError> {
     Ok(())
 }
 
-/// Loads the programs the CPU-clock sampler tail-calls (the walker; with `native`, the
-/// unwinder) into their table, which the caller holds while sampling runs.
-fn load_sample_programs(ebpf: &mut Ebpf, native: bool) -> Result<ProgramArray<MapData>, BpfError> {
+/// Loads the programs the CPU-clock sampler tail-calls (the walker and the thread walk; with
+/// `native`, the unwinder the kernel can run) into their table, which the caller holds while
+/// sampling runs.
+fn load_sample_programs(
+    ebpf: &mut Ebpf,
+    native: bool,
+    features: KernelFeatures,
+) -> Result<ProgramArray<MapData>, BpfError> {
     let mut programs: ProgramArray<MapData> = map_owned(ebpf, maps::PROGRAMS)?;
-    let mut slots = vec![(
-        profiler_common::WALK_PROGRAM_NAME,
-        profiler_common::WALK_PROGRAM_SLOT,
-    )];
+    let mut slots = vec![
+        (
+            profiler_common::WALK_PROGRAM_NAME,
+            profiler_common::WALK_PROGRAM_SLOT,
+        ),
+        (
+            profiler_common::THREADS_PROGRAM_NAME,
+            profiler_common::THREADS_PROGRAM_SLOT,
+        ),
+    ];
     if native {
-        slots.push((
-            profiler_common::UNWIND_PROGRAM_NAME,
-            profiler_common::UNWIND_PROGRAM_SLOT,
-        ));
+        let unwinder = match features.bpf_loop {
+            true => profiler_common::UNWIND_PROGRAM_NAME,
+            false => profiler_common::UNWIND_COMPAT_PROGRAM_NAME,
+        };
+        slots.push((unwinder, profiler_common::UNWIND_PROGRAM_SLOT));
     }
     for (name, slot) in slots {
         let p: &mut PerfEvent = program(ebpf, name)?;
@@ -462,11 +610,21 @@ fn load_sample_programs(ebpf: &mut Ebpf, native: bool) -> Result<ProgramArray<Ma
 /// to the `sched_switch` raw tracepoint, by name through the bpf syscall (no tracefs needed).
 fn attach_switch_programs(ebpf: &mut Ebpf) -> Result<ProgramArray<MapData>, BpfError> {
     let mut switch_programs: ProgramArray<MapData> = map_owned(ebpf, maps::SWITCH_PROGRAMS)?;
-    let walker: &mut RawTracePoint = program(ebpf, profiler_common::SWITCH_WALK_PROGRAM_NAME)?;
-    load(walker.load())?;
-    let fd = clone_fd(walker.fd()?)?;
-    let slot = profiler_common::WALK_PROGRAM_SLOT;
-    put(&mut switch_programs, maps::SWITCH_PROGRAMS, slot, &fd)?;
+    for (name, slot) in [
+        (
+            profiler_common::SWITCH_WALK_PROGRAM_NAME,
+            profiler_common::WALK_PROGRAM_SLOT,
+        ),
+        (
+            profiler_common::SWITCH_THREADS_PROGRAM_NAME,
+            profiler_common::THREADS_PROGRAM_SLOT,
+        ),
+    ] {
+        let p: &mut RawTracePoint = program(ebpf, name)?;
+        load(p.load())?;
+        let fd = clone_fd(p.fd()?)?;
+        put(&mut switch_programs, maps::SWITCH_PROGRAMS, slot, &fd)?;
+    }
     let switch: &mut RawTracePoint = program(ebpf, profiler_common::SWITCH_PROGRAM_NAME)?;
     load(switch.load())?;
     switch.attach("sched_switch")?;
@@ -501,6 +659,23 @@ fn attach_sampler(ebpf: &mut Ebpf, rate_hz: u64) -> Result<(), BpfError> {
                 false,
             )
             .map_err(|source| BpfError::Attach { cpu, source })?;
+    }
+    Ok(())
+}
+
+/// Copies and deletes every entry of stack map `name`.
+fn drain_map<V: aya::Pod, F: FnMut(u64, &V)>(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+    mut each: F,
+) -> Result<(), BpfError> {
+    let mut map: HashMap<&mut MapData, u64, V> = map_mut(ebpf, name)?;
+    let ids: Vec<u64> = map.keys().filter_map(Result::ok).collect();
+    for id in ids {
+        if let Ok(value) = map.get(&id, 0) {
+            each(id, &value);
+        }
+        let _ = map.remove(&id);
     }
     Ok(())
 }

@@ -72,6 +72,13 @@ pub enum UnsupportedVersion {
          _Py_DebugOffsets, and those could not be used: {why}"
     )]
     FreeThreaded { version: Version, why: String },
+    #[error(
+        "python {0}'s layout puts a field the kernel walker reads beyond the {frame} bytes it \
+         reads of a frame or the {code} of a code object",
+        frame = profiler_common::FRAME_READ,
+        code = profiler_common::CODE_READ
+    )]
+    TooWide(Version),
 }
 
 /// Where a code object keeps what userspace reads.
@@ -183,7 +190,45 @@ impl Layout {
             // Set by the session for a process in a container (`PythonProcess::pid_namespace`).
             pidns_dev: 0,
             pidns_ino: 0,
+            frame_read: self.frame_read(),
+            code_read: self.code_read(),
+            _pad: 0,
         }
+    }
+
+    /// Bytes the kernel reads of each frame: past every frame field it takes (the entry flag
+    /// included), at least 8 more than the farthest offset, within `FRAME_READ`.
+    pub fn frame_read(&self) -> u16 {
+        let k = &self.kernel;
+        let entry = if self.entry_flag == NO_OFFSET {
+            0
+        } else {
+            self.entry_flag
+        };
+        let far = [k.frame_code, k.frame_previous, k.frame_instr, k.frame_owner, entry]
+            .into_iter()
+            .max()
+            .unwrap_or(0);
+        (far + 8).min(profiler_common::FRAME_READ as u16)
+    }
+
+    /// Bytes the kernel reads of a code object: past its name, file name and first line.
+    pub fn code_read(&self) -> u16 {
+        let k = &self.kernel;
+        let far = k.code_name.max(k.code_filename).max(k.code_firstlineno);
+        (far + 8).min(profiler_common::CODE_READ as u16)
+    }
+
+    /// Whether the kernel's reads of `FRAME_READ` and `CODE_READ` bytes reach every field the
+    /// walker takes (a layout published by a newer interpreter might not fit).
+    pub fn fits_kernel_reads(&self) -> bool {
+        let k = &self.kernel;
+        let entry = if self.entry_flag == NO_OFFSET { 0 } else { self.entry_flag };
+        let frame = [k.frame_code, k.frame_previous, k.frame_instr, k.frame_owner, entry];
+        frame.iter().all(|&o| o as usize + 8 <= profiler_common::FRAME_READ)
+            && [k.code_name, k.code_filename, k.code_firstlineno]
+                .iter()
+                .all(|&o| o as usize + 8 <= profiler_common::CODE_READ)
     }
 }
 
@@ -297,6 +342,11 @@ pub fn layout_of(
     };
     let published = debug_offsets::read(mem, runtime_addr, version, runtime_size)
         .and_then(|p| Ok((debug_offsets::apply(&p, &builtin)?, p.header.free_threaded)));
+    if let Ok((layout, _)) = &published
+        && !layout.fits_kernel_reads()
+    {
+        return Err(UnsupportedVersion::TooWide(version));
+    }
     match published {
         Ok((layout, true)) => Ok((layout, LayoutSource::FreeThreaded)),
         Ok((layout, false)) if newer => Ok((layout, LayoutSource::Newer)),
@@ -361,6 +411,18 @@ mod tests {
         }
         for unsupported in [(2, 7), (3, 6), (3, 7), (3, 16), (4, 0)] {
             assert!(layout_for(Version::new(unsupported.0, unsupported.1)).is_err());
+        }
+    }
+
+    /// The kernel reads a fixed number of bytes of each frame and code object: every built-in
+    /// table's fields lie within them.
+    #[test]
+    fn every_table_fits_the_kernel_reads() {
+        for minor in 8..=15 {
+            let layout = layout_for(Version::new(3, minor)).unwrap();
+            assert!(layout.fits_kernel_reads(), "3.{minor}");
+            assert!(layout.frame_read() as usize <= profiler_common::FRAME_READ);
+            assert!(layout.code_read() > layout.kernel.code_name);
         }
     }
 

@@ -13,15 +13,15 @@ use std::{
     time::{Duration, Instant},
 };
 
-use profiler_common::{
-    MAX_KERNEL_FRAMES, MAX_NATIVE_FRAMES, OffCpuStart, ProcessEvent, PyFrame, PyStack,
-    STACK_TRUNCATED, SampleKey, Stat, count_kind, process_event,
-};
+use profiler_common::{OffCpuStart, ProcessEvent, SampleKey, Stat, count_kind, process_event};
 
 pub use launch::{LAUNCH_TIMEOUT, stop_child};
 
 use crate::{
-    bpf::{Announced, BpfError, Drained, Follow, RunTime, Sampler, SamplerOptions, Stats},
+    bpf::{
+        self, Announced, BpfError, Drained, Follow, RawExtra, RunTime, Sampler, SamplerOptions,
+        Stats,
+    },
     cache::BoundedCache,
     privilege::NotPrivileged,
     process::{
@@ -31,7 +31,7 @@ use crate::{
     profile::{
         ProcessInfo, Profile,
         collect::{Collector, FrameOptions, Totals},
-        naming::{Namer, RawStack},
+        naming::{Namer, RawStack as NamingInput},
     },
     python::{
         self, Layout, LayoutSource, UnsupportedVersion,
@@ -155,37 +155,17 @@ pub struct Finished {
     pub native: Option<(LoadStats, Vec<(String, u64)>)>,
 }
 
-/// A raw stack as kept between the kernel and naming: frames only, without the map's padding.
-struct KeptStack {
-    python: Vec<PyFrame>,
-    truncated: bool,
-    native: Vec<u64>,
-    native_end: u32,
-    kernel: Vec<u64>,
-}
+/// Native-and-kernel stack parts kept from the kernel (a stack may come a drain after its part).
+const RAW_EXTRAS: usize = 8 * 1024;
 
-impl KeptStack {
-    fn new(stack: &PyStack) -> Self {
-        let len = (stack.len as usize).min(stack.frames.len());
-        let native_len = (stack.native_len as usize).min(MAX_NATIVE_FRAMES);
-        let kernel_len = (stack.kernel_len as usize).min(MAX_KERNEL_FRAMES);
-        Self {
-            python: stack.frames[..len].to_vec(),
-            truncated: stack.flags & STACK_TRUNCATED != 0,
-            native: stack.native[..native_len].to_vec(),
-            native_end: stack.native_end,
-            kernel: stack.kernel[..kernel_len].to_vec(),
-        }
-    }
-
-    fn raw(&self) -> RawStack<'_> {
-        RawStack {
-            python: &self.python,
-            truncated: self.truncated,
-            native: &self.native,
-            native_end: self.native_end,
-            kernel: &self.kernel,
-        }
+/// A kept stack and its native and kernel part, as naming takes them.
+fn naming_input<'a>(stack: &'a bpf::RawStack, extra: Option<&'a RawExtra>) -> NamingInput<'a> {
+    NamingInput {
+        python: &stack.frames,
+        truncated: stack.truncated,
+        native: extra.map_or(&[], |e| e.native.as_slice()),
+        native_end: extra.map_or(0, |e| e.native_end),
+        kernel: extra.map_or(&[], |e| e.kernel.as_slice()),
     }
 }
 
@@ -199,7 +179,9 @@ pub struct Session {
     /// The registered processes' interpreters, by pid.
     interpreters: HashMap<u32, Interpreter>,
     /// Recent raw stacks by the kernel's id.
-    raw: BoundedCache<u64, KeptStack>,
+    raw: BoundedCache<u64, bpf::RawStack>,
+    /// Recent native-and-kernel parts by the kernel's id.
+    extras: BoundedCache<u64, RawExtra>,
     watcher: Watcher,
     pub child: Option<Child>,
     /// A --pid target (Python or, with --subprocesses, a launcher): its pid and start time, so
@@ -237,6 +219,7 @@ impl Session {
         };
         let sampler_options = SamplerOptions {
             follow,
+            kernel: options.kernel,
             ..options.sampler
         };
         let start_sampler = || Sampler::start(options.rate_hz, sampler_options);
@@ -310,6 +293,7 @@ impl Session {
             namer,
             interpreters: HashMap::new(),
             raw: BoundedCache::new(RAW_STACKS),
+            extras: BoundedCache::new(RAW_EXTRAS),
             watcher,
             child,
             target_pid: match target {
@@ -385,12 +369,10 @@ impl Session {
             let stack_id = SEEDED_STACK | self.seeded;
             self.raw.insert(
                 stack_id,
-                KeptStack {
-                    python: t.frames.clone(),
+                bpf::RawStack {
+                    frames: t.frames.clone(),
                     truncated: t.truncated,
-                    native: Vec::new(),
-                    native_end: 0,
-                    kernel: Vec::new(),
+                    extra: 0,
                 },
             );
             self.name_stack(pid, stack_id);
@@ -584,16 +566,19 @@ impl Session {
     /// its frames are named.
     fn name_announced(&mut self, announced: Vec<Announced>) -> Result<(), SessionError> {
         let unmapped = announced.iter().any(|a| {
-            a.stack
+            a.extra
                 .as_ref()
-                .is_some_and(|s| s.native_end == Stat::NativeNoMapping as u32)
+                .is_some_and(|(_, e)| e.native_end == Stat::NativeNoMapping as u32)
         });
         if unmapped {
             self.refresh_all_tables()?;
         }
         for a in announced {
+            if let Some((id, extra)) = a.extra {
+                self.extras.insert(id, extra);
+            }
             if let Some(stack) = a.stack {
-                self.raw.insert(a.stack_id, KeptStack::new(&stack));
+                self.raw.insert(a.stack_id, stack);
             }
             self.name_stack(a.pid, a.stack_id);
         }
@@ -605,17 +590,23 @@ impl Session {
         if self.collector.has_stack(pid, stack_id) {
             return;
         }
-        let Some(kept) = self.raw.get(&stack_id) else {
+        let Some(kept) = self.raw.get(&stack_id).cloned() else {
             return; // counted as a lost stack, if it is ever counted
+        };
+        let extra = match kept.extra {
+            0 => None,
+            id => self.extras.get(&id).cloned(),
         };
         let mappings = self
             .options
             .sampler
             .native
             .then(|| self.tables.mappings(pid));
-        let frames = self
-            .namer
-            .name(self.interpreters.get_mut(&pid), mappings, kept.raw());
+        let frames = self.namer.name(
+            self.interpreters.get_mut(&pid),
+            mappings,
+            naming_input(&kept, extra.as_ref()),
+        );
         self.collector.add_stack(pid, stack_id, frames);
     }
 
@@ -623,9 +614,16 @@ impl Session {
     /// tables of libraries mapped since).
     pub fn drain(&mut self) -> Result<(), SessionError> {
         self.refresh_all_tables()?;
-        let Drained { counts, stacks } = self.sampler.drain()?;
+        let Drained {
+            counts,
+            stacks,
+            extras,
+        } = self.sampler.drain()?;
+        for (id, extra) in extras {
+            self.extras.insert(id, extra);
+        }
         for (id, stack) in stacks {
-            self.raw.insert(id, KeptStack::new(&stack));
+            self.raw.insert(id, stack);
         }
         for (key, n) in counts {
             self.name_stack(key.pid, key.stack_id);
