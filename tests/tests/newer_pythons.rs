@@ -1225,3 +1225,40 @@ fn tagged_code_references_are_untagged_3_14() {
 fn tagged_code_references_are_untagged_3_15() {
     tagged_code_is_untagged("forky-3.15", "tagged_code_3_15");
 }
+
+/// Without CAP_SYS_ADMIN and CAP_CHECKPOINT_RESTORE (root with only what it needs, or the
+/// capabilities the README lists) /proc/PID/map_files cannot be opened: the container's files
+/// are then opened inside its root and checked to be the mapped ones, and it is profiled all the
+/// same, native frames too.
+#[test]
+fn a_container_is_profiled_without_the_right_to_map_files() {
+    if !privileged() {
+        return;
+    }
+    let test = "container_without_map_files";
+    let interp = interpreter("forky-3.15");
+    let (target, pid, stdout) = start_split(&interp);
+    let out = scratch_dir(test).join("profile.txt");
+    let result = Command::new("capsh")
+        .args(["--drop=cap_sys_admin,cap_checkpoint_restore", "--", "-c"])
+        .arg(format!(
+            "exec '{}' record --native -r 1000 -f raw --pid {pid} -o '{}'",
+            prof_bpf().display(),
+            out.display()
+        ))
+        .env_remove("RUST_BACKTRACE")
+        .output()
+        .expect("running capsh (apt-get install libcap2-bin)");
+    let rest: String = stdout.lines().map(|l| l.unwrap() + "\n").collect();
+    drop(target);
+    let stderr = String::from_utf8_lossy(&result.stderr);
+    assert!(result.status.success(), "prof-bpf failed: {stderr}");
+    let profile = parse_folded(&std::fs::read_to_string(&out).unwrap());
+    check_split(&profile, measured_split(&rest), test);
+    assert!(
+        profile
+            .keys()
+            .any(|s| s.iter().any(|f| function(f) == "Py_BytesMain")),
+        "{test}: no native frames named"
+    );
+}

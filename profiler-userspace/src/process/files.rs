@@ -31,12 +31,10 @@ pub fn open_mapped(pid: u32, m: &Mapping) -> io::Result<File> {
     match File::open(map_files_entry(pid, m)) {
         Ok(file) => Ok(file),
         Err(e) => open_in_root_checked(pid, m).map_err(|fallback| {
-            // Say why the mapping itself could not be had, unless the path explains more.
-            if fallback.kind() == io::ErrorKind::NotFound {
-                e
-            } else {
-                fallback
-            }
+            io::Error::new(
+                e.kind(),
+                format!("{e} (map_files), and inside the process's root: {fallback}"),
+            )
         }),
     }
 }

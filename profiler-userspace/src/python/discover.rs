@@ -90,22 +90,15 @@ pub fn find_python(pid: u32) -> Result<Option<PythonProcess>, ProcessError> {
             continue;
         };
         let opened = process::open_mapped(pid, mapped).map_err(|source| {
-            match ProcessError::from_proc(pid, "map_files", source) {
-                // The mapping is gone: the process exited or exec'd meanwhile.
-                ProcessError::NoSuchProcess { .. } if !process::is_alive(pid, start_time) => {
-                    ProcessError::Exited { pid }
-                }
-                ProcessError::NoSuchProcess { .. } => ProcessError::MappedFile {
-                    pid,
-                    path: binary.clone(),
-                    source: std::io::ErrorKind::NotFound.into(),
-                },
-                ProcessError::Io { source, .. } => ProcessError::MappedFile {
+            // The mapping is gone: the process exited or exec'd meanwhile.
+            if !process::is_alive(pid, start_time) {
+                ProcessError::Exited { pid }
+            } else {
+                ProcessError::MappedFile {
                     pid,
                     path: binary.clone(),
                     source,
-                },
-                e => e,
+                }
             }
         })?;
         let info = match elf::inspect_file(&opened, SYMBOLS, SECTIONS) {

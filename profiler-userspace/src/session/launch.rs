@@ -63,8 +63,8 @@ pub fn launch(cmd: &[String]) -> Result<Child, SessionError> {
 /// Python later), it exits, or the timeout passes. A command that is not Python itself but
 /// starts one (`unshare --pid --fork chroot ROOT python ...`, `sh -c "python ..."`, `sudo -u`)
 /// is followed to its first Python descendant, which is then the process profiled; stderr says
-/// so. (py-spy follows such a launcher only with `--subprocesses`; without it there is nothing
-/// to profile, so following is what a user means.)
+/// so. A launcher has no interpreter of its own: following it is what a user means, and
+/// `--subprocesses` is still there for all of a tree.
 pub fn wait_for_python(
     child: &mut Child,
     program: &str,
