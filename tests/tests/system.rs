@@ -1,82 +1,46 @@
 //! Many processes and time off the CPU, end to end as root: `--all` across Python versions and
 //! processes that come and go, `--subprocesses` through fork and exec, `--idle` and `--gil`.
 //! Each fixture measures what it did (CPU seconds, sleep seconds, pids, thread ids) and the
-//! profile is compared with that.
+//! profile is compared with that. Fixtures start their work only once the recording has
+//! registered them (the kernel's target map says so), and `--all` tests look only at their own
+//! processes: the machine may run other Pythons meanwhile.
 
-use std::{
-    path::Path,
-    process::{Child, Command, Stdio},
-    thread,
-    time::{Duration, Instant},
-};
+use std::{thread, time::Duration};
 
 use prof_bpf_tests::*;
 use serde_json::Value;
 
-/// How far a profiled share may be from the measured share, in percentage points.
-const TOLERANCE_PP: f64 = 5.0;
+/// How far a process's share of the samples may be from its share of the measured CPU time, in
+/// percentage points: the largest deviation over 10 runs of the suite was 1.2 points
+/// (tests/measure-noise).
+const TOLERANCE_PP: f64 = 3.0;
 
-/// Starts `prof-bpf record` with `args`, writing collapsed stacks to `out`.
-fn start_recording(args: &[&str], out: &Path) -> Child {
-    Command::new(prof_bpf())
-        .args(["record", "-f", "raw", "-o"])
-        .arg(out)
-        .args(args)
-        .env_remove("RUST_BACKTRACE")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("starting prof-bpf")
+/// Starts a `record` of collapsed stacks to `out` with `args`, once it samples.
+fn start_recording(args: &[&str], out: &std::path::Path) -> Recording {
+    let out = out.display().to_string();
+    let all: Vec<&str> = ["record", "-f", "raw", "-o", &out]
+        .into_iter()
+        .chain(args.iter().copied())
+        .collect();
+    Recording::start(&all)
 }
 
-/// Stops a recording started by `start_recording` as Ctrl-C would; returns its stderr (the
-/// summary). Stopping when the fixtures are done, not after a set time, keeps a slow machine
-/// from cutting them short.
-fn finish_recording(child: Child) -> String {
-    // SAFETY: kill with the pid of a child we spawned and have not reaped.
-    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
-    let out = child.wait_with_output().expect("waiting for prof-bpf");
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(out.status.success(), "prof-bpf failed: {stderr}");
-    stderr
+/// Stops a recording as Ctrl-C would; returns its stderr (the summary). Stopping when the
+/// fixtures are done, not after a set time, keeps a slow machine from cutting them short.
+fn finish_recording(recording: Recording) -> String {
+    let ended = recording.stop(libc::SIGINT);
+    assert!(ended.status.success(), "prof-bpf failed: {}", ended.stderr);
+    ended.stderr
 }
 
-/// Waits until the recording samples: prof-bpf holds one BPF link per CPU (the program on that
-/// CPU's CPU-clock event) once its kernel program is attached.
-fn wait_until_sampling(recording: &Child) {
-    let cpus = thread::available_parallelism().map_or(1, |n| n.get());
-    let started = Instant::now();
-    loop {
-        let events = std::fs::read_dir(format!("/proc/{}/fd", recording.id()))
-            .map(|fds| {
-                fds.filter_map(Result::ok)
-                    .filter_map(|fd| std::fs::read_link(fd.path()).ok())
-                    .filter(|l| l.to_string_lossy().contains("bpf_link"))
-                    .count()
-            })
-            .unwrap_or(0);
-        if events >= cpus {
-            // The first scan for processes follows at once.
-            thread::sleep(Duration::from_millis(200));
-            return;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "prof-bpf did not start sampling within 30 s"
-        );
-        thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// Runs busy.py `function` under `python_version`, burning `cpu` seconds after waiting
-/// `wait` seconds.
-fn spawn_busy(python_version: &str, function: &str, cpu: f64, wait: f64) -> Child {
-    Command::new(python(python_version))
-        .arg(fixture("busy.py"))
-        .args([function, &cpu.to_string(), &wait.to_string()])
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("starting busy.py")
+/// busy.py `function` under `python_version`, waiting for its go, burning `cpu` seconds after.
+fn busy(python_version: &str, function: &str, cpu: f64) -> Fixture {
+    Fixture::waiting(
+        &python(python_version),
+        "busy.py",
+        &[function, &cpu.to_string()],
+        &[],
+    )
 }
 
 /// Samples whose root frame is process `pid` and which pass through function `name`.
@@ -90,67 +54,63 @@ fn samples_of(profile: &Folded, pid: u64, name: &str) -> u64 {
         .sum()
 }
 
-/// For each (pid, function, cpu) measured, its share of the samples among them all is within
-/// `TOLERANCE_PP` of its share of the CPU time, and every one has samples.
-fn check_processes(profile: &Folded, runs: &[Value], test: &str) {
-    let counts: Vec<u64> = runs
+/// For the measured runs (pid, function, cpu): the profile is complete for them (their samples
+/// against their CPU time), each one's share of their samples is its share of the CPU time,
+/// and the errors are at most the read faults of `processes` processes starting or ending.
+fn check_processes(
+    profile: &Folded,
+    runs: &[Value],
+    stderr: &str,
+    processes: u64,
+    test: &str,
+) -> Summary {
+    let parts: Vec<(String, u64, f64)> = runs
         .iter()
         .map(|r| {
-            samples_of(
-                profile,
-                r["pid"].as_u64().unwrap(),
-                r["function"].as_str().unwrap(),
+            let (pid, name) = (r["pid"].as_u64().unwrap(), r["function"].as_str().unwrap());
+            (
+                format!("{name}/{pid}"),
+                samples_of(profile, pid, name),
+                r["cpu"].as_f64().unwrap(),
             )
         })
         .collect();
-    let total_samples: u64 = counts.iter().sum();
-    let total_cpu: f64 = runs.iter().map(|r| r["cpu"].as_f64().unwrap()).sum();
-    assert!(
-        total_samples >= 500,
-        "{test}: only {total_samples} samples of {runs:?}"
-    );
-    for (r, n) in runs.iter().zip(&counts) {
-        let profiled = 100.0 * *n as f64 / total_samples as f64;
-        let expected = 100.0 * r["cpu"].as_f64().unwrap() / total_cpu;
-        eprintln!(
-            "{test}: {} (pid {}) {profiled:.1}% profiled vs {expected:.1}% measured ({n} samples)",
-            r["function"], r["pid"]
-        );
-        assert!(
-            (profiled - expected).abs() <= TOLERANCE_PP,
-            "{test}: {} of pid {} has {profiled:.1}% of the samples but {expected:.1}% of the CPU",
-            r["function"],
-            r["pid"]
-        );
-    }
+    let work = Work {
+        samples: parts.iter().map(|p| p.1).sum(),
+        cpu: parts.iter().map(|p| p.2).sum(),
+    };
+    let summary = check_complete(test, stderr, Some(profile), work, &[read_faults(processes)]);
+    check_shares(test, &parts, TOLERANCE_PP);
+    summary
 }
 
 /// Three Python versions at once under `--all`: one started before the recording and two
-/// during it; one of them exits long before the end. Each is there, rooted at its own process,
+/// during it; the first exits long before the end. Each is there, rooted at its own process,
 /// with its share, and the one that exited keeps its names.
 #[test]
 fn all_processes_of_three_versions_started_before_and_during() {
     if !privileged() {
         return;
     }
-    let dir = scratch_dir("all_three_versions");
-    let out = dir.join("profile.txt");
-    // Started before the recording, still waiting when it begins.
-    let early = spawn_busy("3.8", "alpha", 1.0, 2.5);
-    let recording = start_recording(&["--all", "-r", "1000"], &out);
-    wait_until_sampling(&recording);
-    let during = [
-        spawn_busy("debian-3.11", "beta", 1.0, 0.5),
-        spawn_busy("3.13", "gamma", 1.0, 0.5),
-    ];
-    let runs: Vec<Value> = [early]
-        .into_iter()
-        .chain(during)
-        .map(|c| fixture_json(&c.wait_with_output().unwrap()))
-        .collect();
+    let test = "all_three_versions";
+    let out = scratch_dir(test).join("profile.txt");
+    // Started before the recording, waiting when it begins.
+    let mut early = busy("3.8", "alpha", 1.0);
+    let recording = start_recording(&["--all", "-r", RATE], &out);
+    recording.wait_registered(early.pid);
+    early.go();
+    let mut runs = vec![fixture_json_line(&early.finish())];
+    let mut during = [busy("debian-3.11", "beta", 1.0), busy("3.13", "gamma", 1.0)];
+    for f in &mut during {
+        recording.wait_registered(f.pid);
+        f.go();
+    }
+    runs.extend(during.map(|f| fixture_json_line(&f.finish())));
     let summary = finish_recording(recording);
     let profile = parse_folded(&std::fs::read_to_string(&out).unwrap());
-    check_processes(&profile, &runs, "all_three_versions");
+    // Other Pythons on the machine may have come and gone too: their starts and ends count.
+    let processes = Summary::parse(&summary).processes;
+    check_processes(&profile, &runs, &summary, processes, test);
     for (r, version) in runs.iter().zip(["3.8", "3.11", "3.13"]) {
         assert!(
             summary.contains(&format!("(pid {}, CPython {version})", r["pid"])),
@@ -179,18 +139,24 @@ fn all_processes_of_three_versions_started_before_and_during() {
     }
 }
 
-/// Fifty short-lived Python processes during an `--all` recording: the profiler keeps up, its
-/// memory does not grow with them, and the summary counts them.
+/// The last line a fixture printed, as JSON.
+fn fixture_json_line(out: &str) -> Value {
+    let last = out.lines().last().expect("the fixture printed its measurement");
+    serde_json::from_str(last).expect("the fixture's measurement is JSON")
+}
+
+/// Fifty short-lived Python processes during an `--all` recording: each is registered, recorded
+/// in full and retired, the profiler's memory does not grow with them, and the summary counts
+/// them.
 #[test]
 fn fifty_short_lived_processes_under_all() {
     if !privileged() {
         return;
     }
-    let dir = scratch_dir("all_fifty");
-    let out = dir.join("profile.txt");
-    let recording = start_recording(&["--all", "-r", "100"], &out);
-    let profiler = recording.id();
-    wait_until_sampling(&recording);
+    let test = "all_fifty";
+    let out = scratch_dir(test).join("profile.txt");
+    let recording = start_recording(&["--all", "-r", "97"], &out);
+    let profiler = recording.pid();
     let rss = || -> u64 {
         std::fs::read_to_string(format!("/proc/{profiler}/status"))
             .ok()
@@ -204,23 +170,29 @@ fn fifty_short_lived_processes_under_all() {
             })
             .unwrap_or(0)
     };
-    let started = Instant::now();
-    let mut pids = Vec::new();
+    let started = std::time::Instant::now();
+    let mut runs = Vec::new();
     let mut rss_after_ten = 0;
     for batch in 0..10 {
-        let children: Vec<Child> = (0..5)
-            .map(|_| spawn_busy("3.12", "short", 0.15, 0.2))
-            .collect();
-        for c in children {
-            let run = fixture_json(&c.wait_with_output().unwrap());
-            pids.push(run["pid"].as_u64().unwrap());
+        let mut children: Vec<Fixture> = (0..5).map(|_| busy("3.12", "short", 0.15)).collect();
+        for c in &mut children {
+            recording.wait_registered(c.pid);
+            c.go();
+        }
+        let pids: Vec<u32> = children.iter().map(|c| c.pid).collect();
+        runs.extend(children.into_iter().map(|c| fixture_json_line(&c.finish())));
+        // Retired: the profiler has taken each ended process out of its kernel map.
+        for pid in pids {
+            let waiting = std::time::Instant::now();
+            while registered(profiler, pid) {
+                assert!(waiting.elapsed() < READY_TIMEOUT, "pid {pid} never retired");
+                thread::sleep(Duration::from_millis(5));
+            }
         }
         if batch == 1 {
-            thread::sleep(Duration::from_millis(300));
             rss_after_ten = rss();
         }
     }
-    thread::sleep(Duration::from_millis(300));
     let rss_after_fifty = rss();
     eprintln!(
         "all_fifty: 50 processes in {:.1}s; profiler RSS {rss_after_ten} kB after 10, {rss_after_fifty} kB after 50",
@@ -232,20 +204,53 @@ fn fifty_short_lived_processes_under_all() {
     );
     let summary = finish_recording(recording);
     let profile = parse_folded(&std::fs::read_to_string(&out).unwrap());
-    let seen = pids
+    let missing: Vec<&Value> = runs
         .iter()
-        .filter(|&&pid| samples_of(&profile, pid, "short") > 0)
-        .count();
-    assert!(
-        seen >= 45,
-        "only {seen} of 50 short-lived processes have samples in `short`"
+        .filter(|r| samples_of(&profile, r["pid"].as_u64().unwrap(), "short") == 0)
+        .collect();
+    assert!(missing.is_empty(), "no samples in `short` for {missing:?}");
+    let s = Summary::parse(&summary);
+    assert!(s.processes >= 50, "the summary saw {}:\n{summary}", s.processes);
+    // Each of them is rooted at its own process with all of its samples; with 15 samples each
+    // the shares are too coarse to compare one by one.
+    let work = Work {
+        samples: runs
+            .iter()
+            .map(|r| samples_of(&profile, r["pid"].as_u64().unwrap(), "short"))
+            .sum(),
+        cpu: runs.iter().map(|r| r["cpu"].as_f64().unwrap()).sum(),
+    };
+    check_complete(test, &summary, Some(&profile), work, &[read_faults(s.processes)]);
+}
+
+/// Runs `FIXTURE` launched under `prof-bpf record --subprocesses`, serving its processes'
+/// go-file handshake as the recording registers them; returns the fixture's measurement (a
+/// JSON array of runs), the profile, prof-bpf's stderr and the processes served.
+fn record_subprocesses(python_version: &str, name: &str, test: &str) -> (Vec<Value>, Folded, String, usize) {
+    let dir = scratch_dir(test);
+    let (out, go) = (dir.join("profile.txt"), dir.join("go"));
+    std::fs::create_dir(&go).unwrap();
+    let (out_arg, py, fixture_path) = (
+        out.display().to_string(),
+        python(python_version).display().to_string(),
+        fixture(name).display().to_string(),
     );
-    let processes: u64 = summary
-        .lines()
-        .find_map(|l| l.split(" samples of ").nth(1))
-        .and_then(|r| r.split(" Python processes").next()?.parse().ok())
-        .expect("the summary counts the processes");
-    assert!(processes >= 50, "the summary saw {processes}:\n{summary}");
+    let args = [
+        "record", "--subprocesses", "-r", RATE, "-f", "raw", "-o", &out_arg, "--", "env",
+    ];
+    let go_env = format!("FIXTURE_GO_DIR={}", go.display());
+    let all: Vec<&str> = args
+        .into_iter()
+        .chain([go_env.as_str(), py.as_str(), fixture_path.as_str()])
+        .collect();
+    let mut recording = Recording::start(&all);
+    let served = recording.serve_go_files(&go);
+    let ended = recording.wait();
+    assert!(ended.status.success(), "{}", ended.stderr);
+    let stdout = String::from_utf8_lossy(&ended.stdout);
+    let runs = fixture_json_line(&stdout).as_array().unwrap().clone();
+    let profile = parse_folded(&std::fs::read_to_string(&out).unwrap());
+    (runs, profile, ended.stderr, served.len())
 }
 
 /// A pool of four forked workers and `--subprocesses`: each worker is there, rooted at its own
@@ -255,13 +260,12 @@ fn subprocesses_follow_a_multiprocessing_pool() {
     if !privileged() {
         return;
     }
-    let out = scratch_dir("subprocesses_pool").join("profile.txt");
-    let args = ["--subprocesses", "-r", "1000", "-f", "raw"];
-    let result = record_fixture(&args, &out, &python("3.12"), "pool.py", &["1"]);
-    let runs = fixture_json(&result).as_array().unwrap().clone();
+    let test = "subprocesses_pool";
+    let (runs, profile, stderr, served) = record_subprocesses("3.12", "pool.py", test);
     assert_eq!(runs.len(), 4);
-    let profile = parse_folded(&std::fs::read_to_string(&out).unwrap());
-    check_processes(&profile, &runs, "subprocesses_pool");
+    assert!(served >= 1, "no worker asked for its go");
+    // The parent and its four workers start or end while recorded.
+    check_processes(&profile, &runs, &stderr, 5, test);
 }
 
 /// A subprocess that execs a new Python, which runs another: all three generations, each in
@@ -271,32 +275,30 @@ fn subprocesses_follow_exec_and_grandchildren() {
     if !privileged() {
         return;
     }
-    let out = scratch_dir("subprocesses_family").join("profile.txt");
-    let result = record_fixture(
-        &["-s", "-r", "1000", "-f", "raw"],
-        &out,
-        &python("3.11"),
-        "family.py",
-        &[],
-    );
-    let runs = fixture_json(&result).as_array().unwrap().clone();
+    let test = "subprocesses_family";
+    let (runs, profile, stderr, served) = record_subprocesses("3.11", "family.py", test);
     assert_eq!(runs.len(), 3);
-    let profile = parse_folded(&std::fs::read_to_string(&out).unwrap());
-    check_processes(&profile, &runs, "subprocesses_family");
+    assert_eq!(served, 3);
+    check_processes(&profile, &runs, &stderr, 3, test);
 }
 
+/// How far the time off the CPU recorded in a function may be from the time it slept, as a
+/// share of that time: the largest deviation over 10 runs of the suite was 0.4 % (tests/measure-noise).
+const IDLE_TOLERANCE: f64 = 0.03;
+
 /// py-spy's idle example: a() sleeps 5 s; b() sleeps 1 s and calls a(). With `--idle`, the own
-/// time of each is what it slept, within 10 %.
+/// time of each is what it slept.
 #[test]
 fn idle_time_goes_to_where_the_thread_slept() {
     if !privileged() {
         return;
     }
+    let test = "idle_sleep";
     let rate = 100.0;
-    let out = scratch_dir("idle_sleep").join("profile.txt");
+    let out = scratch_dir(test).join("profile.txt");
     // As on a fresh machine: neither tracefs nor debugfs mounted (issue 11). A private mount
     // namespace unmounts them if this machine has them, and proves they are gone.
-    let result = Command::new("unshare")
+    let result = std::process::Command::new("unshare")
         .args(["--mount", "--propagation", "private", "sh", "-c"])
         .arg(
             "umount -l /sys/kernel/tracing 2>/dev/null; umount -l /sys/kernel/debug 2>/dev/null; \
@@ -312,12 +314,11 @@ fn idle_time_goes_to_where_the_thread_slept() {
         .env_remove("RUST_BACKTRACE")
         .output()
         .expect("running unshare");
+    let stderr = String::from_utf8_lossy(&result.stderr);
     assert!(
         result.status.success(),
-        "record --idle without tracefs: {}",
-        String::from_utf8_lossy(&result.stderr)
+        "record --idle without tracefs: {stderr}"
     );
-    let stderr = String::from_utf8_lossy(&result.stderr);
     let slept = fixture_json(&result);
     let profile = parse_folded(&std::fs::read_to_string(&out).unwrap());
     let own = |name: &str| -> f64 {
@@ -330,26 +331,37 @@ fn idle_time_goes_to_where_the_thread_slept() {
     for name in ["a", "b"] {
         let want = slept[name].as_f64().unwrap();
         let got = own(name);
-        eprintln!("idle_sleep: {name} own {got:.2}s profiled vs {want:.2}s slept");
+        eprintln!("{test}: {name} own {got:.2}s profiled vs {want:.2}s slept");
+        noise(test, &format!("idle:{name}"), (got - want) / want);
         assert!(
-            (got - want).abs() <= 0.1 * want,
+            (got - want).abs() <= IDLE_TOLERANCE * want,
             "{name}: {got:.2}s of own time, but it slept {want:.2}s\n{stderr}"
         );
     }
     assert!(stderr.contains("idle: "), "{stderr}");
+    // The profile holds the off-CPU time besides the samples: the summary's count is the
+    // samples alone, so only its errors are checked here.
+    check_errors(test, &Summary::parse(&stderr), LAUNCHED);
 }
 
-/// Two threads busy at once, one in Python with the GIL and one hashing without it: `--gil`
-/// keeps the first and leaves out the second, and the summary gives the GIL share.
+/// How far the GIL share and the hashing thread's share may be from what gil.py measured, in
+/// percentage points: the largest deviation over 10 runs of the suite was 1.1 points
+/// (tests/measure-noise).
+const GIL_TOLERANCE_PP: f64 = 3.0;
+
+/// Two threads busy at once, one in Python with the GIL and one hashing without it most of the
+/// time: the profile gives each its measured share, the summary's GIL share is the measured
+/// share of CPU time with the GIL held, and `--gil` keeps exactly the samples that held it.
 #[test]
 fn gil_keeps_only_samples_holding_the_gil() {
     if !privileged() {
         return;
     }
-    let dir = scratch_dir("gil_only");
+    let test = "gil_only";
+    let dir = scratch_dir(test);
     let record = |extra: &[&str], name: &str| -> (Folded, Value, String) {
         let out = dir.join(name);
-        let args: Vec<&str> = ["--threads", "-r", "1000", "-f", "raw"]
+        let args: Vec<&str> = ["--threads", "-r", RATE, "-f", "raw"]
             .into_iter()
             .chain(extra.iter().copied())
             .collect();
@@ -358,45 +370,66 @@ fn gil_keeps_only_samples_holding_the_gil() {
         let profile = parse_folded(&std::fs::read_to_string(&out).unwrap());
         (profile, fixture_json(&result), stderr)
     };
-    let gil_share = |summary: &str| -> f64 {
-        summary
-            .lines()
-            .find_map(|l| l.strip_prefix("prof-bpf: GIL held in "))
-            .and_then(|r| r.split('%').next()?.parse().ok())
-            .expect("the summary gives the GIL share")
+    let cpu = |m: &Value, worker: &str| m[worker]["cpu"].as_f64().unwrap();
+
+    // Without --gil: both threads, each with its share, complete.
+    let (all, m, summary_all) = record(&[], "all.txt");
+    let (python_cpu, hashing_cpu) = (cpu(&m, "python_worker"), cpu(&m, "hashing_worker"));
+    let in_hash = m["hashing_worker"]["in_hash"].as_f64().unwrap();
+    let parts = [
+        ("python_worker".to_string(), samples_in(&all, "python_worker"), python_cpu),
+        ("hashing_worker".to_string(), samples_in(&all, "hashing_worker"), hashing_cpu),
+    ];
+    let work = Work {
+        samples: parts[0].1 + parts[1].1,
+        cpu: python_cpu + hashing_cpu,
     };
-    let (all, _, summary_all) = record(&[], "all.txt");
-    let (held, threads, summary_held) = record(&["--gil"], "gil.txt");
-    let python = samples_in(&held, "python_worker");
-    let hashing = samples_in(&held, "hashing_worker");
-    let hashing_all = samples_in(&all, "hashing_worker");
+    let s = check_complete("gil_all", &summary_all, Some(&all), work, LAUNCHED);
+    check_shares("gil_all", &parts, GIL_TOLERANCE_PP);
+    // The GIL is held by the Python thread whenever it runs, and by the hashing thread outside
+    // its hashing calls.
+    let held = 100.0 * (python_cpu + hashing_cpu - in_hash) / (python_cpu + hashing_cpu);
+    eprintln!("{test}: GIL held in {:.1}% of samples, {held:.1}% of the measured CPU time", s.gil_held);
+    noise(test, "gil_share", s.gil_held - held);
+    assert!(
+        (s.gil_held - held).abs() <= GIL_TOLERANCE_PP,
+        "GIL held in {:.1}% of samples, but {held:.1}% of the CPU time had it",
+        s.gil_held
+    );
+
+    // With --gil: the Python thread in full, the hashing thread only outside its hashing calls;
+    // the rest is counted as left out.
+    let (kept, m, summary_held) = record(&["--gil"], "gil.txt");
+    let (python_cpu, hashing_cpu) = (cpu(&m, "python_worker"), cpu(&m, "hashing_worker"));
+    let outside_hash = hashing_cpu - m["hashing_worker"]["in_hash"].as_f64().unwrap();
+    let python = samples_in(&kept, "python_worker");
+    let hashing = samples_in(&kept, "hashing_worker");
+    let work = Work {
+        samples: python + hashing,
+        cpu: python_cpu + outside_hash,
+    };
+    let s = check_complete("gil_held", &summary_held, Some(&kept), work, LAUNCHED);
+    let left_out: u64 = s
+        .text
+        .lines()
+        .find_map(|l| l.strip_prefix("prof-bpf: left out: "))
+        .and_then(|l| l.split(' ').next()?.parse().ok())
+        .expect("the summary counts the samples left out");
+    let implied = s.rate as f64 * (hashing_cpu - outside_hash);
     eprintln!(
-        "gil_only: without --gil hashing has {hashing_all} samples, GIL {:.1}%; with --gil python {python}, hashing {hashing}, GIL {:.1}%",
-        gil_share(&summary_all),
-        gil_share(&summary_held)
+        "{test}: with --gil python {python}, hashing {hashing} ({:.0} implied), {left_out} left out ({implied:.0} implied)",
+        s.rate as f64 * outside_hash
     );
-    // Both threads burned the same CPU; without --gil both are there, about half each.
-    let share = 100.0 * hashing_all as f64 / total(&all).max(1) as f64;
+    noise(test, "left_out", left_out as f64 / implied);
     assert!(
-        (share - 50.0).abs() <= 15.0,
-        "hashing has {share:.1}% without --gil"
+        left_out as f64 >= MIN_COMPLETENESS * implied && left_out as f64 <= MAX_COMPLETENESS * implied,
+        "{left_out} samples left out by --gil, but the hashing calls took {:.3}s",
+        hashing_cpu - outside_hash
     );
-    let gil_all = gil_share(&summary_all);
+    assert!(s.text.contains("without the GIL (left out by --gil)"));
+    let tid = m["python_worker"]["tid"].as_u64().unwrap();
     assert!(
-        (gil_all - (100.0 - share)).abs() <= 15.0,
-        "GIL held in {gil_all:.1}% of samples, but {:.1}% were in pure Python",
-        100.0 - share
-    );
-    // With --gil the hashing thread keeps only the moments between hashes.
-    assert!(python >= 500, "python_worker has {python} samples");
-    assert!(
-        hashing * 10 <= python,
-        "with --gil, hashing_worker kept {hashing} samples against python_worker's {python}"
-    );
-    assert!(summary_held.contains("without the GIL (left out by --gil)"));
-    let tid = threads["python_worker"]["tid"].as_u64().unwrap();
-    assert!(
-        held.keys()
+        kept.keys()
             .filter(|s| s.iter().any(|f| function(f) == "python_worker"))
             .all(|s| s[0].starts_with(&format!("thread {tid} ("))),
         "python_worker's samples are on its own thread"
