@@ -17,7 +17,7 @@ use std::{
 
 pub use bpf::registered;
 pub use procs::{
-    Ended, Fixture, READY_TIMEOUT, Recording, cpu_seconds, thread_state, wait_for_cpu,
+    Ended, Fixture, READY_TIMEOUT, Recording, blocked_in, cpu_seconds, thread_state, wait_for_cpu,
 };
 pub use summary::{
     Expected, LAUNCHED, MAX_COMPLETENESS, MIN_COMPLETENESS, NO_ERRORS, Summary, Work,

@@ -70,6 +70,32 @@ impl Fixture {
         }
     }
 
+    /// blocked.py, once it says both workers stand on their blocking lines and the kernel shows
+    /// every thread asleep in its blocking call: main and the sleeper in a sleep (not a futex:
+    /// not waiting for the GIL), the locker in a futex. Once the other two sleep nobody holds
+    /// the GIL, so the locker's futex is its lock's.
+    pub fn blocked(python: &Path) -> Self {
+        let fixture = Self::start(python, "blocked.py", &[], &[("BLOCKED_SECONDS", "60")]);
+        let pid = fixture.pid;
+        let (sleeper, locker) = (
+            fixture.ready["sleeper"].as_u64().unwrap() as u32,
+            fixture.ready["locker"].as_u64().unwrap() as u32,
+        );
+        let asleep = |tid: u32, futex: bool| {
+            thread_state(pid, tid) == Some('S')
+                && blocked_in(pid, tid).is_some_and(|n| n >= 0 && (n == SYS_FUTEX) == futex)
+        };
+        let started = Instant::now();
+        while !(asleep(pid, false) && asleep(sleeper, false) && asleep(locker, true)) {
+            assert!(
+                started.elapsed() < READY_TIMEOUT,
+                "blocked.py's threads never all blocked"
+            );
+            thread::sleep(Duration::from_millis(2));
+        }
+        fixture
+    }
+
     /// Tells a waiting fixture to start its work.
     pub fn go(&mut self) {
         let stdin = self.child.stdin.as_mut().expect("the fixture's stdin");
@@ -146,6 +172,15 @@ pub fn thread_state(pid: u32, tid: u32) -> Option<char> {
         .ok()
         .and_then(|s| s.rsplit_once(") ")?.1.chars().next())
 }
+
+/// The system call a thread is blocked in (`/proc/PID/task/TID/syscall`), if it is.
+pub fn blocked_in(pid: u32, tid: u32) -> Option<i64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/syscall")).ok()?;
+    text.split_whitespace().next()?.parse().ok()
+}
+
+/// x86_64's futex(2): a lock wait, and also a wait for the GIL.
+const SYS_FUTEX: i64 = 202;
 
 /// A `prof-bpf` command the test started, with its stdout and stderr collected as it runs.
 pub struct Recording {

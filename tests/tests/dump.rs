@@ -20,39 +20,11 @@ impl Drop for Killed {
     }
 }
 
-/// The system call a thread is blocked in (`/proc/PID/task/TID/syscall`), if it is.
-fn blocked_in(pid: u32, tid: u64) -> Option<i64> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/syscall")).ok()?;
-    text.split_whitespace().next()?.parse().ok()
-}
-
-/// x86_64's futex(2): a lock wait, and also a wait for the GIL.
-const SYS_FUTEX: i64 = 202;
-
-/// Starts blocked.py and waits until it says both workers stand on their blocking lines and the
-/// kernel shows every thread asleep in its blocking call: main and the sleeper in a sleep (not a
-/// futex: not waiting for the GIL), the locker in a futex. Once the other two sleep nobody holds
-/// the GIL, so the locker's futex is its lock's.
+/// blocked.py under `python_name`, every thread blocked; its pid as text.
 fn start_blocked(python_name: &str) -> (Fixture, String) {
-    let fixture = Fixture::start(&python(python_name), "blocked.py", &[], &[("BLOCKED_SECONDS", "60")]);
-    let pid = fixture.pid;
-    let (sleeper, locker) = (
-        fixture.ready["sleeper"].as_u64().unwrap(),
-        fixture.ready["locker"].as_u64().unwrap(),
-    );
-    let asleep = |tid: u64, futex: bool| {
-        thread_state(pid, tid as u32) == Some('S')
-            && blocked_in(pid, tid).is_some_and(|n| n >= 0 && (n == SYS_FUTEX) == futex)
-    };
-    let started = std::time::Instant::now();
-    while !(asleep(pid as u64, false) && asleep(sleeper, false) && asleep(locker, true)) {
-        assert!(
-            started.elapsed() < READY_TIMEOUT,
-            "blocked.py's threads never all blocked"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(2));
-    }
-    (fixture, pid.to_string())
+    let fixture = Fixture::blocked(&python(python_name));
+    let pid = fixture.pid.to_string();
+    (fixture, pid)
 }
 
 /// Thread header line -> its frames, leaf first.
