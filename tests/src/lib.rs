@@ -106,15 +106,7 @@ pub const RATE: &str = "997";
 pub const LOW_RATE: &str = "499";
 
 /// Every interpreter prof-bpf supports, by `python()`'s names.
-pub const PYTHONS: [&str; 7] = [
-    "3.8",
-    "3.9",
-    "3.10",
-    "3.11",
-    "3.12",
-    "3.13",
-    "debian-3.11",
-];
+pub const PYTHONS: [&str; 7] = ["3.8", "3.9", "3.10", "3.11", "3.12", "3.13", "debian-3.11"];
 
 /// The CPython version of one of `PYTHONS`.
 pub fn version_of(which: &str) -> &str {
@@ -247,11 +239,16 @@ pub fn line_of(file: &Path, marker: &str) -> u32 {
 pub fn check_shares(test: &str, parts: &[(String, u64, f64)], tolerance_pp: f64) {
     let samples: u64 = parts.iter().map(|p| p.1).sum();
     let cpu: f64 = parts.iter().map(|p| p.2).sum();
-    assert!(samples > 0 && cpu > 0.0, "{test}: nothing to compare: {parts:?}");
+    assert!(
+        samples > 0 && cpu > 0.0,
+        "{test}: nothing to compare: {parts:?}"
+    );
     for (label, n, secs) in parts {
         let profiled = 100.0 * *n as f64 / samples as f64;
         let expected = 100.0 * secs / cpu;
-        eprintln!("{test}: {label} {profiled:.1}% profiled vs {expected:.1}% measured ({n} samples)");
+        eprintln!(
+            "{test}: {label} {profiled:.1}% profiled vs {expected:.1}% measured ({n} samples)"
+        );
         noise(test, &format!("share:{label}"), profiled - expected);
         assert!(
             (profiled - expected).abs() <= tolerance_pp,
@@ -386,7 +383,8 @@ pub fn pprof_samples(file: &Path, home: &Path) -> Vec<PprofSample> {
             .rev()
             .map(|f| match f.rsplit_once(' ') {
                 Some((name, at))
-                    if !at.ends_with(')') && (at.contains(':') || at.contains('/') || at.ends_with(".py")) =>
+                    if !at.ends_with(')')
+                        && (at.contains(':') || at.contains('/') || at.ends_with(".py")) =>
                 {
                     format!("{name} ({at})")
                 }

@@ -122,7 +122,10 @@ impl Fixture {
         self.signal(libc::SIGSTOP);
         let started = Instant::now();
         while thread_state(self.pid, self.pid) != Some('T') {
-            assert!(started.elapsed() < READY_TIMEOUT, "the fixture did not stop");
+            assert!(
+                started.elapsed() < READY_TIMEOUT,
+                "the fixture did not stop"
+            );
             thread::sleep(Duration::from_millis(1));
         }
     }

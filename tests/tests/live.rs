@@ -43,7 +43,9 @@ fn threads_and_code_objects(which: &str) {
         .collect();
     let tids: Vec<u64> = walked.iter().map(|t| t.tid).collect();
     assert_eq!(
-        tids.iter().copied().collect::<std::collections::BTreeSet<_>>(),
+        tids.iter()
+            .copied()
+            .collect::<std::collections::BTreeSet<_>>(),
         expected.keys().copied().collect(),
         "{which}: threads walked {tids:?}, the interpreter's {:?}",
         expected.keys()

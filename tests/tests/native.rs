@@ -70,7 +70,13 @@ fn numpy_python() -> std::path::PathBuf {
 }
 
 /// The numpy fixture's split (fft_work against python_work) and pocketfft under fft_work.
-fn check_numpy(profile: &Folded, measured: &Value, stderr: &str, expected: &[Expected], test: &str) {
+fn check_numpy(
+    profile: &Folded,
+    measured: &Value,
+    stderr: &str,
+    expected: &[Expected],
+    test: &str,
+) {
     let parts: Vec<(String, u64, f64)> = ["fft_work", "python_work"]
         .iter()
         .map(|f| {

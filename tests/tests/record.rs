@@ -656,7 +656,8 @@ fn output_to_stdout() {
     let test = "stdout";
     let mut target = Fixture::waiting(&python("3.12"), "split.py", &["1"], &[]);
     let pid = target.pid.to_string();
-    let recording = Recording::start(&["record", "-r", RATE, "-f", "raw", "--pid", &pid, "-o", "-"]);
+    let recording =
+        Recording::start(&["record", "-r", RATE, "-f", "raw", "--pid", &pid, "-o", "-"]);
     target.go();
     let measured = measured_split(&target.finish());
     let ended = recording.wait();
@@ -708,7 +709,9 @@ fn default_output_file_name() {
         .unwrap_or_else(|| panic!("{name:?} is not python3.12-{pid}-STAMP.speedscope.json"));
     let (date, time) = stamp.split_once('-').expect("YYYYmmdd-HHMMSS");
     assert!(
-        date.len() == 8 && time.len() == 6 && stamp.chars().filter(char::is_ascii_digit).count() == 14,
+        date.len() == 8
+            && time.len() == 6
+            && stamp.chars().filter(char::is_ascii_digit).count() == 14,
         "{stamp}"
     );
     assert!(

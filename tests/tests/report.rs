@@ -187,7 +187,11 @@ fn wrong_inputs_are_named() {
         .collect();
     let cases: Vec<(&str, Option<String>, &str)> = vec![
         ("missing.json", None, "cannot read"),
-        ("flame.svg", Some("<svg/>".into()), "is not a prof-bpf profile"),
+        (
+            "flame.svg",
+            Some("<svg/>".into()),
+            "is not a prof-bpf profile",
+        ),
         (
             "speedscope.json",
             Some(r#"{"$schema": "https://www.speedscope.app/file-format-schema.json"}"#.into()),
@@ -204,7 +208,11 @@ fn wrong_inputs_are_named() {
             Some(good[..good.len() / 2].to_string()),
             "not JSON (EOF while parsing",
         ),
-        ("empty.json", Some(String::new()), "not JSON (EOF while parsing"),
+        (
+            "empty.json",
+            Some(String::new()),
+            "not JSON (EOF while parsing",
+        ),
         ("garbage.json", Some(garbage), "is not a prof-bpf profile"),
         (
             "frames.json",
@@ -220,7 +228,9 @@ fn wrong_inputs_are_named() {
         ),
         (
             "index.json",
-            Some(edited(&|d| d["samples"][0]["frames"] = serde_json::json!([0, 99]))),
+            Some(edited(&|d| {
+                d["samples"][0]["frames"] = serde_json::json!([0, 99])
+            })),
             "is damaged: a sample of thread 4242 refers to a frame that is not in the frame list",
         ),
         (
@@ -256,7 +266,11 @@ fn wrong_inputs_are_named() {
             );
             assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
             assert!(out.stdout.is_empty(), "{args:?} printed {:?}", out.stdout);
-            assert!(!converted.exists(), "{args:?} wrote {}", converted.display());
+            assert!(
+                !converted.exists(),
+                "{args:?} wrote {}",
+                converted.display()
+            );
         }
     }
 }
@@ -286,7 +300,10 @@ fn write_errors_are_named() {
 
     let dir = scratch_dir("report_write_errors");
     for (to, message) in [
-        ("/nonexistent-dir/p.txt", "cannot use /nonexistent-dir/p.txt: No such file or directory"),
+        (
+            "/nonexistent-dir/p.txt",
+            "cannot use /nonexistent-dir/p.txt: No such file or directory",
+        ),
         (dir.to_str().unwrap(), "it is a directory"),
     ] {
         let out = run(&["report", input, "-f", "raw", "-o", to]);
@@ -361,7 +378,13 @@ fn table_numbers_agree_with_raw_counts() {
     let total_samples = total(&raw);
     let measured = measured_split(&String::from_utf8_lossy(&result.stdout));
     let stderr = String::from_utf8_lossy(&result.stderr);
-    check_complete(test, &stderr, Some(&raw), split_work(&raw, measured), LAUNCHED);
+    check_complete(
+        test,
+        &stderr,
+        Some(&raw),
+        split_work(&raw, measured),
+        LAUNCHED,
+    );
     assert!(
         table.contains(&format!("samples: {total_samples} over")),
         "header disagrees with {total_samples} raw samples:\n{table}"
@@ -400,10 +423,7 @@ fn table_numbers_agree_with_raw_counts() {
             "row {line:?}: {pct} vs {expected_pct}"
         );
         let own: f64 = cols[2].trim_end_matches('s').parse().unwrap();
-        assert!(
-            (own - direct as f64 / 997.0).abs() < 0.0006,
-            "row {line:?}"
-        );
+        assert!((own - direct as f64 / 997.0).abs() < 0.0006, "row {line:?}");
         rows += 1;
     }
     assert!(rows >= 5, "only {rows} rows:\n{table}");

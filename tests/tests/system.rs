@@ -141,7 +141,10 @@ fn all_processes_of_three_versions_started_before_and_during() {
 
 /// The last line a fixture printed, as JSON.
 fn fixture_json_line(out: &str) -> Value {
-    let last = out.lines().last().expect("the fixture printed its measurement");
+    let last = out
+        .lines()
+        .last()
+        .expect("the fixture printed its measurement");
     serde_json::from_str(last).expect("the fixture's measurement is JSON")
 }
 
@@ -210,7 +213,11 @@ fn fifty_short_lived_processes_under_all() {
         .collect();
     assert!(missing.is_empty(), "no samples in `short` for {missing:?}");
     let s = Summary::parse(&summary);
-    assert!(s.processes >= 50, "the summary saw {}:\n{summary}", s.processes);
+    assert!(
+        s.processes >= 50,
+        "the summary saw {}:\n{summary}",
+        s.processes
+    );
     // Each of them is rooted at its own process with all of its samples; with 15 samples each
     // the shares are too coarse to compare one by one.
     let work = Work {
@@ -220,13 +227,23 @@ fn fifty_short_lived_processes_under_all() {
             .sum(),
         cpu: runs.iter().map(|r| r["cpu"].as_f64().unwrap()).sum(),
     };
-    check_complete(test, &summary, Some(&profile), work, &[read_faults(s.processes)]);
+    check_complete(
+        test,
+        &summary,
+        Some(&profile),
+        work,
+        &[read_faults(s.processes)],
+    );
 }
 
 /// Runs `FIXTURE` launched under `prof-bpf record --subprocesses`, serving its processes'
 /// go-file handshake as the recording registers them; returns the fixture's measurement (a
 /// JSON array of runs), the profile, prof-bpf's stderr and the processes served.
-fn record_subprocesses(python_version: &str, name: &str, test: &str) -> (Vec<Value>, Folded, String, usize) {
+fn record_subprocesses(
+    python_version: &str,
+    name: &str,
+    test: &str,
+) -> (Vec<Value>, Folded, String, usize) {
     let dir = scratch_dir(test);
     let (out, go) = (dir.join("profile.txt"), dir.join("go"));
     std::fs::create_dir(&go).unwrap();
@@ -236,7 +253,16 @@ fn record_subprocesses(python_version: &str, name: &str, test: &str) -> (Vec<Val
         fixture(name).display().to_string(),
     );
     let args = [
-        "record", "--subprocesses", "-r", RATE, "-f", "raw", "-o", &out_arg, "--", "env",
+        "record",
+        "--subprocesses",
+        "-r",
+        RATE,
+        "-f",
+        "raw",
+        "-o",
+        &out_arg,
+        "--",
+        "env",
     ];
     let go_env = format!("FIXTURE_GO_DIR={}", go.display());
     let all: Vec<&str> = args
@@ -377,8 +403,16 @@ fn gil_keeps_only_samples_holding_the_gil() {
     let (python_cpu, hashing_cpu) = (cpu(&m, "python_worker"), cpu(&m, "hashing_worker"));
     let in_hash = m["hashing_worker"]["in_hash"].as_f64().unwrap();
     let parts = [
-        ("python_worker".to_string(), samples_in(&all, "python_worker"), python_cpu),
-        ("hashing_worker".to_string(), samples_in(&all, "hashing_worker"), hashing_cpu),
+        (
+            "python_worker".to_string(),
+            samples_in(&all, "python_worker"),
+            python_cpu,
+        ),
+        (
+            "hashing_worker".to_string(),
+            samples_in(&all, "hashing_worker"),
+            hashing_cpu,
+        ),
     ];
     let work = Work {
         samples: parts[0].1 + parts[1].1,
@@ -389,7 +423,10 @@ fn gil_keeps_only_samples_holding_the_gil() {
     // The GIL is held by the Python thread whenever it runs, and by the hashing thread outside
     // its hashing calls.
     let held = 100.0 * (python_cpu + hashing_cpu - in_hash) / (python_cpu + hashing_cpu);
-    eprintln!("{test}: GIL held in {:.1}% of samples, {held:.1}% of the measured CPU time", s.gil_held);
+    eprintln!(
+        "{test}: GIL held in {:.1}% of samples, {held:.1}% of the measured CPU time",
+        s.gil_held
+    );
     noise(test, "gil_share", s.gil_held - held);
     assert!(
         (s.gil_held - held).abs() <= GIL_TOLERANCE_PP,
@@ -422,7 +459,8 @@ fn gil_keeps_only_samples_holding_the_gil() {
     );
     noise(test, "left_out", left_out as f64 / implied);
     assert!(
-        left_out as f64 >= MIN_COMPLETENESS * implied && left_out as f64 <= MAX_COMPLETENESS * implied,
+        left_out as f64 >= MIN_COMPLETENESS * implied
+            && left_out as f64 <= MAX_COMPLETENESS * implied,
         "{left_out} samples left out by --gil, but the hashing calls took {:.3}s",
         hashing_cpu - outside_hash
     );

@@ -354,7 +354,10 @@ fn top_by_pid_leaves_the_process_running() {
     let tmux = Tmux::start("top_pid");
     tmux.keys(&["clear; echo BEFORE-TOP-MARKER", "Enter"]);
     tmux.keys(&[
-        &format!("{} top --refresh 0.5 -r {RATE} --pid {pid}", prof_bpf().display()),
+        &format!(
+            "{} top --refresh 0.5 -r {RATE} --pid {pid}",
+            prof_bpf().display()
+        ),
         "Enter",
     ]);
     let s = tmux.wait_for(15, "heavy and light", |s| {

@@ -189,7 +189,11 @@ pub(crate) mod golden {
         assert_eq!(rewrite(None, None), Ok(false));
         assert_eq!(rewrite(Some("1"), None), Ok(true));
         for other in ["0", "", "yes", "true", "2"] {
-            assert_eq!(rewrite(Some(other), None), Ok(false), "UPDATE_GOLDEN={other}");
+            assert_eq!(
+                rewrite(Some(other), None),
+                Ok(false),
+                "UPDATE_GOLDEN={other}"
+            );
         }
         for ci in ["true", "1", "yes", "github"] {
             assert!(rewrite(Some("1"), Some(ci)).is_err(), "CI={ci}");
