@@ -20,8 +20,8 @@ pub use procs::{
     Ended, Fixture, READY_TIMEOUT, Recording, blocked_in, cpu_seconds, thread_state, wait_for_cpu,
 };
 pub use summary::{
-    Expected, LAUNCHED, MAX_COMPLETENESS, MIN_COMPLETENESS, NO_ERRORS, Summary, Work,
-    check_complete, check_errors, noise, read_faults,
+    CALL_RACE, Expected, LAUNCH_FAULTS, LAUNCHED, MAX_COMPLETENESS, MIN_COMPLETENESS, NO_ERRORS,
+    Summary, Work, check_complete, check_errors, noise, read_faults,
 };
 
 /// The workspace root.

@@ -32,12 +32,24 @@ pub const NO_ERRORS: &[Expected] = &[];
 /// sample between prof-bpf registering the process, as soon as its interpreter is mapped, and
 /// the interpreter touching the page that holds its thread list). A recording stopped while its
 /// target runs on has none. More than 3 would be reads failing for another reason.
-pub const LAUNCHED: &[Expected] = &[("thread state read fault", 0..=3)];
+pub const LAUNCHED: &[Expected] = &[LAUNCH_FAULTS];
+/// `LAUNCHED`'s one entry, to combine with others.
+pub const LAUNCH_FAULTS: Expected = ("thread state read fault", 0..=3);
 
-/// The same for `processes` processes that start or end during the recording.
-pub fn read_faults(processes: u64) -> Expected {
-    ("thread state read fault", 0..=3 * processes)
+/// The same for `threads` threads (of one process or many) that start or end during the
+/// recording: at a process's end each of its threads' samples can fault (numpy's process, with
+/// OpenBLAS's two threads, counted 4).
+pub fn read_faults(threads: u64) -> Expected {
+    ("thread state read fault", 0..=3 * threads)
 }
+
+/// A sample that lands while the interpreter links a new frame for a call can find the
+/// thread's current frame not yet readable: it keeps its native frames and loses its Python
+/// ones (`frame read fault`). Seen only with fixtures that make calls at a high rate (sorted()
+/// calling its key function, numpy's Python wrappers), in about one run in four, never more
+/// than once a run; 3 of 16 one-second recordings attached mid-run had one, so it is neither
+/// the start nor the end.
+pub const CALL_RACE: Expected = ("frame read fault", 0..=2);
 
 /// What `prof-bpf record` said at the end.
 #[derive(Clone, Debug)]

@@ -239,7 +239,7 @@ fn recursion_deeper_than_the_limit_is_marked_and_counted() {
         .map(|(_, n)| n)
         .sum();
     let expected = [
-        LAUNCHED[0].clone(),
+        LAUNCH_FAULTS,
         ("truncated stack", deep..=truncated.max(deep)),
     ];
     let work = Work { samples: deep, cpu };
@@ -587,8 +587,11 @@ fn duration_stops_and_ends_the_launched_command() {
     let test = "duration";
     let out = scratch_dir(test).join("p.txt");
     let started = std::time::Instant::now();
+    // prof-bpf ends the command once it has drained the last samples: the few milliseconds
+    // between are in the fixture's measurement but not in the profile, a share that 3 s of
+    // recording keeps well under the 5 % the completeness check allows.
     let result = record_fixture(
-        &["-r", "199", "-f", "raw", "-d", "1.5"],
+        &["-r", LOW_RATE, "-f", "raw", "-d", "3"],
         &out,
         &python("3.12"),
         "split.py",
@@ -606,7 +609,7 @@ fn duration_stops_and_ends_the_launched_command() {
     let work = split_work(&profile, measured);
     let summary = check_complete(test, &stderr, Some(&profile), work, LAUNCHED);
     assert!(
-        (1.5..3.0).contains(&summary.seconds),
+        (3.0..4.5).contains(&summary.seconds),
         "recorded for {}s",
         summary.seconds
     );
