@@ -473,3 +473,48 @@ fn gil_keeps_only_samples_holding_the_gil() {
         "python_worker's samples are on its own thread"
     );
 }
+
+/// Regression (issue 12): a recording stopped while its targets run on lost the samples the
+/// kernel took during its last drain (they went to the other count map, which nothing drained
+/// again), yet counted them in the achieved rate. Four busy processes under `--all`, stopped
+/// mid-work: the profile holds every sample the summary's rate counts.
+#[test]
+fn stopping_while_targets_run_keeps_every_counted_sample() {
+    if !privileged() {
+        return;
+    }
+    let test = "stop_while_running";
+    let out = scratch_dir(test).join("profile.txt");
+    let recording = start_recording(&["--all", "-r", RATE], &out);
+    let mut busy: Vec<Fixture> = ["alpha", "beta", "gamma", "short"]
+        .iter()
+        .map(|f| Fixture::waiting(&python("3.12"), "busy.py", &[f, "60"], &[]))
+        .collect();
+    for b in &mut busy {
+        recording.wait_registered(b.pid);
+        b.go();
+    }
+    wait_for_cpu(busy[0].pid, 1.0);
+    let summary = finish_recording(recording);
+    let s = Summary::parse(&summary);
+    let profile = parse_folded(&std::fs::read_to_string(&out).unwrap());
+    assert_eq!(total(&profile), s.samples);
+    let slack = 0.05 * s.seconds + 0.005 * s.achieved + 1.0;
+    noise(
+        test,
+        "kernel_minus_profile",
+        s.recorded() - s.samples as f64,
+    );
+    assert!(
+        (s.recorded() - s.samples as f64).abs() <= slack,
+        "the kernel counted {:.0} samples, the profile holds {}:\n{summary}",
+        s.recorded(),
+        s.samples
+    );
+    for (b, f) in busy.iter().zip(["alpha", "beta", "gamma", "short"]) {
+        assert!(
+            samples_of(&profile, b.pid as u64, f) > 0,
+            "no samples of {f}"
+        );
+    }
+}
