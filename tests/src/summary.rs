@@ -14,9 +14,10 @@ use crate::{Folded, total};
 pub const MIN_COMPLETENESS: f64 = 0.95;
 
 /// The most: more samples than CPU time can explain means samples counted twice or given to
-/// the wrong function. Measured over 10 runs of the whole suite (scripts/measure-noise): the
-/// highest ratio seen was 1.012 (a by-pid split on a loaded machine), the lowest 0.981.
-pub const MAX_COMPLETENESS: f64 = 1.25;
+/// the wrong function. On a loaded machine a thread gets somewhat more samples than its CPU
+/// time implies (the highest ratio seen over the suite's runs was 1.21, tests/measure-noise);
+/// a sample counted twice gives 2.
+pub const MAX_COMPLETENESS: f64 = 1.5;
 
 /// An error a case expects, with the range of counts it may have.
 pub type Expected = (&'static str, RangeInclusive<u64>);

@@ -394,7 +394,6 @@ fn every_output_format_holds_the_recording() {
             ("heavy".into(), heavy, measured.0),
             ("light".into(), light, measured.1),
         ],
-        SPLIT_TOLERANCE_PP,
     );
     let hot = line_of(&fixture("split.py"), "# hot line of burn");
     assert!(

@@ -14,10 +14,6 @@ use profiler_userspace::{
 };
 use serde_json::Value;
 
-/// How far a profiled share may be from the measured share, in percentage points: the largest
-/// deviation over 10 runs of the suite was 0.9 points (tests/measure-noise).
-const TOLERANCE_PP: f64 = 2.5;
-
 /// Records `fixture` (with `args`) under `python` as collapsed stacks with thread roots;
 /// returns the profile, the JSON line the fixture printed last and prof-bpf's stderr.
 fn record(
@@ -51,7 +47,7 @@ fn check_functions(profile: &Folded, measured: &BTreeMap<String, f64>, stderr: &
         cpu: parts.iter().map(|p| p.2).sum(),
     };
     check_complete(test, stderr, Some(profile), work, LAUNCHED);
-    check_shares(test, &parts, TOLERANCE_PP);
+    check_shares(test, &parts);
 }
 
 /// Four threads, equal work each: each thread's function holds its share of the samples, and
