@@ -5,46 +5,26 @@
 
 use std::{
     io::{BufRead, BufReader},
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
 };
 
 use prof_bpf_tests::*;
 
-/// Kills the fixture when the test ends, pass or fail.
-struct Fixture(Child);
+/// Kills a process the test started when the test ends, pass or fail.
+struct Killed(std::process::Child);
 
-impl Drop for Fixture {
+impl Drop for Killed {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
 }
 
-/// Starts blocked.py and waits until it says every thread is blocked; returns it and its pid.
+/// blocked.py under `python_name`, every thread blocked; its pid as text.
 fn start_blocked(python_name: &str) -> (Fixture, String) {
-    let mut child = Command::new(python(python_name))
-        .arg(fixture("blocked.py"))
-        .env("BLOCKED_SECONDS", "30")
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("starting blocked.py");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let pid = line.trim().to_string();
-    // The pid is printed just before the main thread's last sleep: wait until it sleeps there,
-    // or a dump on a busy machine can catch it still returning from the print.
-    let state = |pid: &str| {
-        std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/stat"))
-            .ok()
-            .and_then(|s| s.rsplit_once(") ")?.1.chars().next())
-    };
-    let started = std::time::Instant::now();
-    while state(&pid) != Some('S') && started.elapsed() < std::time::Duration::from_secs(10) {
-        std::thread::sleep(std::time::Duration::from_millis(5));
-    }
-    (Fixture(child), pid)
+    let fixture = Fixture::blocked(&python(python_name));
+    let pid = fixture.pid.to_string();
+    (fixture, pid)
 }
 
 /// Thread header line -> its frames, leaf first.
@@ -58,6 +38,16 @@ fn threads(dump: &str) -> Vec<(String, Vec<String>)> {
         }
     }
     out
+}
+
+/// What a version calls threading's methods: qualified from 3.11, which has `co_qualname`.
+fn method(python_name: &str, name: &str) -> String {
+    let v = profiler_userspace::python::Version::parse(version_of(python_name)).unwrap();
+    if v >= profiler_userspace::python::Version::new(3, 11) {
+        format!("Thread.{name}")
+    } else {
+        name.to_string()
+    }
 }
 
 fn dump_shows_every_blocked_thread(python_name: &str) {
@@ -99,13 +89,29 @@ fn dump_shows_every_blocked_thread(python_name: &str) {
     for t in &threads {
         assert!(t.0.ends_with("(sleeping)"), "{}", t.0);
     }
+    let bootstrap = format!("{} (", method(python_name, "_bootstrap"));
     for t in &threads[1..] {
         assert!(
-            t.1.last().unwrap().starts_with("Thread._bootstrap (") && t.1.len() == 4,
+            t.1.last().unwrap().starts_with(&bootstrap) && t.1.len() == 4,
             "{:?}",
             t.1
         );
     }
+}
+
+#[test]
+fn dump_3_8() {
+    dump_shows_every_blocked_thread("3.8");
+}
+
+#[test]
+fn dump_3_9() {
+    dump_shows_every_blocked_thread("3.9");
+}
+
+#[test]
+fn dump_3_10() {
+    dump_shows_every_blocked_thread("3.10");
 }
 
 #[test]
@@ -116,6 +122,11 @@ fn dump_3_11() {
 #[test]
 fn dump_3_12() {
     dump_shows_every_blocked_thread("3.12");
+}
+
+#[test]
+fn dump_3_13() {
+    dump_shows_every_blocked_thread("3.13");
 }
 
 #[test]
@@ -158,12 +169,15 @@ fn dump_native_shows_c_frames_above_python(python_name: &str) {
         states.iter().all(|(_, s)| *s != 't' && *s != 'T'),
         "left stopped: {states:?}"
     );
-    std::thread::sleep(std::time::Duration::from_millis(50));
-    assert!(
-        thread_states(&pid).iter().all(|(_, s)| *s == 'S'),
-        "{:?}",
-        thread_states(&pid)
-    );
+    let started = std::time::Instant::now();
+    while !thread_states(&pid).iter().all(|(_, s)| *s == 'S') {
+        assert!(
+            started.elapsed() < READY_TIMEOUT,
+            "not asleep again: {:?}",
+            thread_states(&pid)
+        );
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
 
     let file = fixture("blocked.py");
     let at = |function: &str, marker: &str| {
@@ -181,23 +195,36 @@ fn dump_native_shows_c_frames_above_python(python_name: &str) {
             .position(|f| f == want || function(f) == want)
             .unwrap_or_else(|| panic!("no {want} in {frames:#?}"))
     };
+    // time.sleep is select(2) up to 3.10, clock_nanosleep(2) from 3.11.
+    let v = profiler_userspace::python::Version::parse(version_of(python_name)).unwrap();
+    let sleep = if v >= profiler_userspace::python::Version::new(3, 11) {
+        "clock_nanosleep"
+    } else {
+        "select"
+    };
+    let (run, inner, bootstrap) = (
+        method(python_name, "run"),
+        method(python_name, "_bootstrap_inner"),
+        method(python_name, "_bootstrap"),
+    );
+    let workers = vec![run.as_str(), inner.as_str(), bootstrap.as_str()];
     let cases = [
         (
             at("main_waits_here", "# main waits on this line"),
-            "clock_nanosleep",
+            sleep,
             vec!["<module>"],
             "_start",
         ),
         (
             at("worker_sleeps_here", "# worker sleeps on this line"),
-            "clock_nanosleep",
-            vec!["Thread.run", "Thread._bootstrap_inner", "Thread._bootstrap"],
+            sleep,
+            workers.clone(),
             "clone3",
         ),
         (
             at("worker_waits_on_lock_here", "# worker waits on this line"),
             "PyThread_acquire_lock_timed",
-            vec!["Thread.run", "Thread._bootstrap_inner", "Thread._bootstrap"],
+            workers,
             "clone3",
         ),
     ];
@@ -234,6 +261,21 @@ fn dump_native_shows_c_frames_above_python(python_name: &str) {
 }
 
 #[test]
+fn dump_native_3_8() {
+    dump_native_shows_c_frames_above_python("3.8");
+}
+
+#[test]
+fn dump_native_3_9() {
+    dump_native_shows_c_frames_above_python("3.9");
+}
+
+#[test]
+fn dump_native_3_10() {
+    dump_native_shows_c_frames_above_python("3.10");
+}
+
+#[test]
 fn dump_native_3_11() {
     dump_native_shows_c_frames_above_python("3.11");
 }
@@ -241,6 +283,16 @@ fn dump_native_3_11() {
 #[test]
 fn dump_native_3_12() {
     dump_native_shows_c_frames_above_python("3.12");
+}
+
+#[test]
+fn dump_native_3_13() {
+    dump_native_shows_c_frames_above_python("3.13");
+}
+
+#[test]
+fn dump_native_debian_3_11() {
+    dump_native_shows_c_frames_above_python("debian-3.11");
 }
 
 /// A thread already traced by another tracer (strace on the last worker) cannot be stopped: the
@@ -252,7 +304,7 @@ fn dump_native_when_ptrace_is_refused_says_so_and_resumes_the_others() {
     }
     let (_fixture, pid) = start_blocked("3.12");
     let last = thread_states(&pid).last().unwrap().0.clone();
-    let mut strace = Fixture(
+    let mut strace = Killed(
         Command::new("strace")
             .args(["-o", "/dev/null", "-p", &last])
             .stderr(Stdio::piped())
@@ -293,9 +345,8 @@ fn dump_native_of_an_exited_process_says_so() {
     if !privileged() {
         return;
     }
-    let (mut fixture, pid) = start_blocked("3.12");
-    let _ = fixture.0.kill();
-    let _ = fixture.0.wait();
+    let (fixture, pid) = start_blocked("3.12");
+    fixture.kill();
     let out = run(&["dump", "--native", "--pid", &pid]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
@@ -311,7 +362,7 @@ fn dump_of_a_process_that_is_not_python_is_refused() {
     if !privileged() {
         return;
     }
-    let mut sleeper = Fixture(Command::new("sleep").arg("30").spawn().unwrap());
+    let mut sleeper = Killed(Command::new("sleep").arg("30").spawn().unwrap());
     let pid = sleeper.0.id().to_string();
     let out = run(&["dump", "--pid", &pid]);
     let stderr = String::from_utf8_lossy(&out.stderr);

@@ -35,7 +35,7 @@ impl Sandbox {
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(dir.join("fixtures")).unwrap();
         fs::copy(prof_bpf(), dir.join("prof-bpf")).unwrap();
-        for f in ["split.py", "identity.py"] {
+        for f in ["split.py", "identity.py", "cpu.py"] {
             fs::copy(fixture(f), dir.join("fixtures").join(f)).unwrap();
         }
         for d in [dir.clone(), dir.join("fixtures")] {
@@ -189,7 +189,7 @@ fn sudo_launches_the_command_as_the_user_and_gives_them_the_profile() {
     let out = sandbox.as_user(
         &user,
         &format!(
-            "cd ~ && sudo -n {} record -r 1000 -f raw -o profile.txt -- {PYTHON} {} 2",
+            "cd ~ && sudo -n {} record -r {RATE} -f raw -o profile.txt -- {PYTHON} {} 2",
             sandbox.prof_bpf(),
             sandbox.fixture("identity.py")
         ),
@@ -206,11 +206,10 @@ fn sudo_launches_the_command_as_the_user_and_gives_them_the_profile() {
         "profile owner"
     );
     let profile = parse_folded(&fs::read_to_string(&profile_path).unwrap());
-    check_split(
-        &profile,
-        measured_split(&String::from_utf8_lossy(&out.stdout)),
-        "sudo",
-    );
+    let measured = measured_split(&String::from_utf8_lossy(&out.stdout));
+    let work = split_work(&profile, measured);
+    check_complete("sudo", &stderr, Some(&profile), work, LAUNCHED);
+    check_split(&profile, measured, "sudo");
     // Nothing else was left in the home directory (no temporary file).
     let names: Vec<String> = fs::read_dir(&home)
         .unwrap()

@@ -1,11 +1,13 @@
 //! Many processes and time off the CPU, end to end as root: `--all` across Python versions and
 //! processes that come and go, `--subprocesses` through fork and exec, `--idle` and `--gil`.
 //! Each fixture measures what it did (CPU seconds, sleep seconds, pids, thread ids) and the
-//! profile is compared with that.
+//! profile is compared with that. Fixtures start their work only once the recording has
+//! registered them (the kernel's target map says so), and `--all` tests look only at their own
+//! processes: the machine may run other Pythons meanwhile.
 
 use std::{
     path::Path,
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     thread,
     time::{Duration, Instant},
 };
@@ -13,70 +15,32 @@ use std::{
 use prof_bpf_tests::*;
 use serde_json::Value;
 
-/// How far a profiled share may be from the measured share, in percentage points.
-const TOLERANCE_PP: f64 = 5.0;
-
-/// Starts `prof-bpf record` with `args`, writing collapsed stacks to `out`.
-fn start_recording(args: &[&str], out: &Path) -> Child {
-    Command::new(prof_bpf())
-        .args(["record", "-f", "raw", "-o"])
-        .arg(out)
-        .args(args)
-        .env_remove("RUST_BACKTRACE")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("starting prof-bpf")
+/// Starts a `record` of collapsed stacks to `out` with `args`, once it samples.
+fn start_recording(args: &[&str], out: &std::path::Path) -> Recording {
+    let out = out.display().to_string();
+    let all: Vec<&str> = ["record", "-f", "raw", "-o", &out]
+        .into_iter()
+        .chain(args.iter().copied())
+        .collect();
+    Recording::start(&all)
 }
 
-/// Stops a recording started by `start_recording` as Ctrl-C would; returns its stderr (the
-/// summary). Stopping when the fixtures are done, not after a set time, keeps a slow machine
-/// from cutting them short.
-fn finish_recording(child: Child) -> String {
-    // SAFETY: kill with the pid of a child we spawned and have not reaped.
-    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
-    let out = child.wait_with_output().expect("waiting for prof-bpf");
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(out.status.success(), "prof-bpf failed: {stderr}");
-    stderr
+/// Stops a recording as Ctrl-C would; returns its stderr (the summary). Stopping when the
+/// fixtures are done, not after a set time, keeps a slow machine from cutting them short.
+fn finish_recording(recording: Recording) -> String {
+    let ended = recording.stop(libc::SIGINT);
+    assert!(ended.status.success(), "prof-bpf failed: {}", ended.stderr);
+    ended.stderr
 }
 
-/// Waits until the recording samples: prof-bpf holds one BPF link per CPU (the program on that
-/// CPU's CPU-clock event) once its kernel program is attached.
-fn wait_until_sampling(recording: &Child) {
-    let cpus = thread::available_parallelism().map_or(1, |n| n.get());
-    let started = Instant::now();
-    loop {
-        let events = std::fs::read_dir(format!("/proc/{}/fd", recording.id()))
-            .map(|fds| {
-                fds.filter_map(Result::ok)
-                    .filter_map(|fd| std::fs::read_link(fd.path()).ok())
-                    .filter(|l| l.to_string_lossy().contains("bpf_link"))
-                    .count()
-            })
-            .unwrap_or(0);
-        if events >= cpus {
-            // The first scan for processes follows at once.
-            thread::sleep(Duration::from_millis(200));
-            return;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "prof-bpf did not start sampling within 30 s"
-        );
-        thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// Runs busy.py `function` under `python_version`, burning `cpu` seconds after waiting
-/// `wait` seconds.
-fn spawn_busy(python_version: &str, function: &str, cpu: f64, wait: f64) -> Child {
-    Command::new(python(python_version))
-        .arg(fixture("busy.py"))
-        .args([function, &cpu.to_string(), &wait.to_string()])
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("starting busy.py")
+/// busy.py `function` under `python_version`, waiting for its go, burning `cpu` seconds after.
+fn busy(python_version: &str, function: &str, cpu: f64) -> Fixture {
+    Fixture::waiting(
+        &python(python_version),
+        "busy.py",
+        &[function, &cpu.to_string()],
+        &[],
+    )
 }
 
 /// Samples whose root frame is process `pid` and which pass through function `name`.
@@ -90,67 +54,63 @@ fn samples_of(profile: &Folded, pid: u64, name: &str) -> u64 {
         .sum()
 }
 
-/// For each (pid, function, cpu) measured, its share of the samples among them all is within
-/// `TOLERANCE_PP` of its share of the CPU time, and every one has samples.
-fn check_processes(profile: &Folded, runs: &[Value], test: &str) {
-    let counts: Vec<u64> = runs
+/// For the measured runs (pid, function, cpu): the profile is complete for them (their samples
+/// against their CPU time), each one's share of their samples is its share of the CPU time,
+/// and the errors are at most the read faults of `processes` processes starting or ending.
+fn check_processes(
+    profile: &Folded,
+    runs: &[Value],
+    stderr: &str,
+    processes: u64,
+    test: &str,
+) -> Summary {
+    let parts: Vec<(String, u64, f64)> = runs
         .iter()
         .map(|r| {
-            samples_of(
-                profile,
-                r["pid"].as_u64().unwrap(),
-                r["function"].as_str().unwrap(),
+            let (pid, name) = (r["pid"].as_u64().unwrap(), r["function"].as_str().unwrap());
+            (
+                format!("{name}/{pid}"),
+                samples_of(profile, pid, name),
+                r["cpu"].as_f64().unwrap(),
             )
         })
         .collect();
-    let total_samples: u64 = counts.iter().sum();
-    let total_cpu: f64 = runs.iter().map(|r| r["cpu"].as_f64().unwrap()).sum();
-    assert!(
-        total_samples >= 500,
-        "{test}: only {total_samples} samples of {runs:?}"
-    );
-    for (r, n) in runs.iter().zip(&counts) {
-        let profiled = 100.0 * *n as f64 / total_samples as f64;
-        let expected = 100.0 * r["cpu"].as_f64().unwrap() / total_cpu;
-        eprintln!(
-            "{test}: {} (pid {}) {profiled:.1}% profiled vs {expected:.1}% measured ({n} samples)",
-            r["function"], r["pid"]
-        );
-        assert!(
-            (profiled - expected).abs() <= TOLERANCE_PP,
-            "{test}: {} of pid {} has {profiled:.1}% of the samples but {expected:.1}% of the CPU",
-            r["function"],
-            r["pid"]
-        );
-    }
+    let work = Work {
+        samples: parts.iter().map(|p| p.1).sum(),
+        cpu: parts.iter().map(|p| p.2).sum(),
+    };
+    let summary = check_complete(test, stderr, Some(profile), work, &[read_faults(processes)]);
+    check_shares(test, &parts);
+    summary
 }
 
 /// Three Python versions at once under `--all`: one started before the recording and two
-/// during it; one of them exits long before the end. Each is there, rooted at its own process,
+/// during it; the first exits long before the end. Each is there, rooted at its own process,
 /// with its share, and the one that exited keeps its names.
 #[test]
 fn all_processes_of_three_versions_started_before_and_during() {
     if !privileged() {
         return;
     }
-    let dir = scratch_dir("all_three_versions");
-    let out = dir.join("profile.txt");
-    // Started before the recording, still waiting when it begins.
-    let early = spawn_busy("3.8", "alpha", 1.0, 2.5);
-    let recording = start_recording(&["--all", "-r", "1000"], &out);
-    wait_until_sampling(&recording);
-    let during = [
-        spawn_busy("debian-3.11", "beta", 1.0, 0.5),
-        spawn_busy("3.13", "gamma", 1.0, 0.5),
-    ];
-    let runs: Vec<Value> = [early]
-        .into_iter()
-        .chain(during)
-        .map(|c| fixture_json(&c.wait_with_output().unwrap()))
-        .collect();
+    let test = "all_three_versions";
+    let out = scratch_dir(test).join("profile.txt");
+    // Started before the recording, waiting when it begins.
+    let mut early = busy("3.8", "alpha", 1.0);
+    let recording = start_recording(&["--all", "-r", RATE], &out);
+    recording.wait_registered(early.pid);
+    early.go();
+    let mut runs = vec![fixture_json_line(&early.finish())];
+    let mut during = [busy("debian-3.11", "beta", 1.0), busy("3.13", "gamma", 1.0)];
+    for f in &mut during {
+        recording.wait_registered(f.pid);
+        f.go();
+    }
+    runs.extend(during.map(|f| fixture_json_line(&f.finish())));
     let summary = finish_recording(recording);
     let profile = parse_folded(&std::fs::read_to_string(&out).unwrap());
-    check_processes(&profile, &runs, "all_three_versions");
+    // Other Pythons on the machine may have come and gone too: their starts and ends count.
+    let processes = Summary::parse(&summary).processes;
+    check_processes(&profile, &runs, &summary, processes, test);
     for (r, version) in runs.iter().zip(["3.8", "3.11", "3.13"]) {
         assert!(
             summary.contains(&format!("(pid {}, CPython {version})", r["pid"])),
@@ -179,18 +139,27 @@ fn all_processes_of_three_versions_started_before_and_during() {
     }
 }
 
-/// Fifty short-lived Python processes during an `--all` recording: the profiler keeps up, its
-/// memory does not grow with them, and the summary counts them.
+/// The last line a fixture printed, as JSON.
+fn fixture_json_line(out: &str) -> Value {
+    let last = out
+        .lines()
+        .last()
+        .expect("the fixture printed its measurement");
+    serde_json::from_str(last).expect("the fixture's measurement is JSON")
+}
+
+/// Fifty short-lived Python processes during an `--all` recording: each is registered, recorded
+/// in full and retired, the profiler's memory does not grow with them, and the summary counts
+/// them.
 #[test]
 fn fifty_short_lived_processes_under_all() {
     if !privileged() {
         return;
     }
-    let dir = scratch_dir("all_fifty");
-    let out = dir.join("profile.txt");
-    let recording = start_recording(&["--all", "-r", "100"], &out);
-    let profiler = recording.id();
-    wait_until_sampling(&recording);
+    let test = "all_fifty";
+    let out = scratch_dir(test).join("profile.txt");
+    let recording = start_recording(&["--all", "-r", "97"], &out);
+    let profiler = recording.pid();
     let rss = || -> u64 {
         std::fs::read_to_string(format!("/proc/{profiler}/status"))
             .ok()
@@ -204,23 +173,29 @@ fn fifty_short_lived_processes_under_all() {
             })
             .unwrap_or(0)
     };
-    let started = Instant::now();
-    let mut pids = Vec::new();
+    let started = std::time::Instant::now();
+    let mut runs = Vec::new();
     let mut rss_after_ten = 0;
     for batch in 0..10 {
-        let children: Vec<Child> = (0..5)
-            .map(|_| spawn_busy("3.12", "short", 0.15, 0.2))
-            .collect();
-        for c in children {
-            let run = fixture_json(&c.wait_with_output().unwrap());
-            pids.push(run["pid"].as_u64().unwrap());
+        let mut children: Vec<Fixture> = (0..5).map(|_| busy("3.12", "short", 0.15)).collect();
+        for c in &mut children {
+            recording.wait_registered(c.pid);
+            c.go();
+        }
+        let pids: Vec<u32> = children.iter().map(|c| c.pid).collect();
+        runs.extend(children.into_iter().map(|c| fixture_json_line(&c.finish())));
+        // Retired: the profiler has taken each ended process out of its kernel map.
+        for pid in pids {
+            let waiting = std::time::Instant::now();
+            while registered(profiler, pid) {
+                assert!(waiting.elapsed() < READY_TIMEOUT, "pid {pid} never retired");
+                thread::sleep(Duration::from_millis(5));
+            }
         }
         if batch == 1 {
-            thread::sleep(Duration::from_millis(300));
             rss_after_ten = rss();
         }
     }
-    thread::sleep(Duration::from_millis(300));
     let rss_after_fifty = rss();
     eprintln!(
         "all_fifty: 50 processes in {:.1}s; profiler RSS {rss_after_ten} kB after 10, {rss_after_fifty} kB after 50",
@@ -232,20 +207,76 @@ fn fifty_short_lived_processes_under_all() {
     );
     let summary = finish_recording(recording);
     let profile = parse_folded(&std::fs::read_to_string(&out).unwrap());
-    let seen = pids
+    let missing: Vec<&Value> = runs
         .iter()
-        .filter(|&&pid| samples_of(&profile, pid, "short") > 0)
-        .count();
+        .filter(|r| samples_of(&profile, r["pid"].as_u64().unwrap(), "short") == 0)
+        .collect();
+    assert!(missing.is_empty(), "no samples in `short` for {missing:?}");
+    let s = Summary::parse(&summary);
     assert!(
-        seen >= 45,
-        "only {seen} of 50 short-lived processes have samples in `short`"
+        s.processes >= 50,
+        "the summary saw {}:\n{summary}",
+        s.processes
     );
-    let processes: u64 = summary
-        .lines()
-        .find_map(|l| l.split(" samples of ").nth(1))
-        .and_then(|r| r.split(" Python processes").next()?.parse().ok())
-        .expect("the summary counts the processes");
-    assert!(processes >= 50, "the summary saw {processes}:\n{summary}");
+    // Each of them is rooted at its own process with all of its samples; with 15 samples each
+    // the shares are too coarse to compare one by one.
+    let work = Work {
+        samples: runs
+            .iter()
+            .map(|r| samples_of(&profile, r["pid"].as_u64().unwrap(), "short"))
+            .sum(),
+        cpu: runs.iter().map(|r| r["cpu"].as_f64().unwrap()).sum(),
+    };
+    check_complete(
+        test,
+        &summary,
+        Some(&profile),
+        work,
+        &[read_faults(s.processes)],
+    );
+}
+
+/// Runs `FIXTURE` launched under `prof-bpf record --subprocesses`, serving its processes'
+/// go-file handshake as the recording registers them; returns the fixture's measurement (a
+/// JSON array of runs), the profile, prof-bpf's stderr and the processes served.
+fn record_subprocesses(
+    python_version: &str,
+    name: &str,
+    test: &str,
+) -> (Vec<Value>, Folded, String, usize) {
+    let dir = scratch_dir(test);
+    let (out, go) = (dir.join("profile.txt"), dir.join("go"));
+    std::fs::create_dir(&go).unwrap();
+    let (out_arg, py, fixture_path) = (
+        out.display().to_string(),
+        python(python_version).display().to_string(),
+        fixture(name).display().to_string(),
+    );
+    let args = [
+        "record",
+        "--subprocesses",
+        "-r",
+        RATE,
+        "-f",
+        "raw",
+        "-o",
+        &out_arg,
+        "--",
+        "env",
+    ];
+    let go_env = format!("FIXTURE_GO_DIR={}", go.display());
+    let all: Vec<&str> = args
+        .into_iter()
+        .chain([go_env.as_str(), py.as_str(), fixture_path.as_str()])
+        .collect();
+    let mut recording = Recording::start(&all);
+    let served = recording.serve_go_files(&go);
+    let ended = recording.wait();
+    assert!(ended.status.success(), "{}", ended.stderr);
+    let stdout = String::from_utf8_lossy(&ended.stdout);
+    let runs = fixture_json_line(&stdout).as_array().unwrap().clone();
+    let profile = parse_folded(&std::fs::read_to_string(&out).unwrap());
+    (runs, profile, ended.stderr, served.len())
 }
 
 /// A pool of four forked workers and `--subprocesses`: each worker is there, rooted at its own
@@ -255,13 +286,12 @@ fn subprocesses_follow_a_multiprocessing_pool() {
     if !privileged() {
         return;
     }
-    let out = scratch_dir("subprocesses_pool").join("profile.txt");
-    let args = ["--subprocesses", "-r", "1000", "-f", "raw"];
-    let result = record_fixture(&args, &out, &python("3.12"), "pool.py", &["1"]);
-    let runs = fixture_json(&result).as_array().unwrap().clone();
+    let test = "subprocesses_pool";
+    let (runs, profile, stderr, served) = record_subprocesses("3.12", "pool.py", test);
     assert_eq!(runs.len(), 4);
-    let profile = parse_folded(&std::fs::read_to_string(&out).unwrap());
-    check_processes(&profile, &runs, "subprocesses_pool");
+    assert!(served >= 1, "no worker asked for its go");
+    // The parent and its four workers start or end while recorded.
+    check_processes(&profile, &runs, &stderr, 5, test);
 }
 
 /// A subprocess that execs a new Python, which runs another: all three generations, each in
@@ -271,18 +301,11 @@ fn subprocesses_follow_exec_and_grandchildren() {
     if !privileged() {
         return;
     }
-    let out = scratch_dir("subprocesses_family").join("profile.txt");
-    let result = record_fixture(
-        &["-s", "-r", "1000", "-f", "raw"],
-        &out,
-        &python("3.11"),
-        "family.py",
-        &[],
-    );
-    let runs = fixture_json(&result).as_array().unwrap().clone();
+    let test = "subprocesses_family";
+    let (runs, profile, stderr, served) = record_subprocesses("3.11", "family.py", test);
     assert_eq!(runs.len(), 3);
-    let profile = parse_folded(&std::fs::read_to_string(&out).unwrap());
-    check_processes(&profile, &runs, "subprocesses_family");
+    assert_eq!(served, 3);
+    check_processes(&profile, &runs, &stderr, 3, test);
 }
 
 /// A fork storm (issue 15): 200 children of about 20 ms of CPU each under `--subprocesses`. The
@@ -351,51 +374,43 @@ fn a_shell_that_starts_python_is_followed_by_its_pid() {
     std::io::BufRead::read_line(&mut stdout, &mut line).unwrap();
     let pid = line.trim().to_string();
     let mut recording = start_recording(&["-s", "-r", "1000", "--pid", &pid], &out);
-    let mut stderr = std::io::BufReader::new(recording.stderr.take().unwrap());
-    let mut said = String::new();
-    while !said.contains("prof-bpf: sampling ") {
-        let mut l = String::new();
-        assert!(
-            std::io::BufRead::read_line(&mut stderr, &mut l).unwrap() > 0,
-            "{said}"
-        );
-        said.push_str(&l);
-    }
     std::fs::write(&go, "").unwrap();
     let mut rest = String::new();
     std::io::Read::read_to_string(&mut stdout, &mut rest).unwrap();
     shell.wait().unwrap();
     // The shell has exited: so must the recording, soon.
     let deadline = Instant::now() + Duration::from_secs(60);
-    let status = loop {
-        if let Some(status) = recording.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = recording.kill();
-            panic!("prof-bpf did not stop when the shell it followed exited: {said}");
-        }
+    while recording.running() {
+        assert!(
+            Instant::now() < deadline,
+            "prof-bpf did not stop when the shell it followed exited"
+        );
         thread::sleep(Duration::from_millis(20));
-    };
-    let mut summary = String::new();
-    std::io::Read::read_to_string(&mut stderr, &mut summary).unwrap();
-    assert!(status.success(), "{said}{summary}");
+    }
+    let ended = recording.wait();
+    assert!(ended.status.success(), "{}", ended.stderr);
     let profile = parse_folded(&std::fs::read_to_string(&out).unwrap());
     check_split(&profile, measured_split(&rest), "launcher_shell");
 }
 
+/// How far the time off the CPU recorded in a function may be from the time it slept, as a
+/// share of that time: the largest deviation over the suite's runs was 0.5 % (tests/measure-noise);
+/// the recorded time comes in whole sampling periods (10 ms of 1-5 s).
+const IDLE_TOLERANCE: f64 = 0.03;
+
 /// py-spy's idle example: a() sleeps 5 s; b() sleeps 1 s and calls a(). With `--idle`, the own
-/// time of each is what it slept, within 10 %.
+/// time of each is what it slept.
 #[test]
 fn idle_time_goes_to_where_the_thread_slept() {
     if !privileged() {
         return;
     }
+    let test = "idle_sleep";
     let rate = 100.0;
-    let out = scratch_dir("idle_sleep").join("profile.txt");
+    let out = scratch_dir(test).join("profile.txt");
     // As on a fresh machine: neither tracefs nor debugfs mounted (issue 11). A private mount
     // namespace unmounts them if this machine has them, and proves they are gone.
-    let result = Command::new("unshare")
+    let result = std::process::Command::new("unshare")
         .args(["--mount", "--propagation", "private", "sh", "-c"])
         .arg(
             "umount -l /sys/kernel/tracing 2>/dev/null; umount -l /sys/kernel/debug 2>/dev/null; \
@@ -411,16 +426,16 @@ fn idle_time_goes_to_where_the_thread_slept() {
         .env_remove("RUST_BACKTRACE")
         .output()
         .expect("running unshare");
+    let stderr = String::from_utf8_lossy(&result.stderr);
     assert!(
         result.status.success(),
-        "record --idle without tracefs: {}",
-        String::from_utf8_lossy(&result.stderr)
+        "record --idle without tracefs: {stderr}"
     );
-    check_slept(&result, &out, rate, "idle_sleep");
+    check_slept(&result, &out, rate, test);
 }
 
-/// The own time of sleepy.py's a() and b() is what each measured it slept, within 10 %.
-fn check_slept(result: &std::process::Output, out: &Path, rate: f64, what: &str) {
+/// The own time of sleepy.py's a() and b() is what each measured it slept, within IDLE_TOLERANCE.
+fn check_slept(result: &std::process::Output, out: &Path, rate: f64, test: &str) {
     let stderr = String::from_utf8_lossy(&result.stderr);
     let slept = fixture_json(result);
     let profile = parse_folded(&std::fs::read_to_string(out).unwrap());
@@ -434,13 +449,17 @@ fn check_slept(result: &std::process::Output, out: &Path, rate: f64, what: &str)
     for name in ["a", "b"] {
         let want = slept[name].as_f64().unwrap();
         let got = own(name);
-        eprintln!("{what}: {name} own {got:.2}s profiled vs {want:.2}s slept");
+        eprintln!("{test}: {name} own {got:.2}s profiled vs {want:.2}s slept");
+        noise(test, &format!("idle:{name}"), (got - want) / want);
         assert!(
-            (got - want).abs() <= 0.1 * want,
-            "{what}: {name}: {got:.2}s of own time, but it slept {want:.2}s\n{stderr}"
+            (got - want).abs() <= IDLE_TOLERANCE * want,
+            "{test}: {name}: {got:.2}s of own time, but it slept {want:.2}s\n{stderr}"
         );
     }
     assert!(stderr.contains("idle: "), "{stderr}");
+    // The profile holds the off-CPU time besides the samples: the summary's count is the
+    // samples alone, so only its errors are checked here.
+    check_errors(test, &Summary::parse(&stderr), LAUNCHED);
 }
 
 /// `--native --idle` attributes time off the CPU as `--idle` does (issue 16): the blocked
@@ -547,24 +566,22 @@ fn idle_counts_the_whole_window_by_the_wall_clock() {
         measured["idle"].as_f64().unwrap(),
     );
     let expected = 100.0 * b / (b + i);
-    eprintln!("idle_wall_clock: worker busy {profiled:.1}% profiled vs {expected:.1}% measured");
-    assert!(
-        (profiled - expected).abs() <= TOLERANCE_PP,
-        "worker busy {profiled:.1}% of its samples, measured {expected:.1}%\n{stderr}"
-    );
+    check_share("idle_wall_clock", "worker busy", profiled, expected, all);
 }
 
-/// Two threads busy at once, one in Python with the GIL and one hashing without it: `--gil`
-/// keeps the first and leaves out the second, and the summary gives the GIL share.
+/// Two threads busy at once, one in Python with the GIL and one hashing without it most of the
+/// time: the profile gives each its measured share, the summary's GIL share is the measured
+/// share of CPU time with the GIL held, and `--gil` keeps exactly the samples that held it.
 #[test]
 fn gil_keeps_only_samples_holding_the_gil() {
     if !privileged() {
         return;
     }
-    let dir = scratch_dir("gil_only");
+    let test = "gil_only";
+    let dir = scratch_dir(test);
     let record = |extra: &[&str], name: &str| -> (Folded, Value, String) {
         let out = dir.join(name);
-        let args: Vec<&str> = ["--threads", "-r", "1000", "-f", "raw"]
+        let args: Vec<&str> = ["--threads", "-r", RATE, "-f", "raw"]
             .into_iter()
             .chain(extra.iter().copied())
             .collect();
@@ -573,47 +590,118 @@ fn gil_keeps_only_samples_holding_the_gil() {
         let profile = parse_folded(&std::fs::read_to_string(&out).unwrap());
         (profile, fixture_json(&result), stderr)
     };
-    let gil_share = |summary: &str| -> f64 {
-        summary
-            .lines()
-            .find_map(|l| l.strip_prefix("prof-bpf: GIL held in "))
-            .and_then(|r| r.split('%').next()?.parse().ok())
-            .expect("the summary gives the GIL share")
+    let cpu = |m: &Value, worker: &str| m[worker]["cpu"].as_f64().unwrap();
+
+    // Without --gil: both threads, each with its share, complete.
+    let (all, m, summary_all) = record(&[], "all.txt");
+    let (python_cpu, hashing_cpu) = (cpu(&m, "python_worker"), cpu(&m, "hashing_worker"));
+    let in_hash = m["hashing_worker"]["in_hash"].as_f64().unwrap();
+    let parts = [
+        (
+            "python_worker".to_string(),
+            samples_in(&all, "python_worker"),
+            python_cpu,
+        ),
+        (
+            "hashing_worker".to_string(),
+            samples_in(&all, "hashing_worker"),
+            hashing_cpu,
+        ),
+    ];
+    let work = Work {
+        samples: parts[0].1 + parts[1].1,
+        cpu: python_cpu + hashing_cpu,
     };
-    let (all, _, summary_all) = record(&[], "all.txt");
-    let (held, threads, summary_held) = record(&["--gil"], "gil.txt");
-    let python = samples_in(&held, "python_worker");
-    let hashing = samples_in(&held, "hashing_worker");
-    let hashing_all = samples_in(&all, "hashing_worker");
+    let s = check_complete("gil_all", &summary_all, Some(&all), work, LAUNCHED);
+    check_shares("gil_all", &parts);
+    // The GIL is held by the Python thread whenever it runs, by the hashing thread outside its
+    // hashing calls, and by the main thread (start-up, starting and joining the threads, the
+    // end): all of the process's CPU time but the hashing calls'.
+    let process_cpu = m["process"].as_f64().unwrap();
+    let held = 100.0 * (process_cpu - in_hash) / process_cpu;
+    check_share(test, "gil", s.gil_held, held, s.samples);
+
+    // With --gil: the Python thread in full, the hashing thread only outside its hashing calls;
+    // the rest is counted as left out.
+    let (kept, m, summary_held) = record(&["--gil"], "gil.txt");
+    let (python_cpu, hashing_cpu) = (cpu(&m, "python_worker"), cpu(&m, "hashing_worker"));
+    let outside_hash = hashing_cpu - m["hashing_worker"]["in_hash"].as_f64().unwrap();
+    let python = samples_in(&kept, "python_worker");
+    let hashing = samples_in(&kept, "hashing_worker");
+    let work = Work {
+        samples: python + hashing,
+        cpu: python_cpu + outside_hash,
+    };
+    let s = check_complete("gil_held", &summary_held, Some(&kept), work, LAUNCHED);
+    let left_out: u64 = s
+        .text
+        .lines()
+        .find_map(|l| l.strip_prefix("prof-bpf: left out: "))
+        .and_then(|l| l.split(' ').next()?.parse().ok())
+        .expect("the summary counts the samples left out");
+    let implied = s.rate as f64 * (hashing_cpu - outside_hash);
     eprintln!(
-        "gil_only: without --gil hashing has {hashing_all} samples, GIL {:.1}%; with --gil python {python}, hashing {hashing}, GIL {:.1}%",
-        gil_share(&summary_all),
-        gil_share(&summary_held)
+        "{test}: with --gil python {python}, hashing {hashing} ({:.0} implied), {left_out} left out ({implied:.0} implied)",
+        s.rate as f64 * outside_hash
     );
-    // Both threads burned the same CPU; without --gil both are there, about half each.
-    let share = 100.0 * hashing_all as f64 / total(&all).max(1) as f64;
+    noise(test, "left_out", left_out as f64 / implied);
     assert!(
-        (share - 50.0).abs() <= 15.0,
-        "hashing has {share:.1}% without --gil"
+        left_out as f64 >= MIN_COMPLETENESS * implied
+            && left_out as f64 <= MAX_COMPLETENESS * implied,
+        "{left_out} samples left out by --gil, but the hashing calls took {:.3}s",
+        hashing_cpu - outside_hash
     );
-    let gil_all = gil_share(&summary_all);
+    assert!(s.text.contains("without the GIL (left out by --gil)"));
+    let tid = m["python_worker"]["tid"].as_u64().unwrap();
     assert!(
-        (gil_all - (100.0 - share)).abs() <= 15.0,
-        "GIL held in {gil_all:.1}% of samples, but {:.1}% were in pure Python",
-        100.0 - share
-    );
-    // With --gil the hashing thread keeps only the moments between hashes.
-    assert!(python >= 500, "python_worker has {python} samples");
-    assert!(
-        hashing * 10 <= python,
-        "with --gil, hashing_worker kept {hashing} samples against python_worker's {python}"
-    );
-    assert!(summary_held.contains("without the GIL (left out by --gil)"));
-    let tid = threads["python_worker"]["tid"].as_u64().unwrap();
-    assert!(
-        held.keys()
+        kept.keys()
             .filter(|s| s.iter().any(|f| function(f) == "python_worker"))
             .all(|s| s[0].starts_with(&format!("thread {tid} ("))),
         "python_worker's samples are on its own thread"
     );
+}
+
+/// Regression (issue 12): a recording stopped while its targets run on lost the samples the
+/// kernel took during its last drain (they went to the other count map, which nothing drained
+/// again), yet counted them in the achieved rate. Four busy processes under `--all`, stopped
+/// mid-work: the profile holds every sample the summary's rate counts.
+#[test]
+fn stopping_while_targets_run_keeps_every_counted_sample() {
+    if !privileged() {
+        return;
+    }
+    let test = "stop_while_running";
+    let out = scratch_dir(test).join("profile.txt");
+    let recording = start_recording(&["--all", "-r", RATE], &out);
+    let mut busy: Vec<Fixture> = ["alpha", "beta", "gamma", "short"]
+        .iter()
+        .map(|f| Fixture::waiting(&python("3.12"), "busy.py", &[f, "60"], &[]))
+        .collect();
+    for b in &mut busy {
+        recording.wait_registered(b.pid);
+        b.go();
+    }
+    wait_for_cpu(busy[0].pid, 1.0);
+    let summary = finish_recording(recording);
+    let s = Summary::parse(&summary);
+    let profile = parse_folded(&std::fs::read_to_string(&out).unwrap());
+    assert_eq!(total(&profile), s.samples);
+    let slack = 0.05 * s.seconds + 0.005 * s.achieved + 1.0;
+    noise(
+        test,
+        "kernel_minus_profile",
+        s.recorded() - s.samples as f64,
+    );
+    assert!(
+        (s.recorded() - s.samples as f64).abs() <= slack,
+        "the kernel counted {:.0} samples, the profile holds {}:\n{summary}",
+        s.recorded(),
+        s.samples
+    );
+    for (b, f) in busy.iter().zip(["alpha", "beta", "gamma", "short"]) {
+        assert!(
+            samples_of(&profile, b.pid as u64, f) > 0,
+            "no samples of {f}"
+        );
+    }
 }

@@ -14,46 +14,40 @@ use profiler_userspace::{
 };
 use serde_json::Value;
 
-/// How far a profiled share may be from the measured share, in percentage points.
-const TOLERANCE_PP: f64 = 3.0;
-
-/// Records `fixture` (with `args`) under `python` at 1000 Hz as collapsed stacks with thread
-/// roots; returns the profile and the JSON line the fixture printed last.
-fn record(python_version: &str, fixture_name: &str, args: &[&str], test: &str) -> (Folded, Value) {
+/// Records `fixture` (with `args`) under `python` as collapsed stacks with thread roots;
+/// returns the profile, the JSON line the fixture printed last and prof-bpf's stderr.
+fn record(
+    python_version: &str,
+    fixture_name: &str,
+    args: &[&str],
+    test: &str,
+) -> (Folded, Value, String) {
     let out = scratch_dir(test).join("profile.txt");
     let result = record_fixture(
-        &["-r", "1000", "-f", "raw", "--threads"],
+        &["-r", RATE, "-f", "raw", "--threads"],
         &out,
         &python(python_version),
         fixture_name,
         args,
     );
     let profile = parse_folded(&std::fs::read_to_string(&out).unwrap());
-    (profile, fixture_json(&result))
+    let stderr = String::from_utf8_lossy(&result.stderr).into_owned();
+    (profile, fixture_json(&result), stderr)
 }
 
-/// Asserts each function's share of the samples in any of `names` is within `TOLERANCE_PP` of
-/// its share of the CPU time measured for it.
-fn check_shares(profile: &Folded, measured: &BTreeMap<String, f64>, test: &str) {
-    let counts: BTreeMap<&str, u64> = measured
-        .keys()
-        .map(|name| (name.as_str(), samples_in(profile, name)))
+/// Checks the recording is complete for the functions `measured` names (their samples against
+/// their summed CPU time) and each one's share of those samples against its share of the CPU.
+fn check_functions(profile: &Folded, measured: &BTreeMap<String, f64>, stderr: &str, test: &str) {
+    let parts: Vec<(String, u64, f64)> = measured
+        .iter()
+        .map(|(name, cpu)| (name.clone(), samples_in(profile, name), *cpu))
         .collect();
-    let total_samples: u64 = counts.values().sum();
-    let total_cpu: f64 = measured.values().sum();
-    assert!(
-        total_samples >= 1000,
-        "{test}: only {total_samples} samples in {counts:?}"
-    );
-    for (name, cpu) in measured {
-        let profiled = 100.0 * counts[name.as_str()] as f64 / total_samples as f64;
-        let expected = 100.0 * cpu / total_cpu;
-        eprintln!("{test}: {name} {profiled:.1}% profiled vs {expected:.1}% measured");
-        assert!(
-            (profiled - expected).abs() <= TOLERANCE_PP,
-            "{test}: {name} has {profiled:.1}% of samples but {expected:.1}% of the CPU time; samples: {counts:?}"
-        );
-    }
+    let work = Work {
+        samples: parts.iter().map(|p| p.1).sum(),
+        cpu: parts.iter().map(|p| p.2).sum(),
+    };
+    check_complete(test, stderr, Some(profile), work, LAUNCHED);
+    check_shares(test, &parts);
 }
 
 /// Four threads, equal work each: each thread's function holds its share of the samples, and
@@ -62,14 +56,14 @@ fn threads(python_version: &str, test: &str) {
     if !privileged() {
         return;
     }
-    let (profile, measured) = record(python_version, "threads.py", &["0.5"], test);
+    let (profile, measured, stderr) = record(python_version, "threads.py", &["0.5"], test);
     let workers = measured.as_object().expect("a JSON object");
     assert_eq!(workers.len(), 4, "{test}: {measured}");
     let cpu: BTreeMap<String, f64> = workers
         .iter()
         .map(|(name, w)| (name.clone(), w["cpu"].as_f64().unwrap()))
         .collect();
-    check_shares(&profile, &cpu, test);
+    check_functions(&profile, &cpu, &stderr, test);
     for (name, w) in workers {
         let root = format!("thread {} (", w["tid"].as_u64().unwrap());
         for (stack, n) in &profile {
@@ -88,6 +82,11 @@ fn threads(python_version: &str, test: &str) {
 #[test]
 fn threads_3_8() {
     threads("3.8", "threads_3_8");
+}
+
+#[test]
+fn threads_3_9() {
+    threads("3.9", "threads_3_9");
 }
 
 #[test]
@@ -110,19 +109,19 @@ fn threads_3_13() {
     threads("3.13", "threads_3_13");
 }
 
+#[test]
+fn threads_debian_3_11() {
+    threads("debian-3.11", "threads_debian_3_11");
+}
+
 /// A generator, a coroutine, a method, non-ASCII names of every string kind and a module with a
 /// non-ASCII file name: each appears by its right name, with its share of the samples.
 fn frame_kinds(python_version: &str, test: &str) {
     if !privileged() {
         return;
     }
-    let (profile, measured) = record(python_version, "kinds.py", &["0.3"], test);
-    let version = Version::parse(if python_version == "debian-3.11" {
-        "3.11"
-    } else {
-        python_version
-    })
-    .unwrap();
+    let (profile, measured, stderr) = record(python_version, "kinds.py", &["0.3"], test);
+    let version = Version::parse(version_of(python_version)).unwrap();
     // A method shows its qualified name where the version has co_qualname (3.11+).
     let method = if version >= Version::new(3, 11) {
         "Shape.area"
@@ -139,7 +138,7 @@ fn frame_kinds(python_version: &str, test: &str) {
         })
         .collect();
     assert_eq!(cpu.len(), 7, "{test}: {measured}");
-    check_shares(&profile, &cpu, test);
+    check_functions(&profile, &cpu, &stderr, test);
     let module_frame = profile
         .keys()
         .flatten()

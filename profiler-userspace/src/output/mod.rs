@@ -93,7 +93,8 @@ impl ProfileWriter for ProfBpf {
 }
 
 /// Golden files: each format's rendering of `profile::example()`, under `tests/data/<format>/`.
-/// `UPDATE_GOLDEN=1 cargo test` rewrites them; review the diff before committing.
+/// `UPDATE_GOLDEN=1 cargo test` rewrites them (no other value does, and never in CI); review the
+/// diff before committing. scripts/test fails in CI if tests/data changed during the run.
 #[cfg(test)]
 pub(crate) mod golden {
     use std::{io::Read as _, path::PathBuf};
@@ -113,10 +114,25 @@ pub(crate) mod golden {
             .join(file)
     }
 
+    /// Whether golden files are rewritten, from `UPDATE_GOLDEN` and `CI`: only with
+    /// `UPDATE_GOLDEN=1`, and an error in CI (any `CI` but empty, `false` or `0`), where a
+    /// rewritten file would make the comparison pass whatever the output.
+    fn rewrite(update: Option<&str>, ci: Option<&str>) -> Result<bool, String> {
+        let update = update == Some("1");
+        let ci = ci.is_some_and(|v| !v.is_empty() && v != "false" && v != "0");
+        if update && ci {
+            return Err("UPDATE_GOLDEN=1 in CI: golden files are only rewritten by hand".into());
+        }
+        Ok(update)
+    }
+
     /// Compares `actual` with the golden file, showing the first differing lines.
     pub(crate) fn check(format: &str, file: &str, actual: &str) {
         let path = data(format, file);
-        if std::env::var_os("UPDATE_GOLDEN").is_some() {
+        let var = |name: &str| std::env::var(name).ok();
+        let update = rewrite(var("UPDATE_GOLDEN").as_deref(), var("CI").as_deref())
+            .unwrap_or_else(|e| panic!("{e}"));
+        if update {
             std::fs::create_dir_all(path.parent().unwrap()).unwrap();
             std::fs::write(&path, actual).unwrap();
             return;
@@ -165,6 +181,27 @@ pub(crate) mod golden {
 
     fn text(format: Format) -> String {
         String::from_utf8(render(format)).unwrap()
+    }
+
+    /// Regression (issue 12): any UPDATE_GOLDEN, even `0`, rewrote the files and passed.
+    #[test]
+    fn only_update_golden_1_rewrites_and_never_in_ci() {
+        assert_eq!(rewrite(None, None), Ok(false));
+        assert_eq!(rewrite(Some("1"), None), Ok(true));
+        for other in ["0", "", "yes", "true", "2"] {
+            assert_eq!(
+                rewrite(Some(other), None),
+                Ok(false),
+                "UPDATE_GOLDEN={other}"
+            );
+        }
+        for ci in ["true", "1", "yes", "github"] {
+            assert!(rewrite(Some("1"), Some(ci)).is_err(), "CI={ci}");
+            assert_eq!(rewrite(None, Some(ci)), Ok(false));
+        }
+        for not_ci in ["", "false", "0"] {
+            assert_eq!(rewrite(Some("1"), Some(not_ci)), Ok(true), "CI={not_ci}");
+        }
     }
 
     #[test]

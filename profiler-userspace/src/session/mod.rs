@@ -725,6 +725,9 @@ impl Session {
             Ok(stats) => (stats, None),
             Err(e) => (Stats::default(), Some(e.into())),
         };
+        // Samples taken while that drain ran went to the other count map, and the counters just
+        // read include them: drain once more, so the profile holds every sample they count.
+        let drained = drained.or(self.drain().err());
         let run_time = self.sampler.run_time();
         let native = self.options.sampler.native.then(|| {
             let mut unknown: Vec<(String, u64)> = self

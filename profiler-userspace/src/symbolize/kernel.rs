@@ -31,8 +31,6 @@ impl KernelSymbols {
         Self { symbols }
     }
 
-    /// `function_[k]`, or `[unknown]_[k]` (addresses are hidden without root, or the table is
-    /// empty).
     /// The kernel function `addr` is in, if a symbol covers it.
     pub fn name(&self, addr: u64) -> Option<&str> {
         let i = self.symbols.partition_point(|(a, _)| *a <= addr);
