@@ -4,6 +4,7 @@
 //! and never touches BPF.
 
 pub mod elf;
+pub mod identity;
 mod maps;
 mod memory;
 pub mod ptrace;
