@@ -492,7 +492,12 @@ pub fn resolve(request: &ExportProfilesServiceRequest) -> Result<Vec<ResolvedSam
         && d.mapping_table.first() == Some(&Mapping::default())
         && d.location_table.first() == Some(&Location::default())
         && d.function_table.first() == Some(&Function::default())
-        && d.attribute_table.first() == Some(&KeyValueAndUnit::default())
+        && d.attribute_table.first().is_some_and(|a| {
+            // An empty value is the zero value too (the collector writes one).
+            a.key_strindex == 0
+                && a.unit_strindex == 0
+                && a.value.as_ref().is_none_or(|v| v.value.is_none())
+        })
         && d.stack_table.first() == Some(&Stack::default());
     if !zero_first {
         return Err("a dictionary table's entry 0 is not the zero value".into());
