@@ -61,18 +61,24 @@ impl Collector {
             .stderr(fs::File::create(&log).unwrap())
             .spawn()
             .expect("starting the collector");
+        // Owned (and so killed on a panic) before it is waited for.
+        let mut collector = Collector {
+            child,
+            log,
+            http: String::new(),
+        };
         let started = Instant::now();
         loop {
-            let text = fs::read_to_string(&log).unwrap_or_default();
+            let text = fs::read_to_string(&collector.log).unwrap_or_default();
             if text.contains("Everything is ready") {
-                let http = text
+                collector.http = text
                     .lines()
                     .find(|l| l.contains("Starting HTTP server"))
                     .and_then(|l| l.split("\"endpoint\": \"").nth(1))
                     .and_then(|r| r.split('"').next())
                     .expect("the collector names its HTTP endpoint")
                     .to_string();
-                return Collector { child, log, http };
+                return collector;
             }
             assert!(
                 started.elapsed() < Duration::from_secs(20),
@@ -90,7 +96,6 @@ impl Collector {
     fn kill(mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        let _ = &self.log;
     }
 }
 

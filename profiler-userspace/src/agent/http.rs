@@ -369,8 +369,8 @@ mod tests {
         let body = encode_body(&config, b"hello hello hello hello");
         assert_eq!(post(&config, &body), Ok(Accepted::default()));
         let got = server.join().unwrap();
-        let body = request_body(&got).expect("a whole request");
-        let text = String::from_utf8_lossy(&got[..got.len() - body.len()]).into_owned();
+        let sent = request_body(&got).expect("a whole request");
+        let text = String::from_utf8_lossy(&got[..got.len() - sent.len()]).into_owned();
         assert!(
             text.starts_with("POST /v1development/profiles HTTP/1.1\r\n"),
             "{text}"
@@ -379,7 +379,7 @@ mod tests {
             text.contains("Content-Encoding: gzip\r\n") && text.contains("api-key: secret\r\n")
         );
         let mut plain = String::new();
-        flate2::read::GzDecoder::new(body)
+        flate2::read::GzDecoder::new(sent)
             .read_to_string(&mut plain)
             .unwrap();
         assert_eq!(plain, "hello hello hello hello");
