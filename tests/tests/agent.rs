@@ -44,6 +44,7 @@ struct Collector {
     child: Child,
     log: PathBuf,
     http: String,
+    grpc: String,
 }
 
 impl Collector {
@@ -66,18 +67,22 @@ impl Collector {
             child,
             log,
             http: String::new(),
+            grpc: String::new(),
         };
         let started = Instant::now();
         loop {
             let text = fs::read_to_string(&collector.log).unwrap_or_default();
             if text.contains("Everything is ready") {
-                collector.http = text
-                    .lines()
-                    .find(|l| l.contains("Starting HTTP server"))
-                    .and_then(|l| l.split("\"endpoint\": \"").nth(1))
-                    .and_then(|r| r.split('"').next())
-                    .expect("the collector names its HTTP endpoint")
-                    .to_string();
+                let endpoint = |server: &str| {
+                    text.lines()
+                        .find(|l| l.contains(&format!("Starting {server} server")))
+                        .and_then(|l| l.split("\"endpoint\": \"").nth(1))
+                        .and_then(|r| r.split('"').next())
+                        .unwrap_or_else(|| panic!("the collector names no {server} endpoint"))
+                        .to_string()
+                };
+                collector.http = endpoint("HTTP");
+                collector.grpc = endpoint("GRPC");
                 return collector;
             }
             assert!(
@@ -155,11 +160,16 @@ impl Drop for Killed {
 
 impl Agent {
     fn start(dir: &Path, endpoint: &str, args: &[&str]) -> Agent {
+        Agent::start_with(dir, endpoint, args, "http/protobuf")
+    }
+
+    fn start_with(dir: &Path, endpoint: &str, args: &[&str], protocol: &str) -> Agent {
         let log = dir.join("agent.log");
         let child = Command::new(prof_bpf())
             .arg("agent")
             .args(args)
             .env("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://{endpoint}"))
+            .env("OTEL_EXPORTER_OTLP_PROTOCOL", protocol)
             .env("OTEL_RESOURCE_ATTRIBUTES", "deployment.environment=e2e")
             .env_remove("RUST_BACKTRACE")
             .stdout(Stdio::null())
@@ -484,6 +494,58 @@ fn agent_survives_a_collector_outage_and_loses_nothing_silently() {
         failures > 0,
         "the profiles after the outage report its failed exports"
     );
+    drop(collector);
+}
+
+/// OTLP/gRPC (`OTEL_EXPORTER_OTLP_PROTOCOL=grpc`) to the collector's gRPC port, gzipped:
+/// the process's profile arrives with its resource, and nothing is dropped.
+#[test]
+fn agent_exports_over_grpc() {
+    if !privileged() {
+        return;
+    }
+    let dir = scratch_dir("agent_grpc");
+    let collector = Collector::start(&dir, 0);
+    let agent = Agent::start_with(
+        &dir,
+        &collector.grpc,
+        &["--interval", "1", "-r", "200"],
+        "grpc",
+    );
+    assert!(agent.log().contains("(grpc, gzip)"), "{}", agent.log());
+    let py = Killed(
+        Command::new(python("3.12"))
+            .arg(fixture("split.py"))
+            .arg("1000")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let pid = py.0.id();
+    let started = Instant::now();
+    let heavy = loop {
+        let folded = folded_of(&samples(&received(&dir)), pid);
+        let heavy = samples_in(&folded, "heavy");
+        if heavy > 0 {
+            break heavy;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "nothing of pid {pid} over gRPC"
+        );
+        thread::sleep(Duration::from_millis(200));
+    };
+    drop(py);
+    let log = agent.stop();
+    let counts = final_counts(&log);
+    assert_eq!(
+        (counts[4], counts[6]),
+        (0, 0),
+        "nothing dropped or rejected: {log}"
+    );
+    assert_eq!(counts[1], counts[3], "every sample sent: {log}");
+    eprintln!("grpc: {heavy} samples in heavy() arrived; {log}");
     drop(collector);
 }
 

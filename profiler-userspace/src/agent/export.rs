@@ -12,7 +12,8 @@ use std::{
 };
 
 use super::{
-    config::ExportConfig,
+    config::{ExportConfig, Protocol},
+    grpc,
     http::{self, SendError},
 };
 
@@ -44,7 +45,7 @@ pub struct ExportCounters {
     /// Failed attempts, retried or not.
     pub failures: u64,
     pub last_error: Option<String>,
-    /// Bytes sent (compressed, as on the wire).
+    /// Bytes sent (compressed, as on the wire; for gRPC the message before compression).
     pub sent_bytes: u64,
 }
 
@@ -178,8 +179,13 @@ fn send_loop(shared: &Shared) {
             // oldest) until its fate is known.
             (front.body.clone(), s.config.clone())
         };
-        let wire = http::encode_body(&config, &body);
-        let result = http::post(&config, &wire);
+        let (result, wire) = match config.protocol {
+            Protocol::HttpProtobuf => {
+                let wire = http::encode_body(&config, &body);
+                (http::post(&config, &wire), wire.len())
+            }
+            Protocol::Grpc => (grpc::export(&config, &body), body.len()),
+        };
         let mut s = shared.lock();
         let retry = match result {
             Ok(accepted) => {
@@ -188,7 +194,7 @@ fn send_loop(shared: &Shared) {
                 if let Some(b) = pop_if_same(&mut s.queue, &body) {
                     s.counters.sent_requests += 1;
                     s.counters.sent_samples += b.samples;
-                    s.counters.sent_bytes += wire.len() as u64;
+                    s.counters.sent_bytes += wire as u64;
                 }
                 if accepted.rejected_profiles > 0 {
                     s.counters.rejected_profiles += accepted.rejected_profiles as u64;

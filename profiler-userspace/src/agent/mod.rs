@@ -2,14 +2,15 @@
 //! sampling session over every Python process (`session`, as `record --all`), and every
 //! `--interval` takes the window collected (`Session::take_window`), builds one OTLP request
 //! with a resource and profile per process (`output::otlp`, resources from `resource`) and hands
-//! it to the export queue (`export`), whose own thread sends it (`http`) while sampling goes
-//! on. SIGTERM exports the last window and waits for the queue up to the export timeout; SIGHUP
+//! it to the export queue (`export`), whose own thread sends it (`http` for OTLP/HTTP, `grpc`
+//! for OTLP/gRPC) while sampling goes on. SIGTERM exports the last window and waits for the queue up to the export timeout; SIGHUP
 //! re-reads the exporter's configuration (`config`). Every interval it logs its own health
 //! (samples, kernel losses, exports, drops, BPF time per sample, its CPU and memory) and sends
 //! the same figures as attributes of every profile.
 
 pub mod config;
 mod export;
+mod grpc;
 mod http;
 pub mod resource;
 
@@ -119,14 +120,6 @@ pub fn run(
     reload: &AtomicBool,
 ) -> Result<AgentSummary, AgentError> {
     let export_config = load_export_config(cfg)?;
-    if export_config.protocol == Protocol::Grpc {
-        return Err(ConfigError::Protocol {
-            var: "OTEL_EXPORTER_OTLP_PROTOCOL".into(),
-            value: "grpc (not built into prof-bpf: use http/protobuf, the collector's port 4318)"
-                .into(),
-        }
-        .into());
-    }
     privilege::check().map_err(SessionError::from)?;
     session::check_rate(cfg.rate_hz)?;
     let options = SessionOptions {
@@ -252,9 +245,6 @@ impl Agent<'_> {
     /// SIGHUP: the exporter's configuration again (a broken one is refused, the old one kept).
     fn reload(&mut self) {
         match load_export_config(self.cfg) {
-            Ok(c) if c.protocol == Protocol::Grpc => crate::note!(
-                "prof-bpf agent: SIGHUP: grpc is not built in; keeping the current configuration"
-            ),
             Ok(c) => {
                 crate::note!(
                     "prof-bpf agent: SIGHUP: configuration read again: exporting to {} ({}{})",
