@@ -779,8 +779,9 @@ const _: () = assert!(core::mem::size_of::<PyFrame>() == 16);
 const _: () = assert!(core::mem::size_of::<SampleKey>() == 24);
 const _: () = assert!(core::mem::size_of::<SmallStack>() == 16 + 16 * SMALL_STACK_FRAMES);
 const _: () = assert!(core::mem::size_of::<LargeStack>() == 16 + 16 * MAX_PYTHON_FRAMES);
-const _: () =
-    assert!(core::mem::size_of::<ExtraStack>() == 16 + 8 * MAX_NATIVE_FRAMES + 8 * MAX_KERNEL_FRAMES);
+const _: () = assert!(
+    core::mem::size_of::<ExtraStack>() == 16 + 8 * MAX_NATIVE_FRAMES + 8 * MAX_KERNEL_FRAMES
+);
 const _: () = assert!(core::mem::size_of::<KnownThread>() == 24);
 const _: () = assert!(MAX_PYTHON_FRAMES.is_multiple_of(FRAMES_PER_CALL));
 const _: () = assert!(MAX_PYTHON_FRAMES.is_power_of_two() && FRAMES_PER_CALL.is_power_of_two());

@@ -59,6 +59,15 @@ impl<K: Hash + Eq + Clone, V> BoundedCache<K, V> {
         self.entries.is_empty()
     }
 
+    /// Keeps the entries `f` gives a key for, under that key (when what the keys refer to was
+    /// renumbered), and drops the others.
+    pub fn rekey(&mut self, f: impl Fn(&K) -> Option<K>) {
+        self.entries = std::mem::take(&mut self.entries)
+            .into_iter()
+            .filter_map(|(k, v)| Some((f(&k)?, v)))
+            .collect();
+    }
+
     /// Drops the quarter of the entries used longest ago.
     fn evict(&mut self) {
         let mut stamps: Vec<u64> = self.entries.values().map(|(_, used)| *used).collect();
@@ -84,5 +93,14 @@ mod tests {
         assert!(c.get(&9_999).is_some(), "the newest stays");
         assert!(c.get(&5).is_none(), "old unused entries go");
         assert_eq!(*c.get_or_insert_with(5, || "again"), "again");
+    }
+
+    #[test]
+    fn rekey_renames_and_drops() {
+        let mut c = BoundedCache::new(10);
+        c.insert(1, "a");
+        c.insert(2, "b");
+        c.rekey(|&k| (k == 2).then_some(20));
+        assert_eq!((c.len(), c.get(&20).copied()), (1, Some("b")));
     }
 }

@@ -3,7 +3,7 @@
 //! processes (`process`) -> their interpreters (`python`) and native code (`unwind`,
 //! `symbolize`) -> the kernel program (`bpf`) -> named stacks and the profile (`profile`) ->
 //! files (`output`) -> the sampling session (`session`) -> the commands (`record`, `top`,
-//! `dump`, `report`) -> arguments (`cli`, used by main). A module imports only from the layers
+//! `dump`, `report`, `agent`) -> arguments (`cli`, used by main). A module imports only from the layers
 //! below it; `privilege` and `cache` are leaves any layer may use.
 
 /// Prints a line to stderr, ignoring failure: a closed terminal (after SIGHUP) must not stop
@@ -16,6 +16,7 @@ macro_rules! note {
     }};
 }
 
+pub mod agent;
 pub mod bpf;
 pub mod cache;
 pub mod cli;

@@ -8,6 +8,7 @@ use std::{
 };
 
 use profiler_userspace::{
+    agent,
     cli::{self, Config},
     dump, note, record,
     report::{self, ReportDone},
@@ -21,12 +22,19 @@ fn main() -> ExitCode {
         Err(e) => e.exit(),
     };
     // A closed terminal (SIGHUP), Ctrl-C, SIGTERM and SIGQUIT all stop a recording the same
-    // way: it stops sampling and writes what it has.
-    let stop = match stop_on_signals() {
+    // way: it stops sampling and writes what it has. The agent, a service, re-reads its
+    // configuration on SIGHUP instead.
+    let agent = matches!(config, Config::Agent(_));
+    let reload = Arc::new(AtomicBool::new(false));
+    let stop = match stop_on_signals(agent.then_some(&reload)) {
         Ok(stop) => stop,
         Err(e) => return fail(&e, false),
     };
     match config {
+        Config::Agent(cfg) => match agent::run(&cfg, &stop, &reload) {
+            Ok(_) => ExitCode::SUCCESS,
+            Err(e) => fail(&e, e.is_permission()),
+        },
         Config::Record(cfg) => match record::run(&cfg, &stop) {
             Ok(summary) => {
                 let _ = summary.print(&mut io::stderr());
@@ -84,13 +92,15 @@ fn main() -> ExitCode {
     }
 }
 
-/// A flag the stopping signals set, for a command to stop cleanly.
-fn stop_on_signals() -> io::Result<Arc<AtomicBool>> {
+/// A flag the stopping signals set, for a command to stop cleanly. With `reload`, SIGHUP sets
+/// that flag instead of stopping.
+fn stop_on_signals(reload: Option<&Arc<AtomicBool>>) -> io::Result<Arc<AtomicBool>> {
     use signal_hook::consts::{SIGHUP, SIGINT, SIGQUIT, SIGTERM};
     let stop = Arc::new(AtomicBool::new(false));
-    for signal in [SIGHUP, SIGINT, SIGQUIT, SIGTERM] {
+    for signal in [SIGINT, SIGQUIT, SIGTERM] {
         signal_hook::flag::register(signal, Arc::clone(&stop))?;
     }
+    signal_hook::flag::register(SIGHUP, Arc::clone(reload.unwrap_or(&stop)))?;
     Ok(stop)
 }
 

@@ -228,7 +228,7 @@ fn recursion_1000_deep_is_captured_whole() {
     if !privileged() {
         return;
     }
-    assert!(1002 <= profiler_common::MAX_PYTHON_FRAMES);
+    const { assert!(1002 <= profiler_common::MAX_PYTHON_FRAMES) };
     check_recursion_whole(1000, "recursion_1000");
 }
 

@@ -22,9 +22,9 @@ use aya::{
     util::online_cpus,
 };
 use profiler_common::{
-    ExtraStack, LargeStack, NativeMappings, NewStack, OffCpuStart, PageChunk, ProcessEvent, PyFrame,
-    RowChunk, STACK_TRUNCATED, SampleKey, SmallStack,
-    Stat, StatClass, TargetInfo, config, maps,
+    ExtraStack, LargeStack, NativeMappings, NewStack, OffCpuStart, PageChunk, ProcessEvent,
+    PyFrame, RowChunk, STACK_TRUNCATED, SampleKey, SmallStack, Stat, StatClass, TargetInfo, config,
+    maps,
 };
 
 use crate::unwind::UnwindMaps;
@@ -406,8 +406,14 @@ impl Sampler {
             .map(|notice| {
                 // A drain may have taken it out of the map first: it came with that drain.
                 let stack = match notice.large {
-                    0 => small.get(&notice.stack_id, 0).ok().map(|s| RawStack::new(&s)),
-                    _ => large.get(&notice.stack_id, 0).ok().map(|s| RawStack::new(&s)),
+                    0 => small
+                        .get(&notice.stack_id, 0)
+                        .ok()
+                        .map(|s| RawStack::new(&s)),
+                    _ => large
+                        .get(&notice.stack_id, 0)
+                        .ok()
+                        .map(|s| RawStack::new(&s)),
                 };
                 let extra = stack
                     .as_ref()

@@ -7,6 +7,7 @@ use std::{ffi::OsString, path::PathBuf, time::Duration};
 use clap::{Args, CommandFactory as _, Parser, Subcommand, error::ErrorKind};
 
 use crate::{
+    agent::{AgentConfig, Overrides},
     dump::DumpConfig,
     output::Format,
     profile::collect::FrameOptions,
@@ -34,6 +35,9 @@ pub enum Command {
     Dump(DumpArgs),
     /// Print the statistics of a profile recorded with `-f profbpf`, or convert it (`-f`).
     Report(ReportArgs),
+    /// Profile every Python process, always, and export OTLP profiles to an OpenTelemetry
+    /// Collector every interval (configured by the OTEL_EXPORTER_OTLP_* variables).
+    Agent(AgentArgs),
 }
 
 /// The largest pid Linux hands out (PID_MAX_LIMIT on 64-bit kernels).
@@ -78,6 +82,13 @@ fn parse_refresh(s: &str) -> Result<Duration, String> {
     parse_seconds(s, 0.1, MAX_REFRESH_SECS)
 }
 
+/// The longest `--interval`: an hour.
+const MAX_INTERVAL_SECS: f64 = 3600.0;
+
+fn parse_interval(s: &str) -> Result<Duration, String> {
+    parse_seconds(s, 1.0, MAX_INTERVAL_SECS)
+}
+
 /// A validated invocation of one of the commands.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Config {
@@ -85,6 +96,7 @@ pub enum Config {
     Top(TopConfig),
     Dump(DumpConfig),
     Report(ReportConfig),
+    Agent(AgentConfig),
 }
 
 /// Parses and validates `args` (the program name first). A usage mistake is a clap error
@@ -100,6 +112,7 @@ where
         Command::Top(a) => ("top", a.into_config().map(Config::Top)),
         Command::Dump(a) => ("dump", Ok(Config::Dump(a.into_config()))),
         Command::Report(a) => ("report", Ok(Config::Report(a.into_config()))),
+        Command::Agent(a) => ("agent", Ok(Config::Agent(a.into_config()))),
     };
     validated.map_err(|e| {
         let mut cmd = Cli::command();
@@ -162,6 +175,61 @@ fn target(pid: Option<u32>, all: bool, command: Vec<String>) -> Result<Target, C
         (None, false, false) => Ok(Target::Launch(command)),
         (None, false, true) => Err(ConfigError::NoTarget),
         _ => Err(ConfigError::BothTargets),
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct AgentArgs {
+    /// Samples per second, per CPU.
+    #[arg(short, long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=100_000), allow_negative_numbers = true)]
+    pub rate: u64,
+
+    /// Seconds between exports: each export holds the profiles of this window.
+    #[arg(long, value_name = "SECONDS", default_value = "10", value_parser = parse_interval, allow_negative_numbers = true)]
+    pub interval: Duration,
+
+    /// Time off the CPU too (sleeping, waiting on I/O or locks), as a second profile per
+    /// process (off_cpu/nanoseconds).
+    #[arg(short, long)]
+    pub idle: bool,
+
+    /// Mixed stacks: native (C, C++, Rust) frames too, unwound in the kernel.
+    #[arg(short = 'n', long)]
+    pub native: bool,
+
+    /// A file of NAME=value lines (OTEL_EXPORTER_OTLP_*, OTEL_RESOURCE_ATTRIBUTES) read over
+    /// the environment, and read again on SIGHUP.
+    #[arg(long, value_name = "FILE")]
+    pub env_file: Option<PathBuf>,
+
+    /// The collector [default: OTEL_EXPORTER_OTLP_ENDPOINT, else http://localhost:4318].
+    #[arg(long, value_name = "URL")]
+    pub endpoint: Option<String>,
+
+    /// OTLP protocol [default: OTEL_EXPORTER_OTLP_PROTOCOL, else http/protobuf].
+    #[arg(long, value_name = "PROTOCOL")]
+    pub protocol: Option<String>,
+
+    /// Exports kept while the collector cannot be reached; past that the oldest is dropped
+    /// (and counted).
+    #[arg(long, value_name = "N", default_value_t = 12, value_parser = clap::value_parser!(u64).range(1..=10_000), allow_negative_numbers = true)]
+    pub queue: u64,
+}
+
+impl AgentArgs {
+    pub fn into_config(self) -> AgentConfig {
+        AgentConfig {
+            rate_hz: self.rate,
+            interval: self.interval,
+            idle: self.idle,
+            native: self.native,
+            env_file: self.env_file,
+            overrides: Overrides {
+                endpoint: self.endpoint,
+                protocol: self.protocol,
+            },
+            queue: self.queue as usize,
+        }
     }
 }
 
@@ -367,6 +435,53 @@ mod tests {
             Config::Top(c) => Ok(c),
             other => panic!("not top: {other:?}"),
         }
+    }
+
+    fn agent(args: &[&str]) -> Result<AgentConfig, String> {
+        match parse("agent", args)? {
+            Config::Agent(c) => Ok(c),
+            other => panic!("not agent: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn agent_defaults_and_options() {
+        let c = agent(&[]).unwrap();
+        assert_eq!(
+            (c.rate_hz, c.interval, c.idle, c.native, c.queue),
+            (100, Duration::from_secs(10), false, false, 12)
+        );
+        assert_eq!(c.overrides, Overrides::default());
+        let c = agent(&[
+            "--interval",
+            "5",
+            "-r",
+            "1000",
+            "-i",
+            "-n",
+            "--endpoint",
+            "http://127.0.0.1:4318",
+            "--protocol",
+            "http/protobuf",
+            "--env-file",
+            "/etc/prof-bpf/agent.env",
+        ])
+        .unwrap();
+        assert_eq!(
+            (c.interval, c.rate_hz, c.idle, c.native),
+            (Duration::from_secs(5), 1000, true, true)
+        );
+        assert_eq!(
+            c.overrides.endpoint.as_deref(),
+            Some("http://127.0.0.1:4318")
+        );
+        assert_eq!(c.env_file, Some(PathBuf::from("/etc/prof-bpf/agent.env")));
+        assert!(
+            agent(&["--interval", "0.5"])
+                .unwrap_err()
+                .contains("--interval")
+        );
+        assert!(agent(&["--pid", "1"]).is_err());
     }
 
     #[test]
@@ -578,6 +693,7 @@ mod tests {
                 };
                 let target: Vec<&str> = match (name.as_str(), long) {
                     ("report", _) => vec!["p.json"],
+                    ("agent", _) => vec![],
                     (_, "pid") => vec![],
                     _ => vec!["-p", "1"],
                 };

@@ -4,6 +4,7 @@
 mod collapsed;
 pub mod file;
 mod flamegraph;
+pub mod otlp;
 pub mod pprof;
 mod speedscope;
 
@@ -14,6 +15,7 @@ use std::{
 
 pub use collapsed::Collapsed;
 pub use flamegraph::Flamegraph;
+pub use otlp::Otlp;
 pub use pprof::Pprof;
 pub use speedscope::Speedscope;
 
@@ -36,6 +38,9 @@ pub enum Format {
     Pprof,
     /// prof-bpf's own lossless JSON: read it with `prof-bpf report FILE`, convert it later.
     Profbpf,
+    /// OTLP profiles (an OpenTelemetry ExportProfilesServiceRequest, protobuf): what `agent`
+    /// sends to a collector.
+    Otlp,
 }
 
 impl Format {
@@ -46,6 +51,7 @@ impl Format {
             Format::Raw => "txt",
             Format::Pprof => "pb.gz",
             Format::Profbpf => "profbpf.json",
+            Format::Otlp => "otlp.pb",
         }
     }
 
@@ -56,6 +62,7 @@ impl Format {
             Format::Raw => Box::new(Collapsed),
             Format::Pprof => Box::new(Pprof { title }),
             Format::Profbpf => Box::new(ProfBpf),
+            Format::Otlp => Box::new(Otlp::ending_now()),
         }
     }
 
@@ -67,6 +74,9 @@ impl Format {
             Format::Raw => "feed it to inferno-flamegraph or flamegraph.pl, or read it",
             Format::Pprof => "run `go tool pprof -http=: FILE`, or upload it to Pyroscope/Grafana",
             Format::Profbpf => "run `prof-bpf report FILE` (it converts to every other format too)",
+            Format::Otlp => {
+                "send it to an OpenTelemetry Collector (POST /v1development/profiles), or decode it with protoc"
+            }
         }
     }
 }
@@ -79,6 +89,7 @@ impl fmt::Display for Format {
             Format::Raw => "raw",
             Format::Pprof => "pprof",
             Format::Profbpf => "profbpf",
+            Format::Otlp => "otlp",
         })
     }
 }

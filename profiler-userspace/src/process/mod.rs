@@ -6,6 +6,7 @@
 
 pub mod elf;
 mod files;
+pub mod identity;
 mod maps;
 mod memory;
 pub mod namespace;

@@ -16,6 +16,9 @@ use crate::cache::BoundedCache;
 /// Kernel stack ids remembered per run: far more than the distinct stacks of one drain interval;
 /// an id forgotten and seen again is named again from the kernel's copy.
 const STACK_IDS: usize = 256 * 1024;
+/// Distinct frames or named stacks past which `take_window` forgets them all (the next window
+/// names its stacks again): a long-running agent holds flat memory however much code it meets.
+const MAX_INTERNED: usize = 256 * 1024;
 
 /// How frames are labelled.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -48,6 +51,13 @@ pub struct Totals {
     pub off_cpu: Duration,
     /// Samples counted for processes never registered, and how many processes.
     pub unattributed: (u64, usize),
+}
+
+/// What one window collected (`Collector::take_window`): CPU samples, and time off the CPU
+/// (`--idle`) as nanoseconds in the sample counts.
+pub struct Window {
+    pub cpu: Profile,
+    pub off_cpu_ns: Profile,
 }
 
 /// Accumulates named stacks and counts. Processes are kept in order of registration and never
@@ -221,6 +231,63 @@ impl Collector {
     /// The profile of everything collected so far, leaving the collector able to go on (`top`
     /// takes one per refresh).
     pub fn snapshot(&mut self, rate_hz: u64, duration: Duration) -> Profile {
+        self.profile_of(rate_hz, duration, |c| {
+            c.on_cpu + off_cpu_samples(c.off_cpu_ns, rate_hz)
+        })
+    }
+
+    /// What was collected since the last window (or the start), then forgets it: the counts and
+    /// thread names, the processes that ended, and past `MAX_INTERNED` the frames and stacks
+    /// (named again as they come). The agent takes one per export interval.
+    pub fn take_window(&mut self, rate_hz: u64, duration: Duration) -> Window {
+        let window = Window {
+            cpu: self.profile_of(rate_hz, duration, |c| c.on_cpu),
+            off_cpu_ns: self.profile_of(rate_hz, duration, |c| c.off_cpu_ns),
+        };
+        self.counts.clear();
+        self.threads.clear();
+        self.compact();
+        window
+    }
+
+    /// Drops ended processes (renumbering the live ones in registration order) and, when the
+    /// interned frames or stacks passed their bound, all of them. Only between windows: no count
+    /// refers to a registration then.
+    fn compact(&mut self) {
+        let ended = self.processes.len() > self.by_pid.len();
+        let big = self.first_lines.len() > MAX_INTERNED || self.stacks.len() > MAX_INTERNED;
+        if big {
+            self.frames = FrameTable::default();
+            self.first_lines.clear();
+            self.stacks.clear();
+            self.stack_index.clear();
+            self.by_stack_id = BoundedCache::new(STACK_IDS);
+        }
+        if !ended {
+            return;
+        }
+        let mut live: Vec<(usize, u32)> = self.by_pid.iter().map(|(&p, &r)| (r, p)).collect();
+        live.sort_unstable();
+        let mut renumbered = HashMap::new();
+        let mut processes = Vec::with_capacity(live.len());
+        for (reg, pid) in live {
+            renumbered.insert(reg, processes.len());
+            self.by_pid.insert(pid, processes.len());
+            processes.push(self.processes[reg].clone());
+        }
+        self.processes = processes;
+        self.by_stack_id
+            .rekey(|&(reg, id)| renumbered.get(&reg).map(|&r| (r, id)));
+    }
+
+    /// The profile of what was collected, each (process, thread, stack) counting `value` of
+    /// its counts.
+    fn profile_of(
+        &mut self,
+        rate_hz: u64,
+        duration: Duration,
+        value: impl Fn(&Counts) -> u64,
+    ) -> Profile {
         let frames = self.frames.frames();
         let mut table = FrameTable::default();
         // Each stored frame as these options label it (or hidden), interned once per snapshot.
@@ -235,7 +302,7 @@ impl Collector {
         let mut merged: HashMap<(u32, u32, Vec<u32>), u64> = HashMap::new();
         let mut unknown_frames = 0;
         for (&(reg, tid, stack), counts) in &self.counts {
-            let count = counts.on_cpu + off_cpu_samples(counts.off_cpu_ns, rate_hz);
+            let count = value(counts);
             if count == 0 {
                 continue;
             }
@@ -478,6 +545,67 @@ mod tests {
         assert_eq!(c.sizes().0, 2, "two distinct frames");
         assert_eq!(c.sizes().1, 1, "one distinct stack");
         assert_eq!(c.counts.len(), 1);
+    }
+
+    /// Each window holds what was counted since the last one; names carry over; a process that
+    /// ended is in the window of its last counts and then forgotten.
+    #[test]
+    fn windows_partition_the_counts_and_forget_ended_processes() {
+        let mut c = Collector::new(FrameOptions::default());
+        c.add_process(process(7, "a"));
+        c.add_process(process(8, "b"));
+        c.add_stack(7, 1, named(&[("f", 3, 3)]));
+        c.add_stack(8, 1, named(&[("g", 4, 4)]));
+        c.add_count(key(7, 7, 1), 5, || ("a".into(), None));
+        c.add_count(key(8, 8, 1), 2, || ("b".into(), None));
+        c.add_count(
+            SampleKey {
+                kind: count_kind::OFF_CPU_NS,
+                ..key(8, 8, 1)
+            },
+            3_000,
+            || ("b".into(), None),
+        );
+        c.remove_process(7);
+        let w = c.take_window(100, Duration::from_secs(5));
+        assert_eq!(w.cpu.total_samples(), 7);
+        assert_eq!(
+            w.off_cpu_ns.total_samples(),
+            3_000,
+            "nanoseconds, not samples"
+        );
+        assert_eq!(c.processes().len(), 1, "the ended process is forgotten");
+        assert_eq!(c.samples(), 0);
+        // The live process's stacks stay named across the window (renumbered registration).
+        assert!(c.has_stack(8, 1));
+        c.add_count(key(8, 8, 1), 4, || ("b".into(), None));
+        let w = c.take_window(100, Duration::from_secs(5));
+        assert_eq!(w.cpu.folded(), vec![("g (t.py:4)".to_string(), 4)]);
+        assert_eq!(w.cpu.threads.len(), 1);
+        assert_eq!(w.off_cpu_ns.total_samples(), 0);
+    }
+
+    /// Weeks of processes coming and going with code never seen twice: what is held stays
+    /// bounded across windows.
+    #[test]
+    fn windows_keep_memory_bounded_under_churn() {
+        let mut c = Collector::new(FrameOptions::default());
+        for round in 0..40u32 {
+            for i in 0..10_000u32 {
+                let pid = 1000 + round * 10_000 + i;
+                c.add_process(process(pid, "p"));
+                let f = format!("f{round}_{i}");
+                c.add_stack(pid, 1, named(&[("main", 1, 1), (&f, 2, 2)]));
+                c.add_count(key(pid, pid, 1), 1, || (String::new(), None));
+                c.remove_process(pid);
+            }
+            let w = c.take_window(100, Duration::from_secs(1));
+            assert_eq!(w.cpu.total_samples(), 10_000);
+            let (frames, stacks, ids) = c.sizes();
+            assert!(frames <= MAX_INTERNED + 10_001 && stacks <= MAX_INTERNED + 10_000);
+            assert!(ids <= STACK_IDS);
+            assert!(c.processes().is_empty() && c.threads.is_empty());
+        }
     }
 
     #[test]

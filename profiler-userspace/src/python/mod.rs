@@ -205,10 +205,16 @@ impl Layout {
         } else {
             self.entry_flag
         };
-        let far = [k.frame_code, k.frame_previous, k.frame_instr, k.frame_owner, entry]
-            .into_iter()
-            .max()
-            .unwrap_or(0);
+        let far = [
+            k.frame_code,
+            k.frame_previous,
+            k.frame_instr,
+            k.frame_owner,
+            entry,
+        ]
+        .into_iter()
+        .max()
+        .unwrap_or(0);
         (far + 8).min(profiler_common::FRAME_READ as u16)
     }
 
@@ -223,9 +229,21 @@ impl Layout {
     /// walker takes (a layout published by a newer interpreter might not fit).
     pub fn fits_kernel_reads(&self) -> bool {
         let k = &self.kernel;
-        let entry = if self.entry_flag == NO_OFFSET { 0 } else { self.entry_flag };
-        let frame = [k.frame_code, k.frame_previous, k.frame_instr, k.frame_owner, entry];
-        frame.iter().all(|&o| o as usize + 8 <= profiler_common::FRAME_READ)
+        let entry = if self.entry_flag == NO_OFFSET {
+            0
+        } else {
+            self.entry_flag
+        };
+        let frame = [
+            k.frame_code,
+            k.frame_previous,
+            k.frame_instr,
+            k.frame_owner,
+            entry,
+        ];
+        frame
+            .iter()
+            .all(|&o| o as usize + 8 <= profiler_common::FRAME_READ)
             && [k.code_name, k.code_filename, k.code_firstlineno]
                 .iter()
                 .all(|&o| o as usize + 8 <= profiler_common::CODE_READ)

@@ -30,7 +30,7 @@ use crate::{
     },
     profile::{
         ProcessInfo, Profile,
-        collect::{Collector, FrameOptions, Totals},
+        collect::{Collector, FrameOptions, Totals, Window},
         naming::{Namer, RawStack as NamingInput},
     },
     python::{
@@ -687,6 +687,28 @@ impl Session {
     /// The profile of everything so far (`top` takes one per refresh).
     pub fn snapshot(&mut self, rate_hz: u64, elapsed: Duration) -> Profile {
         self.collector.snapshot(rate_hz, elapsed)
+    }
+
+    /// What was collected since the last window (or the start), forgotten once taken: the
+    /// agent takes one per export interval.
+    pub fn take_window(&mut self, elapsed: Duration) -> Window {
+        self.collector.take_window(self.options.rate_hz, elapsed)
+    }
+
+    /// The registered (live) Python process `pid`.
+    pub fn process(&self, pid: u32) -> Option<&PythonProcess> {
+        self.interpreters.get(&pid).map(|i| &i.process)
+    }
+
+    /// The kernel's measure of the sampling program's run time so far.
+    pub fn run_time(&self) -> Option<RunTime> {
+        self.sampler.run_time()
+    }
+
+    /// The Python processes found but not profiled since the last call, and why (the agent
+    /// logs them; a run of weeks must not keep them all).
+    pub fn take_skipped(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.skipped)
     }
 
     /// Shows native frames in snapshots from now on, or not (`top`'s `n`).
