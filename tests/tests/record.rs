@@ -466,9 +466,42 @@ fn pprof_recording_reads_back_in_go_tool_pprof() {
     );
     // The header: the sample types, the period at this rate, and the recording's length.
     let raw = go_pprof(&dir.join("p.pb.gz"), &["-raw"], &dir);
-    let period = format!("Period: {}", 1_000_000_000 / 499);
+    let period_ns = 1_000_000_000 / 499;
+    let period = format!("Period: {period_ns}");
     for line in ["PeriodType: cpu nanoseconds", &period] {
         assert!(raw.contains(line), "{line:?} missing from:\n{raw}");
+    }
+    // The CPU time of each sample is its count of periods: pprof's default view (cpu) weighs
+    // the stacks as the sample counts do.
+    assert!(
+        raw.contains("samples/count cpu/nanoseconds"),
+        "no sample values header in:\n{raw}"
+    );
+    let values: Vec<(u64, u64)> = raw
+        .split("samples/count cpu/nanoseconds")
+        .nth(1)
+        .unwrap()
+        .lines()
+        .take_while(|l| !l.starts_with("Locations"))
+        .filter_map(|l| {
+            let (values, _) = l.split_once(':')?;
+            let mut v = values.split_whitespace().map(|n| n.parse::<u64>().ok());
+            Some((v.next()??, v.next()??))
+        })
+        .collect();
+    assert_eq!(
+        values.len(),
+        samples.len(),
+        "pprof -raw lists {} samples, -traces {}",
+        values.len(),
+        samples.len()
+    );
+    for (count, cpu) in &values {
+        assert_eq!(
+            *cpu,
+            count * period_ns,
+            "a sample of {count} counts {cpu} ns of CPU time, not {count} periods of {period_ns} ns"
+        );
     }
     let top = go_pprof(&dir.join("p.pb.gz"), &["-top"], &dir);
     let duration = top
