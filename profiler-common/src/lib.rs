@@ -790,3 +790,246 @@ const _: () = assert!(core::mem::size_of::<NativeMapping>() == 48);
 const _: () = assert!(core::mem::size_of::<NativeMappings>() == 8 + 48 * MAX_MAPPINGS);
 const _: () = assert!(MAX_MAPPINGS == 1 << MAPPING_SEARCH_STEPS);
 const _: () = assert!(MAX_NATIVE_FRAMES.is_power_of_two());
+
+#[cfg(test)]
+mod tests {
+    extern crate std;
+    use std::vec::Vec;
+
+    use super::*;
+
+    /// The counters the kernel adds on top of a sample's fate (`Recorded`) for the same sample:
+    /// were one a fate, a sample would have two and the fates would add up to more than the
+    /// target samples.
+    const ON_TOP_OF_A_FATE: &[Stat] = &[
+        Stat::ReadFrame,
+        Stat::Truncated,
+        Stat::KernelStack,
+        Stat::GilHeld,
+        Stat::NativeComplete,
+        Stat::NativeNoMapping,
+        Stat::NativeNoRow,
+        Stat::NativeUnsupported,
+        Stat::NativeReadFault,
+        Stat::NativeTruncated,
+        Stat::NativeBadFrame,
+    ];
+
+    #[test]
+    fn a_counter_counted_beside_recorded_is_no_fate() {
+        for stat in ON_TOP_OF_A_FATE {
+            assert!(!stat.class().is_fate(), "{stat:?}");
+            assert!(!stat.class().is_error(), "{stat:?}");
+        }
+        // The caveats are what the summary lists as `kept with a caveat`.
+        for stat in [Stat::ReadFrame, Stat::Truncated, Stat::KernelStack] {
+            assert_eq!(stat.class(), StatClass::Caveat, "{stat:?}");
+        }
+        // What the sample's fate is counted as, once each.
+        assert_eq!(Stat::Recorded.class(), StatClass::Recorded);
+        assert!(Stat::Recorded.class().is_fate() && !Stat::Recorded.class().is_error());
+        // Every sample of a target thread counts as one; it is none itself.
+        assert!(!Stat::TargetSample.class().is_fate());
+    }
+
+    #[test]
+    fn fates_and_errors_by_class() {
+        let fates = [
+            StatClass::Recorded,
+            StatClass::OutsidePython,
+            StatClass::LeftOut,
+            StatClass::Lost,
+        ];
+        let others = [
+            StatClass::Caveat,
+            StatClass::NativeOutcome,
+            StatClass::Tally,
+            StatClass::IntervalLost,
+            StatClass::EventLost,
+        ];
+        assert!(fates.iter().all(|c| c.is_fate()));
+        assert!(others.iter().all(|c| !c.is_fate()));
+        // Errors: samples, off-CPU intervals and process events lost. Outside Python code and
+        // left out by --gil are no errors.
+        let errors: Vec<StatClass> = fates
+            .iter()
+            .chain(&others)
+            .copied()
+            .filter(|c| c.is_error())
+            .collect();
+        assert_eq!(
+            errors,
+            [
+                StatClass::Lost,
+                StatClass::IntervalLost,
+                StatClass::EventLost
+            ]
+        );
+        // A sample lost in the kernel is a fate and an error; the program not loaded is one.
+        for stat in [
+            Stat::StackMapFull,
+            Stat::CountMapFull,
+            Stat::TailCall,
+            Stat::NoFrame,
+        ] {
+            assert!(
+                stat.class().is_fate() && stat.class().is_error(),
+                "{stat:?}"
+            );
+        }
+        for stat in [Stat::NoThreadState, Stat::EmptyStack, Stat::RuntimeNotReady] {
+            assert_eq!(stat.class(), StatClass::OutsidePython, "{stat:?}");
+        }
+        assert_eq!(Stat::GilNotHeld.class(), StatClass::LeftOut);
+        assert_eq!(Stat::OffCpuMapFull.class(), StatClass::IntervalLost);
+    }
+
+    #[test]
+    fn names_are_distinct() {
+        let mut names: Vec<&str> = Stat::ALL.iter().map(|s| s.name()).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), Stat::ALL.len());
+        assert!(names.iter().all(|n| !n.is_empty()));
+    }
+
+    /// The switch program's counters sit after every sampler counter, so neither counts into
+    /// the other's.
+    #[test]
+    fn stat_indices_of_the_two_programs_are_apart() {
+        let mut seen = Vec::new();
+        for &stat in Stat::ALL {
+            let (sample, switch) = (stat_index(stat, false), stat_index(stat, true));
+            assert_eq!(sample, stat as u32);
+            assert!(sample < Stat::COUNT, "{stat:?}");
+            assert!((Stat::COUNT..STAT_ENTRIES).contains(&switch), "{stat:?}");
+            seen.extend([sample, switch]);
+        }
+        seen.sort_unstable();
+        seen.dedup();
+        assert_eq!(seen.len() as u32, STAT_ENTRIES);
+    }
+
+    /// A code object's tag changes with each of its name, file and first line (a reused address
+    /// holding another function), and with their order.
+    #[test]
+    fn code_tags_tell_code_objects_apart() {
+        let tag = code_tag(0x7f00_1000, 0x7f00_2000, 12);
+        assert_ne!(tag, 0);
+        assert_eq!(tag, code_tag(0x7f00_1000, 0x7f00_2000, 12));
+        for other in [
+            code_tag(0x7f00_1010, 0x7f00_2000, 12),
+            code_tag(0x7f00_1000, 0x7f00_2010, 12),
+            code_tag(0x7f00_1000, 0x7f00_2000, 13),
+            code_tag(0x7f00_2000, 0x7f00_1000, 12),
+        ] {
+            assert_ne!(tag, other);
+        }
+        // Stack ids: the same frames in another order are another stack.
+        assert_ne!(mix(mix(0, 1), 2), mix(mix(0, 2), 1));
+        assert_ne!(mix(0, 1), mix(0, 0));
+    }
+
+    /// A stack as the x86-64 ABI lays it out, growing down from 0x8000: the caller's frame
+    /// pointer saved at CFA - 16, the return address at CFA - 8.
+    fn stack(cfa: u64, ra: u64, saved_rbp: u64) -> impl FnMut(u64) -> Option<u64> {
+        move |addr| match addr {
+            a if a == cfa - 8 => Some(ra),
+            a if a == cfa - 16 => Some(saved_rbp),
+            a if (0x7000..0x8000).contains(&a) => Some(0),
+            _ => None,
+        }
+    }
+
+    fn row(kind: u8, cfa_offset: u16, rbp_offset: i8) -> Option<UnwindRow> {
+        Some(UnwindRow {
+            pc: 0,
+            cfa_offset,
+            kind,
+            rbp_offset,
+        })
+    }
+
+    #[test]
+    fn unwind_step_by_each_rule() {
+        let (rsp, rbp) = (0x7f00, 0x7f40);
+        // Frame pointers (no table): CFA = rbp + 16, the caller's rbp saved at rbp.
+        assert_eq!(
+            unwind_step(None, 0x1000, rsp, rbp, stack(rbp + 16, 0x4444, 0x7f80)),
+            Ok((0x4444, rbp + 16, 0x7f80))
+        );
+        // CFA = rsp + 8 * 3, rbp not saved by this frame: it is the caller's too.
+        assert_eq!(
+            unwind_step(
+                row(row_kind::CFA_RSP, 3, 0),
+                0x1000,
+                rsp,
+                rbp,
+                stack(rsp + 24, 0x5555, 1)
+            ),
+            Ok((0x5555, rsp + 24, rbp))
+        );
+        // CFA = rbp + 16, the caller's rbp at CFA - 16.
+        assert_eq!(
+            unwind_step(
+                row(row_kind::CFA_RBP, 2, -2),
+                0x1000,
+                rsp,
+                rbp,
+                stack(rbp + 16, 0x6666, 0x7fc0)
+            ),
+            Ok((0x6666, rbp + 16, 0x7fc0))
+        );
+        // A PLT entry: 11 bytes in it has pushed one more word.
+        for (pc, cfa) in [(0x1000 + 10, rsp + 8), (0x1000 + 11, rsp + 16)] {
+            assert_eq!(
+                unwind_step(
+                    row(row_kind::PLT, 1, 0),
+                    pc,
+                    rsp,
+                    rbp,
+                    stack(cfa, 0x7777, 1)
+                ),
+                Ok((0x7777, cfa, rbp)),
+                "pc {pc:#x}"
+            );
+        }
+        let never = |_| -> Option<u64> { panic!("no read for a row that ends the unwind") };
+        for (kind, end) in [
+            (row_kind::END, Stat::NativeComplete),
+            (row_kind::UNSUPPORTED, Stat::NativeUnsupported),
+            (row_kind::NONE, Stat::NativeNoRow),
+        ] {
+            assert_eq!(
+                unwind_step(row(kind, 1, 0), 0x1000, rsp, rbp, never),
+                Err(end)
+            );
+        }
+    }
+
+    #[test]
+    fn unwind_step_refuses_what_cannot_be_a_caller() {
+        let (rsp, rbp) = (0x7f00, 0x7f40);
+        // A CFA at or below the stack pointer: the stack did not grow toward the root.
+        assert_eq!(
+            unwind_step(row(row_kind::CFA_RSP, 0, 0), 0x1000, rsp, rbp, |_| Some(1)),
+            Err(Stat::NativeBadFrame)
+        );
+        assert_eq!(
+            unwind_step(None, 0x1000, rsp, rsp - 16, |_| Some(1)),
+            Err(Stat::NativeBadFrame)
+        );
+        // The return address, or the saved rbp, cannot be read.
+        assert_eq!(
+            unwind_step(row(row_kind::CFA_RSP, 2, 0), 0x1000, rsp, rbp, |_| None),
+            Err(Stat::NativeReadFault)
+        );
+        let cfa = rsp + 16;
+        assert_eq!(
+            unwind_step(row(row_kind::CFA_RSP, 2, -2), 0x1000, rsp, rbp, |a| (a
+                == cfa - 8)
+                .then_some(0x4444)),
+            Err(Stat::NativeReadFault)
+        );
+    }
+}
