@@ -790,6 +790,17 @@ const _: () = assert!(core::mem::size_of::<NativeMapping>() == 48);
 const _: () = assert!(core::mem::size_of::<NativeMappings>() == 8 + 48 * MAX_MAPPINGS);
 const _: () = assert!(MAX_MAPPINGS == 1 << MAPPING_SEARCH_STEPS);
 const _: () = assert!(MAX_NATIVE_FRAMES.is_power_of_two());
+// The kernel makes a ring buffer only of a power of two pages.
+const _: () = assert!(PROCESS_EVENTS_BYTES.is_power_of_two() && PROCESS_EVENTS_BYTES >= 4096);
+const _: () = assert!(NEW_STACKS_BYTES.is_power_of_two() && NEW_STACKS_BYTES >= 4096);
+// The entry mark is one bit above any instruction offset (code objects stay far below 16 MiB),
+// so userspace can mask it off.
+const _: () = assert!(PY_ENTRY_FRAME.is_power_of_two() && PY_ENTRY_FRAME >= 1 << 24);
+// A table the kernel's binary search covers fits the row map.
+const _: () = assert!(
+    MAX_ROWS_PER_TABLE.is_power_of_two()
+        && MAX_ROWS_PER_TABLE <= MAX_ROW_CHUNKS as usize * ROWS_PER_CHUNK
+);
 
 #[cfg(test)]
 mod tests {
