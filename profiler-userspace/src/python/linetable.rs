@@ -155,6 +155,21 @@ mod tests {
         }
     }
 
+    /// A table read from the wrong place (here one byte into 3.12's) does not start at an entry
+    /// (the first byte's top bit is clear): no line, rather than lines decoded from garbage.
+    #[test]
+    fn a_table_not_at_an_entry_start_gives_no_line() {
+        let misaligned = &TABLE_3_12[1..];
+        assert_eq!(misaligned[0] & 0x80, 0);
+        for unit in 0..LINES_3_12.len() as u32 {
+            assert_eq!(
+                line_for(LineTableFormat::Locations, misaligned, 2, unit * 2),
+                None,
+                "code unit {unit}"
+            );
+        }
+    }
+
     #[test]
     fn location_table_long_and_no_location_entries() {
         // Long form (code 14): line delta +300 (svarint 600 = 0b1001011000: 24 | 64, 9),
@@ -165,6 +180,21 @@ mod tests {
             Some(310)
         );
         assert_eq!(line_for(LineTableFormat::Locations, &table, 10, 2), None);
+        // A delta of three varint bytes (a function thousands of lines long, as generated code
+        // has): +5000 is svarint 10000 = 16 | 28 << 6 | 2 << 12.
+        let table = [0x80 | 14 << 3, 16 | 64, 28 | 64, 2, 0, 1, 2];
+        assert_eq!(
+            line_for(LineTableFormat::Locations, &table, 10, 0),
+            Some(5010)
+        );
+        // A no-location entry is the one byte: the entry after it (one-line form, +1, columns 1
+        // and 2) decodes from the next byte.
+        let table = [0x80 | 15 << 3, 0x80 | 11 << 3, 1, 2];
+        assert_eq!(line_for(LineTableFormat::Locations, &table, 10, 0), None);
+        assert_eq!(
+            line_for(LineTableFormat::Locations, &table, 10, 2),
+            Some(11)
+        );
         // No-columns form (code 13) with a negative delta: svarint 3 = -1.
         let table = [0x80 | 13 << 3 | 1, 3];
         assert_eq!(line_for(LineTableFormat::Locations, &table, 10, 2), Some(9));
