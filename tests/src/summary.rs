@@ -57,6 +57,8 @@ pub const CALL_RACE: Expected = ("frame read fault", 0..=2);
 pub struct Summary {
     /// Samples in the profile (CPU-clock samples; off-CPU time is apart).
     pub samples: u64,
+    /// With `--idle`: the samples on the CPU and those standing for time off it, of `samples`.
+    pub split: Option<(u64, u64)>,
     /// Length of the recording.
     pub seconds: f64,
     /// The achieved rate: samples the kernel recorded per second of the recording.
@@ -84,9 +86,10 @@ impl Summary {
         let fail = |what: &str| -> ! { panic!("the summary has no {what}:\n{stderr}") };
         let head = stderr
             .lines()
-            .find(|l| l.contains(" samples of ") && l.contains(" samples/s at --rate "))
+            .find(|l| l.contains(" samples") && l.contains(" samples/s at --rate "))
             .unwrap_or_else(|| fail("sample count line"));
-        // `prof-bpf: N samples of WHAT in Ts: R samples/s at --rate HZ`
+        // `prof-bpf: N samples [(X on the CPU, Y for time off it)] of WHAT in Ts: R samples/s at
+        // --rate HZ`
         let words: Vec<&str> = head.split_whitespace().collect();
         let samples = words[1].parse().unwrap_or_else(|_| fail("sample count"));
         let (rest, rate) = head.rsplit_once(" samples/s at --rate ").unwrap();
@@ -97,7 +100,18 @@ impl Summary {
             .rsplit_once(" in ")
             .and_then(|(_, s)| s.strip_suffix('s')?.parse().ok())
             .unwrap_or_else(|| fail("duration"));
-        let what = head.split(" samples of ").nth(1).unwrap_or_default();
+        // `N samples (X on the CPU, Y for time off it) of ...` with --idle.
+        let split = head
+            .split_once(" samples (")
+            .and_then(|(_, r)| r.split_once(" for time off it)"))
+            .and_then(|(r, _)| r.split_once(" on the CPU, "))
+            .map(|(on, off)| {
+                (
+                    on.parse().unwrap_or_else(|_| fail("samples on the CPU")),
+                    off.parse().unwrap_or_else(|_| fail("samples off the CPU")),
+                )
+            });
+        let what = head.split_once(" of ").map_or("", |(_, what)| what);
         let processes = if what.starts_with("no Python process") {
             0
         } else if let Some((n, _)) = what.split_once(" Python processes in ") {
@@ -146,6 +160,7 @@ impl Summary {
             });
         Self {
             samples,
+            split,
             seconds,
             achieved,
             rate,

@@ -457,9 +457,25 @@ fn check_slept(result: &std::process::Output, out: &Path, rate: f64, test: &str)
         );
     }
     assert!(stderr.contains("idle: "), "{stderr}");
-    // The profile holds the off-CPU time besides the samples: the summary's count is the
-    // samples alone, so only its errors are checked here.
-    check_errors(test, &Summary::parse(&stderr), LAUNCHED);
+    // The profile holds the off-CPU time besides the samples: the headline counts both, and
+    // its part on the CPU is what the kernel recorded.
+    let s = Summary::parse(&stderr);
+    assert_eq!(
+        s.samples,
+        total(&profile),
+        "{test}: the headline's count\n{stderr}"
+    );
+    let (on, off) = s
+        .split
+        .unwrap_or_else(|| panic!("{test}: no on/off-CPU split in the headline\n{stderr}"));
+    assert_eq!(on + off, s.samples, "{test}\n{stderr}");
+    let slack = 0.05 * s.seconds + 0.005 * s.achieved + 1.0;
+    assert!(
+        (s.recorded() - on as f64).abs() <= slack,
+        "{test}: the kernel recorded {:.0} samples on the CPU, the headline says {on}\n{stderr}",
+        s.recorded()
+    );
+    check_errors(test, &s, LAUNCHED);
 }
 
 /// `--native --idle` attributes time off the CPU as `--idle` does (issue 16): the blocked
