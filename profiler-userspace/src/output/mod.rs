@@ -250,3 +250,51 @@ pub(crate) mod golden {
         );
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::ValueEnum as _;
+
+    use super::*;
+
+    /// The summary names a format (`wrote raw to ...`) as `-f` spells it.
+    #[test]
+    fn formats_are_named_as_dash_f_takes_them() {
+        for format in Format::value_variants() {
+            let name = format.to_possible_value().unwrap();
+            assert_eq!(format.to_string(), name.get_name(), "{format:?}");
+            assert_eq!(Format::from_str(&format.to_string(), false), Ok(*format));
+        }
+    }
+
+    /// Default file names (`NAME-PID-DATE-TIME.EXT`) of two formats never collide, and each
+    /// ends as the tools that open it expect.
+    #[test]
+    fn each_format_has_its_own_extension() {
+        let mut extensions: Vec<&str> = Format::value_variants()
+            .iter()
+            .map(|f| f.extension())
+            .collect();
+        extensions.sort_unstable();
+        extensions.dedup();
+        assert_eq!(extensions.len(), Format::value_variants().len());
+        assert_eq!(Format::Flamegraph.extension(), "svg");
+        assert!(Format::Speedscope.extension().ends_with(".json"));
+        assert!(Format::Pprof.extension().ends_with(".gz"));
+    }
+
+    /// The summary's hint names the tool that opens each format.
+    #[test]
+    fn each_hint_names_its_tool() {
+        for (format, tool) in [
+            (Format::Flamegraph, "browser"),
+            (Format::Speedscope, "speedscope"),
+            (Format::Raw, "flamegraph"),
+            (Format::Pprof, "pprof"),
+            (Format::Profbpf, "prof-bpf report"),
+            (Format::Otlp, "OpenTelemetry Collector"),
+        ] {
+            assert!(format.how_to_open().contains(tool), "{format:?}");
+        }
+    }
+}
