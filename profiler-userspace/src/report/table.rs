@@ -333,6 +333,70 @@ mod tests {
         assert_eq!(total, example().total_samples());
     }
 
+    /// The lines of the report section that starts with `title`, up to the blank line.
+    fn section<'a>(text: &'a str, title: &str) -> Vec<&'a str> {
+        text.lines()
+            .skip_while(|l| !l.starts_with(title))
+            .skip(1)
+            .take_while(|l| !l.is_empty())
+            .collect()
+    }
+
+    /// The summaries rank by the share of a location's time that is its own (hot spots) or in
+    /// its callees (magnification), leave out what is below 1 % of the samples, and a leaf
+    /// that calls nothing is no magnification; a report with nothing unknown and every row
+    /// shown says neither.
+    #[test]
+    fn summaries_rank_by_share_and_leave_out_the_rare() {
+        let f = |name: &str, line| Frame::python(name, "app.py", line);
+        let s = |frames: &[u32], count| crate::profile::Sample {
+            pid: 1,
+            tid: 1,
+            frames: frames.to_vec(),
+            count,
+        };
+        let mut p = example();
+        p.frames = vec![f("<module>", 1), f("hot", 2), f("mixed", 3), f("rare", 4)];
+        // mixed: 600 own of 900 (67 %); hot: 300 of 300 (100 %); rare: 5 of 905 (0.6 %).
+        p.samples = vec![s(&[0, 2], 600), s(&[0, 2, 1], 300), s(&[0, 3], 5)];
+        p.unknown_frames = 0;
+        let opts = ReportOptions {
+            sort: SortKey::Direct,
+            limit: 0,
+            by_function: false,
+        };
+        let text = render(&p, "t.json", opts);
+        let located = |lines: &[&str]| -> Vec<String> {
+            lines
+                .iter()
+                .map(|l| l.rsplit("  ").next().unwrap().to_string())
+                .collect()
+        };
+        assert_eq!(
+            located(&section(&text, "hot spots")),
+            ["app.py:2(hot)", "app.py:3(mixed)"],
+            "{text}"
+        );
+        assert_eq!(
+            located(&section(&text, "call magnification")),
+            ["app.py:1(<module>)", "app.py:3(mixed)"],
+            "{text}"
+        );
+        assert_eq!(section(&text, "  direct").len(), 4, "{text}");
+        assert!(!text.contains("more location"), "{text}");
+        assert!(!text.contains("unknown frames"), "{text}");
+    }
+
+    /// A frame of the profile's table that no sample refers to is no row of the report.
+    #[test]
+    fn frames_without_samples_are_no_rows() {
+        let mut p = example();
+        p.frames.push(Frame::python("never_sampled", "app.py", 99));
+        let rows = rows(&p, false, SortKey::Location);
+        assert!(rows.iter().all(|r| r.frame.name() != "never_sampled"));
+        assert!(rows.iter().all(|r| r.cumulative > 0));
+    }
+
     #[test]
     fn by_function_merges_lines() {
         let mut p = example();
