@@ -488,6 +488,39 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
     }
 
+    /// Rows hold 32-bit ELF addresses: a library linked above 4 GiB is refused, not described
+    /// by rows for the addresses its own would wrap to.
+    #[test]
+    fn code_linked_above_4_gib_is_refused() {
+        let dir = std::env::temp_dir().join(format!("prof-bpf-cfi-high-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (src, lib) = (dir.join("f.c"), dir.join("libhigh.so"));
+        std::fs::write(&src, "int f(int n) { return n * 3; }\n").unwrap();
+        let built = Command::new("cc")
+            .args([
+                "-O2",
+                "-shared",
+                "-fPIC",
+                "-Wl,-Ttext-segment=0x100000000",
+                "-o",
+            ])
+            .arg(&lib)
+            .arg(&src)
+            .status();
+        if !built.is_ok_and(|s| s.success()) {
+            assert!(std::env::var("CI").is_err(), "cc is needed in CI");
+            eprintln!("SKIPPED: no C compiler");
+            return;
+        }
+        let data = std::fs::read(&lib).unwrap();
+        let result = table_for_elf(&data);
+        let _ = std::fs::remove_dir_all(&dir);
+        match result {
+            Err(CfiError::AddressTooHigh(end)) => assert!(end > u32::MAX as u64, "{end:#x}"),
+            other => panic!("a library at 4 GiB gave {other:?}"),
+        }
+    }
+
     #[test]
     fn gaps_and_overlaps() {
         assert!(overlaps(&[(10, 20), (30, 40)], 15, 16));
