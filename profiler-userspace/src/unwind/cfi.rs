@@ -488,6 +488,71 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
     }
 
+    /// A library bound lazily has a PLT whose CFI is the linker's expression (the entry pushes
+    /// a word 11 bytes in): its rows are PLT rows, and every byte of the PLT and the code gets
+    /// gimli's row. No row repeats the rule of the one before it.
+    #[test]
+    fn lazy_plt_rows_match_gimli() {
+        let dir = std::env::temp_dir().join(format!("prof-bpf-cfi-plt-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (src, lib) = (dir.join("f.c"), dir.join("libplt.so"));
+        std::fs::write(
+            &src,
+            "int g(int);\nint f(int n) { return g(n) + g(n + 1); }\n",
+        )
+        .unwrap();
+        let built = Command::new("cc")
+            .args(["-O2", "-shared", "-fPIC", "-Wl,-z,lazy", "-o"])
+            .arg(&lib)
+            .arg(&src)
+            .status();
+        if !built.is_ok_and(|s| s.success()) {
+            assert!(std::env::var("CI").is_err(), "cc is needed in CI");
+            eprintln!("SKIPPED: no C compiler");
+            return;
+        }
+        let data = std::fs::read(&lib).unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+        let table = table_for_elf(&data).unwrap();
+        assert!(
+            table.rows.windows(2).all(|w| !same_rule(&w[0], &w[1])),
+            "{table:?}"
+        );
+        let file = object::File::parse(&*data).unwrap();
+        let section = |name| file.section_by_name(name).unwrap();
+        let eh = section(".eh_frame");
+        let bases = BaseAddresses::default()
+            .set_eh_frame(eh.address())
+            .set_text(section(".text").address());
+        let eh_frame = EhFrame::new(eh.data().unwrap(), LittleEndian);
+        let mut ctx = UnwindContext::new();
+        let mut plt = 0;
+        for name in [".plt", ".text"] {
+            let s = section(name);
+            for pc in s.address()..s.address() + s.size() {
+                let ours = lookup(&table.rows, pc as u32).copied().unwrap_or_default();
+                match eh_frame.unwind_info_for_address(
+                    &bases,
+                    &mut ctx,
+                    pc,
+                    EhFrame::cie_from_offset,
+                ) {
+                    Ok(row) => {
+                        let want = expected(row);
+                        plt += (want.0 == row_kind::PLT) as usize;
+                        assert_eq!(
+                            (ours.kind, ours.cfa_offset, ours.rbp_offset),
+                            want,
+                            "{name} at {pc:#x}"
+                        );
+                    }
+                    Err(_) => assert_eq!(ours.kind, row_kind::NONE, "{name} at {pc:#x}"),
+                }
+            }
+        }
+        assert!(plt > 0, "no PLT row in {table:?}");
+    }
+
     /// Rows hold 32-bit ELF addresses: a library linked above 4 GiB is refused, not described
     /// by rows for the addresses its own would wrap to.
     #[test]
