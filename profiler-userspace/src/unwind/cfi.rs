@@ -626,5 +626,22 @@ mod tests {
             );
         }
         assert_eq!(lookup_paged(&rows, (first, &index), 0x4000), None);
+
+        // Code that ends at a page boundary: the end marker is the first byte of the last page.
+        let end = UnwindRow {
+            pc: 0x4000,
+            kind: row_kind::NONE,
+            ..Default::default()
+        };
+        let rows = [at(0x1800), at(0x3010), end];
+        let (first, index) = page_index(&rows);
+        assert_eq!((first, index.as_slice()), (1, &[0, 0, 0, 2][..]));
+        for pc in [0x1800, 0x3fff, 0x4000, 0x4fff] {
+            assert_eq!(
+                lookup_paged(&rows, (first, &index), pc),
+                lookup(&rows, pc).copied(),
+                "{pc:#x}"
+            );
+        }
     }
 }
