@@ -209,6 +209,30 @@ mod tests {
         );
     }
 
+    /// Up to 3.10 each call has its own frame object; 3.11 marks a call's first frame
+    /// (`is_entry`); 3.12 on puts a C-stack shim frame under each call.
+    #[test]
+    fn entry_marking_follows_the_version() {
+        let of = |minor| EntryMarking::for_version(Version::new(3, minor));
+        for minor in 8..=10 {
+            assert_eq!(of(minor), EntryMarking::EveryFrame, "3.{minor}");
+        }
+        assert_eq!(of(11), EntryMarking::EntryFlag);
+        for minor in 12..=15 {
+            assert_eq!(of(minor), EntryMarking::ShimFrame, "3.{minor}");
+        }
+    }
+
+    /// An incomplete unwind whose eval frames outnumber the calls (one already popped): the
+    /// spare eval frame stays native.
+    #[test]
+    fn incomplete_unwind_with_a_spare_eval_frame() {
+        assert_eq!(
+            merge(&[true, true], false, &[vec![py(1)]]),
+            vec![Mixed::Incomplete, Mixed::Native(1), Mixed::Python(py(1))]
+        );
+    }
+
     #[test]
     fn incomplete_unwind_keeps_outer_python_frames_at_the_root() {
         // The unwind stopped after a C leaf and one eval frame.
