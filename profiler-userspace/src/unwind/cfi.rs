@@ -361,6 +361,9 @@ mod tests {
         );
         assert!(table.rows.windows(2).all(|w| w[0].pc < w[1].pc));
         assert!(table.fdes > 1000 && table.bad_fdes == 0);
+        // Rows differing only in registers the kernel does not restore (rbx, r12, ...) are one.
+        let rule = |r: &UnwindRow| (r.kind, r.cfa_offset, r.rbp_offset);
+        assert!(table.rows.windows(2).all(|w| rule(&w[0]) != rule(&w[1])));
 
         let file = object::File::parse(&*data).unwrap();
         let section = |name| file.section_by_name(name).unwrap();
