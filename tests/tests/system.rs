@@ -457,12 +457,17 @@ fn check_slept(result: &std::process::Output, out: &Path, rate: f64, test: &str)
         );
     }
     assert!(stderr.contains("idle: "), "{stderr}");
-    // The profile holds the off-CPU time besides the samples: the headline counts both, and
-    // its part on the CPU is what the kernel recorded.
-    let s = Summary::parse(&stderr);
+    let s = check_idle_headline(test, &stderr, &profile);
+    check_errors(test, &s, LAUNCHED);
+}
+
+/// With `--idle` the profile holds the off-CPU time besides the samples: the summary's
+/// headline counts both, and its part on the CPU is what the kernel recorded.
+fn check_idle_headline(test: &str, stderr: &str, profile: &Folded) -> Summary {
+    let s = Summary::parse(stderr);
     assert_eq!(
         s.samples,
-        total(&profile),
+        total(profile),
         "{test}: the headline's count\n{stderr}"
     );
     let (on, off) = s
@@ -475,7 +480,7 @@ fn check_slept(result: &std::process::Output, out: &Path, rate: f64, test: &str)
         "{test}: the kernel recorded {:.0} samples on the CPU, the headline says {on}\n{stderr}",
         s.recorded()
     );
-    check_errors(test, &s, LAUNCHED);
+    s
 }
 
 /// `--native --idle` attributes time off the CPU as `--idle` does (issue 16): the blocked
@@ -543,6 +548,9 @@ fn idle_counts_the_whole_window_by_the_wall_clock() {
     target.wait().unwrap();
     let measured: Value = serde_json::from_str(rest.lines().last().unwrap()).unwrap();
     let profile = parse_folded(&std::fs::read_to_string(&out).unwrap());
+    // The worker's busy seconds are many samples in few stacks: the headline's part on the
+    // CPU must be the samples, not the stacks.
+    check_idle_headline("idle_wall_clock", &stderr, &profile);
 
     // The main thread: every sample in the sleeping line, the whole window long.
     let sleeping_line = line_of(&fixture("idle_threads.py"), "# the sleeping line");
