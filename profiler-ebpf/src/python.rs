@@ -26,8 +26,8 @@ use aya_ebpf::{
 use profiler_common::{
     CODE_CACHE_SLOTS, CodeSlot, FRAMES_PER_CALL, KnownThread, MAX_PYTHON_FRAMES, MAX_THREAD_CALLS,
     NO_OFFSET, NewStack, OffCpuStart, PY_ENTRY_FRAME, PyFrame, SMALL_STACK_FRAMES, STACK_TRUNCATED,
-    SampleKey, SmallStack, Stat, THREADS_PER_CALL, TargetInfo, code_tag, config, count_kind,
-    instr_kind, mix,
+    SampleKey, SmallStack, Stat, TAG_CACHED, THREADS_PER_CALL, TargetInfo, code_tag, config,
+    count_kind, instr_kind, mix,
 };
 
 use crate::maps::{
@@ -473,7 +473,11 @@ fn walk_frames(s: &mut Scratch, target: &TargetInfo) {
         let tag = code_tag_of(s, target, code, generation, &mut faults) & keep as u32;
         let slot = PyFrame { code, instr, tag };
         s.stack.frames[(base + j) & (MAX_PYTHON_FRAMES - 1)] = slot;
-        hash = mix(mix(mix(hash, code), instr as u64), tag as u64);
+        // The same stack whether its tags were cached or read.
+        hash = mix(
+            mix(mix(hash, code), instr as u64),
+            (tag & !TAG_CACHED) as u64,
+        );
         frame = previous;
     }
     // SAFETY: plain stores into our scratch entry; volatile so the caller really reads them.
@@ -499,25 +503,31 @@ fn code_tag_of(
     if code == 0 {
         return 0;
     }
-    let index = ((code >> 4) ^ (code >> 16)) as u32 & (CODE_CACHE_SLOTS - 1);
+    let index = (((code >> 4) ^ (code >> 16)) as u32 ^ s.pid) & (CODE_CACHE_SLOTS - 1);
     let Some(slot) = CODE_CACHE.get_ptr_mut(index) else {
         return 0;
     };
     // SAFETY: a per-CPU slot, only touched by this CPU's programs, one at a time.
     let slot: &mut CodeSlot = unsafe { &mut *slot };
-    if slot.code == code && slot.generation == generation {
-        return slot.tag;
+    let pid = s.pid;
+    if slot.code == code && slot.pid == pid && slot.generation == generation {
+        return slot.tag | TAG_CACHED;
     }
     let off = &target.offsets;
-    *faults |= read_bytes(s, code, target.code_read as u32);
+    let fault = read_bytes(s, code, target.code_read as u32);
+    *faults |= fault;
     let tag = code_tag(
         at(s, off.code_name),
         at(s, off.code_filename),
         at(s, off.code_firstlineno),
     );
-    slot.code = code;
-    slot.tag = tag;
-    slot.generation = generation;
+    // A failed read leaves zeroes: that tag is not the code object's, and must not be reused.
+    if fault == 0 {
+        slot.code = code;
+        slot.pid = pid;
+        slot.tag = tag;
+        slot.generation = generation;
+    }
     tag
 }
 

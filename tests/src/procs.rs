@@ -210,13 +210,19 @@ impl Recording {
     /// `start` in directory `dir`.
     pub fn start_in(args: &[&str], dir: Option<&Path>) -> Self {
         let mut cmd = Command::new(prof_bpf());
-        cmd.args(args)
-            .env_remove("RUST_BACKTRACE")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
+        cmd.args(args);
         if let Some(dir) = dir {
             cmd.current_dir(dir);
         }
+        Self::spawn(cmd)
+    }
+
+    /// `start` of a command that runs prof-bpf (through `capsh`, `sudo`, ...).
+    pub fn spawn(mut cmd: Command) -> Self {
+        let args = format!("{cmd:?}");
+        cmd.env_remove("RUST_BACKTRACE")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
         let mut child = cmd.spawn().expect("starting prof-bpf");
         let mut stderr = BufReader::new(child.stderr.take().unwrap());
         let mut seen = String::new();
@@ -224,7 +230,7 @@ impl Recording {
             let mut line = String::new();
             if stderr.read_line(&mut line).unwrap() == 0 {
                 let _ = child.kill();
-                panic!("prof-bpf {args:?} ended before it sampled:\n{seen}");
+                panic!("{args} ended before it sampled:\n{seen}");
             }
             seen.push_str(&line);
             if line.starts_with("prof-bpf: sampling ") {

@@ -3,7 +3,7 @@
 
 use std::io;
 
-use profiler_common::code_tag;
+use profiler_common::{TAG_CACHED, code_tag};
 
 use super::{Layout, ObjectHeader};
 use crate::process::ProcessMemory;
@@ -34,14 +34,21 @@ pub enum CodeError {
     Malformed(&'static str),
 }
 
-/// Reads the code object at `addr`; `tag` is what the kernel computed when it sampled it.
+/// Reads the code object at `addr`; `tag` is what the kernel computed when it sampled it. A
+/// tag from the kernel's cache (`TAG_CACHED`) that the object does not match was a freed
+/// object's: the live code object at the address is the one that ran.
 pub fn read_code(
     mem: &impl ProcessMemory,
     layout: &Layout,
     addr: u64,
     tag: u32,
 ) -> Result<CodeInfo, CodeError> {
-    let header = read_live_header(mem, layout, addr, tag)?;
+    let header = match read_live_header(mem, layout, addr, Some(tag)) {
+        Err(CodeError::Stale) if tag & TAG_CACHED != 0 => {
+            read_live_header(mem, layout, addr, None)?
+        }
+        other => other?,
+    };
     let info = CodeInfo {
         name: read_str(mem, layout, header.qualname.unwrap_or(header.name))?,
         filename: read_str(mem, layout, header.filename)?,
@@ -49,7 +56,7 @@ pub fn read_code(
         linetable: read_bytes(mem, layout, header.linetable)?,
     };
     // Freed while we read its strings? Then they may belong to something else by now.
-    if read_live_header(mem, layout, addr, tag)? != header {
+    if read_live_header(mem, layout, addr, None)? != header {
         return Err(CodeError::Stale);
     }
     Ok(info)
@@ -66,13 +73,13 @@ struct Header {
 }
 
 /// The code object's header, if the object at `addr` is alive and is the one the kernel saw:
-/// the tag matches, and the reference count is plausible. When pymalloc frees a block it
+/// the tag matches (any live object with `tag` None), and the reference count is plausible. When pymalloc frees a block it
 /// writes its free-list link (a pointer, or zero for the last block) over `ob_refcnt`.
 fn read_live_header(
     mem: &impl ProcessMemory,
     layout: &Layout,
     addr: u64,
-    tag: u32,
+    tag: Option<u32>,
 ) -> Result<Header, CodeError> {
     let c = &layout.code;
     let bytes = mem.read_vec(addr, (c.linetable.max(c.firstlineno) as usize + 8).max(24))?;
@@ -92,7 +99,9 @@ fn read_live_header(
             .map(|b| i32::from_le_bytes(b.try_into().unwrap_or_default()))?,
     };
     if !alive(layout.objects.header, &bytes)
-        || code_tag(header.name, header.filename, header.firstlineno) != tag
+        || tag.is_some_and(|tag| {
+            code_tag(header.name, header.filename, header.firstlineno) != tag & !TAG_CACHED
+        })
     {
         return Err(CodeError::Stale);
     }
@@ -356,9 +365,19 @@ mod tests {
                 linetable: vec![0x80, 0]
             }
         );
+        // A tag the kernel read that the object does not match: another object ran there.
         assert!(matches!(
-            read_code(&mem, &layout, code, tag ^ 1),
+            read_code(&mem, &layout, code, tag ^ 2),
             Err(CodeError::Stale)
         ));
+        // The same from the kernel's cache: the cache was stale, the object there ran.
+        assert_eq!(
+            read_code(&mem, &layout, code, (tag ^ 2) | TAG_CACHED).unwrap(),
+            info
+        );
+        assert_eq!(
+            read_code(&mem, &layout, code, tag | TAG_CACHED).unwrap(),
+            info
+        );
     }
 }
