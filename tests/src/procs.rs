@@ -192,6 +192,43 @@ pub struct Recording {
     stderr: Option<JoinHandle<String>>,
 }
 
+/// Runs `cmd`, a `prof-bpf record` that launches a fixture which waits for its go (a line on
+/// stdin, with FIXTURE_GO set: the fixture inherits prof-bpf's stdin): sends it once prof-bpf
+/// says it samples, and returns everything as `Command::output` would.
+pub fn output_with_go(mut cmd: Command) -> std::process::Output {
+    let mut child = cmd
+        .env("FIXTURE_GO", "1")
+        .env_remove("RUST_BACKTRACE")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starting prof-bpf");
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut seen = String::new();
+    loop {
+        let mut line = String::new();
+        if stderr.read_line(&mut line).unwrap() == 0 {
+            break; // ended before it sampled: the caller sees why in stderr
+        }
+        seen.push_str(&line);
+        if line.starts_with("prof-bpf: sampling ") {
+            break;
+        }
+    }
+    let mut stdin = child.stdin.take().unwrap();
+    let _ = std::io::Write::write_all(&mut stdin, b"go\n");
+    drop(stdin);
+    let rest = thread::spawn(move || {
+        let mut all = seen;
+        let _ = std::io::Read::read_to_string(&mut stderr, &mut all);
+        all
+    });
+    let mut out = child.wait_with_output().unwrap();
+    out.stderr = rest.join().unwrap().into_bytes();
+    out
+}
+
 /// How a `Recording` ended.
 pub struct Ended {
     pub status: ExitStatus,

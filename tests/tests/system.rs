@@ -410,7 +410,8 @@ fn idle_time_goes_to_where_the_thread_slept() {
     let out = scratch_dir(test).join("profile.txt");
     // As on a fresh machine: neither tracefs nor debugfs mounted (issue 11). A private mount
     // namespace unmounts them if this machine has them, and proves they are gone.
-    let result = std::process::Command::new("unshare")
+    let mut result = std::process::Command::new("unshare");
+    result
         .args(["--mount", "--propagation", "private", "sh", "-c"])
         .arg(
             "umount -l /sys/kernel/tracing 2>/dev/null; umount -l /sys/kernel/debug 2>/dev/null; \
@@ -423,9 +424,8 @@ fn idle_time_goes_to_where_the_thread_slept() {
         .arg("--")
         .arg(python("3.12"))
         .arg(fixture("sleepy.py"))
-        .env_remove("RUST_BACKTRACE")
-        .output()
-        .expect("running unshare");
+        .env_remove("RUST_BACKTRACE");
+    let result = output_with_go(result);
     let stderr = String::from_utf8_lossy(&result.stderr);
     assert!(
         result.status.success(),
@@ -470,12 +470,19 @@ fn idle_with_native_frames_splits_like_idle() {
         return;
     }
     let out = scratch_dir("idle_native").join("profile.txt");
-    let result = record_fixture(
-        &["--idle", "--native", "-r", "100", "-f", "raw"],
-        &out,
-        &python("3.12"),
-        "sleepy.py",
-        &[],
+    let mut cmd = Command::new(prof_bpf());
+    cmd.args([
+        "record", "--idle", "--native", "-r", "100", "-f", "raw", "-o",
+    ])
+    .arg(&out)
+    .arg("--")
+    .arg(python("3.12"))
+    .arg(fixture("sleepy.py"));
+    let result = output_with_go(cmd);
+    assert!(
+        result.status.success(),
+        "{}",
+        String::from_utf8_lossy(&result.stderr)
     );
     check_slept(&result, &out, 100.0, "idle_native");
 }
