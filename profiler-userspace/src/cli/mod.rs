@@ -244,6 +244,20 @@ pub struct DumpArgs {
     #[arg(short, long)]
     pub native: bool,
 
+    /// Each Python frame's local variables: values of None, bools, ints, floats, str and bytes,
+    /// the type and length of lists, tuples, dicts and sets, the type of anything else.
+    #[arg(short, long)]
+    pub locals: bool,
+
+    /// Every Python process in the tree under PID too (multiprocessing workers, a shell's
+    /// Python); processes that are not Python, PID included, are passed over.
+    #[arg(short, long)]
+    pub subprocesses: bool,
+
+    /// JSON instead of text (one document with a `schema_version`; see the README).
+    #[arg(long)]
+    pub json: bool,
+
     /// Do not show line numbers.
     #[arg(long)]
     pub nolineno: bool,
@@ -254,6 +268,9 @@ impl DumpArgs {
         DumpConfig {
             pid: self.pid,
             native: self.native,
+            locals: self.locals,
+            subprocesses: self.subprocesses,
+            json: self.json,
             frames: FrameOptions {
                 nolineno: self.nolineno,
                 ..FrameOptions::default()
