@@ -502,6 +502,27 @@ mod tests {
     }
 
     #[test]
+    fn dump_flags_short_and_long() {
+        let dump = |args: &[&str]| match parse("dump", args) {
+            Ok(Config::Dump(c)) => c,
+            other => panic!("not dump: {other:?}"),
+        };
+        let c = dump(&["--pid", "7"]);
+        assert_eq!(
+            (c.pid, c.native, c.locals, c.subprocesses, c.json),
+            (7, false, false, false, false)
+        );
+        let c = dump(&["-p", "7", "-l", "-s", "-n", "--json"]);
+        assert_eq!(
+            (c.native, c.locals, c.subprocesses, c.json),
+            (true, true, true, true)
+        );
+        let c = dump(&["-p", "7", "--locals", "--subprocesses", "--nolineno"]);
+        assert!(c.locals && c.subprocesses && c.frames.nolineno);
+        assert!(parse("dump", &["-l"]).is_err(), "a pid is needed");
+    }
+
+    #[test]
     fn top_targets_and_options() {
         let c = top(&["--pid", "7"]).unwrap();
         assert_eq!(c.target, Target::Pid(7));
