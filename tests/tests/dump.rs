@@ -329,14 +329,27 @@ fn dump_native_when_ptrace_is_refused_says_so_and_resumes_the_others() {
         "{stderr}"
     );
     drop(strace);
-    let others: Vec<(String, char)> = thread_states(&pid)
-        .into_iter()
-        .filter(|(tid, _)| *tid != last)
-        .collect();
+    let others = || -> Vec<(String, char)> {
+        thread_states(&pid)
+            .into_iter()
+            .filter(|(tid, _)| *tid != last)
+            .collect()
+    };
+    // Not left stopped; a thread let go runs for a moment before it sleeps again.
     assert!(
-        others.iter().all(|(_, s)| *s == 'S'),
-        "left stopped: {others:?}"
+        others().iter().all(|(_, s)| *s != 't' && *s != 'T'),
+        "left stopped: {:?}",
+        others()
     );
+    let started = std::time::Instant::now();
+    while !others().iter().all(|(_, s)| *s == 'S') {
+        assert!(
+            started.elapsed() < READY_TIMEOUT,
+            "not asleep again: {:?}",
+            others()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
 }
 
 /// A process that exits while it is dumped, or before: a specific error, not a hang or panic.
