@@ -69,11 +69,29 @@ impl Namer {
         mappings: Option<&[KnownMapping]>,
         raw: RawStack<'_>,
     ) -> Vec<NamedFrame> {
+        self.name_with_origin(interpreter, mappings, raw)
+            .into_iter()
+            .map(|(f, _)| f)
+            .collect()
+    }
+
+    /// `name`, each frame with whether it stands for one of `raw.python`'s frames. Those come
+    /// in the order of the non-shim frames of `raw.python` (root first, as all frames here), so
+    /// `dump` can put what it read of each Python frame (its locals) beside its name.
+    pub fn name_with_origin(
+        &mut self,
+        interpreter: Option<&mut Interpreter>,
+        mappings: Option<&[KnownMapping]>,
+        raw: RawStack<'_>,
+    ) -> Vec<(NamedFrame, bool)> {
         let mut frames = Vec::new();
         if raw.truncated {
-            frames.push(NamedFrame::plain(Frame::Truncated {
-                limit: profiler_common::MAX_PYTHON_FRAMES as u32,
-            }));
+            frames.push((
+                NamedFrame::plain(Frame::Truncated {
+                    limit: profiler_common::MAX_PYTHON_FRAMES as u32,
+                }),
+                false,
+            ));
         }
         let version = interpreter.as_ref().map(|i| i.layout.version);
         let base_frame = interpreter.as_ref().is_some_and(|i| i.layout.base_frame);
@@ -94,15 +112,21 @@ impl Namer {
                 let mixed = self.mixed(mappings, raw, version, &mut python);
                 frames.extend(mixed);
             }
-            _ => frames.extend(raw.python.iter().rev().filter(|f| f.code != 0).map(python)),
-        }
-        if let Some(ksyms) = &self.kernel {
-            frames.extend(
-                raw.kernel
+            _ => frames.extend(
+                raw.python
                     .iter()
                     .rev()
-                    .map(|&pc| NamedFrame::plain(Frame::Kernel(ksyms.name(pc).map(String::from)))),
-            );
+                    .filter(|f| f.code != 0)
+                    .map(|f| (python(f), true)),
+            ),
+        }
+        if let Some(ksyms) = &self.kernel {
+            frames.extend(raw.kernel.iter().rev().map(|&pc| {
+                (
+                    NamedFrame::plain(Frame::Kernel(ksyms.name(pc).map(String::from))),
+                    false,
+                )
+            }));
         }
         frames
     }
@@ -116,7 +140,7 @@ impl Namer {
         raw: RawStack<'_>,
         version: Version,
         python: &mut impl FnMut(&PyFrame) -> NamedFrame,
-    ) -> Vec<NamedFrame> {
+    ) -> Vec<(NamedFrame, bool)> {
         let named: Vec<Frame> = raw
             .native
             .iter()
@@ -132,11 +156,12 @@ impl Namer {
         merge::merge(&is_eval, complete, &calls)
             .into_iter()
             .map(|m| match m {
-                Mixed::Native(i) => NamedFrame::plain(named[i].clone()),
-                Mixed::Python(f) => python(&f),
-                Mixed::Incomplete => {
-                    NamedFrame::plain(Frame::NativeStopped(native_end_name(raw.native_end).into()))
-                }
+                Mixed::Native(i) => (NamedFrame::plain(named[i].clone()), false),
+                Mixed::Python(f) => (python(&f), true),
+                Mixed::Incomplete => (
+                    NamedFrame::plain(Frame::NativeStopped(native_end_name(raw.native_end).into())),
+                    false,
+                ),
             })
             .collect()
     }

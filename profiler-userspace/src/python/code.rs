@@ -141,6 +141,16 @@ fn alive(header: ObjectHeader, head: &[u8]) -> bool {
 
 /// Reads a `str` object: compact ASCII, compact latin-1/UCS-2/UCS-4, or a legacy string.
 pub fn read_str(mem: &impl ProcessMemory, layout: &Layout, addr: u64) -> Result<String, CodeError> {
+    read_str_prefix(mem, layout, addr, MAX_STRING_CHARS).map(|(text, _)| text)
+}
+
+/// The first `max_chars` characters of a `str` object, and its length in characters.
+pub fn read_str_prefix(
+    mem: &impl ProcessMemory,
+    layout: &Layout,
+    addr: u64,
+    max_chars: u64,
+) -> Result<(String, u64), CodeError> {
     let o = &layout.objects;
     if !alive(o.header, &mem.read_vec(addr, 24)?) {
         return Err(CodeError::Malformed("string (freed)"));
@@ -150,7 +160,7 @@ pub fn read_str(mem: &impl ProcessMemory, layout: &Layout, addr: u64) -> Result<
     let kind = (state >> o.unicode_kind_bit) & 7;
     let compact = state & (1 << (o.unicode_kind_bit + 3)) != 0;
     let ascii = state & (1 << (o.unicode_kind_bit + 4)) != 0;
-    let chars = length.min(MAX_STRING_CHARS);
+    let chars = length.min(max_chars);
     let data = match (compact, ascii) {
         (true, true) => addr + o.unicode_ascii_data as u64,
         (true, false) => addr + o.unicode_compact_data as u64,
@@ -177,7 +187,7 @@ pub fn read_str(mem: &impl ProcessMemory, layout: &Layout, addr: u64) -> Result<
             })
             .collect(),
     };
-    Ok(decoded)
+    Ok((decoded, length))
 }
 
 /// Reads a `bytes` object's contents.

@@ -8,7 +8,7 @@
 
 use std::io;
 
-use super::{Layout, ObjectHeader, Version};
+use super::{Layout, LocalNames, ObjectHeader, Version};
 use crate::process::ProcessMemory;
 
 /// `_Py_Debug_Cookie`.
@@ -408,6 +408,44 @@ const FIELDS: &[(&str, Option<&str>, Slot)] = &[
     ("unicode_object.asciiobject_size", None, |l| {
         Some(&mut l.objects.unicode_ascii_data)
     }),
+    ("interpreter_frame.localsplus", None, |l| {
+        Some(&mut l.values.frame_localsplus)
+    }),
+    ("code_object.localsplusnames", None, |l| {
+        match &mut l.values.names {
+            LocalNames::Kinds { names, .. } => Some(names),
+            LocalNames::Split { .. } => None,
+        }
+    }),
+    ("code_object.localspluskinds", None, |l| {
+        match &mut l.values.names {
+            LocalNames::Kinds { kinds, .. } => Some(kinds),
+            LocalNames::Split { .. } => None,
+        }
+    }),
+    ("pyobject.ob_type", None, |l| Some(&mut l.values.ob_type)),
+    ("type_object.tp_name", None, |l| Some(&mut l.values.tp_name)),
+    ("type_object.tp_flags", None, |l| {
+        Some(&mut l.values.tp_flags)
+    }),
+    ("tuple_object.ob_size", None, |l| {
+        Some(&mut l.values.tuple_size)
+    }),
+    ("tuple_object.ob_item", None, |l| {
+        Some(&mut l.values.tuple_items)
+    }),
+    ("list_object.ob_size", None, |l| {
+        Some(&mut l.values.list_size)
+    }),
+    ("float_object.ob_fval", None, |l| {
+        Some(&mut l.values.float_value)
+    }),
+    ("long_object.lv_tag", None, |l| {
+        Some(&mut l.values.long_size)
+    }),
+    ("long_object.ob_digit", None, |l| {
+        Some(&mut l.values.long_digits)
+    }),
 ];
 
 /// Offsets that must lie inside the struct whose size is published beside them, with the bytes
@@ -449,6 +487,17 @@ const INSIDE: &[(&str, &str, u64)] = &[
     ("unicode_object.state", "unicode_object.size", 4),
     ("unicode_object.length", "unicode_object.size", 8),
     ("unicode_object.asciiobject_size", "unicode_object.size", 0),
+    ("interpreter_frame.localsplus", "interpreter_frame.size", 8),
+    ("code_object.localsplusnames", "code_object.size", 8),
+    ("code_object.localspluskinds", "code_object.size", 8),
+    ("type_object.tp_name", "type_object.size", 8),
+    ("type_object.tp_flags", "type_object.size", 8),
+    ("tuple_object.ob_size", "tuple_object.size", 8),
+    ("tuple_object.ob_item", "tuple_object.size", 8),
+    ("list_object.ob_size", "list_object.size", 8),
+    ("float_object.ob_fval", "float_object.size", 8),
+    ("long_object.lv_tag", "long_object.size", 8),
+    ("long_object.ob_digit", "long_object.size", 4),
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -628,8 +677,25 @@ pub fn apply(published: &Published, base: &Layout) -> Result<Layout, DebugOffset
         .and_then(|v| u16::try_from(v).ok());
     layout.objects.unicode_compact_data =
         compact.unwrap_or(layout.objects.unicode_ascii_data + COMPACT_UNICODE_EXTRA);
+    // What follows the object header in a dict (`ma_used`), a set (`fill`, then `used`) and a
+    // cell (`ob_ref`): 3.14 publishes the set's; the header's size places the others.
+    let head = published
+        .get("pyobject.size")
+        .and_then(|v| u16::try_from(v).ok())
+        .ok_or(DebugOffsetsError::OutOfRange {
+            field: "pyobject.size",
+            value: 0,
+        })?;
+    layout.values.dict_used = head;
+    layout.values.cell_ref = head;
+    layout.values.set_used = published
+        .get("set_object.used")
+        .and_then(|v| u16::try_from(v).ok())
+        .unwrap_or(head + 8);
     layout.free_threaded = published.header.free_threaded;
     if layout.free_threaded {
+        // Locals are _PyStackRef from 3.13 in free-threaded builds (Py_TAG_DEFERRED, 1).
+        layout.values.stack_ref_tag = STACK_REF_TAG_BITS;
         layout.objects.header = ObjectHeader::FreeThreaded;
         // 3.14+ free-threaded builds make `interned` a whole byte (it is read atomically):
         // `cpython/unicodeobject.h`, `#ifdef Py_GIL_DISABLED`.

@@ -31,6 +31,9 @@ pub struct ThreadStack {
     /// with code 0, the code field's tag bits (3.14+) are cleared, and where `TargetInfo::frame_is_entry` is set (3.11) an eval call's first frame has
     /// `PY_ENTRY_FRAME` in its instruction, so `profile::merge` can split the eval calls.
     pub frames: Vec<PyFrame>,
+    /// Each frame's address, beside `frames`: the `PyFrameObject` (up to 3.10) or the
+    /// `_PyInterpreterFrame` (3.11+), where its locals are.
+    pub frame_addrs: Vec<u64>,
     /// The chain was deeper than `MAX_PYTHON_FRAMES`.
     pub truncated: bool,
 }
@@ -78,12 +81,13 @@ pub fn walk_threads(
             NO_OFFSET => id,
             at => mem.read_u32(field(id, at)).map_or(0, u64::from),
         };
-        let (frames, truncated) =
+        let (frames, frame_addrs, truncated) =
             walk_frames(mem, target, tstate).map_err(|source| WalkError::Frames { tid, source })?;
         threads.push(ThreadStack {
             tid,
             tstate,
             frames,
+            frame_addrs,
             truncated,
         });
         tstate = mem
@@ -93,12 +97,12 @@ pub fn walk_threads(
     Ok(threads)
 }
 
-/// One thread's frames, leaf first, as the kernel's walker records them.
+/// One thread's frames, leaf first, as the kernel's walker records them, and their addresses.
 fn walk_frames(
     mem: &impl ProcessMemory,
     target: &TargetInfo,
     tstate: u64,
-) -> io::Result<(Vec<PyFrame>, bool)> {
+) -> io::Result<(Vec<PyFrame>, Vec<u64>, bool)> {
     let off = &target.offsets;
     let field = |base: u64, offset: u16| base.wrapping_add(offset as u64);
     let mut frame = mem.read_u64(field(tstate, off.tstate_frame))?;
@@ -106,10 +110,12 @@ fn walk_frames(
         frame = mem.read_u64(field(frame, off.cframe_current_frame))?;
     }
     let mut frames = Vec::new();
+    let mut addrs = Vec::new();
     while frame != 0 {
         if frames.len() == MAX_PYTHON_FRAMES {
-            return Ok((frames, true));
+            return Ok((frames, addrs, true));
         }
+        addrs.push(frame);
         let shim = off.owner_cstack != NO_CSTACK_OWNER && {
             let mut owner = [0u8];
             mem.read(field(frame, off.frame_owner), &mut owner)?;
@@ -148,7 +154,28 @@ fn walk_frames(
         }
         frame = mem.read_u64(field(frame, off.frame_previous))?;
     }
-    Ok((frames, false))
+    Ok((frames, addrs, false))
+}
+
+/// The thread state holding the GIL of `target`'s main interpreter, if one holds it: the GIL's
+/// `last_holder` while it is `locked` (Include/internal/pycore_gil.h), as the kernel reads them.
+/// None for a layout without a GIL to read.
+pub fn gil_holder(mem: &impl ProcessMemory, target: &TargetInfo) -> io::Result<Option<u64>> {
+    let off = &target.offsets;
+    let field = |base: u64, offset: u16| base.wrapping_add(offset as u64);
+    let gil = if off.gil_ptr_in_interp != NO_OFFSET {
+        let interp = mem.read_u64(field(target.runtime_addr, off.runtime_interpreters_head))?;
+        mem.read_u64(field(interp, off.gil_ptr_in_interp))?
+    } else if off.gil_in_runtime != NO_OFFSET {
+        field(target.runtime_addr, off.gil_in_runtime)
+    } else {
+        return Ok(None);
+    };
+    if gil == 0 || mem.read_u32(field(gil, off.gil_locked))? == 0 {
+        return Ok(None);
+    }
+    let holder = mem.read_u64(field(gil, off.gil_last_holder))?;
+    Ok((holder != 0).then_some(holder))
 }
 
 #[cfg(test)]

@@ -68,6 +68,9 @@ pub const LAYOUT: Layout = Layout {
         bytes_size: 16,
         bytes_data: 32,
     },
+    // Include/internal/pycore_frame.h: _PyInterpreterFrame.localsplus (72, PyObject pointers
+    // in the default build); the objects as in 3.12 (Include/cpython/longintrepr.h lv_tag)
+    values: super::v3_12::LAYOUT.values,
     free_threaded: false,
     base_frame: false,
 };
