@@ -326,6 +326,42 @@ fn top_sigterm_restores_the_terminal() {
     assert_terminal_restored(&tmux);
 }
 
+/// A terminal that goes away under top (a closed window, a dropped ssh session): top stops, and
+/// so does the program it launched, instead of running on with nobody to show it to.
+#[test]
+fn top_stops_when_its_terminal_closes() {
+    if !privileged() {
+        return;
+    }
+    let progress = scratch_dir("top_hangup").join("split.json");
+    let tmux = start_top("top_hangup", "600", &progress);
+    let (top, child) = top_and_child(&tmux);
+    let child = child.expect("top launched the fixture");
+    drop(tmux); // kills the tmux server: the pane's terminal closes
+    let gone = |pid: u32| {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map(|s| s.rsplit(')').next().unwrap_or("").split_whitespace().next() == Some("Z"))
+            .unwrap_or(true)
+    };
+    let started = std::time::Instant::now();
+    while !(gone(top) && gone(child)) {
+        if started.elapsed() > std::time::Duration::from_secs(20) {
+            // Do not leave them running for the tests after this one.
+            // SAFETY: pids read from our own tmux pane's children lists.
+            unsafe {
+                libc::kill(top as i32, libc::SIGKILL);
+                libc::kill(child as i32, libc::SIGKILL);
+            }
+            panic!(
+                "20 s after its terminal closed top is {}, its program {}",
+                if gone(top) { "gone" } else { "still running" },
+                if gone(child) { "gone" } else { "still running" }
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
 /// When the launched program exits, so does top, and the terminal is given back.
 #[test]
 fn top_ends_when_the_program_exits() {
