@@ -280,14 +280,8 @@ pub const fn mix(hash: u64, word: u64) -> u64 {
 /// what it reads later; a difference means the address now holds another code object.
 #[inline(always)]
 pub const fn code_tag(name: u64, filename: u64, firstlineno: i32) -> u32 {
-    (mix(mix(mix(0, name), filename), firstlineno as u64) >> 32) as u32 & !TAG_CACHED
+    (mix(mix(mix(0, name), filename), firstlineno as u64) >> 32) as u32
 }
-
-/// Set in `PyFrame::tag` when the kernel took the tag from its code cache rather than from the
-/// code object: a cached tag can be a freed code object's whose address the frame's code
-/// reused within one cache generation, so a mismatch then means the cache was stale, and the
-/// code object at the address now is the one that ran. (A computed tag never has the bit.)
-pub const TAG_CACHED: u32 = 1;
 
 /// A stack is truncated: it was deeper than `MAX_PYTHON_FRAMES`.
 pub const STACK_TRUNCATED: u32 = 1;

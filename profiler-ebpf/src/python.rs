@@ -24,16 +24,14 @@ use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user, generated},
 };
 use profiler_common::{
-    CODE_CACHE_SLOTS, CodeSlot, FRAMES_PER_CALL, KnownThread, MAX_PYTHON_FRAMES, MAX_THREAD_CALLS,
-    NO_OFFSET, NewStack, OffCpuStart, PY_ENTRY_FRAME, PyFrame, SMALL_STACK_FRAMES, STACK_TRUNCATED,
-    SampleKey, SmallStack, Stat, TAG_CACHED, THREADS_PER_CALL, TargetInfo, code_tag, config,
-    count_kind, instr_kind, mix,
+    FRAMES_PER_CALL, KnownThread, MAX_PYTHON_FRAMES, MAX_THREAD_CALLS, NO_OFFSET, NewStack,
+    OffCpuStart, PY_ENTRY_FRAME, PyFrame, SMALL_STACK_FRAMES, STACK_TRUNCATED, SampleKey,
+    SmallStack, Stat, THREADS_PER_CALL, TargetInfo, code_tag, config, count_kind, instr_kind, mix,
 };
 
 use crate::maps::{
-    ACTIVE_COUNTS, CODE_CACHE, COUNTS_0, COUNTS_1, EXTRA_STACKS, NEW_STACKS, OFF_CPU_START,
-    SCRATCH, STACKS_LARGE, STACKS_SMALL, Scratch, Slot, TARGETS, THREADS, config_value, count,
-    enabled,
+    ACTIVE_COUNTS, COUNTS_0, COUNTS_1, EXTRA_STACKS, NEW_STACKS, OFF_CPU_START, SCRATCH,
+    STACKS_LARGE, STACKS_SMALL, Scratch, Slot, TARGETS, THREADS, count, enabled,
 };
 
 const EEXIST: i32 = 17;
@@ -446,7 +444,6 @@ fn walk_frames(s: &mut Scratch, target: &TargetInfo) {
     let untag = !(off.frame_code_tag as u64);
     let has_entry = ne_mask(s.entry_offset as u64, NO_OFFSET as u64);
     let entry_offset = s.entry_offset & (has_entry as u16);
-    let generation = config_value(config::CODE_GENERATION);
     let base = s.stack.len as usize;
     let mut frame = s.frame;
     let mut hash = s.hash;
@@ -470,14 +467,10 @@ fn walk_frames(s: &mut Scratch, target: &TargetInfo) {
         let entry = ne_mask(is_entry as u64, 0) & has_entry & PY_ENTRY_FRAME as u64;
         let instr =
             (raw_instr.wrapping_sub(code & pointer_mask) as u32 & !PY_ENTRY_FRAME) | entry as u32;
-        let tag = code_tag_of(s, target, code, generation, &mut faults) & keep as u32;
+        let tag = code_tag_of(s, target, code, &mut faults) & keep as u32;
         let slot = PyFrame { code, instr, tag };
         s.stack.frames[(base + j) & (MAX_PYTHON_FRAMES - 1)] = slot;
-        // The same stack whether its tags were cached or read.
-        hash = mix(
-            mix(mix(hash, code), instr as u64),
-            (tag & !TAG_CACHED) as u64,
-        );
+        hash = mix(mix(mix(hash, code), instr as u64), tag as u64);
         frame = previous;
     }
     // SAFETY: plain stores into our scratch entry; volatile so the caller really reads them.
@@ -490,45 +483,25 @@ fn walk_frames(s: &mut Scratch, target: &TargetInfo) {
     }
 }
 
-/// The tag of the code object at `code` (0 for a shim): from this CPU's cache when it was read
-/// in the current generation, else read from the code object (one read) and cached.
+/// The tag of the code object at `code` (0 for a shim), read from the code object (one read).
+///
+/// Not cached: a per-CPU cache keyed by address (and process, and a generation userspace moved
+/// on at each drain) gave import-time frames the tag of a code object freed within the same
+/// 50 ms, whose address a new one had taken; the frame then could not be named, or, named from
+/// what lives at the address later, was named wrongly. A cache needs a key that changes when the
+/// address is reused before it can come back.
 #[inline(always)]
-fn code_tag_of(
-    s: &mut Scratch,
-    target: &TargetInfo,
-    code: u64,
-    generation: u32,
-    faults: &mut i64,
-) -> u32 {
+fn code_tag_of(s: &mut Scratch, target: &TargetInfo, code: u64, faults: &mut i64) -> u32 {
     if code == 0 {
         return 0;
     }
-    let index = (((code >> 4) ^ (code >> 16)) as u32 ^ s.pid) & (CODE_CACHE_SLOTS - 1);
-    let Some(slot) = CODE_CACHE.get_ptr_mut(index) else {
-        return 0;
-    };
-    // SAFETY: a per-CPU slot, only touched by this CPU's programs, one at a time.
-    let slot: &mut CodeSlot = unsafe { &mut *slot };
-    let pid = s.pid;
-    if slot.code == code && slot.pid == pid && slot.generation == generation {
-        return slot.tag | TAG_CACHED;
-    }
     let off = &target.offsets;
-    let fault = read_bytes(s, code, target.code_read as u32);
-    *faults |= fault;
-    let tag = code_tag(
+    *faults |= read_bytes(s, code, target.code_read as u32);
+    code_tag(
         at(s, off.code_name),
         at(s, off.code_filename),
         at(s, off.code_firstlineno),
-    );
-    // A failed read leaves zeroes: that tag is not the code object's, and must not be reused.
-    if fault == 0 {
-        slot.code = code;
-        slot.pid = pid;
-        slot.tag = tag;
-        slot.generation = generation;
-    }
-    tag
+    )
 }
 
 /// Stores the stack (once per content; in `STACKS_SMALL` when it fits) and its native and

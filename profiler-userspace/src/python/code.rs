@@ -3,7 +3,7 @@
 
 use std::io;
 
-use profiler_common::{TAG_CACHED, code_tag};
+use profiler_common::code_tag;
 
 use super::{Layout, ObjectHeader};
 use crate::process::ProcessMemory;
@@ -34,21 +34,14 @@ pub enum CodeError {
     Malformed(&'static str),
 }
 
-/// Reads the code object at `addr`; `tag` is what the kernel computed when it sampled it. A
-/// tag from the kernel's cache (`TAG_CACHED`) that the object does not match was a freed
-/// object's: the live code object at the address is the one that ran.
+/// Reads the code object at `addr`; `tag` is what the kernel computed when it sampled it.
 pub fn read_code(
     mem: &impl ProcessMemory,
     layout: &Layout,
     addr: u64,
     tag: u32,
 ) -> Result<CodeInfo, CodeError> {
-    let header = match read_live_header(mem, layout, addr, Some(tag)) {
-        Err(CodeError::Stale) if tag & TAG_CACHED != 0 => {
-            read_live_header(mem, layout, addr, None)?
-        }
-        other => other?,
-    };
+    let header = read_live_header(mem, layout, addr, Some(tag))?;
     let info = CodeInfo {
         name: read_str(mem, layout, header.qualname.unwrap_or(header.name))?,
         filename: read_str(mem, layout, header.filename)?,
@@ -99,9 +92,7 @@ fn read_live_header(
             .map(|b| i32::from_le_bytes(b.try_into().unwrap_or_default()))?,
     };
     if !alive(layout.objects.header, &bytes)
-        || tag.is_some_and(|tag| {
-            code_tag(header.name, header.filename, header.firstlineno) != tag & !TAG_CACHED
-        })
+        || tag.is_some_and(|tag| code_tag(header.name, header.filename, header.firstlineno) != tag)
     {
         return Err(CodeError::Stale);
     }
@@ -380,14 +371,5 @@ mod tests {
             read_code(&mem, &layout, code, tag ^ 2),
             Err(CodeError::Stale)
         ));
-        // The same from the kernel's cache: the cache was stale, the object there ran.
-        assert_eq!(
-            read_code(&mem, &layout, code, (tag ^ 2) | TAG_CACHED).unwrap(),
-            info
-        );
-        assert_eq!(
-            read_code(&mem, &layout, code, tag | TAG_CACHED).unwrap(),
-            info
-        );
     }
 }
