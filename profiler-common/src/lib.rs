@@ -26,9 +26,6 @@ pub const MAX_THREAD_CALLS: u32 = 12;
 /// times over); checked on every use, so a stale entry costs one read and a new walk.
 pub const MAX_KNOWN_THREADS: u32 = 65536;
 
-/// Entries of the per-CPU cache of code objects' identities (`maps::CODE_CACHE`).
-pub const CODE_CACHE_SLOTS: u32 = 4096;
-
 /// Bytes read at once from a frame (every field the walker needs lies in them, in every
 /// version) and from a code object (its name, file name and first line).
 pub const FRAME_READ: usize = 128;
@@ -53,7 +50,6 @@ pub mod maps {
     pub const STACKS_LARGE: &str = "STACKS_LARGE";
     pub const EXTRA_STACKS: &str = "EXTRA_STACKS";
     pub const THREADS: &str = "THREADS";
-    pub const CODE_CACHE: &str = "CODE_CACHE";
     pub const COUNTS_0: &str = "COUNTS_0";
     pub const COUNTS_1: &str = "COUNTS_1";
     pub const ACTIVE_COUNTS: &str = "ACTIVE_COUNTS";
@@ -359,21 +355,6 @@ pub struct KnownThread {
     pub _pad: u32,
 }
 
-/// One slot of the per-CPU cache of code objects: the identity the kernel read of the code
-/// object at `code` (its tag), valid while `generation` is the current one (userspace moves it
-/// on at each drain, so an address reused by another code object is read again soon).
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct CodeSlot {
-    pub code: u64,
-    pub tag: u32,
-    pub generation: u32,
-    /// The process the code object is in: another process can have a different code object
-    /// at the same address (any two processes, and a fork's child after it changed).
-    pub pid: u32,
-    pub _pad: u32,
-}
-
 /// Kernel frames recorded with `--kernel`.
 pub const MAX_KERNEL_FRAMES: usize = 64;
 
@@ -561,8 +542,7 @@ pub mod config {
     /// Byte offset of the task's state (`__state`, or `state` before 5.14) in `struct
     /// task_struct`, from BTF: the switch program reads whether the outgoing thread blocked.
     pub const TASK_STATE_OFFSET: u32 = 5;
-    /// The current generation of `CODE_CACHE` entries: userspace moves it on at each drain.
-    pub const CODE_GENERATION: u32 = 6;
+    // 6 was the generation of a code-tag cache, removed: every frame's tag is read.
     /// Byte offset of `stack` (the kernel stack's base) in `struct task_struct`, from BTF, for
     /// kernels without `bpf_task_pt_regs` (before 5.15): the user registers of a sample taken in
     /// the kernel are at the top of that stack.

@@ -9,8 +9,8 @@
 //!   interpreter's thread list is walked (`THREADS_PER_CALL` per run, the program tail-calling
 //!   itself) only for a thread not met before, and every thread met on the way is remembered;
 //! - each frame costs one read of `FRAME_READ` bytes, its fields taken from the copy;
-//! - a code object's tag (what tells it from a later one at the same address) comes from a
-//!   per-CPU cache, read from the code object once per drain interval;
+//! - a code object's tag (what tells it from a later one at the same address) is read from the
+//!   code object, one read per frame (see `code_tag_of` for why not from a cache);
 //! - the walk reads `FRAMES_PER_CALL` frames per run and tail-calls itself for the next, so
 //!   the verifier checks one bounded loop and a stack costs what its depth costs, up to
 //!   `MAX_PYTHON_FRAMES`.

@@ -195,8 +195,6 @@ pub struct Sampler {
     /// Forks and execs of followed processes (`--subprocesses`, `--all`).
     process_events: Option<RingBuf<MapData>>,
     active: u32,
-    /// The code cache's generation, moved on at each drain.
-    generation: u32,
     pub features: KernelFeatures,
 }
 
@@ -308,7 +306,6 @@ impl Sampler {
             new_stacks,
             process_events,
             active: 0,
-            generation: 0,
             features,
         })
     }
@@ -468,13 +465,6 @@ impl Sampler {
         drain_map::<ExtraStack, _>(&mut self.ebpf, maps::EXTRA_STACKS, |id, e| {
             drained.extras.push((id, RawExtra::new(e)))
         })?;
-        // Code objects read from now on are read again: an address freed and reused since is
-        // not named from its old tag for longer than a drain interval.
-        self.generation = self.generation.wrapping_add(1);
-        let mut config: Array<&mut MapData, u32> = map_mut(&mut self.ebpf, maps::CONFIG)?;
-        config
-            .set(config::CODE_GENERATION, self.generation, 0)
-            .map_err(map_err(maps::CONFIG))?;
         Ok(drained)
     }
 
