@@ -372,6 +372,7 @@ impl Session {
                 bpf::RawStack {
                     frames: t.frames.clone(),
                     truncated: t.truncated,
+                    in_gc: false,
                     extra: 0,
                 },
             );
