@@ -180,6 +180,8 @@ impl Names {
             python: &t.frames,
             // Said on its own line by `render`.
             truncated: false,
+            // The collector's flag is read per sample by the kernel only.
+            in_gc: false,
             native: pcs,
             native_end: end,
             kernel: &[],
