@@ -223,3 +223,39 @@ fn gc_frames_in_every_output_format() {
     };
     check_complete("gc_pprof", &stderr, Some(&folded), work, LAUNCHED);
 }
+
+/// `dump` shows the collector too: a thread dumped while it collects has `<GC>` above
+/// `collect`, the leaf first as dump prints it. gc_cycles.py collects about a third of the
+/// time, so among 40 dumps some catch it.
+#[test]
+fn dump_shows_the_collector_at_work() {
+    if !privileged() {
+        return;
+    }
+    let fixture = Fixture::start(&python("3.12"), "gc_cycles.py", &["60"], &[]);
+    let pid = fixture.pid.to_string();
+    let mut with_gc = 0;
+    for _ in 0..40 {
+        let out = run(&["dump", "--pid", &pid]);
+        assert!(
+            out.status.success(),
+            "dump: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8_lossy(&out.stdout);
+        let lines: Vec<&str> = text.lines().map(str::trim).collect();
+        for (i, line) in lines.iter().enumerate() {
+            if *line == GC {
+                assert!(
+                    lines.get(i + 1).is_some_and(|l| function(l) == "collect"),
+                    "{GC} not right above collect:\n{text}"
+                );
+                with_gc += 1;
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    eprintln!("dump_gc: {with_gc} of 40 dumps caught the collector");
+    assert!(with_gc > 0, "no dump of 40 showed {GC}");
+    fixture.kill();
+}

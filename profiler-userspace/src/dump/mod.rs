@@ -180,8 +180,7 @@ impl Names {
             python: &t.frames,
             // Said on its own line by `render`.
             truncated: false,
-            // The collector's flag is read per sample by the kernel only.
-            in_gc: false,
+            in_gc: t.in_gc,
             native: pcs,
             native_end: end,
             kernel: &[],

@@ -373,7 +373,7 @@ impl Session {
                 bpf::RawStack {
                     frames: t.frames.clone(),
                     truncated: t.truncated,
-                    in_gc: false,
+                    in_gc: t.in_gc,
                     extra: 0,
                 },
             );
