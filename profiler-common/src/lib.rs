@@ -207,6 +207,12 @@ pub struct PyOffsets {
     /// Low bits of the frame's code field that are a tag, not part of the address, cleared
     /// before use: 3 where `f_executable` is a `_PyStackRef` (3.14+, `Py_TAG_BITS`), else 0.
     pub frame_code_tag: u16,
+    /// The garbage collector's `collecting` flag (an int, non-zero while a collection runs):
+    /// at this offset in `PyInterpreterState` (`gc.collecting`, 3.9+), or `NO_OFFSET` where it
+    /// sits in `_PyRuntime` at `gc_collecting_in_runtime` (`gc.collecting`, 3.8). Both
+    /// `NO_OFFSET`: not known, no sample is marked.
+    pub gc_collecting_in_interp: u16,
+    pub gc_collecting_in_runtime: u16,
 }
 
 /// An `owner_cstack` no owner byte can equal.
@@ -231,22 +237,25 @@ pub struct TargetInfo {
     pub frame_is_entry: u16,
     /// `target_options::*` bits.
     pub options: u16,
+    /// Bytes the walker reads of each frame and of a code object: past every field it takes,
+    /// at most `FRAME_READ` and `CODE_READ` (userspace refuses a layout that needs more).
+    pub frame_read: u16,
+    pub code_read: u16,
     /// The target's pid namespace (device and inode of its nsfs file) when it is not the one
     /// the kernel's own ids are in (a container), else 0 and 0. Its thread states name threads
     /// by their ids in that namespace, so the kernel asks for the sampled thread's id there.
     pub pidns_dev: u64,
     pub pidns_ino: u64,
-    /// Bytes the walker reads of each frame and of a code object: past every field it takes,
-    /// at most `FRAME_READ` and `CODE_READ` (userspace refuses a layout that needs more).
-    pub frame_read: u16,
-    pub code_read: u16,
-    pub _pad: u32,
 }
 
 /// What a target wants recorded besides its Python frames (`TargetInfo::options`).
 pub mod target_options {
     /// Kernel frames of samples taken in the kernel (`--kernel`).
     pub const KERNEL_STACKS: u16 = 1;
+    /// A free-threaded build: no thread holds a GIL, so a running collection marks the sample of
+    /// any thread (the collector stops the world: no other thread runs Python code meanwhile).
+    /// With a GIL, only the thread holding it is the collector's.
+    pub const FREE_THREADED: u16 = 2;
 }
 
 /// Set in `PyFrame::instr` on the first frame of an eval call (see `TargetInfo::frame_is_entry`).
@@ -281,6 +290,10 @@ pub const fn code_tag(name: u64, filename: u64, firstlineno: i32) -> u32 {
 
 /// A stack is truncated: it was deeper than `MAX_PYTHON_FRAMES`.
 pub const STACK_TRUNCATED: u32 = 1;
+/// The sample was taken while the interpreter's garbage collector ran in this thread
+/// (`PyOffsets::gc_collecting_in_interp`): userspace shows a `<GC>` frame above its Python
+/// frames. Part of the stack's id, so the same frames in and out of a collection count apart.
+pub const STACK_IN_GC: u32 = 2;
 
 /// One Python stack, leaf first, as stored by content hash: the first `len` of `N` frames, and
 /// the id of its native and kernel part in `EXTRA_STACKS` (0: none).
@@ -288,7 +301,7 @@ pub const STACK_TRUNCATED: u32 = 1;
 #[derive(Clone, Copy)]
 pub struct PyStack<const N: usize> {
     pub len: u32,
-    /// `STACK_TRUNCATED`, ...
+    /// `STACK_TRUNCATED`, `STACK_IN_GC`.
     pub flags: u32,
     pub extra: u64,
     pub frames: [PyFrame; N],
@@ -756,7 +769,7 @@ mod pod {
 }
 
 // Layout checks: both sides compile these, so a drift breaks the build, not the profile.
-const _: () = assert!(core::mem::size_of::<PyOffsets>() == 40);
+const _: () = assert!(core::mem::size_of::<PyOffsets>() == 44);
 const _: () = assert!(core::mem::size_of::<TargetInfo>() == 80);
 const _: () = assert!(core::mem::size_of::<OffCpuStart>() == 24);
 const _: () = assert!(core::mem::size_of::<PyFrame>() == 16);

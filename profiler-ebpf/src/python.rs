@@ -25,8 +25,9 @@ use aya_ebpf::{
 };
 use profiler_common::{
     FRAMES_PER_CALL, KnownThread, MAX_PYTHON_FRAMES, MAX_THREAD_CALLS, NO_OFFSET, NewStack,
-    OffCpuStart, PY_ENTRY_FRAME, PyFrame, SMALL_STACK_FRAMES, STACK_TRUNCATED, SampleKey,
-    SmallStack, Stat, THREADS_PER_CALL, TargetInfo, code_tag, config, count_kind, instr_kind, mix,
+    OffCpuStart, PY_ENTRY_FRAME, PyFrame, SMALL_STACK_FRAMES, STACK_IN_GC, STACK_TRUNCATED,
+    SampleKey, SmallStack, Stat, THREADS_PER_CALL, TargetInfo, code_tag, config, count_kind,
+    instr_kind, mix, target_options,
 };
 
 use crate::maps::{
@@ -256,6 +257,8 @@ fn current_frame(
         return Err(Stat::GilNotHeld);
     }
     s.gil_held = gil_held as u32;
+    let collector = gil_held || target.options & target_options::FREE_THREADED != 0;
+    s.stack.flags = STACK_IN_GC * (collector && gc_running(target, interp)) as u32;
     let mut frame: u64 = read(field(tstate, off.tstate_frame)).map_err(|()| Stat::ReadFrame)?;
     if off.cframe_current_frame != NO_OFFSET && frame != 0 {
         frame = read(field(frame, off.cframe_current_frame)).map_err(|()| Stat::ReadFrame)?;
@@ -283,6 +286,21 @@ fn holds_gil(target: &TargetInfo, interp: u64, tstate: u64) -> bool {
     let locked: i32 = read(field(gil, off.gil_locked)).unwrap_or(0);
     let holder: u64 = read(field(gil, off.gil_last_holder)).unwrap_or(0);
     locked != 0 && holder == tstate
+}
+
+/// Whether the interpreter's garbage collector is collecting: one read of its `collecting`
+/// flag. A read fault or an unknown offset answers no.
+#[inline(always)]
+fn gc_running(target: &TargetInfo, interp: u64) -> bool {
+    let off = &target.offsets;
+    let flag = if off.gc_collecting_in_interp != NO_OFFSET {
+        field(interp, off.gc_collecting_in_interp)
+    } else if off.gc_collecting_in_runtime != NO_OFFSET {
+        field(target.runtime_addr, off.gc_collecting_in_runtime)
+    } else {
+        return false;
+    };
+    read::<i32>(flag).unwrap_or(0) != 0
 }
 
 /// One run of the frame walk: up to `FRAMES_PER_CALL` frames from `s.frame`. Returns whether
@@ -313,7 +331,7 @@ pub fn walk_step(slot: Slot) -> bool {
         return true;
     }
     if frame != 0 && faults == 0 {
-        s.stack.flags = STACK_TRUNCATED;
+        s.stack.flags |= STACK_TRUNCATED;
         count(slot, Stat::Truncated);
     }
     if faults != 0 {
@@ -510,12 +528,13 @@ fn code_tag_of(s: &mut Scratch, target: &TargetInfo, code: u64, faults: &mut i64
 #[inline(always)]
 fn store(s: &mut Scratch) -> Result<u64, Stat> {
     // SAFETY: reads of our own scratch entry, written by the walk.
-    let (len, hash, native_hash, code_seen) = unsafe {
+    let (len, hash, native_hash, code_seen, flags) = unsafe {
         (
             read_volatile(addr_of!(s.stack.len)),
             read_volatile(addr_of!(s.hash)),
             read_volatile(addr_of!(s.native_hash)),
             read_volatile(addr_of!(s.code_seen)),
+            read_volatile(addr_of!(s.stack.flags)),
         )
     };
     if len == 0 {
@@ -541,7 +560,8 @@ fn store(s: &mut Scratch) -> Result<u64, Stat> {
             }
         }
     }
-    let stack_id = mix(mix(hash, len as u64), native_hash);
+    // The flags too: the same frames inside and outside a collection are two stacks.
+    let stack_id = mix(mix(mix(hash, len as u64), native_hash), flags as u64);
     let large = len as usize > SMALL_STACK_FRAMES;
     let known = if large {
         STACKS_LARGE.get_ptr(stack_id).is_some()

@@ -72,7 +72,7 @@ pub struct Summary {
     pub errors: BTreeMap<String, u64>,
     /// `outside Python code:` by counter name.
     pub outside: BTreeMap<String, u64>,
-    /// `GIL held in N% of samples`.
+    /// `GIL held in N% of samples` (0 for a free-threaded build: `free-threaded: no GIL`).
     pub gil_held: f64,
     /// `native unwind: N% complete`, with `--native`.
     pub native_complete: Option<f64>,
@@ -151,6 +151,12 @@ impl Summary {
             .lines()
             .find_map(|l| l.strip_prefix("prof-bpf: GIL held in "))
             .and_then(|r| r.split('%').next()?.parse().ok())
+            // A free-threaded build has no GIL to hold.
+            .or_else(|| {
+                stderr
+                    .contains("prof-bpf: free-threaded: no GIL")
+                    .then_some(0.0)
+            })
             .unwrap_or_else(|| fail("GIL share"));
         let native_complete = stderr
             .lines()

@@ -23,8 +23,8 @@ use aya::{
 };
 use profiler_common::{
     ExtraStack, LargeStack, NativeMappings, NewStack, OffCpuStart, PageChunk, ProcessEvent,
-    PyFrame, RowChunk, STACK_TRUNCATED, SampleKey, SmallStack, Stat, StatClass, TargetInfo, config,
-    maps,
+    PyFrame, RowChunk, STACK_IN_GC, STACK_TRUNCATED, SampleKey, SmallStack, Stat, StatClass,
+    TargetInfo, config, maps,
 };
 
 use crate::unwind::UnwindMaps;
@@ -204,6 +204,8 @@ pub struct Sampler {
 pub struct RawStack {
     pub frames: Vec<PyFrame>,
     pub truncated: bool,
+    /// Taken while the garbage collector ran in the thread (`STACK_IN_GC`).
+    pub in_gc: bool,
     pub extra: u64,
 }
 
@@ -213,6 +215,7 @@ impl RawStack {
         Self {
             frames: stack.frames[..len].to_vec(),
             truncated: stack.flags & STACK_TRUNCATED != 0,
+            in_gc: stack.flags & STACK_IN_GC != 0,
             extra: stack.extra,
         }
     }

@@ -336,6 +336,7 @@ impl Names {
             python: &t.frames,
             // Said on its own line by `render`.
             truncated: false,
+            in_gc: t.in_gc,
             native: pcs,
             native_end: end,
             kernel: &[],

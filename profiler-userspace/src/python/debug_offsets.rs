@@ -8,6 +8,8 @@
 
 use std::io;
 
+use profiler_common::NO_OFFSET;
+
 use super::{Layout, LocalNames, ObjectHeader, Version};
 use crate::process::ProcessMemory;
 
@@ -498,6 +500,8 @@ const INSIDE: &[(&str, &str, u64)] = &[
     ("float_object.ob_fval", "float_object.size", 8),
     ("long_object.lv_tag", "long_object.size", 8),
     ("long_object.ob_digit", "long_object.size", 4),
+    ("interpreter_state.gc", "interpreter_state.size", 0),
+    ("gc.collecting", "gc.size", 4),
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -692,6 +696,21 @@ pub fn apply(published: &Published, base: &Layout) -> Result<Layout, DebugOffset
         .get("set_object.used")
         .and_then(|v| u16::try_from(v).ok())
         .unwrap_or(head + 8);
+    // The collector's flag: its state's place in the interpreter plus the flag's in the state.
+    let field = "gc.collecting";
+    let collecting = published
+        .get("interpreter_state.gc")
+        .zip(published.get(field))
+        .ok_or(DebugOffsetsError::OutOfRange { field, value: 0 })
+        .map(|(gc, flag)| gc.wrapping_add(flag))?;
+    layout.kernel.gc_collecting_in_interp = u16::try_from(collecting)
+        .ok()
+        .filter(|&v| v != NO_OFFSET)
+        .ok_or(DebugOffsetsError::OutOfRange {
+            field,
+            value: collecting,
+        })?;
+    layout.kernel.gc_collecting_in_runtime = NO_OFFSET;
     layout.free_threaded = published.header.free_threaded;
     if layout.free_threaded {
         // Locals are _PyStackRef from 3.13 in free-threaded builds (Py_TAG_DEFERRED, 1).
@@ -730,6 +749,13 @@ pub fn disagreements(builtin: &Layout, published: &Layout) -> Vec<Disagreement> 
             })
         })
         .collect();
+    if builtin.kernel.gc_collecting_in_interp != published.kernel.gc_collecting_in_interp {
+        out.push(Disagreement {
+            field: "gc.collecting",
+            builtin: builtin.kernel.gc_collecting_in_interp,
+            published: published.kernel.gc_collecting_in_interp,
+        });
+    }
     if builtin.objects.unicode_compact_data != published.objects.unicode_compact_data {
         out.push(Disagreement {
             field: "unicode_object.compactunicodeobject_size",
@@ -836,6 +862,8 @@ mod tests {
         );
         assert_eq!(layout.objects.unicode_kind_bit, 2);
         assert_eq!(layout.kernel.tstate_native_thread_id, 160);
+        // interpreter_state.gc 7400 + gc.collecting 200, as in the default build.
+        assert_eq!(layout.kernel.gc_collecting_in_interp, 7600);
     }
 
     /// The runtime's size is checked against the ELF file's, and the struct's offsets against

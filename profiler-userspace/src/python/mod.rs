@@ -239,13 +239,15 @@ impl Layout {
             },
             // Mixed stacks only (`Session` sets them): the kernel skips the reads otherwise.
             frame_is_entry: NO_OFFSET,
-            options: 0,
+            options: match self.free_threaded {
+                true => profiler_common::target_options::FREE_THREADED,
+                false => 0,
+            },
+            frame_read: self.frame_read(),
+            code_read: self.code_read(),
             // Set by the session for a process in a container (`PythonProcess::pid_namespace`).
             pidns_dev: 0,
             pidns_ino: 0,
-            frame_read: self.frame_read(),
-            code_read: self.code_read(),
-            _pad: 0,
         }
     }
 

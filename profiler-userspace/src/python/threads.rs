@@ -10,7 +10,7 @@ use std::io;
 
 use profiler_common::{
     MAX_PYTHON_FRAMES, NO_CSTACK_OWNER, NO_OFFSET, PY_ENTRY_FRAME, PyFrame, TargetInfo, code_tag,
-    instr_kind,
+    instr_kind, target_options,
 };
 
 use crate::process::ProcessMemory;
@@ -36,6 +36,9 @@ pub struct ThreadStack {
     pub frame_addrs: Vec<u64>,
     /// The chain was deeper than `MAX_PYTHON_FRAMES`.
     pub truncated: bool,
+    /// The garbage collector was running in this thread, by the kernel's test: the collector's
+    /// flag is set and the thread holds the GIL (any thread of a free-threaded build).
+    pub in_gc: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -68,6 +71,9 @@ pub fn walk_threads(
     if interp == 0 {
         return Err(WalkError::NoInterpreter);
     }
+    let collecting = gc_running(mem, target, interp);
+    let free_threaded = target.options & target_options::FREE_THREADED != 0;
+    let gil_holder = gil_holder(mem, target).ok().flatten();
     let mut tstate = mem
         .read_u64(field(interp, off.interp_threads_head))
         .map_err(WalkError::Threads)?;
@@ -89,12 +95,25 @@ pub fn walk_threads(
             frames,
             frame_addrs,
             truncated,
+            in_gc: collecting && (free_threaded || gil_holder == Some(tstate)),
         });
         tstate = mem
             .read_u64(field(tstate, off.tstate_next))
             .map_err(WalkError::Threads)?;
     }
     Ok(threads)
+}
+
+/// Whether the interpreter's garbage collector is collecting (its `collecting` flag, as the
+/// kernel reads it); a read that fails or an unknown offset answers no.
+fn gc_running(mem: &impl ProcessMemory, target: &TargetInfo, interp: u64) -> bool {
+    let off = &target.offsets;
+    let flag = match (off.gc_collecting_in_interp, off.gc_collecting_in_runtime) {
+        (NO_OFFSET, NO_OFFSET) => return false,
+        (NO_OFFSET, at) => target.runtime_addr.wrapping_add(at as u64),
+        (at, _) => interp.wrapping_add(at as u64),
+    };
+    mem.read_u32(flag).is_ok_and(|v| v != 0)
 }
 
 /// One thread's frames, leaf first, as the kernel's walker records them, and their addresses.
@@ -273,7 +292,8 @@ mod tests {
         };
         let f2 = frame(&mut h, off, codes[1].0, 20, top, 0);
         let f1 = frame(&mut h, off, codes[0].0, 6, f2, 0);
-        let (runtime, interp) = (h.alloc(1024), h.alloc(1024));
+        // Large enough for every version's interpreter fields up to the collector's flag.
+        let (runtime, interp) = (h.alloc(8192), h.alloc(8192));
         let (t7, t8) = (h.alloc(512), h.alloc(512));
         h.word(runtime + off.runtime_interpreters_head as u64, interp);
         h.word(interp + off.interp_threads_head as u64, t7);
@@ -357,6 +377,61 @@ mod tests {
     fn walks_every_built_in_layout() {
         for minor in 8..=15 {
             check(layout_for(Version::new(3, minor)).unwrap());
+        }
+    }
+
+    fn poke(mem: &mut LocalMemory, at: u64, bytes: &[u8]) {
+        let i = (at - BASE) as usize;
+        mem.bytes[i..i + bytes.len()].copy_from_slice(bytes);
+    }
+
+    /// A thread is in a collection as the kernel judges it: the collector's flag is set and the
+    /// thread holds the GIL, or, in a free-threaded build, whatever thread it is.
+    #[test]
+    fn the_gil_holder_during_a_collection_is_in_gc() {
+        for minor in 8..=15 {
+            let layout = layout_for(Version::new(3, minor)).unwrap();
+            let info = layout.target_info(0);
+            let off = info.offsets;
+            let (mut mem, runtime, _) = two_threads(&off, info.pthread_tid);
+            let mut target = layout.target_info(runtime);
+            let interp = mem
+                .read_u64(runtime + off.runtime_interpreters_head as u64)
+                .unwrap();
+            let t7 = mem
+                .read_u64(interp + off.interp_threads_head as u64)
+                .unwrap();
+            let gil = match off.gil_ptr_in_interp {
+                NO_OFFSET => runtime + off.gil_in_runtime as u64,
+                at => {
+                    let gil = BASE + 0xf000;
+                    poke(&mut mem, interp + at as u64, &gil.to_le_bytes());
+                    gil
+                }
+            };
+            poke(&mut mem, gil + off.gil_locked as u64, &1u32.to_le_bytes());
+            poke(
+                &mut mem,
+                gil + off.gil_last_holder as u64,
+                &t7.to_le_bytes(),
+            );
+            let in_gc = |mem: &LocalMemory, target: &TargetInfo| -> Vec<bool> {
+                let threads = walk_threads(mem, target).unwrap();
+                threads.iter().map(|t| t.in_gc).collect()
+            };
+            assert_eq!(
+                in_gc(&mem, &target),
+                [false, false],
+                "3.{minor}, no collection"
+            );
+            let flag = match off.gc_collecting_in_interp {
+                NO_OFFSET => runtime + off.gc_collecting_in_runtime as u64,
+                at => interp + at as u64,
+            };
+            poke(&mut mem, flag, &1u32.to_le_bytes());
+            assert_eq!(in_gc(&mem, &target), [true, false], "3.{minor}, collecting");
+            target.options |= target_options::FREE_THREADED;
+            assert_eq!(in_gc(&mem, &target), [true, true], "3.{minor}t, collecting");
         }
     }
 

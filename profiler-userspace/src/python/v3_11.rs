@@ -41,6 +41,10 @@ pub const LAYOUT: Layout = Layout {
         gil_last_holder: 8,
         // f_code / f_executable is a plain pointer.
         frame_code_tag: 0,
+        // Include/internal/pycore_interp.h: PyInterpreterState.gc (at 648);
+        // Include/internal/pycore_gc.h: _gc_runtime_state.collecting (at 200)
+        gc_collecting_in_interp: 848,
+        gc_collecting_in_runtime: NO_OFFSET,
     },
     // Include/internal/pycore_frame.h: _PyInterpreterFrame.is_entry
     entry_flag: 68,

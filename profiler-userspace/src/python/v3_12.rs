@@ -40,6 +40,10 @@ pub const LAYOUT: Layout = Layout {
         gil_last_holder: 8,
         // f_code / f_executable is a plain pointer.
         frame_code_tag: 0,
+        // Include/internal/pycore_interp.h: PyInterpreterState.gc (at 112);
+        // Include/internal/pycore_gc.h: _gc_runtime_state.collecting (at 200)
+        gc_collecting_in_interp: 312,
+        gc_collecting_in_runtime: NO_OFFSET,
     },
     // Eval calls are marked by C-stack shim frames instead.
     entry_flag: NO_OFFSET,

@@ -25,7 +25,9 @@ pub const LAYOUT: Layout = Layout {
         // Include/internal/pycore_stackref.h: f_executable is a _PyStackRef, Py_TAG_BITS
         frame_code_tag: STACK_REF_TAG_BITS,
         // Include/internal/pycore_gil.h: _gil_runtime_state.locked, .last_holder (same as
-        // 3.13; interp->_gil moved to 7784, found through ceval.gil at 16 as before)
+        // 3.13; interp->_gil moved to 7784, found through ceval.gil at 16 as before).
+        // Include/internal/pycore_interp_structs.h: PyInterpreterState.gc (at 7408) and
+        // _gc_runtime_state.collecting (at 192): 7600 again, as in 3.13.
         ..v3_13::LAYOUT.kernel
     },
     code: CodeLayout {

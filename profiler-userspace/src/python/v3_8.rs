@@ -42,6 +42,10 @@ pub const LAYOUT: Layout = Layout {
         gil_last_holder: 8,
         // f_code / f_executable is a plain pointer.
         frame_code_tag: 0,
+        // Include/internal/pycore_pystate.h: _PyRuntimeState.gc (at 344);
+        // Include/internal/pycore_pymem.h: _gc_runtime_state.collecting (at 200)
+        gc_collecting_in_interp: NO_OFFSET,
+        gc_collecting_in_runtime: 544,
     },
     // Every PyFrameObject is its own eval call: no entry flag.
     entry_flag: NO_OFFSET,

@@ -163,6 +163,7 @@ fn naming_input<'a>(stack: &'a bpf::RawStack, extra: Option<&'a RawExtra>) -> Na
     NamingInput {
         python: &stack.frames,
         truncated: stack.truncated,
+        in_gc: stack.in_gc,
         native: extra.map_or(&[], |e| e.native.as_slice()),
         native_end: extra.map_or(0, |e| e.native_end),
         kernel: extra.map_or(&[], |e| e.kernel.as_slice()),
@@ -386,6 +387,7 @@ impl Session {
                 bpf::RawStack {
                     frames: t.frames.clone(),
                     truncated: t.truncated,
+                    in_gc: t.in_gc,
                     extra: 0,
                 },
             );
