@@ -26,9 +26,6 @@ pub const MAX_THREAD_CALLS: u32 = 12;
 /// times over); checked on every use, so a stale entry costs one read and a new walk.
 pub const MAX_KNOWN_THREADS: u32 = 65536;
 
-/// Entries of the per-CPU cache of code objects' identities (`maps::CODE_CACHE`).
-pub const CODE_CACHE_SLOTS: u32 = 4096;
-
 /// Bytes read at once from a frame (every field the walker needs lies in them, in every
 /// version) and from a code object (its name, file name and first line).
 pub const FRAME_READ: usize = 128;
@@ -53,7 +50,6 @@ pub mod maps {
     pub const STACKS_LARGE: &str = "STACKS_LARGE";
     pub const EXTRA_STACKS: &str = "EXTRA_STACKS";
     pub const THREADS: &str = "THREADS";
-    pub const CODE_CACHE: &str = "CODE_CACHE";
     pub const COUNTS_0: &str = "COUNTS_0";
     pub const COUNTS_1: &str = "COUNTS_1";
     pub const ACTIVE_COUNTS: &str = "ACTIVE_COUNTS";
@@ -211,6 +207,12 @@ pub struct PyOffsets {
     /// Low bits of the frame's code field that are a tag, not part of the address, cleared
     /// before use: 3 where `f_executable` is a `_PyStackRef` (3.14+, `Py_TAG_BITS`), else 0.
     pub frame_code_tag: u16,
+    /// The garbage collector's `collecting` flag (an int, non-zero while a collection runs):
+    /// at this offset in `PyInterpreterState` (`gc.collecting`, 3.9+), or `NO_OFFSET` where it
+    /// sits in `_PyRuntime` at `gc_collecting_in_runtime` (`gc.collecting`, 3.8). Both
+    /// `NO_OFFSET`: not known, no sample is marked.
+    pub gc_collecting_in_interp: u16,
+    pub gc_collecting_in_runtime: u16,
 }
 
 /// An `owner_cstack` no owner byte can equal.
@@ -235,22 +237,25 @@ pub struct TargetInfo {
     pub frame_is_entry: u16,
     /// `target_options::*` bits.
     pub options: u16,
+    /// Bytes the walker reads of each frame and of a code object: past every field it takes,
+    /// at most `FRAME_READ` and `CODE_READ` (userspace refuses a layout that needs more).
+    pub frame_read: u16,
+    pub code_read: u16,
     /// The target's pid namespace (device and inode of its nsfs file) when it is not the one
     /// the kernel's own ids are in (a container), else 0 and 0. Its thread states name threads
     /// by their ids in that namespace, so the kernel asks for the sampled thread's id there.
     pub pidns_dev: u64,
     pub pidns_ino: u64,
-    /// Bytes the walker reads of each frame and of a code object: past every field it takes,
-    /// at most `FRAME_READ` and `CODE_READ` (userspace refuses a layout that needs more).
-    pub frame_read: u16,
-    pub code_read: u16,
-    pub _pad: u32,
 }
 
 /// What a target wants recorded besides its Python frames (`TargetInfo::options`).
 pub mod target_options {
     /// Kernel frames of samples taken in the kernel (`--kernel`).
     pub const KERNEL_STACKS: u16 = 1;
+    /// A free-threaded build: no thread holds a GIL, so a running collection marks the sample of
+    /// any thread (the collector stops the world: no other thread runs Python code meanwhile).
+    /// With a GIL, only the thread holding it is the collector's.
+    pub const FREE_THREADED: u16 = 2;
 }
 
 /// Set in `PyFrame::instr` on the first frame of an eval call (see `TargetInfo::frame_is_entry`).
@@ -285,6 +290,10 @@ pub const fn code_tag(name: u64, filename: u64, firstlineno: i32) -> u32 {
 
 /// A stack is truncated: it was deeper than `MAX_PYTHON_FRAMES`.
 pub const STACK_TRUNCATED: u32 = 1;
+/// The sample was taken while the interpreter's garbage collector ran in this thread
+/// (`PyOffsets::gc_collecting_in_interp`): userspace shows a `<GC>` frame above its Python
+/// frames. Part of the stack's id, so the same frames in and out of a collection count apart.
+pub const STACK_IN_GC: u32 = 2;
 
 /// One Python stack, leaf first, as stored by content hash: the first `len` of `N` frames, and
 /// the id of its native and kernel part in `EXTRA_STACKS` (0: none).
@@ -292,7 +301,7 @@ pub const STACK_TRUNCATED: u32 = 1;
 #[derive(Clone, Copy)]
 pub struct PyStack<const N: usize> {
     pub len: u32,
-    /// `STACK_TRUNCATED`, ...
+    /// `STACK_TRUNCATED`, `STACK_IN_GC`.
     pub flags: u32,
     pub extra: u64,
     pub frames: [PyFrame; N],
@@ -357,17 +366,6 @@ pub struct KnownThread {
     /// The process it belongs to (a thread id reused by another process is not it).
     pub pid: u32,
     pub _pad: u32,
-}
-
-/// One slot of the per-CPU cache of code objects: the identity the kernel read of the code
-/// object at `code` (its tag), valid while `generation` is the current one (userspace moves it
-/// on at each drain, so an address reused by another code object is read again soon).
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct CodeSlot {
-    pub code: u64,
-    pub tag: u32,
-    pub generation: u32,
 }
 
 /// Kernel frames recorded with `--kernel`.
@@ -557,8 +555,7 @@ pub mod config {
     /// Byte offset of the task's state (`__state`, or `state` before 5.14) in `struct
     /// task_struct`, from BTF: the switch program reads whether the outgoing thread blocked.
     pub const TASK_STATE_OFFSET: u32 = 5;
-    /// The current generation of `CODE_CACHE` entries: userspace moves it on at each drain.
-    pub const CODE_GENERATION: u32 = 6;
+    // 6 was the generation of a code-tag cache, removed: every frame's tag is read.
     /// Byte offset of `stack` (the kernel stack's base) in `struct task_struct`, from BTF, for
     /// kernels without `bpf_task_pt_regs` (before 5.15): the user registers of a sample taken in
     /// the kernel are at the top of that stack.
@@ -772,7 +769,7 @@ mod pod {
 }
 
 // Layout checks: both sides compile these, so a drift breaks the build, not the profile.
-const _: () = assert!(core::mem::size_of::<PyOffsets>() == 40);
+const _: () = assert!(core::mem::size_of::<PyOffsets>() == 44);
 const _: () = assert!(core::mem::size_of::<TargetInfo>() == 80);
 const _: () = assert!(core::mem::size_of::<OffCpuStart>() == 24);
 const _: () = assert!(core::mem::size_of::<PyFrame>() == 16);

@@ -6,9 +6,9 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, ProgramArray, RingBuf},
 };
 use profiler_common::{
-    CODE_CACHE_SLOTS, CodeSlot, ExtraStack, KnownThread, LargeStack, MAX_COUNTS, MAX_EXTRA_STACKS,
-    MAX_FOLLOWED, MAX_KNOWN_THREADS, MAX_LARGE_STACKS, MAX_OFF_CPU_THREADS, MAX_PAGE_CHUNKS,
-    MAX_ROW_CHUNKS, MAX_SMALL_STACKS, MAX_TARGETS, NEW_STACKS_BYTES, NativeMappings, OffCpuStart,
+    ExtraStack, KnownThread, LargeStack, MAX_COUNTS, MAX_EXTRA_STACKS, MAX_FOLLOWED,
+    MAX_KNOWN_THREADS, MAX_LARGE_STACKS, MAX_OFF_CPU_THREADS, MAX_PAGE_CHUNKS, MAX_ROW_CHUNKS,
+    MAX_SMALL_STACKS, MAX_TARGETS, NEW_STACKS_BYTES, NativeMappings, OffCpuStart,
     PROCESS_EVENTS_BYTES, PROGRAM_SLOTS, PageChunk, RowChunk, STAT_ENTRIES, SampleKey, SmallStack,
     Stat, TargetInfo, config, stat_index,
 };
@@ -44,10 +44,6 @@ pub static EXTRA_STACKS: HashMap<u64, ExtraStack> = HashMap::with_max_entries(MA
 #[map]
 pub static THREADS: LruHashMap<u32, KnownThread> =
     LruHashMap::with_max_entries(MAX_KNOWN_THREADS, 0);
-
-/// Per CPU, a direct-mapped cache of the code objects' tags the walker computed.
-#[map]
-pub static CODE_CACHE: PerCpuArray<CodeSlot> = PerCpuArray::with_max_entries(CODE_CACHE_SLOTS, 0);
 
 /// `NewStack` notices: userspace wakes on them to read a new stack's code objects at once.
 #[map]

@@ -9,8 +9,8 @@
 //!   interpreter's thread list is walked (`THREADS_PER_CALL` per run, the program tail-calling
 //!   itself) only for a thread not met before, and every thread met on the way is remembered;
 //! - each frame costs one read of `FRAME_READ` bytes, its fields taken from the copy;
-//! - a code object's tag (what tells it from a later one at the same address) comes from a
-//!   per-CPU cache, read from the code object once per drain interval;
+//! - a code object's tag (what tells it from a later one at the same address) is read from the
+//!   code object, one read per frame (see `code_tag_of` for why not from a cache);
 //! - the walk reads `FRAMES_PER_CALL` frames per run and tail-calls itself for the next, so
 //!   the verifier checks one bounded loop and a stack costs what its depth costs, up to
 //!   `MAX_PYTHON_FRAMES`.
@@ -24,16 +24,15 @@ use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user, generated},
 };
 use profiler_common::{
-    CODE_CACHE_SLOTS, CodeSlot, FRAMES_PER_CALL, KnownThread, MAX_PYTHON_FRAMES, MAX_THREAD_CALLS,
-    NO_OFFSET, NewStack, OffCpuStart, PY_ENTRY_FRAME, PyFrame, SMALL_STACK_FRAMES, STACK_TRUNCATED,
+    FRAMES_PER_CALL, KnownThread, MAX_PYTHON_FRAMES, MAX_THREAD_CALLS, NO_OFFSET, NewStack,
+    OffCpuStart, PY_ENTRY_FRAME, PyFrame, SMALL_STACK_FRAMES, STACK_IN_GC, STACK_TRUNCATED,
     SampleKey, SmallStack, Stat, THREADS_PER_CALL, TargetInfo, code_tag, config, count_kind,
-    instr_kind, mix,
+    instr_kind, mix, target_options,
 };
 
 use crate::maps::{
-    ACTIVE_COUNTS, CODE_CACHE, COUNTS_0, COUNTS_1, EXTRA_STACKS, NEW_STACKS, OFF_CPU_START,
-    SCRATCH, STACKS_LARGE, STACKS_SMALL, Scratch, Slot, TARGETS, THREADS, config_value, count,
-    enabled,
+    ACTIVE_COUNTS, COUNTS_0, COUNTS_1, EXTRA_STACKS, NEW_STACKS, OFF_CPU_START, SCRATCH,
+    STACKS_LARGE, STACKS_SMALL, Scratch, Slot, TARGETS, THREADS, count, enabled,
 };
 
 const EEXIST: i32 = 17;
@@ -258,6 +257,8 @@ fn current_frame(
         return Err(Stat::GilNotHeld);
     }
     s.gil_held = gil_held as u32;
+    let collector = gil_held || target.options & target_options::FREE_THREADED != 0;
+    s.stack.flags = STACK_IN_GC * (collector && gc_running(target, interp)) as u32;
     let mut frame: u64 = read(field(tstate, off.tstate_frame)).map_err(|()| Stat::ReadFrame)?;
     if off.cframe_current_frame != NO_OFFSET && frame != 0 {
         frame = read(field(frame, off.cframe_current_frame)).map_err(|()| Stat::ReadFrame)?;
@@ -285,6 +286,21 @@ fn holds_gil(target: &TargetInfo, interp: u64, tstate: u64) -> bool {
     let locked: i32 = read(field(gil, off.gil_locked)).unwrap_or(0);
     let holder: u64 = read(field(gil, off.gil_last_holder)).unwrap_or(0);
     locked != 0 && holder == tstate
+}
+
+/// Whether the interpreter's garbage collector is collecting: one read of its `collecting`
+/// flag. A read fault or an unknown offset answers no.
+#[inline(always)]
+fn gc_running(target: &TargetInfo, interp: u64) -> bool {
+    let off = &target.offsets;
+    let flag = if off.gc_collecting_in_interp != NO_OFFSET {
+        field(interp, off.gc_collecting_in_interp)
+    } else if off.gc_collecting_in_runtime != NO_OFFSET {
+        field(target.runtime_addr, off.gc_collecting_in_runtime)
+    } else {
+        return false;
+    };
+    read::<i32>(flag).unwrap_or(0) != 0
 }
 
 /// One run of the frame walk: up to `FRAMES_PER_CALL` frames from `s.frame`. Returns whether
@@ -315,7 +331,7 @@ pub fn walk_step(slot: Slot) -> bool {
         return true;
     }
     if frame != 0 && faults == 0 {
-        s.stack.flags = STACK_TRUNCATED;
+        s.stack.flags |= STACK_TRUNCATED;
         count(slot, Stat::Truncated);
     }
     if faults != 0 {
@@ -446,7 +462,6 @@ fn walk_frames(s: &mut Scratch, target: &TargetInfo) {
     let untag = !(off.frame_code_tag as u64);
     let has_entry = ne_mask(s.entry_offset as u64, NO_OFFSET as u64);
     let entry_offset = s.entry_offset & (has_entry as u16);
-    let generation = config_value(config::CODE_GENERATION);
     let base = s.stack.len as usize;
     let mut frame = s.frame;
     let mut hash = s.hash;
@@ -470,7 +485,7 @@ fn walk_frames(s: &mut Scratch, target: &TargetInfo) {
         let entry = ne_mask(is_entry as u64, 0) & has_entry & PY_ENTRY_FRAME as u64;
         let instr =
             (raw_instr.wrapping_sub(code & pointer_mask) as u32 & !PY_ENTRY_FRAME) | entry as u32;
-        let tag = code_tag_of(s, target, code, generation, &mut faults) & keep as u32;
+        let tag = code_tag_of(s, target, code, &mut faults) & keep as u32;
         let slot = PyFrame { code, instr, tag };
         s.stack.frames[(base + j) & (MAX_PYTHON_FRAMES - 1)] = slot;
         hash = mix(mix(mix(hash, code), instr as u64), tag as u64);
@@ -486,39 +501,25 @@ fn walk_frames(s: &mut Scratch, target: &TargetInfo) {
     }
 }
 
-/// The tag of the code object at `code` (0 for a shim): from this CPU's cache when it was read
-/// in the current generation, else read from the code object (one read) and cached.
+/// The tag of the code object at `code` (0 for a shim), read from the code object (one read).
+///
+/// Not cached: a per-CPU cache keyed by address (and process, and a generation userspace moved
+/// on at each drain) gave import-time frames the tag of a code object freed within the same
+/// 50 ms, whose address a new one had taken; the frame then could not be named, or, named from
+/// what lives at the address later, was named wrongly. A cache needs a key that changes when the
+/// address is reused before it can come back.
 #[inline(always)]
-fn code_tag_of(
-    s: &mut Scratch,
-    target: &TargetInfo,
-    code: u64,
-    generation: u32,
-    faults: &mut i64,
-) -> u32 {
+fn code_tag_of(s: &mut Scratch, target: &TargetInfo, code: u64, faults: &mut i64) -> u32 {
     if code == 0 {
         return 0;
     }
-    let index = ((code >> 4) ^ (code >> 16)) as u32 & (CODE_CACHE_SLOTS - 1);
-    let Some(slot) = CODE_CACHE.get_ptr_mut(index) else {
-        return 0;
-    };
-    // SAFETY: a per-CPU slot, only touched by this CPU's programs, one at a time.
-    let slot: &mut CodeSlot = unsafe { &mut *slot };
-    if slot.code == code && slot.generation == generation {
-        return slot.tag;
-    }
     let off = &target.offsets;
     *faults |= read_bytes(s, code, target.code_read as u32);
-    let tag = code_tag(
+    code_tag(
         at(s, off.code_name),
         at(s, off.code_filename),
         at(s, off.code_firstlineno),
-    );
-    slot.code = code;
-    slot.tag = tag;
-    slot.generation = generation;
-    tag
+    )
 }
 
 /// Stores the stack (once per content; in `STACKS_SMALL` when it fits) and its native and
@@ -527,12 +528,13 @@ fn code_tag_of(
 #[inline(always)]
 fn store(s: &mut Scratch) -> Result<u64, Stat> {
     // SAFETY: reads of our own scratch entry, written by the walk.
-    let (len, hash, native_hash, code_seen) = unsafe {
+    let (len, hash, native_hash, code_seen, flags) = unsafe {
         (
             read_volatile(addr_of!(s.stack.len)),
             read_volatile(addr_of!(s.hash)),
             read_volatile(addr_of!(s.native_hash)),
             read_volatile(addr_of!(s.code_seen)),
+            read_volatile(addr_of!(s.stack.flags)),
         )
     };
     if len == 0 {
@@ -558,7 +560,8 @@ fn store(s: &mut Scratch) -> Result<u64, Stat> {
             }
         }
     }
-    let stack_id = mix(mix(hash, len as u64), native_hash);
+    // The flags too: the same frames inside and outside a collection are two stacks.
+    let stack_id = mix(mix(mix(hash, len as u64), native_hash), flags as u64);
     let large = len as usize > SMALL_STACK_FRAMES;
     let known = if large {
         STACKS_LARGE.get_ptr(stack_id).is_some()

@@ -17,7 +17,8 @@ use std::{
 
 pub use bpf::registered;
 pub use procs::{
-    Ended, Fixture, READY_TIMEOUT, Recording, blocked_in, cpu_seconds, thread_state, wait_for_cpu,
+    Ended, Fixture, READY_TIMEOUT, Recording, blocked_in, cpu_seconds, output_with_go,
+    thread_state, wait_for_cpu,
 };
 pub use summary::{
     CALL_RACE, Expected, LAUNCH_FAULTS, LAUNCHED, MAX_COMPLETENESS, MIN_COMPLETENESS, NO_ERRORS,
@@ -423,6 +424,59 @@ pub fn pprof_folded(samples: &[PprofSample]) -> Folded {
         *out.entry(s.stack.clone()).or_default() += s.count;
     }
     out
+}
+
+/// A speedscope file's samples as a collapsed profile (weights in seconds times the rate).
+pub fn speedscope_folded(doc: &serde_json::Value, rate: f64) -> Folded {
+    let frames = doc["shared"]["frames"].as_array().expect("shared.frames");
+    let label = |i: &serde_json::Value| {
+        let f = &frames[i.as_u64().unwrap() as usize];
+        match (f["file"].as_str(), f["line"].as_u64()) {
+            (Some(file), Some(line)) => format!("{} ({file}:{line})", f["name"].as_str().unwrap()),
+            (Some(file), None) => format!("{} ({file})", f["name"].as_str().unwrap()),
+            _ => f["name"].as_str().unwrap().to_string(),
+        }
+    };
+    let mut out = Folded::new();
+    for p in doc["profiles"].as_array().expect("profiles") {
+        for (s, w) in p["samples"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .zip(p["weights"].as_array().unwrap())
+        {
+            let stack = s.as_array().unwrap().iter().map(label).collect();
+            *out.entry(stack).or_default() += (w.as_f64().unwrap() * rate).round() as u64;
+        }
+    }
+    out
+}
+
+/// A flamegraph SVG's boxes: (label, samples) from each frame's `<title>`.
+pub fn svg_boxes(svg: &str) -> Vec<(String, u64)> {
+    svg.split("<title>")
+        .skip(1)
+        .map(|t| {
+            let title = t.split("</title>").next().unwrap();
+            let title = title
+                .replace("&lt;", "<")
+                .replace("&gt;", ">")
+                .replace("&quot;", "\"")
+                .replace("&apos;", "'")
+                .replace("&amp;", "&");
+            let (label, count) = title
+                .rsplit_once(" (")
+                .unwrap_or_else(|| panic!("a frame title without a count: {title:?}"));
+            let n = count
+                .split(' ')
+                .next()
+                .unwrap()
+                .replace(',', "")
+                .parse()
+                .unwrap_or_else(|_| panic!("a bad count in {title:?}"));
+            (label.to_string(), n)
+        })
+        .collect()
 }
 
 /// Where `scripts/setup` caches the interpreters bookworm lacks (`scripts/setup-pythons`).

@@ -192,6 +192,43 @@ pub struct Recording {
     stderr: Option<JoinHandle<String>>,
 }
 
+/// Runs `cmd`, a `prof-bpf record` that launches a fixture which waits for its go (a line on
+/// stdin, with FIXTURE_GO set: the fixture inherits prof-bpf's stdin): sends it once prof-bpf
+/// says it samples, and returns everything as `Command::output` would.
+pub fn output_with_go(mut cmd: Command) -> std::process::Output {
+    let mut child = cmd
+        .env("FIXTURE_GO", "1")
+        .env_remove("RUST_BACKTRACE")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starting prof-bpf");
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut seen = String::new();
+    loop {
+        let mut line = String::new();
+        if stderr.read_line(&mut line).unwrap() == 0 {
+            break; // ended before it sampled: the caller sees why in stderr
+        }
+        seen.push_str(&line);
+        if line.starts_with("prof-bpf: sampling ") {
+            break;
+        }
+    }
+    let mut stdin = child.stdin.take().unwrap();
+    let _ = std::io::Write::write_all(&mut stdin, b"go\n");
+    drop(stdin);
+    let rest = thread::spawn(move || {
+        let mut all = seen;
+        let _ = std::io::Read::read_to_string(&mut stderr, &mut all);
+        all
+    });
+    let mut out = child.wait_with_output().unwrap();
+    out.stderr = rest.join().unwrap().into_bytes();
+    out
+}
+
 /// How a `Recording` ended.
 pub struct Ended {
     pub status: ExitStatus,
@@ -210,13 +247,19 @@ impl Recording {
     /// `start` in directory `dir`.
     pub fn start_in(args: &[&str], dir: Option<&Path>) -> Self {
         let mut cmd = Command::new(prof_bpf());
-        cmd.args(args)
-            .env_remove("RUST_BACKTRACE")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
+        cmd.args(args);
         if let Some(dir) = dir {
             cmd.current_dir(dir);
         }
+        Self::spawn(cmd)
+    }
+
+    /// `start` of a command that runs prof-bpf (through `capsh`, `sudo`, ...).
+    pub fn spawn(mut cmd: Command) -> Self {
+        let args = format!("{cmd:?}");
+        cmd.env_remove("RUST_BACKTRACE")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
         let mut child = cmd.spawn().expect("starting prof-bpf");
         let mut stderr = BufReader::new(child.stderr.take().unwrap());
         let mut seen = String::new();
@@ -224,7 +267,7 @@ impl Recording {
             let mut line = String::new();
             if stderr.read_line(&mut line).unwrap() == 0 {
                 let _ = child.kill();
-                panic!("prof-bpf {args:?} ended before it sampled:\n{seen}");
+                panic!("{args} ended before it sampled:\n{seen}");
             }
             seen.push_str(&line);
             if line.starts_with("prof-bpf: sampling ") {

@@ -329,14 +329,27 @@ fn dump_native_when_ptrace_is_refused_says_so_and_resumes_the_others() {
         "{stderr}"
     );
     drop(strace);
-    let others: Vec<(String, char)> = thread_states(&pid)
-        .into_iter()
-        .filter(|(tid, _)| *tid != last)
-        .collect();
+    let others = || -> Vec<(String, char)> {
+        thread_states(&pid)
+            .into_iter()
+            .filter(|(tid, _)| *tid != last)
+            .collect()
+    };
+    // Not left stopped; a thread let go runs for a moment before it sleeps again.
     assert!(
-        others.iter().all(|(_, s)| *s == 'S'),
-        "left stopped: {others:?}"
+        others().iter().all(|(_, s)| *s != 't' && *s != 'T'),
+        "left stopped: {:?}",
+        others()
     );
+    let started = std::time::Instant::now();
+    while !others().iter().all(|(_, s)| *s == 'S') {
+        assert!(
+            started.elapsed() < READY_TIMEOUT,
+            "not asleep again: {:?}",
+            others()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
 }
 
 /// A process that exits while it is dumped, or before: a specific error, not a hang or panic.
@@ -385,4 +398,536 @@ fn dump_of_a_process_that_is_not_python_is_refused() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("is not a process id"), "{stderr}");
+}
+
+// dump --locals, --json and --subprocesses.
+
+/// x86_64's futex(2): a lock wait, and also a wait for the GIL.
+const SYS_FUTEX: i64 = 202;
+
+/// Waits until thread `tid` of `pid` sleeps in a system call that is not a futex (a sleep: not
+/// waiting for a lock or for the GIL).
+fn wait_sleeping(pid: u32, tid: u32) {
+    let started = std::time::Instant::now();
+    while !(thread_state(pid, tid) == Some('S')
+        && blocked_in(pid, tid).is_some_and(|n| n >= 0 && n != SYS_FUTEX))
+    {
+        assert!(
+            started.elapsed() < READY_TIMEOUT,
+            "thread {tid} of pid {pid} never slept"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+}
+
+/// locals.py under `which` (`interpreter`'s names), once it sleeps in libc's `sleep` with the
+/// GIL held: the process (killed when dropped), its host pid and what it said of its locals.
+fn start_locals(which: &str) -> (Killed, u32, serde_json::Value) {
+    let interp = interpreter(which);
+    let mut child = interp
+        .command("locals.py", &[])
+        .env("BLOCKED_SECONDS", "60")
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("starting locals.py");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let child = Killed(child);
+    let ready: serde_json::Value = serde_json::from_str(&line)
+        .unwrap_or_else(|e| panic!("locals.py said {line:?}, not its locals: {e}"));
+    let pid = interp.python_pid(child.0.id());
+    wait_sleeping(pid, pid);
+    (child, pid, ready)
+}
+
+/// The locals `dump --locals` printed under the first frame of `function`: name -> value.
+fn printed_locals(dump: &str, function: &str) -> std::collections::BTreeMap<String, String> {
+    let mut out = std::collections::BTreeMap::new();
+    let mut inside = false;
+    for line in dump.lines() {
+        if let Some(local) = line.strip_prefix("        ") {
+            if inside {
+                let (name, value) = local
+                    .split_once(" = ")
+                    .unwrap_or_else(|| panic!("not a local: {line:?}"));
+                out.insert(name.to_string(), value.to_string());
+            }
+        } else if let Some(frame) = line.strip_prefix("    ") {
+            if !out.is_empty() || inside {
+                break;
+            }
+            inside = frame.starts_with(&format!("{function} ("));
+        }
+    }
+    out
+}
+
+/// What dump should print of a local the fixture described (`described` in locals.py): its
+/// `repr` for the types dump reads, else the type and length, else the type and address.
+fn check_value(name: &str, printed: &str, want: &serde_json::Value) {
+    let type_name = want["type"].as_str().unwrap();
+    if let Some(repr) = want["repr"].as_str() {
+        assert_eq!(printed, repr, "{name}");
+    } else if let Some(len) = want["len"].as_u64() {
+        assert_eq!(printed, format!("<{type_name}, len {len}>"), "{name}");
+    } else {
+        assert!(
+            printed.starts_with(&format!("<{type_name} object at 0x")),
+            "{name}: {printed}"
+        );
+    }
+}
+
+/// `dump --locals`: the blocked function's frame on its line, with every local the fixture set,
+/// each with its value or type; the thread holds the GIL (no GIL in a free-threaded build).
+fn dump_locals_shows_each_value(which: &str) {
+    if !privileged() {
+        return;
+    }
+    let (_fixture, pid, ready) = start_locals(which);
+    let out = run(&["dump", "--locals", "--pid", &pid.to_string()]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "dump failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let file = interpreter(which).fixture_path("locals.py");
+    let line = line_of(&fixture("locals.py"), "# blocked with locals on this line");
+    let frame = format!("    blocked_with_locals ({}:{line})", file.display());
+    assert!(
+        stdout.lines().any(|l| l == frame),
+        "no {frame:?}:\n{stdout}"
+    );
+    let printed = printed_locals(&stdout, "blocked_with_locals");
+    let want = ready["locals"].as_object().unwrap();
+    assert!(want.len() >= 13, "every local the fixture sets: {want:?}");
+    for (name, want) in want {
+        let got = printed
+            .get(name)
+            .unwrap_or_else(|| panic!("no local {name}:\n{stdout}"));
+        check_value(name, got, want);
+    }
+    let header = stdout
+        .lines()
+        .find(|l| l.starts_with(&format!("Thread {pid} ")))
+        .unwrap_or_else(|| panic!("no main thread:\n{stdout}"));
+    let gil = !which.ends_with('t');
+    assert_eq!(header.contains("holding the GIL"), gil, "{header}");
+}
+
+#[test]
+fn dump_locals_3_8() {
+    dump_locals_shows_each_value("3.8");
+}
+
+#[test]
+fn dump_locals_3_9() {
+    dump_locals_shows_each_value("3.9");
+}
+
+#[test]
+fn dump_locals_3_10() {
+    dump_locals_shows_each_value("3.10");
+}
+
+#[test]
+fn dump_locals_3_11() {
+    dump_locals_shows_each_value("3.11");
+}
+
+#[test]
+fn dump_locals_3_12() {
+    dump_locals_shows_each_value("3.12");
+}
+
+#[test]
+fn dump_locals_3_13() {
+    dump_locals_shows_each_value("3.13");
+}
+
+#[test]
+fn dump_locals_debian_3_11() {
+    dump_locals_shows_each_value("debian-3.11");
+}
+
+#[test]
+fn dump_locals_3_13t() {
+    dump_locals_shows_each_value("3.13t");
+}
+
+#[test]
+fn dump_locals_3_14_in_a_container() {
+    dump_locals_shows_each_value("forky-3.14");
+}
+
+#[test]
+fn dump_locals_3_15_in_a_container() {
+    dump_locals_shows_each_value("forky-3.15");
+}
+
+/// The JSON types `check_object` knows.
+#[derive(Clone, Copy, Debug)]
+enum Json {
+    U64,
+    Str,
+    Bool,
+    Array,
+    OrNull(&'static Json),
+}
+
+/// Asserts `v` is an object with exactly `fields`, each of its type.
+fn check_object(what: &str, v: &serde_json::Value, fields: &[(&str, Json)]) {
+    let object = v
+        .as_object()
+        .unwrap_or_else(|| panic!("{what} is not an object: {v}"));
+    let mut keys: Vec<&str> = object.keys().map(String::as_str).collect();
+    let mut want: Vec<&str> = fields.iter().map(|f| f.0).collect();
+    keys.sort_unstable();
+    want.sort_unstable();
+    assert_eq!(keys, want, "{what}'s fields");
+    fn is(v: &serde_json::Value, t: Json) -> bool {
+        match t {
+            Json::U64 => v.is_u64(),
+            Json::Str => v.is_string(),
+            Json::Bool => v.is_boolean(),
+            Json::Array => v.is_array(),
+            Json::OrNull(t) => v.is_null() || is(v, *t),
+        }
+    }
+    for (name, t) in fields {
+        assert!(is(&v[name], *t), "{what}.{name} is not {t:?}: {}", v[name]);
+    }
+}
+
+/// Checks a `dump --json` document against the schema README.md documents (schema_version 1):
+/// every object has exactly its fields, each of its type. Returns the processes.
+fn check_schema(doc: &serde_json::Value) -> &Vec<serde_json::Value> {
+    use Json::*;
+    check_object(
+        "the document",
+        doc,
+        &[
+            ("schema_version", U64),
+            ("prof_bpf_version", Str),
+            ("processes", Array),
+        ],
+    );
+    assert_eq!(doc["schema_version"], 1);
+    let processes = doc["processes"].as_array().unwrap();
+    for p in processes {
+        check_object(
+            "a process",
+            p,
+            &[
+                ("pid", U64),
+                ("ns_pid", OrNull(&U64)),
+                ("name", Str),
+                ("executable", Str),
+                ("python_version", Str),
+                ("threads", Array),
+            ],
+        );
+        for t in p["threads"].as_array().unwrap() {
+            check_object(
+                "a thread",
+                t,
+                &[
+                    ("tid", U64),
+                    ("ns_tid", OrNull(&U64)),
+                    ("name", OrNull(&Str)),
+                    ("state", OrNull(&Str)),
+                    ("idle", OrNull(&Bool)),
+                    ("holds_gil", OrNull(&Bool)),
+                    ("truncated", Bool),
+                    ("frames", Array),
+                ],
+            );
+            for f in t["frames"].as_array().unwrap() {
+                check_object(
+                    "a frame",
+                    f,
+                    &[
+                        ("kind", Str),
+                        ("function", Str),
+                        ("file", OrNull(&Str)),
+                        ("line", OrNull(&U64)),
+                        ("locals", OrNull(&Array)),
+                        ("locals_omitted", OrNull(&U64)),
+                        ("locals_error", OrNull(&Str)),
+                    ],
+                );
+                let kind = f["kind"].as_str().unwrap();
+                assert!(
+                    ["python", "native", "unknown", "marker"].contains(&kind),
+                    "kind {kind}"
+                );
+                for l in f["locals"].as_array().into_iter().flatten() {
+                    check_object(
+                        "a local",
+                        l,
+                        &[
+                            ("name", Str),
+                            ("type", Str),
+                            ("repr", Str),
+                            ("len", OrNull(&U64)),
+                        ],
+                    );
+                }
+            }
+        }
+    }
+    processes
+}
+
+/// `dump --json --locals` (and `--native`): a document of the schema, whose process, main
+/// thread, leaf Python frame and locals are the fixture's.
+fn dump_json_follows_the_schema(which: &str, native: bool) {
+    if !privileged() {
+        return;
+    }
+    let (_fixture, pid, ready) = start_locals(which);
+    let pid_text = pid.to_string();
+    let mut args = vec!["dump", "--json", "--locals", "--pid", &pid_text];
+    if native {
+        args.push("--native");
+    }
+    let out = run(&args);
+    assert!(
+        out.status.success(),
+        "dump failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).expect("dump --json is JSON");
+    let processes = check_schema(&doc);
+    assert_eq!(processes.len(), 1, "{doc:#}");
+    let p = &processes[0];
+    assert_eq!(p["pid"], pid);
+    assert_eq!(p["python_version"], version_of(which));
+    let threads = p["threads"].as_array().unwrap();
+    assert_eq!(threads.len(), 1, "{doc:#}");
+    let t = &threads[0];
+    assert_eq!(t["tid"], pid);
+    assert_eq!(
+        (t["state"].as_str(), &t["idle"]),
+        (Some("sleeping"), &true.into())
+    );
+    assert_eq!(t["holds_gil"], true, "it sleeps in C with the GIL held");
+    let frames = t["frames"].as_array().unwrap();
+    let python: Vec<&serde_json::Value> = frames.iter().filter(|f| f["kind"] == "python").collect();
+    let leaf = python[0];
+    assert_eq!(leaf["function"], "blocked_with_locals");
+    assert_eq!(
+        leaf["file"].as_str().map(std::path::PathBuf::from),
+        Some(fixture("locals.py"))
+    );
+    assert_eq!(
+        leaf["line"],
+        line_of(&fixture("locals.py"), "# blocked with locals on this line")
+    );
+    // With --native the C frames it sleeps in are above it, and the program's start below.
+    assert_eq!(frames[0]["kind"] == "native", native, "{doc:#}");
+    // The Python frames and only they have locals; a module keeps none in fast locals.
+    for f in frames {
+        assert_eq!(f["locals"].is_array(), f["kind"] == "python", "{f}");
+    }
+    assert_eq!(leaf["locals_omitted"], 0);
+    let locals: std::collections::BTreeMap<&str, &serde_json::Value> = leaf["locals"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| (l["name"].as_str().unwrap(), l))
+        .collect();
+    for (name, want) in ready["locals"].as_object().unwrap() {
+        let got = locals
+            .get(name.as_str())
+            .unwrap_or_else(|| panic!("no local {name}: {leaf:#}"));
+        assert_eq!(got["type"], want["type"], "{name}");
+        assert_eq!(
+            got["len"],
+            want.get("len").cloned().unwrap_or_default(),
+            "{name}"
+        );
+        check_value(name, got["repr"].as_str().unwrap(), want);
+    }
+    let module = python.last().unwrap();
+    assert_eq!(module["function"], "<module>");
+    assert_eq!(module["locals"], serde_json::json!([]), "{module:#}");
+}
+
+#[test]
+fn dump_json_3_8() {
+    dump_json_follows_the_schema("3.8", false);
+}
+
+#[test]
+fn dump_json_native_3_12() {
+    dump_json_follows_the_schema("3.12", true);
+}
+
+/// The pids `Process PID...` lines of a text dump name, in order.
+fn dumped_processes(dump: &str) -> Vec<u32> {
+    dump.lines()
+        .filter_map(|l| {
+            l.strip_prefix("Process ")?
+                .split([':', ' '])
+                .next()?
+                .parse()
+                .ok()
+        })
+        .collect()
+}
+
+/// Kills the pids the test did not start itself (a pool's workers) when the test ends.
+struct KilledPids(Vec<u32>);
+
+impl Drop for KilledPids {
+    fn drop(&mut self) {
+        for &pid in &self.0 {
+            // SAFETY: kill(2) with a pid the fixture said is its worker; at worst a no-op.
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        }
+    }
+}
+
+/// `dump -s` on a multiprocessing pool's parent: the parent and each of its 4 workers once,
+/// each worker in its task on its line; without `-s`, the parent alone. `--json` lists the same.
+#[test]
+fn dump_subprocesses_of_a_pool() {
+    if !privileged() {
+        return;
+    }
+    let fixture_run = Fixture::start(
+        &python("3.12"),
+        "pool_blocked.py",
+        &[],
+        &[("BLOCKED_SECONDS", "60")],
+    );
+    let parent = fixture_run.pid;
+    let workers: Vec<u32> = fixture_run.ready["workers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w.as_u64().unwrap() as u32)
+        .collect();
+    let _workers = KilledPids(workers.clone());
+    assert_eq!(
+        workers
+            .iter()
+            .collect::<std::collections::BTreeSet<_>>()
+            .len(),
+        4,
+        "four workers: {workers:?}"
+    );
+    for &w in &workers {
+        wait_sleeping(w, w);
+    }
+    let pid = parent.to_string();
+    let out = run(&["dump", "-s", "--pid", &pid]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "dump failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut want = vec![parent];
+    want.extend(&workers);
+    want.sort_unstable();
+    let mut got = dumped_processes(&stdout);
+    got.sort_unstable();
+    assert_eq!(got, want, "each process once:\n{stdout}");
+    let line = line_of(&fixture("pool_blocked.py"), "# worker blocks on this line");
+    let task = format!(
+        "    task_blocks_here ({}:{line})",
+        fixture("pool_blocked.py").display()
+    );
+    assert_eq!(
+        stdout.lines().filter(|l| *l == task).count(),
+        4,
+        "every worker in its task:\n{stdout}"
+    );
+
+    let alone = run(&["dump", "--pid", &pid]);
+    assert_eq!(
+        dumped_processes(&String::from_utf8_lossy(&alone.stdout)),
+        [parent]
+    );
+
+    let json = run(&["dump", "-s", "--json", "--pid", &pid]);
+    assert!(json.status.success());
+    let doc: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    let mut pids: Vec<u32> = check_schema(&doc)
+        .iter()
+        .map(|p| p["pid"].as_u64().unwrap() as u32)
+        .collect();
+    pids.sort_unstable();
+    assert_eq!(pids, want, "{doc:#}");
+}
+
+/// `dump -s` on a shell that started Python: the shell is passed over, its Python dumped once;
+/// without `-s` the shell is refused as not Python.
+#[test]
+fn dump_subprocesses_of_a_shell() {
+    if !privileged() {
+        return;
+    }
+    // `; exit` keeps the shell from exec'ing Python in its place.
+    let mut shell = Killed(
+        Command::new("sh")
+            .args(["-c", "\"$0\" \"$1\"; exit $?"])
+            .arg(python("3.12"))
+            .arg(fixture("locals.py"))
+            .env("BLOCKED_SECONDS", "60")
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let mut line = String::new();
+    BufReader::new(shell.0.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let ready: serde_json::Value = serde_json::from_str(&line).unwrap();
+    let py = ready["pid"].as_u64().unwrap() as u32;
+    let sh = shell.0.id();
+    assert_ne!(py, sh, "the shell runs on beside its Python");
+    wait_sleeping(py, py);
+    let sh_text = sh.to_string();
+    let out = run(&["dump", "-s", "--locals", "--pid", &sh_text]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "dump failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(dumped_processes(&stdout), [py], "{stdout}");
+    let printed = printed_locals(&stdout, "blocked_with_locals");
+    assert_eq!(
+        printed.get("count").map(String::as_str),
+        Some("42"),
+        "{stdout}"
+    );
+
+    let out = run(&["dump", "--pid", &sh_text]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("is not a Python process"), "{stderr}");
+}
+
+/// `dump -s` on a tree without Python: an error that says so, not an empty dump.
+#[test]
+fn dump_subprocesses_without_python_says_so() {
+    if !privileged() {
+        return;
+    }
+    let sleeper = Killed(Command::new("sleep").arg("30").spawn().unwrap());
+    let pid = sleeper.0.id().to_string();
+    let out = run(&["dump", "-s", "--pid", &pid]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!("no Python process in the tree of pid {pid}")),
+        "{stderr}"
+    );
 }

@@ -136,26 +136,88 @@ fn split_3_14_in_a_plain_chroot_launched() {
 
 // The measured split, attached by (host) pid.
 
-/// Starts split.py under `interp`, ready to be attached; returns it, the host pid of its
-/// Python and its stdout from the line after the pid on.
-fn start_split(interp: &Interp) -> (Running, u32, BufReader<std::process::ChildStdout>) {
-    let mut child = interp
-        .command("split.py", &["2"])
-        .env("SPLIT_READY", "1.5")
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("starting the fixture");
-    let mut stdout = BufReader::new(child.stdout.take().unwrap());
-    let mut first = String::new();
-    stdout.read_line(&mut first).unwrap();
-    let printed = serde_json::from_str::<Value>(&first).unwrap()["pid"]
-        .as_u64()
-        .unwrap();
-    let pid = interp.python_pid(child.id());
-    if interp.is_container() {
-        assert_eq!(printed, 1, "the container's Python is its pid 1");
+/// A fixture started to be attached to: it has said its pid and waits for `go` (a line on its
+/// stdin, `cpu.ready` with FIXTURE_GO) before it does the work it measures.
+struct Attachable {
+    running: Running,
+    pid: u32,
+    stdin: std::process::ChildStdin,
+    stdout: BufReader<std::process::ChildStdout>,
+}
+
+impl Attachable {
+    /// Starts `cmd` (a fixture that calls `cpu.ready`) with the handshake on its stdin and
+    /// stdout; `pid` finds the Python's host pid from the started process's.
+    fn start(mut cmd: Command, pid: impl FnOnce(u32) -> u32) -> Self {
+        let mut child = cmd
+            .env("FIXTURE_GO", "1")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("starting the fixture");
+        let stdin = child.stdin.take().unwrap();
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        let mut first = String::new();
+        stdout.read_line(&mut first).unwrap();
+        let printed = serde_json::from_str::<Value>(&first)
+            .ok()
+            .and_then(|v| v["pid"].as_u64())
+            .unwrap_or_else(|| panic!("the fixture did not say its pid: {first:?}"));
+        let host_pid = pid(child.id());
+        Self {
+            running: Running(child),
+            pid: host_pid,
+            stdin,
+            stdout,
+        }
+        .checked(printed)
     }
-    (Running(child), pid, stdout)
+
+    /// The pid the fixture printed is its own: the host pid, or 1 in a container.
+    fn checked(self, printed: u64) -> Self {
+        assert!(
+            printed == self.pid as u64 || printed == 1,
+            "the fixture says pid {printed}, found {}",
+            self.pid
+        );
+        self
+    }
+
+    /// Starts `recording` (which returns once prof-bpf samples), then lets the fixture work;
+    /// returns how prof-bpf ended and what the fixture printed after its pid.
+    fn record(mut self, recording: impl FnOnce(u32) -> Recording) -> (Ended, String) {
+        let recording = recording(self.pid);
+        std::io::Write::write_all(&mut self.stdin, b"go\n").unwrap();
+        let rest: String = (&mut self.stdout)
+            .lines()
+            .map(|l| l.unwrap() + "\n")
+            .collect();
+        let ended = recording.wait();
+        drop(self.running);
+        (ended, rest)
+    }
+}
+
+/// Starts split.py under `interp`, ready to be attached.
+fn start_split(interp: &Interp) -> Attachable {
+    Attachable::start(interp.command("split.py", &["2"]), |id| {
+        interp.python_pid(id)
+    })
+}
+
+/// `prof-bpf record -r 1000 -f raw --pid PID -o OUT EXTRA` of an attachable fixture.
+fn record_by_pid(a: Attachable, out: &std::path::Path, extra: &[&str]) -> (Ended, String) {
+    let out = out.to_str().unwrap().to_string();
+    a.record(|pid| {
+        let pid = pid.to_string();
+        let args: Vec<&str> = [
+            "record", "-r", "1000", "-f", "raw", "--pid", &pid, "-o", &out,
+        ]
+        .into_iter()
+        .chain(extra.iter().copied())
+        .collect();
+        Recording::start(&args)
+    })
 }
 
 fn split_by_pid(which: &str, test: &str) {
@@ -164,22 +226,9 @@ fn split_by_pid(which: &str, test: &str) {
     }
     let interp = interpreter(which);
     let out = scratch_dir(test).join("profile.txt");
-    let (target, pid, stdout) = start_split(&interp);
-    let result = run(&[
-        "record",
-        "-r",
-        "1000",
-        "-f",
-        "raw",
-        "--pid",
-        &pid.to_string(),
-        "-o",
-        out.to_str().unwrap(),
-    ]);
-    let rest: String = stdout.lines().map(|l| l.unwrap() + "\n").collect();
-    drop(target);
-    let stderr = String::from_utf8_lossy(&result.stderr);
-    assert!(result.status.success(), "prof-bpf failed: {stderr}");
+    let (ended, rest) = record_by_pid(start_split(&interp), &out, &[]);
+    let stderr = ended.stderr;
+    assert!(ended.status.success(), "prof-bpf failed: {stderr}");
     check_named(&interp, which, &stderr);
     let profile = parse_folded(&std::fs::read_to_string(&out).unwrap());
     check_split(&profile, measured_split(&rest), test);
@@ -219,25 +268,18 @@ fn split_3_15_root_mounted_only_inside_the_container_by_pid() {
         m = mountpoint.display(),
         fixtures = fixture("").display(),
     );
-    let mut child = Command::new("unshare")
-        .args([
-            "--pid",
-            "--mount",
-            "--fork",
-            "--kill-child",
-            "sh",
-            "-c",
-            &script,
-        ])
-        .env("SPLIT_READY", "1.5")
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdout = BufReader::new(child.stdout.take().unwrap());
-    let mut first = String::new();
-    stdout.read_line(&mut first).unwrap();
-    let target = Running(child);
-    let pid = interpreter("forky-3.15").python_pid(target.0.id());
+    let mut child = Command::new("unshare");
+    child.args([
+        "--pid",
+        "--mount",
+        "--fork",
+        "--kill-child",
+        "sh",
+        "-c",
+        &script,
+    ]);
+    let target = Attachable::start(child, |id| interpreter("forky-3.15").python_pid(id));
+    let pid = target.pid;
     let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
     let exe = mountpoint.join("usr/bin/python3.15");
     assert!(
@@ -246,21 +288,8 @@ fn split_3_15_root_mounted_only_inside_the_container_by_pid() {
         exe.display()
     );
     let out = dir.join("profile.txt");
-    let result = run(&[
-        "record",
-        "-r",
-        "1000",
-        "-f",
-        "raw",
-        "--pid",
-        &pid.to_string(),
-        "-o",
-        out.to_str().unwrap(),
-    ]);
-    let rest: String = stdout.lines().map(|l| l.unwrap() + "\n").collect();
-    drop(target);
-    let stderr = String::from_utf8_lossy(&result.stderr);
-    assert!(result.status.success(), "prof-bpf failed: {stderr}");
+    let (ended, rest) = record_by_pid(target, &out, &[]);
+    assert!(ended.status.success(), "prof-bpf failed: {}", ended.stderr);
     let profile = parse_folded(&std::fs::read_to_string(&out).unwrap());
     check_split(&profile, measured_split(&rest), test);
 }
@@ -1156,7 +1185,8 @@ fn tagged_code_is_untagged(which: &str, test: &str) {
         return;
     }
     let interp = interpreter(which);
-    let (target, pid, stdout) = start_split(&interp);
+    let target = start_split(&interp);
+    let pid = target.pid;
     let p = python::discover::inspect(pid).unwrap();
     let mem = ProcMem::open(pid).unwrap();
     let (layout, _) = python::layout_of(&mem, p.version, p.runtime_addr, p.runtime_size).unwrap();
@@ -1190,21 +1220,8 @@ fn tagged_code_is_untagged(which: &str, test: &str) {
     }
     assert!(tagged >= 2, "{test}: tagged {tagged} frames");
     let out = scratch_dir(test).join("profile.txt");
-    let result = run(&[
-        "record",
-        "-r",
-        "1000",
-        "-f",
-        "raw",
-        "--pid",
-        &pid.to_string(),
-        "-o",
-        out.to_str().unwrap(),
-    ]);
-    let rest: String = stdout.lines().map(|l| l.unwrap() + "\n").collect();
-    drop(target);
-    let stderr = String::from_utf8_lossy(&result.stderr);
-    assert!(result.status.success(), "prof-bpf failed: {stderr}");
+    let (ended, rest) = record_by_pid(target, &out, &[]);
+    assert!(ended.status.success(), "prof-bpf failed: {}", ended.stderr);
     let profile = parse_folded(&std::fs::read_to_string(&out).unwrap());
     check_split(&profile, measured_split(&rest), test);
     for (stack, n) in &profile {
@@ -1237,22 +1254,20 @@ fn a_container_is_profiled_without_the_right_to_map_files() {
     }
     let test = "container_without_map_files";
     let interp = interpreter("forky-3.15");
-    let (target, pid, stdout) = start_split(&interp);
     let out = scratch_dir(test).join("profile.txt");
-    let result = Command::new("capsh")
-        .args(["--drop=cap_sys_admin,cap_checkpoint_restore", "--", "-c"])
-        .arg(format!(
-            "exec '{}' record --native -r 1000 -f raw --pid {pid} -o '{}'",
-            prof_bpf().display(),
-            out.display()
-        ))
-        .env_remove("RUST_BACKTRACE")
-        .output()
-        .expect("running capsh (apt-get install libcap2-bin)");
-    let rest: String = stdout.lines().map(|l| l.unwrap() + "\n").collect();
-    drop(target);
-    let stderr = String::from_utf8_lossy(&result.stderr);
-    assert!(result.status.success(), "prof-bpf failed: {stderr}");
+    let (ended, rest) = start_split(&interp).record(|pid| {
+        let mut capsh = Command::new("capsh");
+        capsh
+            .args(["--drop=cap_sys_admin,cap_checkpoint_restore", "--", "-c"])
+            .arg(format!(
+                "exec '{}' record --native -r 1000 -f raw --pid {pid} -o '{}'",
+                prof_bpf().display(),
+                out.display()
+            ));
+        Recording::spawn(capsh)
+    });
+    let stderr = ended.stderr;
+    assert!(ended.status.success(), "prof-bpf failed: {stderr}");
     let profile = parse_folded(&std::fs::read_to_string(&out).unwrap());
     check_split(&profile, measured_split(&rest), test);
     assert!(

@@ -2,7 +2,8 @@
 //! keys (send-keys) and reads the screen (capture-pane). Against split.py, which keeps a file up
 //! to date with the heavy:light split it measured: the header and rows appear with that split,
 //! the sort keys reorder the rows, `l` toggles line numbers, and `q`, Esc, Ctrl-C, SIGTERM or
-//! the program's end give the terminal back as it was.
+//! the program's end give the terminal back as it was. Against gc_cycles.py, the collector's
+//! `<GC>` row with the share of the time that fixture measured in gc.collect().
 
 use std::{
     process::{Command, Output},
@@ -326,6 +327,42 @@ fn top_sigterm_restores_the_terminal() {
     assert_terminal_restored(&tmux);
 }
 
+/// A terminal that goes away under top (a closed window, a dropped ssh session): top stops, and
+/// so does the program it launched, instead of running on with nobody to show it to.
+#[test]
+fn top_stops_when_its_terminal_closes() {
+    if !privileged() {
+        return;
+    }
+    let progress = scratch_dir("top_hangup").join("split.json");
+    let tmux = start_top("top_hangup", "600", &progress);
+    let (top, child) = top_and_child(&tmux);
+    let child = child.expect("top launched the fixture");
+    drop(tmux); // kills the tmux server: the pane's terminal closes
+    let gone = |pid: u32| {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map(|s| s.rsplit(')').next().unwrap_or("").split_whitespace().next() == Some("Z"))
+            .unwrap_or(true)
+    };
+    let started = std::time::Instant::now();
+    while !(gone(top) && gone(child)) {
+        if started.elapsed() > std::time::Duration::from_secs(20) {
+            // Do not leave them running for the tests after this one.
+            // SAFETY: pids read from our own tmux pane's children lists.
+            unsafe {
+                libc::kill(top as i32, libc::SIGKILL);
+                libc::kill(child as i32, libc::SIGKILL);
+            }
+            panic!(
+                "20 s after its terminal closed top is {}, its program {}",
+                if gone(top) { "gone" } else { "still running" },
+                if gone(child) { "gone" } else { "still running" }
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
 /// When the launched program exits, so does top, and the terminal is given back.
 #[test]
 fn top_ends_when_the_program_exits() {
@@ -440,4 +477,53 @@ fn top_native_shows_and_hides_native_frames() {
     });
     tmux.keys(&["q"]);
     assert_terminal_restored(&tmux);
+}
+
+/// Issue 18: the collector's time shows as a `<GC>` row in top, its own time over the run the
+/// share of the CPU time gc_cycles.py measured in gc.collect().
+#[test]
+fn top_shows_the_garbage_collector() {
+    if !privileged() {
+        return;
+    }
+    let progress = scratch_dir("top_gc").join("gc.json");
+    let tmux = Tmux::start("top_gc");
+    let cmd = format!(
+        "GC_PROGRESS={} {} top --refresh 0.5 -r {RATE} -- {} {} 20",
+        progress.display(),
+        prof_bpf().display(),
+        python("3.12").display(),
+        fixture("gc_cycles.py").display()
+    );
+    tmux.keys(&[&cmd, "Enter"]);
+    let main_time = |s: &str| {
+        rows(s)
+            .iter()
+            .filter(|(_, f)| f.starts_with("main (") && f.contains("gc_cycles.py"))
+            .map(|(n, _)| n[3])
+            .sum::<f64>()
+    };
+    let s = tmux.wait_for(30, "3 s of main with a <GC> row", |s| {
+        main_time(s) >= 3.0 && rows(s).iter().any(|(_, f)| f == "<GC>")
+    });
+    let gc: f64 = rows(&s)
+        .iter()
+        .filter(|(_, f)| f == "<GC>")
+        .map(|(n, _)| n[2])
+        .sum();
+    let main = main_time(&s);
+    let measured: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&progress).unwrap()).unwrap();
+    let (mg, mt) = (
+        measured["gc"].as_f64().unwrap(),
+        measured["total"].as_f64().unwrap(),
+    );
+    let (share, expected) = (100.0 * gc / main, 100.0 * mg / mt);
+    eprintln!(
+        "top: <GC> {share:.1}% of main's time ({gc}s of {main}s), {expected:.1}% measured ({mg:.2}s of {mt:.2}s)"
+    );
+    // The two readings are up to a refresh apart, and top's times are rounded to 10 ms.
+    let n = (main * RATE.parse::<f64>().unwrap()) as u64;
+    check_share("top_gc", "<GC>", share, expected, n);
+    tmux.keys(&["q"]);
 }

@@ -23,8 +23,8 @@ use aya::{
 };
 use profiler_common::{
     ExtraStack, LargeStack, NativeMappings, NewStack, OffCpuStart, PageChunk, ProcessEvent,
-    PyFrame, RowChunk, STACK_TRUNCATED, SampleKey, SmallStack, Stat, StatClass, TargetInfo, config,
-    maps,
+    PyFrame, RowChunk, STACK_IN_GC, STACK_TRUNCATED, SampleKey, SmallStack, Stat, StatClass,
+    TargetInfo, config, maps,
 };
 
 use crate::unwind::UnwindMaps;
@@ -195,8 +195,6 @@ pub struct Sampler {
     /// Forks and execs of followed processes (`--subprocesses`, `--all`).
     process_events: Option<RingBuf<MapData>>,
     active: u32,
-    /// The code cache's generation, moved on at each drain.
-    generation: u32,
     pub features: KernelFeatures,
 }
 
@@ -206,6 +204,8 @@ pub struct Sampler {
 pub struct RawStack {
     pub frames: Vec<PyFrame>,
     pub truncated: bool,
+    /// Taken while the garbage collector ran in the thread (`STACK_IN_GC`).
+    pub in_gc: bool,
     pub extra: u64,
 }
 
@@ -215,6 +215,7 @@ impl RawStack {
         Self {
             frames: stack.frames[..len].to_vec(),
             truncated: stack.flags & STACK_TRUNCATED != 0,
+            in_gc: stack.flags & STACK_IN_GC != 0,
             extra: stack.extra,
         }
     }
@@ -308,7 +309,6 @@ impl Sampler {
             new_stacks,
             process_events,
             active: 0,
-            generation: 0,
             features,
         })
     }
@@ -468,13 +468,6 @@ impl Sampler {
         drain_map::<ExtraStack, _>(&mut self.ebpf, maps::EXTRA_STACKS, |id, e| {
             drained.extras.push((id, RawExtra::new(e)))
         })?;
-        // Code objects read from now on are read again: an address freed and reused since is
-        // not named from its old tag for longer than a drain interval.
-        self.generation = self.generation.wrapping_add(1);
-        let mut config: Array<&mut MapData, u32> = map_mut(&mut self.ebpf, maps::CONFIG)?;
-        config
-            .set(config::CODE_GENERATION, self.generation, 0)
-            .map_err(map_err(maps::CONFIG))?;
         Ok(drained)
     }
 

@@ -244,6 +244,20 @@ pub struct DumpArgs {
     #[arg(short, long)]
     pub native: bool,
 
+    /// Each Python frame's local variables: values of None, bools, ints, floats, str and bytes,
+    /// the type and length of lists, tuples, dicts and sets, the type of anything else.
+    #[arg(short, long)]
+    pub locals: bool,
+
+    /// Every Python process in the tree under PID too (multiprocessing workers, a shell's
+    /// Python); processes that are not Python, PID included, are passed over.
+    #[arg(short, long)]
+    pub subprocesses: bool,
+
+    /// JSON instead of text (one document with a `schema_version`; see the README).
+    #[arg(long)]
+    pub json: bool,
+
     /// Do not show line numbers.
     #[arg(long)]
     pub nolineno: bool,
@@ -254,6 +268,9 @@ impl DumpArgs {
         DumpConfig {
             pid: self.pid,
             native: self.native,
+            locals: self.locals,
+            subprocesses: self.subprocesses,
+            json: self.json,
             frames: FrameOptions {
                 nolineno: self.nolineno,
                 ..FrameOptions::default()
@@ -482,6 +499,27 @@ mod tests {
                 .contains("--interval")
         );
         assert!(agent(&["--pid", "1"]).is_err());
+    }
+
+    #[test]
+    fn dump_flags_short_and_long() {
+        let dump = |args: &[&str]| match parse("dump", args) {
+            Ok(Config::Dump(c)) => c,
+            other => panic!("not dump: {other:?}"),
+        };
+        let c = dump(&["--pid", "7"]);
+        assert_eq!(
+            (c.pid, c.native, c.locals, c.subprocesses, c.json),
+            (7, false, false, false, false)
+        );
+        let c = dump(&["-p", "7", "-l", "-s", "-n", "--json"]);
+        assert_eq!(
+            (c.native, c.locals, c.subprocesses, c.json),
+            (true, true, true, true)
+        );
+        let c = dump(&["-p", "7", "--locals", "--subprocesses", "--nolineno"]);
+        assert!(c.locals && c.subprocesses && c.frames.nolineno);
+        assert!(parse("dump", &["-l"]).is_err(), "a pid is needed");
     }
 
     #[test]

@@ -5,7 +5,14 @@
 //! for a moment (`process::ptrace`) to take their registers, a copy of their stacks and their
 //! Python frames; after they run again the stacks are unwound in userspace with the kernel's
 //! tables and step (`unwind::walk`) and named and merged as `record --native` names them
-//! (`profile::naming`). It ties those stages together and holds none of their logic.
+//! (`profile::naming`). With `--locals` each Python frame's local variables are read beside its
+//! frame (`python::locals`), while the threads are stopped when they are. With
+//! `--subprocesses` every Python process under the pid is dumped in turn. The text is written by
+//! `render` (values by `repr`), the JSON by `json`. It ties those stages together and holds none
+//! of their logic.
+
+mod json;
+mod repr;
 
 use std::{
     collections::HashMap,
@@ -17,7 +24,7 @@ use std::{
 
 use crate::{
     process::{
-        self, LocalMemory, ProcessError, ProcessMemory,
+        self, LocalMemory, ProcMem, ProcessError, ProcessMemory,
         ptrace::{self, PtraceError, Regs},
     },
     profile::{
@@ -29,7 +36,8 @@ use crate::{
         self, Layout, UnsupportedVersion,
         discover::{self, FindError, PythonProcess},
         instance::Interpreter,
-        threads::{ThreadStack, WalkError, walk_threads},
+        locals::{FrameLocals, LocalsReader},
+        threads::{ThreadStack, WalkError, gil_holder, walk_threads},
     },
     unwind::{KnownMapping, NativeTables, walk::LocalMaps, walk::unwind},
 };
@@ -61,6 +69,8 @@ pub enum DumpError {
     Tables { pid: u32, source: io::Error },
     #[error("writing the dump: {0}")]
     Write(#[from] io::Error),
+    #[error("no Python process in the tree of pid {pid} (it and its {descendants} descendants)")]
+    NoPython { pid: u32, descendants: usize },
 }
 
 impl DumpError {
@@ -80,11 +90,36 @@ pub struct DumpConfig {
     pub pid: u32,
     /// Native frames too, with the Python frames in place of the eval loop's (`--native`).
     pub native: bool,
+    /// Each Python frame's local variables (`--locals`).
+    pub locals: bool,
+    /// Every Python process in the tree under `pid`, `pid` included (`--subprocesses`).
+    pub subprocesses: bool,
+    /// JSON (`--json`, `json::SCHEMA_VERSION`) instead of py-spy's text.
+    pub json: bool,
     pub frames: FrameOptions,
 }
 
+/// What was read of a Python frame's locals, or why they could not be.
+pub type LocalsRead = Result<FrameLocals, String>;
+
+/// One frame as printed: with `--locals`, a Python frame's locals beside it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct FrameDump {
+    pub frame: Frame,
+    pub locals: Option<LocalsRead>,
+}
+
+/// One process as printed.
+#[derive(Clone, Debug)]
+pub struct ProcessDump {
+    pub process: PythonProcess,
+    /// `3.12`, or `3.13t` for a free-threaded build.
+    pub version: String,
+    pub threads: Vec<ThreadDump>,
+}
+
 /// One thread as printed.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct ThreadDump {
     /// The kernel's thread id, as prof-bpf's pid namespace numbers it.
     pub tid: u64,
@@ -92,32 +127,144 @@ pub struct ThreadDump {
     pub ns_tid: Option<u64>,
     /// `/proc/PID/task/TID/comm`, if the thread still exists.
     pub name: Option<String>,
-    /// The kernel's state letter and its meaning (`S sleeping`, `R running`, ...).
+    /// The kernel's state letter's meaning (`sleeping`, `running`, ...).
     pub state: Option<String>,
+    /// Not running on a CPU nor ready to (any state but `R`), as py-spy calls a thread idle.
+    pub idle: Option<bool>,
+    /// Whether it holds the GIL; None where that is not known (a free-threaded build has none).
+    pub holds_gil: Option<bool>,
     /// Leaf first.
-    pub frames: Vec<Frame>,
+    pub frames: Vec<FrameDump>,
     pub truncated: bool,
 }
 
 pub fn run(cfg: &DumpConfig, out: &mut impl Write) -> Result<(), DumpError> {
-    let p = discover::inspect(cfg.pid)?;
+    let mut dumps = Vec::new();
+    if cfg.subprocesses {
+        // The root must exist; anything in its tree that is not Python is passed over.
+        process::proc_stat(cfg.pid).map_err(|e| ProcessError::from_proc(cfg.pid, "stat", e))?;
+        let descendants = process::descendants(cfg.pid);
+        let count = descendants.len();
+        for pid in std::iter::once(cfg.pid).chain(descendants) {
+            let p = match discover::find_python(pid) {
+                Ok(Some(p)) => p,
+                // Not Python, or gone since the tree was read.
+                Ok(None)
+                | Err(ProcessError::NoSuchProcess { .. } | ProcessError::Exited { .. }) => {
+                    continue;
+                }
+                // Perhaps a Python: say why it could not be looked at.
+                Err(e) => {
+                    crate::note!("prof-bpf: pid {pid} left out: {e}");
+                    continue;
+                }
+            };
+            match dump_process(cfg, p) {
+                Ok(d) => dumps.push(d),
+                Err(e) => crate::note!("prof-bpf: pid {pid} left out: {e}"),
+            }
+        }
+        if dumps.is_empty() {
+            return Err(DumpError::NoPython {
+                pid: cfg.pid,
+                descendants: count,
+            });
+        }
+    } else {
+        dumps.push(dump_process(cfg, discover::inspect(cfg.pid)?)?);
+    }
+    let text = match cfg.json {
+        true => json::render(&dumps),
+        false => dumps
+            .iter()
+            .map(|d| render(&d.process, &d.version, &d.threads))
+            .collect::<Vec<_>>()
+            .join("\n"),
+    };
+    out.write_all(text.as_bytes())?;
+    out.flush()?;
+    Ok(())
+}
+
+/// One process, as `cfg` asks.
+fn dump_process(cfg: &DumpConfig, p: PythonProcess) -> Result<ProcessDump, DumpError> {
     let mem = process::open_memory(p.pid)?;
     // Where the interpreter publishes its layout (3.13+), that one.
     let (layout, _) = python::layout_of(&mem, p.version, p.runtime_addr, p.runtime_size)
         .map_err(|source| DumpError::Unsupported { pid: p.pid, source })?;
     let threads = if cfg.native {
-        let (threads, paused) = dump_native(&p, &layout, cfg.frames)?;
+        let (threads, paused) = dump_native(&p, &layout, cfg.frames, cfg.locals)?;
         crate::note!(
-            "prof-bpf: the threads were stopped for {:.2} ms",
+            "prof-bpf: pid {}: the threads were stopped for {:.2} ms",
+            p.pid,
             paused.as_secs_f64() * 1e3
         );
         threads
     } else {
-        dump(&p, &layout, cfg.frames)?
+        dump(&p, &layout, cfg.frames, cfg.locals)?
     };
-    out.write_all(render(&p, &layout.version_name(), &threads).as_bytes())?;
-    out.flush()?;
-    Ok(())
+    Ok(ProcessDump {
+        version: layout.version_name(),
+        process: p,
+        threads,
+    })
+}
+
+/// What the interpreter says of each thread besides its frames: their locals (with `locals`,
+/// per thread and raw frame, leaf first, None for a shim) and which thread holds the GIL.
+struct Extras {
+    locals: Vec<Vec<Option<LocalsRead>>>,
+    gil_holder: Option<Option<u64>>,
+}
+
+impl Extras {
+    /// Read right after the walk that found `stacks` (while the threads are stopped, when they
+    /// are).
+    fn read(
+        mem: &ProcMem,
+        layout: &Layout,
+        p: &PythonProcess,
+        stacks: &[ThreadStack],
+        locals: bool,
+    ) -> Self {
+        let gil_holder = match layout.free_threaded {
+            true => None,
+            false => gil_holder(mem, &layout.target_info_of(p)).ok(),
+        };
+        let locals = match locals {
+            false => Vec::new(),
+            true => {
+                let mut reader = LocalsReader::new(mem, layout);
+                stacks
+                    .iter()
+                    .map(|t| {
+                        t.frames
+                            .iter()
+                            .zip(&t.frame_addrs)
+                            .map(|(f, &addr)| {
+                                (f.code != 0)
+                                    .then(|| reader.frame(addr, f.code).map_err(|e| e.to_string()))
+                            })
+                            .collect()
+                    })
+                    .collect()
+            }
+        };
+        Self { locals, gil_holder }
+    }
+
+    /// Whether thread `t` holds the GIL, where that is known.
+    fn holds_gil(&self, t: &ThreadStack) -> Option<bool> {
+        self.gil_holder.map(|h| h == Some(t.tstate))
+    }
+
+    /// The locals of the `i`-th thread's Python frames, leaf first (nothing without `--locals`).
+    fn of(&mut self, i: usize) -> Vec<LocalsRead> {
+        self.locals
+            .get_mut(i)
+            .map(|t| t.drain(..).flatten().collect())
+            .unwrap_or_default()
+    }
 }
 
 /// Every thread's stack, main thread first.
@@ -125,13 +272,17 @@ pub fn dump(
     p: &PythonProcess,
     layout: &Layout,
     options: FrameOptions,
+    locals: bool,
 ) -> Result<Vec<ThreadDump>, DumpError> {
     let mem = process::open_memory(p.pid)?;
     let mut attempt = 0;
-    let stacks = loop {
+    let (stacks, mut extras) = loop {
         attempt += 1;
         match walk_threads(&mem, &layout.target_info_of(p)) {
-            Ok(s) => break s,
+            Ok(s) => {
+                let extras = Extras::read(&mem, layout, p, &s, locals);
+                break (s, extras);
+            }
             Err(_) if attempt < ATTEMPTS && p.is_alive() => {
                 std::thread::sleep(std::time::Duration::from_millis(10));
             }
@@ -145,7 +296,11 @@ pub fn dump(
     let ids = ThreadIds::of(p);
     let mut threads: Vec<ThreadDump> = stacks
         .iter()
-        .map(|t| thread_dump(p.pid, &ids, t, names.frames(t, None, None)))
+        .enumerate()
+        .map(|(i, t)| {
+            let frames = names.frames(t, None, None, extras.of(i));
+            thread_dump(p.pid, &ids, t, frames, extras.holds_gil(t))
+        })
         .collect();
     threads.sort_by_key(|t| t.tid);
     Ok(threads)
@@ -168,29 +323,38 @@ impl Names {
     }
 
     /// `t`'s frames, leaf first; mixed with its native stack (`pcs`, how the unwind ended) where
-    /// there is one.
+    /// there is one; each Python frame with its locals, if `locals` (leaf first) has them.
     fn frames(
         &mut self,
         t: &ThreadStack,
         mappings: Option<&[KnownMapping]>,
         native: Option<(&[u64], u32)>,
-    ) -> Vec<Frame> {
+        locals: Vec<LocalsRead>,
+    ) -> Vec<FrameDump> {
         let (pcs, end) = native.unwrap_or((&[], 0));
         let raw = RawStack {
             python: &t.frames,
             // Said on its own line by `render`.
             truncated: false,
+            in_gc: t.in_gc,
             native: pcs,
             native_end: end,
             kernel: &[],
         };
-        let named = self.namer.name(Some(&mut self.interpreter), mappings, raw);
+        let named = self
+            .namer
+            .name_with_origin(Some(&mut self.interpreter), mappings, raw);
+        // The Python frames come leaf first as `t.frames` (shims aside) does.
+        let mut locals = locals.into_iter();
         named
             .into_iter()
             .rev()
-            .map(|f| match self.options.nolineno {
-                true => f.frame.without_line(),
-                false => f.frame,
+            .map(|(f, python)| FrameDump {
+                frame: match self.options.nolineno {
+                    true => f.frame.without_line(),
+                    false => f.frame,
+                },
+                locals: python.then(|| locals.next()).flatten(),
             })
             .collect()
     }
@@ -226,20 +390,28 @@ impl ThreadIds {
 }
 
 /// A thread as printed: its frames (leaf first) and what /proc says of it now.
-fn thread_dump(pid: u32, ids: &ThreadIds, t: &ThreadStack, frames: Vec<Frame>) -> ThreadDump {
+fn thread_dump(
+    pid: u32,
+    ids: &ThreadIds,
+    t: &ThreadStack,
+    frames: Vec<FrameDump>,
+    holds_gil: Option<bool>,
+) -> ThreadDump {
     let (tid, ns_tid) = ids.resolve(t.tid);
     let task = format!("/proc/{pid}/task/{tid}");
     let name = fs::read_to_string(format!("{task}/comm"))
         .ok()
         .map(|s| s.trim_end().to_string());
-    let state = fs::read_to_string(format!("{task}/stat"))
+    let letter = fs::read_to_string(format!("{task}/stat"))
         .ok()
-        .and_then(|s| Some(state_name(s.rsplit_once(')')?.1.split_whitespace().next()?)));
+        .and_then(|s| Some(s.rsplit_once(')')?.1.split_whitespace().next()?.to_string()));
     ThreadDump {
         tid,
         ns_tid,
         name,
-        state,
+        state: letter.as_deref().map(state_name),
+        idle: letter.map(|l| l != "R"),
+        holds_gil,
         frames,
         truncated: t.truncated,
     }
@@ -261,6 +433,7 @@ pub fn dump_native(
     p: &PythonProcess,
     layout: &Layout,
     options: FrameOptions,
+    locals: bool,
 ) -> Result<(Vec<ThreadDump>, Duration), DumpError> {
     let pid = p.pid;
     let mem = process::open_memory(pid)?;
@@ -300,9 +473,12 @@ pub fn dump_native(
             },
         );
     }
-    let walked = walk_threads(&mem, &target);
+    let walked = walk_threads(&mem, &target).map(|s| {
+        let extras = Extras::read(&mem, layout, p, &s, locals);
+        (s, extras)
+    });
     let paused = stopped.resume();
-    let stacks = match walked {
+    let (stacks, mut extras) = match walked {
         Ok(s) => s,
         Err(_) if !p.is_alive() => return Err(ProcessError::Exited { pid }.into()),
         Err(source) => return Err(DumpError::Walk { pid, source }),
@@ -313,8 +489,9 @@ pub fn dump_native(
     let mut names = Names::new(p, layout, options);
     let ids = ThreadIds::of(p);
     let mut threads = Vec::new();
-    for t in &stacks {
+    for (i, t) in stacks.iter().enumerate() {
         let (tid, _) = ids.resolve(t.tid);
+        let locals = extras.of(i);
         let frames = match captured.get(&tid) {
             Some(c) => {
                 let regs = (c.regs.rip, c.regs.rsp, c.regs.rbp);
@@ -323,15 +500,16 @@ pub fn dump_native(
                     t,
                     Some(tables.mappings(pid)),
                     Some((&native.pcs, native.end as u32)),
+                    locals,
                 )
             }
             // Not stopped: it exited before it could be.
             None if !fs::exists(format!("/proc/{pid}/task/{tid}")).unwrap_or(false) => {
                 continue;
             }
-            None => names.frames(t, None, None),
+            None => names.frames(t, None, None, locals),
         };
-        threads.push(thread_dump(pid, &ids, t, frames));
+        threads.push(thread_dump(pid, &ids, t, frames, extras.holds_gil(t)));
     }
     threads.sort_by_key(|t| t.tid);
     Ok((threads, paused))
@@ -375,15 +553,39 @@ pub fn render(p: &PythonProcess, version: &str, threads: &[ThreadDump]) -> Strin
         if let Some(name) = &t.name {
             let _ = write!(out, " \"{name}\"");
         }
-        if let Some(state) = &t.state {
-            let _ = write!(out, " ({state})");
+        match (&t.state, t.holds_gil) {
+            (Some(state), Some(true)) => {
+                let _ = write!(out, " ({state}, holding the GIL)");
+            }
+            (Some(state), _) => {
+                let _ = write!(out, " ({state})");
+            }
+            (None, Some(true)) => {
+                let _ = write!(out, " (holding the GIL)");
+            }
+            (None, _) => {}
         }
         let _ = writeln!(out);
         if t.frames.is_empty() {
             let _ = writeln!(out, "    (no Python frame: idle or outside Python code)");
         }
         for f in &t.frames {
-            let _ = writeln!(out, "    {}", f.label());
+            let _ = writeln!(out, "    {}", f.frame.label());
+            match &f.locals {
+                None => {}
+                Some(Err(why)) => {
+                    let _ = writeln!(out, "        [locals unreadable: {why}]");
+                }
+                Some(Ok(l)) => {
+                    for local in &l.locals {
+                        let _ =
+                            writeln!(out, "        {} = {}", local.name, repr::repr(&local.value));
+                    }
+                    if l.omitted > 0 {
+                        let _ = writeln!(out, "        [{} more locals not shown]", l.omitted);
+                    }
+                }
+            }
         }
         if t.truncated {
             let _ = writeln!(
@@ -399,6 +601,7 @@ pub fn render(p: &PythonProcess, version: &str, threads: &[ThreadDump]) -> Strin
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::python::locals::{Local, Value};
 
     #[test]
     fn renders_like_py_spy() {
@@ -413,14 +616,42 @@ mod tests {
             ns_pid: None,
             pid_namespace: None,
         };
-        let f = |name: &str, line| Frame::python(name, "a.py", line);
+        let f = |name: &str, line, locals| FrameDump {
+            frame: Frame::python(name, "a.py", line),
+            locals,
+        };
+        let int = |n| Value::Int {
+            negative: false,
+            digits: vec![n],
+        };
+        let locals = FrameLocals {
+            locals: vec![
+                Local {
+                    name: "n".into(),
+                    value: int(3),
+                },
+                Local {
+                    name: "s".into(),
+                    value: Value::Str {
+                        prefix: "hi".into(),
+                        chars: 2,
+                    },
+                },
+            ],
+            omitted: 2,
+        };
         let threads = vec![
             ThreadDump {
                 tid: 10,
                 ns_tid: None,
                 name: Some("python3".into()),
                 state: Some(state_name("S")),
-                frames: vec![f("wait", 3), f("<module>", 9)],
+                idle: Some(true),
+                holds_gil: Some(false),
+                frames: vec![
+                    f("wait", 3, Some(Ok(locals))),
+                    f("<module>", 9, Some(Err("reading memory: gone".into()))),
+                ],
                 truncated: false,
             },
             ThreadDump {
@@ -428,6 +659,8 @@ mod tests {
                 ns_tid: None,
                 name: None,
                 state: None,
+                idle: None,
+                holds_gil: Some(true),
                 frames: vec![],
                 truncated: false,
             },
@@ -435,8 +668,10 @@ mod tests {
         assert_eq!(
             render(&p, "3.11", &threads),
             "Process 10: python3 (/usr/bin/python3.11, CPython 3.11)\n\n\
-             Thread 10 \"python3\" (sleeping)\n    wait (a.py:3)\n    <module> (a.py:9)\n\n\
-             Thread 11\n    (no Python frame: idle or outside Python code)\n"
+             Thread 10 \"python3\" (sleeping)\n    wait (a.py:3)\n        n = 3\n        s = 'hi'\n\
+             \x20       [2 more locals not shown]\n    <module> (a.py:9)\n\
+             \x20       [locals unreadable: reading memory: gone]\n\n\
+             Thread 11 (holding the GIL)\n    (no Python frame: idle or outside Python code)\n"
         );
     }
 }

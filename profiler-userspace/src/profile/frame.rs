@@ -1,5 +1,6 @@
 //! One frame of a profile, typed: Python code, native code, the kernel, the process or thread a
-//! stack belongs to, a truncation, or a frame that could not be named and why. The writers render
+//! stack belongs to, a truncation, the garbage collector at work, or a frame that could not be
+//! named and why. The writers render
 //! it (`name`, `file`, `line`, `label`); no marker string lives in the model. `parse` reads the
 //! rendered form back (a saved profile keeps frames as name, file and line).
 
@@ -55,6 +56,9 @@ pub enum Frame {
     Truncated {
         limit: u32,
     },
+    /// The interpreter's garbage collector was running, called from the frame below it (`<GC>`,
+    /// as CPython's own sampling profiler names it).
+    Gc,
     /// The native unwind stopped here, for this reason (a `Stat` name); the Python frames of the
     /// stack's outer part stand above it.
     NativeStopped(String),
@@ -62,6 +66,8 @@ pub enum Frame {
 }
 
 impl Frame {
+    const GC: &str = "<GC>";
+
     pub fn python(function: impl Into<String>, file: impl Into<String>, line: u32) -> Self {
         Frame::Python(Location {
             function: function.into(),
@@ -99,6 +105,7 @@ impl Frame {
                 format!("thread {tid} ({name}{})", in_namespace("tid", *ns_tid))
             }
             Frame::Truncated { limit } => format!("[truncated: deeper than {limit} frames]"),
+            Frame::Gc => Self::GC.into(),
             Frame::NativeStopped(why) => format!("[native unwind stopped: {why}]"),
             Frame::Unknown(u) => format!("[unknown] ({u})"),
         }
@@ -183,6 +190,9 @@ fn is_python_file(file: &str) -> bool {
 }
 
 fn parse_marker(name: &str) -> Option<Frame> {
+    if name == Frame::GC {
+        return Some(Frame::Gc);
+    }
     if name == "[unknown]_[k]" {
         return Some(Frame::Kernel(None));
     }
@@ -325,6 +335,7 @@ mod tests {
                 name: "worker-1".into(),
             },
             Frame::Truncated { limit: 192 },
+            Frame::Gc,
             Frame::NativeStopped("no unwind info".into()),
             Frame::Unknown(Unknown::CodeFreed),
             Frame::Unknown(Unknown::ProcessExited),
@@ -361,6 +372,7 @@ mod tests {
                 "thread 43 (worker)",
                 "thread 30309 (worker-1, tid 2 in its namespace)",
                 "[truncated: deeper than 192 frames]",
+                "<GC>",
                 "[native unwind stopped: no unwind info]",
                 "[unknown] (code object freed before it was read)",
                 "[unknown] (process exited before its code was read)",

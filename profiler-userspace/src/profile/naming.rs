@@ -26,6 +26,9 @@ pub struct RawStack<'a> {
     pub python: &'a [PyFrame],
     /// Deeper than the kernel records: the root's frames are missing.
     pub truncated: bool,
+    /// Taken while the garbage collector ran in the thread: a `<GC>` frame goes above the
+    /// Python frame that started it.
+    pub in_gc: bool,
     /// Native instruction pointers, leaf first (empty without `--native`).
     pub native: &'a [u64],
     /// How the native unwind ended: a `Stat::Native*` value.
@@ -69,11 +72,29 @@ impl Namer {
         mappings: Option<&[KnownMapping]>,
         raw: RawStack<'_>,
     ) -> Vec<NamedFrame> {
+        self.name_with_origin(interpreter, mappings, raw)
+            .into_iter()
+            .map(|(f, _)| f)
+            .collect()
+    }
+
+    /// `name`, each frame with whether it stands for one of `raw.python`'s frames. Those come
+    /// in the order of the non-shim frames of `raw.python` (root first, as all frames here), so
+    /// `dump` can put what it read of each Python frame (its locals) beside its name.
+    pub fn name_with_origin(
+        &mut self,
+        interpreter: Option<&mut Interpreter>,
+        mappings: Option<&[KnownMapping]>,
+        raw: RawStack<'_>,
+    ) -> Vec<(NamedFrame, bool)> {
         let mut frames = Vec::new();
         if raw.truncated {
-            frames.push(NamedFrame::plain(Frame::Truncated {
-                limit: profiler_common::MAX_PYTHON_FRAMES as u32,
-            }));
+            frames.push((
+                NamedFrame::plain(Frame::Truncated {
+                    limit: profiler_common::MAX_PYTHON_FRAMES as u32,
+                }),
+                false,
+            ));
         }
         let version = interpreter.as_ref().map(|i| i.layout.version);
         let base_frame = interpreter.as_ref().is_some_and(|i| i.layout.base_frame);
@@ -94,15 +115,24 @@ impl Namer {
                 let mixed = self.mixed(mappings, raw, version, &mut python);
                 frames.extend(mixed);
             }
-            _ => frames.extend(raw.python.iter().rev().filter(|f| f.code != 0).map(python)),
-        }
-        if let Some(ksyms) = &self.kernel {
-            frames.extend(
-                raw.kernel
+            _ => frames.extend(
+                raw.python
                     .iter()
                     .rev()
-                    .map(|&pc| NamedFrame::plain(Frame::Kernel(ksyms.name(pc).map(String::from)))),
-            );
+                    .filter(|f| f.code != 0)
+                    .map(|f| (python(f), true)),
+            ),
+        }
+        if raw.in_gc {
+            frames.insert(gc_position(&frames), (NamedFrame::plain(Frame::Gc), false));
+        }
+        if let Some(ksyms) = &self.kernel {
+            frames.extend(raw.kernel.iter().rev().map(|&pc| {
+                (
+                    NamedFrame::plain(Frame::Kernel(ksyms.name(pc).map(String::from))),
+                    false,
+                )
+            }));
         }
         frames
     }
@@ -116,7 +146,7 @@ impl Namer {
         raw: RawStack<'_>,
         version: Version,
         python: &mut impl FnMut(&PyFrame) -> NamedFrame,
-    ) -> Vec<NamedFrame> {
+    ) -> Vec<(NamedFrame, bool)> {
         let named: Vec<Frame> = raw
             .native
             .iter()
@@ -132,14 +162,30 @@ impl Namer {
         merge::merge(&is_eval, complete, &calls)
             .into_iter()
             .map(|m| match m {
-                Mixed::Native(i) => NamedFrame::plain(named[i].clone()),
-                Mixed::Python(f) => python(&f),
-                Mixed::Incomplete => {
-                    NamedFrame::plain(Frame::NativeStopped(native_end_name(raw.native_end).into()))
-                }
+                Mixed::Native(i) => (NamedFrame::plain(named[i].clone()), false),
+                Mixed::Python(f) => (python(&f), true),
+                Mixed::Incomplete => (
+                    NamedFrame::plain(Frame::NativeStopped(native_end_name(raw.native_end).into())),
+                    false,
+                ),
             })
             .collect()
     }
+}
+
+/// Where the `<GC>` frame goes in a stack of Python (and native) frames, root first: right above
+/// its leaf Python frame, the one whose call started the collection (in a mixed stack the
+/// collector's native frames stand above it), or on top when no Python frame was named.
+fn gc_position(frames: &[(NamedFrame, bool)]) -> usize {
+    frames
+        .iter()
+        .rposition(|(f, _)| match &f.frame {
+            Frame::Python(_) => true,
+            // A Python frame that could not be named; an unnamed native one is not.
+            Frame::Unknown(u) => !matches!(u, Unknown::NativeAddress { .. }),
+            _ => false,
+        })
+        .map_or(frames.len(), |i| i + 1)
 }
 
 /// A Python frame named from its code object, or why it could not be.
@@ -187,4 +233,40 @@ fn native_end_name(end: u32) -> &'static str {
         .iter()
         .find(|s| **s as u32 == end)
         .map_or("unknown", |s| s.name())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn named(frames: &[Frame]) -> Vec<(NamedFrame, bool)> {
+        frames
+            .iter()
+            .cloned()
+            .map(|f| (NamedFrame::plain(f), false))
+            .collect()
+    }
+
+    /// `<GC>` goes right above the leaf Python frame (named or not): above a Python-only stack,
+    /// below the collector's own native frames in a mixed one, on top of a stack without one.
+    #[test]
+    fn the_gc_frame_stands_above_the_leaf_python_frame() {
+        let main = Frame::python("main", "app.py", 3);
+        let collect = Frame::python("collect", "app.py", 9);
+        let native = Frame::native("gc_collect_main", "gc.c", 1300);
+        let unnamed = Frame::Unknown(Unknown::NativeAddress {
+            module: Some("libpython3.12.so".into()),
+            offset: 0x10,
+        });
+        assert_eq!(gc_position(&named(&[main.clone(), collect.clone()])), 2);
+        assert_eq!(
+            gc_position(&named(&[main.clone(), collect, native.clone(), unnamed])),
+            2
+        );
+        assert_eq!(
+            gc_position(&named(&[main, Frame::Unknown(Unknown::CodeFreed), native])),
+            2
+        );
+        assert_eq!(gc_position(&named(&[Frame::Truncated { limit: 1024 }])), 1);
+    }
 }

@@ -41,7 +41,7 @@ pub fn read_code(
     addr: u64,
     tag: u32,
 ) -> Result<CodeInfo, CodeError> {
-    let header = read_live_header(mem, layout, addr, tag)?;
+    let header = read_live_header(mem, layout, addr, Some(tag))?;
     let info = CodeInfo {
         name: read_str(mem, layout, header.qualname.unwrap_or(header.name))?,
         filename: read_str(mem, layout, header.filename)?,
@@ -49,7 +49,7 @@ pub fn read_code(
         linetable: read_bytes(mem, layout, header.linetable)?,
     };
     // Freed while we read its strings? Then they may belong to something else by now.
-    if read_live_header(mem, layout, addr, tag)? != header {
+    if read_live_header(mem, layout, addr, None)? != header {
         return Err(CodeError::Stale);
     }
     Ok(info)
@@ -66,13 +66,13 @@ struct Header {
 }
 
 /// The code object's header, if the object at `addr` is alive and is the one the kernel saw:
-/// the tag matches, and the reference count is plausible. When pymalloc frees a block it
+/// the tag matches (any live object with `tag` None), and the reference count is plausible. When pymalloc frees a block it
 /// writes its free-list link (a pointer, or zero for the last block) over `ob_refcnt`.
 fn read_live_header(
     mem: &impl ProcessMemory,
     layout: &Layout,
     addr: u64,
-    tag: u32,
+    tag: Option<u32>,
 ) -> Result<Header, CodeError> {
     let c = &layout.code;
     let bytes = mem.read_vec(addr, (c.linetable.max(c.firstlineno) as usize + 8).max(24))?;
@@ -92,7 +92,7 @@ fn read_live_header(
             .map(|b| i32::from_le_bytes(b.try_into().unwrap_or_default()))?,
     };
     if !alive(layout.objects.header, &bytes)
-        || code_tag(header.name, header.filename, header.firstlineno) != tag
+        || tag.is_some_and(|tag| code_tag(header.name, header.filename, header.firstlineno) != tag)
     {
         return Err(CodeError::Stale);
     }
@@ -132,6 +132,16 @@ fn alive(header: ObjectHeader, head: &[u8]) -> bool {
 
 /// Reads a `str` object: compact ASCII, compact latin-1/UCS-2/UCS-4, or a legacy string.
 pub fn read_str(mem: &impl ProcessMemory, layout: &Layout, addr: u64) -> Result<String, CodeError> {
+    read_str_prefix(mem, layout, addr, MAX_STRING_CHARS).map(|(text, _)| text)
+}
+
+/// The first `max_chars` characters of a `str` object, and its length in characters.
+pub fn read_str_prefix(
+    mem: &impl ProcessMemory,
+    layout: &Layout,
+    addr: u64,
+    max_chars: u64,
+) -> Result<(String, u64), CodeError> {
     let o = &layout.objects;
     if !alive(o.header, &mem.read_vec(addr, 24)?) {
         return Err(CodeError::Malformed("string (freed)"));
@@ -141,7 +151,7 @@ pub fn read_str(mem: &impl ProcessMemory, layout: &Layout, addr: u64) -> Result<
     let kind = (state >> o.unicode_kind_bit) & 7;
     let compact = state & (1 << (o.unicode_kind_bit + 3)) != 0;
     let ascii = state & (1 << (o.unicode_kind_bit + 4)) != 0;
-    let chars = length.min(MAX_STRING_CHARS);
+    let chars = length.min(max_chars);
     let data = match (compact, ascii) {
         (true, true) => addr + o.unicode_ascii_data as u64,
         (true, false) => addr + o.unicode_compact_data as u64,
@@ -168,7 +178,7 @@ pub fn read_str(mem: &impl ProcessMemory, layout: &Layout, addr: u64) -> Result<
             })
             .collect(),
     };
-    Ok(decoded)
+    Ok((decoded, length))
 }
 
 /// Reads a `bytes` object's contents.
@@ -356,8 +366,9 @@ mod tests {
                 linetable: vec![0x80, 0]
             }
         );
+        // A tag the kernel read that the object does not match: another object ran there.
         assert!(matches!(
-            read_code(&mem, &layout, code, tag ^ 1),
+            read_code(&mem, &layout, code, tag ^ 2),
             Err(CodeError::Stale)
         ));
     }

@@ -8,7 +8,9 @@
 
 use std::io;
 
-use super::{Layout, ObjectHeader, Version};
+use profiler_common::NO_OFFSET;
+
+use super::{Layout, LocalNames, ObjectHeader, Version};
 use crate::process::ProcessMemory;
 
 /// `_Py_Debug_Cookie`.
@@ -408,6 +410,44 @@ const FIELDS: &[(&str, Option<&str>, Slot)] = &[
     ("unicode_object.asciiobject_size", None, |l| {
         Some(&mut l.objects.unicode_ascii_data)
     }),
+    ("interpreter_frame.localsplus", None, |l| {
+        Some(&mut l.values.frame_localsplus)
+    }),
+    ("code_object.localsplusnames", None, |l| {
+        match &mut l.values.names {
+            LocalNames::Kinds { names, .. } => Some(names),
+            LocalNames::Split { .. } => None,
+        }
+    }),
+    ("code_object.localspluskinds", None, |l| {
+        match &mut l.values.names {
+            LocalNames::Kinds { kinds, .. } => Some(kinds),
+            LocalNames::Split { .. } => None,
+        }
+    }),
+    ("pyobject.ob_type", None, |l| Some(&mut l.values.ob_type)),
+    ("type_object.tp_name", None, |l| Some(&mut l.values.tp_name)),
+    ("type_object.tp_flags", None, |l| {
+        Some(&mut l.values.tp_flags)
+    }),
+    ("tuple_object.ob_size", None, |l| {
+        Some(&mut l.values.tuple_size)
+    }),
+    ("tuple_object.ob_item", None, |l| {
+        Some(&mut l.values.tuple_items)
+    }),
+    ("list_object.ob_size", None, |l| {
+        Some(&mut l.values.list_size)
+    }),
+    ("float_object.ob_fval", None, |l| {
+        Some(&mut l.values.float_value)
+    }),
+    ("long_object.lv_tag", None, |l| {
+        Some(&mut l.values.long_size)
+    }),
+    ("long_object.ob_digit", None, |l| {
+        Some(&mut l.values.long_digits)
+    }),
 ];
 
 /// Offsets that must lie inside the struct whose size is published beside them, with the bytes
@@ -449,6 +489,19 @@ const INSIDE: &[(&str, &str, u64)] = &[
     ("unicode_object.state", "unicode_object.size", 4),
     ("unicode_object.length", "unicode_object.size", 8),
     ("unicode_object.asciiobject_size", "unicode_object.size", 0),
+    ("interpreter_frame.localsplus", "interpreter_frame.size", 8),
+    ("code_object.localsplusnames", "code_object.size", 8),
+    ("code_object.localspluskinds", "code_object.size", 8),
+    ("type_object.tp_name", "type_object.size", 8),
+    ("type_object.tp_flags", "type_object.size", 8),
+    ("tuple_object.ob_size", "tuple_object.size", 8),
+    ("tuple_object.ob_item", "tuple_object.size", 8),
+    ("list_object.ob_size", "list_object.size", 8),
+    ("float_object.ob_fval", "float_object.size", 8),
+    ("long_object.lv_tag", "long_object.size", 8),
+    ("long_object.ob_digit", "long_object.size", 4),
+    ("interpreter_state.gc", "interpreter_state.size", 0),
+    ("gc.collecting", "gc.size", 4),
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -628,8 +681,40 @@ pub fn apply(published: &Published, base: &Layout) -> Result<Layout, DebugOffset
         .and_then(|v| u16::try_from(v).ok());
     layout.objects.unicode_compact_data =
         compact.unwrap_or(layout.objects.unicode_ascii_data + COMPACT_UNICODE_EXTRA);
+    // What follows the object header in a dict (`ma_used`), a set (`fill`, then `used`) and a
+    // cell (`ob_ref`): 3.14 publishes the set's; the header's size places the others.
+    let head = published
+        .get("pyobject.size")
+        .and_then(|v| u16::try_from(v).ok())
+        .ok_or(DebugOffsetsError::OutOfRange {
+            field: "pyobject.size",
+            value: 0,
+        })?;
+    layout.values.dict_used = head;
+    layout.values.cell_ref = head;
+    layout.values.set_used = published
+        .get("set_object.used")
+        .and_then(|v| u16::try_from(v).ok())
+        .unwrap_or(head + 8);
+    // The collector's flag: its state's place in the interpreter plus the flag's in the state.
+    let field = "gc.collecting";
+    let collecting = published
+        .get("interpreter_state.gc")
+        .zip(published.get(field))
+        .ok_or(DebugOffsetsError::OutOfRange { field, value: 0 })
+        .map(|(gc, flag)| gc.wrapping_add(flag))?;
+    layout.kernel.gc_collecting_in_interp = u16::try_from(collecting)
+        .ok()
+        .filter(|&v| v != NO_OFFSET)
+        .ok_or(DebugOffsetsError::OutOfRange {
+            field,
+            value: collecting,
+        })?;
+    layout.kernel.gc_collecting_in_runtime = NO_OFFSET;
     layout.free_threaded = published.header.free_threaded;
     if layout.free_threaded {
+        // Locals are _PyStackRef from 3.13 in free-threaded builds (Py_TAG_DEFERRED, 1).
+        layout.values.stack_ref_tag = STACK_REF_TAG_BITS;
         layout.objects.header = ObjectHeader::FreeThreaded;
         // 3.14+ free-threaded builds make `interned` a whole byte (it is read atomically):
         // `cpython/unicodeobject.h`, `#ifdef Py_GIL_DISABLED`.
@@ -664,6 +749,13 @@ pub fn disagreements(builtin: &Layout, published: &Layout) -> Vec<Disagreement> 
             })
         })
         .collect();
+    if builtin.kernel.gc_collecting_in_interp != published.kernel.gc_collecting_in_interp {
+        out.push(Disagreement {
+            field: "gc.collecting",
+            builtin: builtin.kernel.gc_collecting_in_interp,
+            published: published.kernel.gc_collecting_in_interp,
+        });
+    }
     if builtin.objects.unicode_compact_data != published.objects.unicode_compact_data {
         out.push(Disagreement {
             field: "unicode_object.compactunicodeobject_size",
@@ -770,6 +862,8 @@ mod tests {
         );
         assert_eq!(layout.objects.unicode_kind_bit, 2);
         assert_eq!(layout.kernel.tstate_native_thread_id, 160);
+        // interpreter_state.gc 7400 + gc.collecting 200, as in the default build.
+        assert_eq!(layout.kernel.gc_collecting_in_interp, 7600);
     }
 
     /// The runtime's size is checked against the ELF file's, and the struct's offsets against

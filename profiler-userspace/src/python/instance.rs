@@ -37,6 +37,10 @@ pub struct Interpreter {
     /// The process's memory while it runs; dropped when it ends, so a long `--all` run holds
     /// one descriptor per live process only.
     mem: Option<ProcMem>,
+    /// A forked child's parent's memory: a child that ended before its code objects were read
+    /// still has them at the same addresses in its parent (the tag check turns away any the
+    /// child made, or the parent freed, since the fork).
+    parent: Option<ProcMem>,
     codes: BoundedCache<(u64, u32), Result<Rc<CodeInfo>, CodeUnavailable>>,
 }
 
@@ -47,34 +51,50 @@ impl Interpreter {
             process,
             layout,
             mem,
+            parent: None,
             codes: BoundedCache::new(CODE_CACHE),
+        }
+    }
+
+    /// The interpreter of `process`, forked from process `parent`.
+    pub fn forked(process: PythonProcess, layout: Layout, parent: u32) -> Self {
+        Self {
+            parent: ProcMem::open(parent).ok(),
+            ..Self::new(process, layout)
         }
     }
 
     /// The process has ended: nothing more can be read from it.
     pub fn detach(&mut self) {
         self.mem = None;
+        self.parent = None;
     }
 
     /// What the code object of `frame` says, read once while it is cached.
     pub fn code(&mut self, frame: &PyFrame) -> Result<Rc<CodeInfo>, CodeUnavailable> {
-        let mem = self.mem.as_ref();
+        let (mem, parent) = (self.mem.as_ref(), self.parent.as_ref());
         let layout = &self.layout;
         self.codes
             .get_or_insert_with((frame.code, frame.tag), || {
-                let Some(mem) = mem else {
-                    return Err(CodeUnavailable::Exited);
-                };
-                match read_code(mem, layout, frame.code, frame.tag) {
-                    Ok(info) => Ok(Rc::new(info)),
-                    Err(CodeError::Stale) => Err(CodeUnavailable::Freed),
-                    Err(CodeError::Io(e))
-                        if e.raw_os_error() == Some(libc::ESRCH)
-                            || e.kind() == std::io::ErrorKind::UnexpectedEof =>
-                    {
-                        Err(CodeUnavailable::Exited)
+                let read = |mem: Option<&ProcMem>| {
+                    let Some(mem) = mem else {
+                        return Err(CodeUnavailable::Exited);
+                    };
+                    match read_code(mem, layout, frame.code, frame.tag) {
+                        Ok(info) => Ok(Rc::new(info)),
+                        Err(CodeError::Stale) => Err(CodeUnavailable::Freed),
+                        Err(CodeError::Io(e))
+                            if e.raw_os_error() == Some(libc::ESRCH)
+                                || e.kind() == std::io::ErrorKind::UnexpectedEof =>
+                        {
+                            Err(CodeUnavailable::Exited)
+                        }
+                        Err(e) => Err(CodeUnavailable::Unreadable(e.to_string())),
                     }
-                    Err(e) => Err(CodeUnavailable::Unreadable(e.to_string())),
+                };
+                match read(mem) {
+                    Err(CodeUnavailable::Exited) if parent.is_some() => read(parent),
+                    other => other,
                 }
             })
             .clone()

@@ -6,6 +6,7 @@ pub mod debug_offsets;
 pub mod discover;
 pub mod instance;
 pub mod linetable;
+pub mod locals;
 pub mod threads;
 mod v3_10;
 mod v3_11;
@@ -143,6 +144,56 @@ pub struct ObjectLayout {
     pub bytes_data: u16,
 }
 
+/// How a code object names the slots of its frames' fast locals.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LocalNames {
+    /// Up to 3.10: `co_varnames` names the plain locals, `co_cellvars` the cells after them and
+    /// `co_freevars` the free variables after those (tuples of `str`).
+    Split {
+        varnames: u16,
+        cellvars: u16,
+        freevars: u16,
+    },
+    /// 3.11+: `co_localsplusnames` (a tuple of `str`) names every slot and
+    /// `co_localspluskinds` (`bytes`, one `CO_FAST_*` byte per slot) says what each is.
+    Kinds { names: u16, kinds: u16 },
+}
+
+/// Where a frame keeps its fast locals and where the objects they refer to keep what
+/// `dump --locals` shows: only what userspace reads, never the kernel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ValueLayout {
+    /// `PyFrameObject.f_localsplus` (up to 3.10) or `_PyInterpreterFrame.localsplus` (3.11+).
+    pub frame_localsplus: u16,
+    pub names: LocalNames,
+    /// Low bits of a local's slot that tag a `_PyStackRef` (3.14+, and 3.13t); 0 where slots
+    /// are plain `PyObject *`. With the default build's tags (3.14+), a slot tagged 3 holds an
+    /// int in its other bits.
+    pub stack_ref_tag: u16,
+    /// `PyObject.ob_type`.
+    pub ob_type: u16,
+    /// `PyTypeObject.tp_name` and `.tp_flags`.
+    pub tp_name: u16,
+    pub tp_flags: u16,
+    /// `ob_size` of a tuple and of a list, and the tuple's `ob_item` array.
+    pub tuple_size: u16,
+    pub tuple_items: u16,
+    pub list_size: u16,
+    /// `PyDictObject.ma_used`, `PySetObject.used`.
+    pub dict_used: u16,
+    pub set_used: u16,
+    /// `PyFloatObject.ob_fval`.
+    pub float_value: u16,
+    /// An int's sign and digit count: `ob_size` (negative for a negative int) up to 3.11,
+    /// `long_value.lv_tag` (sign in the low 2 bits, digit count above bit 3) from 3.12.
+    pub long_size: u16,
+    pub long_tagged: bool,
+    /// `ob_digit`: 30-bit digits in 32-bit words, least significant first.
+    pub long_digits: u16,
+    /// `PyCellObject.ob_ref`: a cell or free variable's value.
+    pub cell_ref: u16,
+}
+
 /// Everything prof-bpf knows about one CPython minor version's memory layout.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Layout {
@@ -156,6 +207,8 @@ pub struct Layout {
     pub entry_flag: u16,
     pub code: CodeLayout,
     pub objects: ObjectLayout,
+    /// Locals and the values `dump --locals` shows.
+    pub values: ValueLayout,
     /// A free-threaded (no-GIL) build (`_Py_DebugOffsets.free_threaded`, 3.13t+): threads run
     /// Python in parallel, and no GIL is held.
     pub free_threaded: bool,
@@ -186,13 +239,15 @@ impl Layout {
             },
             // Mixed stacks only (`Session` sets them): the kernel skips the reads otherwise.
             frame_is_entry: NO_OFFSET,
-            options: 0,
+            options: match self.free_threaded {
+                true => profiler_common::target_options::FREE_THREADED,
+                false => 0,
+            },
+            frame_read: self.frame_read(),
+            code_read: self.code_read(),
             // Set by the session for a process in a container (`PythonProcess::pid_namespace`).
             pidns_dev: 0,
             pidns_ino: 0,
-            frame_read: self.frame_read(),
-            code_read: self.code_read(),
-            _pad: 0,
         }
     }
 

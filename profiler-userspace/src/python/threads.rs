@@ -10,7 +10,7 @@ use std::io;
 
 use profiler_common::{
     MAX_PYTHON_FRAMES, NO_CSTACK_OWNER, NO_OFFSET, PY_ENTRY_FRAME, PyFrame, TargetInfo, code_tag,
-    instr_kind,
+    instr_kind, target_options,
 };
 
 use crate::process::ProcessMemory;
@@ -31,8 +31,14 @@ pub struct ThreadStack {
     /// with code 0, the code field's tag bits (3.14+) are cleared, and where `TargetInfo::frame_is_entry` is set (3.11) an eval call's first frame has
     /// `PY_ENTRY_FRAME` in its instruction, so `profile::merge` can split the eval calls.
     pub frames: Vec<PyFrame>,
+    /// Each frame's address, beside `frames`: the `PyFrameObject` (up to 3.10) or the
+    /// `_PyInterpreterFrame` (3.11+), where its locals are.
+    pub frame_addrs: Vec<u64>,
     /// The chain was deeper than `MAX_PYTHON_FRAMES`.
     pub truncated: bool,
+    /// The garbage collector was running in this thread, by the kernel's test: the collector's
+    /// flag is set and the thread holds the GIL (any thread of a free-threaded build).
+    pub in_gc: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -65,6 +71,9 @@ pub fn walk_threads(
     if interp == 0 {
         return Err(WalkError::NoInterpreter);
     }
+    let collecting = gc_running(mem, target, interp);
+    let free_threaded = target.options & target_options::FREE_THREADED != 0;
+    let gil_holder = gil_holder(mem, target).ok().flatten();
     let mut tstate = mem
         .read_u64(field(interp, off.interp_threads_head))
         .map_err(WalkError::Threads)?;
@@ -78,13 +87,15 @@ pub fn walk_threads(
             NO_OFFSET => id,
             at => mem.read_u32(field(id, at)).map_or(0, u64::from),
         };
-        let (frames, truncated) =
+        let (frames, frame_addrs, truncated) =
             walk_frames(mem, target, tstate).map_err(|source| WalkError::Frames { tid, source })?;
         threads.push(ThreadStack {
             tid,
             tstate,
             frames,
+            frame_addrs,
             truncated,
+            in_gc: collecting && (free_threaded || gil_holder == Some(tstate)),
         });
         tstate = mem
             .read_u64(field(tstate, off.tstate_next))
@@ -93,12 +104,24 @@ pub fn walk_threads(
     Ok(threads)
 }
 
-/// One thread's frames, leaf first, as the kernel's walker records them.
+/// Whether the interpreter's garbage collector is collecting (its `collecting` flag, as the
+/// kernel reads it); a read that fails or an unknown offset answers no.
+fn gc_running(mem: &impl ProcessMemory, target: &TargetInfo, interp: u64) -> bool {
+    let off = &target.offsets;
+    let flag = match (off.gc_collecting_in_interp, off.gc_collecting_in_runtime) {
+        (NO_OFFSET, NO_OFFSET) => return false,
+        (NO_OFFSET, at) => target.runtime_addr.wrapping_add(at as u64),
+        (at, _) => interp.wrapping_add(at as u64),
+    };
+    mem.read_u32(flag).is_ok_and(|v| v != 0)
+}
+
+/// One thread's frames, leaf first, as the kernel's walker records them, and their addresses.
 fn walk_frames(
     mem: &impl ProcessMemory,
     target: &TargetInfo,
     tstate: u64,
-) -> io::Result<(Vec<PyFrame>, bool)> {
+) -> io::Result<(Vec<PyFrame>, Vec<u64>, bool)> {
     let off = &target.offsets;
     let field = |base: u64, offset: u16| base.wrapping_add(offset as u64);
     let mut frame = mem.read_u64(field(tstate, off.tstate_frame))?;
@@ -106,10 +129,12 @@ fn walk_frames(
         frame = mem.read_u64(field(frame, off.cframe_current_frame))?;
     }
     let mut frames = Vec::new();
+    let mut addrs = Vec::new();
     while frame != 0 {
         if frames.len() == MAX_PYTHON_FRAMES {
-            return Ok((frames, true));
+            return Ok((frames, addrs, true));
         }
+        addrs.push(frame);
         let shim = off.owner_cstack != NO_CSTACK_OWNER && {
             let mut owner = [0u8];
             mem.read(field(frame, off.frame_owner), &mut owner)?;
@@ -148,7 +173,28 @@ fn walk_frames(
         }
         frame = mem.read_u64(field(frame, off.frame_previous))?;
     }
-    Ok((frames, false))
+    Ok((frames, addrs, false))
+}
+
+/// The thread state holding the GIL of `target`'s main interpreter, if one holds it: the GIL's
+/// `last_holder` while it is `locked` (Include/internal/pycore_gil.h), as the kernel reads them.
+/// None for a layout without a GIL to read.
+pub fn gil_holder(mem: &impl ProcessMemory, target: &TargetInfo) -> io::Result<Option<u64>> {
+    let off = &target.offsets;
+    let field = |base: u64, offset: u16| base.wrapping_add(offset as u64);
+    let gil = if off.gil_ptr_in_interp != NO_OFFSET {
+        let interp = mem.read_u64(field(target.runtime_addr, off.runtime_interpreters_head))?;
+        mem.read_u64(field(interp, off.gil_ptr_in_interp))?
+    } else if off.gil_in_runtime != NO_OFFSET {
+        field(target.runtime_addr, off.gil_in_runtime)
+    } else {
+        return Ok(None);
+    };
+    if gil == 0 || mem.read_u32(field(gil, off.gil_locked))? == 0 {
+        return Ok(None);
+    }
+    let holder = mem.read_u64(field(gil, off.gil_last_holder))?;
+    Ok((holder != 0).then_some(holder))
 }
 
 #[cfg(test)]
@@ -246,7 +292,8 @@ mod tests {
         };
         let f2 = frame(&mut h, off, codes[1].0, 20, top, 0);
         let f1 = frame(&mut h, off, codes[0].0, 6, f2, 0);
-        let (runtime, interp) = (h.alloc(1024), h.alloc(1024));
+        // Large enough for every version's interpreter fields up to the collector's flag.
+        let (runtime, interp) = (h.alloc(8192), h.alloc(8192));
         let (t7, t8) = (h.alloc(512), h.alloc(512));
         h.word(runtime + off.runtime_interpreters_head as u64, interp);
         h.word(interp + off.interp_threads_head as u64, t7);
@@ -330,6 +377,61 @@ mod tests {
     fn walks_every_built_in_layout() {
         for minor in 8..=15 {
             check(layout_for(Version::new(3, minor)).unwrap());
+        }
+    }
+
+    fn poke(mem: &mut LocalMemory, at: u64, bytes: &[u8]) {
+        let i = (at - BASE) as usize;
+        mem.bytes[i..i + bytes.len()].copy_from_slice(bytes);
+    }
+
+    /// A thread is in a collection as the kernel judges it: the collector's flag is set and the
+    /// thread holds the GIL, or, in a free-threaded build, whatever thread it is.
+    #[test]
+    fn the_gil_holder_during_a_collection_is_in_gc() {
+        for minor in 8..=15 {
+            let layout = layout_for(Version::new(3, minor)).unwrap();
+            let info = layout.target_info(0);
+            let off = info.offsets;
+            let (mut mem, runtime, _) = two_threads(&off, info.pthread_tid);
+            let mut target = layout.target_info(runtime);
+            let interp = mem
+                .read_u64(runtime + off.runtime_interpreters_head as u64)
+                .unwrap();
+            let t7 = mem
+                .read_u64(interp + off.interp_threads_head as u64)
+                .unwrap();
+            let gil = match off.gil_ptr_in_interp {
+                NO_OFFSET => runtime + off.gil_in_runtime as u64,
+                at => {
+                    let gil = BASE + 0xf000;
+                    poke(&mut mem, interp + at as u64, &gil.to_le_bytes());
+                    gil
+                }
+            };
+            poke(&mut mem, gil + off.gil_locked as u64, &1u32.to_le_bytes());
+            poke(
+                &mut mem,
+                gil + off.gil_last_holder as u64,
+                &t7.to_le_bytes(),
+            );
+            let in_gc = |mem: &LocalMemory, target: &TargetInfo| -> Vec<bool> {
+                let threads = walk_threads(mem, target).unwrap();
+                threads.iter().map(|t| t.in_gc).collect()
+            };
+            assert_eq!(
+                in_gc(&mem, &target),
+                [false, false],
+                "3.{minor}, no collection"
+            );
+            let flag = match off.gc_collecting_in_interp {
+                NO_OFFSET => runtime + off.gc_collecting_in_runtime as u64,
+                at => interp + at as u64,
+            };
+            poke(&mut mem, flag, &1u32.to_le_bytes());
+            assert_eq!(in_gc(&mem, &target), [true, false], "3.{minor}, collecting");
+            target.options |= target_options::FREE_THREADED;
+            assert_eq!(in_gc(&mem, &target), [true, true], "3.{minor}t, collecting");
         }
     }
 

@@ -1,10 +1,11 @@
-//! CPython 3.10: 3.9's layout but for the frame's instruction position and the line table.
+//! CPython 3.10: 3.9's layout but for the frame's instruction position, the line table and
+//! where the frame's locals start.
 //! Checked against DWARF of pyenv's 3.10.13 libpython (gdb `ptype /o`): every other offset in
 //! `v3_9` is the same.
 
 use profiler_common::PyOffsets;
 
-use super::{CodeLayout, Layout, LineTableFormat, Version, v3_9};
+use super::{CodeLayout, Layout, LineTableFormat, ValueLayout, Version, v3_9};
 
 pub const LAYOUT: Layout = Layout {
     version: Version::new(3, 10),
@@ -20,6 +21,12 @@ pub const LAYOUT: Layout = Layout {
         // f_lasti counts 2-byte code units now, not bytes.
         instr_unit: 2,
         ..v3_9::LAYOUT.code
+    },
+    values: ValueLayout {
+        // Include/cpython/frameobject.h: PyFrameObject.f_localsplus (f_stacktop's removal and
+        // f_stackdepth/f_state moved it 8 bytes up)
+        frame_localsplus: 352,
+        ..v3_9::LAYOUT.values
     },
     ..v3_9::LAYOUT
 };

@@ -2,7 +2,10 @@
 
 use profiler_common::{NO_CSTACK_OWNER, NO_OFFSET, PyOffsets, instr_kind};
 
-use super::{CodeLayout, Layout, LineTableFormat, ObjectHeader, ObjectLayout, ThreadId, Version};
+use super::{
+    CodeLayout, Layout, LineTableFormat, LocalNames, ObjectHeader, ObjectLayout, ThreadId,
+    ValueLayout, Version,
+};
 
 pub const LAYOUT: Layout = Layout {
     version: Version::new(3, 11),
@@ -38,6 +41,10 @@ pub const LAYOUT: Layout = Layout {
         gil_last_holder: 8,
         // f_code / f_executable is a plain pointer.
         frame_code_tag: 0,
+        // Include/internal/pycore_interp.h: PyInterpreterState.gc (at 648);
+        // Include/internal/pycore_gc.h: _gc_runtime_state.collecting (at 200)
+        gc_collecting_in_interp: 848,
+        gc_collecting_in_runtime: NO_OFFSET,
     },
     // Include/internal/pycore_frame.h: _PyInterpreterFrame.is_entry
     entry_flag: 68,
@@ -64,6 +71,22 @@ pub const LAYOUT: Layout = Layout {
         unicode_compact_data: 72,
         bytes_size: 16,
         bytes_data: 32,
+    },
+    values: ValueLayout {
+        // Include/internal/pycore_frame.h: _PyInterpreterFrame.localsplus
+        frame_localsplus: 72,
+        // Include/cpython/code.h: PyCodeObject.co_localsplusnames, .co_localspluskinds
+        names: LocalNames::Kinds {
+            names: 96,
+            kinds: 104,
+        },
+        stack_ref_tag: 0,
+        // Include/object.h, Include/cpython/object.h, Include/cpython/tupleobject.h,
+        // Include/cpython/listobject.h, Include/cpython/dictobject.h,
+        // Include/cpython/setobject.h, Include/cpython/floatobject.h,
+        // Include/cpython/longintrepr.h (ob_size still signs the digit count),
+        // Include/cpython/cellobject.h: as in 3.8
+        ..super::v3_10::LAYOUT.values
     },
     free_threaded: false,
     base_frame: false,

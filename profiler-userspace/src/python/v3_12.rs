@@ -2,7 +2,9 @@
 
 use profiler_common::{NO_OFFSET, PyOffsets, instr_kind};
 
-use super::{CodeLayout, Layout, LineTableFormat, ObjectHeader, ObjectLayout, ThreadId, Version};
+use super::{
+    CodeLayout, Layout, LineTableFormat, ObjectHeader, ObjectLayout, ThreadId, ValueLayout, Version,
+};
 
 pub const LAYOUT: Layout = Layout {
     version: Version::new(3, 12),
@@ -38,6 +40,10 @@ pub const LAYOUT: Layout = Layout {
         gil_last_holder: 8,
         // f_code / f_executable is a plain pointer.
         frame_code_tag: 0,
+        // Include/internal/pycore_interp.h: PyInterpreterState.gc (at 112);
+        // Include/internal/pycore_gc.h: _gc_runtime_state.collecting (at 200)
+        gc_collecting_in_interp: 312,
+        gc_collecting_in_runtime: NO_OFFSET,
     },
     // Eval calls are marked by C-stack shim frames instead.
     entry_flag: NO_OFFSET,
@@ -63,6 +69,17 @@ pub const LAYOUT: Layout = Layout {
         unicode_compact_data: 56,
         bytes_size: 16,
         bytes_data: 32,
+    },
+    values: ValueLayout {
+        // Include/cpython/longintrepr.h: PyLongObject.long_value.lv_tag (the sign in its low 2
+        // bits, the digit count from bit 3: Include/internal/pycore_long.h SIGN_MASK,
+        // NON_SIZE_BITS) in place of ob_size; ob_digit after it, where it was
+        long_size: 16,
+        long_tagged: true,
+        long_digits: 24,
+        // Include/internal/pycore_frame.h: _PyInterpreterFrame.localsplus (still 72);
+        // the code object's localsplus names and kinds and the other objects as in 3.11
+        ..super::v3_11::LAYOUT.values
     },
     free_threaded: false,
     base_frame: false,

@@ -42,6 +42,11 @@ pub const LAYOUT: Layout = Layout {
         gil_last_holder: 8,
         // f_code / f_executable is a plain pointer.
         frame_code_tag: 0,
+        // Include/internal/pycore_interp.h: PyInterpreterState.gc (at 7400);
+        // Include/internal/pycore_gc.h: _gc_runtime_state.collecting (at 200). Published as
+        // interpreter_state.gc + gc.collecting.
+        gc_collecting_in_interp: 7600,
+        gc_collecting_in_runtime: NO_OFFSET,
     },
     // Eval calls are marked by C-stack shim frames instead.
     entry_flag: NO_OFFSET,
@@ -68,6 +73,9 @@ pub const LAYOUT: Layout = Layout {
         bytes_size: 16,
         bytes_data: 32,
     },
+    // Include/internal/pycore_frame.h: _PyInterpreterFrame.localsplus (72, PyObject pointers
+    // in the default build); the objects as in 3.12 (Include/cpython/longintrepr.h lv_tag)
+    values: super::v3_12::LAYOUT.values,
     free_threaded: false,
     base_frame: false,
 };

@@ -1,6 +1,7 @@
 //! CPython 3.15: 3.14's layout but for the runtime's interpreter list, the interpreter's thread
 //! list and the thread state's native thread id (the profiler-support fields inserted before
-//! it), and a base frame that ends every thread's frame chain. Checked against the
+//! it), the garbage collector's state (its generation stats became a pointer), and a base frame
+//! that ends every thread's frame chain. Checked against the
 //! `_Py_DebugOffsets` of Debian forky's 3.15.0 (`tests/data/debug_offsets/3.15.txt`) and the
 //! DWARF of its `python3.15-dbg`; every other offset in `v3_14` is the same.
 
@@ -18,6 +19,9 @@ pub const LAYOUT: Layout = Layout {
         // Include/cpython/pystate.h: PyThreadState.native_thread_id (after base_frame,
         // last_profiled_frame and its sequence number)
         tstate_native_thread_id: 184,
+        // Include/internal/pycore_interp_structs.h: PyInterpreterState.gc (at 7400),
+        // _gc_runtime_state.collecting (at 112: the generation stats became a pointer)
+        gc_collecting_in_interp: 7512,
         // FRAME_OWNED_BY_CSTACK is gone; FRAME_OWNED_BY_INTERPRETER (3) is the only owner
         // without code.
         ..v3_14::LAYOUT.kernel

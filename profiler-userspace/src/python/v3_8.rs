@@ -4,7 +4,10 @@
 
 use profiler_common::{NO_CSTACK_OWNER, NO_OFFSET, PyOffsets, instr_kind};
 
-use super::{CodeLayout, Layout, LineTableFormat, ObjectHeader, ObjectLayout, ThreadId, Version};
+use super::{
+    CodeLayout, Layout, LineTableFormat, LocalNames, ObjectHeader, ObjectLayout, ThreadId,
+    ValueLayout, Version,
+};
 
 pub const LAYOUT: Layout = Layout {
     version: Version::new(3, 8),
@@ -39,6 +42,10 @@ pub const LAYOUT: Layout = Layout {
         gil_last_holder: 8,
         // f_code / f_executable is a plain pointer.
         frame_code_tag: 0,
+        // Include/internal/pycore_pystate.h: _PyRuntimeState.gc (at 344);
+        // Include/internal/pycore_pymem.h: _gc_runtime_state.collecting (at 200)
+        gc_collecting_in_interp: NO_OFFSET,
+        gc_collecting_in_runtime: 544,
     },
     // Every PyFrameObject is its own eval call: no entry flag.
     entry_flag: NO_OFFSET,
@@ -67,6 +74,39 @@ pub const LAYOUT: Layout = Layout {
         unicode_compact_data: 72,
         bytes_size: 16,
         bytes_data: 32,
+    },
+    values: ValueLayout {
+        // Include/frameobject.h: PyFrameObject.f_localsplus (after the 20 f_blockstack entries)
+        frame_localsplus: 360,
+        // Include/code.h: PyCodeObject.co_varnames, .co_cellvars, .co_freevars
+        names: LocalNames::Split {
+            varnames: 72,
+            cellvars: 88,
+            freevars: 80,
+        },
+        // Slots are plain PyObject pointers.
+        stack_ref_tag: 0,
+        // Include/object.h: PyObject.ob_type; Include/cpython/object.h: PyTypeObject.tp_name,
+        // .tp_flags
+        ob_type: 8,
+        tp_name: 24,
+        tp_flags: 168,
+        // Include/tupleobject.h, Include/listobject.h: PyVarObject.ob_size, PyTupleObject.ob_item
+        tuple_size: 16,
+        tuple_items: 24,
+        list_size: 16,
+        // Include/cpython/dictobject.h: PyDictObject.ma_used; Include/setobject.h:
+        // PySetObject.used (after fill)
+        dict_used: 16,
+        set_used: 24,
+        // Include/floatobject.h: PyFloatObject.ob_fval
+        float_value: 16,
+        // Include/longintrepr.h: PyLongObject's ob_size (sign and digit count), ob_digit
+        long_size: 16,
+        long_tagged: false,
+        long_digits: 24,
+        // Include/cellobject.h: PyCellObject.ob_ref
+        cell_ref: 16,
     },
     free_threaded: false,
     base_frame: false,

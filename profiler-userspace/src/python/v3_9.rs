@@ -2,7 +2,7 @@
 //! shrank). Checked against DWARF of pyenv's 3.9.18 libpython (gdb `ptype /o`): every other
 //! offset in `v3_8` is the same.
 
-use profiler_common::PyOffsets;
+use profiler_common::{NO_OFFSET, PyOffsets};
 
 use super::{Layout, Version, v3_8};
 
@@ -11,6 +11,10 @@ pub const LAYOUT: Layout = Layout {
     kernel: PyOffsets {
         // Include/internal/pycore_runtime.h: _PyRuntimeState.ceval.gil
         gil_in_runtime: 352,
+        // Include/internal/pycore_interp.h: PyInterpreterState.gc (at 616), the collector's
+        // state now per interpreter; Include/internal/pycore_gc.h: .collecting (at 200)
+        gc_collecting_in_interp: 816,
+        gc_collecting_in_runtime: NO_OFFSET,
         ..v3_8::LAYOUT.kernel
     },
     ..v3_8::LAYOUT

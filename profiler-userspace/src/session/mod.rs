@@ -163,6 +163,7 @@ fn naming_input<'a>(stack: &'a bpf::RawStack, extra: Option<&'a RawExtra>) -> Na
     NamingInput {
         python: &stack.frames,
         truncated: stack.truncated,
+        in_gc: stack.in_gc,
         native: extra.map_or(&[], |e| e.native.as_slice()),
         native_end: extra.map_or(0, |e| e.native_end),
         kernel: extra.map_or(&[], |e| e.kernel.as_slice()),
@@ -319,6 +320,16 @@ impl Session {
     /// Registers a Python process with the kernel, the collector and the namer. With
     /// `--native` its unwind tables go first, so its first samples already unwind.
     fn register(&mut self, p: PythonProcess, layout: Layout) -> Result<(), SessionError> {
+        self.register_from(p, layout, None)
+    }
+
+    /// `register` of a process forked from `parent` (a registered one) if given.
+    fn register_from(
+        &mut self,
+        p: PythonProcess,
+        layout: Layout,
+        parent: Option<u32>,
+    ) -> Result<(), SessionError> {
         let mut info = layout.target_info_of(&p);
         let pid = p.pid;
         self.collector.add_process(ProcessInfo {
@@ -328,7 +339,11 @@ impl Session {
             ns_pid: p.ns_pid,
         });
         self.first.get_or_insert_with(|| p.clone());
-        self.interpreters.insert(pid, Interpreter::new(p, layout));
+        let interpreter = match parent {
+            Some(parent) => Interpreter::forked(p, layout, parent),
+            None => Interpreter::new(p, layout),
+        };
+        self.interpreters.insert(pid, interpreter);
         if self.options.sampler.native {
             self.refresh_tables(pid)?;
             info.frame_is_entry = layout.entry_flag;
@@ -372,6 +387,7 @@ impl Session {
                 bpf::RawStack {
                     frames: t.frames.clone(),
                     truncated: t.truncated,
+                    in_gc: t.in_gc,
                     extra: 0,
                 },
             );
@@ -476,9 +492,11 @@ impl Session {
             false => timeout.min(EXEC_POLL),
         };
         let announced = self.sampler.wait_for_new_stacks(timeout)?;
-        self.name_announced(announced)?;
+        // Forks first: a new stack may be a child's the kernel followed since the last poll,
+        // and is named from the child's memory while the child (often short-lived) is there.
         let events = self.sampler.process_events();
         self.follow(events)?;
+        self.name_announced(announced)?;
         self.check_exec_pending()?;
         if self.last_scan.is_none_or(|t| t.elapsed() >= SCAN_INTERVAL) {
             let changes = self.watcher.scan(classify);
@@ -529,7 +547,7 @@ impl Session {
             }
             Err(_) => self.retire.push(child),
         }
-        self.register(process, layout)
+        self.register_from(process, layout, Some(parent))
     }
 
     /// Looks at processes that exec'd: registers the ones that are Python now.

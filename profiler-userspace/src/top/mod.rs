@@ -84,6 +84,22 @@ pub struct TopSummary {
     pub stop: StopReason,
 }
 
+/// Whether the terminal top reads its keys from has hung up (its window closed, its ssh
+/// session dropped): stdin, a terminal (`run` checks), polls with `POLLHUP` or an error.
+fn terminal_hung_up() -> bool {
+    let mut fd = libc::pollfd {
+        fd: libc::STDIN_FILENO,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd, a zero timeout.
+    let n = unsafe { libc::poll(&mut fd, 1, 0) };
+    n > 0 && fd.revents & (libc::POLLHUP | libc::POLLERR | libc::POLLNVAL) != 0
+}
+
+/// Input events handled per tick at most (a person types far fewer).
+const MAX_EVENTS_PER_TICK: usize = 64;
+
 pub fn run(cfg: &TopConfig, stop: &AtomicBool) -> Result<TopSummary, TopError> {
     if !io::stdout().is_terminal() {
         return Err(TopError::NotATerminal);
@@ -204,7 +220,19 @@ impl Screen {
             }
             session.poll(TICK)?;
             let mut quit = false;
-            while event::poll(Duration::ZERO)? {
+            // A bounded number of events per tick, and none once asked to stop: a terminal that
+            // has gone away (a closed window, a dropped ssh session) can read as an endless
+            // stream of input, which must not keep top from seeing the SIGHUP that came with it.
+            // crossterm's poll spins without returning on a terminal that hung up: look first.
+            if terminal_hung_up() {
+                break StopReason::Signal;
+            }
+            let mut events = 0;
+            while events < MAX_EVENTS_PER_TICK
+                && !stop.load(Ordering::Relaxed)
+                && event::poll(Duration::ZERO)?
+            {
+                events += 1;
                 match event::read()? {
                     Event::Key(k) if k.kind != KeyEventKind::Release => {
                         quit |= self.key(k.code, k.modifiers);
