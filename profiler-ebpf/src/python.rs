@@ -31,8 +31,9 @@ use profiler_common::{
 };
 
 use crate::maps::{
-    ACTIVE_COUNTS, COUNTS_0, COUNTS_1, EXTRA_STACKS, NEW_STACKS, OFF_CPU_START, SCRATCH,
-    STACKS_LARGE, STACKS_SMALL, Scratch, Slot, TARGETS, THREADS, count, enabled,
+    ACTIVE_COUNTS, CODE_MEMO_SLOTS, COUNTS_0, COUNTS_1, CodeMemo, EXTRA_STACKS, NEW_STACKS,
+    OFF_CPU_START, SCRATCH, STACKS_LARGE, STACKS_SMALL, Scratch, Slot, TARGETS, THREADS, count,
+    enabled,
 };
 
 const EEXIST: i32 = 17;
@@ -120,6 +121,7 @@ fn start(s: &mut Scratch, target: &TargetInfo, pid: u32, tid: u32, python_tid: u
     s.python_tid = python_tid;
     s.thread_calls = 0;
     s.unwind_calls = 0;
+    s.sample_seq = s.sample_seq.wrapping_add(1);
     s.entry_offset = target.frame_is_entry;
     s.options = target.options;
     s.hash = 0;
@@ -501,25 +503,42 @@ fn walk_frames(s: &mut Scratch, target: &TargetInfo) {
     }
 }
 
-/// The tag of the code object at `code` (0 for a shim), read from the code object (one read).
+/// The tag of the code object at `code` (0 for a shim): read from the code object (one read) the
+/// first time this sample meets it, from the sample's `code_memo` after that, so a recursion's
+/// thousand frames of one function cost one read of its code object.
 ///
-/// Not cached: a per-CPU cache keyed by address (and process, and a generation userspace moved
-/// on at each drain) gave import-time frames the tag of a code object freed within the same
-/// 50 ms, whose address a new one had taken; the frame then could not be named, or, named from
-/// what lives at the address later, was named wrongly. A cache needs a key that changes when the
-/// address is reused before it can come back.
+/// Not cached across samples: a per-CPU cache keyed by address (and process, and a generation
+/// userspace moved on at each drain) gave import-time frames the tag of a code object freed
+/// within the same 50 ms, whose address a new one had taken; the frame then could not be named,
+/// or, named from what lives at the address later, was named wrongly. Within one sample the
+/// address cannot be reused (see `CodeMemo`).
 #[inline(always)]
 fn code_tag_of(s: &mut Scratch, target: &TargetInfo, code: u64, faults: &mut i64) -> u32 {
     if code == 0 {
         return 0;
     }
+    // Code objects are at least 16-byte aligned: the low bits say nothing.
+    let slot = ((code >> 4) ^ (code >> 12)) as usize & (CODE_MEMO_SLOTS - 1);
+    let memo = s.code_memo[slot];
+    if memo.code == code && memo.sample_seq == s.sample_seq {
+        return memo.tag;
+    }
     let off = &target.offsets;
-    *faults |= read_bytes(s, code, target.code_read as u32);
-    code_tag(
+    let failed = read_bytes(s, code, target.code_read as u32);
+    *faults |= failed;
+    let tag = code_tag(
         at(s, off.code_name),
         at(s, off.code_filename),
         at(s, off.code_firstlineno),
-    )
+    );
+    if failed == 0 {
+        s.code_memo[slot] = CodeMemo {
+            code,
+            tag,
+            sample_seq: s.sample_seq,
+        };
+    }
+    tag
 }
 
 /// Stores the stack (once per content; in `STACKS_SMALL` when it fits) and its native and
