@@ -141,6 +141,8 @@ pub struct Scratch {
     pub unwind_calls: u32,
     /// This sample's number on this CPU: a `CodeMemo` of another sample is stale.
     pub sample_seq: u32,
+    /// The sampled target, for `bpf_loop`'s walk callback (which sees only this entry).
+    pub target: profiler_common::TargetInfo,
     /// The code tags this sample has read, by code address (direct-mapped).
     pub code_memo: [CodeMemo; CODE_MEMO_SLOTS],
     /// One frame's or code object's bytes, read at once; twice `FRAME_READ` so an offset masked
