@@ -129,6 +129,11 @@ pub const SWITCH_PROGRAM_NAME: &str = "on_sched_switch";
 /// The frame walker again, as a raw tracepoint program: a tail call stays within one program
 /// type.
 pub const SWITCH_WALK_PROGRAM_NAME: &str = "walk_python_stack_on_switch";
+/// The frame walkers that walk a whole stack in one run with `bpf_loop` (5.17+), loaded in
+/// `WALK_PROGRAM_SLOT` instead of the tail-called ones where the kernel has it: the verifier
+/// checks their loop body once, not each of `FRAMES_PER_CALL` iterations.
+pub const WALK_LOOP_PROGRAM_NAME: &str = "walk_python_stack_loop";
+pub const SWITCH_WALK_LOOP_PROGRAM_NAME: &str = "walk_python_stack_on_switch_loop";
 /// The program that unwinds the native stack (`--native`), tail-called before the walker.
 pub const UNWIND_PROGRAM_NAME: &str = "unwind_native_stack";
 /// `UNWIND_PROGRAM_NAME`'s slot in `maps::PROGRAMS`.

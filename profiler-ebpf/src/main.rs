@@ -8,6 +8,8 @@ mod native;
 mod process;
 mod python;
 
+use core::ffi::c_void;
+
 use aya_ebpf::{
     helpers::bpf_probe_read_kernel,
     macros::{perf_event, raw_tracepoint},
@@ -110,6 +112,23 @@ pub fn walk_python_stack(ctx: PerfEventContext) -> u32 {
     0
 }
 
+/// Walks the whole frame chain in one run with `bpf_loop` (5.17+) and counts the stack: loaded
+/// in the walker's slot instead of `walk_python_stack` where the kernel has `bpf_loop`.
+#[perf_event]
+pub fn walk_python_stack_loop(ctx: PerfEventContext) -> u32 {
+    if !python::walk_started(Slot::Sample) {
+        native::record_kernel_stack(&ctx);
+    }
+    python::walk_all(Slot::Sample, walk_one_sampled);
+    0
+}
+
+/// `walk_python_stack_loop`'s `bpf_loop` callback.
+#[inline(never)]
+extern "C" fn walk_one_sampled(_index: u64, _ctx: *mut c_void) -> i64 {
+    python::walk_one(Slot::Sample)
+}
+
 /// On every context switch (attached with `--idle` only): ends the off-CPU interval of the
 /// thread coming in, and, when the thread going out blocks, records where it blocked.
 #[raw_tracepoint(tracepoint = "sched_switch")]
@@ -177,6 +196,20 @@ pub fn walk_python_stack_on_switch(ctx: RawTracePointContext) -> i32 {
         count(Slot::Switch, Stat::TailCall);
     }
     0
+}
+
+/// `walk_python_stack_on_switch` in one run with `bpf_loop` (5.17+), as
+/// `walk_python_stack_loop` is for samples.
+#[raw_tracepoint(tracepoint = "sched_switch")]
+pub fn walk_python_stack_on_switch_loop(_ctx: RawTracePointContext) -> i32 {
+    python::walk_all(Slot::Switch, walk_one_switched);
+    0
+}
+
+/// `walk_python_stack_on_switch_loop`'s `bpf_loop` callback.
+#[inline(never)]
+extern "C" fn walk_one_switched(_index: u64, _ctx: *mut c_void) -> i64 {
+    python::walk_one(Slot::Switch)
 }
 
 /// `sched_process_fork(struct task_struct *parent, struct task_struct *child)` (attached with

@@ -84,6 +84,23 @@ pub fn config_value(index: u32) -> u32 {
 pub static OFF_CPU_START: LruHashMap<u32, OffCpuStart> =
     LruHashMap::with_max_entries(MAX_OFF_CPU_THREADS, 0);
 
+/// Slots of `Scratch::code_memo` (a power of two).
+pub const CODE_MEMO_SLOTS: usize = 16;
+
+/// A code object's tag, as one sample read it.
+///
+/// Only within one sample: while the sampled thread is stopped, each of its frames holds a
+/// reference to its code object, so an address cannot be freed and reused by another code object
+/// before the walk ends. Across samples it can (import time frees and reuses them within
+/// milliseconds), which is why there is no longer-lived cache.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct CodeMemo {
+    pub code: u64,
+    pub tag: u32,
+    pub sample_seq: u32,
+}
+
 /// What a sample's programs hand each other across tail calls, and room to build a stack in
 /// (far larger than the 512-byte BPF stack).
 #[repr(C)]
@@ -122,6 +139,12 @@ pub struct Scratch {
     pub options: u16,
     /// Native unwinder runs so far (the compatible unwinder's bound).
     pub unwind_calls: u32,
+    /// This sample's number on this CPU: a `CodeMemo` of another sample is stale.
+    pub sample_seq: u32,
+    /// The sampled target, for `bpf_loop`'s walk callback (which sees only this entry).
+    pub target: profiler_common::TargetInfo,
+    /// The code tags this sample has read, by code address (direct-mapped).
+    pub code_memo: [CodeMemo; CODE_MEMO_SLOTS],
     /// One frame's or code object's bytes, read at once; twice `FRAME_READ` so an offset masked
     /// below it plus the field's size stays inside.
     pub bytes: [u8; 2 * profiler_common::FRAME_READ + 16],

@@ -17,7 +17,10 @@
 //!
 //! Results cross each program's end through the per-CPU scratch map.
 
-use core::ptr::{addr_of, addr_of_mut, read_unaligned, read_volatile, write_volatile};
+use core::{
+    ffi::c_void,
+    ptr::{addr_of, addr_of_mut, read_unaligned, read_volatile, write_volatile},
+};
 
 use aya_ebpf::{
     bindings::{BPF_NOEXIST, bpf_pidns_info},
@@ -31,8 +34,9 @@ use profiler_common::{
 };
 
 use crate::maps::{
-    ACTIVE_COUNTS, COUNTS_0, COUNTS_1, EXTRA_STACKS, NEW_STACKS, OFF_CPU_START, SCRATCH,
-    STACKS_LARGE, STACKS_SMALL, Scratch, Slot, TARGETS, THREADS, count, enabled,
+    ACTIVE_COUNTS, CODE_MEMO_SLOTS, COUNTS_0, COUNTS_1, CodeMemo, EXTRA_STACKS, NEW_STACKS,
+    OFF_CPU_START, SCRATCH, STACKS_LARGE, STACKS_SMALL, Scratch, Slot, TARGETS, THREADS, count,
+    enabled,
 };
 
 const EEXIST: i32 = 17;
@@ -120,6 +124,7 @@ fn start(s: &mut Scratch, target: &TargetInfo, pid: u32, tid: u32, python_tid: u
     s.python_tid = python_tid;
     s.thread_calls = 0;
     s.unwind_calls = 0;
+    s.sample_seq = s.sample_seq.wrapping_add(1);
     s.entry_offset = target.frame_is_entry;
     s.options = target.options;
     s.hash = 0;
@@ -319,7 +324,71 @@ pub fn walk_step(slot: Slot) -> bool {
         return false;
     }
     walk_frames(s, target);
-    // SAFETY: reads back of what `walk_frames` stored through the same entry.
+    end_walk(slot, s)
+}
+
+/// The whole frame walk in one run, with `bpf_loop` (5.17+), then the stack stored and counted.
+/// The verifier checks `step` once, where `walk_step`'s bounded loop costs it every iteration:
+/// most of the time a command took to start.
+#[inline(always)]
+pub fn walk_all(slot: Slot, step: extern "C" fn(u64, *mut c_void) -> i64) {
+    let Some(s) = scratch(slot) else {
+        return;
+    };
+    // SAFETY: as in `locate_current_frame`.
+    let Some(target) = (unsafe { TARGETS.get(s.pid) }) else {
+        count(slot, Stat::TargetGone);
+        return;
+    };
+    if target.offsets.instr_kind > instr_kind::INT {
+        count(slot, Stat::BadOffsets);
+        return;
+    }
+    // The callback sees only the scratch entry: it reads the target's layout from this copy.
+    s.target = *target;
+    // SAFETY: `step` has the shape bpf_loop expects and takes no context.
+    unsafe {
+        generated::bpf_loop(
+            MAX_PYTHON_FRAMES as u32,
+            step as *mut c_void,
+            core::ptr::null_mut(),
+            0,
+        )
+    };
+    end_walk(slot, s);
+}
+
+/// `bpf_loop`'s callback for `walk_all`: reads one frame of the walk in `slot`'s scratch entry.
+/// Returns 0 to go on, 1 when the chain ended, a read failed or the stack is full.
+#[inline(always)]
+pub fn walk_one(slot: Slot) -> i64 {
+    let Some(s) = scratch(slot) else {
+        return 1;
+    };
+    let frame = s.frame;
+    let len = s.stack.len as usize;
+    if frame == 0 || s.faults != 0 || len >= MAX_PYTHON_FRAMES {
+        return 1;
+    }
+    let target = s.target;
+    let has_entry = ne_mask(s.entry_offset as u64, NO_OFFSET as u64);
+    let entry_offset = s.entry_offset & (has_entry as u16);
+    let mut faults = 0i64;
+    let (f, previous) = read_frame(s, &target, frame, entry_offset, has_entry, &mut faults);
+    s.stack.frames[len & (MAX_PYTHON_FRAMES - 1)] = f;
+    s.stack.len = len as u32 + 1;
+    s.hash = mix(mix(mix(s.hash, f.code), f.instr as u64), f.tag as u64);
+    s.code_seen |= (f.code != 0) as u32;
+    s.faults = (faults != 0) as u32;
+    s.frame = previous;
+    0
+}
+
+/// After a run of the walk: whether frames remain for another run (`walk_step` only); when
+/// none do, marks a truncated stack, counts a read fault, and stores and counts the stack.
+#[inline(always)]
+fn end_walk(slot: Slot, s: &mut Scratch) -> bool {
+    // SAFETY: reads back of what the walk stored through the same entry.
     let (frame, len, faults) = unsafe {
         (
             read_volatile(addr_of!(s.frame)),
@@ -456,10 +525,6 @@ fn at<T: Copy>(s: &Scratch, offset: u16) -> T {
 /// counter (the verifier needs that); userspace hides it. A read fault ends the walk there.
 #[inline(always)]
 fn walk_frames(s: &mut Scratch, target: &TargetInfo) {
-    let off = &target.offsets;
-    // Loop-invariant masks, so the body needs no branch on the layout.
-    let pointer_mask = !ne_mask(off.instr_kind as u64, instr_kind::POINTER as u64);
-    let untag = !(off.frame_code_tag as u64);
     let has_entry = ne_mask(s.entry_offset as u64, NO_OFFSET as u64);
     let entry_offset = s.entry_offset & (has_entry as u16);
     let base = s.stack.len as usize;
@@ -473,22 +538,13 @@ fn walk_frames(s: &mut Scratch, target: &TargetInfo) {
             n = j;
             break;
         }
-        faults |= read_bytes(s, frame, target.frame_read as u32);
-        let owner: u8 = at(s, off.frame_owner);
-        // Zero for a shim frame: its slot records code 0 and no tag.
-        let keep = lt_mask(owner as u64, off.owner_cstack as u64);
-        let code = at::<u64>(s, off.frame_code) & untag & keep;
-        let raw_instr: u64 = at(s, off.frame_instr);
-        let is_entry: u8 = at(s, entry_offset);
-        let previous: u64 = at(s, off.frame_previous);
-        code_seen |= code;
-        let entry = ne_mask(is_entry as u64, 0) & has_entry & PY_ENTRY_FRAME as u64;
-        let instr =
-            (raw_instr.wrapping_sub(code & pointer_mask) as u32 & !PY_ENTRY_FRAME) | entry as u32;
-        let tag = code_tag_of(s, target, code, &mut faults) & keep as u32;
-        let slot = PyFrame { code, instr, tag };
+        let (slot, previous) = read_frame(s, target, frame, entry_offset, has_entry, &mut faults);
         s.stack.frames[(base + j) & (MAX_PYTHON_FRAMES - 1)] = slot;
-        hash = mix(mix(mix(hash, code), instr as u64), tag as u64);
+        code_seen |= slot.code;
+        hash = mix(
+            mix(mix(hash, slot.code), slot.instr as u64),
+            slot.tag as u64,
+        );
         frame = previous;
     }
     // SAFETY: plain stores into our scratch entry; volatile so the caller really reads them.
@@ -501,25 +557,72 @@ fn walk_frames(s: &mut Scratch, target: &TargetInfo) {
     }
 }
 
-/// The tag of the code object at `code` (0 for a shim), read from the code object (one read).
+/// Reads the frame at `frame` (one read) and its code object's tag: the frame's slot, and the
+/// address of the frame below it. A failed read sets `faults` (the slot is then of zeroes).
+#[inline(always)]
+fn read_frame(
+    s: &mut Scratch,
+    target: &TargetInfo,
+    frame: u64,
+    entry_offset: u16,
+    has_entry: u64,
+    faults: &mut i64,
+) -> (PyFrame, u64) {
+    let off = &target.offsets;
+    // Masks, so the body needs no branch on the layout.
+    let pointer_mask = !ne_mask(off.instr_kind as u64, instr_kind::POINTER as u64);
+    let untag = !(off.frame_code_tag as u64);
+    *faults |= read_bytes(s, frame, target.frame_read as u32);
+    let owner: u8 = at(s, off.frame_owner);
+    // Zero for a shim frame: its slot records code 0 and no tag.
+    let keep = lt_mask(owner as u64, off.owner_cstack as u64);
+    let code = at::<u64>(s, off.frame_code) & untag & keep;
+    let raw_instr: u64 = at(s, off.frame_instr);
+    let is_entry: u8 = at(s, entry_offset);
+    let previous: u64 = at(s, off.frame_previous);
+    let entry = ne_mask(is_entry as u64, 0) & has_entry & PY_ENTRY_FRAME as u64;
+    let instr =
+        (raw_instr.wrapping_sub(code & pointer_mask) as u32 & !PY_ENTRY_FRAME) | entry as u32;
+    let tag = code_tag_of(s, target, code, faults) & keep as u32;
+    (PyFrame { code, instr, tag }, previous)
+}
+
+/// The tag of the code object at `code` (0 for a shim): read from the code object (one read) the
+/// first time this sample meets it, from the sample's `code_memo` after that, so a recursion's
+/// thousand frames of one function cost one read of its code object.
 ///
-/// Not cached: a per-CPU cache keyed by address (and process, and a generation userspace moved
-/// on at each drain) gave import-time frames the tag of a code object freed within the same
-/// 50 ms, whose address a new one had taken; the frame then could not be named, or, named from
-/// what lives at the address later, was named wrongly. A cache needs a key that changes when the
-/// address is reused before it can come back.
+/// Not cached across samples: a per-CPU cache keyed by address (and process, and a generation
+/// userspace moved on at each drain) gave import-time frames the tag of a code object freed
+/// within the same 50 ms, whose address a new one had taken; the frame then could not be named,
+/// or, named from what lives at the address later, was named wrongly. Within one sample the
+/// address cannot be reused (see `CodeMemo`).
 #[inline(always)]
 fn code_tag_of(s: &mut Scratch, target: &TargetInfo, code: u64, faults: &mut i64) -> u32 {
     if code == 0 {
         return 0;
     }
+    // Code objects are at least 16-byte aligned: the low bits say nothing.
+    let slot = ((code >> 4) ^ (code >> 12)) as usize & (CODE_MEMO_SLOTS - 1);
+    let memo = s.code_memo[slot];
+    if memo.code == code && memo.sample_seq == s.sample_seq {
+        return memo.tag;
+    }
     let off = &target.offsets;
-    *faults |= read_bytes(s, code, target.code_read as u32);
-    code_tag(
+    let failed = read_bytes(s, code, target.code_read as u32);
+    *faults |= failed;
+    let tag = code_tag(
         at(s, off.code_name),
         at(s, off.code_filename),
         at(s, off.code_firstlineno),
-    )
+    );
+    if failed == 0 {
+        s.code_memo[slot] = CodeMemo {
+            code,
+            tag,
+            sample_seq: s.sample_seq,
+        };
+    }
+    tag
 }
 
 /// Stores the stack (once per content; in `STACKS_SMALL` when it fits) and its native and

@@ -155,7 +155,20 @@ pub fn record_fixture(
     fixture_name: &str,
     fixture_args: &[&str],
 ) -> Output {
+    record_fixture_env(args, &[], out, python, fixture_name, fixture_args)
+}
+
+/// `record_fixture` with `env` set for prof-bpf (and so for the fixture).
+pub fn record_fixture_env(
+    args: &[&str],
+    env: &[(&str, &str)],
+    out: &Path,
+    python: &Path,
+    fixture_name: &str,
+    fixture_args: &[&str],
+) -> Output {
     let result = Command::new(prof_bpf())
+        .envs(env.iter().copied())
         .arg("record")
         .args(args)
         .arg("-o")

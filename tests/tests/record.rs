@@ -158,9 +158,14 @@ fn split_3_8_main_thread_exited_by_pid() {
 /// Records the recursion fixture at `depth`; returns the profile, the CPU seconds bottom()
 /// measured and prof-bpf's stderr.
 fn record_recursion(depth: u32, test: &str) -> (Folded, f64, String) {
+    record_recursion_env(depth, &[], test)
+}
+
+fn record_recursion_env(depth: u32, env: &[(&str, &str)], test: &str) -> (Folded, f64, String) {
     let out = scratch_dir(test).join("profile.txt");
-    let result = record_fixture(
+    let result = record_fixture_env(
         &["-r", LOW_RATE, "-f", "raw"],
+        env,
         &out,
         &python("3.12"),
         "recursion.py",
@@ -186,7 +191,11 @@ fn leaf_samples(profile: &Folded, name: &str) -> u64 {
 /// Records recursion `depth` frames deep and checks every sample in bottom() holds the whole
 /// stack, from `<module>` down, with no truncation marker.
 fn check_recursion_whole(depth: usize, test: &str) {
-    let (profile, cpu, stderr) = record_recursion(depth as u32, test);
+    check_recursion_whole_env(depth, &[], test)
+}
+
+fn check_recursion_whole_env(depth: usize, env: &[(&str, &str)], test: &str) {
+    let (profile, cpu, stderr) = record_recursion_env(depth as u32, env, test);
     let bottom = leaf_samples(&profile, "bottom");
     let work = Work {
         samples: bottom,
@@ -230,6 +239,19 @@ fn recursion_1000_deep_is_captured_whole() {
     }
     const { assert!(1002 <= profiler_common::MAX_PYTHON_FRAMES) };
     check_recursion_whole(1000, "recursion_1000");
+}
+
+/// The same 1000 frames through the walker for kernels without `bpf_loop` (before 5.17):
+/// `FRAMES_PER_CALL` frames per tail-called run. This kernel has `bpf_loop`, so the walker
+/// `record` chooses here is the other one; `PROF_BPF_KERNEL_COMPAT` makes it take the older
+/// kernels' path, which would otherwise run only in the QEMU kernel matrix.
+#[test]
+fn recursion_1000_deep_is_captured_whole_without_bpf_loop() {
+    if !privileged() {
+        return;
+    }
+    let env = [("PROF_BPF_KERNEL_COMPAT", "1")];
+    check_recursion_whole_env(1000, &env, "recursion_1000_compat");
 }
 
 #[test]

@@ -153,7 +153,13 @@ impl KernelFeatures {
     /// The running kernel's, from its release (`/proc/sys/kernel/osrelease`).
     pub fn probe() -> Self {
         let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-        Self::of_release(&release)
+        let mut features = Self::of_release(&release);
+        // The older kernels' path on a newer kernel: to test it where no old kernel is at
+        // hand, or to step around a `bpf_loop` problem.
+        if std::env::var_os("PROF_BPF_KERNEL_COMPAT").is_some_and(|v| !v.is_empty() && v != "0") {
+            features.bpf_loop = false;
+        }
+        features
     }
 
     fn of_release(release: &str) -> Self {
@@ -175,9 +181,9 @@ impl KernelFeatures {
             self.release.0,
             self.release.1,
             if self.bpf_loop {
-                "native unwinder with bpf_loop"
+                "frame walk and native unwinder with bpf_loop"
             } else {
-                "native unwinder in tail-called parts (no bpf_loop), user registers from the kernel stack"
+                "frame walk and native unwinder in tail-called parts (no bpf_loop), user registers from the kernel stack"
             }
         )
     }
@@ -294,7 +300,7 @@ impl Sampler {
         // Tail-call targets first: the first programs call them from their first run on.
         let mut programs = vec![load_sample_programs(&mut ebpf, options.native, features)?];
         if options.idle {
-            programs.push(attach_switch_programs(&mut ebpf)?);
+            programs.push(attach_switch_programs(&mut ebpf, features)?);
         }
         let new_stacks = map_owned(&mut ebpf, maps::NEW_STACKS)?;
         let process_events = match options.follow {
@@ -570,20 +576,21 @@ fn configure(
     Ok(())
 }
 
-/// Loads the programs the CPU-clock sampler tail-calls (the walker and the thread walk; with
-/// `native`, the unwinder the kernel can run) into their table, which the caller holds while
-/// sampling runs.
+/// Loads the programs the CPU-clock sampler tail-calls (the walker and, with `native`, the
+/// unwinder the kernel can run, and the thread walk) into their table, which the caller holds
+/// while sampling runs.
 fn load_sample_programs(
     ebpf: &mut Ebpf,
     native: bool,
     features: KernelFeatures,
 ) -> Result<ProgramArray<MapData>, BpfError> {
     let mut programs: ProgramArray<MapData> = map_owned(ebpf, maps::PROGRAMS)?;
+    let walker = match features.bpf_loop {
+        true => profiler_common::WALK_LOOP_PROGRAM_NAME,
+        false => profiler_common::WALK_PROGRAM_NAME,
+    };
     let mut slots = vec![
-        (
-            profiler_common::WALK_PROGRAM_NAME,
-            profiler_common::WALK_PROGRAM_SLOT,
-        ),
+        (walker, profiler_common::WALK_PROGRAM_SLOT),
         (
             profiler_common::THREADS_PROGRAM_NAME,
             profiler_common::THREADS_PROGRAM_SLOT,
@@ -607,13 +614,17 @@ fn load_sample_programs(
 
 /// `--idle`: loads the switch walker into its table and attaches the scheduler-switch program
 /// to the `sched_switch` raw tracepoint, by name through the bpf syscall (no tracefs needed).
-fn attach_switch_programs(ebpf: &mut Ebpf) -> Result<ProgramArray<MapData>, BpfError> {
+fn attach_switch_programs(
+    ebpf: &mut Ebpf,
+    features: KernelFeatures,
+) -> Result<ProgramArray<MapData>, BpfError> {
     let mut switch_programs: ProgramArray<MapData> = map_owned(ebpf, maps::SWITCH_PROGRAMS)?;
+    let walker = match features.bpf_loop {
+        true => profiler_common::SWITCH_WALK_LOOP_PROGRAM_NAME,
+        false => profiler_common::SWITCH_WALK_PROGRAM_NAME,
+    };
     for (name, slot) in [
-        (
-            profiler_common::SWITCH_WALK_PROGRAM_NAME,
-            profiler_common::WALK_PROGRAM_SLOT,
-        ),
+        (walker, profiler_common::WALK_PROGRAM_SLOT),
         (
             profiler_common::SWITCH_THREADS_PROGRAM_NAME,
             profiler_common::THREADS_PROGRAM_SLOT,
