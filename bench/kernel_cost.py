@@ -1,0 +1,255 @@
+#!/usr/bin/env python3
+"""Kernel cost by stack depth: prof-bpf against py-spy, side by side in one run.
+
+Usage (as root, from the repo root):  python3 bench/kernel_cost.py [ROUNDS]   (default 3)
+
+For stacks of 5, 50, 200 and 1000 Python frames (bench/deep.py on CPython 3.11), each round runs
+the fixture unprofiled, under prof-bpf at 1 and 10 kHz and under py-spy (from PyPI, its default
+blocking mode) at 1 and 10 kHz, in an order that rotates from round to round so drift in the
+machine's speed hits every configuration alike. Per run it takes:
+
+- the workload's own time (perf_counter around the work, not start-up or writing the profile);
+  the slowdown is the median of per-round ratios to the unprofiled run of the same round;
+- the CPU time of the whole command (the profiler and the target together, from wait4);
+- the attribution error: the profile's share of `a` (samples whose leaf is `a` among those whose
+  leaf is `a` or `b`) against the share the run measured itself, in percentage points;
+- for prof-bpf, the BPF time per recorded sample it reports (the kernel's own accounting of its
+  programs, `kernel.bpf_stats_enabled`).
+
+Then the start-up: wall time of `python -c pass` unprofiled, under `prof-bpf record` and under
+`py-spy record`, interleaved the same way.
+
+Prints a markdown section and writes it into BENCHMARKS.md under SECTION (only that section).
+"""
+
+import json
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+
+SECTION = "## Kernel cost by stack depth, and start-up (issue 16)"
+DEPTHS = [int(d) for d in os.environ.get("DEPTHS", "5,50,200,1000").split(",")]
+CONFIGS = ["unprofiled", "prof-bpf@1000", "prof-bpf@10000", "py-spy@1000", "py-spy@10000"]
+STARTUP = ["unprofiled", "prof-bpf", "py-spy"]
+KERNEL_TIME = re.compile(r"kernel time: .*?, (\d+) ns per recorded sample")
+
+
+def log(msg):
+    print(f"kernel-cost: {msg}", file=sys.stderr, flush=True)
+
+
+def sh(*cmd):
+    return subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip()
+
+
+def run(cmd):
+    """Runs `cmd`; returns (stdout, stderr, wall s, CPU s of it and its waited-for children)."""
+    start = time.perf_counter()
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    out, err = p.communicate()
+    wall = time.perf_counter() - start
+    # communicate() has reaped it; its rusage is in RUSAGE_CHILDREN.
+    return p.returncode, out, err, wall
+
+
+def children_cpu():
+    r = os.times()
+    return r.children_user + r.children_system
+
+
+def leaf_shares(raw_path):
+    """Samples in `a`, and in `a` or `b` (a frame of either, wherever in the stack), in a
+    collapsed-stack file."""
+    a = ab = 0
+    with open(raw_path) as f:
+        for line in f:
+            stack, _, count = line.rstrip("\n").rpartition(" ")
+            names = {frame.split(" (", 1)[0] for frame in stack.split(";")}
+            if names & {"a", "b"}:
+                ab += int(count)
+                a += int(count) if "a" in names else 0
+    return a, ab
+
+
+def one(config, depth, tools, work):
+    raw = os.path.join(work, "out.raw")
+    fixture = [tools["python"], "bench/deep.py", str(depth)]
+    if config == "unprofiled":
+        cmd = fixture
+    else:
+        tool, rate = config.split("@")
+        cmd = [tools[tool], "record", "-r", rate, "-f", "raw", "-o", raw, "--", *fixture]
+    cpu0 = children_cpu()
+    rc, out, err, wall = run(cmd)
+    cpu = children_cpu() - cpu0
+    row = {"config": config, "depth": depth, "wall": wall, "cpu": cpu, "rc": rc}
+    fixture_line = [line for line in out.splitlines() if line.startswith('{"elapsed_s"')]
+    if rc != 0 or not fixture_line:
+        row["failed"] = (err.strip().splitlines() or ["no output"])[-1][:200]
+        return row
+    measured = json.loads(fixture_line[-1])
+    row["workload"] = measured["elapsed_s"]
+    row["target_cpu"] = measured["process_cpu_s"]
+    row["measured_a"] = 100 * measured["a_s"] / (measured["a_s"] + measured["b_s"])
+    if config != "unprofiled":
+        a, ab = leaf_shares(raw)
+        row["samples"] = ab
+        row["error_pp"] = abs(100 * a / ab - row["measured_a"]) if ab else None
+        m = KERNEL_TIME.search(err)
+        row["bpf_ns"] = int(m.group(1)) if m else None
+        os.unlink(raw)
+    return row
+
+
+def startup(config, tools, work):
+    raw = os.path.join(work, "pass.raw")
+    cmd = [tools["python"], "-c", "pass"]
+    if config != "unprofiled":
+        cmd = [tools[config], "record", "-f", "raw", "-o", raw, "--", *cmd]
+    rc, _, err, wall = run(cmd)
+    if rc != 0:
+        sys.exit(f"kernel-cost: {' '.join(cmd)} failed: {err.strip()[-300:]}")
+    return wall
+
+
+def med(xs):
+    xs = [x for x in xs if x is not None]
+    return statistics.median(xs) if xs else None
+
+
+def fmt(x, spec, missing="–"):
+    return missing if x is None else format(x, spec)
+
+
+def main():
+    rounds = int(sys.argv[1]) if len(sys.argv) > 1 else 3
+    if os.geteuid() != 0:
+        sys.exit("kernel-cost: run as root (prof-bpf loads BPF programs, py-spy attaches)")
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    os.chdir(repo)
+    python = os.path.join(sh("pyenv", "prefix", "3.11"), "bin", "python3")
+    venv = "target/bench-venv"
+    if not os.path.exists(f"{venv}/bin/py-spy"):
+        log(f"installing py-spy into {venv}")
+        subprocess.run([python, "-m", "venv", venv], check=True)
+        subprocess.run([f"{venv}/bin/pip", "install", "-q", "py-spy"], check=True)
+    if not os.path.exists("target/release/prof-bpf"):
+        subprocess.run(["cargo", "build", "--release"], check=True)
+    work = tempfile.mkdtemp(prefix="prof-bpf-kernel-cost.")
+    try:
+        # A copy, so a rebuild during the run cannot change the binary under test.
+        shutil.copy("target/release/prof-bpf", f"{work}/prof-bpf")
+        tools = {"python": python, "prof-bpf": f"{work}/prof-bpf", "py-spy": f"{venv}/bin/py-spy"}
+        meta = {
+            "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+            "kernel": os.uname().release,
+            "cpus": os.cpu_count(),
+            "load_start": open("/proc/loadavg").read().split()[:3],
+            "python": sh(python, "-c", "import platform; print(platform.python_version())"),
+            "pyspy": sh(tools["py-spy"], "--version").split()[-1],
+            "git": sh("git", "rev-parse", "--short", "HEAD"),
+        }
+        rows, starts = [], []
+        for r in range(rounds):
+            for depth in DEPTHS:
+                n = len(CONFIGS)
+                for k in range(n):
+                    config = CONFIGS[(r + k) % n]
+                    row = one(config, depth, tools, work)
+                    row["round"] = r
+                    rows.append(row)
+                    log(f"round {r + 1}/{rounds} depth {depth:4} {config:15} " + (
+                        f"FAILED: {row['failed']}" if "failed" in row else
+                        f"workload {row['workload']:.3f} s, cpu {row['cpu']:.2f} s"
+                        + (f", {row['samples']} samples, error {fmt(row['error_pp'], '.2f')} pp"
+                           f", BPF {row['bpf_ns']} ns/sample" if "samples" in row else "")))
+            for k in range(len(STARTUP)):
+                config = STARTUP[(r + k) % len(STARTUP)]
+                for _ in range(3):
+                    starts.append((r, config, startup(config, tools, work)))
+        meta["load_end"] = open("/proc/loadavg").read().split()[:3]
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    section = report(rows, starts, rounds, meta)
+    print(section)
+    write_section(section)
+
+
+def report(rows, starts, rounds, meta):
+    out = [SECTION, ""]
+    out.append(
+        f"Median of {rounds} interleaved rounds on `bench/deep.py DEPTH` (CPython "
+        f"{meta['python']}): fixed pure-Python work at the bottom of a stack of DEPTH frames, "
+        "`a()` doing three times `b()`'s work, each timed by the program. *Slowdown*: median "
+        "of per-round ratios of the workload's own time to the unprofiled run's. *CPU s*: the "
+        "whole command, profiler and target together. *Error*: the profile's share of `a` "
+        "against the share the run measured, in points. *BPF*: the kernel's time in "
+        "prof-bpf's programs per recorded sample (charged to the sampled thread, so it is inside "
+        "the slowdown, not on top of it)."
+    )
+    out.append("")
+    out.append("| depth | configuration | slowdown | CPU s | samples | error pp | BPF µs per sample |")
+    out.append("|---|---|---|---|---|---|---|")
+    for depth in DEPTHS:
+        base = {r["round"]: r for r in rows if r["depth"] == depth and r["config"] == "unprofiled"}
+        for config in CONFIGS:
+            rs = [r for r in rows if r["depth"] == depth and r["config"] == config]
+            failed = [r for r in rs if "failed" in r]
+            ok = [r for r in rs if "failed" not in r]
+            if not ok:
+                out.append(f"| {depth} | {config} | failed ({failed[0]['failed']}) | | | | |")
+                continue
+            ratios = [r["workload"] / base[r["round"]]["workload"] for r in ok
+                      if "workload" in base.get(r["round"], {})]
+            slow = ("1.00 (baseline)" if config == "unprofiled" else
+                    f"{med(ratios):.2f}x ({min(ratios):.2f}–{max(ratios):.2f})")
+            bpf = med([r.get("bpf_ns") for r in ok])
+            note = f" ({len(failed)} of {len(rs)} runs failed)" if failed else ""
+            out.append(
+                f"| {depth} | {config}{note} | {slow} | {med([r['cpu'] for r in ok]):.2f} | "
+                f"{fmt(med([r.get('samples') for r in ok]), '.0f')} | "
+                f"{fmt(med([r.get('error_pp') for r in ok]), '.2f')} | "
+                f"{fmt(bpf and bpf / 1000, '.1f')} |"
+            )
+    out.append("")
+    out.append("Start-up: wall time of the whole command for `python -c pass` "
+               f"(median of {3 * rounds} runs, interleaved):")
+    out.append("")
+    out.append("| command | wall s | added to unprofiled |")
+    out.append("|---|---|---|")
+    base = med([w for _, c, w in starts if c == "unprofiled"])
+    for config in STARTUP:
+        w = med([w for _, c, w in starts if c == config])
+        what = {"unprofiled": "`python -c pass`", "prof-bpf": "`prof-bpf record -- python -c pass`",
+                "py-spy": "`py-spy record -- python -c pass`"}[config]
+        out.append(f"| {what} | {w:.3f} | {'–' if config == 'unprofiled' else f'{w - base:+.3f}'} |")
+    out.append("")
+    out.append(f"- Command: `sudo python3 bench/kernel_cost.py {rounds}` (from the repo root)")
+    out.append(f"- Date: {meta['date']}; kernel `{meta['kernel']}`, {meta['cpus']} CPUs; load "
+               f"average at start / end: {' '.join(meta['load_start'])} / {' '.join(meta['load_end'])}")
+    out.append(f"- py-spy {meta['pyspy']} (PyPI); prof-bpf at git {meta['git']}")
+    return "\n".join(out)
+
+
+def write_section(section):
+    path = "BENCHMARKS.md"
+    text = open(path).read() if os.path.exists(path) else "# Benchmarks\n"
+    start = text.find(SECTION)
+    if start < 0:
+        text = text.rstrip("\n") + "\n\n" + section + "\n"
+    else:
+        end = text.find("\n## ", start + len(SECTION))
+        rest = "" if end < 0 else text[end:]
+        text = text[:start] + section + "\n" + rest
+    with open(path, "w") as f:
+        f.write(text)
+
+
+if __name__ == "__main__":
+    main()
