@@ -136,25 +136,26 @@ fn check_numpy(
     );
 }
 
+/// Launches the numpy fixture under `--native` with `env` and checks its split, the pocketfft
+/// frames under their Python caller and at least `min_complete` % complete unwinds.
+fn numpy_launched(env: &[(&str, &str)], min_complete: f64, test: &str) -> (Folded, String) {
+    let _serial = one_at_a_time();
+    let (profile, stdout, stderr) =
+        record_native_env(&numpy_python(), "numpy_fft.py", "6", &[], env, test);
+    eprintln!("{}", stderr.trim_end());
+    let measured: Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    // numpy's process has OpenBLAS's two threads beside the main one.
+    let expected = [read_faults(3), CALL_RACE];
+    check_numpy(&profile, &measured, &stderr, &expected, min_complete, test);
+    (profile, stderr)
+}
+
 #[test]
 fn numpy_fft_frames_sit_under_their_python_caller() {
     if !privileged() {
         return;
     }
-    let _serial = one_at_a_time();
-    let test = "numpy_fft_native";
-    let (profile, stdout, stderr) = record_native(&numpy_python(), "numpy_fft.py", "6", &[], test);
-    eprintln!("{}", stderr.trim_end());
-    let measured: Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
-    // numpy's process has OpenBLAS's two threads beside the main one.
-    check_numpy(
-        &profile,
-        &measured,
-        &stderr,
-        &[read_faults(3), CALL_RACE],
-        MIN_NATIVE_COMPLETE,
-        test,
-    );
+    let (profile, _) = numpy_launched(&[], MIN_NATIVE_COMPLETE, "numpy_fft_native");
     let rooted: u64 = profile
         .iter()
         .filter(|(s, _)| s.first().is_some_and(|f| function(f) == "_start"))
@@ -176,21 +177,8 @@ fn numpy_fft_frames_sit_under_their_python_caller_without_bpf_loop() {
     if !privileged() {
         return;
     }
-    let _serial = one_at_a_time();
-    let test = "numpy_fft_native_compat";
     let env = [("PROF_BPF_KERNEL_COMPAT", "1")];
-    let (profile, stdout, stderr) =
-        record_native_env(&numpy_python(), "numpy_fft.py", "6", &[], &env, test);
-    eprintln!("{}", stderr.trim_end());
-    let measured: Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
-    check_numpy(
-        &profile,
-        &measured,
-        &stderr,
-        &[read_faults(3), CALL_RACE],
-        MIN_COMPAT_NATIVE_COMPLETE,
-        test,
-    );
+    numpy_launched(&env, MIN_COMPAT_NATIVE_COMPLETE, "numpy_fft_native_compat");
 }
 
 /// What a callback recording may count: a launched process's read faults, and the frame read
