@@ -26,6 +26,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -37,6 +38,8 @@ SECTION = "## Kernel cost by stack depth, and start-up (issue 16)"
 DEPTHS = [int(d) for d in os.environ.get("DEPTHS", "5,50,200,1000").split(",")]
 CONFIGS = ["unprofiled", "prof-bpf@1000", "prof-bpf@10000", "py-spy@1000", "py-spy@10000"]
 STARTUP = ["unprofiled", "prof-bpf", "py-spy"]
+# A run still going after this long is stopped and reported as such (py-spy on deep stacks).
+RUN_TIMEOUT = 60
 KERNEL_TIME = re.compile(r"kernel time: .*?, (\d+) ns per recorded sample")
 
 
@@ -48,14 +51,19 @@ def sh(*cmd):
     return subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip()
 
 
-def run(cmd):
-    """Runs `cmd`; returns (stdout, stderr, wall s, CPU s of it and its waited-for children)."""
+def run(cmd, timeout=None):
+    """Runs `cmd` (killed, with its children, after `timeout` s); returns (exit status or None
+    when it timed out, stdout, stderr, wall s). Its CPU time is in RUSAGE_CHILDREN once reaped."""
     start = time.perf_counter()
-    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    out, err = p.communicate()
-    wall = time.perf_counter() - start
-    # communicate() has reaped it; its rusage is in RUSAGE_CHILDREN.
-    return p.returncode, out, err, wall
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         start_new_session=True)
+    try:
+        out, err = p.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(p.pid, signal.SIGKILL)
+        out, err = p.communicate()
+        return None, out, err, time.perf_counter() - start
+    return p.returncode, out, err, time.perf_counter() - start
 
 
 def children_cpu():
@@ -86,10 +94,13 @@ def one(config, depth, tools, work):
         tool, rate = config.split("@")
         cmd = [tools[tool], "record", "-r", rate, "-f", "raw", "-o", raw, "--", *fixture]
     cpu0 = children_cpu()
-    rc, out, err, wall = run(cmd)
+    rc, out, err, wall = run(cmd, RUN_TIMEOUT)
     cpu = children_cpu() - cpu0
     row = {"config": config, "depth": depth, "wall": wall, "cpu": cpu, "rc": rc}
     fixture_line = [line for line in out.splitlines() if line.startswith('{"elapsed_s"')]
+    if rc is None:
+        row["failed"] = f"stopped after {RUN_TIMEOUT} s"
+        return row
     if rc != 0 or not fixture_line:
         row["failed"] = (err.strip().splitlines() or ["no output"])[-1][:200]
         return row
@@ -203,7 +214,11 @@ def report(rows, starts, rounds, meta):
             failed = [r for r in rs if "failed" in r]
             ok = [r for r in rs if "failed" not in r]
             if not ok:
-                out.append(f"| {depth} | {config} | failed ({failed[0]['failed']}) | | | | |")
+                why = failed[0]["failed"]
+                base_s = med([r["workload"] for r in base.values() if "workload" in r])
+                slow = (f"> {RUN_TIMEOUT / base_s:.0f}x ({why})" if why.startswith("stopped")
+                        else f"failed ({why})")
+                out.append(f"| {depth} | {config} | {slow} | | | | |")
                 continue
             ratios = [r["workload"] / base[r["round"]]["workload"] for r in ok
                       if "workload" in base.get(r["round"], {})]
