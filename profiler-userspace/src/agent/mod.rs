@@ -43,6 +43,12 @@ use resource::Resources;
 /// named as the kernel announces them whatever the drain interval, and an always-on agent
 /// saves the syscalls (at 1 kHz on 2 CPUs a drain holds about 400 samples).
 const DRAIN_INTERVAL: Duration = Duration::from_millis(200);
+/// How often /proc is scanned in full, besides once at the start. The kernel reports every
+/// fork, exec and exit as it happens, and new Pythons are registered from those reports within
+/// milliseconds; the scan only finds what they miss (a report lost to a full ring buffer, a
+/// libpython loaded long after its program started), so it can be rare: scanning every 100 ms
+/// was most of the agent's CPU.
+const RESCAN_INTERVAL: Duration = Duration::from_secs(10);
 /// Longest wait for kernel notices between two checks of the clock and the signals.
 const TICK: Duration = Duration::from_millis(50);
 /// Sampling errors in a row after which the agent gives up (a kernel program that cannot be
@@ -135,6 +141,7 @@ pub fn run(
         },
         subprocesses: false,
         kernel: false,
+        rescan: RESCAN_INTERVAL,
     };
     let mut session = Session::start(&Target::All, options, stop)?;
     crate::note!(
