@@ -1,5 +1,7 @@
 //! The `agent` command: always-on, system-wide profiling shipped as OTLP profiles. It runs one
-//! sampling session over every Python process (`session`, as `record --all`), and every
+//! sampling session over every Python process (`session`, as `record --all`; new processes are
+//! registered from the kernel's fork and exec reports, ended ones retired from its exit reports,
+//! and /proc is scanned in full only at the start and every `RESCAN_INTERVAL`), and every
 //! `--interval` takes the window collected (`Session::take_window`), builds one OTLP request
 //! with a resource and profile per process (`output::otlp`, resources from `resource`) and hands
 //! it to the export queue (`export`), whose own thread sends it (`http` for OTLP/HTTP, `grpc`
