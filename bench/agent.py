@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """The agent's own cost over a long run (issue 20): CPU and memory of `prof-bpf agent`.
 
-Usage (as root, from the repo root):  bench/agent.py [SECONDS]   (default 600 per rate)
+Usage (as root, from the repo root):
+    bench/agent.py [SECONDS] [--baseline BINARY] [--rounds N]   (default 600 s per run)
 
 Ten busy Python processes (pure-Python loops, across the installed CPython versions) run for the
 whole benchmark while `prof-bpf agent --interval 10` profiles the machine and exports to the test
@@ -10,6 +11,11 @@ OpenTelemetry Collector (scripts/setup-collector) on 127.0.0.1, for SECONDS at e
 collector's file exporter counts what arrived. CPU is the agent process's user + system time
 (its userspace: naming, aggregation, encoding, export), as a share of one CPU; the kernel time
 the profiled processes pay per sample is the agent's own BPF measure, from its log.
+
+With --baseline, another prof-bpf binary (say, main's) is run the same way, interleaved with
+this tree's: each round runs both at each rate, the order swapped every round (A B, then B A),
+so a change in the machine's load over the benchmark weighs on both alike. --rounds repeats
+that.
 
 Writes a markdown section into BENCHMARKS.md under SECTION (only that section is replaced).
 """
@@ -23,7 +29,7 @@ import sys
 import tempfile
 import time
 
-SECTION = "## agent: CPU and memory over 10 minutes, 10 busy processes (issue 20)"
+SECTION = "## agent: CPU and memory, 10 busy processes (issue 20)"
 RATES = (100, 1000)
 INTERVAL = 10
 VERSIONS = ["3.8", "3.9", "3.10", "3.11", "3.12", "3.13", "3.12", "3.11", "3.10", "3.13"]
@@ -112,27 +118,48 @@ def run_agent(prof_bpf, rate, seconds, endpoint, work):
     }
 
 
+def parse_args():
+    import argparse
+
+    ap = argparse.ArgumentParser(description="the agent's CPU and memory over a long run")
+    ap.add_argument("seconds", nargs="?", type=float, default=600, help="seconds per run")
+    ap.add_argument("--baseline", help="another prof-bpf binary, run interleaved with this tree's")
+    ap.add_argument("--rounds", type=int, default=1, help="runs of each binary at each rate")
+    return ap.parse_args()
+
+
 def main():
-    seconds = float(sys.argv[1]) if len(sys.argv) > 1 else 600
+    args = parse_args()
+    seconds = args.seconds
     if os.geteuid() != 0:
         raise SystemExit("agent bench: run as root (prof-bpf loads BPF)")
     os.chdir(REPO)
     built = os.path.join(REPO, "target/release/prof-bpf")
     if not os.access(built, os.X_OK):
         subprocess.run(["cargo", "build", "--release"], check=True)
+    git = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     work = tempfile.mkdtemp(prefix="prof-bpf-agent.")
-    # A snapshot of the binary, so a rebuild during the benchmark cannot change it.
-    prof_bpf = os.path.join(work, "prof-bpf")
-    shutil.copy(built, prof_bpf)
+    # Snapshots of the binaries, so a rebuild during the benchmark cannot change them.
+    builds = []
+    for label, source in [("baseline", args.baseline), (f"this tree ({git})", built)]:
+        if source is None:
+            continue
+        copy = os.path.join(work, f"prof-bpf-{len(builds)}")
+        shutil.copy(source, copy)
+        builds.append((label, copy))
     collector, endpoint, received = start_collector(work)
     busy = [subprocess.Popen([pyenv_python(v), "-c", BUSY.format(i=i)]) for i, v in enumerate(VERSIONS)]
     load_start = open("/proc/loadavg").read().split()[:3]
-    results = {}
+    results = {}  # (label, rate) -> [run]
     try:
         time.sleep(1.0)
-        for rate in RATES:
-            log(f"-r {rate} for {seconds:.0f} s")
-            results[rate] = run_agent(prof_bpf, rate, seconds, endpoint, work)
+        for round_ in range(args.rounds):
+            for rate in RATES:
+                order = builds if round_ % 2 == 0 else builds[::-1]
+                for label, prof_bpf in order:
+                    log(f"round {round_ + 1}: {label}, -r {rate} for {seconds:.0f} s")
+                    results.setdefault((label, rate), []).append(
+                        run_agent(prof_bpf, rate, seconds, endpoint, work))
     finally:
         for p in busy:
             p.kill()
@@ -142,40 +169,48 @@ def main():
     load_end = open("/proc/loadavg").read().split()[:3]
     files = len(os.listdir(received))
 
+    versions = ", ".join(sorted(set(VERSIONS), key=lambda v: tuple(map(int, v.split(".")))))
+    runs = "one run" if args.rounds == 1 and len(builds) == 1 else (
+        f"{args.rounds} run{'s' if args.rounds > 1 else ''} of each build, interleaved")
     lines = [
         SECTION,
         "",
-        f"Ten busy pure-Python processes (CPython {', '.join(sorted(set(VERSIONS), key=lambda v: tuple(map(int, v.split('.')))))}) "
+        f"Ten busy pure-Python processes (CPython {versions}) "
         f"on this {os.cpu_count()}-CPU machine, profiled by one `prof-bpf agent --interval {INTERVAL}` for "
-        f"{seconds / 60:.0f} minutes per rate, exporting OTLP/HTTP (gzip) to the test OpenTelemetry Collector "
-        "on 127.0.0.1. *Agent CPU* is the agent process's user + system time over the run as a share of one "
-        "CPU (its userspace: draining, naming, aggregating, encoding, sending); *BPF us per sample* is the "
-        "kernel time the profiled processes pay per sample (the agent's own measure, median over windows), "
-        "not in the agent's CPU. *RSS* is the agent's resident memory read every 10 s: after the first "
-        "minute, at the end, and the largest seen.",
+        f"{seconds / 60:g} minutes per run ({runs}, per rate), exporting OTLP/HTTP (gzip) to the test "
+        "OpenTelemetry Collector on 127.0.0.1. *Agent CPU* is the agent process's user + system time over "
+        "the run as a share of one CPU (its userspace: draining, naming, aggregating, encoding, sending); "
+        "*BPF us per sample* is the kernel time the profiled processes pay per sample (the agent's own "
+        "measure, median over windows), not in the agent's CPU. *RSS* is the agent's resident memory read "
+        "every 10 s: at the end of the run and the largest seen.",
         "",
-        "| rate | agent CPU s (% of one CPU) | BPF us per sample | samples | exports sent / dropped | RSS MiB at 1 min / end / max |",
-        "|---|---|---|---|---|---|",
+        "| rate | prof-bpf | agent CPU % of one CPU, each run | agent CPU s (%), all runs | BPF us per sample | samples | exports sent / dropped | RSS MiB end / max |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for rate in RATES:
-        r = results[rate]
-        series = r["series"]
-        at_1min = next((m for t, m in series if t >= 60), series[0][1] if series else 0)
-        lines.append(
-            f"| {rate} Hz | {r['cpu']:.1f} ({100 * r['cpu'] / r['wall']:.2f} %) | "
-            f"{r['bpf_us']:.1f} | {r['samples']} | {r['sent']} / {r['dropped']} | "
-            f"{at_1min:.1f} / {series[-1][1]:.1f} / {max(m for _, m in series):.1f} |"
-        )
-    git = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+        for label, _ in builds:
+            rs = results[(label, rate)]
+            cpu, wall = sum(r["cpu"] for r in rs), sum(r["wall"] for r in rs)
+            each = " ".join(f"{100 * r['cpu'] / r['wall']:.2f}" for r in rs)
+            bpf = [r["bpf_us"] for r in rs if r["bpf_us"] is not None]
+            lines.append(
+                f"| {rate} Hz | {label} | {each} | {cpu:.1f} ({100 * cpu / wall:.2f} %) | "
+                f"{statistics.median(bpf):.1f} | {sum(r['samples'] for r in rs)} | "
+                f"{sum(r['sent'] for r in rs)} / {sum(r['dropped'] for r in rs)} | "
+                f"{rs[-1]['series'][-1][1]:.1f} / {max(m for r in rs for _, m in r['series']):.1f} |"
+            )
+    command = f"bench/agent.py {seconds:.0f}"
+    if args.baseline:
+        command += f" --baseline {args.baseline}"
+    if args.rounds != 1:
+        command += f" --rounds {args.rounds}"
     lines += [
         "",
-        f"- RSS every minute (MiB), 100 Hz: {' '.join(f'{m:.1f}' for t, m in results[100]['series'][5::6])}",
-        f"- RSS every minute (MiB), 1000 Hz: {' '.join(f'{m:.1f}' for t, m in results[1000]['series'][5::6])}",
         f"- The collector wrote {files} requests in all.",
-        f"- Command: `bench/agent.py {seconds:.0f}` (as root, from the repo root)",
+        f"- Command: `{command}` (as root, from the repo root)",
         f"- Date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; kernel `{os.uname().release}`; "
         f"load average at start / end: {' '.join(load_start)} / {' '.join(load_end)}",
-        f"- prof-bpf at git {git}",
+        f"- prof-bpf at git {git}" + (f"; baseline: `{args.baseline}`" if args.baseline else ""),
         "",
     ]
     section = "\n".join(lines)

@@ -71,7 +71,7 @@ pub mod maps {
 /// followed too, and profiled from its first instruction if its parent was.
 pub const MAX_FOLLOWED: u32 = 16384;
 
-/// Bytes of the ring buffer of fork and exec events.
+/// Bytes of the ring buffer of fork, exec and exit events.
 pub const PROCESS_EVENTS_BYTES: u32 = 256 * 1024;
 
 /// What a `ProcessEvent` reports.
@@ -82,25 +82,29 @@ pub mod process_event {
     /// `pid` exec'd a new program: it is no longer a target (its interpreter, if any, is
     /// another); userspace looks at what it runs now.
     pub const EXEC: u32 = 1;
+    /// Target `pid`'s last thread exited: it is no longer a target (its pid may be reused);
+    /// userspace retires it once its last counts are drained.
+    pub const EXIT: u32 = 2;
 }
 
-/// A fork or exec of a followed process, reported as it happens so userspace registers new
-/// processes within milliseconds instead of at the next /proc scan.
+/// A fork, exec or exit of a followed process, reported as it happens so userspace registers
+/// new processes and retires ended ones within milliseconds instead of at the next /proc scan.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ProcessEvent {
     /// `process_event::*`.
     pub kind: u32,
-    /// The process (tgid) forked or exec'd, in the initial pid namespace.
+    /// The process (tgid) forked, exec'd or ended, in the initial pid namespace.
     pub pid: u32,
-    /// Its parent (the forking process).
+    /// Its parent (the forking process); 0 for an exec or exit.
     pub parent: u32,
     pub _pad: u32,
 }
 
-/// The fork and exec programs (`--subprocesses`, `--all`).
+/// The fork, exec and exit programs (`--subprocesses`, `--all`).
 pub const FORK_PROGRAM_NAME: &str = "on_process_fork";
 pub const EXEC_PROGRAM_NAME: &str = "on_process_exec";
+pub const EXIT_PROGRAM_NAME: &str = "on_process_exit";
 
 /// Bytes of the ring buffer that announces new stacks.
 pub const NEW_STACKS_BYTES: u32 = 256 * 1024;
@@ -565,7 +569,12 @@ pub mod config {
     /// kernels without `bpf_task_pt_regs` (before 5.15): the user registers of a sample taken in
     /// the kernel are at the top of that stack.
     pub const TASK_STACK_OFFSET: u32 = 7;
-    pub const COUNT: u32 = 8;
+    /// Byte offset of `signal` (the process's shared `struct signal_struct *`) in `struct
+    /// task_struct`, from BTF: the exit program reads whether a process's last thread exited.
+    pub const TASK_SIGNAL_OFFSET: u32 = 8;
+    /// Byte offset of `live` (its threads not yet exiting) in `struct signal_struct`, from BTF.
+    pub const SIGNAL_LIVE_OFFSET: u32 = 9;
+    pub const COUNT: u32 = 10;
 }
 
 /// Where the scheduler-switch program left a thread that went off the CPU, by thread id.
@@ -604,8 +613,8 @@ pub enum StatClass {
     Tally,
     /// `--idle`: an off-CPU interval was lost (the scheduler program's error).
     IntervalLost,
-    /// A fork or exec event could not be reported (its ring buffer was full): the process is
-    /// still found by the /proc scan, later.
+    /// A fork, exec or exit event could not be reported (its ring buffer was full): the
+    /// process is still found (or found ended) by the /proc scan, later.
     EventLost,
 }
 
@@ -715,7 +724,7 @@ stats! {
     Fork = 26, Tally, "forks followed";
     /// Execs of followed processes seen.
     Exec = 27, Tally, "execs followed";
-    /// A fork or exec event was lost: the ring buffer was full.
+    /// A fork, exec or exit event was lost: the ring buffer was full.
     ProcessEventLost = 28, EventLost, "process event lost";
     /// The sampled thread's id in its container's pid namespace could not be had (its
     /// namespace is not the target's): the sample was lost.
@@ -723,6 +732,8 @@ stats! {
     /// The thread was not among the first `THREADS_PER_CALL * MAX_THREAD_CALLS` thread states
     /// of its interpreter's list: the sample was lost.
     ThreadWalkLimit = 30, Lost, "thread list longer than the walk";
+    /// Targets whose last thread exited, seen by the exit program (`--subprocesses`, `--all`).
+    Exit = 31, Tally, "target exits seen";
 }
 
 // `ALL` lists every counter in discriminant order, 0 to COUNT - 1, so `stat as usize` indexes

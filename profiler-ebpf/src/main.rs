@@ -227,6 +227,15 @@ pub fn on_process_exec(ctx: RawTracePointContext) -> i32 {
     0
 }
 
+/// `sched_process_exit(struct task_struct *p, ...)`: a thread exits. Newer kernels pass whether
+/// it was the process's last as a second argument; it is read from the task instead, so one
+/// program serves every kernel.
+#[raw_tracepoint(tracepoint = "sched_process_exit")]
+pub fn on_process_exit(ctx: RawTracePointContext) -> i32 {
+    process::on_exit(ctx.arg(0));
+    0
+}
+
 #[cfg(not(test))]
 #[panic_handler]
 fn panic(_info: &core::panic::PanicInfo) -> ! {

@@ -1,7 +1,8 @@
 //! `prof-bpf agent` end to end, as root, against a real OpenTelemetry Collector (0.141, built by
 //! scripts/setup-collector, whose file exporter writes every profiles request it receives):
 //! processes of two Python versions exported every interval with their resources and splits
-//! (issue 20), a collector that goes away and comes back, and a Python in a container's cgroup.
+//! (issue 20), Pythons that start after the agent profiled from their first moments, a
+//! collector that goes away and comes back, and a Python in a container's cgroup.
 //! Requests are read back from the collector's files with prof-bpf's own message types, and
 //! compared with what each fixture measured of itself.
 
@@ -546,6 +547,75 @@ fn agent_exports_over_grpc() {
     );
     assert_eq!(counts[1], counts[3], "every sample sent: {log}");
     eprintln!("grpc: {heavy} samples in heavy() arrived; {log}");
+    drop(collector);
+}
+
+/// Issue 20: Pythons that start after the agent are found from the kernel's exec and fork
+/// reports as they happen, not by a /proc scan (the agent's is rare): one a shell starts and
+/// the child it forks are each profiled from their first moments (at least 90 % of the CPU
+/// each measured in its first function is in the exported profile), and each is out of the
+/// kernel's targets soon after it ends.
+#[test]
+fn agent_profiles_pythons_started_after_it_from_their_first_moments() {
+    if !privileged() {
+        return;
+    }
+    let rate = 1000.0;
+    let dir = scratch_dir("agent_newcomers");
+    let collector = Collector::start(&dir, 0);
+    let agent = Agent::start(&dir, &collector.http, &["--interval", "1", "-r", "1000"]);
+    let profiler = agent.child.id();
+    // `; true`: the shell forks and waits, the Python is its child.
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg("\"$0\" \"$1\" 0.3; true")
+        .arg(python("3.12"))
+        .arg(fixture("newcomer.py"))
+        .output()
+        .expect("starting the shell");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let measured = fixture_json(&out);
+    let ended = Instant::now();
+    let runs = [
+        ("first_moments", &measured["pid"], &measured["cpu"]),
+        (
+            "child_first_moments",
+            &measured["child_pid"],
+            &measured["child_cpu"],
+        ),
+    ];
+    let runs: Vec<(&str, u32, f64)> = runs
+        .iter()
+        .map(|(f, pid, cpu)| (*f, pid.as_u64().unwrap() as u32, cpu.as_f64().unwrap()))
+        .collect();
+    // Retired from the kernel's side when they exited, not at the next scan.
+    for &(_, pid, _) in &runs {
+        while registered(profiler, pid) {
+            assert!(
+                ended.elapsed() < Duration::from_secs(2),
+                "pid {pid} still a target {:.1} s after it ended",
+                ended.elapsed().as_secs_f64()
+            );
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+    // Their last samples in a window before the agent stops.
+    thread::sleep(Duration::from_millis(1500));
+    let log = agent.stop();
+    let all = samples(&received(&dir));
+    for (function, pid, cpu) in runs {
+        let got = samples_in(&folded_of(&all, pid), function) as f64;
+        let expected = cpu * rate;
+        eprintln!("newcomers: pid {pid}: {got} samples in {function}, {expected:.0} expected");
+        assert!(
+            got >= 0.9 * expected,
+            "pid {pid}: {got} samples in {function}, but it measured {cpu:.3} s ({expected:.0} samples)\n{log}"
+        );
+    }
     drop(collector);
 }
 

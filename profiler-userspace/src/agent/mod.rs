@@ -1,5 +1,7 @@
 //! The `agent` command: always-on, system-wide profiling shipped as OTLP profiles. It runs one
-//! sampling session over every Python process (`session`, as `record --all`), and every
+//! sampling session over every Python process (`session`, as `record --all`; new processes are
+//! registered from the kernel's fork and exec reports, ended ones retired from its exit reports,
+//! and /proc is scanned in full only at the start and every `RESCAN_INTERVAL`), and every
 //! `--interval` takes the window collected (`Session::take_window`), builds one OTLP request
 //! with a resource and profile per process (`output::otlp`, resources from `resource`) and hands
 //! it to the export queue (`export`), whose own thread sends it (`http` for OTLP/HTTP, `grpc`
@@ -43,6 +45,12 @@ use resource::Resources;
 /// named as the kernel announces them whatever the drain interval, and an always-on agent
 /// saves the syscalls (at 1 kHz on 2 CPUs a drain holds about 400 samples).
 const DRAIN_INTERVAL: Duration = Duration::from_millis(200);
+/// How often /proc is scanned in full, besides once at the start. The kernel reports every
+/// fork, exec and exit as it happens, and new Pythons are registered from those reports within
+/// milliseconds; the scan only finds what they miss (a report lost to a full ring buffer, a
+/// libpython loaded long after its program started), so it can be rare: scanning every 100 ms
+/// was most of the agent's CPU.
+const RESCAN_INTERVAL: Duration = Duration::from_secs(10);
 /// Longest wait for kernel notices between two checks of the clock and the signals.
 const TICK: Duration = Duration::from_millis(50);
 /// Sampling errors in a row after which the agent gives up (a kernel program that cannot be
@@ -135,6 +143,7 @@ pub fn run(
         },
         subprocesses: false,
         kernel: false,
+        rescan: RESCAN_INTERVAL,
     };
     let mut session = Session::start(&Target::All, options, stop)?;
     crate::note!(

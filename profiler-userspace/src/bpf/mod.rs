@@ -341,7 +341,7 @@ impl Sampler {
         Ok(map.iter().filter_map(Result::ok).collect())
     }
 
-    /// The forks and execs reported since the last call.
+    /// The forks, execs and exits reported since the last call.
     pub fn process_events(&mut self) -> Vec<ProcessEvent> {
         let Some(ring) = &mut self.process_events else {
             return Vec::new();
@@ -379,7 +379,7 @@ impl Sampler {
     /// once, each with its stack if still stored, so the caller can read their code objects
     /// while they are surely alive.
     pub fn wait_for_new_stacks(&mut self, timeout: Duration) -> Result<Vec<Announced>, BpfError> {
-        // Woken by a new stack or by a fork or exec to act on.
+        // Woken by a new stack or by a fork, exec or exit to act on.
         let mut fds = vec![libc::pollfd {
             fd: self.new_stacks.as_raw_fd(),
             events: libc::POLLIN,
@@ -537,8 +537,9 @@ fn configure(
     options: SamplerOptions,
     features: KernelFeatures,
 ) -> Result<(), BpfError> {
-    // The switch program reads the incoming thread's id from its task_struct, the fork program
-    // the processes' ids: offsets from the kernel's BTF, read only when needed.
+    // The switch program reads the incoming thread's id from its task_struct, the fork, exec
+    // and exit programs the processes' ids: offsets from the kernel's BTF, read only when
+    // needed.
     let following = options.follow != Follow::Nobody;
     let compat_regs = options.native && !features.bpf_loop;
     let btf = match options.idle || following || compat_regs {
@@ -559,6 +560,15 @@ fn configure(
         false => 0,
     };
     let task_stack_offset = if compat_regs { offset("stack")? } else { 0 };
+    // The exit program tells a process's last thread by the live-thread count of its signal
+    // struct.
+    let (task_signal_offset, signal_live_offset) = match &btf {
+        Some(btf) if following => (
+            btf.field_offset("task_struct", "signal")?,
+            btf.field_offset("signal_struct", "live")?,
+        ),
+        _ => (0, 0),
+    };
     let mut switches: Array<&mut MapData, u32> = map_mut(ebpf, maps::CONFIG)?;
     for (index, value) in [
         (config::IDLE, options.idle as u32),
@@ -568,6 +578,8 @@ fn configure(
         (config::TASK_TGID_OFFSET, task_tgid_offset),
         (config::TASK_STATE_OFFSET, task_state_offset),
         (config::TASK_STACK_OFFSET, task_stack_offset),
+        (config::TASK_SIGNAL_OFFSET, task_signal_offset),
+        (config::SIGNAL_LIVE_OFFSET, signal_live_offset),
     ] {
         switches
             .set(index, value, 0)
@@ -641,12 +653,13 @@ fn attach_switch_programs(
     Ok(switch_programs)
 }
 
-/// `--subprocesses`, `--all`: attaches the fork and exec programs to their raw tracepoints and
-/// returns the ring buffer they report into.
+/// `--subprocesses`, `--all`: attaches the fork, exec and exit programs to their raw
+/// tracepoints and returns the ring buffer they report into.
 fn attach_process_programs(ebpf: &mut Ebpf) -> Result<RingBuf<MapData>, BpfError> {
     for (name, tracepoint) in [
         (profiler_common::FORK_PROGRAM_NAME, "sched_process_fork"),
         (profiler_common::EXEC_PROGRAM_NAME, "sched_process_exec"),
+        (profiler_common::EXIT_PROGRAM_NAME, "sched_process_exit"),
     ] {
         let p: &mut RawTracePoint = program(ebpf, name)?;
         load(p.load())?;

@@ -56,6 +56,23 @@ fn parse_line(line: &str) -> Option<Mapping> {
     })
 }
 
+/// Whether a process that just exec'd a dynamically linked program is still being set up by
+/// glibc's dynamic loader: the loader is mapped but the C library not yet, so the program's
+/// other libraries (a libpython among them) may still come. A static program, or one whose
+/// libraries are in, says what it is.
+pub fn loader_at_work(maps: &[Mapping]) -> bool {
+    let named = |m: &Mapping, prefixes: &[&str]| {
+        m.path
+            .as_deref()
+            .and_then(|p| p.file_name())
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| prefixes.iter().any(|p| n.starts_with(p)))
+    };
+    // `ld-linux-x86-64.so.2` (`ld-2.31.so` before glibc 2.34), and the C library beside it.
+    let loader = maps.iter().any(|m| named(m, &["ld-linux", "ld-2."]));
+    loader && !maps.iter().any(|m| named(m, &["libc.so", "libc-2."]))
+}
+
 /// The difference between the addresses the ELF file was linked at and where it is mapped.
 pub fn load_bias(
     maps: &[Mapping],
@@ -92,5 +109,24 @@ mod tests {
         let lib = PathBuf::from("/usr/lib/libpython3.12.so.1.0");
         assert_eq!(load_bias(&maps, &lib, 0, true), Some(0x7f00a000));
         assert_eq!(load_bias(&maps, &lib, 0x400000, false), Some(0));
+    }
+
+    #[test]
+    fn the_loader_is_at_work_until_the_c_library_is_mapped() {
+        let exe = "55d000000000-55d000001000 r--p 00000000 fe:01 7 /usr/bin/uwsgi\n";
+        let ld = "7f0000000000-7f0000001000 r--p 00000000 fe:01 8 /usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2\n";
+        let libc =
+            "7f0000100000-7f0000101000 r--p 00000000 fe:01 9 /usr/lib/x86_64-linux-gnu/libc.so.6\n";
+        let old_ld =
+            "7f0000000000-7f0000001000 r--p 00000000 fe:01 8 /lib/x86_64-linux-gnu/ld-2.31.so\n";
+        let old_libc =
+            "7f0000100000-7f0000101000 r--p 00000000 fe:01 9 /lib/x86_64-linux-gnu/libc-2.31.so\n";
+        let at_work = |text: String| loader_at_work(&parse_maps(&text));
+        assert!(at_work(format!("{exe}{ld}")));
+        assert!(!at_work(format!("{exe}{ld}{libc}")));
+        assert!(at_work(format!("{exe}{old_ld}")));
+        assert!(!at_work(format!("{exe}{old_ld}{old_libc}")));
+        // A static program: nothing more will be mapped by a loader.
+        assert!(!at_work(exe.to_string()));
     }
 }

@@ -16,7 +16,7 @@ pub mod watch;
 use std::{fs, io, path::PathBuf};
 
 pub use files::{map_files_entry, open_in_root, open_mapped};
-pub use maps::{Mapping, load_bias, parse_maps, read_maps};
+pub use maps::{Mapping, load_bias, loader_at_work, parse_maps, read_maps};
 pub use memory::{LocalMemory, ProcMem, ProcessMemory};
 
 /// Where glibc's thread descriptor (`struct pthread`, nptl/descr.h), which `pthread_self()`

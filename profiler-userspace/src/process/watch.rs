@@ -96,6 +96,13 @@ impl Watcher {
         }
     }
 
+    /// Forgets process `pid` (it ended, and the caller retired it already): a later scan does
+    /// not report its end again.
+    pub fn forget(&mut self, pid: u32) {
+        self.seen.remove(&pid);
+        self.retries.remove(&pid);
+    }
+
     /// How many processes in scope are being followed now (wanted or not).
     pub fn followed(&self) -> usize {
         self.seen.len()

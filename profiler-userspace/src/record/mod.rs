@@ -97,6 +97,7 @@ fn record(cfg: &RecordConfig, stop: &AtomicBool) -> Result<Summary, RecordError>
         frames: cfg.frames,
         subprocesses: cfg.subprocesses,
         kernel: cfg.kernel,
+        rescan: session::SCAN_INTERVAL,
     };
     let mut session = Session::start(&cfg.target, options, stop)?;
     let output = match &cfg.output {

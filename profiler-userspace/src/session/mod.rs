@@ -1,5 +1,6 @@
-//! The sampling session `record` and `top` share: the kernel program (`bpf`), the processes
-//! registered with it (found by `python::discover`, followed by `process::watch`), their
+//! The sampling session `record`, `top` and `agent` share: the kernel program (`bpf`), the
+//! processes registered with it (found by `python::discover`, followed by the kernel's fork,
+//! exec and exit reports and by `process::watch`), their
 //! interpreters and native tables, and the collector their stacks go to. It hands what the
 //! kernel drains to naming and aggregation; it writes nothing and draws nothing.
 
@@ -43,12 +44,16 @@ use crate::{
     unwind::{LoadStats, NativeTables},
 };
 
-/// How often /proc is scanned for processes that started, forked, exec'd or ended. With
-/// `--subprocesses` and `--all` the kernel reports forks and execs as they happen; the scan
-/// catches what those miss (and ends).
-const SCAN_INTERVAL: Duration = Duration::from_millis(100);
+/// How often `record` and `top` scan /proc for processes that started, forked, exec'd or ended
+/// (`SessionOptions::rescan`). With `--subprocesses` and `--all` the kernel reports forks,
+/// execs and exits as they happen; the scan catches what those miss.
+pub const SCAN_INTERVAL: Duration = Duration::from_millis(100);
 /// How often a process that exec'd is looked at while it loads its new program.
 const EXEC_POLL: Duration = Duration::from_millis(5);
+/// How long a process that exec'd a program not named like Python is looked at while glibc's
+/// loader maps its libraries (an embedded libpython comes with them); then it is left to the
+/// /proc scan.
+const LOADER_GRACE: Duration = Duration::from_millis(100);
 /// Marks the ids of stacks userspace read itself (threads blocked at registration, `--idle`):
 /// the kernel's ids are content hashes, and one with this bit is as unlikely as any collision.
 const SEEDED_STACK: u64 = 1 << 63;
@@ -140,6 +145,11 @@ pub struct SessionOptions {
     pub subprocesses: bool,
     /// Kernel frames on top (`--kernel`).
     pub kernel: bool,
+    /// How often /proc is scanned in full (and once at the start). The kernel's fork, exec and
+    /// exit reports (`--subprocesses`, `--all`) register and retire processes as they come and
+    /// go; the scan is what finds the rest (a lost report, a libpython loaded late) and, without
+    /// those reports, the only way processes are found.
+    pub rescan: Duration,
 }
 
 /// What is left of a `Session` once sampling stopped.
@@ -198,7 +208,8 @@ pub struct Session {
     /// Processes that exec'd, looked at until their new program shows what it is (or the
     /// launch timeout passes).
     exec_pending: HashMap<u32, Instant>,
-    /// Forked children registered after they had already exited: retired after the next drain.
+    /// Registered processes that ended (the kernel said so, or a forked child was gone before
+    /// it was registered): retired after the next drain, which takes their last counts.
     retire: Vec<u32>,
     /// Stacks of threads found blocked at registration (`--idle`), numbered.
     seeded: u64,
@@ -332,6 +343,8 @@ impl Session {
     ) -> Result<(), SessionError> {
         let mut info = layout.target_info_of(&p);
         let pid = p.pid;
+        // A pid reused since a process with it ended: the new process stays.
+        self.retire.retain(|&r| r != pid);
         self.collector.add_process(ProcessInfo {
             pid,
             name: p.name.clone(),
@@ -498,7 +511,10 @@ impl Session {
         self.follow(events)?;
         self.name_announced(announced)?;
         self.check_exec_pending()?;
-        if self.last_scan.is_none_or(|t| t.elapsed() >= SCAN_INTERVAL) {
+        if self
+            .last_scan
+            .is_none_or(|t| t.elapsed() >= self.options.rescan)
+        {
             let changes = self.watcher.scan(classify);
             if !changes.is_empty() {
                 // Counts so far belong to the processes registered so far.
@@ -510,13 +526,18 @@ impl Session {
         Ok(())
     }
 
-    /// Acts on the forks and execs the kernel reported: a forked child of a registered Python
-    /// is registered as a copy of its parent (the kernel samples it already); a process that
-    /// exec'd is retired and looked at until its new program shows what it is.
+    /// Acts on the forks, execs and exits the kernel reported: a forked child of a registered
+    /// Python is registered as a copy of its parent (the kernel samples it already); a process
+    /// that exec'd is retired and looked at until its new program shows what it is, and so is a
+    /// child it forked meanwhile; a registered process that ended is retired.
     fn follow(&mut self, events: Vec<ProcessEvent>) -> Result<(), SessionError> {
         for e in events {
             match e.kind {
+                process_event::FORK if self.exec_pending.contains_key(&e.parent) => {
+                    self.exec_pending.insert(e.pid, Instant::now());
+                }
                 process_event::FORK => self.register_fork(e.parent, e.pid)?,
+                process_event::EXIT => self.ended(e.pid),
                 process_event::EXEC => {
                     if self.interpreters.contains_key(&e.pid) {
                         // Its counts so far are the old program's.
@@ -540,14 +561,31 @@ impl Session {
         };
         let (layout, mut process) = (p.layout, p.process.clone());
         process.pid = child;
-        match process::start_time(child) {
+        let gone = match process::start_time(child) {
             Ok(start_time) => {
                 process.start_time = start_time;
                 self.watcher.know(child, start_time);
+                false
             }
-            Err(_) => self.retire.push(child),
+            Err(_) => true,
+        };
+        self.register_from(process, layout, Some(parent))?;
+        if gone {
+            self.retire.push(child);
         }
-        self.register_from(process, layout, Some(parent))
+        Ok(())
+    }
+
+    /// Registered process `pid` ended (the kernel stopped sampling it): it is retired after
+    /// the next drain, and the /proc scan need not find it gone.
+    fn ended(&mut self, pid: u32) {
+        self.exec_pending.remove(&pid);
+        if self.interpreters.contains_key(&pid) {
+            self.watcher.forget(pid);
+            if !self.retire.contains(&pid) {
+                self.retire.push(pid);
+            }
+        }
     }
 
     /// Looks at processes that exec'd: registers the ones that are Python now.
@@ -566,6 +604,10 @@ impl Session {
                     self.watcher.know(pid, p.start_time);
                     self.apply(vec![Change::Started(p)])?;
                 }
+                // A program whose libraries are still being mapped may yet load a libpython.
+                Verdict::No
+                    if since.elapsed() < LOADER_GRACE
+                        && process::read_maps(pid).is_ok_and(|m| process::loader_at_work(&m)) => {}
                 Verdict::No => {
                     self.exec_pending.remove(&pid);
                 }

@@ -118,6 +118,7 @@ pub fn run(cfg: &TopConfig, stop: &AtomicBool) -> Result<TopSummary, TopError> {
         },
         subprocesses: false,
         kernel: false,
+        rescan: session::SCAN_INTERVAL,
     };
     let mut session = Session::start(&cfg.target, options, stop)?;
 
