@@ -104,10 +104,11 @@ const MIN_NATIVE_COMPLETE: f64 = 98.0;
 /// The least share of the samples the measured CPU time implies that a guest's profile must
 /// hold, below which the guest was starved and its measurement cannot be compared: under TCG a
 /// guest's clock is the host's, so while QEMU's threads wait for one of this machine's two CPUs
-/// the guest charges the running thread time it did not run, and takes no samples in it. With
-/// the suite alone on the machine 92-98 % were seen; with other builds running (a load average
-/// of 6 to 15) 29-70 %, and a split measured 47:53 that the samples put at 72:28.
-const MIN_GUEST_COMPLETENESS: f64 = 0.8;
+/// (its own two vCPU threads and I/O thread contend for them too) the guest charges the running
+/// thread time it did not run, and takes no samples in it. 43-98 % were seen with the splits
+/// right (the least with other builds running, at a load average of 6), and 18 % at a load of
+/// 15 with a split measured 47:53 that the samples put at 72:28.
+const MIN_GUEST_COMPLETENESS: f64 = 0.3;
 
 /// The errors a guest's recording may count: a launched process's (`LAUNCHED`), and frames
 /// that could not be read, seen only in guests (5.10 and 6.1, with 3.8 and 3.12), in one
@@ -194,8 +195,8 @@ fn check(dir: &Path, series: &str, path: KernelPath) -> Vec<f64> {
         assert!(
             ratio >= MIN_GUEST_COMPLETENESS,
             "{test}: {} samples of the work, {:.0}% of what {:.2} CPU seconds imply: the guest \
-             was starved of this machine's CPUs (load average {}), run the test on a quieter \
-             machine:\n{stderr}",
+             was starved of this machine's CPUs (load average {}), or the work's frames were \
+             not named (`[unknown]` in the profile):\n{stderr}",
             work.samples,
             100.0 * ratio,
             work.cpu,
