@@ -383,6 +383,13 @@ pub const MAX_KERNEL_FRAMES: usize = 64;
 /// Native frames the kernel unwinds before it stops (counted as `Stat::NativeTruncated`).
 pub const MAX_NATIVE_FRAMES: usize = 256;
 
+/// The unwinder for kernels without `bpf_loop` (before 5.17) unwinds `COMPAT_FRAMES_PER_CALL`
+/// frames per run and tail-calls itself for up to `COMPAT_MAX_CALLS` runs: it stops after
+/// `COMPAT_NATIVE_FRAMES`, fewer than `MAX_NATIVE_FRAMES`, as each run's frames are unrolled.
+pub const COMPAT_FRAMES_PER_CALL: usize = 8;
+pub const COMPAT_MAX_CALLS: u32 = 8;
+pub const COMPAT_NATIVE_FRAMES: usize = COMPAT_FRAMES_PER_CALL * COMPAT_MAX_CALLS as usize;
+
 /// Executable mappings of one process the kernel can unwind through.
 pub const MAX_MAPPINGS: usize = 256;
 /// Steps of the kernel's binary search over one process's mappings (2^8 = `MAX_MAPPINGS`).
@@ -705,7 +712,8 @@ stats! {
     NativeUnsupported = 17, NativeOutcome, "unsupported unwind rule";
     /// Native unwind stopped: reading the stack faulted.
     NativeReadFault = 18, NativeOutcome, "stack read fault";
-    /// Native unwind stopped after `MAX_NATIVE_FRAMES` frames.
+    /// Native unwind stopped after `MAX_NATIVE_FRAMES` frames (`COMPAT_NATIVE_FRAMES` on a
+    /// kernel without `bpf_loop`).
     NativeTruncated = 19, NativeOutcome, "deeper than the frame limit";
     /// Native unwind stopped at an implausible frame (the stack did not grow toward the root).
     NativeBadFrame = 20, NativeOutcome, "implausible frame";

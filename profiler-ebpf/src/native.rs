@@ -24,9 +24,9 @@ use aya_ebpf::{
     programs::PerfEventContext,
 };
 use profiler_common::{
-    MAPPING_SEARCH_STEPS, MAX_KERNEL_FRAMES, MAX_MAPPINGS, MAX_NATIVE_FRAMES, NativeMapping,
-    NativeMappings, PAGE_SHIFT, PAGES_PER_CHUNK, ROW_SEARCH_STEPS, ROWS_PER_CHUNK, Stat, UnwindRow,
-    config, mix, target_options, unwind_step,
+    COMPAT_FRAMES_PER_CALL, COMPAT_MAX_CALLS, MAPPING_SEARCH_STEPS, MAX_KERNEL_FRAMES,
+    MAX_MAPPINGS, MAX_NATIVE_FRAMES, NativeMapping, NativeMappings, PAGE_SHIFT, PAGES_PER_CHUNK,
+    ROW_SEARCH_STEPS, ROWS_PER_CHUNK, Stat, UnwindRow, config, mix, target_options, unwind_step,
 };
 
 use crate::maps::{
@@ -35,9 +35,6 @@ use crate::maps::{
 
 /// User-mode code segments have privilege level 3 in the low bits of cs.
 const USER_MODE: u64 = 3;
-/// The compatible unwinder's frames per run, and its runs: 8 * 8 = 64 frames.
-pub const COMPAT_FRAMES_PER_CALL: usize = 8;
-pub const COMPAT_MAX_CALLS: u32 = 8;
 /// x86_64's kernel stack: 16 KiB (`THREAD_SIZE` without KASAN), with the user registers saved
 /// at its top (`task_pt_regs`; no padding above them on x86_64).
 const THREAD_SIZE: u64 = 16 * 1024;

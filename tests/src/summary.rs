@@ -79,6 +79,10 @@ pub struct Summary {
     pub gil_held: f64,
     /// `native unwind: N% complete`, with `--native`.
     pub native_complete: Option<f64>,
+    /// The kernel path the program took: `kernel 5.10: walker and unwinder without bpf_loop (...)`.
+    pub kernel_path: String,
+    /// `kernel time: ..., N ns per recorded sample`: the BPF program's time per sample recorded.
+    pub kernel_ns_per_sample: Option<f64>,
     /// The whole summary, for messages.
     pub text: String,
 }
@@ -180,6 +184,25 @@ impl Summary {
                     .and_then(|p| p.parse().ok())
                     .unwrap_or_else(|| fail("native completeness"))
             });
+        // `kernel X.Y: PATH`, apart from `kernel time: ...`.
+        let kernel_path = stderr
+            .lines()
+            .find_map(|l| {
+                let path = l.strip_prefix("prof-bpf: ")?;
+                path.strip_prefix("kernel ")?
+                    .starts_with(|c: char| c.is_ascii_digit())
+                    .then_some(path)
+            })
+            .unwrap_or_else(|| fail("kernel path line"))
+            .to_string();
+        let kernel_ns_per_sample = stderr
+            .lines()
+            .find_map(|l| l.strip_prefix("prof-bpf: kernel time: "))
+            .map(|r| {
+                r.rsplit_once(", ")
+                    .and_then(|(_, per)| per.strip_suffix(" ns per recorded sample")?.parse().ok())
+                    .unwrap_or_else(|| fail("kernel time per recorded sample"))
+            });
         let unattributed = stderr
             .lines()
             .find(|l| l.contains(" could not be attributed"))
@@ -207,6 +230,8 @@ impl Summary {
             outside: counters("prof-bpf: outside Python code: "),
             gil_held,
             native_complete,
+            kernel_path,
+            kernel_ns_per_sample,
             text: stderr.to_string(),
         }
     }

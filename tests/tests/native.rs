@@ -178,7 +178,12 @@ fn numpy_fft_frames_sit_under_their_python_caller_without_bpf_loop() {
         return;
     }
     let env = [("PROF_BPF_KERNEL_COMPAT", "1")];
-    numpy_launched(&env, MIN_COMPAT_NATIVE_COMPLETE, "numpy_fft_native_compat");
+    let (_, stderr) = numpy_launched(&env, MIN_COMPAT_NATIVE_COMPLETE, "numpy_fft_native_compat");
+    let path = Summary::parse(&stderr).kernel_path;
+    assert!(
+        path.contains(": walker and unwinder without bpf_loop ("),
+        "the recording did not take the older kernels' path: {path:?}"
+    );
 }
 
 /// What a callback recording may count: a launched process's read faults, and the frame read

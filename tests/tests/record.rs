@@ -191,10 +191,11 @@ fn leaf_samples(profile: &Folded, name: &str) -> u64 {
 /// Records recursion `depth` frames deep and checks every sample in bottom() holds the whole
 /// stack, from `<module>` down, with no truncation marker.
 fn check_recursion_whole(depth: usize, test: &str) {
-    check_recursion_whole_env(depth, &[], test)
+    check_recursion_whole_env(depth, &[], test);
 }
 
-fn check_recursion_whole_env(depth: usize, env: &[(&str, &str)], test: &str) {
+/// `check_recursion_whole` with `env` set for prof-bpf; returns its summary.
+fn check_recursion_whole_env(depth: usize, env: &[(&str, &str)], test: &str) -> String {
     let (profile, cpu, stderr) = record_recursion_env(depth as u32, env, test);
     let bottom = leaf_samples(&profile, "bottom");
     let work = Work {
@@ -220,6 +221,7 @@ fn check_recursion_whole_env(depth: usize, env: &[(&str, &str)], test: &str) {
             &stack[..5]
         );
     }
+    stderr
 }
 
 #[test]
@@ -251,7 +253,12 @@ fn recursion_1000_deep_is_captured_whole_without_bpf_loop() {
         return;
     }
     let env = [("PROF_BPF_KERNEL_COMPAT", "1")];
-    check_recursion_whole_env(1000, &env, "recursion_1000_compat");
+    let stderr = check_recursion_whole_env(1000, &env, "recursion_1000_compat");
+    let path = Summary::parse(&stderr).kernel_path;
+    assert!(
+        path.contains(": walker and unwinder without bpf_loop ("),
+        "the recording did not take the older kernels' path: {path:?}"
+    );
 }
 
 #[test]

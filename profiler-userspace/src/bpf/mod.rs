@@ -162,7 +162,8 @@ impl KernelFeatures {
         features
     }
 
-    fn of_release(release: &str) -> Self {
+    /// From a release string as `uname -r` prints it (`5.10.0-46-amd64`).
+    pub fn of_release(release: &str) -> Self {
         let mut parts = release
             .trim()
             .split(|c: char| !c.is_ascii_digit())
@@ -174,18 +175,18 @@ impl KernelFeatures {
         }
     }
 
-    /// How the summary names the kernel path chosen.
+    /// How the summary names the kernel path chosen: `kernel 6.18: bpf_loop walker and
+    /// unwinder`, or `kernel 5.10: walker and unwinder without bpf_loop (...)`, which says what
+    /// the other path costs.
     pub fn describe(&self) -> String {
-        format!(
-            "kernel {}.{}: {}",
-            self.release.0,
-            self.release.1,
-            if self.bpf_loop {
-                "frame walk and native unwinder with bpf_loop"
-            } else {
-                "frame walk and native unwinder in tail-called parts (no bpf_loop), user registers from the kernel stack"
-            }
-        )
+        let (major, minor) = self.release;
+        match self.bpf_loop {
+            true => format!("kernel {major}.{minor}: bpf_loop walker and unwinder"),
+            false => format!(
+                "kernel {major}.{minor}: walker and unwinder without bpf_loop (tail calls, {} native frames at most)",
+                profiler_common::COMPAT_NATIVE_FRAMES
+            ),
+        }
     }
 }
 
@@ -812,6 +813,24 @@ impl Stats {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_kernel_path_follows_the_release() {
+        let bullseye = KernelFeatures::of_release("5.10.0-46-amd64\n");
+        assert_eq!(bullseye.release, (5, 10));
+        assert!(!bullseye.bpf_loop);
+        assert!(
+            bullseye
+                .describe()
+                .starts_with("kernel 5.10: walker and unwinder without bpf_loop (")
+        );
+        let last_without = KernelFeatures::of_release("5.16.20");
+        assert!(!last_without.bpf_loop);
+        let first_with = KernelFeatures::of_release("5.17.0-rc1");
+        assert!(first_with.bpf_loop);
+        let host = KernelFeatures::of_release("6.18.3+deb14-amd64");
+        assert_eq!(host.describe(), "kernel 6.18: bpf_loop walker and unwinder");
+    }
 
     #[test]
     fn permission_is_found_in_the_error_chain_not_in_its_text() {

@@ -121,6 +121,7 @@ fn record(cfg: &RecordConfig, stop: &AtomicBool) -> Result<Summary, RecordError>
         child,
         skipped,
         native,
+        kernel,
     } = finished;
     if let Some(mut c) = child {
         session::stop_child(&mut c, reason);
@@ -150,6 +151,7 @@ fn record(cfg: &RecordConfig, stop: &AtomicBool) -> Result<Summary, RecordError>
         unknown_frames: profile.unknown_frames,
         stop: reason,
         run_time,
+        kernel,
         native,
         failure: failure.or(finish_error).map(RecordError::from),
         saved,

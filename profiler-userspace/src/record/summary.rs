@@ -13,7 +13,7 @@ use profiler_common::{Stat, StatClass};
 
 use super::RecordError;
 use crate::{
-    bpf::{RunTime, Stats},
+    bpf::{KernelFeatures, RunTime, Stats},
     output::{Format, file::SaveError},
     profile::ProcessInfo,
     session::StopReason,
@@ -48,6 +48,8 @@ pub struct Summary {
     pub unknown_frames: u64,
     pub stop: StopReason,
     pub run_time: Option<RunTime>,
+    /// The path the kernel program took on this kernel (with or without `bpf_loop`).
+    pub kernel: KernelFeatures,
     /// With `--native`: what loading unwind tables met, and native frames left unnamed.
     pub native: Option<(LoadStats, Vec<(String, u64)>)>,
     /// What ended the recording early, if an error did.
@@ -81,6 +83,7 @@ impl Summary {
         if let Some((load, unknown)) = &self.native {
             print_native(out, &self.stats, load, unknown)?;
         }
+        writeln!(out, "prof-bpf: {}", self.kernel.describe())?;
         if let Some(rt) = self.run_time.filter(|rt| rt.runs > 0) {
             writeln!(
                 out,
@@ -369,6 +372,7 @@ mod tests {
             unknown_frames: 0,
             stop: StopReason::TargetExited,
             run_time: None,
+            kernel: KernelFeatures::of_release("6.18.3"),
             native: None,
             failure: None,
             saved: Ok(()),
@@ -402,6 +406,10 @@ mod tests {
         assert!(line(&t, "prof-bpf: kept with a caveat: ").is_none());
         assert!(t.contains("stopped (the program exited); wrote raw to p.txt"));
         assert!(t.lines().last().unwrap().starts_with("prof-bpf: prof-bpf "));
+        assert_eq!(
+            line(&t, "prof-bpf: kernel 6.18: "),
+            Some("bpf_loop walker and unwinder")
+        );
     }
 
     /// Every counter a sample can meet lands on exactly one line, by its class.

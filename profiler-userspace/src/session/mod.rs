@@ -20,8 +20,8 @@ pub use launch::{LAUNCH_TIMEOUT, stop_child};
 
 use crate::{
     bpf::{
-        self, Announced, BpfError, Drained, Follow, RawExtra, RunTime, Sampler, SamplerOptions,
-        Stats,
+        self, Announced, BpfError, Drained, Follow, KernelFeatures, RawExtra, RunTime, Sampler,
+        SamplerOptions, Stats,
     },
     cache::BoundedCache,
     privilege::NotPrivileged,
@@ -163,6 +163,8 @@ pub struct Finished {
     /// With `--native`: what loading unwind tables met, and native frames left unnamed by
     /// reason.
     pub native: Option<(LoadStats, Vec<(String, u64)>)>,
+    /// The path the kernel program took on this kernel.
+    pub kernel: KernelFeatures,
 }
 
 /// Native-and-kernel stack parts kept from the kernel (a stack may come a drain after its part).
@@ -830,6 +832,7 @@ impl Session {
             child: self.child,
             skipped: self.skipped,
             native,
+            kernel: self.sampler.features,
         };
         (finished, drained.or(stats_error))
     }

@@ -424,11 +424,18 @@ fn symbols_path(
     }
 }
 
+/// Reads `len` bytes at `addr` of `pid`'s memory. A read of /proc/PID/mem ends at once, with
+/// no error, when the process no longer has its memory (it exited after the file was opened, as
+/// a short-lived process does while a slow machine still loads its tables): that is ESRCH,
+/// which the caller takes as the process gone, not as a failure.
 fn read_memory(pid: u32, addr: u64, len: u64) -> io::Result<Vec<u8>> {
     let mut f = fs::File::open(crate::process::proc_dir(pid).join("mem"))?;
     f.seek(SeekFrom::Start(addr))?;
     let mut buf = vec![0; len as usize];
-    f.read_exact(&mut buf)?;
+    f.read_exact(&mut buf).map_err(|e| match e.kind() {
+        io::ErrorKind::UnexpectedEof => io::Error::from_raw_os_error(libc::ESRCH),
+        _ => e,
+    })?;
     Ok(buf)
 }
 
