@@ -627,6 +627,18 @@ impl Session {
     /// mapping means a library was mapped since the tables were loaded: load them first, so
     /// its frames are named.
     fn name_announced(&mut self, announced: Vec<Announced>) -> Result<(), SessionError> {
+        // Their code objects first: loading a new library's unwind tables below can take longer
+        // than a short program lives (seconds on a slow machine), and a program gone before its
+        // code objects were read leaves every Python frame unnamed. Read, they wait in the
+        // interpreter's cache for naming.
+        for a in &announced {
+            if let (Some(stack), Some(interpreter)) = (&a.stack, self.interpreters.get_mut(&a.pid))
+            {
+                for frame in stack.frames.iter().filter(|f| f.code != 0) {
+                    let _ = interpreter.code(frame);
+                }
+            }
+        }
         let unmapped = announced.iter().any(|a| {
             a.extra
                 .as_ref()
