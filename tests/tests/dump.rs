@@ -40,14 +40,10 @@ fn threads(dump: &str) -> Vec<(String, Vec<String>)> {
     out
 }
 
-/// What a version calls threading's methods: qualified from 3.11, which has `co_qualname`.
-fn method(python_name: &str, name: &str) -> String {
-    let v = profiler_userspace::python::Version::parse(version_of(python_name)).unwrap();
-    if v >= profiler_userspace::python::Version::new(3, 11) {
-        format!("Thread.{name}")
-    } else {
-        name.to_string()
-    }
+/// What `dump` calls threading's methods on every version: qualified by `co_qualname` from
+/// 3.11, by the class of their `self` before (py-spy's rule).
+fn method(name: &str) -> String {
+    format!("Thread.{name}")
 }
 
 fn dump_shows_every_blocked_thread(python_name: &str) {
@@ -89,7 +85,7 @@ fn dump_shows_every_blocked_thread(python_name: &str) {
     for t in &threads {
         assert!(t.0.ends_with("(sleeping)"), "{}", t.0);
     }
-    let bootstrap = format!("{} (", method(python_name, "_bootstrap"));
+    let bootstrap = format!("{} (", method("_bootstrap"));
     for t in &threads[1..] {
         assert!(
             t.1.last().unwrap().starts_with(&bootstrap) && t.1.len() == 4,
@@ -203,9 +199,9 @@ fn dump_native_shows_c_frames_above_python(python_name: &str) {
         "select"
     };
     let (run, inner, bootstrap) = (
-        method(python_name, "run"),
-        method(python_name, "_bootstrap_inner"),
-        method(python_name, "_bootstrap"),
+        method("run"),
+        method("_bootstrap_inner"),
+        method("_bootstrap"),
     );
     let workers = vec![run.as_str(), inner.as_str(), bootstrap.as_str()];
     let cases = [

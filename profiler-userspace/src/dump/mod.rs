@@ -7,7 +7,9 @@
 //! tables and step (`unwind::walk`) and named and merged as `record --native` names them
 //! (`profile::naming`). With `--locals` each Python frame's local variables are read beside its
 //! frame (`python::locals`), while the threads are stopped when they are. With
-//! `--subprocesses` every Python process under the pid is dumped in turn. The text is written by
+//! `--subprocesses` every Python process under the pid is dumped in turn. Up to 3.10 a method's
+//! frame is named `Class.method` from its first argument (`LocalsReader::method_class`), read
+//! beside the frames as the locals are. The text is written by
 //! `render` (values by `repr`), the JSON by `json`. It ties those stages together and holds none
 //! of their logic.
 
@@ -214,6 +216,8 @@ fn dump_process(cfg: &DumpConfig, p: PythonProcess) -> Result<ProcessDump, DumpE
 /// per thread and raw frame, leaf first, None for a shim) and which thread holds the GIL.
 struct Extras {
     locals: Vec<Vec<Option<LocalsRead>>>,
+    /// Up to 3.10 (no `co_qualname`): the class of each Python frame's method, per thread.
+    classes: Vec<Vec<Option<String>>>,
     gil_holder: Option<Option<u64>>,
 }
 
@@ -250,7 +254,28 @@ impl Extras {
                     .collect()
             }
         };
-        Self { locals, gil_holder }
+        let classes = match layout.code.qualname {
+            Some(_) => Vec::new(),
+            None => {
+                let mut reader = LocalsReader::new(mem, layout);
+                stacks
+                    .iter()
+                    .map(|t| {
+                        t.frames
+                            .iter()
+                            .zip(&t.frame_addrs)
+                            .filter(|(f, _)| f.code != 0)
+                            .map(|(f, &addr)| reader.method_class(addr, f.code))
+                            .collect()
+                    })
+                    .collect()
+            }
+        };
+        Self {
+            locals,
+            classes,
+            gil_holder,
+        }
     }
 
     /// Whether thread `t` holds the GIL, where that is known.
@@ -258,12 +283,20 @@ impl Extras {
         self.gil_holder.map(|h| h == Some(t.tstate))
     }
 
-    /// The locals of the `i`-th thread's Python frames, leaf first (nothing without `--locals`).
-    fn of(&mut self, i: usize) -> Vec<LocalsRead> {
-        self.locals
+    /// The locals of the `i`-th thread's Python frames, leaf first (nothing without `--locals`),
+    /// and their methods' classes (nothing from 3.11).
+    fn of(&mut self, i: usize) -> (Vec<LocalsRead>, Vec<Option<String>>) {
+        let locals = self
+            .locals
             .get_mut(i)
             .map(|t| t.drain(..).flatten().collect())
-            .unwrap_or_default()
+            .unwrap_or_default();
+        let classes = self
+            .classes
+            .get_mut(i)
+            .map(std::mem::take)
+            .unwrap_or_default();
+        (locals, classes)
     }
 }
 
@@ -323,13 +356,14 @@ impl Names {
     }
 
     /// `t`'s frames, leaf first; mixed with its native stack (`pcs`, how the unwind ended) where
-    /// there is one; each Python frame with its locals, if `locals` (leaf first) has them.
+    /// there is one; each Python frame with its locals, if `locals` (leaf first) has them, and
+    /// named `Class.method` where `classes` (leaf first) has its class.
     fn frames(
         &mut self,
         t: &ThreadStack,
         mappings: Option<&[KnownMapping]>,
         native: Option<(&[u64], u32)>,
-        locals: Vec<LocalsRead>,
+        (locals, classes): (Vec<LocalsRead>, Vec<Option<String>>),
     ) -> Vec<FrameDump> {
         let (pcs, end) = native.unwrap_or((&[], 0));
         let raw = RawStack {
@@ -346,15 +380,24 @@ impl Names {
             .name_with_origin(Some(&mut self.interpreter), mappings, raw);
         // The Python frames come leaf first as `t.frames` (shims aside) does.
         let mut locals = locals.into_iter();
+        let mut classes = classes.into_iter();
         named
             .into_iter()
             .rev()
-            .map(|(f, python)| FrameDump {
-                frame: match self.options.nolineno {
+            .map(|(f, python)| {
+                let mut frame = match self.options.nolineno {
                     true => f.frame.without_line(),
                     false => f.frame,
-                },
-                locals: python.then(|| locals.next()).flatten(),
+                };
+                if let (true, Some(Some(class)), Frame::Python(l)) =
+                    (python, python.then(|| classes.next()).flatten(), &mut frame)
+                {
+                    l.function = format!("{class}.{}", l.function);
+                }
+                FrameDump {
+                    frame,
+                    locals: python.then(|| locals.next()).flatten(),
+                }
             })
             .collect()
     }
