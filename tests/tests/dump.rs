@@ -82,8 +82,10 @@ fn dump_shows_every_blocked_thread(python_name: &str) {
     // The main thread's whole stack, and the workers' roots in threading.py.
     assert_eq!(threads[0].1.len(), 2, "{stdout}");
     assert!(threads[0].1[1].starts_with("<module> ("), "{stdout}");
-    for t in &threads {
+    // Python's names for the threads, not the kernel's (`python3.X` for all three).
+    for (t, name) in threads.iter().zip(["MainThread", "sleeper", "locker"]) {
         assert!(t.0.ends_with("(sleeping)"), "{}", t.0);
+        assert!(t.0.contains(&format!(" \"{name}\" ")), "{}", t.0);
     }
     let bootstrap = format!("{} (", method("_bootstrap"));
     for t in &threads[1..] {
@@ -706,6 +708,8 @@ fn dump_json_follows_the_schema(which: &str, native: bool) {
     assert_eq!(threads.len(), 1, "{doc:#}");
     let t = &threads[0];
     assert_eq!(t["tid"], pid);
+    // The fixture never imports threading: the thread has no Python name, so the kernel's.
+    assert_eq!(t["name"], p["name"], "{doc:#}");
     assert_eq!(
         (t["state"].as_str(), &t["idle"]),
         (Some("sleeping"), &true.into())

@@ -7,9 +7,10 @@
 //! tables and step (`unwind::walk`) and named and merged as `record --native` names them
 //! (`profile::naming`). With `--locals` each Python frame's local variables are read beside its
 //! frame (`python::locals`), while the threads are stopped when they are. With
-//! `--subprocesses` every Python process under the pid is dumped in turn. Up to 3.10 a method's
-//! frame is named `Class.method` from its first argument (`LocalsReader::method_class`), read
-//! beside the frames as the locals are. The text is written by
+//! `--subprocesses` every Python process under the pid is dumped in turn. Threads are named as
+//! Python names them (`python::thread_names`, else the kernel's name), and up to 3.10 a method's
+//! frame as `Class.method` from its first argument (`LocalsReader::method_class`), read beside
+//! the frames as the locals are. The text is written by
 //! `render` (values by `repr`), the JSON by `json`. It ties those stages together and holds none
 //! of their logic.
 
@@ -127,7 +128,8 @@ pub struct ThreadDump {
     pub tid: u64,
     /// Its id inside the process's own pid namespace (a container's), when that is not ours.
     pub ns_tid: Option<u64>,
-    /// `/proc/PID/task/TID/comm`, if the thread still exists.
+    /// Python's name for it (`threading`'s), else `/proc/PID/task/TID/comm` if the thread
+    /// still exists.
     pub name: Option<String>,
     /// The kernel's state letter's meaning (`sleeping`, `running`, ...).
     pub state: Option<String>,
@@ -332,7 +334,8 @@ pub fn dump(
         .enumerate()
         .map(|(i, t)| {
             let frames = names.frames(t, None, None, extras.of(i));
-            thread_dump(p.pid, &ids, t, frames, extras.holds_gil(t))
+            let python_name = names.interpreter.thread_name(t.tid);
+            thread_dump(p.pid, &ids, t, frames, extras.holds_gil(t), python_name)
         })
         .collect();
     threads.sort_by_key(|t| t.tid);
@@ -432,19 +435,23 @@ impl ThreadIds {
     }
 }
 
-/// A thread as printed: its frames (leaf first) and what /proc says of it now.
+/// A thread as printed: its frames (leaf first), its name (Python's, `python_name`, else the
+/// kernel's) and what /proc says of it now.
 fn thread_dump(
     pid: u32,
     ids: &ThreadIds,
     t: &ThreadStack,
     frames: Vec<FrameDump>,
     holds_gil: Option<bool>,
+    python_name: Option<String>,
 ) -> ThreadDump {
     let (tid, ns_tid) = ids.resolve(t.tid);
     let task = format!("/proc/{pid}/task/{tid}");
-    let name = fs::read_to_string(format!("{task}/comm"))
-        .ok()
-        .map(|s| s.trim_end().to_string());
+    let name = python_name.or_else(|| {
+        fs::read_to_string(format!("{task}/comm"))
+            .ok()
+            .map(|s| s.trim_end().to_string())
+    });
     let letter = fs::read_to_string(format!("{task}/stat"))
         .ok()
         .and_then(|s| Some(s.rsplit_once(')')?.1.split_whitespace().next()?.to_string()));
@@ -552,7 +559,15 @@ pub fn dump_native(
             }
             None => names.frames(t, None, None, locals),
         };
-        threads.push(thread_dump(pid, &ids, t, frames, extras.holds_gil(t)));
+        let python_name = names.interpreter.thread_name(t.tid);
+        threads.push(thread_dump(
+            pid,
+            &ids,
+            t,
+            frames,
+            extras.holds_gil(t),
+            python_name,
+        ));
     }
     threads.sort_by_key(|t| t.tid);
     Ok((threads, paused))

@@ -8,6 +8,7 @@ pub mod instance;
 pub mod linetable;
 pub mod locals;
 pub mod objects;
+pub mod thread_names;
 pub mod threads;
 mod v3_10;
 mod v3_11;
