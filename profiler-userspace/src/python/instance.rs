@@ -113,6 +113,15 @@ impl Interpreter {
         self.thread_names.get(mem, &self.layout, runtime, tid)
     }
 
+    /// Reads Python's names for the process's threads now: at registration, so threads that
+    /// end before they are first seen in a drain keep their names.
+    pub fn refresh_thread_names(&mut self) {
+        if let Some(mem) = self.mem.as_ref() {
+            let runtime = self.process.runtime_addr;
+            self.thread_names.refresh(mem, &self.layout, runtime);
+        }
+    }
+
     /// Code objects cached now.
     pub fn cached_codes(&self) -> usize {
         self.codes.len()

@@ -2,10 +2,12 @@
 //! (worker)`, whatever the program set), for every place a thread is shown. Read from the
 //! threading module's registry, as py-spy reads it: `sys.modules['threading']._active` maps
 //! each running `Thread`'s ident to the object, whose `_name` is the name and `_native_id` the
-//! kernel's id for the thread (in the process's own pid namespace). Kept per process, bounded by
-//! what one read takes (`objects::MAX_ENTRIES`), and read again when a thread it does not know
-//! turns up, at most every `REFRESH`. A thread that is not there (started without `threading`,
-//! or gone) has no name here: the callers fall back to the kernel's. Pure over `ProcessMemory`.
+//! kernel's id for the thread (in the process's own pid namespace). Kept per process (at most
+//! `MAX_NAMES`), and read again when a thread it does not know turns up, at most every
+//! `REFRESH`; a name read stays after its thread ends, so a thread that ran and ended between two
+//! reads of the samples keeps it. A thread never seen there (started without `threading`, or
+//! started and ended between two reads of the registry) has no name here: the callers fall back
+//! to the kernel's. Pure over `ProcessMemory`.
 
 use std::{
     collections::HashMap,
@@ -23,6 +25,9 @@ use crate::process::{PTHREAD_TID_OFFSET, ProcessMemory};
 /// How often, at most, an unknown thread id makes the registry be read again: names change
 /// rarely, threads come and go.
 pub const REFRESH: Duration = Duration::from_millis(250);
+
+/// Names kept per process: past this they are forgotten and read again.
+pub const MAX_NAMES: usize = 1 << 16;
 
 /// Characters of a name kept.
 const MAX_NAME_CHARS: u64 = 256;
@@ -56,11 +61,17 @@ impl ThreadNames {
         self.names.get(&tid).cloned()
     }
 
-    /// Reads the registry now; on failure the names read before stay.
+    /// Reads the registry now, on top of the names read before (a thread's new name replaces
+    /// its old one).
     pub fn refresh(&mut self, mem: &impl ProcessMemory, layout: &Layout, runtime: u64) {
         self.read_at = Some(Instant::now());
         match read_names(mem, layout, runtime, &mut self.active) {
-            Ok(names) => self.names = names,
+            Ok(names) => {
+                if self.names.len() + names.len() > MAX_NAMES {
+                    self.names.clear();
+                }
+                self.names.extend(names);
+            }
             Err(_) => self.active = None,
         }
     }

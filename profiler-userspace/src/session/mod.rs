@@ -345,10 +345,11 @@ impl Session {
             ns_pid: p.ns_pid,
         });
         self.first.get_or_insert_with(|| p.clone());
-        let interpreter = match parent {
+        let mut interpreter = match parent {
             Some(parent) => Interpreter::forked(p, layout, parent),
             None => Interpreter::new(p, layout),
         };
+        interpreter.refresh_thread_names();
         self.interpreters.insert(pid, interpreter);
         if self.options.sampler.native {
             self.refresh_tables(pid)?;
