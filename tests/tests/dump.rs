@@ -40,14 +40,10 @@ fn threads(dump: &str) -> Vec<(String, Vec<String>)> {
     out
 }
 
-/// What a version calls threading's methods: qualified from 3.11, which has `co_qualname`.
-fn method(python_name: &str, name: &str) -> String {
-    let v = profiler_userspace::python::Version::parse(version_of(python_name)).unwrap();
-    if v >= profiler_userspace::python::Version::new(3, 11) {
-        format!("Thread.{name}")
-    } else {
-        name.to_string()
-    }
+/// What `dump` calls threading's methods on every version: qualified by `co_qualname` from
+/// 3.11, by the class of their `self` before (py-spy's rule).
+fn method(name: &str) -> String {
+    format!("Thread.{name}")
 }
 
 fn dump_shows_every_blocked_thread(python_name: &str) {
@@ -86,10 +82,12 @@ fn dump_shows_every_blocked_thread(python_name: &str) {
     // The main thread's whole stack, and the workers' roots in threading.py.
     assert_eq!(threads[0].1.len(), 2, "{stdout}");
     assert!(threads[0].1[1].starts_with("<module> ("), "{stdout}");
-    for t in &threads {
+    // Python's names for the threads, not the kernel's (`python3.X` for all three).
+    for (t, name) in threads.iter().zip(["MainThread", "sleeper", "locker"]) {
         assert!(t.0.ends_with("(sleeping)"), "{}", t.0);
+        assert!(t.0.contains(&format!(" \"{name}\" ")), "{}", t.0);
     }
-    let bootstrap = format!("{} (", method(python_name, "_bootstrap"));
+    let bootstrap = format!("{} (", method("_bootstrap"));
     for t in &threads[1..] {
         assert!(
             t.1.last().unwrap().starts_with(&bootstrap) && t.1.len() == 4,
@@ -203,9 +201,9 @@ fn dump_native_shows_c_frames_above_python(python_name: &str) {
         "select"
     };
     let (run, inner, bootstrap) = (
-        method(python_name, "run"),
-        method(python_name, "_bootstrap_inner"),
-        method(python_name, "_bootstrap"),
+        method("run"),
+        method("_bootstrap_inner"),
+        method("_bootstrap"),
     );
     let workers = vec![run.as_str(), inner.as_str(), bootstrap.as_str()];
     let cases = [
@@ -710,6 +708,8 @@ fn dump_json_follows_the_schema(which: &str, native: bool) {
     assert_eq!(threads.len(), 1, "{doc:#}");
     let t = &threads[0];
     assert_eq!(t["tid"], pid);
+    // The fixture never imports threading: the thread has no Python name, so the kernel's.
+    assert_eq!(t["name"], p["name"], "{doc:#}");
     assert_eq!(
         (t["state"].as_str(), &t["idle"]),
         (Some("sleeping"), &true.into())

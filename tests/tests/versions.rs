@@ -65,11 +65,16 @@ fn threads(python_version: &str, test: &str) {
         .collect();
     check_functions(&profile, &cpu, &stderr, test);
     for (name, w) in workers {
-        let root = format!("thread {} (", w["tid"].as_u64().unwrap());
+        // Shown by Python's name for the thread, not the kernel's.
+        let root = format!(
+            "thread {} ({})",
+            w["tid"].as_u64().unwrap(),
+            w["name"].as_str().unwrap()
+        );
         for (stack, n) in &profile {
             if stack.iter().any(|f| function(f) == name) {
                 assert!(
-                    stack[0].starts_with(&root),
+                    stack[0] == root,
                     "{test}: {n} samples of {name} (thread {}) are rooted at {:?}",
                     w["tid"],
                     stack[0]
@@ -112,6 +117,38 @@ fn threads_3_13() {
 #[test]
 fn threads_debian_3_11() {
     threads("debian-3.11", "threads_debian_3_11");
+}
+
+/// Speedscope's profile of each thread is named by Python's name for the thread (issue 15).
+#[test]
+fn speedscope_profiles_carry_python_thread_names() {
+    if !privileged() {
+        return;
+    }
+    let test = "speedscope_thread_names";
+    let out = scratch_dir(test).join("profile.speedscope.json");
+    let result = record_fixture(
+        &["-r", RATE, "-f", "speedscope"],
+        &out,
+        &python("3.12"),
+        "threads.py",
+        &["0.3"],
+    );
+    let measured = fixture_json(&result);
+    let doc: Value = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    let names: Vec<&str> = doc["profiles"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    for w in measured.as_object().unwrap().values() {
+        let want = format!("thread {} ({})", w["tid"], w["name"].as_str().unwrap());
+        assert!(
+            names.iter().any(|n| n.ends_with(&want)),
+            "{test}: no profile named ...{want} in {names:?}"
+        );
+    }
 }
 
 /// A generator, a coroutine, a method, non-ASCII names of every string kind and a module with a

@@ -7,7 +7,10 @@
 //! tables and step (`unwind::walk`) and named and merged as `record --native` names them
 //! (`profile::naming`). With `--locals` each Python frame's local variables are read beside its
 //! frame (`python::locals`), while the threads are stopped when they are. With
-//! `--subprocesses` every Python process under the pid is dumped in turn. The text is written by
+//! `--subprocesses` every Python process under the pid is dumped in turn. Threads are named as
+//! Python names them (`python::thread_names`, else the kernel's name), and up to 3.10 a method's
+//! frame as `Class.method` from its first argument (`LocalsReader::method_class`), read beside
+//! the frames as the locals are. The text is written by
 //! `render` (values by `repr`), the JSON by `json`. It ties those stages together and holds none
 //! of their logic.
 
@@ -125,7 +128,8 @@ pub struct ThreadDump {
     pub tid: u64,
     /// Its id inside the process's own pid namespace (a container's), when that is not ours.
     pub ns_tid: Option<u64>,
-    /// `/proc/PID/task/TID/comm`, if the thread still exists.
+    /// Python's name for it (`threading`'s), else `/proc/PID/task/TID/comm` if the thread
+    /// still exists.
     pub name: Option<String>,
     /// The kernel's state letter's meaning (`sleeping`, `running`, ...).
     pub state: Option<String>,
@@ -214,6 +218,8 @@ fn dump_process(cfg: &DumpConfig, p: PythonProcess) -> Result<ProcessDump, DumpE
 /// per thread and raw frame, leaf first, None for a shim) and which thread holds the GIL.
 struct Extras {
     locals: Vec<Vec<Option<LocalsRead>>>,
+    /// Up to 3.10 (no `co_qualname`): the class of each Python frame's method, per thread.
+    classes: Vec<Vec<Option<String>>>,
     gil_holder: Option<Option<u64>>,
 }
 
@@ -250,7 +256,28 @@ impl Extras {
                     .collect()
             }
         };
-        Self { locals, gil_holder }
+        let classes = match layout.code.qualname {
+            Some(_) => Vec::new(),
+            None => {
+                let mut reader = LocalsReader::new(mem, layout);
+                stacks
+                    .iter()
+                    .map(|t| {
+                        t.frames
+                            .iter()
+                            .zip(&t.frame_addrs)
+                            .filter(|(f, _)| f.code != 0)
+                            .map(|(f, &addr)| reader.method_class(addr, f.code))
+                            .collect()
+                    })
+                    .collect()
+            }
+        };
+        Self {
+            locals,
+            classes,
+            gil_holder,
+        }
     }
 
     /// Whether thread `t` holds the GIL, where that is known.
@@ -258,12 +285,20 @@ impl Extras {
         self.gil_holder.map(|h| h == Some(t.tstate))
     }
 
-    /// The locals of the `i`-th thread's Python frames, leaf first (nothing without `--locals`).
-    fn of(&mut self, i: usize) -> Vec<LocalsRead> {
-        self.locals
+    /// The locals of the `i`-th thread's Python frames, leaf first (nothing without `--locals`),
+    /// and their methods' classes (nothing from 3.11).
+    fn of(&mut self, i: usize) -> (Vec<LocalsRead>, Vec<Option<String>>) {
+        let locals = self
+            .locals
             .get_mut(i)
             .map(|t| t.drain(..).flatten().collect())
-            .unwrap_or_default()
+            .unwrap_or_default();
+        let classes = self
+            .classes
+            .get_mut(i)
+            .map(std::mem::take)
+            .unwrap_or_default();
+        (locals, classes)
     }
 }
 
@@ -299,7 +334,8 @@ pub fn dump(
         .enumerate()
         .map(|(i, t)| {
             let frames = names.frames(t, None, None, extras.of(i));
-            thread_dump(p.pid, &ids, t, frames, extras.holds_gil(t))
+            let python_name = names.interpreter.thread_name(t.tid);
+            thread_dump(p.pid, &ids, t, frames, extras.holds_gil(t), python_name)
         })
         .collect();
     threads.sort_by_key(|t| t.tid);
@@ -323,13 +359,14 @@ impl Names {
     }
 
     /// `t`'s frames, leaf first; mixed with its native stack (`pcs`, how the unwind ended) where
-    /// there is one; each Python frame with its locals, if `locals` (leaf first) has them.
+    /// there is one; each Python frame with its locals, if `locals` (leaf first) has them, and
+    /// named `Class.method` where `classes` (leaf first) has its class.
     fn frames(
         &mut self,
         t: &ThreadStack,
         mappings: Option<&[KnownMapping]>,
         native: Option<(&[u64], u32)>,
-        locals: Vec<LocalsRead>,
+        (locals, classes): (Vec<LocalsRead>, Vec<Option<String>>),
     ) -> Vec<FrameDump> {
         let (pcs, end) = native.unwrap_or((&[], 0));
         let raw = RawStack {
@@ -346,15 +383,24 @@ impl Names {
             .name_with_origin(Some(&mut self.interpreter), mappings, raw);
         // The Python frames come leaf first as `t.frames` (shims aside) does.
         let mut locals = locals.into_iter();
+        let mut classes = classes.into_iter();
         named
             .into_iter()
             .rev()
-            .map(|(f, python)| FrameDump {
-                frame: match self.options.nolineno {
+            .map(|(f, python)| {
+                let mut frame = match self.options.nolineno {
                     true => f.frame.without_line(),
                     false => f.frame,
-                },
-                locals: python.then(|| locals.next()).flatten(),
+                };
+                if let (true, Some(Some(class)), Frame::Python(l)) =
+                    (python, python.then(|| classes.next()).flatten(), &mut frame)
+                {
+                    l.function = format!("{class}.{}", l.function);
+                }
+                FrameDump {
+                    frame,
+                    locals: python.then(|| locals.next()).flatten(),
+                }
             })
             .collect()
     }
@@ -389,19 +435,23 @@ impl ThreadIds {
     }
 }
 
-/// A thread as printed: its frames (leaf first) and what /proc says of it now.
+/// A thread as printed: its frames (leaf first), its name (Python's, `python_name`, else the
+/// kernel's) and what /proc says of it now.
 fn thread_dump(
     pid: u32,
     ids: &ThreadIds,
     t: &ThreadStack,
     frames: Vec<FrameDump>,
     holds_gil: Option<bool>,
+    python_name: Option<String>,
 ) -> ThreadDump {
     let (tid, ns_tid) = ids.resolve(t.tid);
     let task = format!("/proc/{pid}/task/{tid}");
-    let name = fs::read_to_string(format!("{task}/comm"))
-        .ok()
-        .map(|s| s.trim_end().to_string());
+    let name = python_name.or_else(|| {
+        fs::read_to_string(format!("{task}/comm"))
+            .ok()
+            .map(|s| s.trim_end().to_string())
+    });
     let letter = fs::read_to_string(format!("{task}/stat"))
         .ok()
         .and_then(|s| Some(s.rsplit_once(')')?.1.split_whitespace().next()?.to_string()));
@@ -509,7 +559,15 @@ pub fn dump_native(
             }
             None => names.frames(t, None, None, locals),
         };
-        threads.push(thread_dump(pid, &ids, t, frames, extras.holds_gil(t)));
+        let python_name = names.interpreter.thread_name(t.tid);
+        threads.push(thread_dump(
+            pid,
+            &ids,
+            t,
+            frames,
+            extras.holds_gil(t),
+            python_name,
+        ));
     }
     threads.sort_by_key(|t| t.tid);
     Ok((threads, paused))

@@ -199,6 +199,16 @@ impl Collector {
             .or_insert_with(thread_name);
     }
 
+    /// Names thread `tid` of process `pid` anew, if it has been seen: Python's name, found after
+    /// the kernel's was taken.
+    pub fn rename_thread(&mut self, pid: u32, tid: u32, name: String) {
+        if let Some(&reg) = self.by_pid.get(&pid)
+            && let Some(thread) = self.threads.get_mut(&(reg, tid))
+        {
+            thread.0 = name;
+        }
+    }
+
     /// CPU-clock samples collected so far.
     pub fn samples(&self) -> u64 {
         self.counts.values().map(|c| c.on_cpu).sum()

@@ -426,6 +426,9 @@ const FIELDS: &[(&str, Option<&str>, Slot)] = &[
         }
     }),
     ("pyobject.ob_type", None, |l| Some(&mut l.values.ob_type)),
+    ("interpreter_state.imports_modules", None, |l| {
+        Some(&mut l.values.dicts.interp_modules)
+    }),
     ("type_object.tp_name", None, |l| Some(&mut l.values.tp_name)),
     ("type_object.tp_flags", None, |l| {
         Some(&mut l.values.tp_flags)
@@ -691,6 +694,15 @@ pub fn apply(published: &Published, base: &Layout) -> Result<Layout, DebugOffset
             value: 0,
         })?;
     layout.values.dict_used = head;
+    // A class's shared keys, published from 3.14; before, the built-in table's place moved by
+    // how much longer this build's object header is (a type object starts with one).
+    layout.values.dicts.ht_cached_keys = match published.get("heap_type_object.ht_cached_keys") {
+        Some(v) => u16::try_from(v).map_err(|_| DebugOffsetsError::OutOfRange {
+            field: "heap_type_object.ht_cached_keys",
+            value: v,
+        })?,
+        None => base.values.dicts.ht_cached_keys + head.saturating_sub(base.values.dict_used),
+    };
     layout.values.cell_ref = head;
     layout.values.set_used = published
         .get("set_object.used")

@@ -1,7 +1,8 @@
 //! One profiled interpreter: its process, layout and memory, and a bounded cache of the code
 //! objects read from it (keyed by address and the kernel's tag, so a code object freed and its
 //! address reused is read afresh, never named from the old one). Turns a raw frame (code object,
-//! instruction) into what the code object says and the line it was on.
+//! instruction) into what the code object says and the line it was on, and names the process's
+//! threads as Python does (`thread_names`).
 
 use std::rc::Rc;
 
@@ -12,6 +13,7 @@ use super::{
     code::{CodeError, CodeInfo, read_code},
     discover::PythonProcess,
     linetable::line_for,
+    thread_names::ThreadNames,
 };
 use crate::{cache::BoundedCache, process::ProcMem};
 
@@ -42,6 +44,8 @@ pub struct Interpreter {
     /// child made, or the parent freed, since the fork).
     parent: Option<ProcMem>,
     codes: BoundedCache<(u64, u32), Result<Rc<CodeInfo>, CodeUnavailable>>,
+    /// Python's names for the process's threads.
+    thread_names: ThreadNames,
 }
 
 impl Interpreter {
@@ -53,6 +57,7 @@ impl Interpreter {
             mem,
             parent: None,
             codes: BoundedCache::new(CODE_CACHE),
+            thread_names: ThreadNames::default(),
         }
     }
 
@@ -98,6 +103,23 @@ impl Interpreter {
                 }
             })
             .clone()
+    }
+
+    /// Python's name for the thread it numbers `tid` (`threading.get_native_id()`), where the
+    /// threading module knows the thread.
+    pub fn thread_name(&mut self, tid: u64) -> Option<String> {
+        let mem = self.mem.as_ref()?;
+        let runtime = self.process.runtime_addr;
+        self.thread_names.get(mem, &self.layout, runtime, tid)
+    }
+
+    /// Reads Python's names for the process's threads now: at registration, so threads that
+    /// end before they are first seen in a drain keep their names.
+    pub fn refresh_thread_names(&mut self) {
+        if let Some(mem) = self.mem.as_ref() {
+            let runtime = self.process.runtime_addr;
+            self.thread_names.refresh(mem, &self.layout, runtime);
+        }
     }
 
     /// Code objects cached now.

@@ -7,6 +7,8 @@ pub mod discover;
 pub mod instance;
 pub mod linetable;
 pub mod locals;
+pub mod objects;
+pub mod thread_names;
 pub mod threads;
 mod v3_10;
 mod v3_11;
@@ -192,6 +194,52 @@ pub struct ValueLayout {
     pub long_digits: u16,
     /// `PyCellObject.ob_ref`: a cell or free variable's value.
     pub cell_ref: u16,
+    /// Where dicts and instances keep their entries, for the thread names.
+    pub dicts: DictLayout,
+}
+
+/// What thread names are read through (`python::thread_names`): `sys.modules`, the entries of
+/// a dict and the attributes of an instance. Userspace only. The type object's `tp_basicsize`
+/// and `tp_dictoffset` are not here: every version keeps them 8 and 264 bytes after
+/// `tp_name` (Include/cpython/object.h).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DictLayout {
+    /// `PyInterpreterState.modules` (up to 3.11) or `.imports.modules` (3.12+): `sys.modules`.
+    pub interp_modules: u16,
+    pub keys: DictKeys,
+    /// `PyDictValues.values`: 3.13 puts four bytes (capacity, size, embedded, valid) before it.
+    pub values_items: u16,
+    pub instance: InstanceDict,
+    /// `PyHeapTypeObject.ht_cached_keys`: the keys a class's instances share.
+    pub ht_cached_keys: u16,
+}
+
+/// `PyDictKeysObject` (Objects/dict-common.h up to 3.10, Include/internal/pycore_dict.h from
+/// 3.11): how big its index table is, where its entries start and what they hold.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DictKeys {
+    /// Up to 3.10: `dk_size` (8), `dk_nentries` (32), `dk_indices` (40) of 1 to 8 bytes each by
+    /// the size; entries of hash, key and value.
+    Sized,
+    /// 3.11+: `dk_log2_size` (8), `dk_log2_index_bytes` (9), `dk_kind` (10), `dk_nentries`
+    /// (24), `dk_indices` (32); entries of key and value only for a table of `str` keys.
+    Log2,
+}
+
+/// Where an instance of a class defined in Python keeps its attributes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InstanceDict {
+    /// Up to 3.10: a dict at the type's `tp_dictoffset`.
+    Offset,
+    /// 3.11 (`Py_TPFLAGS_MANAGED_DICT`): the dict 3 words before the object, or, while it has
+    /// none, its values 4 words before it (keys: the class's `ht_cached_keys`).
+    Managed,
+    /// 3.12: one word 3 before the object, the dict or (odd) the values' address less one.
+    DictOrValues,
+    /// 3.13+: the dict before the object (3 words, 1 in a free-threaded build), or, while it
+    /// has none, the values inline after the object (`Py_TPFLAGS_INLINE_VALUES`, at
+    /// `tp_basicsize`).
+    InlineValues,
 }
 
 /// Everything prof-bpf knows about one CPython minor version's memory layout.

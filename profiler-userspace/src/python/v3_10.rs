@@ -5,7 +5,7 @@
 
 use profiler_common::PyOffsets;
 
-use super::{CodeLayout, Layout, LineTableFormat, ValueLayout, Version, v3_9};
+use super::{CodeLayout, DictLayout, Layout, LineTableFormat, ValueLayout, Version, v3_9};
 
 pub const LAYOUT: Layout = Layout {
     version: Version::new(3, 10),
@@ -26,6 +26,12 @@ pub const LAYOUT: Layout = Layout {
         // Include/cpython/frameobject.h: PyFrameObject.f_localsplus (f_stacktop's removal and
         // f_stackdepth/f_state moved it 8 bytes up)
         frame_localsplus: 352,
+        dicts: DictLayout {
+            // Include/cpython/object.h: PyHeapTypeObject.ht_cached_keys (PyAsyncMethods gained
+            // am_send)
+            ht_cached_keys: 872,
+            ..v3_9::LAYOUT.values.dicts
+        },
         ..v3_9::LAYOUT.values
     },
     ..v3_9::LAYOUT

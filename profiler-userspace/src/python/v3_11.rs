@@ -3,8 +3,8 @@
 use profiler_common::{NO_CSTACK_OWNER, NO_OFFSET, PyOffsets, instr_kind};
 
 use super::{
-    CodeLayout, Layout, LineTableFormat, LocalNames, ObjectHeader, ObjectLayout, ThreadId,
-    ValueLayout, Version,
+    CodeLayout, DictKeys, DictLayout, InstanceDict, Layout, LineTableFormat, LocalNames,
+    ObjectHeader, ObjectLayout, ThreadId, ValueLayout, Version,
 };
 
 pub const LAYOUT: Layout = Layout {
@@ -81,6 +81,18 @@ pub const LAYOUT: Layout = Layout {
             kinds: 104,
         },
         stack_ref_tag: 0,
+        dicts: DictLayout {
+            // Include/internal/pycore_interp.h: PyInterpreterState.modules
+            interp_modules: 888,
+            // Include/internal/pycore_dict.h: PyDictKeysObject with dk_log2_size and dk_kind
+            keys: DictKeys::Log2,
+            values_items: 0,
+            // Include/internal/pycore_object.h: _PyObject_ManagedDictPointer (-3 words),
+            // _PyObject_ValuesPointer (-4)
+            instance: InstanceDict::Managed,
+            // Include/cpython/object.h: PyHeapTypeObject.ht_cached_keys
+            ht_cached_keys: 872,
+        },
         // Include/object.h, Include/cpython/object.h, Include/cpython/tupleobject.h,
         // Include/cpython/listobject.h, Include/cpython/dictobject.h,
         // Include/cpython/setobject.h, Include/cpython/floatobject.h,

@@ -3,7 +3,8 @@
 use profiler_common::{NO_OFFSET, PyOffsets, instr_kind};
 
 use super::{
-    CodeLayout, Layout, LineTableFormat, ObjectHeader, ObjectLayout, ThreadId, ValueLayout, Version,
+    CodeLayout, DictLayout, InstanceDict, Layout, LineTableFormat, ObjectHeader, ObjectLayout,
+    ThreadId, ValueLayout, Version,
 };
 
 pub const LAYOUT: Layout = Layout {
@@ -77,6 +78,16 @@ pub const LAYOUT: Layout = Layout {
         long_size: 16,
         long_tagged: true,
         long_digits: 24,
+        dicts: DictLayout {
+            // Include/internal/pycore_interp.h: PyInterpreterState.imports.modules
+            interp_modules: 944,
+            // Include/internal/pycore_object.h: _PyObject_DictOrValuesPointer (-3 words)
+            instance: InstanceDict::DictOrValues,
+            // Include/cpython/object.h: PyHeapTypeObject.ht_cached_keys (PyTypeObject gained
+            // tp_watched)
+            ht_cached_keys: 880,
+            ..super::v3_11::LAYOUT.values.dicts
+        },
         // Include/internal/pycore_frame.h: _PyInterpreterFrame.localsplus (still 72);
         // the code object's localsplus names and kinds and the other objects as in 3.11
         ..super::v3_11::LAYOUT.values

@@ -5,7 +5,10 @@
 
 use profiler_common::{NO_OFFSET, PyOffsets, instr_kind};
 
-use super::{CodeLayout, Layout, LineTableFormat, ObjectHeader, ObjectLayout, ThreadId, Version};
+use super::{
+    CodeLayout, DictLayout, InstanceDict, Layout, LineTableFormat, ObjectHeader, ObjectLayout,
+    ThreadId, ValueLayout, Version,
+};
 
 pub const LAYOUT: Layout = Layout {
     version: Version::new(3, 13),
@@ -75,7 +78,20 @@ pub const LAYOUT: Layout = Layout {
     },
     // Include/internal/pycore_frame.h: _PyInterpreterFrame.localsplus (72, PyObject pointers
     // in the default build); the objects as in 3.12 (Include/cpython/longintrepr.h lv_tag)
-    values: super::v3_12::LAYOUT.values,
+    values: ValueLayout {
+        dicts: DictLayout {
+            // Include/internal/pycore_interp.h: PyInterpreterState.imports.modules (published
+            // as interpreter_state.imports_modules)
+            interp_modules: 7656,
+            // Include/internal/pycore_dict.h: PyDictValues' capacity, size, embedded and valid
+            // bytes come first now
+            values_items: 8,
+            // Include/internal/pycore_object.h: _PyObject_InlineValues, MANAGED_DICT_OFFSET
+            instance: InstanceDict::InlineValues,
+            ..super::v3_12::LAYOUT.values.dicts
+        },
+        ..super::v3_12::LAYOUT.values
+    },
     free_threaded: false,
     base_frame: false,
 };

@@ -9,7 +9,9 @@
 
 use profiler_common::PyOffsets;
 
-use super::{CodeLayout, Layout, ValueLayout, Version, debug_offsets::STACK_REF_TAG_BITS, v3_13};
+use super::{
+    CodeLayout, DictLayout, Layout, ValueLayout, Version, debug_offsets::STACK_REF_TAG_BITS, v3_13,
+};
 
 pub const LAYOUT: Layout = Layout {
     version: Version::new(3, 14),
@@ -43,6 +45,13 @@ pub const LAYOUT: Layout = Layout {
         stack_ref_tag: STACK_REF_TAG_BITS,
         // Include/cpython/tupleobject.h: PyTupleObject.ob_item, after the new cached ob_hash
         tuple_items: 32,
+        dicts: DictLayout {
+            // Include/internal/pycore_interp_structs.h: PyInterpreterState.imports.modules
+            // (published as interpreter_state.imports_modules)
+            interp_modules: 7688,
+            // PyHeapTypeObject.ht_cached_keys where 3.13 has it (published from 3.15 only)
+            ..v3_13::LAYOUT.values.dicts
+        },
         ..v3_13::LAYOUT.values
     },
     ..v3_13::LAYOUT

@@ -7,7 +7,7 @@
 
 use profiler_common::PyOffsets;
 
-use super::{Layout, Version, v3_14};
+use super::{DictLayout, Layout, ValueLayout, Version, v3_14};
 
 pub const LAYOUT: Layout = Layout {
     version: Version::new(3, 15),
@@ -29,5 +29,16 @@ pub const LAYOUT: Layout = Layout {
     // Include/cpython/pystate.h: PyThreadState.base_frame, a frame owned by the interpreter at
     // the root of every thread's chain.
     base_frame: true,
+    values: ValueLayout {
+        dicts: DictLayout {
+            // Include/internal/pycore_interp_structs.h: PyInterpreterState.imports.modules;
+            // Include/cpython/object.h: PyHeapTypeObject.ht_cached_keys, 8 bytes on (both
+            // published)
+            interp_modules: 7592,
+            ht_cached_keys: 888,
+            ..v3_14::LAYOUT.values.dicts
+        },
+        ..v3_14::LAYOUT.values
+    },
     ..v3_14::LAYOUT
 };

@@ -5,8 +5,8 @@
 use profiler_common::{NO_CSTACK_OWNER, NO_OFFSET, PyOffsets, instr_kind};
 
 use super::{
-    CodeLayout, Layout, LineTableFormat, LocalNames, ObjectHeader, ObjectLayout, ThreadId,
-    ValueLayout, Version,
+    CodeLayout, DictKeys, DictLayout, InstanceDict, Layout, LineTableFormat, LocalNames,
+    ObjectHeader, ObjectLayout, ThreadId, ValueLayout, Version,
 };
 
 pub const LAYOUT: Layout = Layout {
@@ -107,6 +107,17 @@ pub const LAYOUT: Layout = Layout {
         long_digits: 24,
         // Include/cellobject.h: PyCellObject.ob_ref
         cell_ref: 16,
+        dicts: DictLayout {
+            // Include/internal/pycore_pystate.h: PyInterpreterState.modules
+            interp_modules: 56,
+            // Objects/dict-common.h: PyDictKeysObject; split values are a plain array
+            keys: DictKeys::Sized,
+            values_items: 0,
+            instance: InstanceDict::Offset,
+            // Include/cpython/object.h: PyHeapTypeObject.ht_cached_keys (PyTypeObject is 416
+            // bytes, tp_print kept for 3.8 only)
+            ht_cached_keys: 872,
+        },
     },
     free_threaded: false,
     base_frame: false,

@@ -4,7 +4,7 @@
 
 use profiler_common::{NO_OFFSET, PyOffsets};
 
-use super::{Layout, Version, v3_8};
+use super::{DictLayout, Layout, ValueLayout, Version, v3_8};
 
 pub const LAYOUT: Layout = Layout {
     version: Version::new(3, 9),
@@ -16,6 +16,17 @@ pub const LAYOUT: Layout = Layout {
         gc_collecting_in_interp: 816,
         gc_collecting_in_runtime: NO_OFFSET,
         ..v3_8::LAYOUT.kernel
+    },
+    values: ValueLayout {
+        dicts: DictLayout {
+            // Include/internal/pycore_interp.h: PyInterpreterState.modules (after the ceval
+            // and gc states that moved in)
+            interp_modules: 856,
+            // Include/cpython/object.h: PyHeapTypeObject.ht_cached_keys (tp_print gone)
+            ht_cached_keys: 864,
+            ..v3_8::LAYOUT.values.dicts
+        },
+        ..v3_8::LAYOUT.values
     },
     ..v3_8::LAYOUT
 };

@@ -215,6 +215,11 @@ pub struct Session {
     retire: Vec<u32>,
     /// Stacks of threads found blocked at registration (`--idle`), numbered.
     seeded: u64,
+    /// Threads shown by the kernel's name for want of Python's (`threading` not imported yet,
+    /// or the thread not registered with it yet), by pid and tid, with the id the interpreter
+    /// knows them by and when they were first seen: asked again at each drain for
+    /// `NAME_WAIT`.
+    unnamed: HashMap<(u32, u32), (u64, Instant)>,
     options: SessionOptions,
 }
 
@@ -306,6 +311,7 @@ impl Session {
             collector: Collector::new(options.frames),
             namer,
             interpreters: HashMap::new(),
+            unnamed: HashMap::new(),
             raw: BoundedCache::new(RAW_STACKS),
             extras: BoundedCache::new(RAW_EXTRAS),
             watcher,
@@ -354,10 +360,11 @@ impl Session {
             ns_pid: p.ns_pid,
         });
         self.first.get_or_insert_with(|| p.clone());
-        let interpreter = match parent {
+        let mut interpreter = match parent {
             Some(parent) => Interpreter::forked(p, layout, parent),
             None => Interpreter::new(p, layout),
         };
+        interpreter.refresh_thread_names();
         self.interpreters.insert(pid, interpreter);
         if self.options.sampler.native {
             self.refresh_tables(pid)?;
@@ -433,13 +440,10 @@ impl Session {
                 kind: count_kind::OFF_CPU_NS,
                 _pad: 0,
             };
-            let pid = start.pid;
+            let (interpreters, unnamed) = (&mut self.interpreters, &mut self.unnamed);
             self.collector
                 .add_count(key, now.saturating_sub(start.since_ns), || {
-                    (
-                        process::thread_name(pid, tid),
-                        process::namespace::ns_tid(pid, tid),
-                    )
+                    thread_label(interpreters, unnamed, start.pid, tid)
                 });
         }
         Ok(())
@@ -701,13 +705,12 @@ impl Session {
         }
         for (key, n) in counts {
             self.name_stack(key.pid, key.stack_id);
+            let (interpreters, unnamed) = (&mut self.interpreters, &mut self.unnamed);
             self.collector.add_count(key, n, || {
-                (
-                    process::thread_name(key.pid, key.tid),
-                    process::namespace::ns_tid(key.pid, key.tid),
-                )
+                thread_label(interpreters, unnamed, key.pid, key.tid)
             });
         }
+        self.name_unnamed_threads();
         // Children that were gone when they were registered have been counted now.
         for pid in std::mem::take(&mut self.retire) {
             self.sampler.remove_target(pid)?;
@@ -715,6 +718,24 @@ impl Session {
             self.interpreters.remove(&pid);
         }
         Ok(())
+    }
+
+    /// Gives the threads shown by the kernel's name Python's, where it is known by now; a
+    /// thread still without one after `NAME_WAIT`, or whose process ended, keeps the kernel's.
+    fn name_unnamed_threads(&mut self) {
+        let (interpreters, collector) = (&mut self.interpreters, &mut self.collector);
+        self.unnamed.retain(|&(pid, tid), &mut (py_tid, since)| {
+            let Some(interpreter) = interpreters.get_mut(&pid) else {
+                return false;
+            };
+            match interpreter.thread_name(py_tid) {
+                Some(name) => {
+                    collector.rename_thread(pid, tid, name);
+                    false
+                }
+                None => since.elapsed() < NAME_WAIT,
+            }
+        });
     }
 
     /// Registers the processes a scan found and retires the ones that ended. Processes of a
@@ -955,5 +976,35 @@ pub fn check_rate(rate: u64) -> Result<(), SessionError> {
     match max {
         Some(max) if rate > max => Err(SessionError::RateTooHigh { rate, max }),
         _ => Ok(()),
+    }
+}
+
+/// How long a thread shown by the kernel's name is asked for Python's: a program may import
+/// `threading` (which names the main thread too) a while after it starts.
+const NAME_WAIT: Duration = Duration::from_secs(10);
+/// Threads waiting for Python's name at once, at most; more keep the kernel's.
+const MAX_UNNAMED: usize = 1 << 16;
+
+/// How thread `tid` of `pid` is shown (with its id in the process's pid namespace, if that is
+/// not ours): Python's name for it, else the kernel's, and then it goes to `unnamed`.
+fn thread_label(
+    interpreters: &mut HashMap<u32, Interpreter>,
+    unnamed: &mut HashMap<(u32, u32), (u64, Instant)>,
+    pid: u32,
+    tid: u32,
+) -> (String, Option<u32>) {
+    let ns_tid = process::namespace::ns_tid(pid, tid);
+    let py_tid = ns_tid.unwrap_or(tid) as u64;
+    let Some(interpreter) = interpreters.get_mut(&pid) else {
+        return (process::thread_name(pid, tid), ns_tid);
+    };
+    match interpreter.thread_name(py_tid) {
+        Some(name) => (name, ns_tid),
+        None => {
+            if unnamed.len() < MAX_UNNAMED {
+                unnamed.insert((pid, tid), (py_tid, Instant::now()));
+            }
+            (process::thread_name(pid, tid), ns_tid)
+        }
     }
 }
