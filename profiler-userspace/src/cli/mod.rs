@@ -258,6 +258,11 @@ pub struct DumpArgs {
     #[arg(long)]
     pub json: bool,
 
+    /// The asyncio tasks too: each with its coroutine chain and the tasks that await it
+    /// (CPython 3.14+).
+    #[arg(long)]
+    pub async_aware: bool,
+
     /// Do not show line numbers.
     #[arg(long)]
     pub nolineno: bool,
@@ -271,6 +276,7 @@ impl DumpArgs {
             locals: self.locals,
             subprocesses: self.subprocesses,
             json: self.json,
+            async_aware: self.async_aware,
             frames: FrameOptions {
                 nolineno: self.nolineno,
                 ..FrameOptions::default()

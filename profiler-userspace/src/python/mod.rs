@@ -1,6 +1,7 @@
 //! CPython knowledge: struct layouts per minor version (data, one file each), reading code
 //! objects and strings from the target, and decoding line tables. Knows nothing of BPF.
 
+pub mod asyncio;
 pub mod code;
 pub mod debug_offsets;
 pub mod discover;
