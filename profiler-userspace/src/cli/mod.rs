@@ -518,6 +518,8 @@ mod tests {
             (c.pid, c.native, c.locals, c.subprocesses, c.json),
             (7, false, false, false, false)
         );
+        assert!(!c.async_aware);
+        assert!(dump(&["-p", "7", "--async-aware"]).async_aware);
         let c = dump(&["-p", "7", "-l", "-s", "-n", "--json"]);
         assert_eq!(
             (c.native, c.locals, c.subprocesses, c.json),

@@ -421,3 +421,79 @@ fn awaited_by(mem: &impl ProcessMemory, a: &AsyncioLayout, addr: u64) -> io::Res
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::python::debug_offsets::tests::captured;
+
+    /// `.AsyncioDebug` as Debian forky's files hold it: 3.14's in
+    /// `lib-dynload/_asyncio.cpython-314-x86_64-linux-gnu.so`, 3.15's in `python3.15` (built in).
+    const SECTION_3_14: [u64; WORDS] = [
+        168, 136, 96, 108, 109, 128, 152, 225864, 10880, 936, 864, 872, 880,
+    ];
+    const SECTION_3_15: [u64; WORDS] = [
+        168, 136, 96, 108, 109, 128, 152, 226240, 10856, 1104, 1024, 1032, 1048,
+    ];
+
+    fn bytes(words: &[u64]) -> Vec<u8> {
+        words.iter().flat_map(|w| w.to_le_bytes()).collect()
+    }
+
+    fn published(name: &str, minor: u8) -> debug_offsets::Published {
+        debug_offsets::parse(captured(name), Version::new(3, minor), None).unwrap()
+    }
+
+    #[test]
+    fn reads_3_14_and_3_15_sections() {
+        let a = AsyncioLayout::parse(&bytes(&SECTION_3_14), &published("3.14", 14)).unwrap();
+        assert_eq!(
+            (a.task_name, a.task_awaited_by, a.task_coro, a.task_node),
+            (136, 96, 128, 152)
+        );
+        assert_eq!((a.task_is_task, a.task_awaited_by_is_set), (108, 109));
+        assert_eq!(a.interp_tasks_head, 10880);
+        assert_eq!(
+            (
+                a.tstate_running_loop,
+                a.tstate_running_task,
+                a.tstate_tasks_head
+            ),
+            (864, 872, 880)
+        );
+        assert_eq!((a.await_slot, a.yield_from, a.cleared), (1, -1, 4));
+        let b = AsyncioLayout::parse(&bytes(&SECTION_3_15), &published("3.15", 15)).unwrap();
+        assert_eq!(b.interp_tasks_head, 10856);
+        assert_eq!(
+            (
+                b.tstate_running_loop,
+                b.tstate_running_task,
+                b.tstate_tasks_head
+            ),
+            (1024, 1032, 1048)
+        );
+        assert_eq!((b.await_slot, b.yield_from, b.cleared), (2, 2, 5));
+        // The coroutine layout comes from _Py_DebugOffsets.
+        let p = published("3.15", 15);
+        assert_eq!(Some(b.gen_iframe), p.get("gen_object.gi_iframe"));
+        assert_eq!(Some(b.llist_next), p.get("llist_node.next"));
+    }
+
+    #[test]
+    fn refuses_offsets_outside_their_struct() {
+        let p = published("3.14", 14);
+        let mut words = SECTION_3_14;
+        words[6] = 168; // task_node at the task's end
+        assert!(matches!(
+            AsyncioLayout::parse(&bytes(&words), &p),
+            Err(AsyncioError::OutOfRange {
+                field: "task_node",
+                ..
+            })
+        ));
+        let mut words = SECTION_3_14;
+        words[9] = 0; // a thread state of no size
+        assert!(AsyncioLayout::parse(&bytes(&words), &p).is_err());
+        assert!(AsyncioLayout::parse(&[0; 16], &p).is_err());
+    }
+}
