@@ -139,6 +139,21 @@ fn dump_tasks(which: &str) {
             ),
         }
     }
+    // The JSON document has the same tasks and awaiters.
+    let out = run(&["dump", "--async-aware", "--json", "--pid", &pid.to_string()]);
+    let doc: Value = serde_json::from_slice(&out.stdout).expect("dump --json is JSON");
+    let tasks = doc["processes"][0]["tasks"].as_array().expect("tasks");
+    let by_name: BTreeMap<&str, &Value> = tasks
+        .iter()
+        .map(|t| (t["name"].as_str().unwrap(), &t["awaited_by"]))
+        .collect();
+    for (name, k) in known {
+        assert_eq!(
+            by_name.get(name.as_str()).copied(),
+            Some(&k["awaited_by"]),
+            "{which}: {name} in JSON"
+        );
+    }
     // The CPU tasks take turns: at most one runs, and a running one's chain is its thread's
     // stack down to its coroutine, with no event loop frame.
     let running: Vec<_> = dumped
