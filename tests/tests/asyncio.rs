@@ -2,7 +2,10 @@
 //! container). `async_tasks.py` runs named tasks with known awaits and says what it knows of
 //! them itself (asyncio.capture_call_graph): `dump --async-aware` must print every task, the
 //! tasks that await it, and the coroutine chain of each task that stays where it is. An older
-//! version is refused with a message that says which versions work.
+//! version is refused with a message that says which versions work. `record --async-aware`
+//! must root each sample of a task at `task NAME` under the task awaiting it, without the event
+//! loop's frames, each task with its measured share of the CPU time and each of its two
+//! coroutines with theirs.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -207,4 +210,93 @@ fn async_aware_needs_3_14() {
         stderr.contains("--async-aware needs CPython 3.14 or newer") && stderr.contains("3.13"),
         "{stderr}"
     );
+}
+
+fn record_tasks(which: &str, test: &str) {
+    if !privileged() {
+        return;
+    }
+    let interp = interpreter(which);
+    let out = scratch_dir(test).join("profile.txt");
+    let result = record_under(
+        &interp,
+        &["--async-aware", "-r", "1000", "-f", "raw"],
+        &out,
+        "async_tasks.py",
+        &["2"],
+    );
+    let measured = fixture_json(&result);
+    let secs = |k: &str| measured[k].as_f64().unwrap();
+    let profile = parse_folded(&std::fs::read_to_string(&out).unwrap());
+    let under = |task: &str, function: Option<&str>| -> u64 {
+        profile
+            .iter()
+            .filter(|(s, _)| s.len() > 2 && s[0] == "task main" && s[1] == task)
+            .filter(|(s, _)| function.is_none_or(|f| s.iter().any(|l| function_of(l) == f)))
+            .map(|(_, n)| n)
+            .sum()
+    };
+    // Each CPU task is a root under the task that awaits it, with its share.
+    check_shares(
+        test,
+        &[
+            (
+                "task splitter".into(),
+                under("task splitter", None),
+                secs("part_a") + secs("part_b"),
+            ),
+            (
+                "task steady".into(),
+                under("task steady", None),
+                secs("steady"),
+            ),
+        ],
+    );
+    // Within a task, its two coroutines' split.
+    check_shares(
+        test,
+        &[
+            (
+                "part_a".into(),
+                under("task splitter", Some("part_a")),
+                secs("part_a"),
+            ),
+            (
+                "part_b".into(),
+                under("task splitter", Some("part_b")),
+                secs("part_b"),
+            ),
+        ],
+    );
+    // The task's first coroutine follows its root: the event loop's frames are gone.
+    for (stack, n) in &profile {
+        if stack.first().is_some_and(|f| f.starts_with("task ")) {
+            assert!(
+                !stack
+                    .iter()
+                    .any(|f| f.contains("_run_once") || f.contains("run_forever")),
+                "{test}: a loop frame under a task ({n} samples): {stack:?}"
+            );
+        }
+    }
+    let splitter = under("task splitter", Some("splitter"));
+    assert!(
+        splitter * 10 >= under("task splitter", None) * 9,
+        "{test}: splitter's samples start at splitter: {profile:#?}"
+    );
+}
+
+/// The function of a `function (file:line)` label.
+fn function_of(label: &str) -> &str {
+    function(label)
+}
+
+#[test]
+fn record_async_aware_3_14() {
+    record_tasks("forky-3.14", "record_async_aware_3_14");
+}
+
+#[test]
+fn record_async_aware_3_15() {
+    record_tasks("forky-3.15", "record_async_aware_3_15");
 }

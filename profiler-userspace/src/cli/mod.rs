@@ -351,6 +351,11 @@ pub struct RecordArgs {
     #[arg(short, long)]
     pub gil: bool,
 
+    /// Root each sample of an asyncio task at `task NAME`, under the tasks that await it, in
+    /// place of the event loop's frames (CPython 3.14+).
+    #[arg(long)]
+    pub async_aware: bool,
+
     /// Output file [default: NAME-PID-TIME.EXT in the current directory]; `-` for stdout.
     #[arg(short, long, value_name = "FILE")]
     pub output: Option<PathBuf>,
@@ -421,6 +426,7 @@ impl RecordArgs {
                 threads: self.threads,
                 processes,
                 native: self.native,
+                async_aware: self.async_aware,
             },
             subprocesses: self.subprocesses,
             idle: self.idle,

@@ -401,6 +401,8 @@ impl Names {
             // Said on its own line by `render`.
             truncated: false,
             in_gc: t.in_gc,
+            // The tasks are printed on their own.
+            task: 0,
             native: pcs,
             native_end: end,
             kernel: &[],

@@ -205,6 +205,82 @@ fn find_section(pid: u32) -> Result<Option<u64>, AsyncioError> {
     Ok(None)
 }
 
+/// `_PyThreadStateImpl.asyncio_running_task` for the kernel (`record --async-aware`): as the
+/// process's `.AsyncioDebug` says, or, before a 3.14 process has imported asyncio (its
+/// `_asyncio` is a shared module, mapped only then), the value of CPython's default build
+/// (3.14: 872, 3.15: 1032; the interpreter's struct, not the module's, holds it).
+pub fn running_task_offset(
+    mem: &impl ProcessMemory,
+    p: &PythonProcess,
+    layout: &Layout,
+) -> Result<u16, AsyncioError> {
+    let default = match (p.version.major, p.version.minor) {
+        (3, 14) => 872,
+        (3, 15) => 1032,
+        _ => 0,
+    };
+    match locate(mem, p, layout) {
+        Ok(a) => u16::try_from(a.tstate_running_task).map_err(|_| AsyncioError::OutOfRange {
+            field: "asyncio_running_task",
+            value: a.tstate_running_task,
+        }),
+        Err(AsyncioError::NotLoaded) if default != 0 => Ok(default),
+        Err(e) => Err(e),
+    }
+}
+
+/// What a recorded stack's task is rooted at: its awaiters' names and its own, outermost
+/// first, and the code object of its first coroutine (where the event loop's frames end).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TaskRoots {
+    pub names: Vec<String>,
+    pub coro_code: u64,
+}
+
+/// Awaiting tasks followed up from a recorded task, at most.
+const MAX_AWAITER_DEPTH: usize = 32;
+
+/// The roots of the task at `task`, read now (after the sample: a task gone since reads as
+/// `?`). Where several tasks await one, the first is followed.
+pub fn task_roots(
+    mem: &impl ProcessMemory,
+    layout: &Layout,
+    a: &AsyncioLayout,
+    task: u64,
+) -> TaskRoots {
+    let mut names = LocalsReader::new(mem, layout);
+    let ob_type = |obj: u64| mem.read_u64(obj.wrapping_add(layout.values.ob_type as u64));
+    let coro_code = (|| -> io::Result<u64> {
+        let coro = mem.read_u64(task.wrapping_add(a.task_coro))? & !7;
+        let frame = coro.wrapping_add(a.gen_iframe);
+        Ok(
+            mem.read_u64(frame.wrapping_add(layout.kernel.frame_code as u64))?
+                & !(layout.kernel.frame_code_tag as u64),
+        )
+    })()
+    .unwrap_or(0);
+    let task_type = ob_type(task).unwrap_or(0);
+    let mut chain = vec![task_name(mem, a, &mut names, task).unwrap_or_else(|_| "?".into())];
+    let mut at = task;
+    while chain.len() < MAX_AWAITER_DEPTH {
+        // Only a task of the same type: anything else in a set is its marker of a removed key.
+        let Some(&by) = awaited_by(mem, a, at)
+            .unwrap_or_default()
+            .iter()
+            .find(|&&t| task_type != 0 && ob_type(t).ok() == Some(task_type))
+        else {
+            break;
+        };
+        chain.push(task_name(mem, a, &mut names, by).unwrap_or_else(|_| "?".into()));
+        at = by;
+    }
+    chain.reverse();
+    TaskRoots {
+        names: chain,
+        coro_code,
+    }
+}
+
 /// One asyncio task (or a future that another task awaits, when `is_task` is false).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Task {

@@ -247,6 +247,8 @@ impl Layout {
             frame_read: self.frame_read(),
             code_read: self.code_read(),
             // Set by the session for a process in a container (`PythonProcess::pid_namespace`).
+            tstate_running_task: NO_OFFSET,
+            _pad: [0; 3],
             pidns_dev: 0,
             pidns_ino: 0,
         }
