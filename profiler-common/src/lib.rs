@@ -250,6 +250,10 @@ pub struct TargetInfo {
     /// at most `FRAME_READ` and `CODE_READ` (userspace refuses a layout that needs more).
     pub frame_read: u16,
     pub code_read: u16,
+    /// `_PyThreadStateImpl.asyncio_running_task` (3.14+, `record --async-aware`): the kernel
+    /// records the thread's running asyncio task with each stack. `NO_OFFSET`: not recorded.
+    pub tstate_running_task: u16,
+    pub _pad: [u16; 3],
     /// The target's pid namespace (device and inode of its nsfs file) when it is not the one
     /// the kernel's own ids are in (a container), else 0 and 0. Its thread states name threads
     /// by their ids in that namespace, so the kernel asks for the sampled thread's id there.
@@ -313,6 +317,9 @@ pub struct PyStack<const N: usize> {
     /// `STACK_TRUNCATED`, `STACK_IN_GC`.
     pub flags: u32,
     pub extra: u64,
+    /// With `TargetInfo::tstate_running_task`: the address of the asyncio task the thread was
+    /// running, else 0. Part of the stack's id, as the flags are.
+    pub task: u64,
     pub frames: [PyFrame; N],
 }
 
@@ -328,6 +335,7 @@ impl<const N: usize> PyStack<N> {
         len: 0,
         flags: 0,
         extra: 0,
+        task: 0,
         frames: [PyFrame {
             code: 0,
             instr: 0,
@@ -794,12 +802,12 @@ mod pod {
 
 // Layout checks: both sides compile these, so a drift breaks the build, not the profile.
 const _: () = assert!(core::mem::size_of::<PyOffsets>() == 44);
-const _: () = assert!(core::mem::size_of::<TargetInfo>() == 80);
+const _: () = assert!(core::mem::size_of::<TargetInfo>() == 88);
 const _: () = assert!(core::mem::size_of::<OffCpuStart>() == 24);
 const _: () = assert!(core::mem::size_of::<PyFrame>() == 16);
 const _: () = assert!(core::mem::size_of::<SampleKey>() == 24);
-const _: () = assert!(core::mem::size_of::<SmallStack>() == 16 + 16 * SMALL_STACK_FRAMES);
-const _: () = assert!(core::mem::size_of::<LargeStack>() == 16 + 16 * MAX_PYTHON_FRAMES);
+const _: () = assert!(core::mem::size_of::<SmallStack>() == 24 + 16 * SMALL_STACK_FRAMES);
+const _: () = assert!(core::mem::size_of::<LargeStack>() == 24 + 16 * MAX_PYTHON_FRAMES);
 const _: () = assert!(
     core::mem::size_of::<ExtraStack>() == 16 + 8 * MAX_NATIVE_FRAMES + 8 * MAX_KERNEL_FRAMES
 );

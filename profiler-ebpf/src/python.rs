@@ -264,6 +264,11 @@ fn current_frame(
     s.gil_held = gil_held as u32;
     let collector = gil_held || target.options & target_options::FREE_THREADED != 0;
     s.stack.flags = STACK_IN_GC * (collector && gc_running(target, interp)) as u32;
+    // `--async-aware`: one more read, the task the thread runs (0 outside a task).
+    s.stack.task = match target.tstate_running_task {
+        NO_OFFSET => 0,
+        at => read(field(tstate, at)).unwrap_or(0),
+    };
     let mut frame: u64 = read(field(tstate, off.tstate_frame)).map_err(|()| Stat::ReadFrame)?;
     if off.cframe_current_frame != NO_OFFSET && frame != 0 {
         frame = read(field(frame, off.cframe_current_frame)).map_err(|()| Stat::ReadFrame)?;
@@ -631,13 +636,14 @@ fn code_tag_of(s: &mut Scratch, target: &TargetInfo, code: u64, faults: &mut i64
 #[inline(always)]
 fn store(s: &mut Scratch) -> Result<u64, Stat> {
     // SAFETY: reads of our own scratch entry, written by the walk.
-    let (len, hash, native_hash, code_seen, flags) = unsafe {
+    let (len, hash, native_hash, code_seen, flags, task) = unsafe {
         (
             read_volatile(addr_of!(s.stack.len)),
             read_volatile(addr_of!(s.hash)),
             read_volatile(addr_of!(s.native_hash)),
             read_volatile(addr_of!(s.code_seen)),
             read_volatile(addr_of!(s.stack.flags)),
+            read_volatile(addr_of!(s.stack.task)),
         )
     };
     if len == 0 {
@@ -663,8 +669,12 @@ fn store(s: &mut Scratch) -> Result<u64, Stat> {
             }
         }
     }
-    // The flags too: the same frames inside and outside a collection are two stacks.
-    let stack_id = mix(mix(mix(hash, len as u64), native_hash), flags as u64);
+    // The flags and the task too: the same frames inside and outside a collection, or in two
+    // tasks, are two stacks.
+    let stack_id = mix(
+        mix(mix(mix(hash, len as u64), native_hash), flags as u64),
+        task,
+    );
     let large = len as usize > SMALL_STACK_FRAMES;
     let known = if large {
         STACKS_LARGE.get_ptr(stack_id).is_some()

@@ -626,6 +626,8 @@ fn check_schema(doc: &serde_json::Value) -> &Vec<serde_json::Value> {
                 ("executable", Str),
                 ("python_version", Str),
                 ("threads", Array),
+                // `--async-aware` only.
+                ("tasks", OrNull(&Array)),
             ],
         );
         for t in p["threads"].as_array().unwrap() {

@@ -214,6 +214,8 @@ pub struct RawStack {
     /// Taken while the garbage collector ran in the thread (`STACK_IN_GC`).
     pub in_gc: bool,
     pub extra: u64,
+    /// The asyncio task the thread ran (`record --async-aware`), or 0.
+    pub task: u64,
 }
 
 impl RawStack {
@@ -224,6 +226,7 @@ impl RawStack {
             truncated: stack.flags & STACK_TRUNCATED != 0,
             in_gc: stack.flags & STACK_IN_GC != 0,
             extra: stack.extra,
+            task: stack.task,
         }
     }
 }

@@ -258,6 +258,11 @@ pub struct DumpArgs {
     #[arg(long)]
     pub json: bool,
 
+    /// The asyncio tasks too: each with its coroutine chain and the tasks that await it
+    /// (CPython 3.14+).
+    #[arg(long)]
+    pub async_aware: bool,
+
     /// Do not show line numbers.
     #[arg(long)]
     pub nolineno: bool,
@@ -271,6 +276,7 @@ impl DumpArgs {
             locals: self.locals,
             subprocesses: self.subprocesses,
             json: self.json,
+            async_aware: self.async_aware,
             frames: FrameOptions {
                 nolineno: self.nolineno,
                 ..FrameOptions::default()
@@ -345,6 +351,11 @@ pub struct RecordArgs {
     #[arg(short, long)]
     pub gil: bool,
 
+    /// Root each sample of an asyncio task at `task NAME`, under the tasks that await it, in
+    /// place of the event loop's frames (CPython 3.14+).
+    #[arg(long)]
+    pub async_aware: bool,
+
     /// Output file [default: NAME-PID-TIME.EXT in the current directory]; `-` for stdout.
     #[arg(short, long, value_name = "FILE")]
     pub output: Option<PathBuf>,
@@ -415,6 +426,7 @@ impl RecordArgs {
                 threads: self.threads,
                 processes,
                 native: self.native,
+                async_aware: self.async_aware,
             },
             subprocesses: self.subprocesses,
             idle: self.idle,
@@ -512,6 +524,8 @@ mod tests {
             (c.pid, c.native, c.locals, c.subprocesses, c.json),
             (7, false, false, false, false)
         );
+        assert!(!c.async_aware);
+        assert!(dump(&["-p", "7", "--async-aware"]).async_aware);
         let c = dump(&["-p", "7", "-l", "-s", "-n", "--json"]);
         assert_eq!(
             (c.native, c.locals, c.subprocesses, c.json),

@@ -5,7 +5,7 @@
 
 use serde::Serialize;
 
-use super::{FrameDump, ProcessDump, ThreadDump, repr::repr};
+use super::{FrameDump, ProcessDump, TaskDump, ThreadDump, repr::repr};
 use crate::profile::{Frame, Unknown};
 
 /// The version of the document's layout.
@@ -30,6 +30,21 @@ struct Process<'a> {
     /// `3.12`, or `3.13t` for a free-threaded build.
     python_version: &'a str,
     threads: Vec<Thread<'a>>,
+    /// With `--async-aware`: the asyncio tasks, in the interpreter's order (null without).
+    tasks: Option<Vec<Task<'a>>>,
+}
+
+#[derive(Serialize)]
+struct Task<'a> {
+    name: &'a str,
+    /// The task object's address.
+    address: u64,
+    /// The thread running it now (its `tid`), null when it waits.
+    running_in: Option<u64>,
+    /// Its coroutine chain, leaf first; a running task's down to its first coroutine.
+    frames: Vec<JsonFrame<'a>>,
+    /// The names of the tasks that await it.
+    awaited_by: Vec<&'a str>,
 }
 
 #[derive(Serialize)]
@@ -99,6 +114,17 @@ fn process(d: &ProcessDump) -> Process<'_> {
         executable: p.binary.display().to_string(),
         python_version: &d.version,
         threads: d.threads.iter().map(thread).collect(),
+        tasks: d.tasks.as_ref().map(|t| t.iter().map(task).collect()),
+    }
+}
+
+fn task(t: &TaskDump) -> Task<'_> {
+    Task {
+        name: &t.name,
+        address: t.addr,
+        running_in: t.running_in,
+        frames: t.frames.iter().map(frame).collect(),
+        awaited_by: t.awaited_by.iter().map(String::as_str).collect(),
     }
 }
 
@@ -214,6 +240,16 @@ mod tests {
                 ],
                 truncated: false,
             }],
+            tasks: Some(vec![TaskDump {
+                name: "worker".into(),
+                addr: 0x1000,
+                running_in: None,
+                frames: vec![FrameDump {
+                    frame: Frame::python("work", "a.py", 7),
+                    locals: None,
+                }],
+                awaited_by: vec!["main".into()],
+            }]),
         }];
         let v: serde_json::Value = serde_json::from_str(&render(&dumps)).unwrap();
         assert_eq!(v["schema_version"], 1);
@@ -232,5 +268,10 @@ mod tests {
             .map(String::as_str)
             .collect();
         assert_eq!(keys.len(), 7, "every frame field, null or not: {keys:?}");
+        let task = &v["processes"][0]["tasks"][0];
+        assert_eq!(task["name"], "worker");
+        assert_eq!(task["running_in"], serde_json::Value::Null);
+        assert_eq!(task["frames"][0]["function"], "work");
+        assert_eq!(task["awaited_by"], serde_json::json!(["main"]));
     }
 }

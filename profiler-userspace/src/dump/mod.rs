@@ -10,7 +10,9 @@
 //! `--subprocesses` every Python process under the pid is dumped in turn. Threads are named as
 //! Python names them (`python::thread_names`, else the kernel's name), and up to 3.10 a method's
 //! frame as `Class.method` from its first argument (`LocalsReader::method_class`), read beside
-//! the frames as the locals are. The text is written by
+//! the frames as the locals are. With `--async-aware` (3.14+) the asyncio tasks are read too
+//! (`python::asyncio`), right after the threads, and each is printed with its coroutine chain (a
+//! running task's taken from its thread's stack) and the tasks that await it. The text is written by
 //! `render` (values by `repr`), the JSON by `json`. It ties those stages together and holds none
 //! of their logic.
 
@@ -37,6 +39,7 @@ use crate::{
     },
     python::{
         self, Layout, UnsupportedVersion,
+        asyncio::{self, AsyncioError, AsyncioLayout, Task},
         discover::{self, FindError, PythonProcess},
         instance::Interpreter,
         locals::{FrameLocals, LocalsReader},
@@ -72,6 +75,10 @@ pub enum DumpError {
     Tables { pid: u32, source: io::Error },
     #[error("writing the dump: {0}")]
     Write(#[from] io::Error),
+    #[error("pid {pid}: {source}")]
+    Asyncio { pid: u32, source: AsyncioError },
+    #[error("pid {pid}: reading its asyncio tasks: {source}")]
+    Tasks { pid: u32, source: io::Error },
     #[error("no Python process in the tree of pid {pid} (it and its {descendants} descendants)")]
     NoPython { pid: u32, descendants: usize },
 }
@@ -99,6 +106,8 @@ pub struct DumpConfig {
     pub subprocesses: bool,
     /// JSON (`--json`, `json::SCHEMA_VERSION`) instead of py-spy's text.
     pub json: bool,
+    /// The asyncio tasks too, each with its coroutine chain and its awaiters (`--async-aware`).
+    pub async_aware: bool,
     pub frames: FrameOptions,
 }
 
@@ -119,6 +128,23 @@ pub struct ProcessDump {
     /// `3.12`, or `3.13t` for a free-threaded build.
     pub version: String,
     pub threads: Vec<ThreadDump>,
+    /// With `--async-aware`: its asyncio tasks, in the order the interpreter lists them.
+    pub tasks: Option<Vec<TaskDump>>,
+}
+
+/// One asyncio task as printed.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TaskDump {
+    pub name: String,
+    /// The task object's address, as `python -m asyncio ps` shows it.
+    pub addr: u64,
+    /// The thread running it now (as `ThreadDump::tid` numbers it), if it is running.
+    pub running_in: Option<u64>,
+    /// Its coroutine chain, leaf first: for a running task, its thread's frames down to the
+    /// task's first coroutine (the event loop's frames below left out).
+    pub frames: Vec<FrameDump>,
+    /// The names of the tasks that await it.
+    pub awaited_by: Vec<String>,
 }
 
 /// One thread as printed.
@@ -181,7 +207,13 @@ pub fn run(cfg: &DumpConfig, out: &mut impl Write) -> Result<(), DumpError> {
         true => json::render(&dumps),
         false => dumps
             .iter()
-            .map(|d| render(&d.process, &d.version, &d.threads))
+            .map(|d| {
+                let mut text = render(&d.process, &d.version, &d.threads);
+                if let Some(tasks) = &d.tasks {
+                    text.push_str(&render_tasks(tasks));
+                }
+                text
+            })
             .collect::<Vec<_>>()
             .join("\n"),
     };
@@ -196,8 +228,15 @@ fn dump_process(cfg: &DumpConfig, p: PythonProcess) -> Result<ProcessDump, DumpE
     // Where the interpreter publishes its layout (3.13+), that one.
     let (layout, _) = python::layout_of(&mem, p.version, p.runtime_addr, p.runtime_size)
         .map_err(|source| DumpError::Unsupported { pid: p.pid, source })?;
-    let threads = if cfg.native {
-        let (threads, paused) = dump_native(&p, &layout, cfg.frames, cfg.locals)?;
+    let asyncio = match cfg.async_aware {
+        true => Some(
+            asyncio::locate(&mem, &p, &layout)
+                .map_err(|source| DumpError::Asyncio { pid: p.pid, source })?,
+        ),
+        false => None,
+    };
+    let (threads, tasks) = if cfg.native {
+        let (threads, paused) = dump_native(&p, &layout, cfg.frames, cfg.locals, asyncio.as_ref())?;
         crate::note!(
             "prof-bpf: pid {}: the threads were stopped for {:.2} ms",
             p.pid,
@@ -205,12 +244,13 @@ fn dump_process(cfg: &DumpConfig, p: PythonProcess) -> Result<ProcessDump, DumpE
         );
         threads
     } else {
-        dump(&p, &layout, cfg.frames, cfg.locals)?
+        dump(&p, &layout, cfg.frames, cfg.locals, asyncio.as_ref())?
     };
     Ok(ProcessDump {
         version: layout.version_name(),
         process: p,
         threads,
+        tasks: asyncio.map(|_| tasks),
     })
 }
 
@@ -302,21 +342,30 @@ impl Extras {
     }
 }
 
+/// What is read of a process: its threads, and its asyncio tasks when asked for.
+pub type Dumped = (Vec<ThreadDump>, Vec<TaskDump>);
+
 /// Every thread's stack, main thread first.
 pub fn dump(
     p: &PythonProcess,
     layout: &Layout,
     options: FrameOptions,
     locals: bool,
-) -> Result<Vec<ThreadDump>, DumpError> {
+    asyncio: Option<&AsyncioLayout>,
+) -> Result<Dumped, DumpError> {
     let mem = process::open_memory(p.pid)?;
+    let target = layout.target_info_of(p);
     let mut attempt = 0;
-    let (stacks, mut extras) = loop {
+    let (stacks, mut extras, tasks) = loop {
         attempt += 1;
-        match walk_threads(&mem, &layout.target_info_of(p)) {
-            Ok(s) => {
+        let walked = walk_threads(&mem, &target).and_then(|s| {
+            let tasks = read_tasks(&mem, layout, &target, asyncio)?;
+            Ok((s, tasks))
+        });
+        match walked {
+            Ok((s, tasks)) => {
                 let extras = Extras::read(&mem, layout, p, &s, locals);
-                break (s, extras);
+                break (s, extras, tasks);
             }
             Err(_) if attempt < ATTEMPTS && p.is_alive() => {
                 std::thread::sleep(std::time::Duration::from_millis(10));
@@ -338,8 +387,22 @@ pub fn dump(
             thread_dump(p.pid, &ids, t, frames, extras.holds_gil(t), python_name)
         })
         .collect();
+    let tasks = names.tasks(&tasks, &stacks, &ids);
     threads.sort_by_key(|t| t.tid);
-    Ok(threads)
+    Ok((threads, tasks))
+}
+
+/// The tasks, where `asyncio` says they are; a failed read is retried as a failed walk is.
+fn read_tasks(
+    mem: &ProcMem,
+    layout: &Layout,
+    target: &profiler_common::TargetInfo,
+    asyncio: Option<&AsyncioLayout>,
+) -> Result<Vec<Task>, WalkError> {
+    match asyncio {
+        None => Ok(Vec::new()),
+        Some(a) => asyncio::read_tasks(mem, layout, target, a).map_err(WalkError::Threads),
+    }
 }
 
 /// Names the threads' frames as `record` names its stacks, leaf first as `dump` prints them.
@@ -374,6 +437,8 @@ impl Names {
             // Said on its own line by `render`.
             truncated: false,
             in_gc: t.in_gc,
+            // The tasks are printed on their own.
+            task: 0,
             native: pcs,
             native_end: end,
             kernel: &[],
@@ -400,6 +465,44 @@ impl Names {
                 FrameDump {
                     frame,
                     locals: python.then(|| locals.next()).flatten(),
+                }
+            })
+            .collect()
+    }
+}
+
+impl Names {
+    /// The tasks as printed: each one's chain named, a running task's taken from its thread's
+    /// stack down to its first coroutine's frame.
+    fn tasks(&mut self, tasks: &[Task], stacks: &[ThreadStack], ids: &ThreadIds) -> Vec<TaskDump> {
+        let name_of = |addr: u64| {
+            tasks
+                .iter()
+                .find(|t| t.addr == addr)
+                .map_or_else(|| "?".to_string(), |t| t.name.clone())
+        };
+        tasks
+            .iter()
+            .map(|t| {
+                let on_stack = t.running_in.and_then(|tid| {
+                    let s = stacks.iter().find(|s| s.tid == tid)?;
+                    let at = s.frame_addrs.iter().position(|&f| f == t.coro_frame)?;
+                    Some(s.frames[..=at].to_vec())
+                });
+                let chain = ThreadStack {
+                    tid: 0,
+                    tstate: 0,
+                    frames: on_stack.unwrap_or_else(|| t.chain.clone()),
+                    frame_addrs: Vec::new(),
+                    truncated: false,
+                    in_gc: false,
+                };
+                TaskDump {
+                    name: t.name.clone(),
+                    addr: t.addr,
+                    running_in: t.running_in.map(|tid| ids.resolve(tid).0),
+                    frames: self.frames(&chain, None, None, (Vec::new(), Vec::new())),
+                    awaited_by: t.awaited_by.iter().map(|&a| name_of(a)).collect(),
                 }
             })
             .collect()
@@ -484,7 +587,8 @@ pub fn dump_native(
     layout: &Layout,
     options: FrameOptions,
     locals: bool,
-) -> Result<(Vec<ThreadDump>, Duration), DumpError> {
+    asyncio: Option<&AsyncioLayout>,
+) -> Result<(Dumped, Duration), DumpError> {
     let pid = p.pid;
     let mem = process::open_memory(pid)?;
     let mut tables = NativeTables::default();
@@ -523,12 +627,13 @@ pub fn dump_native(
             },
         );
     }
-    let walked = walk_threads(&mem, &target).map(|s| {
+    let walked = walk_threads(&mem, &target).and_then(|s| {
+        let tasks = read_tasks(&mem, layout, &target, asyncio)?;
         let extras = Extras::read(&mem, layout, p, &s, locals);
-        (s, extras)
+        Ok((s, extras, tasks))
     });
     let paused = stopped.resume();
-    let (stacks, mut extras) = match walked {
+    let (stacks, mut extras, tasks) = match walked {
         Ok(s) => s,
         Err(_) if !p.is_alive() => return Err(ProcessError::Exited { pid }.into()),
         Err(source) => return Err(DumpError::Walk { pid, source }),
@@ -569,8 +674,9 @@ pub fn dump_native(
             python_name,
         ));
     }
+    let tasks = names.tasks(&tasks, &stacks, &ids);
     threads.sort_by_key(|t| t.tid);
-    Ok((threads, paused))
+    Ok(((threads, tasks), paused))
 }
 
 /// `S` -> `sleeping`, as ps(1) documents the letters.
@@ -651,6 +757,32 @@ pub fn render(p: &PythonProcess, version: &str, threads: &[ThreadDump]) -> Strin
                 "    [truncated: deeper than {} frames]",
                 profiler_common::MAX_PYTHON_FRAMES
             );
+        }
+    }
+    out
+}
+
+/// The tasks, each with its state, its coroutine chain (leaf first, as threads print their
+/// frames) and the tasks that await it.
+pub fn render_tasks(tasks: &[TaskDump]) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "\nasyncio tasks: {}", tasks.len());
+    for t in tasks {
+        let _ = writeln!(out);
+        let _ = write!(out, "Task \"{}\" (0x{:x}", t.name, t.addr);
+        let _ = match t.running_in {
+            Some(tid) => writeln!(out, ", running in thread {tid})"),
+            None => writeln!(out, ", waiting)"),
+        };
+        if t.frames.is_empty() {
+            let _ = writeln!(out, "    (no coroutine frame: finished or not started)");
+        }
+        for f in &t.frames {
+            let _ = writeln!(out, "    {}", f.frame.label());
+        }
+        if !t.awaited_by.is_empty() {
+            let quoted: Vec<String> = t.awaited_by.iter().map(|n| format!("\"{n}\"")).collect();
+            let _ = writeln!(out, "    awaited by {}", quoted.join(", "));
         }
     }
     out

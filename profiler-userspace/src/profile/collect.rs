@@ -33,6 +33,9 @@ pub struct FrameOptions {
     pub processes: bool,
     /// Show native frames (`--native`; `top`'s `n` hides them).
     pub native: bool,
+    /// Root each sample of an asyncio task at `task NAME`, under the tasks awaiting it, in
+    /// place of the event loop's frames (`--async-aware`, 3.14+).
+    pub async_aware: bool,
 }
 
 /// What the kernel counted for one (process, thread, stack).

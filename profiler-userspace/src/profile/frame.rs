@@ -59,6 +59,9 @@ pub enum Frame {
     /// The interpreter's garbage collector was running, called from the frame below it (`<GC>`,
     /// as CPython's own sampling profiler names it).
     Gc,
+    /// An asyncio task, by name (`--async-aware`): the root of its samples, under the tasks
+    /// that await it (`task ?` for a task gone before it could be read).
+    Task(String),
     /// The native unwind stopped here, for this reason (a `Stat` name); the Python frames of the
     /// stack's outer part stand above it.
     NativeStopped(String),
@@ -67,6 +70,7 @@ pub enum Frame {
 
 impl Frame {
     const GC: &str = "<GC>";
+    const TASK: &str = "task ";
 
     pub fn python(function: impl Into<String>, file: impl Into<String>, line: u32) -> Self {
         Frame::Python(Location {
@@ -106,6 +110,7 @@ impl Frame {
             }
             Frame::Truncated { limit } => format!("[truncated: deeper than {limit} frames]"),
             Frame::Gc => Self::GC.into(),
+            Frame::Task(name) => format!("{}{name}", Self::TASK),
             Frame::NativeStopped(why) => format!("[native unwind stopped: {why}]"),
             Frame::Unknown(u) => format!("[unknown] ({u})"),
         }
@@ -192,6 +197,9 @@ fn is_python_file(file: &str) -> bool {
 fn parse_marker(name: &str) -> Option<Frame> {
     if name == Frame::GC {
         return Some(Frame::Gc);
+    }
+    if let Some(task) = name.strip_prefix(Frame::TASK) {
+        return Some(Frame::Task(task.into()));
     }
     if name == "[unknown]_[k]" {
         return Some(Frame::Kernel(None));

@@ -29,6 +29,9 @@ pub struct RawStack<'a> {
     /// Taken while the garbage collector ran in the thread: a `<GC>` frame goes above the
     /// Python frame that started it.
     pub in_gc: bool,
+    /// The asyncio task the thread ran (`--async-aware`), or 0: its name and its awaiters' go
+    /// at the root, in place of the event loop's frames below its first coroutine.
+    pub task: u64,
     /// Native instruction pointers, leaf first (empty without `--native`).
     pub native: &'a [u64],
     /// How the native unwind ended: a `Stat::Native*` value.
@@ -97,6 +100,12 @@ impl Namer {
             ));
         }
         let version = interpreter.as_ref().map(|i| i.layout.version);
+        let task = match (raw.task, interpreter) {
+            (0, i) => (None, i),
+            (t, Some(i)) => (i.task_roots(t), Some(i)),
+            (_, None) => (None, None),
+        };
+        let (task, interpreter) = task;
         let base_frame = interpreter.as_ref().is_some_and(|i| i.layout.base_frame);
         let mut interpreter = interpreter;
         let mut python = |f: &PyFrame| python_frame(interpreter.as_deref_mut(), f);
@@ -125,6 +134,30 @@ impl Namer {
         }
         if raw.in_gc {
             frames.insert(gc_position(&frames), (NamedFrame::plain(Frame::Gc), false));
+        }
+        if let Some(task) = task {
+            let root = raw.truncated as usize;
+            // Below the task's first coroutine, the event loop's frames: left out, where the
+            // stack is Python frames only (its rootmost frame of that code: recursion stays).
+            // A stack without that coroutine is the loop's own work around the task (entering
+            // or leaving it): no task root.
+            let first = raw.python.iter().rposition(|f| f.code == task.coro_code);
+            let rooted = match first {
+                Some(j) if raw.native.is_empty() => {
+                    let loop_frames = raw.python[j + 1..].iter().filter(|f| f.code != 0).count();
+                    frames.drain(root..(root + loop_frames).min(frames.len()));
+                    true
+                }
+                Some(_) => true,
+                None => false,
+            };
+            if rooted {
+                let roots = task
+                    .names
+                    .iter()
+                    .map(|n| (NamedFrame::plain(Frame::Task(n.clone())), false));
+                frames.splice(root..root, roots);
+            }
         }
         if let Some(ksyms) = &self.kernel {
             frames.extend(raw.kernel.iter().rev().map(|&pc| {

@@ -780,13 +780,13 @@ pub fn disagreements(builtin: &Layout, published: &Layout) -> Vec<Disagreement> 
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::python::layout_for;
 
     /// The words an interpreter printed of its own `_Py_DebugOffsets`, as
     /// `tests/data/debug_offsets/*.txt` keep them (`  POS name = VALUE ...`).
-    fn captured(name: &str) -> Vec<u8> {
+    pub(crate) fn captured(name: &str) -> Vec<u8> {
         captured_with_names(name).0
     }
 

@@ -10,6 +10,7 @@ use profiler_common::{PY_ENTRY_FRAME, PyFrame, instr_kind};
 
 use super::{
     Layout,
+    asyncio::{self, AsyncioLayout, TaskRoots},
     code::{CodeError, CodeInfo, read_code},
     discover::PythonProcess,
     linetable::line_for,
@@ -46,7 +47,16 @@ pub struct Interpreter {
     codes: BoundedCache<(u64, u32), Result<Rc<CodeInfo>, CodeUnavailable>>,
     /// Python's names for the process's threads.
     thread_names: ThreadNames,
+    /// With `--async-aware`: where its tasks are, once found, and the tasks read (a task is
+    /// read once per distinct stack it runs; the cache only bounds what a long run keeps).
+    tasks: Option<(Option<AsyncioLayout>, TaskCache)>,
 }
+
+/// The roots of tasks read, by the task's address.
+type TaskCache = BoundedCache<u64, Rc<TaskRoots>>;
+
+/// Tasks kept per interpreter.
+const TASK_CACHE: usize = 4096;
 
 impl Interpreter {
     pub fn new(process: PythonProcess, layout: Layout) -> Self {
@@ -58,7 +68,38 @@ impl Interpreter {
             parent: None,
             codes: BoundedCache::new(CODE_CACHE),
             thread_names: ThreadNames::default(),
+            tasks: None,
         }
+    }
+
+    /// Name the asyncio tasks of recorded stacks (`--async-aware`).
+    pub fn name_tasks(&mut self) {
+        self.tasks = Some((None, BoundedCache::new(TASK_CACHE)));
+    }
+
+    /// The roots of a recorded stack's task, when tasks are named: `task ?` where the task
+    /// cannot be read.
+    pub fn task_roots(&mut self, task: u64) -> Option<Rc<TaskRoots>> {
+        let (found, cache) = self.tasks.as_mut()?;
+        let layout = &self.layout;
+        let unknown = || {
+            Rc::new(TaskRoots {
+                names: vec!["?".into()],
+                coro_code: 0,
+            })
+        };
+        let Some(mem) = self.mem.as_ref() else {
+            return Some(unknown());
+        };
+        if found.is_none() {
+            *found = asyncio::locate(mem, &self.process, layout).ok();
+        }
+        let Some(a) = found.as_ref() else {
+            return Some(unknown());
+        };
+        Some(Rc::clone(cache.get_or_insert_with(task, || {
+            Rc::new(asyncio::task_roots(mem, layout, a, task))
+        })))
     }
 
     /// The interpreter of `process`, forked from process `parent`.

@@ -1,6 +1,7 @@
 //! CPython knowledge: struct layouts per minor version (data, one file each), reading code
 //! objects and strings from the target, and decoding line tables. Knows nothing of BPF.
 
+pub mod asyncio;
 pub mod code;
 pub mod debug_offsets;
 pub mod discover;
@@ -294,6 +295,8 @@ impl Layout {
             frame_read: self.frame_read(),
             code_read: self.code_read(),
             // Set by the session for a process in a container (`PythonProcess::pid_namespace`).
+            tstate_running_task: NO_OFFSET,
+            _pad: [0; 3],
             pidns_dev: 0,
             pidns_ino: 0,
         }

@@ -135,45 +135,57 @@ fn walk_frames(
             return Ok((frames, addrs, true));
         }
         addrs.push(frame);
-        let shim = off.owner_cstack != NO_CSTACK_OWNER && {
-            let mut owner = [0u8];
-            mem.read(field(frame, off.frame_owner), &mut owner)?;
-            owner[0] as u16 >= off.owner_cstack
-        };
-        if shim {
-            frames.push(PyFrame {
-                code: 0,
-                instr: 0,
-                tag: 0,
-            });
-        } else {
-            let code = mem.read_u64(field(frame, off.frame_code))? & !(off.frame_code_tag as u64);
-            let mut instr = if off.instr_kind == instr_kind::POINTER {
-                // As the kernel records it: the pointer minus the code object's address.
-                mem.read_u64(field(frame, off.frame_instr))?
-                    .wrapping_sub(code) as u32
-            } else {
-                mem.read_u32(field(frame, off.frame_instr))?
-            };
-            if target.frame_is_entry != NO_OFFSET {
-                let mut entry = [0u8];
-                mem.read(field(frame, target.frame_is_entry), &mut entry)?;
-                if entry[0] != 0 {
-                    instr |= PY_ENTRY_FRAME;
-                }
-            }
-            let name = mem.read_u64(field(code, off.code_name))?;
-            let filename = mem.read_u64(field(code, off.code_filename))?;
-            let firstlineno = mem.read_u32(field(code, off.code_firstlineno))? as i32;
-            frames.push(PyFrame {
-                code,
-                instr,
-                tag: code_tag(name, filename, firstlineno),
-            });
-        }
+        frames.push(read_frame(mem, target, frame)?);
         frame = mem.read_u64(field(frame, off.frame_previous))?;
     }
     Ok((frames, addrs, false))
+}
+
+/// The interpreter frame at `frame` as the kernel records it: a shim frame (3.12+) as code 0,
+/// the code field's tag bits cleared, the entry flag where the layout has one. Also reads a
+/// coroutine's own frame, which is embedded in the coroutine object (`python::asyncio`).
+pub fn read_frame(
+    mem: &impl ProcessMemory,
+    target: &TargetInfo,
+    frame: u64,
+) -> io::Result<PyFrame> {
+    let off = &target.offsets;
+    let field = |base: u64, offset: u16| base.wrapping_add(offset as u64);
+    let shim = off.owner_cstack != NO_CSTACK_OWNER && {
+        let mut owner = [0u8];
+        mem.read(field(frame, off.frame_owner), &mut owner)?;
+        owner[0] as u16 >= off.owner_cstack
+    };
+    if shim {
+        return Ok(PyFrame {
+            code: 0,
+            instr: 0,
+            tag: 0,
+        });
+    }
+    let code = mem.read_u64(field(frame, off.frame_code))? & !(off.frame_code_tag as u64);
+    let mut instr = if off.instr_kind == instr_kind::POINTER {
+        // As the kernel records it: the pointer minus the code object's address.
+        mem.read_u64(field(frame, off.frame_instr))?
+            .wrapping_sub(code) as u32
+    } else {
+        mem.read_u32(field(frame, off.frame_instr))?
+    };
+    if target.frame_is_entry != NO_OFFSET {
+        let mut entry = [0u8];
+        mem.read(field(frame, target.frame_is_entry), &mut entry)?;
+        if entry[0] != 0 {
+            instr |= PY_ENTRY_FRAME;
+        }
+    }
+    let name = mem.read_u64(field(code, off.code_name))?;
+    let filename = mem.read_u64(field(code, off.code_filename))?;
+    let firstlineno = mem.read_u32(field(code, off.code_firstlineno))? as i32;
+    Ok(PyFrame {
+        code,
+        instr,
+        tag: code_tag(name, filename, firstlineno),
+    })
 }
 
 /// The thread state holding the GIL of `target`'s main interpreter, if one holds it: the GIL's

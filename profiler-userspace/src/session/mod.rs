@@ -176,6 +176,7 @@ fn naming_input<'a>(stack: &'a bpf::RawStack, extra: Option<&'a RawExtra>) -> Na
         python: &stack.frames,
         truncated: stack.truncated,
         in_gc: stack.in_gc,
+        task: stack.task,
         native: extra.map_or(&[], |e| e.native.as_slice()),
         native_end: extra.map_or(0, |e| e.native_end),
         kernel: extra.map_or(&[], |e| e.kernel.as_slice()),
@@ -365,6 +366,21 @@ impl Session {
             None => Interpreter::new(p, layout),
         };
         interpreter.refresh_thread_names();
+        if self.options.frames.async_aware {
+            let offset = process::open_memory(pid)
+                .map_err(|e| e.to_string())
+                .and_then(|mem| {
+                    python::asyncio::running_task_offset(&mem, &interpreter.process, &layout)
+                        .map_err(|e| e.to_string())
+                });
+            match offset {
+                Ok(at) => {
+                    info.tstate_running_task = at;
+                    interpreter.name_tasks();
+                }
+                Err(why) => crate::note!("prof-bpf: pid {pid}: {why}; recorded without tasks"),
+            }
+        }
         self.interpreters.insert(pid, interpreter);
         if self.options.sampler.native {
             self.refresh_tables(pid)?;
@@ -411,6 +427,7 @@ impl Session {
                     truncated: t.truncated,
                     in_gc: t.in_gc,
                     extra: 0,
+                    task: 0,
                 },
             );
             self.name_stack(pid, stack_id);
