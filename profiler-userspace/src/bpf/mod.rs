@@ -58,6 +58,12 @@ pub enum BpfError {
     Native(#[source] std::io::Error),
     #[error(transparent)]
     Btf(#[from] btf::BtfError),
+    #[error(
+        "kernel {0}.{1} is older than 5.10, the oldest prof-bpf runs on (it needs BPF ring buffers, \
+         5.8, and BPF programs on raw tracepoints that read the sampled task's pid namespace, 5.7; \
+         it is tested on 5.10, 6.1, 6.12 and 6.18)"
+    )]
+    KernelTooOld(u32, u32),
 }
 
 impl BpfError {
@@ -160,6 +166,16 @@ impl KernelFeatures {
             features.bpf_loop = false;
         }
         features
+    }
+
+    /// Refuses a kernel older than 5.10, before its verifier refuses the programs less clearly.
+    /// An unreadable release ((0, 0)) is let through: loading will say what is wrong.
+    pub fn check(&self) -> Result<(), BpfError> {
+        match self.release {
+            (0, 0) => Ok(()),
+            (major, minor) if (major, minor) < (5, 10) => Err(BpfError::KernelTooOld(major, minor)),
+            _ => Ok(()),
+        }
     }
 
     /// From a release string as `uname -r` prints it (`5.10.0-46-amd64`).
@@ -287,6 +303,7 @@ impl Sampler {
     /// native stacks once its mappings are written, see `UnwindMaps`).
     pub fn start(rate_hz: u64, options: SamplerOptions) -> Result<Self, BpfError> {
         let features = KernelFeatures::probe();
+        features.check()?;
         let mut loader = EbpfLoader::new();
         if !options.native {
             // The row array, page index and mapping lists are 37 MiB of locked kernel memory:
@@ -819,7 +836,13 @@ mod tests {
 
     #[test]
     fn the_kernel_path_follows_the_release() {
+        assert!(matches!(
+            KernelFeatures::of_release("5.4.0-216-generic").check(),
+            Err(BpfError::KernelTooOld(5, 4))
+        ));
+        assert!(KernelFeatures::of_release("").check().is_ok());
         let bullseye = KernelFeatures::of_release("5.10.0-46-amd64\n");
+        assert!(bullseye.check().is_ok());
         assert_eq!(bullseye.release, (5, 10));
         assert!(!bullseye.bpf_loop);
         assert!(
