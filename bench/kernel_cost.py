@@ -39,7 +39,7 @@ DEPTHS = [int(d) for d in os.environ.get("DEPTHS", "5,50,200,1000").split(",")]
 CONFIGS = ["unprofiled", "prof-bpf@1000", "prof-bpf@10000", "py-spy@1000", "py-spy@10000"]
 STARTUP = ["unprofiled", "prof-bpf", "py-spy"]
 # A run still going after this long is stopped and reported as such (py-spy on deep stacks).
-RUN_TIMEOUT = 60
+RUN_TIMEOUT = 30
 KERNEL_TIME = re.compile(r"kernel time: .*?, (\d+) ns per recorded sample")
 
 
