@@ -141,7 +141,12 @@ impl Namer {
             // stack is Python frames only (its rootmost frame of that code: recursion stays).
             // A stack without that coroutine is the loop's own work around the task (entering
             // or leaving it): no task root.
-            let first = raw.python.iter().rposition(|f| f.code == task.coro_code);
+            // A task that could not be read (`task ?`) has no known coroutine: code 0 would
+            // match the shim frames, so such a sample is taken for the loop's own work.
+            let first = raw
+                .python
+                .iter()
+                .rposition(|f| f.code != 0 && f.code == task.coro_code);
             let rooted = match first {
                 Some(j) if raw.native.is_empty() => {
                     let loop_frames = raw.python[j + 1..].iter().filter(|f| f.code != 0).count();
