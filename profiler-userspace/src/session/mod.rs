@@ -365,7 +365,6 @@ impl Session {
             Some(parent) => Interpreter::forked(p, layout, parent),
             None => Interpreter::new(p, layout),
         };
-        interpreter.refresh_thread_names();
         if self.options.frames.async_aware {
             let offset = process::open_memory(pid)
                 .map_err(|e| e.to_string())
@@ -390,6 +389,10 @@ impl Session {
             info.options |= profiler_common::target_options::KERNEL_STACKS;
         }
         self.sampler.add_target(pid, info)?;
+        // After the kernel samples it: reading the threading registry takes a few ms.
+        if let Some(interpreter) = self.interpreters.get_mut(&pid) {
+            interpreter.refresh_thread_names();
+        }
         if self.options.sampler.idle {
             self.seed_blocked_threads(pid);
         }
