@@ -155,6 +155,71 @@ fn split_3_8_main_thread_exited_by_pid() {
     record_pid("3.8", "split_3_8_headless", &[("SPLIT_HEADLESS", "1")]);
 }
 
+/// The last online CPU.
+fn last_cpu() -> u32 {
+    let online = std::fs::read_to_string("/sys/devices/system/cpu/online").unwrap();
+    online
+        .trim()
+        .rsplit([',', '-'])
+        .next()
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("online CPUs: {online:?}"))
+}
+
+/// A thread that shares its CPU and gives it up mid-tick (split.py reads its CPU clock every few
+/// microseconds, so its slice ends on a system call) runs at the same point of every scheduler
+/// tick. A sample clock in step with the tick, here 250 Hz (HZ=250 or 1000), could then fall
+/// where it never runs: it got 0.2-28 % of its samples when the clock kept its phase. The clock
+/// is re-armed at random moments with random periods, so the fixture, sharing one CPU with two
+/// busy loops, gets the samples its CPU time implies, split as it measured.
+#[test]
+fn a_thread_sharing_its_cpu_gets_its_samples_at_a_rate_in_step_with_the_tick() {
+    if !privileged() {
+        return;
+    }
+    let test = "sharing_in_step_with_the_tick";
+    let cpu = last_cpu().to_string();
+    let mut busy: Vec<_> = (0..2)
+        .map(|_| {
+            Command::new("taskset")
+                .args(["-c", &cpu])
+                .arg(python("3.12"))
+                .args(["-c", "while True: pass"])
+                .spawn()
+                .expect("starting a busy loop under taskset")
+        })
+        .collect();
+    let out = scratch_dir(test).join("profile.txt");
+    let result = Command::new(prof_bpf())
+        .args(["record", "-r", "250", "-f", "raw", "-o"])
+        .arg(&out)
+        .args(["--", "taskset", "-c", &cpu])
+        .arg(python("3.12"))
+        .arg(fixture("split.py"))
+        .arg("2")
+        .env_remove("RUST_BACKTRACE")
+        .output()
+        .expect("running prof-bpf");
+    for b in &mut busy {
+        let _ = b.kill();
+        let _ = b.wait();
+    }
+    let stderr = String::from_utf8_lossy(&result.stderr);
+    assert!(result.status.success(), "{stderr}");
+    let profile = parse_folded(&std::fs::read_to_string(&out).unwrap());
+    let measured = measured_split(&String::from_utf8_lossy(&result.stdout));
+    let work = split_work(&profile, measured);
+    let s = check_complete(test, &stderr, Some(&profile), work, LAUNCHED);
+    // In step, the phase decides: it can as well fall where the fixture always runs.
+    let implied = s.rate as f64 * work.cpu;
+    assert!(
+        work.samples as f64 <= implied * (2.0 - completeness_floor(implied)),
+        "{test}: {} samples of the work, {implied:.0} implied:\n{stderr}",
+        work.samples
+    );
+    check_split(&profile, measured, test);
+}
+
 /// Records the recursion fixture at `depth`; returns the profile, the CPU seconds bottom()
 /// measured and prof-bpf's stderr.
 fn record_recursion(depth: u32, test: &str) -> (Folded, f64, String) {

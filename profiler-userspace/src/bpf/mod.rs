@@ -3,9 +3,10 @@
 //! syscalls.
 
 pub mod btf;
+mod clock;
 
 use std::{
-    os::fd::{AsRawFd as _, OwnedFd},
+    os::fd::{AsFd as _, AsRawFd as _, OwnedFd},
     thread,
     time::Duration,
 };
@@ -15,10 +16,7 @@ use aya::{
     maps::{
         Array, HashMap, Map, MapData, MapError, PerCpuArray, PerCpuHashMap, ProgramArray, RingBuf,
     },
-    programs::{
-        ProgramError, ProgramFd, RawTracePoint,
-        perf_event::{PerfEvent, PerfEventConfig, PerfEventScope, SamplePolicy, SoftwareEvent},
-    },
+    programs::{ProgramError, ProgramFd, RawTracePoint, perf_event::PerfEvent},
     util::online_cpus,
 };
 use profiler_common::{
@@ -52,8 +50,12 @@ pub enum BpfError {
     Missing(&'static str),
     #[error("listing online CPUs: {0}")]
     Cpus(std::io::Error),
-    #[error("opening the CPU-clock perf event on CPU {cpu}: {source}")]
-    Attach { cpu: u32, source: ProgramError },
+    #[error("the CPU-clock perf event on CPU {cpu}: {call}: {source}")]
+    Attach {
+        cpu: u32,
+        call: &'static str,
+        source: std::io::Error,
+    },
     #[error("loading native unwind tables: {0}")]
     Native(#[source] std::io::Error),
     #[error(transparent)]
@@ -211,6 +213,8 @@ pub struct Sampler {
     ebpf: Ebpf,
     /// Hold the tail-call tables (and so the walkers) for as long as sampling runs.
     _programs: Vec<ProgramArray<MapData>>,
+    /// The CPU-clock events that run the sampler, and what re-arms them.
+    _clock: clock::SampleClock,
     /// Keeps the kernel's BPF run-time statistics on while held (None if the kernel refused).
     _stats: Option<OwnedFd>,
     /// Notices of stacks stored for the first time.
@@ -328,9 +332,10 @@ impl Sampler {
             Follow::Nobody => None,
             Follow::Named | Follow::All => Some(attach_process_programs(&mut ebpf)?),
         };
-        attach_sampler(&mut ebpf, rate_hz)?;
+        let clock = attach_sampler(&mut ebpf, rate_hz)?;
         Ok(Self {
             ebpf,
+            _clock: clock,
             _programs: programs,
             _stats: stats,
             new_stacks,
@@ -689,22 +694,16 @@ fn attach_process_programs(ebpf: &mut Ebpf) -> Result<RingBuf<MapData>, BpfError
     map_owned(ebpf, maps::PROCESS_EVENTS)
 }
 
-/// Loads the sampler and attaches it to the CPU-clock event of every online CPU.
-fn attach_sampler(ebpf: &mut Ebpf, rate_hz: u64) -> Result<(), BpfError> {
+/// Loads the sampler and runs it on the CPU-clock event of every online CPU.
+fn attach_sampler(ebpf: &mut Ebpf, rate_hz: u64) -> Result<clock::SampleClock, BpfError> {
     let sampler: &mut PerfEvent = program(ebpf, profiler_common::PROGRAM_NAME)?;
     load(sampler.load())?;
     let cpus = online_cpus().map_err(|(_, e)| BpfError::Cpus(e))?;
-    for cpu in cpus {
-        sampler
-            .attach(
-                PerfEventConfig::Software(SoftwareEvent::CpuClock),
-                PerfEventScope::AllProcessesOneCpu { cpu },
-                SamplePolicy::Frequency(rate_hz),
-                false,
-            )
-            .map_err(|source| BpfError::Attach { cpu, source })?;
-    }
-    Ok(())
+    clock::SampleClock::start(sampler.fd()?.as_fd(), &cpus, rate_hz).map_err(|e| BpfError::Attach {
+        cpu: e.cpu,
+        call: e.call,
+        source: e.source,
+    })
 }
 
 /// Copies and deletes every entry of stack map `name`.
@@ -862,10 +861,8 @@ mod tests {
     fn permission_is_found_in_the_error_chain_not_in_its_text() {
         let syscall = |errno| BpfError::Attach {
             cpu: 0,
-            source: ProgramError::SyscallError(aya::sys::SyscallError {
-                call: "perf_event_open",
-                io_error: std::io::Error::from_raw_os_error(errno),
-            }),
+            call: "perf_event_open",
+            source: std::io::Error::from_raw_os_error(errno),
         };
         assert!(syscall(libc::EPERM).is_permission());
         assert!(syscall(libc::EACCES).is_permission());
