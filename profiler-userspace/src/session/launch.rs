@@ -85,6 +85,11 @@ pub fn wait_for_python(
             });
         }
         match find_python_cheaply(pid) {
+            // A libpython the dynamic loader is still mapping may not have its data segment
+            // in place yet: its `_PyRuntime` read then is some other part of the file (seen as
+            // a 3.13t taken for a 3.13 without its debug offsets). Once the C library, mapped
+            // after it, is in, it is whole.
+            Ok(Some(_)) if loading(pid) => {}
             Ok(Some(p)) => {
                 let layout = supported_layout(&p)?;
                 return Ok((p, layout));
@@ -122,11 +127,18 @@ pub fn wait_for_python(
     }
 }
 
-/// The first descendant of `pid` with a Python interpreter in it, nearest first.
+/// The first descendant of `pid` with a Python interpreter in it, nearest first, once the
+/// dynamic loader is done with it.
 fn python_descendant(pid: u32) -> Option<PythonProcess> {
     process::descendants(pid)
         .into_iter()
         .find_map(|child| find_python_cheaply(child).ok().flatten())
+        .filter(|p| !loading(p.pid))
+}
+
+/// Whether the dynamic loader is still mapping process `pid`'s libraries.
+fn loading(pid: u32) -> bool {
+    process::read_maps(pid).is_ok_and(|m| process::loader_at_work(&m))
 }
 
 /// A launched command still running when recording stops is ended, as py-spy does.
