@@ -65,6 +65,8 @@ pub mod maps {
     pub const PAGE_INDEX: &str = "PAGE_INDEX";
     pub const FOLLOWED: &str = "FOLLOWED";
     pub const PROCESS_EVENTS: &str = "PROCESS_EVENTS";
+    pub const CODE_SNAPSHOTS: &str = "CODE_SNAPSHOTS";
+    pub const CODES_SEEN: &str = "CODES_SEEN";
 }
 
 /// Processes whose children the kernel follows (`--subprocesses`): a forked child of one is
@@ -108,6 +110,68 @@ pub const EXIT_PROGRAM_NAME: &str = "on_process_exit";
 
 /// Bytes of the ring buffer that announces new stacks.
 pub const NEW_STACKS_BYTES: u32 = 256 * 1024;
+
+/// Bytes of the ring buffer of code object copies (`CodeSnapshot`): about a thousand between
+/// two reads by userspace, which wakes on the new stack that comes with them.
+pub const CODE_SNAPSHOTS_BYTES: u32 = 2 * 1024 * 1024;
+
+/// Code objects (per process, by address and tag) the kernel has copied and need not copy
+/// again; one it forgot is copied once more.
+pub const MAX_CODES_SEEN: u32 = 16384;
+
+/// Bytes copied of a code object (its header: every field naming it lies within), of the
+/// `str` object of its name, of that of its file name and of its line table's `bytes`
+/// object, each from the object's start. A part that does not fit is read by userspace from the
+/// live object, as any code object's parts were before.
+pub const SNAPSHOT_CODE: usize = 256;
+pub const SNAPSHOT_NAME: usize = 128;
+pub const SNAPSHOT_FILENAME: usize = 384;
+pub const SNAPSHOT_LINETABLE: usize = 2048;
+
+/// `CodeSnapshot::parts` bits: which parts were copied.
+pub mod snapshot_part {
+    pub const CODE: u32 = 1;
+    pub const NAME: u32 = 2;
+    pub const FILENAME: u32 = 4;
+    pub const LINETABLE: u32 = 8;
+}
+
+/// A code object as the kernel copied it the first time a new stack held it: in the sample's
+/// interrupt, while the frame running it kept it alive. A module's body or an `exec`'d snippet
+/// is freed as soon as it has run, often before userspace could read it; named from this copy,
+/// its frames keep their names and lines.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct CodeSnapshot {
+    pub pid: u32,
+    pub tag: u32,
+    pub code: u64,
+    /// Where the name, file name and line table objects were (their pointers in the code
+    /// object), 0 if not copied.
+    pub name_addr: u64,
+    pub filename_addr: u64,
+    pub linetable_addr: u64,
+    /// `snapshot_part::*` bits.
+    pub parts: u32,
+    /// Bytes copied of the name, file name and line table objects: the whole buffer, or less
+    /// when that much could not be read (an object near the end of its mapping).
+    pub name_len: u32,
+    pub filename_len: u32,
+    pub linetable_len: u32,
+    pub header: [u8; SNAPSHOT_CODE],
+    pub name: [u8; SNAPSHOT_NAME],
+    pub filename: [u8; SNAPSHOT_FILENAME],
+    pub linetable: [u8; SNAPSHOT_LINETABLE],
+}
+
+/// `CODES_SEEN`'s key.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct CodeSeen {
+    pub pid: u32,
+    pub tag: u32,
+    pub code: u64,
+}
 
 /// Announces a stack the kernel stored for the first time, so userspace reads its code objects
 /// at once: an imported module's code object may be freed milliseconds later.
@@ -253,7 +317,12 @@ pub struct TargetInfo {
     /// `_PyThreadStateImpl.asyncio_running_task` (3.14+, `record --async-aware`): the kernel
     /// records the thread's running asyncio task with each stack. `NO_OFFSET`: not recorded.
     pub tstate_running_task: u16,
-    pub _pad: [u16; 3],
+    /// Code object: the pointer to the name a frame is shown by (`co_qualname` from 3.11, else
+    /// `co_name`) and to the line table (`co_linetable`, or `co_lnotab` up to 3.9), for the
+    /// copy the kernel makes of a code object it has not met before (`CodeSnapshot`).
+    pub code_shown_name: u16,
+    pub code_linetable: u16,
+    pub _pad: [u16; 1],
     /// The target's pid namespace (device and inode of its nsfs file) when it is not the one
     /// the kernel's own ids are in (a container), else 0 and 0. Its thread states name threads
     /// by their ids in that namespace, so the kernel asks for the sampled thread's id there.
@@ -750,6 +819,11 @@ stats! {
     ThreadWalkLimit = 30, Lost, "thread list longer than the walk";
     /// Targets whose last thread exited, seen by the exit program (`--subprocesses`, `--all`).
     Exit = 31, Tally, "target exits seen";
+    /// Code objects copied the first time a new stack held them (`CodeSnapshot`).
+    CodeSnapshot = 32, Tally, "code objects copied";
+    /// A code object could not be copied (the ring buffer was full, or its header could not be
+    /// read): its frames are named from the live object, if it still is by then.
+    CodeSnapshotLost = 33, Tally, "code object copies dropped";
 }
 
 // `ALL` lists every counter in discriminant order, 0 to COUNT - 1, so `stat as usize` indexes
@@ -798,6 +872,8 @@ mod pod {
     unsafe impl aya::Pod for super::NativeMappings {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::ProcessEvent {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::CodeSeen {}
 }
 
 // Layout checks: both sides compile these, so a drift breaks the build, not the profile.
@@ -822,6 +898,12 @@ const _: () = assert!(MAX_NATIVE_FRAMES.is_power_of_two());
 // The kernel makes a ring buffer only of a power of two pages.
 const _: () = assert!(PROCESS_EVENTS_BYTES.is_power_of_two() && PROCESS_EVENTS_BYTES >= 4096);
 const _: () = assert!(NEW_STACKS_BYTES.is_power_of_two() && NEW_STACKS_BYTES >= 4096);
+const _: () = assert!(CODE_SNAPSHOTS_BYTES.is_power_of_two() && CODE_SNAPSHOTS_BYTES >= 4096);
+const _: () = assert!(
+    core::mem::size_of::<CodeSnapshot>()
+        == 56 + SNAPSHOT_CODE + SNAPSHOT_NAME + SNAPSHOT_FILENAME + SNAPSHOT_LINETABLE
+);
+const _: () = assert!(core::mem::size_of::<CodeSeen>() == 16);
 // The entry mark is one bit above any instruction offset (code objects stay far below 16 MiB),
 // so userspace can mask it off.
 const _: () = assert!(PY_ENTRY_FRAME.is_power_of_two() && PY_ENTRY_FRAME >= 1 << 24);

@@ -119,7 +119,7 @@ pub fn walk_python_stack_loop(ctx: PerfEventContext) -> u32 {
     if !python::walk_started(Slot::Sample) {
         native::record_kernel_stack(&ctx);
     }
-    python::walk_all(Slot::Sample, walk_one_sampled);
+    python::walk_all(Slot::Sample, walk_one_sampled, snapshot_one_sampled);
     0
 }
 
@@ -127,6 +127,12 @@ pub fn walk_python_stack_loop(ctx: PerfEventContext) -> u32 {
 #[inline(never)]
 extern "C" fn walk_one_sampled(_index: u64, _ctx: *mut c_void) -> i64 {
     python::walk_one(Slot::Sample)
+}
+
+/// `walk_python_stack_loop`'s `bpf_loop` callback that copies a new stack's code objects.
+#[inline(never)]
+extern "C" fn snapshot_one_sampled(index: u64, _ctx: *mut c_void) -> i64 {
+    python::snapshot_code(Slot::Sample, index)
 }
 
 /// On every context switch (attached with `--idle` only): ends the off-CPU interval of the
@@ -202,7 +208,7 @@ pub fn walk_python_stack_on_switch(ctx: RawTracePointContext) -> i32 {
 /// `walk_python_stack_loop` is for samples.
 #[raw_tracepoint(tracepoint = "sched_switch")]
 pub fn walk_python_stack_on_switch_loop(_ctx: RawTracePointContext) -> i32 {
-    python::walk_all(Slot::Switch, walk_one_switched);
+    python::walk_all(Slot::Switch, walk_one_switched, snapshot_one_switched);
     0
 }
 
@@ -210,6 +216,12 @@ pub fn walk_python_stack_on_switch_loop(_ctx: RawTracePointContext) -> i32 {
 #[inline(never)]
 extern "C" fn walk_one_switched(_index: u64, _ctx: *mut c_void) -> i64 {
     python::walk_one(Slot::Switch)
+}
+
+/// `walk_python_stack_on_switch_loop`'s callback that copies a new stack's code objects.
+#[inline(never)]
+extern "C" fn snapshot_one_switched(index: u64, _ctx: *mut c_void) -> i64 {
+    python::snapshot_code(Slot::Switch, index)
 }
 
 /// `sched_process_fork(struct task_struct *parent, struct task_struct *child)` (attached with

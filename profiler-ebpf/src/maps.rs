@@ -6,11 +6,11 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, ProgramArray, RingBuf},
 };
 use profiler_common::{
-    ExtraStack, KnownThread, LargeStack, MAX_COUNTS, MAX_EXTRA_STACKS, MAX_FOLLOWED,
-    MAX_KNOWN_THREADS, MAX_LARGE_STACKS, MAX_OFF_CPU_THREADS, MAX_PAGE_CHUNKS, MAX_ROW_CHUNKS,
-    MAX_SMALL_STACKS, MAX_TARGETS, NEW_STACKS_BYTES, NativeMappings, OffCpuStart,
-    PROCESS_EVENTS_BYTES, PROGRAM_SLOTS, PageChunk, RowChunk, STAT_ENTRIES, SampleKey, SmallStack,
-    Stat, TargetInfo, config, stat_index,
+    CODE_SNAPSHOTS_BYTES, CodeSeen, ExtraStack, KnownThread, LargeStack, MAX_CODES_SEEN,
+    MAX_COUNTS, MAX_EXTRA_STACKS, MAX_FOLLOWED, MAX_KNOWN_THREADS, MAX_LARGE_STACKS,
+    MAX_OFF_CPU_THREADS, MAX_PAGE_CHUNKS, MAX_ROW_CHUNKS, MAX_SMALL_STACKS, MAX_TARGETS,
+    NEW_STACKS_BYTES, NativeMappings, OffCpuStart, PROCESS_EVENTS_BYTES, PROGRAM_SLOTS, PageChunk,
+    RowChunk, STAT_ENTRIES, SampleKey, SmallStack, Stat, TargetInfo, config, stat_index,
 };
 
 /// Processes to profile, by tgid, with their interpreter's address and layout.
@@ -48,6 +48,14 @@ pub static THREADS: LruHashMap<u32, KnownThread> =
 /// `NewStack` notices: userspace wakes on them to read a new stack's code objects at once.
 #[map]
 pub static NEW_STACKS: RingBuf = RingBuf::with_byte_size(NEW_STACKS_BYTES, 0);
+
+/// `CodeSnapshot`s: copies of code objects a new stack holds, made while they are alive.
+#[map]
+pub static CODE_SNAPSHOTS: RingBuf = RingBuf::with_byte_size(CODE_SNAPSHOTS_BYTES, 0);
+
+/// The code objects copied already, per process, by address and tag.
+#[map]
+pub static CODES_SEEN: LruHashMap<CodeSeen, u8> = LruHashMap::with_max_entries(MAX_CODES_SEEN, 0);
 
 /// Sample counts per (process, thread, stack). Two maps so userspace can drain one while the
 /// kernel counts into the other: `ACTIVE_COUNTS[0]` says which one is live.
@@ -141,6 +149,9 @@ pub struct Scratch {
     pub unwind_calls: u32,
     /// This sample's number on this CPU: a `CodeMemo` of another sample is stale.
     pub sample_seq: u32,
+    /// Whether this sample stored its stack for the first time (1): its code objects are then
+    /// copied (`snapshot_code`).
+    pub new_stack: u32,
     /// The sampled target, for `bpf_loop`'s walk callback (which sees only this entry).
     pub target: profiler_common::TargetInfo,
     /// The code tags this sample has read, by code address (direct-mapped).

@@ -27,16 +27,17 @@ use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user, generated},
 };
 use profiler_common::{
-    FRAMES_PER_CALL, KnownThread, MAX_PYTHON_FRAMES, MAX_THREAD_CALLS, NO_OFFSET, NewStack,
-    OffCpuStart, PY_ENTRY_FRAME, PyFrame, SMALL_STACK_FRAMES, STACK_IN_GC, STACK_TRUNCATED,
-    SampleKey, SmallStack, Stat, THREADS_PER_CALL, TargetInfo, code_tag, config, count_kind,
-    instr_kind, mix, target_options,
+    CodeSeen, CodeSnapshot, FRAMES_PER_CALL, KnownThread, MAX_PYTHON_FRAMES, MAX_THREAD_CALLS,
+    NO_OFFSET, NewStack, OffCpuStart, PY_ENTRY_FRAME, PyFrame, SMALL_STACK_FRAMES, SNAPSHOT_CODE,
+    SNAPSHOT_FILENAME, SNAPSHOT_LINETABLE, SNAPSHOT_NAME, STACK_IN_GC, STACK_TRUNCATED, SampleKey,
+    SmallStack, Stat, THREADS_PER_CALL, TargetInfo, code_tag, config, count_kind, instr_kind, mix,
+    snapshot_part, target_options,
 };
 
 use crate::maps::{
-    ACTIVE_COUNTS, CODE_MEMO_SLOTS, COUNTS_0, COUNTS_1, CodeMemo, EXTRA_STACKS, NEW_STACKS,
-    OFF_CPU_START, SCRATCH, STACKS_LARGE, STACKS_SMALL, Scratch, Slot, TARGETS, THREADS, count,
-    enabled,
+    ACTIVE_COUNTS, CODE_MEMO_SLOTS, CODE_SNAPSHOTS, CODES_SEEN, COUNTS_0, COUNTS_1, CodeMemo,
+    EXTRA_STACKS, NEW_STACKS, OFF_CPU_START, SCRATCH, STACKS_LARGE, STACKS_SMALL, Scratch, Slot,
+    TARGETS, THREADS, count, enabled,
 };
 
 const EEXIST: i32 = 17;
@@ -125,6 +126,7 @@ fn start(s: &mut Scratch, target: &TargetInfo, pid: u32, tid: u32, python_tid: u
     s.thread_calls = 0;
     s.unwind_calls = 0;
     s.sample_seq = s.sample_seq.wrapping_add(1);
+    s.new_stack = 0;
     s.entry_offset = target.frame_is_entry;
     s.options = target.options;
     s.hash = 0;
@@ -336,7 +338,11 @@ pub fn walk_step(slot: Slot) -> bool {
 /// The verifier checks `step` once, where `walk_step`'s bounded loop costs it every iteration:
 /// most of the time a command took to start.
 #[inline(always)]
-pub fn walk_all(slot: Slot, step: extern "C" fn(u64, *mut c_void) -> i64) {
+pub fn walk_all(
+    slot: Slot,
+    step: extern "C" fn(u64, *mut c_void) -> i64,
+    snapshot: extern "C" fn(u64, *mut c_void) -> i64,
+) {
     let Some(s) = scratch(slot) else {
         return;
     };
@@ -361,6 +367,140 @@ pub fn walk_all(slot: Slot, step: extern "C" fn(u64, *mut c_void) -> i64) {
         )
     };
     end_walk(slot, s);
+    // SAFETY: read back of what `store` wrote through the same entry.
+    let (new_stack, len) = unsafe {
+        (
+            read_volatile(addr_of!(s.new_stack)),
+            read_volatile(addr_of!(s.stack.len)),
+        )
+    };
+    if new_stack != 0 {
+        // SAFETY: as above: `snapshot` has the shape bpf_loop expects and takes no context.
+        unsafe {
+            generated::bpf_loop(
+                len.min(MAX_PYTHON_FRAMES as u32),
+                snapshot as *mut c_void,
+                core::ptr::null_mut(),
+                0,
+            )
+        };
+    }
+}
+
+/// `bpf_loop`'s callback after a new stack was stored: copies the code object of frame `index`
+/// (`CodeSnapshot`) unless this process's copy of it was made already. The frame running it
+/// holds it, so it is alive and whole now, however soon after it is freed. Returns 1 (stop) when
+/// the ring buffer is full.
+#[inline(always)]
+pub fn snapshot_code(slot: Slot, index: u64) -> i64 {
+    let Some(s) = scratch(slot) else {
+        return 1;
+    };
+    let f = s.stack.frames[index as usize & (MAX_PYTHON_FRAMES - 1)];
+    if f.code == 0 {
+        return 0;
+    }
+    let seen = CodeSeen {
+        pid: s.pid,
+        tag: f.tag,
+        code: f.code,
+    };
+    // SAFETY: a presence check of an entry written whole.
+    if unsafe { CODES_SEEN.get(seen) }.is_some() {
+        return 0;
+    }
+    let Some(mut entry) = CODE_SNAPSHOTS.reserve::<CodeSnapshot>(0) else {
+        count(slot, Stat::CodeSnapshotLost);
+        return 1;
+    };
+    let off = &s.target.offsets;
+    let (name_at, filename_at, linetable_at) = (
+        s.target.code_shown_name,
+        off.code_filename,
+        s.target.code_linetable,
+    );
+    let snap: *mut CodeSnapshot = entry.as_mut_ptr();
+    // SAFETY: `snap` points at a reserved entry of `CodeSnapshot`'s size; every field is
+    // written below (the byte arrays by the helper, which zeroes them on failure) before it is
+    // submitted; the reads are fault-tolerant.
+    let parts = unsafe {
+        (*snap).pid = s.pid;
+        (*snap).tag = f.tag;
+        (*snap).code = f.code;
+        let mut parts = 0;
+        if copy(
+            addr_of_mut!((*snap).header).cast(),
+            f.code,
+            SNAPSHOT_CODE as u32,
+        ) {
+            parts |= snapshot_part::CODE;
+        }
+        let name = read::<u64>(field(f.code, name_at)).unwrap_or(0);
+        let filename = read::<u64>(field(f.code, filename_at)).unwrap_or(0);
+        let linetable = read::<u64>(field(f.code, linetable_at)).unwrap_or(0);
+        (*snap).name_addr = name;
+        (*snap).filename_addr = filename;
+        (*snap).linetable_addr = linetable;
+        let to = addr_of_mut!((*snap).name).cast();
+        let n = copy_most(to, name, SNAPSHOT_NAME as u32);
+        (*snap).name_len = n;
+        parts |= snapshot_part::NAME * (n != 0) as u32;
+        let to = addr_of_mut!((*snap).filename).cast();
+        let n = copy_most(to, filename, SNAPSHOT_FILENAME as u32);
+        (*snap).filename_len = n;
+        parts |= snapshot_part::FILENAME * (n != 0) as u32;
+        let to = addr_of_mut!((*snap).linetable).cast();
+        let n = copy_most(to, linetable, SNAPSHOT_LINETABLE as u32);
+        (*snap).linetable_len = n;
+        parts |= snapshot_part::LINETABLE * (n != 0) as u32;
+        (*snap).parts = parts;
+        parts
+    };
+    if parts & snapshot_part::CODE == 0 {
+        entry.discard(0);
+        count(slot, Stat::CodeSnapshotLost);
+        return 0;
+    }
+    entry.submit(0);
+    let _ = CODES_SEEN.insert(seen, 1, 0);
+    count(slot, Stat::CodeSnapshot);
+    0
+}
+
+/// Copies what it can of the `len` bytes at user address `addr` to `dst`: all of them, or, when
+/// they run into memory that is not mapped (an object near the end of its mapping), those up to
+/// the end of `addr`'s page, which is mapped since the object starts there. Returns the bytes
+/// copied, 0 if none (or `addr` is 0).
+///
+/// # Safety
+/// `dst` is valid for writes of `len` bytes.
+#[inline(always)]
+unsafe fn copy_most(dst: *mut u8, addr: u64, len: u32) -> u32 {
+    if addr == 0 {
+        return 0;
+    }
+    // SAFETY: the caller's promise.
+    if unsafe { copy(dst, addr, len) } {
+        return len;
+    }
+    let to_page_end = (PAGE_SIZE - (addr & (PAGE_SIZE - 1))) as u32;
+    let n = to_page_end.min(len);
+    // SAFETY: the caller's promise; `n` is at most `len`.
+    if unsafe { copy(dst, addr, n) } { n } else { 0 }
+}
+
+/// The page size of every platform prof-bpf builds for.
+const PAGE_SIZE: u64 = 4096;
+
+/// Fills the `len` bytes at `dst` from user address `addr`; whether all of them could be read.
+///
+/// # Safety
+/// `dst` is valid for writes of `len` bytes.
+#[inline(always)]
+unsafe fn copy(dst: *mut u8, addr: u64, len: u32) -> bool {
+    // SAFETY: the caller's promise; the helper reads user memory fault-tolerantly (zeroing
+    // `dst` on failure).
+    unsafe { generated::bpf_probe_read_user(dst.cast(), len, addr as *const c_void) == 0 }
 }
 
 /// `bpf_loop`'s callback for `walk_all`: reads one frame of the walk in `slot`'s scratch entry.
@@ -697,6 +837,7 @@ fn store(s: &mut Scratch) -> Result<u64, Stat> {
         };
         match inserted {
             Ok(()) => {
+                s.new_stack = 1;
                 let notice = NewStack {
                     pid: s.pid,
                     large: large as u32,

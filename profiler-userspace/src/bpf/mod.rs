@@ -20,9 +20,9 @@ use aya::{
     util::online_cpus,
 };
 use profiler_common::{
-    ExtraStack, LargeStack, NativeMappings, NewStack, OffCpuStart, PageChunk, ProcessEvent,
-    PyFrame, RowChunk, STACK_IN_GC, STACK_TRUNCATED, SampleKey, SmallStack, Stat, StatClass,
-    TargetInfo, config, maps,
+    CodeSnapshot, ExtraStack, LargeStack, NativeMappings, NewStack, OffCpuStart, PageChunk,
+    ProcessEvent, PyFrame, RowChunk, STACK_IN_GC, STACK_TRUNCATED, SampleKey, SmallStack, Stat,
+    StatClass, TargetInfo, config, maps,
 };
 
 use crate::unwind::UnwindMaps;
@@ -219,6 +219,8 @@ pub struct Sampler {
     _stats: Option<OwnedFd>,
     /// Notices of stacks stored for the first time.
     new_stacks: RingBuf<MapData>,
+    /// The kernel's copies of code objects new stacks hold.
+    code_snapshots: RingBuf<MapData>,
     /// Forks and execs of followed processes (`--subprocesses`, `--all`).
     process_events: Option<RingBuf<MapData>>,
     active: u32,
@@ -328,6 +330,7 @@ impl Sampler {
             programs.push(attach_switch_programs(&mut ebpf, features)?);
         }
         let new_stacks = map_owned(&mut ebpf, maps::NEW_STACKS)?;
+        let code_snapshots = map_owned(&mut ebpf, maps::CODE_SNAPSHOTS)?;
         let process_events = match options.follow {
             Follow::Nobody => None,
             Follow::Named | Follow::All => Some(attach_process_programs(&mut ebpf)?),
@@ -339,6 +342,7 @@ impl Sampler {
             _programs: programs,
             _stats: stats,
             new_stacks,
+            code_snapshots,
             process_events,
             active: 0,
             features,
@@ -459,6 +463,22 @@ impl Sampler {
                 }
             })
             .collect())
+    }
+
+    /// The code objects the kernel copied since the last call (`CodeSnapshot`): to be taken in
+    /// before the stacks that hold them are named.
+    pub fn code_snapshots(&mut self) -> Vec<CodeSnapshot> {
+        let mut snapshots = Vec::new();
+        while let Some(item) = self.code_snapshots.next() {
+            if item.len() >= size_of::<CodeSnapshot>() {
+                // SAFETY: the kernel wrote a CodeSnapshot (repr(C), integers and byte arrays:
+                // any bit pattern is valid) into the item.
+                let snap =
+                    unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<CodeSnapshot>()) };
+                snapshots.push(snap);
+            }
+        }
+        snapshots
     }
 
     /// Moves everything the kernel recorded since the last drain out of its maps: flips the

@@ -45,6 +45,34 @@ impl ProcessMemory for ProcMem {
     }
 }
 
+/// Copies of a few parts of a process's memory, made earlier (the kernel's copy of a code
+/// object and what it points to): a read is served when it lies within one part, else fails as
+/// a read past a mapping would.
+#[derive(Default)]
+pub struct Copies {
+    parts: Vec<(u64, Vec<u8>)>,
+}
+
+impl Copies {
+    /// Adds the bytes that were at `addr`.
+    pub fn add(&mut self, addr: u64, bytes: &[u8]) {
+        if addr != 0 && !bytes.is_empty() {
+            self.parts.push((addr, bytes.to_vec()));
+        }
+    }
+}
+
+impl ProcessMemory for Copies {
+    fn read(&self, addr: u64, buf: &mut [u8]) -> io::Result<()> {
+        let src = self.parts.iter().find_map(|(base, bytes)| {
+            let start = usize::try_from(addr.checked_sub(*base)?).ok()?;
+            bytes.get(start..start.checked_add(buf.len())?)
+        });
+        buf.copy_from_slice(src.ok_or(io::ErrorKind::UnexpectedEof)?);
+        Ok(())
+    }
+}
+
 /// A buffer that stands for memory starting at `base`: for tests.
 pub struct LocalMemory {
     pub base: u64,

@@ -17,7 +17,7 @@ use std::{fs, io, path::PathBuf};
 
 pub use files::{map_files_entry, open_in_root, open_mapped};
 pub use maps::{Mapping, load_bias, loader_at_work, parse_maps, read_maps};
-pub use memory::{LocalMemory, ProcMem, ProcessMemory};
+pub use memory::{Copies, LocalMemory, ProcMem, ProcessMemory};
 
 /// Where glibc's thread descriptor (`struct pthread`, nptl/descr.h), which `pthread_self()`
 /// points at, keeps the kernel's thread id on x86_64. Python up to 3.10 records only

@@ -3,10 +3,10 @@
 
 use std::io;
 
-use profiler_common::code_tag;
+use profiler_common::{CodeSnapshot, code_tag, snapshot_part};
 
 use super::{Layout, ObjectHeader};
-use crate::process::ProcessMemory;
+use crate::process::{Copies, ProcessMemory};
 
 /// Longest string read, in characters: names and paths longer than this are cut.
 const MAX_STRING_CHARS: u64 = 4096;
@@ -53,6 +53,44 @@ pub fn read_code(
         return Err(CodeError::Stale);
     }
     Ok(info)
+}
+
+/// Reads a code object from the kernel's copy of it (`CodeSnapshot`) as `read_code` reads it
+/// from the live process. With `cut`, a line table longer than the copy is taken as the part
+/// copied (its `bytes` object's size set to what was copied): it then gives the lines of the
+/// instructions that part covers, and the first line for the rest.
+pub fn read_snapshot(
+    snap: &CodeSnapshot,
+    layout: &Layout,
+    cut: bool,
+) -> Result<CodeInfo, CodeError> {
+    let part = |bit: u32| snap.parts & bit != 0;
+    if !part(snapshot_part::CODE) {
+        return Err(CodeError::Malformed("copy without its code object"));
+    }
+    let len = |n: u32, of: &[u8]| (n as usize).min(of.len());
+    let mut copies = Copies::default();
+    copies.add(snap.code, &snap.header);
+    if part(snapshot_part::NAME) {
+        copies.add(snap.name_addr, &snap.name[..len(snap.name_len, &snap.name)]);
+    }
+    if part(snapshot_part::FILENAME) {
+        let filename = &snap.filename[..len(snap.filename_len, &snap.filename)];
+        copies.add(snap.filename_addr, filename);
+    }
+    if part(snapshot_part::LINETABLE) {
+        let mut table = snap.linetable[..len(snap.linetable_len, &snap.linetable)].to_vec();
+        let o = &layout.objects;
+        let size = o.bytes_size as usize;
+        if cut
+            && let Some(data) = table.len().checked_sub(o.bytes_data as usize)
+            && let Some(field) = table.get_mut(size..size + 8)
+        {
+            field.copy_from_slice(&(data as u64).to_le_bytes());
+        }
+        copies.add(snap.linetable_addr, &table);
+    }
+    read_code(&copies, layout, snap.code, snap.tag)
 }
 
 /// The fields of a code object's header that `read_code` follows.
@@ -371,5 +409,81 @@ mod tests {
             read_code(&mem, &layout, code, tag ^ 2),
             Err(CodeError::Stale)
         ));
+    }
+
+    /// The kernel's copy of a code object reads as the live object did: whole, or with a line
+    /// table cut short where it was longer than the copy, or not at all without its file name.
+    #[test]
+    fn a_code_object_reads_from_the_kernels_copy() {
+        let layout = layout_for(Version::new(3, 12)).unwrap();
+        let c = layout.code;
+        let o = layout.objects;
+        let mut bytes = vec![0; 0x1000];
+        let (code, name, file, table) = (BASE, BASE + 0x200, BASE + 0x300, BASE + 0x800);
+        put(&mut bytes, code, &3u64.to_le_bytes());
+        put(&mut bytes, code + c.name as u64, &name.to_le_bytes());
+        put(
+            &mut bytes,
+            code + c.qualname.unwrap() as u64,
+            &name.to_le_bytes(),
+        );
+        put(&mut bytes, code + c.filename as u64, &file.to_le_bytes());
+        put(&mut bytes, code + c.linetable as u64, &table.to_le_bytes());
+        put(&mut bytes, code + c.firstlineno as u64, &1i32.to_le_bytes());
+        put_str(&mut bytes, &layout, name, "<module>");
+        put_str(&mut bytes, &layout, file, "/tmp/short_lived_7.py");
+        put(&mut bytes, table, &1u64.to_le_bytes());
+        let entries: Vec<u8> = (0..40u8).collect();
+        put(
+            &mut bytes,
+            table + o.bytes_size as u64,
+            &(entries.len() as u64).to_le_bytes(),
+        );
+        put(&mut bytes, table + o.bytes_data as u64, &entries);
+        let mem = LocalMemory { base: BASE, bytes };
+        let tag = code_tag(name, file, 1);
+        let live = read_code(&mem, &layout, code, tag).unwrap();
+
+        let at = |addr: u64, n: usize| mem.read_vec(addr, n).unwrap();
+        let mut snap = CodeSnapshot {
+            pid: 1,
+            tag,
+            code,
+            name_addr: name,
+            filename_addr: file,
+            linetable_addr: table,
+            parts: snapshot_part::CODE
+                | snapshot_part::NAME
+                | snapshot_part::FILENAME
+                | snapshot_part::LINETABLE,
+            name_len: 128,
+            filename_len: 384,
+            linetable_len: 2048,
+            header: at(code, 256).try_into().unwrap(),
+            name: at(name, 128).try_into().unwrap(),
+            filename: at(file, 384).try_into().unwrap(),
+            linetable: [0; profiler_common::SNAPSHOT_LINETABLE],
+        };
+        snap.linetable[..1024].copy_from_slice(&at(table, 1024));
+        assert_eq!(read_snapshot(&snap, &layout, false).unwrap(), live);
+
+        // Only the first 10 entries were copied: the whole table cannot be read, the cut one
+        // can, and holds those 10.
+        snap.linetable_len = o.bytes_data as u32 + 10;
+        assert!(read_snapshot(&snap, &layout, false).is_err());
+        let cut = read_snapshot(&snap, &layout, true).unwrap();
+        assert_eq!(cut.linetable, entries[..10]);
+        assert_eq!(
+            (cut.name, cut.filename),
+            (live.name.clone(), live.filename.clone())
+        );
+
+        // The file name's string could not be copied: left to the live read.
+        snap.parts &= !snapshot_part::FILENAME;
+        assert!(read_snapshot(&snap, &layout, true).is_err());
+        // Nor can a copy of a string that ends before its characters do.
+        snap.parts |= snapshot_part::FILENAME;
+        snap.filename_len = o.unicode_ascii_data as u32 + 4;
+        assert!(read_snapshot(&snap, &layout, true).is_err());
     }
 }

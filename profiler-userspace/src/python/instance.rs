@@ -6,12 +6,12 @@
 
 use std::rc::Rc;
 
-use profiler_common::{PY_ENTRY_FRAME, PyFrame, instr_kind};
+use profiler_common::{CodeSnapshot, PY_ENTRY_FRAME, PyFrame, instr_kind};
 
 use super::{
     Layout,
     asyncio::{self, AsyncioLayout, TaskRoots},
-    code::{CodeError, CodeInfo, read_code},
+    code::{CodeError, CodeInfo, read_code, read_snapshot},
     discover::PythonProcess,
     linetable::line_for,
     thread_names::ThreadNames,
@@ -22,6 +22,9 @@ use crate::{cache::BoundedCache, process::ProcMem};
 /// long `--all` run meets; older ones are read again if they are still alive, else named from
 /// the stacks that already hold their names.
 const CODE_CACHE: usize = 16 * 1024;
+
+/// Cut-short copies kept per interpreter: large module bodies, met mostly at import time.
+const PARTIAL_CACHE: usize = 1024;
 
 /// Why a frame's code object could not be read.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -45,6 +48,9 @@ pub struct Interpreter {
     /// child made, or the parent freed, since the fork).
     parent: Option<ProcMem>,
     codes: BoundedCache<(u64, u32), Result<Rc<CodeInfo>, CodeUnavailable>>,
+    /// The kernel's copies of code objects whose line tables were cut short: their names, and
+    /// their lines up to the cut, for frames whose code object is freed before it is read.
+    partial: BoundedCache<(u64, u32), Rc<CodeInfo>>,
     /// Python's names for the process's threads.
     thread_names: ThreadNames,
     /// With `--async-aware`: where its tasks are, once found, and the tasks read (a task is
@@ -67,6 +73,7 @@ impl Interpreter {
             mem,
             parent: None,
             codes: BoundedCache::new(CODE_CACHE),
+            partial: BoundedCache::new(PARTIAL_CACHE),
             thread_names: ThreadNames::default(),
             tasks: None,
         }
@@ -120,6 +127,7 @@ impl Interpreter {
     pub fn code(&mut self, frame: &PyFrame) -> Result<Rc<CodeInfo>, CodeUnavailable> {
         let (mem, parent) = (self.mem.as_ref(), self.parent.as_ref());
         let layout = &self.layout;
+        let partial = &mut self.partial;
         self.codes
             .get_or_insert_with((frame.code, frame.tag), || {
                 let read = |mem: Option<&ProcMem>| {
@@ -138,12 +146,35 @@ impl Interpreter {
                         Err(e) => Err(CodeUnavailable::Unreadable(e.to_string())),
                     }
                 };
-                match read(mem) {
+                let live = match read(mem) {
                     Err(CodeUnavailable::Exited) if parent.is_some() => read(parent),
+                    other => other,
+                };
+                match live {
+                    Err(e @ (CodeUnavailable::Freed | CodeUnavailable::Exited)) => {
+                        partial.get(&(frame.code, frame.tag)).cloned().ok_or(e)
+                    }
                     other => other,
                 }
             })
             .clone()
+    }
+
+    /// Takes in the kernel's copy of a code object (made while a new stack held it): read from
+    /// the copy as from the live object, it names the code object's frames even once it is
+    /// freed, and saves reading it. A copy whose line table was longer than the kernel copies
+    /// names lines up to where it ends: it is kept apart and used only if the live object is
+    /// gone by the time it is read. A copy that does not hold a name (not a compact string, or
+    /// longer than the copy) is left for the live read.
+    pub fn add_snapshot(&mut self, snap: &CodeSnapshot) {
+        let key = (snap.code, snap.tag);
+        if let Ok(info) = read_snapshot(snap, &self.layout, false) {
+            self.codes.insert(key, Ok(Rc::new(info)));
+            return;
+        }
+        if let Ok(info) = read_snapshot(snap, &self.layout, true) {
+            self.partial.insert(key, Rc::new(info));
+        }
     }
 
     /// Python's name for the thread it numbers `tid` (`threading.get_native_id()`), where the

@@ -296,7 +296,9 @@ impl Layout {
             code_read: self.code_read(),
             // Set by the session for a process in a container (`PythonProcess::pid_namespace`).
             tstate_running_task: NO_OFFSET,
-            _pad: [0; 3],
+            code_shown_name: self.code.qualname.unwrap_or(self.code.name),
+            code_linetable: self.code.linetable,
+            _pad: [0; 1],
             pidns_dev: 0,
             pidns_ino: 0,
         }
@@ -547,6 +549,20 @@ mod tests {
             assert!(layout.fits_kernel_reads(), "3.{minor}");
             assert!(layout.frame_read() as usize <= profiler_common::FRAME_READ);
             assert!(layout.code_read() > layout.kernel.code_name);
+            // The kernel's copy of a code object holds every field `read_code` takes.
+            let c = &layout.code;
+            let far = [
+                c.name,
+                c.qualname.unwrap_or(0),
+                c.filename,
+                c.firstlineno,
+                c.linetable,
+            ];
+            assert!(
+                far.iter()
+                    .all(|&o| o as usize + 8 <= profiler_common::SNAPSHOT_CODE),
+                "3.{minor}"
+            );
         }
     }
 

@@ -214,6 +214,8 @@ pub struct Session {
     /// Registered processes that ended (the kernel said so, or a forked child was gone before
     /// it was registered): retired after the next drain, which takes their last counts.
     retire: Vec<u32>,
+    /// The kernel's copies of code objects of processes not registered yet (`take_code_snapshots`).
+    waiting_snapshots: Vec<profiler_common::CodeSnapshot>,
     /// Stacks of threads found blocked at registration (`--idle`), numbered.
     seeded: u64,
     /// Threads shown by the kernel's name for want of Python's (`threading` not imported yet,
@@ -327,6 +329,7 @@ impl Session {
             tables: NativeTables::default(),
             exec_pending: HashMap::new(),
             retire: Vec::new(),
+            waiting_snapshots: Vec::new(),
             seeded: 0,
             options,
         };
@@ -535,6 +538,7 @@ impl Session {
         // and is named from the child's memory while the child (often short-lived) is there.
         let events = self.sampler.process_events();
         self.follow(events)?;
+        self.take_code_snapshots();
         self.name_announced(announced)?;
         self.check_exec_pending()?;
         if self
@@ -647,6 +651,28 @@ impl Session {
         Ok(())
     }
 
+    /// Gives each interpreter the kernel's copies of its code objects (`CodeSnapshot`), before
+    /// the stacks that hold them are named.
+    /// One of a process not registered yet (a forked child whose fork is acted on at the next
+    /// poll) waits for one more call.
+    fn take_code_snapshots(&mut self) {
+        let waiting = std::mem::take(&mut self.waiting_snapshots);
+        for (snap, retried) in waiting.into_iter().map(|s| (s, true)).chain(
+            self.sampler
+                .code_snapshots()
+                .into_iter()
+                .map(|s| (s, false)),
+        ) {
+            match self.interpreters.get_mut(&snap.pid) {
+                Some(interpreter) => interpreter.add_snapshot(&snap),
+                None if !retried && self.waiting_snapshots.len() < WAITING_SNAPSHOTS => {
+                    self.waiting_snapshots.push(snap);
+                }
+                None => {}
+            }
+        }
+    }
+
     /// Names the stacks the kernel announced. A native unwind that stopped in an unknown
     /// mapping means a library was mapped since the tables were loaded: load them first, so
     /// its frames are named.
@@ -717,6 +743,7 @@ impl Session {
             stacks,
             extras,
         } = self.sampler.drain()?;
+        self.take_code_snapshots();
         for (id, extra) in extras {
             self.extras.insert(id, extra);
         }
@@ -1002,6 +1029,10 @@ pub fn check_rate(rate: u64) -> Result<(), SessionError> {
 /// How long a thread shown by the kernel's name is asked for Python's: a program may import
 /// `threading` (which names the main thread too) a while after it starts.
 const NAME_WAIT: Duration = Duration::from_secs(10);
+
+/// Copies of code objects that may wait for their process to be registered.
+const WAITING_SNAPSHOTS: usize = 1024;
+
 /// Threads waiting for Python's name at once, at most; more keep the kernel's.
 const MAX_UNNAMED: usize = 1 << 16;
 
