@@ -252,14 +252,16 @@ def report(rows, starts, rounds, meta):
     return "\n".join(out)
 
 
-def write_section(section):
+def write_section(section, title=SECTION):
+    """Puts `section` (which starts with `title`) into BENCHMARKS.md, replacing the section of
+    that title if there is one."""
     path = "BENCHMARKS.md"
     text = open(path).read() if os.path.exists(path) else "# Benchmarks\n"
-    start = text.find(SECTION)
+    start = text.find(title)
     if start < 0:
         text = text.rstrip("\n") + "\n\n" + section + "\n"
     else:
-        end = text.find("\n## ", start + len(SECTION))
+        end = text.find("\n## ", start + len(title))
         rest = "" if end < 0 else text[end:]
         text = text[:start] + section + "\n" + rest
     with open(path, "w") as f:
