@@ -3,7 +3,8 @@
 //! to date with the heavy:light split it measured: the header and rows appear with that split,
 //! the sort keys reorder the rows, `l` toggles line numbers, and `q`, Esc, Ctrl-C, SIGTERM or
 //! the program's end give the terminal back as it was. Against gc_cycles.py, the collector's
-//! `<GC>` row with the share of the time that fixture measured in gc.collect().
+//! `<GC>` row with the share of the time that fixture measured in gc.collect(). Against
+//! async_tasks.py on 3.14, `--async-aware`: a row per task, the CPU tasks split as measured.
 
 use std::{
     process::{Command, Output},
@@ -526,4 +527,71 @@ fn top_shows_the_garbage_collector() {
     let n = (main * RATE.parse::<f64>().unwrap()) as u64;
     check_share("top_gc", "<GC>", share, expected, n);
     tmux.keys(&["q"]);
+}
+
+/// `cmd` as one shell command line, each word single-quoted.
+fn shell_line(cmd: &Command) -> String {
+    std::iter::once(cmd.get_program())
+        .chain(cmd.get_args())
+        .map(|w| format!("'{}'", w.to_string_lossy().replace('\'', r"'\''")))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// `top --async-aware` on CPython 3.14 (Debian forky's, in a container): each asyncio task is a
+/// row, `task NAME`, and the CPU tasks' rows split their time as async_tasks.py measured it.
+#[test]
+fn top_async_aware_shows_each_task_with_its_share() {
+    if !privileged() {
+        return;
+    }
+    let interp = interpreter("forky-3.14");
+    let name = format!("prof-bpf-top-async-{}.json", std::process::id());
+    // The fixture writes /tmp/NAME inside its root: the test reads it there.
+    let progress = match &interp {
+        Interp::Container { root, .. } => root.join("tmp").join(&name),
+        Interp::Host(_) => std::path::PathBuf::from("/tmp").join(&name),
+    };
+    let _ = std::fs::remove_file(&progress);
+    let tmux = Tmux::start("top_async");
+    // The fixture's lines go to /dev/null, not over top's screen.
+    let cmd = format!(
+        "ASYNC_PROGRESS=/tmp/{name} {} top --async-aware --refresh 0.5 -r {RATE} -- sh -c 'exec \"$@\" >/dev/null' sh {}",
+        prof_bpf().display(),
+        shell_line(&interp.command("async_tasks.py", &["60"]))
+    );
+    tmux.keys(&[&cmd, "Enter"]);
+    // Task rows have no time of their own: sorted by total time, they come first.
+    tmux.wait_for(30, "top's table", |s| s.contains("%Own"));
+    tmux.keys(&["4"]);
+    let time_of = |s: &str, label: &str| -> f64 {
+        rows(s)
+            .iter()
+            .filter(|(_, f)| f == label)
+            .map(|(n, _)| n[3])
+            .sum()
+    };
+    let s = tmux.wait_for(60, "3 s in the splitter and steady task rows", |s| {
+        time_of(s, "task splitter") + time_of(s, "task steady") >= 3.0
+    });
+    let (splitter, steady) = (time_of(&s, "task splitter"), time_of(&s, "task steady"));
+    let measured: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&progress).unwrap()).unwrap();
+    let secs = |k: &str| measured[k].as_f64().unwrap();
+    let (split_m, steady_m) = (secs("part_a") + secs("part_b"), secs("steady"));
+    let share = 100.0 * splitter / (splitter + steady);
+    let expected = 100.0 * split_m / (split_m + steady_m);
+    eprintln!(
+        "top: task splitter {share:.1}% of the two tasks ({splitter}s, {steady}s), {expected:.1}% measured ({split_m:.2}s, {steady_m:.2}s)"
+    );
+    // The two readings are up to a refresh apart, and top's times are rounded to 10 ms.
+    let n = ((splitter + steady) * RATE.parse::<f64>().unwrap()) as u64;
+    check_share("top_async", "task splitter", share, expected, n);
+    // The root task, which awaits the others (its row holds theirs).
+    assert!(
+        rows(&s).iter().any(|(_, f)| f == "task main"),
+        "no row for task main:\n{s}"
+    );
+    tmux.keys(&["q"]);
+    let _ = std::fs::remove_file(&progress);
 }

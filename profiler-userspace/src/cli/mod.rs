@@ -150,6 +150,11 @@ pub struct TopArgs {
     #[arg(short, long)]
     pub native: bool,
 
+    /// Show asyncio tasks as rows (`task NAME`), each with its share, in place of the event
+    /// loop's frames (CPython 3.14+).
+    #[arg(long)]
+    pub async_aware: bool,
+
     /// The command to launch and watch, after `--`.
     #[arg(last = true, value_name = "COMMAND")]
     pub command: Vec<String>,
@@ -163,6 +168,7 @@ impl TopArgs {
             refresh: self.refresh,
             lines: self.lines,
             native: self.native,
+            async_aware: self.async_aware,
         })
     }
 }
@@ -550,9 +556,10 @@ mod tests {
             Target::Launch(vec!["python".into(), "x.py".into()])
         );
         assert_eq!(
-            (c.refresh, c.lines, c.native),
-            (Duration::from_millis(500), true, true)
+            (c.refresh, c.lines, c.native, c.async_aware),
+            (Duration::from_millis(500), true, true, false)
         );
+        assert!(top(&["-p", "7", "--async-aware"]).unwrap().async_aware);
         assert!(top(&[]).unwrap_err().contains("nothing to profile"));
         assert!(
             top(&["-p", "1", "--refresh", "0"])

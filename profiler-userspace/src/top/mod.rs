@@ -73,6 +73,8 @@ pub struct TopConfig {
     pub lines: bool,
     /// Start asking for native frames (`n` toggles).
     pub native: bool,
+    /// Tasks as rows (`--async-aware`).
+    pub async_aware: bool,
 }
 
 /// How `top` ended, for the closing line.
@@ -114,6 +116,7 @@ pub fn run(cfg: &TopConfig, stop: &AtomicBool) -> Result<TopSummary, TopError> {
         },
         frames: FrameOptions {
             native: cfg.native,
+            async_aware: cfg.async_aware,
             ..FrameOptions::default()
         },
         subprocesses: false,
