@@ -140,23 +140,12 @@ def fmt(x, spec, missing="–"):
 
 def main():
     rounds = int(sys.argv[1]) if len(sys.argv) > 1 else 3
-    if os.geteuid() != 0:
-        sys.exit("kernel-cost: run as root (prof-bpf loads BPF programs, py-spy attaches)")
-    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    os.chdir(repo)
-    python = os.path.join(sh("pyenv", "prefix", "3.11"), "bin", "python3")
-    venv = "target/bench-venv"
-    if not os.path.exists(f"{venv}/bin/py-spy"):
-        log(f"installing py-spy into {venv}")
-        subprocess.run([python, "-m", "venv", venv], check=True)
-        subprocess.run([f"{venv}/bin/pip", "install", "-q", "py-spy"], check=True)
-    if not os.path.exists("target/release/prof-bpf"):
-        subprocess.run(["cargo", "build", "--release"], check=True)
+    python, pyspy = prepare("kernel-cost", "3.11")
     work = tempfile.mkdtemp(prefix="prof-bpf-kernel-cost.")
     try:
         # A copy, so a rebuild during the run cannot change the binary under test.
         shutil.copy("target/release/prof-bpf", f"{work}/prof-bpf")
-        tools = {"python": python, "prof-bpf": f"{work}/prof-bpf", "py-spy": f"{venv}/bin/py-spy"}
+        tools = {"python": python, "prof-bpf": f"{work}/prof-bpf", "py-spy": pyspy}
         meta = {
             "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
             "kernel": os.uname().release,
@@ -250,6 +239,24 @@ def report(rows, starts, rounds, meta):
                f"average at start / end: {' '.join(meta['load_start'])} / {' '.join(meta['load_end'])}")
     out.append(f"- py-spy {meta['pyspy']} (PyPI); prof-bpf at git {meta['git']}")
     return "\n".join(out)
+
+
+def prepare(name, version):
+    """What a bench needs first: root, the repo root as the current directory, pyenv's CPython
+    `version`, py-spy from PyPI in target/bench-venv (made with it the first time) and prof-bpf
+    built. Returns the interpreter's and py-spy's paths."""
+    if os.geteuid() != 0:
+        sys.exit(f"{name}: run as root (prof-bpf loads BPF programs, py-spy attaches)")
+    os.chdir(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    python = os.path.join(sh("pyenv", "prefix", version), "bin", "python3")
+    venv = "target/bench-venv"
+    if not os.path.exists(f"{venv}/bin/py-spy"):
+        log(f"installing py-spy into {venv}")
+        subprocess.run([python, "-m", "venv", venv], check=True)
+        subprocess.run([f"{venv}/bin/pip", "install", "-q", "py-spy"], check=True)
+    if not os.path.exists("target/release/prof-bpf"):
+        subprocess.run(["cargo", "build", "--release"], check=True)
+    return python, f"{venv}/bin/py-spy"
 
 
 def write_section(section, title=SECTION):

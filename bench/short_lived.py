@@ -22,7 +22,7 @@ import tempfile
 from datetime import datetime, timezone
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from kernel_cost import run, sh, write_section  # noqa: E402
+from kernel_cost import prepare, run, sh, write_section  # noqa: E402
 
 SECTION = "## Frames of short-lived code: module bodies and exec'd snippets (issue 15)"
 FIXTURE = ["tests/fixtures/short_lived_code.py", "600", "0.001"]
@@ -71,23 +71,12 @@ def one(config, tools, work):
 
 def main():
     rounds = int(sys.argv[1]) if len(sys.argv) > 1 else 3
-    if os.geteuid() != 0:
-        sys.exit("short-lived: run as root (prof-bpf loads BPF programs, py-spy attaches)")
-    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    os.chdir(repo)
-    python = os.path.join(sh("pyenv", "prefix", "3.12"), "bin", "python3")
-    venv = "target/bench-venv"
-    if not os.path.exists(f"{venv}/bin/py-spy"):
-        log(f"installing py-spy into {venv}")
-        sh(python, "-m", "venv", venv)
-        sh(f"{venv}/bin/pip", "install", "-q", "py-spy")
-    if not os.path.exists("target/release/prof-bpf"):
-        sh("cargo", "build", "--release")
+    python, pyspy = prepare("short-lived", "3.12")
     work = tempfile.mkdtemp(prefix="prof-bpf-short-lived.")
     try:
         # Copies, so a rebuild during the run cannot change the binaries under test.
         shutil.copy("target/release/prof-bpf", f"{work}/prof-bpf")
-        tools = {"python": python, "prof-bpf": f"{work}/prof-bpf", "py-spy": f"{venv}/bin/py-spy"}
+        tools = {"python": python, "prof-bpf": f"{work}/prof-bpf", "py-spy": pyspy}
         tools_list = ["prof-bpf", "py-spy"]
         if os.environ.get("BASELINE"):
             shutil.copy(os.environ["BASELINE"], f"{work}/baseline")

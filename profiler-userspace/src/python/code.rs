@@ -369,23 +369,30 @@ mod tests {
         assert!(!ft(0, 1), "a flag, no reference");
     }
 
-    #[test]
-    fn code_object_with_a_stale_tag_is_refused() {
-        let layout = layout_for(Version::new(3, 11)).unwrap();
-        let c = layout.code;
-        let mut bytes = vec![0; 0x1000];
-        let (code, name, qualname, file, table) =
-            (BASE, BASE + 0x200, BASE + 0x300, BASE + 0x400, BASE + 0x500);
-        put(&mut bytes, code + c.name as u64, &name.to_le_bytes());
+    /// Writes a live code object's header at `code`: the addresses of its name, qualified name,
+    /// file name and line table, and its first line.
+    fn put_code(mem: &mut [u8], layout: &Layout, code: u64, at: [u64; 4], firstlineno: i32) {
+        let c = &layout.code;
+        put(mem, code, &3u64.to_le_bytes()); // ob_refcnt: alive
+        let [name, qualname, file, table] = at;
+        put(mem, code + c.name as u64, &name.to_le_bytes());
         put(
-            &mut bytes,
+            mem,
             code + c.qualname.unwrap() as u64,
             &qualname.to_le_bytes(),
         );
-        put(&mut bytes, code + c.filename as u64, &file.to_le_bytes());
-        put(&mut bytes, code + c.linetable as u64, &table.to_le_bytes());
-        put(&mut bytes, code + c.firstlineno as u64, &7i32.to_le_bytes());
-        put(&mut bytes, code, &3u64.to_le_bytes()); // ob_refcnt: alive
+        put(mem, code + c.filename as u64, &file.to_le_bytes());
+        put(mem, code + c.linetable as u64, &table.to_le_bytes());
+        put(mem, code + c.firstlineno as u64, &firstlineno.to_le_bytes());
+    }
+
+    #[test]
+    fn code_object_with_a_stale_tag_is_refused() {
+        let layout = layout_for(Version::new(3, 11)).unwrap();
+        let mut bytes = vec![0; 0x1000];
+        let (code, name, qualname, file, table) =
+            (BASE, BASE + 0x200, BASE + 0x300, BASE + 0x400, BASE + 0x500);
+        put_code(&mut bytes, &layout, code, [name, qualname, file, table], 7);
         put_str(&mut bytes, &layout, name, "run");
         put_str(&mut bytes, &layout, qualname, "Worker.run");
         put_str(&mut bytes, &layout, file, "/tmp/w.py");
@@ -416,20 +423,10 @@ mod tests {
     #[test]
     fn a_code_object_reads_from_the_kernels_copy() {
         let layout = layout_for(Version::new(3, 12)).unwrap();
-        let c = layout.code;
         let o = layout.objects;
         let mut bytes = vec![0; 0x1000];
         let (code, name, file, table) = (BASE, BASE + 0x200, BASE + 0x300, BASE + 0x800);
-        put(&mut bytes, code, &3u64.to_le_bytes());
-        put(&mut bytes, code + c.name as u64, &name.to_le_bytes());
-        put(
-            &mut bytes,
-            code + c.qualname.unwrap() as u64,
-            &name.to_le_bytes(),
-        );
-        put(&mut bytes, code + c.filename as u64, &file.to_le_bytes());
-        put(&mut bytes, code + c.linetable as u64, &table.to_le_bytes());
-        put(&mut bytes, code + c.firstlineno as u64, &1i32.to_le_bytes());
+        put_code(&mut bytes, &layout, code, [name, name, file, table], 1);
         put_str(&mut bytes, &layout, name, "<module>");
         put_str(&mut bytes, &layout, file, "/tmp/short_lived_7.py");
         put(&mut bytes, table, &1u64.to_le_bytes());
