@@ -245,10 +245,13 @@ pub fn line_of(file: &Path, marker: &str) -> u32 {
 }
 
 /// How far a profiled share may be from the measured one, in standard deviations of a share
-/// estimated from that many random samples (`share_sigma`). CPU-clock sampling is periodic, so
-/// it is less noisy than random sampling: the largest deviation over the suite's runs was
-/// 1.3 of them (tests/measure-noise, 1,100 shares). 3 leaves room for a loaded machine and
-/// still fails a share that is off by 2 points over 5,000 samples.
+/// estimated from that many random samples (`share_sigma`). Within one thread CPU-clock samples
+/// come at nearly even intervals, less noisy than random ones; the sample clock's re-arming
+/// (bpf/clock.rs) makes a thread that shares its CPU closer to random. The largest deviation
+/// over the suite's runs was 1.3 of them with the fixed clock (tests/measure-noise, 1,100
+/// shares) and 1.5 with the re-armed one (229 shares of a fresh-clone run; 2.3 in the QEMU
+/// guests). 3 leaves room for a loaded machine and still fails a share that is off by 2 points
+/// over 5,000 samples.
 pub const SHARE_SIGMAS: f64 = 3.0;
 
 /// The standard deviation, in percentage points, of a share `p_pct` (in %) estimated from `n`
