@@ -495,37 +495,38 @@ mod tests {
         python::{Version, layout_for},
     };
 
-    const BASE: u64 = 0x10000;
+    use std::ops::{Deref, DerefMut};
+
+    use crate::python::test_heap::{self, BASE};
 
     /// Interpreter memory built by hand, with the objects a frame's locals refer to.
     struct Heap {
-        bytes: Vec<u8>,
-        next: u64,
+        heap: test_heap::Heap,
         layout: Layout,
         /// Type objects made so far, by name.
         types: HashMap<String, u64>,
     }
 
+    impl Deref for Heap {
+        type Target = test_heap::Heap;
+        fn deref(&self) -> &Self::Target {
+            &self.heap
+        }
+    }
+
+    impl DerefMut for Heap {
+        fn deref_mut(&mut self) -> &mut Self::Target {
+            &mut self.heap
+        }
+    }
+
     impl Heap {
         fn new(layout: Layout) -> Self {
             Self {
-                bytes: vec![0; 0x20000],
-                next: BASE + 0x100,
+                heap: test_heap::Heap::new(),
                 layout,
                 types: HashMap::new(),
             }
-        }
-        fn alloc(&mut self, size: u64) -> u64 {
-            let at = self.next;
-            self.next += size.next_multiple_of(16);
-            at
-        }
-        fn put(&mut self, at: u64, bytes: &[u8]) {
-            let i = (at - BASE) as usize;
-            self.bytes[i..i + bytes.len()].copy_from_slice(bytes);
-        }
-        fn word(&mut self, at: u64, v: u64) {
-            self.put(at, &v.to_le_bytes());
         }
         /// A type object named `name` with `flags`, made once.
         fn ty(&mut self, name: &str, flags: u64) -> u64 {
@@ -546,7 +547,8 @@ mod tests {
             let t = self.ty(name, flags);
             let o = self.alloc(size.max(64));
             self.word(o, 1);
-            self.word(o + self.layout.values.ob_type as u64, t);
+            let ob_type = self.layout.values.ob_type as u64;
+            self.word(o + ob_type, t);
             o
         }
         fn int(&mut self, n: i64) -> u64 {
@@ -574,14 +576,9 @@ mod tests {
             o
         }
         fn str(&mut self, s: &str) -> u64 {
-            assert!(s.is_ascii());
             let o = self.object("str", TPFLAGS_UNICODE_SUBCLASS, 64 + s.len() as u64);
             let ob = self.layout.objects;
-            self.word(o + ob.unicode_length as u64, s.len() as u64);
-            let k = ob.unicode_kind_bit;
-            let state: u32 = 1 << k | 1 << (k + 3) | 1 << (k + 4);
-            self.put(o + ob.unicode_state as u64, &state.to_le_bytes());
-            self.put(o + ob.unicode_ascii_data as u64, s.as_bytes());
+            self.heap.ascii(o, &ob, s);
             o
         }
         fn tuple(&mut self, items: &[u64]) -> u64 {
@@ -599,12 +596,6 @@ mod tests {
             self.word(o + ob.bytes_size as u64, b.len() as u64);
             self.put(o + ob.bytes_data as u64, b);
             o
-        }
-        fn mem(&self) -> LocalMemory {
-            LocalMemory {
-                base: BASE,
-                bytes: self.bytes.clone(),
-            }
         }
     }
 

@@ -9,6 +9,8 @@ pub mod instance;
 pub mod linetable;
 pub mod locals;
 pub mod objects;
+#[cfg(test)]
+mod test_heap;
 pub mod thread_names;
 pub mod threads;
 mod v3_10;

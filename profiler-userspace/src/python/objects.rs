@@ -174,50 +174,44 @@ pub fn lookup(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{
-        process::LocalMemory,
-        python::{Version, layout_for},
-    };
+    use crate::python::{Version, layout_for};
 
-    const BASE: u64 = 0x10000;
+    use std::ops::{Deref, DerefMut};
 
-    /// Interpreter memory built by hand.
+    use crate::python::test_heap;
+
+    /// Interpreter memory built by hand, for one version.
     struct Heap {
-        bytes: Vec<u8>,
-        next: u64,
+        heap: test_heap::Heap,
         layout: Layout,
+    }
+
+    impl Deref for Heap {
+        type Target = test_heap::Heap;
+        fn deref(&self) -> &Self::Target {
+            &self.heap
+        }
+    }
+
+    impl DerefMut for Heap {
+        fn deref_mut(&mut self) -> &mut Self::Target {
+            &mut self.heap
+        }
     }
 
     impl Heap {
         fn new(minor: u8) -> Self {
             Self {
-                bytes: vec![0; 0x10000],
-                next: BASE + 0x100,
+                heap: test_heap::Heap::new(),
                 layout: layout_for(Version::new(3, minor)).unwrap(),
             }
-        }
-        fn alloc(&mut self, size: u64) -> u64 {
-            let at = self.next + 32;
-            self.next += (size + 32).next_multiple_of(16);
-            at
-        }
-        fn put(&mut self, at: u64, bytes: &[u8]) {
-            let i = (at - BASE) as usize;
-            self.bytes[i..i + bytes.len()].copy_from_slice(bytes);
-        }
-        fn word(&mut self, at: u64, v: u64) {
-            self.put(at, &v.to_le_bytes());
         }
         /// A compact ASCII `str`.
         fn str(&mut self, s: &str) -> u64 {
             let o = self.layout.objects;
             let at = self.alloc(96);
             self.word(at, 1);
-            self.word(at + o.unicode_length as u64, s.len() as u64);
-            let k = o.unicode_kind_bit;
-            let state: u32 = 1 << k | 1 << (k + 3) | 1 << (k + 4);
-            self.put(at + o.unicode_state as u64, &state.to_le_bytes());
-            self.put(at + o.unicode_ascii_data as u64, s.as_bytes());
+            self.heap.ascii(at, &o, s);
             at
         }
         /// A keys object of `str` keys holding `entries` (values inline unless `split`).
@@ -245,12 +239,6 @@ mod tests {
                 }
             }
             k
-        }
-        fn mem(&self) -> LocalMemory {
-            LocalMemory {
-                base: BASE,
-                bytes: self.bytes.clone(),
-            }
         }
     }
 

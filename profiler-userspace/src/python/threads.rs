@@ -219,40 +219,7 @@ mod tests {
         python::{Layout, Version, layout_for},
     };
 
-    const BASE: u64 = 0x10000;
-
-    /// Builds interpreter memory by hand: a bump allocator over a buffer.
-    struct Heap {
-        bytes: Vec<u8>,
-        next: u64,
-    }
-
-    impl Heap {
-        fn new() -> Self {
-            Self {
-                bytes: vec![0; 0x10000],
-                next: BASE + 0x100,
-            }
-        }
-        fn alloc(&mut self, size: u64) -> u64 {
-            let at = self.next;
-            self.next += size.next_multiple_of(16);
-            at
-        }
-        fn put(&mut self, at: u64, bytes: &[u8]) {
-            let i = (at - BASE) as usize;
-            self.bytes[i..i + bytes.len()].copy_from_slice(bytes);
-        }
-        fn word(&mut self, at: u64, v: u64) {
-            self.put(at, &v.to_le_bytes());
-        }
-        fn mem(self) -> LocalMemory {
-            LocalMemory {
-                base: BASE,
-                bytes: self.bytes,
-            }
-        }
-    }
+    use crate::python::test_heap::{BASE, Heap};
 
     /// A code object with `name`/`filename` pointers and a first line, at a fresh address.
     fn code(h: &mut Heap, off: &PyOffsets, n: u64) -> (u64, u32) {
