@@ -873,7 +873,9 @@ mod pod {
     // SAFETY: as above.
     unsafe impl aya::Pod for super::ProcessEvent {}
     // SAFETY: as above.
-    unsafe impl aya::Pod for super::CodeSeen {}
+    unsafe impl aya::Pod for super::NewStack {}
+    // SAFETY: as above (integers, then byte arrays of multiples of 8 bytes).
+    unsafe impl aya::Pod for super::CodeSnapshot {}
 }
 
 // Layout checks: both sides compile these, so a drift breaks the build, not the profile.

@@ -376,14 +376,7 @@ impl Sampler {
         let Some(ring) = &mut self.process_events else {
             return Vec::new();
         };
-        let mut events = Vec::new();
-        while let Some(item) = ring.next() {
-            if item.len() >= size_of::<ProcessEvent>() {
-                // SAFETY: the kernel wrote a ProcessEvent (repr(C), plain integers) into it.
-                events.push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) });
-            }
-        }
-        events
+        read_ring(ring)
     }
 
     pub fn add_target(&mut self, pid: u32, info: TargetInfo) -> Result<(), BpfError> {
@@ -424,13 +417,7 @@ impl Sampler {
         }
         // SAFETY: valid pollfds; a failed or interrupted poll just means no notice yet.
         unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as _, timeout.as_millis() as i32) };
-        let mut notices = Vec::new();
-        while let Some(item) = self.new_stacks.next() {
-            if item.len() >= size_of::<NewStack>() {
-                // SAFETY: the kernel wrote a NewStack (repr(C), plain integers) into the item.
-                notices.push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<NewStack>()) });
-            }
-        }
+        let notices: Vec<NewStack> = read_ring(&mut self.new_stacks);
         if notices.is_empty() {
             return Ok(Vec::new());
         }
@@ -468,17 +455,7 @@ impl Sampler {
     /// The code objects the kernel copied since the last call (`CodeSnapshot`): to be taken in
     /// before the stacks that hold them are named.
     pub fn code_snapshots(&mut self) -> Vec<CodeSnapshot> {
-        let mut snapshots = Vec::new();
-        while let Some(item) = self.code_snapshots.next() {
-            if item.len() >= size_of::<CodeSnapshot>() {
-                // SAFETY: the kernel wrote a CodeSnapshot (repr(C), integers and byte arrays:
-                // any bit pattern is valid) into the item.
-                let snap =
-                    unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<CodeSnapshot>()) };
-                snapshots.push(snap);
-            }
-        }
-        snapshots
+        read_ring(&mut self.code_snapshots)
     }
 
     /// Moves everything the kernel recorded since the last drain out of its maps: flips the
@@ -724,6 +701,19 @@ fn attach_sampler(ebpf: &mut Ebpf, rate_hz: u64) -> Result<clock::SampleClock, B
         call: e.call,
         source: e.source,
     })
+}
+
+/// Every record waiting in `ring`, each a `T` the kernel wrote whole (a shorter one is skipped).
+fn read_ring<T: aya::Pod>(ring: &mut RingBuf<MapData>) -> Vec<T> {
+    let mut records = Vec::new();
+    while let Some(item) = ring.next() {
+        if item.len() >= size_of::<T>() {
+            // SAFETY: the item holds at least a `T`'s bytes, and any bit pattern is a valid
+            // `T` (`Pod`: repr(C), integers and arrays of them, no padding).
+            records.push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<T>()) });
+        }
+    }
+    records
 }
 
 /// Copies and deletes every entry of stack map `name`.
