@@ -389,8 +389,9 @@ pub fn walk_all(
 
 /// `bpf_loop`'s callback after a new stack was stored: copies the code object of frame `index`
 /// (`CodeSnapshot`) unless this process's copy of it was made already. The frame running it
-/// holds it, so it is alive and whole now, however soon after it is freed. Returns 1 (stop) when
-/// the ring buffer is full.
+/// holds it, so it is alive and whole now, however soon after it is freed. The name, file name
+/// and line table are found through the copied header. Returns 1 (stop) when the ring buffer is
+/// full.
 #[inline(always)]
 pub fn snapshot_code(slot: Slot, index: u64) -> i64 {
     let Some(s) = scratch(slot) else {
@@ -413,34 +414,41 @@ pub fn snapshot_code(slot: Slot, index: u64) -> i64 {
         count(slot, Stat::CodeSnapshotLost);
         return 1;
     };
-    let off = &s.target.offsets;
-    let (name_at, filename_at, linetable_at) = (
-        s.target.code_shown_name,
-        off.code_filename,
-        s.target.code_linetable,
-    );
     let snap: *mut CodeSnapshot = entry.as_mut_ptr();
-    // SAFETY: `snap` points at a reserved entry of `CodeSnapshot`'s size; every field is
-    // written below (the byte arrays by the helper, which zeroes them on failure) before it is
-    // submitted; the reads are fault-tolerant.
-    let parts = unsafe {
+    // SAFETY: `snap` points at a reserved entry of `CodeSnapshot`'s size; the header is read
+    // into it first (the helper zeroes it on failure).
+    let header = unsafe { addr_of_mut!((*snap).header).cast::<u8>() };
+    // SAFETY: as above; `SNAPSHOT_CODE` is the header's size.
+    if !unsafe { copy(header, f.code, SNAPSHOT_CODE as u32) } {
+        entry.discard(0);
+        count(slot, Stat::CodeSnapshotLost);
+        return 0;
+    }
+    // The pointer at `off` in the copied header (userspace keeps every field it names within).
+    // SAFETY: the offset is clamped so the 8 bytes read lie in the header; unaligned reads are
+    // allowed.
+    let pointer = |off: u16| unsafe {
+        read_unaligned(
+            header
+                .add((off as usize).min(SNAPSHOT_CODE - 8))
+                .cast::<u64>(),
+        )
+    };
+    let (name, filename, linetable) = (
+        pointer(s.target.code_shown_name),
+        pointer(s.target.offsets.code_filename),
+        pointer(s.target.code_linetable),
+    );
+    // SAFETY: every other field is written below (the byte arrays by the helper) before the
+    // entry is submitted; the reads are fault-tolerant.
+    unsafe {
         (*snap).pid = s.pid;
         (*snap).tag = f.tag;
         (*snap).code = f.code;
-        let mut parts = 0;
-        if copy(
-            addr_of_mut!((*snap).header).cast(),
-            f.code,
-            SNAPSHOT_CODE as u32,
-        ) {
-            parts |= snapshot_part::CODE;
-        }
-        let name = read::<u64>(field(f.code, name_at)).unwrap_or(0);
-        let filename = read::<u64>(field(f.code, filename_at)).unwrap_or(0);
-        let linetable = read::<u64>(field(f.code, linetable_at)).unwrap_or(0);
         (*snap).name_addr = name;
         (*snap).filename_addr = filename;
         (*snap).linetable_addr = linetable;
+        let mut parts = snapshot_part::CODE;
         let to = addr_of_mut!((*snap).name).cast();
         let n = copy_most(to, name, SNAPSHOT_NAME as u32);
         (*snap).name_len = n;
@@ -454,12 +462,6 @@ pub fn snapshot_code(slot: Slot, index: u64) -> i64 {
         (*snap).linetable_len = n;
         parts |= snapshot_part::LINETABLE * (n != 0) as u32;
         (*snap).parts = parts;
-        parts
-    };
-    if parts & snapshot_part::CODE == 0 {
-        entry.discard(0);
-        count(slot, Stat::CodeSnapshotLost);
-        return 0;
     }
     entry.submit(0);
     let _ = CODES_SEEN.insert(seen, 1, 0);
