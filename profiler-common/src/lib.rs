@@ -151,6 +151,12 @@ pub struct CodeSnapshot {
     pub name_addr: u64,
     pub filename_addr: u64,
     pub linetable_addr: u64,
+    /// Up to 3.10 (`TargetInfo::frame_first_local`): the first local of the frame that ran
+    /// the code object when it was copied, and that object's type (a method's `self` or
+    /// `cls`, and its class or metaclass), 0 where not read. The object may be gone by the
+    /// time userspace looks; its type, a class, lives on.
+    pub first_local: u64,
+    pub first_local_type: u64,
     /// `snapshot_part::*` bits.
     pub parts: u32,
     /// Bytes copied of the name, file name and line table objects: the whole buffer, or less
@@ -322,7 +328,11 @@ pub struct TargetInfo {
     /// copy the kernel makes of a code object it has not met before (`CodeSnapshot`).
     pub code_shown_name: u16,
     pub code_linetable: u16,
-    pub _pad: [u16; 1],
+    /// Frame: its first local (`PyFrameObject.f_localsplus[0]`, up to 3.10), which a method's
+    /// code object names `self` or `cls`; copied with the code object (`CodeSnapshot`) so
+    /// userspace can find the method's class where the code object has no `co_qualname`.
+    /// `NO_OFFSET` from 3.11.
+    pub frame_first_local: u16,
     /// The target's pid namespace (device and inode of its nsfs file) when it is not the one
     /// the kernel's own ids are in (a container), else 0 and 0. Its thread states name threads
     /// by their ids in that namespace, so the kernel asks for the sampled thread's id there.
@@ -903,7 +913,7 @@ const _: () = assert!(NEW_STACKS_BYTES.is_power_of_two() && NEW_STACKS_BYTES >= 
 const _: () = assert!(CODE_SNAPSHOTS_BYTES.is_power_of_two() && CODE_SNAPSHOTS_BYTES >= 4096);
 const _: () = assert!(
     core::mem::size_of::<CodeSnapshot>()
-        == 56 + SNAPSHOT_CODE + SNAPSHOT_NAME + SNAPSHOT_FILENAME + SNAPSHOT_LINETABLE
+        == 72 + SNAPSHOT_CODE + SNAPSHOT_NAME + SNAPSHOT_FILENAME + SNAPSHOT_LINETABLE
 );
 const _: () = assert!(core::mem::size_of::<CodeSeen>() == 16);
 // The entry mark is one bit above any instruction offset (code objects stay far below 16 MiB),

@@ -160,6 +160,9 @@ pub struct Scratch {
     /// below it plus the field's size stays inside.
     pub bytes: [u8; 2 * profiler_common::FRAME_READ + 16],
     pub stack: LargeStack,
+    /// Where each frame of `stack` was (the `bpf_loop` walk only), for `snapshot_code`'s read
+    /// of a frame's first local.
+    pub frame_addrs: [u64; profiler_common::MAX_PYTHON_FRAMES],
     pub extra: ExtraStack,
 }
 

@@ -439,6 +439,19 @@ pub fn snapshot_code(slot: Slot, index: u64) -> i64 {
         pointer(s.target.offsets.code_filename),
         pointer(s.target.code_linetable),
     );
+    // Up to 3.10: the frame's first local and its type (a method's `self` and its class).
+    let (first_local, first_local_type) = match s.target.frame_first_local {
+        NO_OFFSET => (0, 0),
+        offset => {
+            let frame = s.frame_addrs[index as usize & (MAX_PYTHON_FRAMES - 1)];
+            let local = read::<u64>(field(frame, offset)).unwrap_or(0);
+            let ty = match local {
+                0 => 0,
+                local => read::<u64>(field(local, OB_TYPE)).unwrap_or(0),
+            };
+            (local, ty)
+        }
+    };
     // SAFETY: every other field is written below (the byte arrays by the helper) before the
     // entry is submitted; the reads are fault-tolerant.
     unsafe {
@@ -448,6 +461,8 @@ pub fn snapshot_code(slot: Slot, index: u64) -> i64 {
         (*snap).name_addr = name;
         (*snap).filename_addr = filename;
         (*snap).linetable_addr = linetable;
+        (*snap).first_local = first_local;
+        (*snap).first_local_type = first_local_type;
         let mut parts = snapshot_part::CODE;
         let to = addr_of_mut!((*snap).name).cast();
         let n = copy_most(to, name, SNAPSHOT_NAME as u32);
@@ -491,6 +506,10 @@ unsafe fn copy_most(dst: *mut u8, addr: u64, len: u32) -> u32 {
     if unsafe { copy(dst, addr, n) } { n } else { 0 }
 }
 
+/// `PyObject.ob_type` in a build with the GIL (Include/object.h), which every version with a
+/// `TargetInfo::frame_first_local` (3.8 to 3.10) is.
+const OB_TYPE: u16 = 8;
+
 /// The page size of every platform prof-bpf builds for.
 const PAGE_SIZE: u64 = 4096;
 
@@ -523,6 +542,7 @@ pub fn walk_one(slot: Slot) -> i64 {
     let mut faults = 0i64;
     let (f, previous) = read_frame(s, &target, frame, entry_offset, has_entry, &mut faults);
     s.stack.frames[len & (MAX_PYTHON_FRAMES - 1)] = f;
+    s.frame_addrs[len & (MAX_PYTHON_FRAMES - 1)] = frame;
     s.stack.len = len as u32 + 1;
     s.hash = mix(mix(mix(s.hash, f.code), f.instr as u64), f.tag as u64);
     s.code_seen |= (f.code != 0) as u32;

@@ -9,8 +9,8 @@
 //! frame (`python::locals`), while the threads are stopped when they are. With
 //! `--subprocesses` every Python process under the pid is dumped in turn. Threads are named as
 //! Python names them (`python::thread_names`, else the kernel's name), and up to 3.10 a method's
-//! frame as `Class.method` from its first argument (`LocalsReader::method_class`), read beside
-//! the frames as the locals are. With `--async-aware` (3.14+) the asyncio tasks are read too
+//! frame as `Class.method` from its first argument (`python::methods`), read beside the frames
+//! as the locals are. With `--async-aware` (3.14+) the asyncio tasks are read too
 //! (`python::asyncio`), right after the threads, and each is printed with its coroutine chain (a
 //! running task's taken from its thread's stack) and the tasks that await it. The text is written by
 //! `render` (values by `repr`), the JSON by `json`. It ties those stages together and holds none
@@ -43,6 +43,7 @@ use crate::{
         discover::{self, FindError, PythonProcess},
         instance::Interpreter,
         locals::{FrameLocals, LocalsReader},
+        methods,
         threads::{ThreadStack, WalkError, gil_holder, walk_threads},
     },
     unwind::{KnownMapping, NativeTables, walk::LocalMaps, walk::unwind},
@@ -296,22 +297,19 @@ impl Extras {
                     .collect()
             }
         };
-        let classes = match layout.code.qualname {
-            Some(_) => Vec::new(),
-            None => {
-                let mut reader = LocalsReader::new(mem, layout);
-                stacks
-                    .iter()
-                    .map(|t| {
-                        t.frames
-                            .iter()
-                            .zip(&t.frame_addrs)
-                            .filter(|(f, _)| f.code != 0)
-                            .map(|(f, &addr)| reader.method_class(addr, f.code))
-                            .collect()
-                    })
-                    .collect()
-            }
+        let classes = match layout.values.methods {
+            None => Vec::new(),
+            Some(_) => stacks
+                .iter()
+                .map(|t| {
+                    t.frames
+                        .iter()
+                        .zip(&t.frame_addrs)
+                        .filter(|(f, _)| f.code != 0)
+                        .map(|(f, &addr)| methods::frame_qualified_name(mem, layout, addr, f.code))
+                        .collect()
+                })
+                .collect(),
         };
         Self {
             locals,
@@ -326,7 +324,7 @@ impl Extras {
     }
 
     /// The locals of the `i`-th thread's Python frames, leaf first (nothing without `--locals`),
-    /// and their methods' classes (nothing from 3.11).
+    /// and their methods' qualified names (nothing from 3.11).
     fn of(&mut self, i: usize) -> (Vec<LocalsRead>, Vec<Option<String>>) {
         let locals = self
             .locals
@@ -423,7 +421,7 @@ impl Names {
 
     /// `t`'s frames, leaf first; mixed with its native stack (`pcs`, how the unwind ended) where
     /// there is one; each Python frame with its locals, if `locals` (leaf first) has them, and
-    /// named `Class.method` where `classes` (leaf first) has its class.
+    /// named `Class.method` where `classes` (leaf first) has a method's qualified name.
     fn frames(
         &mut self,
         t: &ThreadStack,
@@ -457,10 +455,10 @@ impl Names {
                     true => f.frame.without_line(),
                     false => f.frame,
                 };
-                if let (true, Some(Some(class)), Frame::Python(l)) =
+                if let (true, Some(Some(name)), Frame::Python(l)) =
                     (python, python.then(|| classes.next()).flatten(), &mut frame)
                 {
-                    l.function = format!("{class}.{}", l.function);
+                    l.function = name;
                 }
                 FrameDump {
                     frame,

@@ -449,6 +449,8 @@ mod tests {
             name_addr: name,
             filename_addr: file,
             linetable_addr: table,
+            first_local: 0,
+            first_local_type: 0,
             parts: snapshot_part::CODE
                 | snapshot_part::NAME
                 | snapshot_part::FILENAME

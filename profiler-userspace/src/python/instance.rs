@@ -14,6 +14,7 @@ use super::{
     code::{CodeError, CodeInfo, read_code, read_snapshot},
     discover::PythonProcess,
     linetable::line_for,
+    methods,
     thread_names::ThreadNames,
 };
 use crate::{cache::BoundedCache, process::ProcMem};
@@ -166,15 +167,37 @@ impl Interpreter {
     /// names lines up to where it ends: it is kept apart and used only if the live object is
     /// gone by the time it is read. A copy that does not hold a name (not a compact string, or
     /// longer than the copy) is left for the live read.
+    ///
+    /// Up to 3.10 a method is named with its class (`methods::qualified_name`) from the first
+    /// local the kernel copied with the code object, read now while that class surely lives.
     pub fn add_snapshot(&mut self, snap: &CodeSnapshot) {
         let key = (snap.code, snap.tag);
         if let Ok(info) = read_snapshot(snap, &self.layout, false) {
+            let info = self.with_class(info, snap);
             self.codes.insert(key, Ok(Rc::new(info)));
             return;
         }
         if let Ok(info) = read_snapshot(snap, &self.layout, true) {
+            let info = self.with_class(info, snap);
             self.partial.insert(key, Rc::new(info));
         }
+    }
+
+    /// `info` named `Class.method` where the copy's first local says it is a method.
+    fn with_class(&self, mut info: CodeInfo, snap: &CodeSnapshot) -> CodeInfo {
+        if let Some(mem) = self.mem.as_ref()
+            && let Some(name) = methods::qualified_name(
+                mem,
+                &self.layout,
+                snap.code,
+                &info.name,
+                snap.first_local,
+                snap.first_local_type,
+            )
+        {
+            info.name = name;
+        }
+        info
     }
 
     /// Python's name for the thread it numbers `tid` (`threading.get_native_id()`), where the

@@ -37,7 +37,6 @@ const TPFLAGS_TUPLE_SUBCLASS: u64 = 1 << 26;
 const TPFLAGS_BYTES_SUBCLASS: u64 = 1 << 27;
 const TPFLAGS_UNICODE_SUBCLASS: u64 = 1 << 28;
 const TPFLAGS_DICT_SUBCLASS: u64 = 1 << 29;
-const TPFLAGS_TYPE_SUBCLASS: u64 = 1 << 31;
 
 // Include/internal/pycore_code.h (3.11+): what a slot of `co_localspluskinds` says.
 const CO_FAST_HIDDEN: u8 = 0x10;
@@ -199,36 +198,6 @@ impl<'a, M: ProcessMemory> LocalsReader<'a, M> {
             out.locals.push(Local { name, value });
         }
         Ok(out)
-    }
-
-    /// The class a method of the frame at `frame` (running the code object at `code`) belongs
-    /// to, by py-spy's rule for versions without `co_qualname` (up to 3.10): the first local
-    /// named `self` is an instance of it, one named `cls` is the class. None for any other frame.
-    pub fn method_class(&mut self, frame: u64, code: u64) -> Option<String> {
-        let LocalNames::Split { varnames, .. } = self.layout.values.names else {
-            return None;
-        };
-        let names = self.mem.read_u64(code.wrapping_add(varnames as u64)).ok()?;
-        let first = *self.tuple_items(names, 1).ok()?.first()?;
-        let (name, _) = read_str_prefix(self.mem, self.layout, first, 5).ok()?;
-        let slot = frame.wrapping_add(self.layout.values.frame_localsplus as u64);
-        let value = self.mem.read_u64(slot).ok().filter(|&v| v != 0)?;
-        let class = match name.as_str() {
-            "self" => self.type_of(value).ok()?.name.clone(),
-            "cls" if self.type_of(value).ok()?.flags & TPFLAGS_TYPE_SUBCLASS != 0 => {
-                let tp_name = self
-                    .mem
-                    .read_u64(value.wrapping_add(self.layout.values.tp_name as u64))
-                    .ok()?;
-                read_c_string(self.mem, tp_name, MAX_TYPE_NAME).ok()?
-            }
-            _ => return None,
-        };
-        // `type(x).__name__`: a built-in type's tp_name has its module in front.
-        Some(match class.rsplit_once('.') {
-            Some((_, name)) => name.to_string(),
-            None => class,
-        })
     }
 
     /// Each slot's name (a `str` address) and kind, in order.

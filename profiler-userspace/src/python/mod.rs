@@ -8,6 +8,7 @@ pub mod discover;
 pub mod instance;
 pub mod linetable;
 pub mod locals;
+pub mod methods;
 pub mod objects;
 #[cfg(test)]
 mod test_heap;
@@ -199,6 +200,24 @@ pub struct ValueLayout {
     pub cell_ref: u16,
     /// Where dicts and instances keep their entries, for the thread names.
     pub dicts: DictLayout,
+    /// What a method's class is found through, up to 3.10 (no `co_qualname`); None from 3.11.
+    pub methods: Option<MethodLayout>,
+}
+
+/// Function and type objects, for a method's qualified name up to 3.10 (`python::methods`):
+/// the class of its first argument, that class's method resolution order, each class's dict,
+/// and the function in it whose code object the frame runs. Userspace only.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MethodLayout {
+    /// `PyFunctionObject.func_code`, `.func_qualname`.
+    pub func_code: u16,
+    pub func_qualname: u16,
+    /// `classmethod.cm_callable` and `staticmethod.sm_callable` (Objects/funcobject.c): the
+    /// function such a descriptor wraps.
+    pub wrapped_callable: u16,
+    /// `PyTypeObject.tp_dict`, `.tp_mro`.
+    pub tp_dict: u16,
+    pub tp_mro: u16,
 }
 
 /// What thread names are read through (`python::thread_names`): `sys.modules`, the entries of
@@ -300,7 +319,10 @@ impl Layout {
             tstate_running_task: NO_OFFSET,
             code_shown_name: self.code.qualname.unwrap_or(self.code.name),
             code_linetable: self.code.linetable,
-            _pad: [0; 1],
+            frame_first_local: match self.values.methods {
+                Some(_) => self.values.frame_localsplus,
+                None => NO_OFFSET,
+            },
             pidns_dev: 0,
             pidns_ino: 0,
         }

@@ -214,32 +214,6 @@ mod tests {
             self.heap.ascii(at, &o, s);
             at
         }
-        /// A keys object of `str` keys holding `entries` (values inline unless `split`).
-        fn keys(&mut self, entries: &[(u64, u64)], split: bool) -> u64 {
-            let k = self.alloc(256);
-            match self.layout.values.dicts.keys {
-                DictKeys::Sized => {
-                    self.word(k + 8, 8);
-                    self.word(k + 32, entries.len() as u64);
-                    for (i, &(key, value)) in entries.iter().enumerate() {
-                        let e = k + 40 + 8 + 24 * i as u64;
-                        self.word(e + 8, key);
-                        self.word(e + 16, if split { 0 } else { value });
-                    }
-                }
-                DictKeys::Log2 => {
-                    // Eight 1-byte indices; DICT_KEYS_SPLIT (2) or UNICODE (1).
-                    self.put(k + 8, &[3, 3, if split { 2 } else { 1 }]);
-                    self.word(k + 24, entries.len() as u64);
-                    for (i, &(key, value)) in entries.iter().enumerate() {
-                        let e = k + 32 + 8 + 16 * i as u64;
-                        self.word(e, key);
-                        self.word(e + 8, if split { 0 } else { value });
-                    }
-                }
-            }
-            k
-        }
     }
 
     /// A dict holding `_name` and `_native_id` (two `str`s here) in its own table, and an
@@ -251,7 +225,8 @@ mod tests {
         let (name, id) = (h.str("worker"), h.str("17"));
         let entries = [(name_key, name), (id_key, id)];
         let dict = h.alloc(64);
-        let keys = h.keys(&entries, false);
+        let layout = h.layout;
+        let keys = h.heap.keys(&layout, &entries, false);
         h.word(dict + v.dict_used as u64 + 16, keys);
         let mem = h.mem();
         let items = dict_items(&mem, &h.layout, dict).unwrap();
@@ -264,7 +239,7 @@ mod tests {
         let obj = h.alloc(128);
         h.word(obj + v.ob_type as u64, ty);
         let name_at = ty + v.tp_name as u64;
-        let shared = h.keys(&entries, true);
+        let shared = h.heap.keys(&layout, &entries, true);
         h.word(ty + v.dicts.ht_cached_keys as u64, shared);
         let values = match v.dicts.instance {
             InstanceDict::Offset => {

@@ -1,7 +1,7 @@
-//! Test support for the readers of interpreter memory (threads, objects, locals): a buffer that
+//! Test support for the readers of interpreter memory (threads, objects, locals, methods): a buffer that
 //! stands for a process's heap, with a bump allocator, to build interpreter structures by hand.
 
-use super::ObjectLayout;
+use super::{DictKeys, Layout, ObjectLayout};
 use crate::process::LocalMemory;
 
 /// Where the heap starts.
@@ -50,6 +50,34 @@ impl Heap {
         let state: u32 = 1 << k | 1 << (k + 3) | 1 << (k + 4);
         self.put(at + o.unicode_state as u64, &state.to_le_bytes());
         self.put(at + o.unicode_ascii_data as u64, s.as_bytes());
+    }
+
+    /// A dict keys object of `str` keys holding `entries` (values inline unless `split`), as
+    /// `layout`'s version lays it out.
+    pub fn keys(&mut self, layout: &Layout, entries: &[(u64, u64)], split: bool) -> u64 {
+        let k = self.alloc(256);
+        match layout.values.dicts.keys {
+            DictKeys::Sized => {
+                self.word(k + 8, 8);
+                self.word(k + 32, entries.len() as u64);
+                for (i, &(key, value)) in entries.iter().enumerate() {
+                    let e = k + 40 + 8 + 24 * i as u64;
+                    self.word(e + 8, key);
+                    self.word(e + 16, if split { 0 } else { value });
+                }
+            }
+            DictKeys::Log2 => {
+                // Eight 1-byte indices; DICT_KEYS_SPLIT (2) or UNICODE (1).
+                self.put(k + 8, &[3, 3, if split { 2 } else { 1 }]);
+                self.word(k + 24, entries.len() as u64);
+                for (i, &(key, value)) in entries.iter().enumerate() {
+                    let e = k + 32 + 8 + 16 * i as u64;
+                    self.word(e, key);
+                    self.word(e + 8, if split { 0 } else { value });
+                }
+            }
+        }
+        k
     }
 
     pub fn mem(&self) -> LocalMemory {

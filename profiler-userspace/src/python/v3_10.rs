@@ -1,11 +1,13 @@
-//! CPython 3.10: 3.9's layout but for the frame's instruction position, the line table and
-//! where the frame's locals start.
+//! CPython 3.10: 3.9's layout but for the frame's instruction position, the line table, where
+//! the frame's locals start and a function object's fields.
 //! Checked against DWARF of pyenv's 3.10.13 libpython (gdb `ptype /o`): every other offset in
 //! `v3_9` is the same.
 
 use profiler_common::PyOffsets;
 
-use super::{CodeLayout, DictLayout, Layout, LineTableFormat, ValueLayout, Version, v3_9};
+use super::{
+    CodeLayout, DictLayout, Layout, LineTableFormat, MethodLayout, ValueLayout, Version, v3_8, v3_9,
+};
 
 pub const LAYOUT: Layout = Layout {
     version: Version::new(3, 10),
@@ -32,6 +34,13 @@ pub const LAYOUT: Layout = Layout {
             ht_cached_keys: 872,
             ..v3_9::LAYOUT.values.dicts
         },
+        // Include/funcobject.h: PyFunctionObject's fields shared with PyFrameConstructor
+        // (COMMON_FIELDS) came first, func_qualname and func_code among them.
+        methods: Some(MethodLayout {
+            func_qualname: 40,
+            func_code: 48,
+            ..v3_8::METHODS
+        }),
         ..v3_9::LAYOUT.values
     },
     ..v3_9::LAYOUT

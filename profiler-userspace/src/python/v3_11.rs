@@ -93,6 +93,8 @@ pub const LAYOUT: Layout = Layout {
             // Include/cpython/object.h: PyHeapTypeObject.ht_cached_keys
             ht_cached_keys: 872,
         },
+        // co_qualname names a method with its class.
+        methods: None,
         // Include/object.h, Include/cpython/object.h, Include/cpython/tupleobject.h,
         // Include/cpython/listobject.h, Include/cpython/dictobject.h,
         // Include/cpython/setobject.h, Include/cpython/floatobject.h,

@@ -6,7 +6,7 @@ use profiler_common::{NO_CSTACK_OWNER, NO_OFFSET, PyOffsets, instr_kind};
 
 use super::{
     CodeLayout, DictKeys, DictLayout, InstanceDict, Layout, LineTableFormat, LocalNames,
-    ObjectHeader, ObjectLayout, ThreadId, ValueLayout, Version,
+    MethodLayout, ObjectHeader, ObjectLayout, ThreadId, ValueLayout, Version,
 };
 
 pub const LAYOUT: Layout = Layout {
@@ -118,7 +118,19 @@ pub const LAYOUT: Layout = Layout {
             // bytes, tp_print kept for 3.8 only)
             ht_cached_keys: 872,
         },
+        methods: Some(METHODS),
     },
     free_threaded: false,
     base_frame: false,
+};
+
+/// Include/funcobject.h: PyFunctionObject.func_code, .func_qualname; Objects/funcobject.c:
+/// classmethod.cm_callable (staticmethod.sm_callable alike); Include/cpython/object.h:
+/// PyTypeObject.tp_dict, .tp_mro.
+pub const METHODS: MethodLayout = MethodLayout {
+    func_code: 16,
+    func_qualname: 104,
+    wrapped_callable: 16,
+    tp_dict: 264,
+    tp_mro: 344,
 };
