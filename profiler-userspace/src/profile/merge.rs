@@ -68,6 +68,33 @@ pub fn eval_calls(frames: &[PyFrame], marking: EntryMarking) -> Vec<Vec<PyFrame>
     calls
 }
 
+/// 3.11 links a call's first frame into the thread's chain and marks it `is_entry` in two
+/// stores that the compiler may order either way (Debian's build links it first): a sample
+/// between the two sees the new call's frame unmarked, as if it ran in its caller's eval call,
+/// and the eval frame just entered with nothing to put in its place. Where the native stack
+/// holds more eval frames (`evals`) than there are calls and the leaf frame has run no
+/// instruction yet (its position is before the code's first, `first_instr`), that frame is the
+/// new call's: it is split off as a call of its own. (An eval frame whose call already returned
+/// is the other way to have more eval frames than calls: its leaf frame is the caller's, which
+/// has run.)
+pub fn split_unmarked_entry(calls: &mut Vec<Vec<PyFrame>>, evals: usize, first_instr: u32) {
+    if evals <= calls.len() {
+        return;
+    }
+    let Some(leaf_call) = calls.first_mut() else {
+        return;
+    };
+    let Some(leaf) = leaf_call.first() else {
+        return;
+    };
+    let started = (leaf.instr & !PY_ENTRY_FRAME) >= first_instr;
+    if leaf_call.len() < 2 || leaf.instr & PY_ENTRY_FRAME != 0 || started {
+        return;
+    }
+    let callers = leaf_call.split_off(1);
+    calls.insert(1, callers);
+}
+
 /// One frame of a mixed stack.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mixed {
@@ -207,6 +234,53 @@ mod tests {
             merge(&[true, true, false], true, &[vec![py(1)]]),
             vec![Mixed::Native(2), Mixed::Python(py(1)), Mixed::Native(0)]
         );
+    }
+
+    /// 3.11: a sample between linking the key function's frame and marking it `is_entry`
+    /// nests it as if it were marked; one whose leaf frame has run, or with as many eval frames
+    /// as calls, is left as it is.
+    #[test]
+    fn an_unmarked_entry_frame_that_has_not_started_is_a_call_of_its_own() {
+        let at = |code, instr| PyFrame {
+            code,
+            instr,
+            tag: 0,
+        };
+        let first = 184;
+        // Leaf first: key (not started, unmarked), sort_with_key, main (entry).
+        let racing = vec![vec![
+            at(30, first - 2),
+            at(20, 300),
+            at(10, 400 | PY_ENTRY_FRAME),
+        ]];
+        let mut calls = racing.clone();
+        split_unmarked_entry(&mut calls, 2, first);
+        assert_eq!(
+            calls,
+            vec![
+                vec![at(30, first - 2)],
+                vec![at(20, 300), at(10, 400 | PY_ENTRY_FRAME)]
+            ]
+        );
+        // Then merged as a marked one is (callback_nests_between_native_frames).
+        let mixed = merge(&[true, false, true, false, false], true, &calls);
+        assert_eq!(
+            mixed[2..],
+            [
+                Mixed::Python(at(10, 400 | PY_ENTRY_FRAME)),
+                Mixed::Python(at(20, 300)),
+                Mixed::Native(1),
+                Mixed::Python(at(30, first - 2))
+            ]
+        );
+        // A call that just returned (its caller at its call, which has run): unchanged.
+        let mut returned = vec![vec![at(20, 300), at(10, 400 | PY_ENTRY_FRAME)]];
+        split_unmarked_entry(&mut returned, 2, first);
+        assert_eq!(returned.len(), 1);
+        // A Python-to-Python call within one eval call (no eval frame to spare): unchanged.
+        let mut inlined = racing.clone();
+        split_unmarked_entry(&mut inlined, 1, first);
+        assert_eq!(inlined, racing);
     }
 
     /// Up to 3.10 each call has its own frame object; 3.11 marks a call's first frame

@@ -12,7 +12,7 @@ use super::{
 };
 use crate::{
     python::{
-        Version,
+        Layout,
         instance::{CodeUnavailable, Interpreter, line_of},
     },
     symbolize::{NativeSymbol, NativeSymbolizer, kernel::KernelSymbols},
@@ -99,7 +99,7 @@ impl Namer {
                 false,
             ));
         }
-        let version = interpreter.as_ref().map(|i| i.layout.version);
+        let layout = interpreter.as_ref().map(|i| i.layout);
         let task = match (raw.task, interpreter) {
             (0, i) => (None, i),
             (t, Some(i)) => (i.task_roots(t), Some(i)),
@@ -109,8 +109,8 @@ impl Namer {
         let base_frame = interpreter.as_ref().is_some_and(|i| i.layout.base_frame);
         let mut interpreter = interpreter;
         let mut python = |f: &PyFrame| python_frame(interpreter.as_deref_mut(), f);
-        match (mappings, version) {
-            (Some(mappings), Some(version)) if !raw.native.is_empty() => {
+        match (mappings, layout) {
+            (Some(mappings), Some(layout)) if !raw.native.is_empty() => {
                 // 3.15's base frame ends every thread's chain: a shim, but no eval call's.
                 let raw = match raw.python.split_last() {
                     Some((last, rest)) if base_frame && !raw.truncated && last.code == 0 => {
@@ -121,7 +121,7 @@ impl Namer {
                     }
                     _ => raw,
                 };
-                let mixed = self.mixed(mappings, raw, version, &mut python);
+                let mixed = self.mixed(mappings, raw, &layout, &mut python);
                 frames.extend(mixed);
             }
             _ => frames.extend(
@@ -182,7 +182,7 @@ impl Namer {
         &mut self,
         mappings: &[KnownMapping],
         raw: RawStack<'_>,
-        version: Version,
+        layout: &Layout,
         python: &mut impl FnMut(&PyFrame) -> NamedFrame,
     ) -> Vec<(NamedFrame, bool)> {
         let named: Vec<Frame> = raw
@@ -195,7 +195,12 @@ impl Namer {
             .iter()
             .map(|f| matches!(f, Frame::Native(l) if merge::is_eval_function(&l.function)))
             .collect();
-        let calls = merge::eval_calls(raw.python, EntryMarking::for_version(version));
+        let marking = EntryMarking::for_version(layout.version);
+        let mut calls = merge::eval_calls(raw.python, marking);
+        if marking == EntryMarking::EntryFlag {
+            let evals = is_eval.iter().filter(|&&e| e).count();
+            merge::split_unmarked_entry(&mut calls, evals, layout.code.code_adaptive as u32);
+        }
         let complete = raw.native_end == Stat::NativeComplete as u32;
         merge::merge(&is_eval, complete, &calls)
             .into_iter()
