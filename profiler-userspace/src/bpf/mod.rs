@@ -6,7 +6,7 @@ pub mod btf;
 mod clock;
 
 use std::{
-    os::fd::{AsFd as _, AsRawFd as _, OwnedFd},
+    os::fd::{AsFd as _, AsRawFd as _, BorrowedFd, OwnedFd},
     thread,
     time::Duration,
 };
@@ -398,10 +398,15 @@ impl Sampler {
         }
     }
 
-    /// Waits up to `timeout` for the kernel to announce new stacks; returns the notices at
-    /// once, each with its stack if still stored, so the caller can read their code objects
-    /// while they are surely alive.
-    pub fn wait_for_new_stacks(&mut self, timeout: Duration) -> Result<Vec<Announced>, BpfError> {
+    /// Waits up to `timeout` for the kernel to announce new stacks, or for `wake` to be
+    /// readable; returns the notices at once, each with its stack if still stored, so the
+    /// caller can read their code objects while they are surely alive, and whether `wake` was
+    /// readable.
+    pub fn wait_for_new_stacks(
+        &mut self,
+        timeout: Duration,
+        wake: Option<BorrowedFd<'_>>,
+    ) -> Result<(Vec<Announced>, bool), BpfError> {
         // Woken by a new stack or by a fork, exec or exit to act on.
         let mut fds = vec![libc::pollfd {
             fd: self.new_stacks.as_raw_fd(),
@@ -415,16 +420,24 @@ impl Sampler {
                 revents: 0,
             });
         }
+        if let Some(fd) = wake {
+            fds.push(libc::pollfd {
+                fd: fd.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            });
+        }
         // SAFETY: valid pollfds; a failed or interrupted poll just means no notice yet.
         unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as _, timeout.as_millis() as i32) };
+        let woken = wake.is_some() && fds.last().is_some_and(|f| f.revents != 0);
         let notices: Vec<NewStack> = read_ring(&mut self.new_stacks);
         if notices.is_empty() {
-            return Ok(Vec::new());
+            return Ok((Vec::new(), woken));
         }
         let small: HashMap<&MapData, u64, SmallStack> = map_ref(&self.ebpf, maps::STACKS_SMALL)?;
         let large: HashMap<&MapData, u64, LargeStack> = map_ref(&self.ebpf, maps::STACKS_LARGE)?;
         let extras: HashMap<&MapData, u64, ExtraStack> = map_ref(&self.ebpf, maps::EXTRA_STACKS)?;
-        Ok(notices
+        let announced = notices
             .into_iter()
             .map(|notice| {
                 // A drain may have taken it out of the map first: it came with that drain.
@@ -449,7 +462,8 @@ impl Sampler {
                     extra,
                 }
             })
-            .collect())
+            .collect();
+        Ok((announced, woken))
     }
 
     /// The code objects the kernel copied since the last call (`CodeSnapshot`): to be taken in

@@ -13,7 +13,11 @@ pub mod namespace;
 pub mod ptrace;
 pub mod watch;
 
-use std::{fs, io, path::PathBuf};
+use std::{
+    fs, io,
+    os::fd::{FromRawFd as _, OwnedFd},
+    path::PathBuf,
+};
 
 pub use files::{map_files_entry, open_in_root, open_mapped};
 pub use maps::{Mapping, load_bias, loader_at_work, parse_maps, read_maps};
@@ -180,6 +184,15 @@ pub fn start_time(pid: u32) -> Result<u64, ProcessError> {
     proc_stat(pid)
         .map(|s| s.start_time)
         .map_err(|e| ProcessError::from_proc(pid, "stat", e))
+}
+
+/// A pidfd of process `pid` (`pidfd_open(2)`, Linux 5.3+): readable once it has exited. None
+/// where the kernel has no pidfds or the process is gone: its end is then found by polling.
+pub fn pidfd(pid: u32) -> Option<OwnedFd> {
+    // SAFETY: a plain system call; a non-negative result is a new descriptor we own.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+    // SAFETY: as above: the kernel just returned this descriptor, open and ours alone.
+    (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
 
 /// Whether process `pid` that started at `start_time` still runs (not exited, pid not reused,

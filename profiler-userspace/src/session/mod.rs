@@ -9,6 +9,7 @@ mod launch;
 use std::{
     collections::HashMap,
     io,
+    os::fd::{AsFd as _, OwnedFd},
     process::{Child, ExitStatus},
     sync::atomic::AtomicBool,
     time::{Duration, Instant},
@@ -201,6 +202,9 @@ pub struct Session {
     /// A --pid target (Python or, with --subprocesses, a launcher): its pid and start time, so
     /// a reused pid is not the target.
     target_pid: Option<(u32, u64)>,
+    /// A pidfd of the launched child or the --pid target (`pidfd_open`, 5.3+): readable once it
+    /// exits, so a poll ends then rather than at its timeout; dropped once it has woken one.
+    exit_fd: Option<OwnedFd>,
     /// The first process registered (the one named by --pid or launched), for labels.
     first: Option<PythonProcess>,
     /// Python processes found but not profiled, and why.
@@ -318,6 +322,11 @@ impl Session {
             raw: BoundedCache::new(RAW_STACKS),
             extras: BoundedCache::new(RAW_EXTRAS),
             watcher,
+            exit_fd: match (&child, target) {
+                (Some(c), _) => process::pidfd(c.id()),
+                (None, Target::Pid(pid)) => process::pidfd(*pid),
+                _ => None,
+            },
             child,
             target_pid: match target {
                 Target::Pid(pid) => Some((*pid, process::start_time(*pid)?)),
@@ -533,7 +542,12 @@ impl Session {
             true => timeout,
             false => timeout.min(EXEC_POLL),
         };
-        let announced = self.sampler.wait_for_new_stacks(timeout)?;
+        let wake = self.exit_fd.as_ref().map(|f| f.as_fd());
+        let (announced, woken) = self.sampler.wait_for_new_stacks(timeout, wake)?;
+        if woken {
+            // Readable from now on: once is enough.
+            self.exit_fd = None;
+        }
         // Forks first: a new stack may be a child's the kernel followed since the last poll,
         // and is named from the child's memory while the child (often short-lived) is there.
         let events = self.sampler.process_events();
