@@ -26,8 +26,10 @@ pub static FOLLOWED: HashMap<u32, u8> = HashMap::with_max_entries(MAX_FOLLOWED, 
 #[map]
 pub static PROCESS_EVENTS: RingBuf = RingBuf::with_byte_size(PROCESS_EVENTS_BYTES, 0);
 
-// Every hash map is preallocated: kernels before 6.1 let perf_event programs use no other kind,
-// and a preallocated map never allocates in the sample's path.
+// Every hash map is preallocated as built: kernels before 6.1 let perf_event programs use no
+// other kind. From 6.1 userspace makes the stack maps non-preallocated before loading
+// (profiler-userspace's `bpf::object`): they are most of the maps' memory, and a short command
+// then neither waits for nor locks room it does not use.
 
 /// Distinct stacks by content hash, by size: up to `SMALL_STACK_FRAMES` frames, and deeper.
 /// Userspace copies and deletes entries as it drains.

@@ -4,6 +4,7 @@
 
 pub mod btf;
 mod clock;
+mod object;
 
 use std::{
     os::fd::{AsFd as _, AsRawFd as _, BorrowedFd, OwnedFd},
@@ -28,6 +29,16 @@ use profiler_common::{
 use crate::unwind::UnwindMaps;
 
 static OBJECT: &[u8] = include_bytes_aligned!(concat!(env!("OUT_DIR"), "/profiler-ebpf"));
+
+/// The hash maps made non-preallocated where the kernel allows it (`object::without_prealloc`):
+/// the large ones, whose creation was most of the start-up.
+const UNPREALLOCATED: [&str; 5] = [
+    maps::STACKS_SMALL,
+    maps::STACKS_LARGE,
+    maps::EXTRA_STACKS,
+    maps::COUNTS_0,
+    maps::COUNTS_1,
+];
 
 /// How long a program run that read the old `ACTIVE_COUNTS` value may still be counting into
 /// the map being drained. Runs take microseconds; this is generous.
@@ -155,6 +166,9 @@ pub struct KernelFeatures {
     pub release: (u32, u32),
     /// `bpf_loop` (5.17) and `bpf_task_pt_regs` (5.15): the one-run native unwinder.
     pub bpf_loop: bool,
+    /// Hash maps without preallocation in perf_event programs (6.1): the stack and count maps
+    /// are then made so (`UNPREALLOCATED`).
+    pub unpreallocated_maps: bool,
 }
 
 impl KernelFeatures {
@@ -166,6 +180,7 @@ impl KernelFeatures {
         // hand, or to step around a `bpf_loop` problem.
         if std::env::var_os("PROF_BPF_KERNEL_COMPAT").is_some_and(|v| !v.is_empty() && v != "0") {
             features.bpf_loop = false;
+            features.unpreallocated_maps = false;
         }
         features
     }
@@ -190,6 +205,7 @@ impl KernelFeatures {
         Self {
             release,
             bpf_loop: release >= (5, 17),
+            unpreallocated_maps: release >= (6, 1),
         }
     }
 
@@ -321,7 +337,13 @@ impl Sampler {
         if !options.native && !options.kernel {
             loader.map_max_entries(maps::EXTRA_STACKS, 1);
         }
-        let mut ebpf = loader.load(OBJECT).map_err(BpfError::Load)?;
+        // A map the object lacks is said when it is opened; the object loads as built.
+        let unpreallocated = features
+            .unpreallocated_maps
+            .then(|| object::without_prealloc(OBJECT, &UNPREALLOCATED).ok())
+            .flatten();
+        let object = unpreallocated.as_ref().map_or(OBJECT, |o| o.bytes());
+        let mut ebpf = loader.load(object).map_err(BpfError::Load)?;
         let stats = aya::sys::enable_stats(aya::sys::Stats::RunTime).ok();
         configure(&mut ebpf, options, features)?;
         // Tail-call targets first: the first programs call them from their first run on.
