@@ -78,7 +78,6 @@ pub fn without_prealloc(object: &[u8], names: &[&'static str]) -> Result<Aligned
 #[cfg(test)]
 mod tests {
     use super::*;
-    use profiler_common::maps;
 
     /// The built object's stack and count maps get the flag; nothing else changes.
     #[test]
