@@ -212,19 +212,15 @@ fn async_aware_needs_3_14() {
     );
 }
 
-fn record_tasks(which: &str, test: &str) {
+fn record_tasks(which: &str, extra: &[&str], test: &str) {
     if !privileged() {
         return;
     }
     let interp = interpreter(which);
     let out = scratch_dir(test).join("profile.txt");
-    let result = record_under(
-        &interp,
-        &["--async-aware", "-r", "1000", "-f", "raw"],
-        &out,
-        "async_tasks.py",
-        &["2"],
-    );
+    let mut args = vec!["--async-aware", "-r", "1000", "-f", "raw"];
+    args.extend(extra);
+    let result = record_under(&interp, &args, &out, "async_tasks.py", &["2"]);
     let measured = fixture_json(&result);
     let secs = |k: &str| measured[k].as_f64().unwrap();
     let profile = parse_folded(&std::fs::read_to_string(&out).unwrap());
@@ -268,7 +264,8 @@ fn record_tasks(which: &str, test: &str) {
             ),
         ],
     );
-    // The task's first coroutine follows its root: the event loop's frames are gone.
+    // The task's first coroutine follows its roots: the event loop's frames, Python and
+    // native (`--native`), are gone.
     for (stack, n) in &profile {
         if stack.first().is_some_and(|f| f.starts_with("task ")) {
             assert!(
@@ -276,6 +273,12 @@ fn record_tasks(which: &str, test: &str) {
                     .iter()
                     .any(|f| f.contains("_run_once") || f.contains("run_forever")),
                 "{test}: a loop frame under a task ({n} samples): {stack:?}"
+            );
+            let first = stack.iter().find(|f| !f.starts_with("task "));
+            assert!(
+                first.is_some_and(|f| f.contains("async_tasks.py:")),
+                "{test}: the task's roots are not followed by its coroutine ({n} samples): \
+                 {stack:?}"
             );
         }
     }
@@ -293,10 +296,21 @@ fn function_of(label: &str) -> &str {
 
 #[test]
 fn record_async_aware_3_14() {
-    record_tasks("forky-3.14", "record_async_aware_3_14");
+    record_tasks("forky-3.14", &[], "record_async_aware_3_14");
 }
 
 #[test]
 fn record_async_aware_3_15() {
-    record_tasks("forky-3.15", "record_async_aware_3_15");
+    record_tasks("forky-3.15", &[], "record_async_aware_3_15");
+}
+
+/// Mixed stacks: the loop's native frames (its C task step, the eval loop that runs it) are
+/// left out with its Python ones.
+#[test]
+fn record_async_aware_native_3_14() {
+    record_tasks(
+        "forky-3.14",
+        &["--native"],
+        "record_async_aware_native_3_14",
+    );
 }

@@ -137,8 +137,8 @@ impl Namer {
         }
         if let Some(task) = task {
             let root = raw.truncated as usize;
-            // Below the task's first coroutine, the event loop's frames: left out, where the
-            // stack is Python frames only (its rootmost frame of that code: recursion stays).
+            // Below the task's first coroutine (its rootmost frame of that code: recursion
+            // stays), the event loop's frames, Python and native: left out.
             // A stack without that coroutine is the loop's own work around the task (entering
             // or leaving it): no task root.
             // A task that could not be read (`task ?`) has no known coroutine: code 0 would
@@ -148,12 +148,18 @@ impl Namer {
                 .iter()
                 .rposition(|f| f.code != 0 && f.code == task.coro_code);
             let rooted = match first {
-                Some(j) if raw.native.is_empty() => {
+                Some(j) => {
                     let loop_frames = raw.python[j + 1..].iter().filter(|f| f.code != 0).count();
-                    frames.drain(root..(root + loop_frames).min(frames.len()));
+                    // The coroutine's frame: the Python frame with `loop_frames` before it.
+                    let coroutine = frames[root..]
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, (_, python))| *python)
+                        .nth(loop_frames)
+                        .map_or(frames.len(), |(k, _)| root + k);
+                    frames.drain(root..coroutine);
                     true
                 }
-                Some(_) => true,
                 None => false,
             };
             if rooted {
