@@ -188,6 +188,21 @@ pub fn record_fixture_env(
     result
 }
 
+/// `record_fixture` writing a collapsed profile (`-f raw` among `args`) to the test's scratch
+/// directory: the output and the profile.
+pub fn record_raw(
+    test: &str,
+    args: &[&str],
+    python: &Path,
+    fixture_name: &str,
+    fixture_args: &[&str],
+) -> (Output, Folded) {
+    let out = scratch_dir(test).join("profile.txt");
+    let result = record_fixture(args, &out, python, fixture_name, fixture_args);
+    let profile = parse_folded(&std::fs::read_to_string(&out).expect("reading the profile"));
+    (result, profile)
+}
+
 /// The last line a fixture printed, as JSON: its own measurement of the run.
 pub fn fixture_json(out: &Output) -> serde_json::Value {
     let stdout = String::from_utf8_lossy(&out.stdout);

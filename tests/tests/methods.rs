@@ -20,16 +20,14 @@ fn methods_are_named_with_their_class(version: &str, test: &str) {
     if !privileged() {
         return;
     }
-    let out = scratch_dir(test).join("profile.txt");
-    let result = record_fixture(
+    let (result, profile) = record_raw(
+        test,
         &["-r", RATE, "-f", "raw"],
-        &out,
         &python(version),
         "methods.py",
         &["3"],
     );
     let measured = fixture_json(&result);
-    let profile = parse_folded(&std::fs::read_to_string(&out).unwrap());
     let minor: u32 = version_of(version)
         .split('.')
         .nth(1)

@@ -29,16 +29,14 @@ fn record_short_lived(version: &str, rate: &str, test: &str) {
     if !privileged() {
         return;
     }
-    let out = scratch_dir(test).join("profile.txt");
-    let result = record_fixture(
+    let (result, profile) = record_raw(
+        test,
         &["-r", rate, "-f", "raw"],
-        &out,
         &python(version),
         "short_lived_code.py",
         &[MODULES, &BODY_SECONDS.to_string()],
     );
     let m = fixture_json(&result);
-    let profile = parse_folded(&std::fs::read_to_string(&out).unwrap());
     let stderr = String::from_utf8_lossy(&result.stderr);
     let all = total(&profile);
     let with = |keep: &dyn Fn(&str) -> bool| -> u64 {

@@ -22,15 +22,13 @@ fn record(
     args: &[&str],
     test: &str,
 ) -> (Folded, Value, String) {
-    let out = scratch_dir(test).join("profile.txt");
-    let result = record_fixture(
+    let (result, profile) = record_raw(
+        test,
         &["-r", RATE, "-f", "raw", "--threads"],
-        &out,
         &python(python_version),
         fixture_name,
         args,
     );
-    let profile = parse_folded(&std::fs::read_to_string(&out).unwrap());
     let stderr = String::from_utf8_lossy(&result.stderr).into_owned();
     (profile, fixture_json(&result), stderr)
 }
