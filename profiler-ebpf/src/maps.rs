@@ -94,6 +94,9 @@ pub fn config_value(index: u32) -> u32 {
 pub static OFF_CPU_START: LruHashMap<u32, OffCpuStart> =
     LruHashMap::with_max_entries(MAX_OFF_CPU_THREADS, 0);
 
+/// Bytes of a thread's data stack read at once (a power of two), `Scratch::window`.
+pub const WINDOW: usize = 2048;
+
 /// Slots of `Scratch::code_memo` (a power of two).
 pub const CODE_MEMO_SLOTS: usize = 16;
 
@@ -161,6 +164,12 @@ pub struct Scratch {
     /// One frame's or code object's bytes, read at once; twice `FRAME_READ` so an offset masked
     /// below it plus the field's size stays inside.
     pub bytes: [u8; 2 * profiler_common::FRAME_READ + 16],
+    /// 3.11+: the bytes of `[window_start, window_end)` of the thread's data stack, read at
+    /// once (`python::load_frame`); empty when `window_end` is 0. One more `FRAME_READ` of room
+    /// so a frame at a masked offset stays inside.
+    pub window: [u8; WINDOW + profiler_common::FRAME_READ],
+    pub window_start: u64,
+    pub window_end: u64,
     pub stack: LargeStack,
     /// Where each frame of `stack` was (the `bpf_loop` walk only), for `snapshot_code`'s read
     /// of a frame's first local.
