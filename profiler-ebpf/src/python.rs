@@ -300,8 +300,17 @@ fn holds_gil(target: &TargetInfo, interp: u64, tstate: u64) -> bool {
     if gil == 0 {
         return false;
     }
-    let locked: i32 = read(field(gil, off.gil_locked)).unwrap_or(0);
-    let holder: u64 = read(field(gil, off.gil_last_holder)).unwrap_or(0);
+    // Every layout so far keeps the holder in the word before the lock (`last_holder`, then
+    // `locked`): one read of both.
+    let (locked, holder) = if off.gil_locked == off.gil_last_holder.wrapping_add(8) {
+        let words: [u64; 2] = read(field(gil, off.gil_last_holder)).unwrap_or([0, 0]);
+        (words[1] as u32 as i32, words[0])
+    } else {
+        (
+            read::<i32>(field(gil, off.gil_locked)).unwrap_or(0),
+            read::<u64>(field(gil, off.gil_last_holder)).unwrap_or(0),
+        )
+    };
     locked != 0 && holder == tstate
 }
 
