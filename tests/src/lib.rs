@@ -22,7 +22,8 @@ pub use procs::{
 };
 pub use summary::{
     CALL_RACE, Expected, LAUNCH_FAULTS, LAUNCHED, MAX_COMPLETENESS, MIN_COMPLETENESS, NO_ERRORS,
-    Summary, Work, check_complete, check_errors, completeness_floor, noise, read_faults,
+    Summary, Work, call_races, check_complete, check_errors, completeness_floor, noise,
+    read_faults,
 };
 
 /// The workspace root.

@@ -62,7 +62,7 @@ fn record_short_lived(version: &str, rate: &str, test: &str) {
         &stderr,
         Some(&profile),
         work,
-        &[LAUNCH_FAULTS, CALL_RACE],
+        &[LAUNCH_FAULTS, call_races(all)],
     );
     // Module bodies and snippets are named, on their own lines (a body has up to 15, a snippet's
     // function lines up to 17), and hold at least half the samples their own clocks imply (the
