@@ -59,10 +59,12 @@ pub fn read_faults(threads: u64) -> Expected {
 
 /// A sample that lands while the interpreter links a new frame for a call can find the
 /// thread's current frame not yet readable: it keeps its native frames and loses its Python
-/// ones (`frame read fault`). Seen only with fixtures that make calls at a high rate (sorted()
+/// ones (`frame read fault`). Seen most with fixtures that make calls at a high rate (sorted()
 /// calling its key function, numpy's Python wrappers), in about one run in four, never more
 /// than once a run; 3 of 16 one-second recordings attached mid-run had one, so it is neither
-/// the start nor the end. `kinds.py` (generators and coroutines made and entered) had one on
+/// the start nor the end. In the whole suite, run on a fresh clone, one recording of another
+/// fixture (gil.py, fifty short-lived processes, `--all` over the machine) had one in about
+/// every other run: `check_complete` allows it everywhere (`call_races`). `kinds.py` (generators and coroutines made and entered) had one on
 /// 3.12 in about one suite run in 25.
 pub const CALL_RACE: Expected = ("frame read fault", 0..=2);
 
@@ -297,7 +299,9 @@ pub struct Work {
 ///   kept every sample the kernel recorded,
 /// - the samples of the measured work are at least `completeness_floor` (and at most
 ///   `MAX_COMPLETENESS`) of `rate * cpu`,
-/// - the errors are exactly `expected`: each listed one within its range, no other.
+/// - the errors are exactly `expected`: each listed one within its range, no other; but for the
+///   call race (`call_races`), which any recording of a running interpreter can meet and which
+///   is allowed in proportion to the samples unless `expected` says otherwise.
 ///
 /// Returns the summary for further checks.
 pub fn check_complete(
@@ -351,7 +355,11 @@ pub fn check_complete(
         s.rate,
         100.0 * ratio
     );
-    check_errors(test, &s, expected);
+    let mut expected = expected.to_vec();
+    if !expected.iter().any(|(name, _)| *name == CALL_RACE.0) {
+        expected.push(call_races(s.samples));
+    }
+    check_errors(test, &s, &expected);
     s
 }
 
