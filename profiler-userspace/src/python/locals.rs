@@ -33,9 +33,9 @@ const MAX_TYPES: usize = 1024;
 const TPFLAGS_HEAPTYPE: u64 = 1 << 9;
 const TPFLAGS_LONG_SUBCLASS: u64 = 1 << 24;
 const TPFLAGS_LIST_SUBCLASS: u64 = 1 << 25;
-const TPFLAGS_TUPLE_SUBCLASS: u64 = 1 << 26;
-const TPFLAGS_BYTES_SUBCLASS: u64 = 1 << 27;
-const TPFLAGS_UNICODE_SUBCLASS: u64 = 1 << 28;
+pub(super) const TPFLAGS_TUPLE_SUBCLASS: u64 = 1 << 26;
+pub(super) const TPFLAGS_BYTES_SUBCLASS: u64 = 1 << 27;
+pub(super) const TPFLAGS_UNICODE_SUBCLASS: u64 = 1 << 28;
 const TPFLAGS_DICT_SUBCLASS: u64 = 1 << 29;
 
 // Include/internal/pycore_code.h (3.11+): what a slot of `co_localspluskinds` says.
@@ -464,108 +464,32 @@ mod tests {
         python::{Version, layout_for},
     };
 
-    use std::ops::{Deref, DerefMut};
+    use crate::python::test_heap::{BASE, Objects};
 
-    use crate::python::test_heap::{self, BASE};
-
-    /// Interpreter memory built by hand, with the objects a frame's locals refer to.
-    struct Heap {
-        heap: test_heap::Heap,
-        layout: Layout,
-        /// Type objects made so far, by name.
-        types: HashMap<String, u64>,
-    }
-
-    impl Deref for Heap {
-        type Target = test_heap::Heap;
-        fn deref(&self) -> &Self::Target {
-            &self.heap
-        }
-    }
-
-    impl DerefMut for Heap {
-        fn deref_mut(&mut self) -> &mut Self::Target {
-            &mut self.heap
-        }
-    }
-
-    impl Heap {
-        fn new(layout: Layout) -> Self {
-            Self {
-                heap: test_heap::Heap::new(),
-                layout,
-                types: HashMap::new(),
+    /// An int object holding `n`, as the version lays ints out.
+    fn int(h: &mut Objects, n: i64) -> u64 {
+        let v = h.layout.values;
+        let o = h.object("int", TPFLAGS_LONG_SUBCLASS, 64);
+        let Value::Int { digits, negative } = small_int(n) else {
+            unreachable!()
+        };
+        let size = match v.long_tagged {
+            true => {
+                let sign = match (n, negative) {
+                    (0, _) => 1,
+                    (_, true) => SIGN_NEGATIVE,
+                    _ => 0,
+                };
+                (digits.len() as u64) << NON_SIZE_BITS | sign
             }
+            false if negative => (-(digits.len() as i64)) as u64,
+            false => digits.len() as u64,
+        };
+        h.word(o + v.long_size as u64, size);
+        for (i, d) in digits.iter().enumerate() {
+            h.put(o + v.long_digits as u64 + 4 * i as u64, &d.to_le_bytes());
         }
-        /// A type object named `name` with `flags`, made once.
-        fn ty(&mut self, name: &str, flags: u64) -> u64 {
-            if let Some(&t) = self.types.get(name) {
-                return t;
-            }
-            let v = self.layout.values;
-            let t = self.alloc(512);
-            let s = self.alloc(name.len() as u64 + 1);
-            self.put(s, name.as_bytes());
-            self.word(t + v.tp_name as u64, s);
-            self.word(t + v.tp_flags as u64, flags);
-            self.types.insert(name.into(), t);
-            t
-        }
-        /// A live object of type `name` (refcount 1), `size` bytes.
-        fn object(&mut self, name: &str, flags: u64, size: u64) -> u64 {
-            let t = self.ty(name, flags);
-            let o = self.alloc(size.max(64));
-            self.word(o, 1);
-            let ob_type = self.layout.values.ob_type as u64;
-            self.word(o + ob_type, t);
-            o
-        }
-        fn int(&mut self, n: i64) -> u64 {
-            let v = self.layout.values;
-            let o = self.object("int", TPFLAGS_LONG_SUBCLASS, 64);
-            let Value::Int { digits, negative } = small_int(n) else {
-                unreachable!()
-            };
-            let size = match v.long_tagged {
-                true => {
-                    let sign = match (n, negative) {
-                        (0, _) => 1,
-                        (_, true) => SIGN_NEGATIVE,
-                        _ => 0,
-                    };
-                    (digits.len() as u64) << NON_SIZE_BITS | sign
-                }
-                false if negative => (-(digits.len() as i64)) as u64,
-                false => digits.len() as u64,
-            };
-            self.word(o + v.long_size as u64, size);
-            for (i, d) in digits.iter().enumerate() {
-                self.put(o + v.long_digits as u64 + 4 * i as u64, &d.to_le_bytes());
-            }
-            o
-        }
-        fn str(&mut self, s: &str) -> u64 {
-            let o = self.object("str", TPFLAGS_UNICODE_SUBCLASS, 64 + s.len() as u64);
-            let ob = self.layout.objects;
-            self.heap.ascii(o, &ob, s);
-            o
-        }
-        fn tuple(&mut self, items: &[u64]) -> u64 {
-            let v = self.layout.values;
-            let o = self.object("tuple", TPFLAGS_TUPLE_SUBCLASS, 64 + 8 * items.len() as u64);
-            self.word(o + v.tuple_size as u64, items.len() as u64);
-            for (i, &item) in items.iter().enumerate() {
-                self.word(o + v.tuple_items as u64 + 8 * i as u64, item);
-            }
-            o
-        }
-        fn bytes(&mut self, b: &[u8]) -> u64 {
-            let ob = self.layout.objects;
-            let o = self.object("bytes", TPFLAGS_BYTES_SUBCLASS, 64 + b.len() as u64);
-            self.word(o + ob.bytes_size as u64, b.len() as u64);
-            self.put(o + ob.bytes_data as u64, b);
-            o
-        }
+        o
     }
 
     /// A frame of a function `f(n, s, items, mapping, obj, unset, cell)` on every version: its
@@ -573,8 +497,8 @@ mod tests {
     fn check(layout: Layout) {
         let v = layout.values;
         let minor = layout.version.minor;
-        let mut h = Heap::new(layout);
-        let n = h.int(-1_234_567_890_123);
+        let mut h = Objects::new(layout);
+        let n = int(&mut h, -1_234_567_890_123);
         let s = h.str("hello");
         let list = h.object("list", TPFLAGS_LIST_SUBCLASS, 64);
         h.word(list + v.list_size as u64, 3);
@@ -705,7 +629,7 @@ mod tests {
     #[test]
     fn large_ints_and_bools() {
         let layout = layout_for(Version::new(3, 12)).unwrap();
-        let mut h = Heap::new(layout);
+        let mut h = Objects::new(layout);
         let big = h.object("int", TPFLAGS_LONG_SUBCLASS, 256);
         let v = layout.values;
         h.word(

@@ -147,137 +147,95 @@ fn read_u64(mem: &impl ProcessMemory, addr: u64, offset: u16) -> Result<u64, Cod
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::python::{Version, layout_for, test_heap::Heap};
+    use crate::python::{
+        Version, layout_for,
+        test_heap::{Heap, Objects},
+    };
 
-    /// Objects built by hand for one version.
-    struct Objects {
-        heap: Heap,
-        layout: Layout,
-        str_type: u64,
+    /// A class named `name` (tp_flags `flags`) whose dict holds `entries`; its MRO is set by
+    /// `mro`.
+    fn class(o: &mut Objects, name: &str, flags: u64, entries: &[(&str, u64)]) -> u64 {
+        let v = o.layout.values;
+        let m = v.methods.unwrap();
+        let t = o.ty(name, flags);
+        let entries: Vec<(u64, u64)> = entries.iter().map(|&(k, f)| (o.str(k), f)).collect();
+        let dict = o.alloc(64);
+        let keys = o.keys(&entries, false);
+        o.word(dict + v.dict_used as u64 + 16, keys);
+        o.word(t + m.tp_dict as u64, dict);
+        t
     }
 
-    impl Objects {
-        fn new(minor: u8) -> Self {
-            let layout = layout_for(Version::new(3, minor)).unwrap();
-            let mut heap = Heap::new();
-            let str_type = heap.alloc(512);
-            let mut o = Self {
-                heap,
-                layout,
-                str_type,
-            };
-            let name = o.c_string("str");
-            o.heap.word(str_type + layout.values.tp_name as u64, name);
-            o
-        }
-        fn c_string(&mut self, s: &str) -> u64 {
-            let at = self.heap.alloc(s.len() as u64 + 1);
-            self.heap.put(at, s.as_bytes());
-            at
-        }
-        fn str(&mut self, s: &str) -> u64 {
-            let at = self.heap.alloc(96);
-            self.heap.word(at, 1);
-            self.heap
-                .word(at + self.layout.values.ob_type as u64, self.str_type);
-            let o = self.layout.objects;
-            self.heap.ascii(at, &o, s);
-            at
-        }
-        fn tuple(&mut self, items: &[u64]) -> u64 {
-            let v = self.layout.values;
-            let t = self.heap.alloc(64 + 8 * items.len() as u64);
-            self.heap.word(t + v.tuple_size as u64, items.len() as u64);
-            for (i, &item) in items.iter().enumerate() {
-                self.heap
-                    .word(t + v.tuple_items as u64 + 8 * i as u64, item);
-            }
-            t
-        }
-        /// A type named `name` (tp_flags `flags`) whose dict holds `entries`; its MRO is set
-        /// by `mro`.
-        fn class(&mut self, name: &str, flags: u64, entries: &[(&str, u64)]) -> u64 {
-            let v = self.layout.values;
-            let m = v.methods.unwrap();
-            let t = self.heap.alloc(1024);
-            let n = self.c_string(name);
-            self.heap.word(t + v.tp_name as u64, n);
-            self.heap.word(t + v.tp_flags as u64, flags);
-            let entries: Vec<(u64, u64)> = entries.iter().map(|&(k, f)| (self.str(k), f)).collect();
-            let dict = self.heap.alloc(64);
-            let keys = self.heap.keys(&self.layout, &entries, false);
-            self.heap.word(dict + v.dict_used as u64 + 16, keys);
-            self.heap.word(t + m.tp_dict as u64, dict);
-            t
-        }
-        fn mro(&mut self, class: u64, mro: &[u64]) {
-            let m = self.layout.values.methods.unwrap();
-            let t = self.tuple(mro);
-            self.heap.word(class + m.tp_mro as u64, t);
-        }
-        fn object(&mut self, ty: u64) -> u64 {
-            let o = self.heap.alloc(64);
-            self.heap.word(o + self.layout.values.ob_type as u64, ty);
-            o
-        }
-        /// A code object whose first argument is `first`.
-        fn code(&mut self, first: &str) -> u64 {
-            let LocalNames::Split { varnames, .. } = self.layout.values.names else {
-                unreachable!()
-            };
-            let code = self.heap.alloc(256);
-            let name = self.str(first);
-            let names = self.tuple(&[name]);
-            self.heap.word(code + varnames as u64, names);
-            code
-        }
-        /// A function of type `function` running `code`, qualified as `qualname`.
-        fn function(&mut self, ty: u64, code: u64, qualname: &str) -> u64 {
-            let m = self.layout.values.methods.unwrap();
-            let f = self.object(ty);
-            self.heap.word(f + m.func_code as u64, code);
-            let q = self.str(qualname);
-            self.heap.word(f + m.func_qualname as u64, q);
-            f
-        }
+    fn mro(o: &mut Objects, class: u64, mro: &[u64]) {
+        let m = o.layout.values.methods.unwrap();
+        let t = o.tuple(mro);
+        o.word(class + m.tp_mro as u64, t);
+    }
+
+    /// A code object whose first argument is `first`.
+    fn code(o: &mut Objects, first: &str) -> u64 {
+        let LocalNames::Split { varnames, .. } = o.layout.values.names else {
+            unreachable!()
+        };
+        let code = o.alloc(256);
+        let name = o.str(first);
+        let names = o.tuple(&[name]);
+        o.word(code + varnames as u64, names);
+        code
+    }
+
+    /// A function of type `function` (at `ty`) running `code`, qualified as `qualname`.
+    fn function(o: &mut Objects, ty: u64, code: u64, qualname: &str) -> u64 {
+        let m = o.layout.values.methods.unwrap();
+        let f = o.instance(ty, 128);
+        o.word(f + m.func_code as u64, code);
+        let q = o.str(qualname);
+        o.word(f + m.func_qualname as u64, q);
+        f
     }
 
     /// `Child(Base)`: `Base.speak` inherited, `Child.run` its own, `Child.make` a classmethod,
     /// `wrapped` decorated (its dict holds a wrapper's function), `helper(x)` no method; each
     /// named as its `__qualname__` says, or by the class of `self` where that is not found.
     fn check(minor: u8) {
-        let mut o = Objects::new(minor);
-        let meta = o.class("type", TPFLAGS_TYPE_SUBCLASS, &[]);
-        let function = o.class("function", 0, &[]);
-        let classmethod = o.class("classmethod", 0, &[]);
+        let mut o = Objects::new(layout_for(Version::new(3, minor)).unwrap());
+        let meta = class(&mut o, "type", TPFLAGS_TYPE_SUBCLASS, &[]);
+        let function_type = class(&mut o, "function", 0, &[]);
+        let classmethod = class(&mut o, "classmethod", 0, &[]);
         let (speak, run, make, wrapped, helper) = (
-            o.code("self"),
-            o.code("self"),
-            o.code("cls"),
-            o.code("self"),
-            o.code("x"),
+            code(&mut o, "self"),
+            code(&mut o, "self"),
+            code(&mut o, "cls"),
+            code(&mut o, "self"),
+            code(&mut o, "x"),
         );
-        let speak_f = o.function(function, speak, "Base.speak");
-        let run_f = o.function(function, run, "Child.run");
-        let make_f = o.function(function, make, "Child.make");
-        let make_cm = o.object(classmethod);
+        let speak_f = function(&mut o, function_type, speak, "Base.speak");
+        let run_f = function(&mut o, function_type, run, "Child.run");
+        let make_f = function(&mut o, function_type, make, "Child.make");
+        let make_cm = o.instance(classmethod, 64);
         let m = o.layout.values.methods.unwrap();
-        o.heap.word(make_cm + m.wrapped_callable as u64, make_f);
-        let wrapper_code = o.code("args");
-        let wrapper = o.function(function, wrapper_code, "decorate.<locals>.wrapper");
-        let base = o.class("Base", 0, &[("speak", speak_f), ("run", speak_f)]);
-        let child = o.class(
+        o.word(make_cm + m.wrapped_callable as u64, make_f);
+        let wrapper_code = code(&mut o, "args");
+        let wrapper = function(
+            &mut o,
+            function_type,
+            wrapper_code,
+            "decorate.<locals>.wrapper",
+        );
+        let base = class(&mut o, "Base", 0, &[("speak", speak_f), ("run", speak_f)]);
+        let child = class(
+            &mut o,
             "Child",
             0,
             &[("run", run_f), ("make", make_cm), ("wrapped", wrapper)],
         );
-        let object = o.class("object", 0, &[]);
-        o.mro(base, &[base, object]);
-        o.mro(child, &[child, base, object]);
-        o.mro(object, &[object]);
+        let object = class(&mut o, "object", 0, &[]);
+        mro(&mut o, base, &[base, object]);
+        mro(&mut o, child, &[child, base, object]);
+        mro(&mut o, object, &[object]);
         o.heap.word(child + o.layout.values.ob_type as u64, meta);
-        let instance = o.object(child);
-        let mem = o.heap.mem();
+        let instance = o.instance(child, 64);
+        let mem = o.mem();
         let l = &o.layout;
         let name = |code, n, first, ty| qualified_name(&mem, l, code, n, first, ty);
         assert_eq!(

@@ -176,57 +176,23 @@ mod tests {
     use super::*;
     use crate::python::{Version, layout_for};
 
-    use std::ops::{Deref, DerefMut};
+    use crate::python::test_heap::Objects;
 
-    use crate::python::test_heap;
-
-    /// Interpreter memory built by hand, for one version.
-    struct Heap {
-        heap: test_heap::Heap,
-        layout: Layout,
-    }
-
-    impl Deref for Heap {
-        type Target = test_heap::Heap;
-        fn deref(&self) -> &Self::Target {
-            &self.heap
-        }
-    }
-
-    impl DerefMut for Heap {
-        fn deref_mut(&mut self) -> &mut Self::Target {
-            &mut self.heap
-        }
-    }
-
-    impl Heap {
-        fn new(minor: u8) -> Self {
-            Self {
-                heap: test_heap::Heap::new(),
-                layout: layout_for(Version::new(3, minor)).unwrap(),
-            }
-        }
-        /// A compact ASCII `str`.
-        fn str(&mut self, s: &str) -> u64 {
-            let o = self.layout.objects;
-            let at = self.alloc(96);
-            self.word(at, 1);
-            self.heap.ascii(at, &o, s);
-            at
-        }
+    /// One version's objects, built by hand.
+    fn heap(minor: u8) -> Objects {
+        Objects::new(layout_for(Version::new(3, minor)).unwrap())
     }
 
     /// A dict holding `_name` and `_native_id` (two `str`s here) in its own table, and an
     /// instance whose attributes are those, kept as the version keeps them: both read back.
     fn check(minor: u8) {
-        let mut h = Heap::new(minor);
+        let mut h = heap(minor);
         let v = h.layout.values;
         let (name_key, id_key) = (h.str("_name"), h.str("_native_id"));
         let (name, id) = (h.str("worker"), h.str("17"));
         let entries = [(name_key, name), (id_key, id)];
         let dict = h.alloc(64);
-        let layout = h.layout;
-        let keys = h.heap.keys(&layout, &entries, false);
+        let keys = h.keys(&entries, false);
         h.word(dict + v.dict_used as u64 + 16, keys);
         let mem = h.mem();
         let items = dict_items(&mem, &h.layout, dict).unwrap();
@@ -239,7 +205,7 @@ mod tests {
         let obj = h.alloc(128);
         h.word(obj + v.ob_type as u64, ty);
         let name_at = ty + v.tp_name as u64;
-        let shared = h.heap.keys(&layout, &entries, true);
+        let shared = h.keys(&entries, true);
         h.word(ty + v.dicts.ht_cached_keys as u64, shared);
         let values = match v.dicts.instance {
             InstanceDict::Offset => {
