@@ -348,7 +348,16 @@ pub mod target_options {
     /// any thread (the collector stops the world: no other thread runs Python code meanwhile).
     /// With a GIL, only the thread holding it is the collector's.
     pub const FREE_THREADED: u16 = 2;
+    /// `--async-aware` on 3.11-3.13, which keep no thread's running task where the kernel can
+    /// find it: the kernel records the outermost frame owned by a generator
+    /// (`FRAME_OWNED_BY_GENERATOR`) in `PyStack::task`, the frame embedded in the running task's
+    /// coroutine object, and userspace finds the task whose coroutine that is.
+    pub const OUTERMOST_COROUTINE: u16 = 4;
 }
+
+/// `_PyInterpreterFrame.owner` of a generator's or coroutine's frame, 3.11-3.13
+/// (Include/internal/pycore_frame.h `FRAME_OWNED_BY_GENERATOR`).
+pub const FRAME_OWNED_BY_GENERATOR: u8 = 1;
 
 /// Set in `PyFrame::instr` on the first frame of an eval call (see `TargetInfo::frame_is_entry`).
 /// Instruction offsets never reach it.
@@ -397,7 +406,8 @@ pub struct PyStack<const N: usize> {
     pub flags: u32,
     pub extra: u64,
     /// With `TargetInfo::tstate_running_task`: the address of the asyncio task the thread was
-    /// running, else 0. Part of the stack's id, as the flags are.
+    /// running; with `target_options::OUTERMOST_COROUTINE`: the address of its outermost
+    /// coroutine's frame; else 0. Part of the stack's id, as the flags are.
     pub task: u64,
     pub frames: [PyFrame; N],
 }

@@ -31,8 +31,8 @@ use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user, generated},
 };
 use profiler_common::{
-    CodeSeen, CodeSnapshot, FRAME_READ, FRAMES_PER_CALL, KnownThread, MAX_PYTHON_FRAMES,
-    MAX_THREAD_CALLS, NO_OFFSET, NewStack, OffCpuStart, PY_ENTRY_FRAME, PyFrame,
+    CodeSeen, CodeSnapshot, FRAME_OWNED_BY_GENERATOR, FRAME_READ, FRAMES_PER_CALL, KnownThread,
+    MAX_PYTHON_FRAMES, MAX_THREAD_CALLS, NO_OFFSET, NewStack, OffCpuStart, PY_ENTRY_FRAME, PyFrame,
     SMALL_STACK_FRAMES, SNAPSHOT_CODE, SNAPSHOT_FILENAME, SNAPSHOT_LINETABLE, SNAPSHOT_NAME,
     STACK_IN_GC, STACK_TRUNCATED, SampleKey, SmallStack, Stat, THREADS_PER_CALL, TargetInfo,
     code_tag, config, count_kind, instr_kind, mix, snapshot_part, target_options,
@@ -554,7 +554,15 @@ pub fn walk_one(slot: Slot) -> i64 {
     let has_entry = ne_mask(s.entry_offset as u64, NO_OFFSET as u64);
     let entry_offset = s.entry_offset & (has_entry as u16);
     let mut faults = 0i64;
-    let (f, previous) = read_frame::<true>(s, &target, frame, entry_offset, has_entry, &mut faults);
+    let (f, previous, owner) =
+        read_frame::<true>(s, &target, frame, entry_offset, has_entry, &mut faults);
+    // `OUTERMOST_COROUTINE`: the last generator's frame met, rootward, is the outermost.
+    let coroutine = !ne_mask(owner as u64, FRAME_OWNED_BY_GENERATOR as u64)
+        & !ne_mask(
+            (target.options & target_options::OUTERMOST_COROUTINE) as u64,
+            target_options::OUTERMOST_COROUTINE as u64,
+        );
+    s.stack.task = (frame & coroutine) | (s.stack.task & !coroutine);
     s.stack.frames[len & (MAX_PYTHON_FRAMES - 1)] = f;
     s.frame_addrs[len & (MAX_PYTHON_FRAMES - 1)] = frame;
     s.stack.len = len as u32 + 1;
@@ -721,7 +729,7 @@ fn walk_frames(s: &mut Scratch, target: &TargetInfo) {
         }
         // Frames read alone: the window's code, inlined in this run's unrolled loop, would make
         // the older kernels' program too large to verify.
-        let (slot, previous) =
+        let (slot, previous, _) =
             read_frame::<false>(s, target, frame, entry_offset, has_entry, &mut faults);
         s.stack.frames[(base + j) & (MAX_PYTHON_FRAMES - 1)] = slot;
         code_seen |= slot.code;
@@ -743,7 +751,7 @@ fn walk_frames(s: &mut Scratch, target: &TargetInfo) {
 
 /// Reads the frame at `frame` (one read, or a copy from the window with `WINDOWED`,
 /// `load_frame`) and its code object's tag: the frame's slot, and the address of the frame
-/// below it. A failed read sets `faults` (the slot is then of zeroes).
+/// below it, and its owner. A failed read sets `faults` (the slot is then of zeroes).
 #[inline(always)]
 fn read_frame<const WINDOWED: bool>(
     s: &mut Scratch,
@@ -752,7 +760,7 @@ fn read_frame<const WINDOWED: bool>(
     entry_offset: u16,
     has_entry: u64,
     faults: &mut i64,
-) -> (PyFrame, u64) {
+) -> (PyFrame, u64, u8) {
     let off = &target.offsets;
     // Masks, so the body needs no branch on the layout.
     let pointer_mask = !ne_mask(off.instr_kind as u64, instr_kind::POINTER as u64);
@@ -772,7 +780,7 @@ fn read_frame<const WINDOWED: bool>(
     let instr =
         (raw_instr.wrapping_sub(code & pointer_mask) as u32 & !PY_ENTRY_FRAME) | entry as u32;
     let tag = code_tag_of(s, target, code, faults) & keep as u32;
-    (PyFrame { code, instr, tag }, previous)
+    (PyFrame { code, instr, tag }, previous, owner)
 }
 
 /// Puts the frame at `frame` in the scratch buffer (as `read_bytes` does); returns 0 or the

@@ -1,8 +1,10 @@
 //! Issue 18, end to end as root: `--async-aware` on CPython 3.14 and 3.15 (Debian forky's, in a
-//! container). `async_tasks.py` runs named tasks with known awaits and says what it knows of
-//! them itself (asyncio.capture_call_graph): `dump --async-aware` must print every task, the
-//! tasks that await it, and the coroutine chain of each task that stays where it is. An older
-//! version is refused with a message that says which versions work. `record --async-aware`
+//! container), which publish where their tasks are, and on 3.11-3.13 (pyenv's, and Debian's
+//! stripped 3.11), which do not. `async_tasks.py` runs named tasks with known awaits and says
+//! what it knows of them itself (asyncio.capture_call_graph, or before 3.14 its tasks' done
+//! callbacks and `cr_await`): `dump --async-aware` must print every task, the tasks that await
+//! it, and the coroutine chain of each task that stays where it is. An older version is refused
+//! with a message that says which versions work. `record --async-aware`
 //! must root each sample of a task at `task NAME` under the task awaiting it, without the event
 //! loop's frames, each task with its measured share of the CPU time and each of its two
 //! coroutines with theirs.
@@ -184,13 +186,34 @@ fn dump_async_aware_3_15() {
     dump_tasks("forky-3.15");
 }
 
-/// 3.13 keeps its tasks where nothing says: refused, with the versions that work.
 #[test]
-fn async_aware_needs_3_14() {
+fn dump_async_aware_3_11() {
+    dump_tasks("3.11");
+}
+
+#[test]
+fn dump_async_aware_debian_3_11() {
+    dump_tasks("debian-3.11");
+}
+
+#[test]
+fn dump_async_aware_3_12() {
+    dump_tasks("3.12");
+}
+
+#[test]
+fn dump_async_aware_3_13() {
+    dump_tasks("3.13");
+}
+
+/// 3.10's tasks run coroutines whose frames are not the tasks' own: refused, with the versions
+/// that work.
+#[test]
+fn async_aware_needs_3_11() {
     if !privileged() {
         return;
     }
-    let mut child = Command::new(python("3.13"))
+    let mut child = Command::new(python("3.10"))
         .args([
             "-c",
             "import asyncio, time; print(1, flush=True); time.sleep(30)",
@@ -207,7 +230,7 @@ fn async_aware_needs_3_14() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(
-        stderr.contains("--async-aware needs CPython 3.14 or newer") && stderr.contains("3.13"),
+        stderr.contains("--async-aware needs CPython 3.11 or newer") && stderr.contains("3.10"),
         "{stderr}"
     );
 }
@@ -313,4 +336,31 @@ fn record_async_aware_native_3_14() {
         &["--native"],
         "record_async_aware_native_3_14",
     );
+}
+
+#[test]
+fn record_async_aware_3_11() {
+    record_tasks("3.11", &[], "record_async_aware_3_11");
+}
+
+#[test]
+fn record_async_aware_debian_3_11() {
+    record_tasks("debian-3.11", &[], "record_async_aware_debian_3_11");
+}
+
+#[test]
+fn record_async_aware_3_12() {
+    record_tasks("3.12", &[], "record_async_aware_3_12");
+}
+
+#[test]
+fn record_async_aware_3_13() {
+    record_tasks("3.13", &[], "record_async_aware_3_13");
+}
+
+/// Mixed stacks on 3.12: the C task step and the eval loop above the loop's Python frames go
+/// with them.
+#[test]
+fn record_async_aware_native_3_12() {
+    record_tasks("3.12", &["--native"], "record_async_aware_native_3_12");
 }

@@ -151,7 +151,7 @@ pub struct TopArgs {
     pub native: bool,
 
     /// Show asyncio tasks as rows (`task NAME`), each with its share, in place of the event
-    /// loop's frames (CPython 3.14+).
+    /// loop's frames (CPython 3.11+).
     #[arg(long)]
     pub async_aware: bool,
 
@@ -265,7 +265,7 @@ pub struct DumpArgs {
     pub json: bool,
 
     /// The asyncio tasks too: each with its coroutine chain and the tasks that await it
-    /// (CPython 3.14+).
+    /// (CPython 3.11+).
     #[arg(long)]
     pub async_aware: bool,
 
@@ -358,7 +358,7 @@ pub struct RecordArgs {
     pub gil: bool,
 
     /// Root each sample of an asyncio task at `task NAME`, under the tasks that await it, in
-    /// place of the event loop's frames (CPython 3.14+).
+    /// place of the event loop's frames (CPython 3.11+).
     #[arg(long)]
     pub async_aware: bool,
 

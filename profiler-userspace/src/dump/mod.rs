@@ -10,7 +10,7 @@
 //! `--subprocesses` every Python process under the pid is dumped in turn. Threads are named as
 //! Python names them (`python::thread_names`, else the kernel's name), and up to 3.10 a method's
 //! frame as `Class.method` from its first argument (`python::methods`), read beside the frames
-//! as the locals are. With `--async-aware` (3.14+) the asyncio tasks are read too
+//! as the locals are. With `--async-aware` (3.11+) the asyncio tasks are read too
 //! (`python::asyncio`), right after the threads, and each is printed with its coroutine chain (a
 //! running task's taken from its thread's stack) and the tasks that await it. The text is written by
 //! `render` (values by `repr`), the JSON by `json`. It ties those stages together and holds none
@@ -482,7 +482,15 @@ impl Names {
         tasks
             .iter()
             .map(|t| {
-                let on_stack = t.running_in.and_then(|tid| {
+                // 3.11-3.13 say of no thread which task it runs: the thread whose stack holds
+                // the task's first coroutine runs it.
+                let running_in = t.running_in.or_else(|| {
+                    let s = stacks
+                        .iter()
+                        .find(|s| t.coro_frame != 0 && s.frame_addrs.contains(&t.coro_frame))?;
+                    Some(s.tid)
+                });
+                let on_stack = running_in.and_then(|tid| {
                     let s = stacks.iter().find(|s| s.tid == tid)?;
                     let at = s.frame_addrs.iter().position(|&f| f == t.coro_frame)?;
                     Some(s.frames[..=at].to_vec())
@@ -498,7 +506,7 @@ impl Names {
                 TaskDump {
                     name: t.name.clone(),
                     addr: t.addr,
-                    running_in: t.running_in.map(|tid| ids.resolve(tid).0),
+                    running_in: running_in.map(|tid| ids.resolve(tid).0),
                     frames: self.frames(&chain, None, None, (Vec::new(), Vec::new())),
                     awaited_by: t.awaited_by.iter().map(|&a| name_of(a)).collect(),
                 }

@@ -1,26 +1,45 @@
-//! asyncio tasks, read from the process for `--async-aware` (3.14+): where the `_asyncio`
-//! module publishes its layout (`_Py_AsyncioModuleDebugOffsets`, in the `.AsyncioDebug` section
-//! of the ELF file that holds the module), every task of every thread (each thread state keeps a
-//! list of the tasks it created; tasks of threads that have exited move to the interpreter's),
-//! each task's name, its coroutine chain (a suspended coroutine's embedded frame, then the
-//! coroutine it awaits) and the tasks that await it; and each thread's running task. Pure over
-//! `ProcessMemory` once the section is found; knows nothing of BPF or of how tasks are shown.
-//! Every list and chain is walked with a bound, against a process that changes under the read.
+//! asyncio tasks, read from the process for `--async-aware`: every task, its name, its
+//! coroutine chain (a suspended coroutine's embedded frame, then the coroutine it awaits) and
+//! the tasks that await it. Two sources:
+//! - 3.14+ publish the `_asyncio` module's layout (`_Py_AsyncioModuleDebugOffsets`, in the
+//!   `.AsyncioDebug` section of the ELF file that holds the module): each thread state keeps a
+//!   list of the tasks it created (tasks of threads that have exited move to the
+//!   interpreter's), its running task, and each task the set of tasks awaiting it.
+//! - 3.11-3.13 publish nothing: the C `Task`'s layout is this module's (from the DWARF of
+//!   CPython's builds, checked against the type's size), the tasks are in `asyncio.tasks`'
+//!   registries (a `WeakSet`, and from 3.12 the set of eager tasks), and a task's awaiters are
+//!   found through its done callbacks: the wakeup of the task that awaits it, or the
+//!   `TaskGroup` whose parent task it is. No thread state says which task runs: the kernel
+//!   records the outermost coroutine frame of the stack (`OUTERMOST_COROUTINE`) and
+//!   `TaskIndex` finds the task whose coroutine that is.
+//!
+//! Pure over `ProcessMemory` once the layout is found; knows nothing of BPF or of how tasks are
+//! shown. Every list and chain is walked with a bound, against a process that changes under the
+//! read.
 
-use std::{collections::HashSet, io};
+use std::{
+    collections::{HashMap, HashSet},
+    io,
+    time::{Duration, Instant},
+};
 
 use profiler_common::{MAX_PYTHON_FRAMES, PyFrame, TargetInfo};
 
 use super::{
-    Layout, Version, debug_offsets,
+    Layout, Version,
+    code::CodeError,
+    debug_offsets,
     discover::PythonProcess,
-    locals::{LocalsReader, Value},
+    locals::{LocalsReader, Value, read_c_string},
+    objects::{SetLayout, attributes, lookup, module_globals, set_keys},
     threads::read_frame,
 };
 use crate::process::{self, ProcessMemory, elf};
 
+/// The first version whose tasks are read.
+pub const FIRST: Version = Version::new(3, 11);
 /// The first version that publishes where its tasks are.
-pub const FIRST: Version = Version::new(3, 14);
+pub const FIRST_PUBLISHED: Version = Version::new(3, 14);
 
 /// The ELF section `_asyncio` keeps its `_Py_AsyncioModuleDebugOffsets` in (Python/remote_debug.h
 /// `GENERATE_DEBUG_SECTION`): in the executable when the module is built in (Debian's 3.15), in
@@ -31,13 +50,11 @@ const SECTION: &str = ".AsyncioDebug";
 pub const MAX_TASKS: usize = 1 << 16;
 /// Awaiting tasks read per task (`awaited_by` is a set once a second task awaits it).
 const MAX_AWAITERS: usize = 256;
-/// The largest `awaited_by` set table read (entries).
-const MAX_SET_TABLE: u64 = 1 << 12;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AsyncioError {
     #[error(
-        "--async-aware needs CPython 3.14 or newer (which publish where asyncio's tasks are); \
+        "--async-aware needs CPython 3.11 or newer (whose tasks keep their coroutine's frame); \
          this process runs {0}"
     )]
     TooOld(Version),
@@ -48,6 +65,15 @@ pub enum AsyncioError {
     FreeThreaded,
     #[error("asyncio is not loaded in this process (no {SECTION} section in what it maps)")]
     NotLoaded,
+    #[error("asyncio is not imported in this process (no asyncio.tasks in sys.modules)")]
+    NotImported,
+    #[error(
+        "asyncio.tasks.Task is {0}, not the C task of _asyncio ({1} bytes) that --async-aware \
+         reads"
+    )]
+    NotCTask(String, u64),
+    #[error("reading asyncio.tasks: {0}")]
+    Module(#[from] CodeError),
     #[error("reading the process's mappings for {SECTION}: {0}")]
     Maps(io::Error),
     #[error("reading _Py_DebugOffsets for the coroutine layout: {0}")]
@@ -60,36 +86,106 @@ pub enum AsyncioError {
     OutOfRange { field: &'static str, value: u64 },
 }
 
-/// Where asyncio's structures are: the module's published offsets and the coroutine and set
-/// offsets of `_Py_DebugOffsets`, each checked against its struct's published size.
+/// Where asyncio's structures are: the task's name and coroutine, the coroutine's embedded
+/// frame and state, where a suspended frame keeps what it awaits, and where the tasks are.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct AsyncioLayout {
     pub task_name: u64,
+    pub task_coro: u64,
+    pub gen_iframe: u64,
+    pub gen_frame_state: u64,
+    pub stack_top: StackTop,
+    /// `gi_frame_state` of a coroutine suspended in `await` and of one whose frame is gone
+    /// (`FRAME_CLEARED`), Include/internal/pycore_frame.h: -1 and 4 up to 3.14 (3.11 and 3.12
+    /// call the first `FRAME_SUSPENDED`: a coroutine suspends only in `await`); 2 and 5 in
+    /// 3.15, which renumbered the states.
+    pub yield_from: i8,
+    pub cleared: i8,
+    pub registry: Registry,
+}
+
+/// Where a suspended frame's value stack ends: what it awaits (the receiver of `SEND`) is the
+/// last value on it, or in 3.15 the one before.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StackTop {
+    /// 3.14+: `_PyInterpreterFrame.stackpointer` (a pointer past the last value); the awaited
+    /// value is `slot` words below it.
+    Pointer { at: u64, slot: u64 },
+    /// 3.11-3.13: `_PyInterpreterFrame.stacktop` (an `int`, the index past the last value in
+    /// `localsplus`).
+    Index { at: u64, localsplus: u64 },
+}
+
+/// Where the tasks are, and what awaits a task.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Registry {
+    Published(Published),
+    Module(Module),
+}
+
+/// 3.14+: `.AsyncioDebug` and the set and list offsets of `_Py_DebugOffsets`, each checked
+/// against its struct's published size.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Published {
     pub task_awaited_by: u64,
     pub task_is_task: u64,
     pub task_awaited_by_is_set: u64,
-    pub task_coro: u64,
     pub task_node: u64,
     pub interp_tasks_head: u64,
     pub tstate_running_loop: u64,
     pub tstate_running_task: u64,
     pub tstate_tasks_head: u64,
-    pub gen_iframe: u64,
-    pub gen_frame_state: u64,
-    pub frame_stackpointer: u64,
-    pub set_used: u64,
-    pub set_table: u64,
-    pub set_mask: u64,
+    pub set: SetLayout,
     pub llist_next: u64,
-    /// Which stack slot below a suspended frame's stack pointer holds what it awaits (the
-    /// receiver of `SEND`): `stackpointer[-1]` in 3.14, `stackpointer[-2]` in 3.15.
-    pub await_slot: u64,
-    /// `gi_frame_state` of a coroutine suspended in `await` (`FRAME_SUSPENDED_YIELD_FROM`) and
-    /// of one whose frame is gone (`FRAME_CLEARED`), Include/internal/pycore_frame.h: -1 and 4
-    /// in 3.14; 2 and 5 in 3.15, which renumbered the states.
-    pub yield_from: i8,
-    pub cleared: i8,
 }
+
+/// 3.11-3.13: the C task's layout (Modules/_asynciomodule.c `TaskObj`, whose head is
+/// `FutureObj`'s) and the registries of `asyncio.tasks`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Module {
+    /// `_asyncio.Task`, the type every task is of or derives from.
+    pub task_type: u64,
+    /// `fut_callback0` (the first done callback) and `fut_callbacks` (a list of `(callback,
+    /// context)` tuples for the others).
+    pub callback0: u64,
+    pub callbacks: u64,
+    /// `_all_tasks` (3.11) or `_scheduled_tasks` (3.12+), a `WeakSet`; `_eager_tasks` (3.12+),
+    /// a set, or 0.
+    pub weak_tasks: u64,
+    pub eager_tasks: u64,
+}
+
+/// The C task of 3.11-3.13: its size (`tp_basicsize`), and `task_name`, `task_coro`; the
+/// coroutine's `gi_iframe` and `gi_frame_state` (DWARF of CPython 3.11.7, 3.12.1, 3.13.0).
+fn module_offsets(v: Version) -> Option<(u64, u64, u64, u64, u64)> {
+    match (v.major, v.minor) {
+        (3, 11) => Some((176, 144, 136, 80, 75)),
+        (3, 12) => Some((176, 144, 136, 72, 67)),
+        (3, 13) => Some((144, 128, 120, 72, 67)),
+        _ => None,
+    }
+}
+
+/// `fut_callback0` and `fut_callbacks`, 3.11-3.13.
+const FUTURE_CALLBACK0: u64 = 24;
+const FUTURE_CALLBACKS: u64 = 40;
+/// `_PyInterpreterFrame.stacktop` and `.localsplus`, 3.11-3.13.
+const FRAME_STACKTOP: u64 = 64;
+const FRAME_LOCALSPLUS: u64 = 72;
+/// `PyTypeObject.tp_base`, from `tp_name` (Include/cpython/object.h, 3.8-3.13), and
+/// `tp_basicsize`.
+const TP_BASE_AFTER_NAME: u64 = 232;
+const TP_BASICSIZE_AFTER_NAME: u64 = 8;
+/// `PyWeakReference.wr_object`; `PyCFunctionObject.m_self` and `PyMethodObject.im_self`; the
+/// task of 3.11's `TaskWakeupMethWrapper` (`ww_task`); `PyListObject.ob_item`.
+const WEAKREF_OBJECT: u64 = 16;
+const BOUND_SELF: u64 = 24;
+const WAKEUP_WRAPPER_TASK: u64 = 16;
+const LIST_ITEMS: u64 = 24;
+/// Base classes followed up from a task's type to `_asyncio.Task`.
+const MAX_BASES: usize = 16;
+/// Characters of a type's name compared.
+const MAX_TYPE_NAME: usize = 128;
 
 /// `_Py_AsyncioModuleDebugOffsets` (Modules/_asynciomodule.c), 3.14 and 3.15 alike: the task
 /// object's (size, name, awaited_by, is_task, awaited_by_is_set, coro, task_node), the
@@ -127,32 +223,46 @@ impl AsyncioLayout {
         let interp = sized("asyncio_interpreter_state.size", 7, 1 << 24)?;
         let tstate = sized("asyncio_thread_state.size", 9, 1 << 16)?;
         let get = |name: &'static str| published.get(name).ok_or(AsyncioError::Missing(name));
-        let (await_slot, yield_from, cleared) = match published.header.version {
+        let (slot, yield_from, cleared) = match published.header.version {
             v if v <= Version::new(3, 14) => (1, -1, 4),
             _ => (2, 2, 5),
         };
         Ok(Self {
             task_name: inside("task_name", 1, task)?,
-            task_awaited_by: inside("task_awaited_by", 2, task)?,
-            task_is_task: inside("task_is_task", 3, task)?,
-            task_awaited_by_is_set: inside("task_awaited_by_is_set", 4, task)?,
             task_coro: inside("task_coro", 5, task)?,
-            task_node: inside("task_node", 6, task)?,
-            interp_tasks_head: inside("asyncio_tasks_head", 8, interp)?,
-            tstate_running_loop: inside("asyncio_running_loop", 10, tstate)?,
-            tstate_running_task: inside("asyncio_running_task", 11, tstate)?,
-            tstate_tasks_head: inside("asyncio_tasks_head", 12, tstate)?,
             gen_iframe: get("gen_object.gi_iframe")?,
             gen_frame_state: get("gen_object.gi_frame_state")?,
-            frame_stackpointer: get("interpreter_frame.stackpointer")?,
-            set_used: get("set_object.used")?,
-            set_table: get("set_object.table")?,
-            set_mask: get("set_object.mask")?,
-            llist_next: get("llist_node.next")?,
-            await_slot,
+            stack_top: StackTop::Pointer {
+                at: get("interpreter_frame.stackpointer")?,
+                slot,
+            },
             yield_from,
             cleared,
+            registry: Registry::Published(Published {
+                task_awaited_by: inside("task_awaited_by", 2, task)?,
+                task_is_task: inside("task_is_task", 3, task)?,
+                task_awaited_by_is_set: inside("task_awaited_by_is_set", 4, task)?,
+                task_node: inside("task_node", 6, task)?,
+                interp_tasks_head: inside("asyncio_tasks_head", 8, interp)?,
+                tstate_running_loop: inside("asyncio_running_loop", 10, tstate)?,
+                tstate_running_task: inside("asyncio_running_task", 11, tstate)?,
+                tstate_tasks_head: inside("asyncio_tasks_head", 12, tstate)?,
+                set: SetLayout {
+                    used: get("set_object.used")?,
+                    mask: get("set_object.mask")?,
+                    table: get("set_object.table")?,
+                },
+                llist_next: get("llist_node.next")?,
+            }),
         })
+    }
+
+    /// 3.14+'s published lists, or None (3.11-3.13).
+    pub fn published(&self) -> Option<&Published> {
+        match &self.registry {
+            Registry::Published(p) => Some(p),
+            Registry::Module(_) => None,
+        }
     }
 }
 
@@ -162,15 +272,69 @@ pub fn locate(
     p: &PythonProcess,
     layout: &Layout,
 ) -> Result<AsyncioLayout, AsyncioError> {
+    check_version(p, layout)?;
+    if p.version < FIRST_PUBLISHED {
+        return locate_module(mem, p, layout);
+    }
+    let published = debug_offsets::read(mem, p.runtime_addr, p.version, p.runtime_size)?;
+    let at = find_section(p.pid)?.ok_or(AsyncioError::NotLoaded)?;
+    AsyncioLayout::parse(&mem.read_vec(at, WORDS * 8)?, &published)
+}
+
+/// Refuses a version or build whose tasks are not read.
+fn check_version(p: &PythonProcess, layout: &Layout) -> Result<(), AsyncioError> {
     if p.version < FIRST {
         return Err(AsyncioError::TooOld(p.version));
     }
     if layout.free_threaded {
         return Err(AsyncioError::FreeThreaded);
     }
-    let published = debug_offsets::read(mem, p.runtime_addr, p.version, p.runtime_size)?;
-    let at = find_section(p.pid)?.ok_or(AsyncioError::NotLoaded)?;
-    AsyncioLayout::parse(&mem.read_vec(at, WORDS * 8)?, &published)
+    Ok(())
+}
+
+/// 3.11-3.13: `asyncio.tasks`' `Task` (checked to be `_asyncio`'s C task, of the size this
+/// module knows) and its registries.
+fn locate_module(
+    mem: &impl ProcessMemory,
+    p: &PythonProcess,
+    layout: &Layout,
+) -> Result<AsyncioLayout, AsyncioError> {
+    let Some((size, name, coro, iframe, frame_state)) = module_offsets(p.version) else {
+        return Err(AsyncioError::TooOld(p.version));
+    };
+    let globals = module_globals(mem, layout, p.runtime_addr, "asyncio.tasks")?
+        .ok_or(AsyncioError::NotImported)?;
+    let global = |n: &str| lookup(mem, layout, &globals, n).unwrap_or(0);
+    let task_type = global("Task");
+    let name_at = task_type.wrapping_add(layout.values.tp_name as u64);
+    let type_name = read_c_string(mem, mem.read_u64(name_at)?, MAX_TYPE_NAME)?;
+    let basic_size = mem.read_u64(name_at.wrapping_add(TP_BASICSIZE_AFTER_NAME))?;
+    if type_name != "_asyncio.Task" || basic_size != size {
+        return Err(AsyncioError::NotCTask(type_name, size));
+    }
+    let weak_tasks = match global("_scheduled_tasks") {
+        0 => global("_all_tasks"),
+        t => t,
+    };
+    Ok(AsyncioLayout {
+        task_name: name,
+        task_coro: coro,
+        gen_iframe: iframe,
+        gen_frame_state: frame_state,
+        stack_top: StackTop::Index {
+            at: FRAME_STACKTOP,
+            localsplus: FRAME_LOCALSPLUS,
+        },
+        yield_from: -1,
+        cleared: 4,
+        registry: Registry::Module(Module {
+            task_type,
+            callback0: FUTURE_CALLBACK0,
+            callbacks: FUTURE_CALLBACKS,
+            weak_tasks,
+            eager_tasks: global("_eager_tasks"),
+        }),
+    })
 }
 
 /// The address of `.AsyncioDebug` in process `pid`, in the executable or a mapped `_asyncio`
@@ -205,26 +369,46 @@ fn find_section(pid: u32) -> Result<Option<u64>, AsyncioError> {
     Ok(None)
 }
 
-/// `_PyThreadStateImpl.asyncio_running_task` for the kernel (`record --async-aware`): as the
-/// process's `.AsyncioDebug` says, or, before a 3.14 process has imported asyncio (its
+/// What the kernel records of a thread's task with each stack (`record --async-aware`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KernelTask {
+    /// 3.14+: `_PyThreadStateImpl.asyncio_running_task`, at this offset.
+    RunningTask(u16),
+    /// 3.11-3.13: the outermost coroutine's frame (`target_options::OUTERMOST_COROUTINE`).
+    OutermostCoroutine,
+}
+
+/// What the kernel is to record of process `p`'s tasks. 3.14+: the running task's offset, as
+/// the process's `.AsyncioDebug` says, or, before a 3.14 process has imported asyncio (its
 /// `_asyncio` is a shared module, mapped only then), the value of CPython's default build
-/// (3.14: 872, 3.15: 1032; the interpreter's struct, not the module's, holds it).
-pub fn running_task_offset(
+/// (3.14: 872, 3.15: 1032; the interpreter's struct, not the module's, holds it). 3.11-3.13
+/// need nothing of the process: its tasks are found once they are met.
+pub fn kernel_task(
     mem: &impl ProcessMemory,
     p: &PythonProcess,
     layout: &Layout,
-) -> Result<u16, AsyncioError> {
+) -> Result<KernelTask, AsyncioError> {
+    check_version(p, layout)?;
+    if p.version < FIRST_PUBLISHED {
+        return Ok(KernelTask::OutermostCoroutine);
+    }
     let default = match (p.version.major, p.version.minor) {
         (3, 14) => 872,
         (3, 15) => 1032,
         _ => 0,
     };
     match locate(mem, p, layout) {
-        Ok(a) => u16::try_from(a.tstate_running_task).map_err(|_| AsyncioError::OutOfRange {
-            field: "asyncio_running_task",
-            value: a.tstate_running_task,
-        }),
-        Err(AsyncioError::NotLoaded) if default != 0 => Ok(default),
+        Ok(AsyncioLayout {
+            registry: Registry::Published(a),
+            ..
+        }) => u16::try_from(a.tstate_running_task)
+            .map(KernelTask::RunningTask)
+            .map_err(|_| AsyncioError::OutOfRange {
+                field: "asyncio_running_task",
+                value: a.tstate_running_task,
+            }),
+        Ok(_) => Err(AsyncioError::TooOld(p.version)),
+        Err(AsyncioError::NotLoaded) if default != 0 => Ok(KernelTask::RunningTask(default)),
         Err(e) => Err(e),
     }
 }
@@ -264,7 +448,7 @@ pub fn task_roots(
     let mut at = task;
     while chain.len() < MAX_AWAITER_DEPTH {
         // Only a task of the same type: anything else in a set is its marker of a removed key.
-        let Some(&by) = awaited_by(mem, a, at)
+        let Some(&by) = awaited_by(mem, layout, a, at)
             .unwrap_or_default()
             .iter()
             .find(|&&t| task_type != 0 && ob_type(t).ok() == Some(task_type))
@@ -288,9 +472,11 @@ pub struct Task {
     /// Its name (`Task-3` for one never named).
     pub name: String,
     /// `native_thread_id` of the thread whose list holds it: the thread that created it (None:
-    /// the interpreter's list, where the tasks of an exited thread go).
+    /// the interpreter's list, where the tasks of an exited thread go, and 3.11-3.13, whose
+    /// registries are the process's).
     pub thread: Option<u64>,
-    /// The thread it is running in now, if it is some thread's running task.
+    /// The thread it is running in now, if it is some thread's running task (3.14+; the
+    /// caller finds it from the threads' stacks on 3.11-3.13).
     pub running_in: Option<u64>,
     /// Its coroutine chain, leaf (the innermost awaited coroutine) first. A running task's is
     /// its first coroutine's frame only: the rest is on its thread's stack.
@@ -302,52 +488,60 @@ pub struct Task {
     pub awaited_by: Vec<u64>,
 }
 
-/// Every task of the main interpreter, thread by thread in the interpreter's thread order,
-/// then the interpreter's own list.
+/// Every task of the main interpreter: 3.14+ thread by thread in the interpreter's thread
+/// order, then the interpreter's own list; 3.11-3.13 in the registries' order.
 pub fn read_tasks(
     mem: &impl ProcessMemory,
     layout: &Layout,
     target: &TargetInfo,
     a: &AsyncioLayout,
 ) -> io::Result<Vec<Task>> {
-    let k = &target.offsets;
-    let field = |base: u64, off: u64| base.wrapping_add(off);
-    let interp = mem.read_u64(field(
-        target.runtime_addr,
-        k.runtime_interpreters_head as u64,
-    ))?;
-    if interp == 0 {
-        return Ok(Vec::new());
-    }
     let mut names = LocalsReader::new(mem, layout);
-    let ob_type = layout.values.ob_type as u64;
     let mut tasks = Vec::new();
-    let mut running = Vec::new();
-    let mut tstate = mem.read_u64(field(interp, k.interp_threads_head as u64))?;
-    let mut threads = 0;
-    while tstate != 0 && threads < MAX_TASKS {
-        threads += 1;
-        let tid = mem.read_u64(field(tstate, k.tstate_native_thread_id as u64))?;
-        // The running task is set only while the thread runs a loop.
-        if mem.read_u64(field(tstate, a.tstate_running_loop))? != 0 {
-            running.push((mem.read_u64(field(tstate, a.tstate_running_task))?, tid));
+    match &a.registry {
+        Registry::Published(p) => {
+            let k = &target.offsets;
+            let field = |base: u64, off: u64| base.wrapping_add(off);
+            let interp = mem.read_u64(field(
+                target.runtime_addr,
+                k.runtime_interpreters_head as u64,
+            ))?;
+            if interp == 0 {
+                return Ok(Vec::new());
+            }
+            let mut running = Vec::new();
+            let mut tstate = mem.read_u64(field(interp, k.interp_threads_head as u64))?;
+            let mut threads = 0;
+            while tstate != 0 && threads < MAX_TASKS {
+                threads += 1;
+                let tid = mem.read_u64(field(tstate, k.tstate_native_thread_id as u64))?;
+                // The running task is set only while the thread runs a loop.
+                if mem.read_u64(field(tstate, p.tstate_running_loop))? != 0 {
+                    running.push((mem.read_u64(field(tstate, p.tstate_running_task))?, tid));
+                }
+                let head = field(tstate, p.tstate_tasks_head);
+                for addr in list(mem, p, head, MAX_TASKS - tasks.len())? {
+                    let mut t = read_task(mem, layout, target, a, &mut names, addr)?;
+                    t.thread = Some(tid);
+                    tasks.push(t);
+                }
+                tstate = mem.read_u64(field(tstate, k.tstate_next as u64))?;
+            }
+            let head = field(interp, p.interp_tasks_head);
+            for addr in list(mem, p, head, MAX_TASKS - tasks.len())? {
+                tasks.push(read_task(mem, layout, target, a, &mut names, addr)?);
+            }
+            // A running task is in its creator's list, which may be another thread's.
+            for (task, tid) in running {
+                if let Some(t) = tasks.iter_mut().find(|t| t.addr == task) {
+                    t.running_in = Some(tid);
+                }
+            }
         }
-        let head = field(tstate, a.tstate_tasks_head);
-        for addr in list(mem, a, head, MAX_TASKS - tasks.len())? {
-            let mut t = read_task(mem, target, a, ob_type, &mut names, addr)?;
-            t.thread = Some(tid);
-            tasks.push(t);
-        }
-        tstate = mem.read_u64(field(tstate, k.tstate_next as u64))?;
-    }
-    let head = field(interp, a.interp_tasks_head);
-    for addr in list(mem, a, head, MAX_TASKS - tasks.len())? {
-        tasks.push(read_task(mem, target, a, ob_type, &mut names, addr)?);
-    }
-    // A running task is in its creator's list, which may be another thread's.
-    for (task, tid) in running {
-        if let Some(t) = tasks.iter_mut().find(|t| t.addr == task) {
-            t.running_in = Some(tid);
+        Registry::Module(m) => {
+            for addr in registered(mem, layout, m)? {
+                tasks.push(read_task(mem, layout, target, a, &mut names, addr)?);
+            }
         }
     }
     // Only tasks await tasks: anything else in a set's table is the set's marker of a removed
@@ -359,18 +553,66 @@ pub fn read_tasks(
     Ok(tasks)
 }
 
-/// The tasks on the list whose head (an `llist_node`) is at `head`, at most `max`.
-fn list(
-    mem: &impl ProcessMemory,
-    a: &AsyncioLayout,
-    head: u64,
-    max: usize,
-) -> io::Result<Vec<u64>> {
+/// 3.11-3.13: the tasks in `asyncio.tasks`' registries (each live weak reference's object,
+/// and the eager tasks), each once, at most `MAX_TASKS`.
+fn registered(mem: &impl ProcessMemory, layout: &Layout, m: &Module) -> io::Result<Vec<u64>> {
     let mut out = Vec::new();
-    let mut node = mem.read_u64(head.wrapping_add(a.llist_next))?;
+    let mut seen = HashSet::new();
+    let mut add = |t: u64, out: &mut Vec<u64>| {
+        if out.len() < MAX_TASKS && is_task(mem, layout, m, t) && seen.insert(t) {
+            out.push(t);
+        }
+    };
+    if m.weak_tasks != 0 {
+        let attrs = attributes(mem, layout, m.weak_tasks).map_err(io_error)?;
+        if let Some(data) = lookup(mem, layout, &attrs, "data") {
+            for r in set_keys(mem, SetLayout::CLASSIC, data, MAX_TASKS).map_err(io_error)? {
+                // A dead reference points at None, which is no task.
+                if let Ok(t) = mem.read_u64(r.wrapping_add(WEAKREF_OBJECT)) {
+                    add(t, &mut out);
+                }
+            }
+        }
+    }
+    if m.eager_tasks != 0 {
+        for t in set_keys(mem, SetLayout::CLASSIC, m.eager_tasks, MAX_TASKS).map_err(io_error)? {
+            add(t, &mut out);
+        }
+    }
+    Ok(out)
+}
+
+/// Whether the object at `obj` is a C task (of `_asyncio.Task` or a class derived from it).
+fn is_task(mem: &impl ProcessMemory, layout: &Layout, m: &Module, obj: u64) -> bool {
+    let Ok(mut ty) = mem.read_u64(obj.wrapping_add(layout.values.ob_type as u64)) else {
+        return false;
+    };
+    for _ in 0..MAX_BASES {
+        if ty == m.task_type {
+            return true;
+        }
+        match mem.read_u64(ty.wrapping_add(layout.values.tp_name as u64 + TP_BASE_AFTER_NAME)) {
+            Ok(base) if base != 0 => ty = base,
+            _ => return false,
+        }
+    }
+    false
+}
+
+fn io_error(e: CodeError) -> io::Error {
+    match e {
+        CodeError::Io(e) => e,
+        other => io::Error::new(io::ErrorKind::InvalidData, other.to_string()),
+    }
+}
+
+/// The tasks on the list whose head (an `llist_node`) is at `head`, at most `max`.
+fn list(mem: &impl ProcessMemory, p: &Published, head: u64, max: usize) -> io::Result<Vec<u64>> {
+    let mut out = Vec::new();
+    let mut node = mem.read_u64(head.wrapping_add(p.llist_next))?;
     while node != head && node != 0 && out.len() < max {
-        out.push(node.wrapping_sub(a.task_node));
-        node = mem.read_u64(node.wrapping_add(a.llist_next))?;
+        out.push(node.wrapping_sub(p.task_node));
+        node = mem.read_u64(node.wrapping_add(p.llist_next))?;
     }
     Ok(out)
 }
@@ -378,14 +620,15 @@ fn list(
 /// The task at `addr`.
 fn read_task(
     mem: &impl ProcessMemory,
+    layout: &Layout,
     target: &TargetInfo,
     a: &AsyncioLayout,
-    ob_type: u64,
     names: &mut LocalsReader<'_, impl ProcessMemory>,
     addr: u64,
 ) -> io::Result<Task> {
     let name = task_name(mem, a, names, addr)?;
     let coro = mem.read_u64(addr.wrapping_add(a.task_coro))? & !7;
+    let ob_type = layout.values.ob_type as u64;
     let (chain, coro_frame) = match coro {
         0 => (Vec::new(), 0),
         c => (
@@ -400,7 +643,7 @@ fn read_task(
         running_in: None,
         chain,
         coro_frame,
-        awaited_by: awaited_by(mem, a, addr)?,
+        awaited_by: awaited_by(mem, layout, a, addr)?,
     })
 }
 
@@ -427,8 +670,8 @@ pub fn task_name(
 }
 
 /// The chain of coroutines from the coroutine at `coro` down what each awaits, leaf first: a
-/// suspended coroutine in `await` (`FRAME_SUSPENDED_YIELD_FROM`) keeps what it awaits on its
-/// frame's stack; the chain goes on while that is a coroutine of the same type.
+/// suspended coroutine in `await` keeps what it awaits on its frame's stack; the chain goes on
+/// while that is a coroutine of the same type.
 fn coroutine_chain(
     mem: &impl ProcessMemory,
     target: &TargetInfo,
@@ -452,11 +695,23 @@ fn coroutine_chain(
         if state != a.yield_from {
             break;
         }
-        let sp = mem.read_u64(frame.wrapping_add(a.frame_stackpointer))? & !7;
-        if sp == 0 {
-            break;
-        }
-        let awaited = mem.read_u64(sp.wrapping_sub(8 * a.await_slot))? & !7;
+        let awaited_at = match a.stack_top {
+            StackTop::Pointer { at, slot } => {
+                let sp = mem.read_u64(frame.wrapping_add(at))? & !7;
+                if sp == 0 {
+                    break;
+                }
+                sp.wrapping_sub(8 * slot)
+            }
+            StackTop::Index { at, localsplus } => {
+                let top = mem.read_u32(frame.wrapping_add(at))? as i32;
+                if top <= 0 {
+                    break;
+                }
+                frame.wrapping_add(localsplus + 8 * (top as u64 - 1))
+            }
+        };
+        let awaited = mem.read_u64(awaited_at)? & !7;
         if awaited == 0 || ob_type(awaited)? != coro_type {
             break;
         }
@@ -466,36 +721,179 @@ fn coroutine_chain(
     Ok(chain)
 }
 
-/// The tasks awaiting the task at `addr`: none, one, or a set of them.
-fn awaited_by(mem: &impl ProcessMemory, a: &AsyncioLayout, addr: u64) -> io::Result<Vec<u64>> {
-    let by = mem.read_u64(addr.wrapping_add(a.task_awaited_by))? & !7;
-    if by == 0 {
-        return Ok(Vec::new());
+/// The tasks awaiting the task at `addr`. 3.14+: none, one, or a set of them. 3.11-3.13: the
+/// owners of its done callbacks: a task's wakeup (3.11: a `TaskWakeupMethWrapper`; 3.12+: a
+/// builtin method bound to the task), or a bound method of a `TaskGroup`, whose parent task
+/// awaits its tasks.
+fn awaited_by(
+    mem: &impl ProcessMemory,
+    layout: &Layout,
+    a: &AsyncioLayout,
+    addr: u64,
+) -> io::Result<Vec<u64>> {
+    match &a.registry {
+        Registry::Published(p) => {
+            let by = mem.read_u64(addr.wrapping_add(p.task_awaited_by))? & !7;
+            if by == 0 {
+                return Ok(Vec::new());
+            }
+            let mut is_set = [0u8];
+            mem.read(addr.wrapping_add(p.task_awaited_by_is_set), &mut is_set)?;
+            if is_set[0] == 0 {
+                return Ok(vec![by]);
+            }
+            set_keys(mem, p.set, by, MAX_AWAITERS).map_err(io_error)
+        }
+        Registry::Module(m) => {
+            let mut out = Vec::new();
+            for callback in callbacks(mem, layout, m, addr)? {
+                if let Some(t) = callback_task(mem, layout, m, callback)
+                    && !out.contains(&t)
+                {
+                    out.push(t);
+                }
+            }
+            Ok(out)
+        }
     }
-    let mut is_set = [0u8];
-    mem.read(addr.wrapping_add(a.task_awaited_by_is_set), &mut is_set)?;
-    if is_set[0] == 0 {
-        return Ok(vec![by]);
-    }
-    let used = mem.read_u64(by.wrapping_add(a.set_used))?;
-    let mask = mem.read_u64(by.wrapping_add(a.set_mask))?;
-    let table = mem.read_u64(by.wrapping_add(a.set_table))?;
-    if mask >= MAX_SET_TABLE || used > mask + 1 {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("a task's awaited_by set has mask {mask} and {used} entries"),
-        ));
-    }
-    // setentry: the key, then its hash; a removed key is the `dummy` object, which is no task.
-    let entries = mem.read_vec(table, (mask as usize + 1) * 16)?;
+}
+
+/// The done callbacks of the future at `addr`, at most `MAX_AWAITERS`.
+fn callbacks(
+    mem: &impl ProcessMemory,
+    layout: &Layout,
+    m: &Module,
+    addr: u64,
+) -> io::Result<Vec<u64>> {
     let mut out = Vec::new();
-    for e in entries.chunks_exact(16) {
-        let key = u64::from_le_bytes(e[..8].try_into().unwrap_or_default());
-        if key != 0 && out.len() < MAX_AWAITERS.min(used as usize) {
-            out.push(key);
+    let first = mem.read_u64(addr.wrapping_add(m.callback0))?;
+    if first != 0 {
+        out.push(first);
+    }
+    let list = mem.read_u64(addr.wrapping_add(m.callbacks))?;
+    if list != 0 {
+        let v = &layout.values;
+        let len = (mem.read_u64(list.wrapping_add(v.list_size as u64))? as i64)
+            .clamp(0, MAX_AWAITERS as i64) as usize;
+        let items = mem.read_u64(list.wrapping_add(LIST_ITEMS))?;
+        let items = mem.read_vec(items, len * 8)?;
+        for pair in items.chunks_exact(8) {
+            // Each a `(callback, context)` tuple.
+            let pair = u64::from_le_bytes(pair.try_into().unwrap_or_default());
+            out.push(mem.read_u64(pair.wrapping_add(v.tuple_items as u64))?);
         }
     }
     Ok(out)
+}
+
+/// The task a done callback wakes or stands for, if it is one of those `awaited_by` knows.
+fn callback_task(
+    mem: &impl ProcessMemory,
+    layout: &Layout,
+    m: &Module,
+    callback: u64,
+) -> Option<u64> {
+    let v = &layout.values;
+    let ty = mem.read_u64(callback.wrapping_add(v.ob_type as u64)).ok()?;
+    let type_name = read_c_string(
+        mem,
+        mem.read_u64(ty.wrapping_add(v.tp_name as u64)).ok()?,
+        MAX_TYPE_NAME,
+    )
+    .ok()?;
+    let task = match type_name.as_str() {
+        "TaskWakeupMethWrapper" => mem.read_u64(callback.wrapping_add(WAKEUP_WRAPPER_TASK)),
+        "builtin_function_or_method" => mem.read_u64(callback.wrapping_add(BOUND_SELF)),
+        "method" => {
+            let owner = mem.read_u64(callback.wrapping_add(BOUND_SELF)).ok()?;
+            let attrs = attributes(mem, layout, owner).ok()?;
+            let parent = lookup(mem, layout, &attrs, "_parent_task")?;
+            // A `TaskGroup`: checked by its other attribute, as a parent task alone is no proof.
+            lookup(mem, layout, &attrs, "_tasks")?;
+            Ok(parent)
+        }
+        _ => return None,
+    }
+    .ok()?;
+    is_task(mem, layout, m, task).then_some(task)
+}
+
+/// The least time between two reads of the registries (3.11-3.13), and how many times the
+/// last read took that it must be apart from the next: a frame met meanwhile was sampled
+/// before the last read (stacks are named after the samples are taken) and is taken as no
+/// task's if that read did not find it; reading a registry of many tasks costs at most a
+/// tenth of the time.
+const INDEX_INTERVAL: Duration = Duration::from_millis(5);
+const INDEX_COST_FACTOR: u32 = 10;
+
+/// 3.11-3.13: the task of each coroutine frame the kernel recorded as a stack's outermost.
+/// A frame that none of the tasks read before has makes the registries be read again (a task
+/// is registered before its coroutine first runs, so a read after the sample finds it unless
+/// it has ended); a frame still without a task is remembered as none's (a generator's outside
+/// any task) while it runs the same code object: a coroutine made later at its address is
+/// looked for again. At most `MAX_TASKS` of each kept.
+#[derive(Debug, Default)]
+pub struct TaskIndex {
+    by_frame: HashMap<u64, u64>,
+    /// Frames no task has, with the code object each ran.
+    no_task: HashMap<u64, u64>,
+    /// When the registries were last read, and the time the read took.
+    read: Option<(Instant, Duration)>,
+}
+
+impl TaskIndex {
+    /// The task whose first coroutine's frame is at `frame`, if a task has it.
+    pub fn task_of(
+        &mut self,
+        mem: &impl ProcessMemory,
+        layout: &Layout,
+        a: &AsyncioLayout,
+        frame: u64,
+    ) -> Option<u64> {
+        let Registry::Module(m) = &a.registry else {
+            return None;
+        };
+        let coro_frame = |t: u64| {
+            let coro = mem.read_u64(t.wrapping_add(a.task_coro)).ok()? & !7;
+            (coro != 0).then(|| coro.wrapping_add(a.gen_iframe))
+        };
+        // Checked: a task ended since, its coroutine's memory may be another's now.
+        if let Some(&t) = self.by_frame.get(&frame)
+            && coro_frame(t) == Some(frame)
+        {
+            return Some(t);
+        }
+        let code = mem
+            .read_u64(frame.wrapping_add(layout.kernel.frame_code as u64))
+            .unwrap_or(0);
+        if self.no_task.get(&frame) == Some(&code) {
+            return None;
+        }
+        let now = Instant::now();
+        let due = self.read.is_none_or(|(at, took)| {
+            now.duration_since(at) >= INDEX_INTERVAL.max(took * INDEX_COST_FACTOR)
+        });
+        if due {
+            let tasks = registered(mem, layout, m).ok()?;
+            self.read = Some((now, now.elapsed()));
+            if self.by_frame.len() + tasks.len() > MAX_TASKS {
+                self.by_frame.clear();
+            }
+            for t in tasks {
+                if let Some(f) = coro_frame(t) {
+                    self.by_frame.insert(f, t);
+                }
+            }
+        }
+        let task = self.by_frame.get(&frame).copied();
+        if task.is_none() {
+            if self.no_task.len() >= MAX_TASKS {
+                self.no_task.clear();
+            }
+            self.no_task.insert(frame, code);
+        }
+        task
+    }
 }
 
 #[cfg(test)]
@@ -523,36 +921,40 @@ mod tests {
     #[test]
     fn reads_3_14_and_3_15_sections() {
         let a = AsyncioLayout::parse(&bytes(&SECTION_3_14), &published("3.14", 14)).unwrap();
+        let l = a.published().unwrap();
         assert_eq!(
-            (a.task_name, a.task_awaited_by, a.task_coro, a.task_node),
+            (a.task_name, l.task_awaited_by, a.task_coro, l.task_node),
             (136, 96, 128, 152)
         );
-        assert_eq!((a.task_is_task, a.task_awaited_by_is_set), (108, 109));
-        assert_eq!(a.interp_tasks_head, 10880);
+        assert_eq!((l.task_is_task, l.task_awaited_by_is_set), (108, 109));
+        assert_eq!(l.interp_tasks_head, 10880);
         assert_eq!(
             (
-                a.tstate_running_loop,
-                a.tstate_running_task,
-                a.tstate_tasks_head
+                l.tstate_running_loop,
+                l.tstate_running_task,
+                l.tstate_tasks_head
             ),
             (864, 872, 880)
         );
-        assert_eq!((a.await_slot, a.yield_from, a.cleared), (1, -1, 4));
+        assert!(matches!(a.stack_top, StackTop::Pointer { slot: 1, .. }));
+        assert_eq!((a.yield_from, a.cleared), (-1, 4));
         let b = AsyncioLayout::parse(&bytes(&SECTION_3_15), &published("3.15", 15)).unwrap();
-        assert_eq!(b.interp_tasks_head, 10856);
+        let m = b.published().unwrap();
+        assert_eq!(m.interp_tasks_head, 10856);
         assert_eq!(
             (
-                b.tstate_running_loop,
-                b.tstate_running_task,
-                b.tstate_tasks_head
+                m.tstate_running_loop,
+                m.tstate_running_task,
+                m.tstate_tasks_head
             ),
             (1024, 1032, 1048)
         );
-        assert_eq!((b.await_slot, b.yield_from, b.cleared), (2, 2, 5));
+        assert!(matches!(b.stack_top, StackTop::Pointer { slot: 2, .. }));
+        assert_eq!((b.yield_from, b.cleared), (2, 5));
         // The coroutine layout comes from _Py_DebugOffsets.
         let p = published("3.15", 15);
         assert_eq!(Some(b.gen_iframe), p.get("gen_object.gi_iframe"));
-        assert_eq!(Some(b.llist_next), p.get("llist_node.next"));
+        assert_eq!(Some(m.llist_next), p.get("llist_node.next"));
     }
 
     #[test]

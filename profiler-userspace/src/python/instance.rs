@@ -2,15 +2,18 @@
 //! objects read from it (keyed by address and the kernel's tag, so a code object freed and its
 //! address reused is read afresh, never named from the old one). Turns a raw frame (code object,
 //! instruction) into what the code object says and the line it was on, and names the process's
-//! threads as Python does (`thread_names`).
+//! threads as Python does (`thread_names`) and the asyncio tasks of its stacks (`asyncio`).
 
-use std::rc::Rc;
+use std::{
+    rc::Rc,
+    time::{Duration, Instant},
+};
 
 use profiler_common::{CodeSnapshot, PY_ENTRY_FRAME, PyFrame, instr_kind};
 
 use super::{
     Layout,
-    asyncio::{self, AsyncioLayout, TaskRoots},
+    asyncio::{self, AsyncioLayout, TaskIndex, TaskRoots},
     code::{CodeError, CodeInfo, read_code, read_snapshot},
     discover::PythonProcess,
     linetable::line_for,
@@ -56,8 +59,22 @@ pub struct Interpreter {
     thread_names: ThreadNames,
     /// With `--async-aware`: where its tasks are, once found, and the tasks read (a task is
     /// read once per distinct stack it runs; the cache only bounds what a long run keeps).
-    tasks: Option<(Option<AsyncioLayout>, TaskCache)>,
+    tasks: Option<Tasks>,
 }
+
+/// What `--async-aware` keeps of a process's tasks.
+struct Tasks {
+    /// Where they are, once found.
+    found: Option<AsyncioLayout>,
+    /// When they were last looked for, while not found (asyncio may be imported later).
+    tried_at: Option<Instant>,
+    /// 3.11-3.13: each coroutine frame's task.
+    index: TaskIndex,
+    roots: TaskCache,
+}
+
+/// How often, at most, a process whose tasks were not found is looked at again.
+const LOCATE_AGAIN: Duration = Duration::from_millis(20);
 
 /// The roots of tasks read, by the task's address.
 type TaskCache = BoundedCache<u64, Rc<TaskRoots>>;
@@ -82,13 +99,24 @@ impl Interpreter {
 
     /// Name the asyncio tasks of recorded stacks (`--async-aware`).
     pub fn name_tasks(&mut self) {
-        self.tasks = Some((None, BoundedCache::new(TASK_CACHE)));
+        self.tasks = Some(Tasks {
+            found: None,
+            tried_at: None,
+            index: TaskIndex::default(),
+            roots: BoundedCache::new(TASK_CACHE),
+        });
     }
 
     /// The roots of a recorded stack's task, when tasks are named: `task ?` where the task
-    /// cannot be read.
+    /// cannot be read. `task` is what the kernel recorded: the task (3.14+), or the outermost
+    /// coroutine's frame (3.11-3.13), which is no task's where the stack is not a task's (None).
     pub fn task_roots(&mut self, task: u64) -> Option<Rc<TaskRoots>> {
-        let (found, cache) = self.tasks.as_mut()?;
+        let Tasks {
+            found,
+            tried_at,
+            index,
+            roots: cache,
+        } = self.tasks.as_mut()?;
         let layout = &self.layout;
         let unknown = || {
             Rc::new(TaskRoots {
@@ -96,14 +124,23 @@ impl Interpreter {
                 coro_code: 0,
             })
         };
+        let modern = self.process.version >= asyncio::FIRST_PUBLISHED;
         let Some(mem) = self.mem.as_ref() else {
-            return Some(unknown());
+            return modern.then(unknown);
         };
-        if found.is_none() {
+        if found.is_none() && tried_at.is_none_or(|t| t.elapsed() >= LOCATE_AGAIN) {
+            *tried_at = Some(Instant::now());
             *found = asyncio::locate(mem, &self.process, layout).ok();
         }
         let Some(a) = found.as_ref() else {
-            return Some(unknown());
+            return modern.then(unknown);
+        };
+        let task = match modern {
+            true => task,
+            false => {
+                let r = index.task_of(mem, layout, a, task);
+                r?
+            }
         };
         Some(Rc::clone(cache.get_or_insert_with(task, || {
             Rc::new(asyncio::task_roots(mem, layout, a, task))

@@ -1,6 +1,6 @@
 //! A dict's entries and an instance's attributes, read from the target's memory as
 //! `DictLayout` places them: what `thread_names` walks from `sys.modules` to each `Thread`'s
-//! name. Addresses in, addresses out: the values are read by the caller (`code::read_str_prefix`,
+//! name, and `asyncio` to the task registries of 3.11-3.13; and a set's keys. Addresses in, addresses out: the values are read by the caller (`code::read_str_prefix`,
 //! `locals::LocalsReader::value`). Every read is bounded (entries per dict); nothing is called
 //! in the target. Pure over `ProcessMemory`.
 
@@ -169,6 +169,72 @@ pub fn lookup(
         let (text, chars) = read_str_prefix(mem, layout, key, want + 1).ok()?;
         (chars == want && text == name).then_some(value)
     })
+}
+
+/// Where a set keeps its table (`PySetObject`): the count of keys, the mask (slots less one)
+/// and the table of (key, hash) entries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SetLayout {
+    pub used: u64,
+    pub mask: u64,
+    pub table: u64,
+}
+
+impl SetLayout {
+    /// Include/setobject.h, 3.8-3.13 with the GIL.
+    pub const CLASSIC: Self = Self {
+        used: 24,
+        mask: 32,
+        table: 40,
+    };
+}
+
+/// The largest set table read (slots): a registry of every task of a large server.
+pub const MAX_SET_SLOTS: u64 = 1 << 20;
+
+/// The keys of the set at `set`, at most `max`; a removed key's marker (the `dummy` object) is
+/// among them: the caller tells its keys by their type.
+pub fn set_keys(
+    mem: &impl ProcessMemory,
+    s: SetLayout,
+    set: u64,
+    max: usize,
+) -> Result<Vec<u64>, CodeError> {
+    let used = mem.read_u64(set.wrapping_add(s.used))?;
+    let mask = mem.read_u64(set.wrapping_add(s.mask))?;
+    let table = mem.read_u64(set.wrapping_add(s.table))?;
+    if mask >= MAX_SET_SLOTS || used > mask + 1 {
+        return Err(CodeError::Malformed("set table"));
+    }
+    // setentry: the key, then its hash.
+    let entries = mem.read_vec(table, (mask as usize + 1) * 16)?;
+    Ok(entries
+        .chunks_exact(16)
+        .map(|e| u64::from_le_bytes(e[..8].try_into().unwrap_or_default()))
+        .filter(|&key| key != 0)
+        .take(max)
+        .collect())
+}
+
+/// The globals of module `name` (`sys.modules[name].__dict__`'s entries) of the main
+/// interpreter of the runtime at `runtime`; None where no such module is imported.
+pub fn module_globals(
+    mem: &impl ProcessMemory,
+    layout: &Layout,
+    runtime: u64,
+    name: &str,
+) -> Result<Option<Vec<(u64, u64)>>, CodeError> {
+    let interp =
+        mem.read_u64(runtime.wrapping_add(layout.kernel.runtime_interpreters_head as u64))?;
+    if interp == 0 {
+        return Err(CodeError::Malformed("interpreter (not started)"));
+    }
+    let modules = mem.read_u64(interp.wrapping_add(layout.values.dicts.interp_modules as u64))?;
+    let modules = dict_items(mem, layout, modules)?;
+    match lookup(mem, layout, &modules, name) {
+        Some(module) => attributes(mem, layout, module).map(Some),
+        None => Ok(None),
+    }
 }
 
 #[cfg(test)]

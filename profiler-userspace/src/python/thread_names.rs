@@ -18,7 +18,7 @@ use super::{
     Layout,
     code::{CodeError, read_str_prefix},
     locals::{LocalsReader, Value},
-    objects::{attributes, dict_items, lookup},
+    objects::{attributes, dict_items, lookup, module_globals},
 };
 use crate::process::{PTHREAD_TID_OFFSET, ProcessMemory};
 
@@ -126,16 +126,8 @@ pub fn read_names(
 
 /// `sys.modules['threading'].__dict__['_active']`.
 fn find_active(mem: &impl ProcessMemory, layout: &Layout, runtime: u64) -> Result<u64, CodeError> {
-    let interp =
-        mem.read_u64(runtime.wrapping_add(layout.kernel.runtime_interpreters_head as u64))?;
-    if interp == 0 {
-        return Err(CodeError::Malformed("interpreter (not started)"));
-    }
-    let modules = mem.read_u64(interp.wrapping_add(layout.values.dicts.interp_modules as u64))?;
-    let modules = dict_items(mem, layout, modules)?;
-    let threading = lookup(mem, layout, &modules, "threading")
+    let globals = module_globals(mem, layout, runtime, "threading")?
         .ok_or(CodeError::Malformed("sys.modules (no threading module)"))?;
-    let globals = attributes(mem, layout, threading)?;
     lookup(mem, layout, &globals, "_active").ok_or(CodeError::Malformed("threading (no _active)"))
 }
 

@@ -378,15 +378,19 @@ impl Session {
             None => Interpreter::new(p, layout),
         };
         if self.options.frames.async_aware {
-            let offset = process::open_memory(pid)
+            let task = process::open_memory(pid)
                 .map_err(|e| e.to_string())
                 .and_then(|mem| {
-                    python::asyncio::running_task_offset(&mem, &interpreter.process, &layout)
+                    python::asyncio::kernel_task(&mem, &interpreter.process, &layout)
                         .map_err(|e| e.to_string())
                 });
-            match offset {
-                Ok(at) => {
+            match task {
+                Ok(python::asyncio::KernelTask::RunningTask(at)) => {
                     info.tstate_running_task = at;
+                    interpreter.name_tasks();
+                }
+                Ok(python::asyncio::KernelTask::OutermostCoroutine) => {
+                    info.options |= profiler_common::target_options::OUTERMOST_COROUTINE;
                     interpreter.name_tasks();
                 }
                 Err(why) => crate::note!("prof-bpf: pid {pid}: {why}; recorded without tasks"),
