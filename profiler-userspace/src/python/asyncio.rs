@@ -899,7 +899,7 @@ impl TaskIndex {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::python::debug_offsets::tests::captured;
+    use crate::python::{debug_offsets::tests::captured, layout_for, test_heap::Objects};
 
     /// `.AsyncioDebug` as Debian forky's files hold it: 3.14's in
     /// `lib-dynload/_asyncio.cpython-314-x86_64-linux-gnu.so`, 3.15's in `python3.15` (built in).
@@ -955,6 +955,143 @@ mod tests {
         let p = published("3.15", 15);
         assert_eq!(Some(b.gen_iframe), p.get("gen_object.gi_iframe"));
         assert_eq!(Some(m.llist_next), p.get("llist_node.next"));
+    }
+
+    /// 3.12's C tasks by hand: the type, a set of eager tasks, and each task's coroutine (a
+    /// frame inside it running `code`).
+    struct Tasks312 {
+        o: Objects,
+        a: AsyncioLayout,
+        set_table: u64,
+        count: u64,
+    }
+
+    impl Tasks312 {
+        fn new() -> Self {
+            let mut o = Objects::new(layout_for(Version::new(3, 12)).unwrap());
+            let task_type = o.ty("_asyncio.Task", 0);
+            let set = o.alloc(64);
+            let set_table = o.alloc(16 * 8);
+            o.word(set + 32, 7);
+            o.word(set + 40, set_table);
+            let (size, name, coro, iframe, state) = module_offsets(Version::new(3, 12)).unwrap();
+            assert_eq!(size, 176);
+            let a = AsyncioLayout {
+                task_name: name,
+                task_coro: coro,
+                gen_iframe: iframe,
+                gen_frame_state: state,
+                stack_top: StackTop::Index {
+                    at: FRAME_STACKTOP,
+                    localsplus: FRAME_LOCALSPLUS,
+                },
+                yield_from: -1,
+                cleared: 4,
+                registry: Registry::Module(Module {
+                    task_type,
+                    callback0: FUTURE_CALLBACK0,
+                    callbacks: FUTURE_CALLBACKS,
+                    weak_tasks: 0,
+                    eager_tasks: set,
+                }),
+            };
+            Self {
+                o,
+                a,
+                set_table,
+                count: 0,
+            }
+        }
+
+        /// A registered task named `name` whose coroutine is at `coro` (made if 0), running
+        /// `code`: the task, and its coroutine's frame.
+        fn task(&mut self, name: &str, coro: u64, code: u64) -> (u64, u64) {
+            let Registry::Module(m) = self.a.registry else {
+                unreachable!()
+            };
+            let t = self.o.instance(m.task_type, 176);
+            let n = self.o.str(name);
+            self.o.word(t + self.a.task_name, n);
+            let coro = match coro {
+                0 => self.o.object("coroutine", 0, 256),
+                c => c,
+            };
+            self.o.word(t + self.a.task_coro, coro);
+            // Cleared: no chain to read (the code objects here are not whole).
+            self.o
+                .put(coro + self.a.gen_frame_state, &[self.a.cleared as u8]);
+            let frame = coro + self.a.gen_iframe;
+            let frame_code = self.o.layout.kernel.frame_code as u64;
+            self.o.word(frame + frame_code, code);
+            self.o.word(self.set_table + 16 * self.count, t);
+            self.count += 1;
+            (t, frame)
+        }
+    }
+
+    /// A frame no task has is remembered as none's while it runs the same code; a coroutine of
+    /// a task made later at the same address is found (after the least time between reads).
+    #[test]
+    fn finds_the_task_of_an_outermost_coroutine_frame() {
+        let mut h = Tasks312::new();
+        let (first, first_frame) = h.task("first", 0, 0x1000);
+        let generator = h.o.object("generator", 0, 256);
+        let frame_code = h.o.layout.kernel.frame_code as u64;
+        let other = generator + h.a.gen_iframe;
+        h.o.word(other + frame_code, 0x2000);
+        let mut index = TaskIndex::default();
+        let (mem, layout, a) = (h.o.mem(), h.o.layout, h.a);
+        assert_eq!(index.task_of(&mem, &layout, &a, first_frame), Some(first));
+        assert_eq!(index.task_of(&mem, &layout, &a, other), None);
+        // A task's coroutine now where the generator was, running other code.
+        let (second, frame) = h.task("second", generator, 0x3000);
+        assert_eq!(frame, other);
+        std::thread::sleep(INDEX_INTERVAL);
+        let (mem, layout, a) = (h.o.mem(), h.o.layout, h.a);
+        assert_eq!(index.task_of(&mem, &layout, &a, other), Some(second));
+        assert_eq!(index.task_of(&mem, &layout, &a, first_frame), Some(first));
+        let roots = task_roots(&mem, &layout, &a, second);
+        assert_eq!(roots.names, ["second"]);
+        assert_eq!(roots.coro_code, 0x3000);
+    }
+
+    /// A task awaited by another holds the other's wakeup (a builtin method bound to it) among
+    /// its done callbacks: the roots are the awaiting task's name, then its own.
+    #[test]
+    fn awaiters_are_the_tasks_callbacks_wake() {
+        let mut h = Tasks312::new();
+        let (outer, _) = h.task("outer", 0, 0x1000);
+        let (inner, _) = h.task("inner", 0, 0x2000);
+        let Registry::Module(m) = h.a.registry else {
+            unreachable!()
+        };
+        let wakeup = h.o.object("builtin_function_or_method", 0, 64);
+        h.o.word(wakeup + BOUND_SELF, outer);
+        // The first callback is something else; the wakeup is in the list of the others.
+        let plain = h.o.object("function", 0, 64);
+        h.o.word(inner + m.callback0, plain);
+        let ctx = h.o.object("Context", 0, 64);
+        let pair = h.o.tuple(&[wakeup, ctx]);
+        let list = h.o.object("list", 0, 64);
+        let items = h.o.alloc(8);
+        h.o.word(items, pair);
+        let list_size = h.o.layout.values.list_size as u64;
+        h.o.word(list + list_size, 1);
+        h.o.word(list + LIST_ITEMS, items);
+        h.o.word(inner + m.callbacks, list);
+        let (mem, layout, a) = (h.o.mem(), h.o.layout, h.a);
+        assert_eq!(awaited_by(&mem, &layout, &a, inner).unwrap(), [outer]);
+        assert_eq!(
+            task_roots(&mem, &layout, &a, inner).names,
+            ["outer", "inner"]
+        );
+        let target = layout.target_info(0);
+        let tasks = read_tasks(&mem, &layout, &target, &a).unwrap();
+        let names: Vec<_> = tasks
+            .iter()
+            .map(|t| (t.name.as_str(), t.awaited_by.clone()))
+            .collect();
+        assert_eq!(names, [("outer", vec![]), ("inner", vec![outer])]);
     }
 
     #[test]
