@@ -4,7 +4,8 @@
 //! the sort keys reorder the rows, `l` toggles line numbers, and `q`, Esc, Ctrl-C, SIGTERM or
 //! the program's end give the terminal back as it was. Against gc_cycles.py, the collector's
 //! `<GC>` row with the share of the time that fixture measured in gc.collect(). Against
-//! async_tasks.py on 3.14, `--async-aware`: a row per task, the CPU tasks split as measured.
+//! async_tasks.py on 3.14 and 3.13, `--async-aware`: a row per task, the CPU tasks split as
+//! measured.
 
 use std::{
     process::{Command, Output},
@@ -542,18 +543,28 @@ fn shell_line(cmd: &Command) -> String {
 /// row, `task NAME`, and the CPU tasks' rows split their time as async_tasks.py measured it.
 #[test]
 fn top_async_aware_shows_each_task_with_its_share() {
+    top_async("forky-3.14", "top_async");
+}
+
+/// The same on 3.13, whose tasks are found through their coroutines' frames.
+#[test]
+fn top_async_aware_shows_each_task_with_its_share_3_13() {
+    top_async("3.13", "top_async_3_13");
+}
+
+fn top_async(which: &str, test: &str) {
     if !privileged() {
         return;
     }
-    let interp = interpreter("forky-3.14");
-    let name = format!("prof-bpf-top-async-{}.json", std::process::id());
+    let interp = interpreter(which);
+    let name = format!("prof-bpf-{test}-{}.json", std::process::id());
     // The fixture writes /tmp/NAME inside its root: the test reads it there.
     let progress = match &interp {
         Interp::Container { root, .. } => root.join("tmp").join(&name),
         Interp::Host(_) => std::path::PathBuf::from("/tmp").join(&name),
     };
     let _ = std::fs::remove_file(&progress);
-    let tmux = Tmux::start("top_async");
+    let tmux = Tmux::start(test);
     // The fixture's lines go to /dev/null, not over top's screen.
     let cmd = format!(
         "ASYNC_PROGRESS=/tmp/{name} {} top --async-aware --refresh 0.5 -r {RATE} -- sh -c 'exec \"$@\" >/dev/null' sh {}",
@@ -586,7 +597,7 @@ fn top_async_aware_shows_each_task_with_its_share() {
     );
     // The two readings are up to a refresh apart, and top's times are rounded to 10 ms.
     let n = ((splitter + steady) * RATE.parse::<f64>().unwrap()) as u64;
-    check_share("top_async", "task splitter", share, expected, n);
+    check_share(test, "task splitter", share, expected, n);
     // The root task, which awaits the others (its row holds theirs).
     assert!(
         rows(&s).iter().any(|(_, f)| f == "task main"),
