@@ -4,6 +4,10 @@
 //! names the addresses. Frame pointers are used only for mappings that have no table. With
 //! `--kernel` the kernel stack of a sample taken in the kernel is recorded here too.
 //!
+//! The stack is read a window at a time (`stack_word`): a frame's callers sit above it, so one
+//! read of up to `WINDOW` bytes serves the return addresses and saved registers of the frames
+//! that lie in it, where each was a read of its own (about 150 ns each here).
+//!
 //! One frame per `bpf_loop` iteration: the callback keeps every value it carries from one frame
 //! to the next in the per-CPU scratch map, so the verifier sees the same state on every entry and
 //! checks the callback once, whatever the number of frames. The two binary searches inside it
@@ -30,8 +34,10 @@ use profiler_common::{
 };
 
 use crate::maps::{
-    NATIVE_MAPPINGS, PAGE_INDEX, SCRATCH, Scratch, Slot, UNWIND_ROWS, config_value, count,
+    NATIVE_MAPPINGS, PAGE_INDEX, SCRATCH, Scratch, Slot, UNWIND_ROWS, WINDOW, config_value, count,
 };
+
+const PAGE_SIZE: u64 = 4096;
 
 /// User-mode code segments have privilege level 3 in the low bits of cs.
 const USER_MODE: u64 = 3;
@@ -110,6 +116,7 @@ pub fn unwind(ctx: &PerfEventContext) {
     s.extra.native_len = 0;
     s.native_hash = 0;
     s.native_end = Stat::NativeReadFault as u32;
+    s.window_end = 0;
     if let Some((rip, rsp, rbp)) = user_regs(ctx) {
         s.rip = rip;
         s.rsp = rsp;
@@ -149,7 +156,9 @@ pub fn unwind_compat(ctx: &PerfEventContext) -> bool {
     }
     s.unwind_calls += 1;
     for _ in 0..COMPAT_FRAMES_PER_CALL {
-        if let Err(end) = step_frame(s) {
+        // Words read alone: the window's code in this unrolled loop would make the older
+        // kernels' program too large.
+        if let Err(end) = step_frame::<false>(s) {
             s.native_end = end as u32;
             end_unwind();
             return false;
@@ -169,6 +178,8 @@ fn end_unwind() {
     let Some(s) = scratch() else {
         return;
     };
+    // The window is the Python walk's next.
+    s.window_end = 0;
     s.extra.native_end = s.native_end;
     s.native_hash = mix(s.native_hash, s.native_end as u64);
     let end = s.native_end;
@@ -231,7 +242,7 @@ extern "C" fn step(_index: u64, _ctx: *mut c_void) -> i64 {
     let Some(s) = scratch() else {
         return 1;
     };
-    match step_frame(s) {
+    match step_frame::<true>(s) {
         Ok(()) => 0,
         Err(end) => {
             s.native_end = end as u32;
@@ -241,7 +252,7 @@ extern "C" fn step(_index: u64, _ctx: *mut c_void) -> i64 {
 }
 
 #[inline(always)]
-fn step_frame(s: &mut Scratch) -> Result<(), Stat> {
+fn step_frame<const WINDOWED: bool>(s: &mut Scratch) -> Result<(), Stat> {
     let pid = s.pid;
     let Some(mappings) = NATIVE_MAPPINGS.get_ptr(pid) else {
         return Err(Stat::NativeNoMapping);
@@ -274,12 +285,63 @@ fn step_frame(s: &mut Scratch) -> Result<(), Stat> {
         }
         Some(find_row(&m, rel as u32).ok_or(Stat::NativeNoRow)?)
     };
-    let (ra, cfa, new_rbp) = unwind_step(row, pc, rsp, rbp, |addr| read(addr).ok())?;
+    let (ra, cfa, new_rbp) = match WINDOWED {
+        true => unwind_step(row, pc, rsp, rbp, |addr| stack_word(s, addr))?,
+        false => unwind_step(row, pc, rsp, rbp, |addr| read(addr).ok())?,
+    };
     s.rip = ra;
     s.rsp = cfa;
     s.rbp = new_rbp;
     Ok(())
 }
+
+/// The word at `addr` of the thread's stack, from the window (`s.window`, `[window_start,
+/// window_end)`) when it holds it; else the window is read anew from a little below `addr` (a
+/// frame's saved registers sit below its return address; not below `addr`'s page) up: `WINDOW`
+/// bytes, or, where that crosses the top of the stack into memory that is not mapped, up to the
+/// end of `addr`'s page (mapped: the word is on it).
+#[inline(always)]
+fn stack_word(s: &mut Scratch, addr: u64) -> Option<u64> {
+    let end = addr.wrapping_add(8);
+    if addr < s.window_start || end > s.window_end || end < addr {
+        let page = addr & !(PAGE_SIZE - 1);
+        let start = addr.saturating_sub(BELOW).max(page);
+        let mut len = WINDOW as u64;
+        // SAFETY: the window holds `WINDOW` bytes and more; the helper reads user memory
+        // fault-tolerantly.
+        let mut failed = unsafe {
+            generated::bpf_probe_read_user(
+                s.window.as_mut_ptr().cast(),
+                len as u32,
+                start as *const c_void,
+            )
+        };
+        if failed != 0 {
+            len = (page + PAGE_SIZE - start).min(WINDOW as u64);
+            // SAFETY: as above; `len` is at most `WINDOW`.
+            failed = unsafe {
+                generated::bpf_probe_read_user(
+                    s.window.as_mut_ptr().cast(),
+                    len as u32,
+                    start as *const c_void,
+                )
+            };
+        }
+        if failed != 0 || start + len < end {
+            s.window_end = 0;
+            return read(addr).ok();
+        }
+        s.window_start = start;
+        s.window_end = start + len;
+    }
+    let offset = (addr - s.window_start) as usize & (WINDOW - 1);
+    // SAFETY: `offset` is below `WINDOW` and the window is `WINDOW + FRAME_READ` bytes, so the
+    // 8 bytes at it are inside.
+    Some(unsafe { (s.window.as_ptr().add(offset) as *const u64).read_unaligned() })
+}
+
+/// How far below the word asked for a new window starts.
+const BELOW: u64 = 64;
 
 #[inline(always)]
 fn read(addr: u64) -> Result<u64, Stat> {
