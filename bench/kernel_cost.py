@@ -4,8 +4,9 @@
 Usage (as root, from the repo root):  python3 bench/kernel_cost.py [ROUNDS]   (default 3)
 
 For stacks of 5, 50, 200 and 1000 Python frames (bench/deep.py on CPython 3.11), each round runs
-the fixture unprofiled, under prof-bpf at 1 and 10 kHz and under py-spy (from PyPI, its default
-blocking mode) at 1 and 10 kHz, in an order that rotates from round to round so drift in the
+the fixture unprofiled, under prof-bpf at 1 and 10 kHz, under py-spy (from PyPI, its default
+blocking mode) at 1 and 10 kHz and under Austin (austin-dist from PyPI: 3.7.0, the newest whose
+binary runs on Debian bookworm's glibc; Austin 4's needs glibc 2.38) at 1 and 10 kHz, in an order that rotates from round to round so drift in the
 machine's speed hits every configuration alike. Per run it takes:
 
 - the workload's own time (perf_counter around the work, not start-up or writing the profile);
@@ -36,7 +37,9 @@ from datetime import datetime, timezone
 
 SECTION = "## Kernel cost by stack depth, and start-up (issue 16)"
 DEPTHS = [int(d) for d in os.environ.get("DEPTHS", "5,50,200,1000").split(",")]
-CONFIGS = ["unprofiled", "prof-bpf@1000", "prof-bpf@10000", "py-spy@1000", "py-spy@10000"]
+CONFIGS = ["unprofiled", "prof-bpf@1000", "prof-bpf@10000", "py-spy@1000", "py-spy@10000",
+           "austin@1000", "austin@10000"]
+AUSTIN = "austin-dist==3.7.0"
 STARTUP = ["unprofiled", "prof-bpf", "py-spy"]
 # A run still going after this long is stopped and reported as such (py-spy on deep stacks).
 RUN_TIMEOUT = 30
@@ -85,11 +88,30 @@ def leaf_shares(raw_path):
     return a, ab
 
 
+def austin_shares(raw_path):
+    """As `leaf_shares`, for Austin's output: `P<pid>;T<tid>;file:function:line;... metric`,
+    each line one sample (the metric its time in microseconds)."""
+    a = ab = 0
+    with open(raw_path) as f:
+        for line in f:
+            if line.startswith("#") or not line.strip():
+                continue
+            stack = line.rstrip("\n").rpartition(" ")[0]
+            names = {frame.split(":")[-2] for frame in stack.split(";") if frame.count(":") >= 2}
+            if names & {"a", "b"}:
+                ab += 1
+                a += "a" in names
+    return a, ab
+
+
 def one(config, depth, tools, work):
     raw = os.path.join(work, "out.raw")
     fixture = [tools["python"], "bench/deep.py", str(depth)]
     if config == "unprofiled":
         cmd = fixture
+    elif config.startswith("austin"):
+        rate = int(config.split("@")[1])
+        cmd = [tools["austin"], "-i", str(1_000_000 // rate), "-o", raw, *fixture]
     else:
         tool, rate = config.split("@")
         cmd = [tools[tool], "record", "-r", rate, "-f", "raw", "-o", raw, "--", *fixture]
@@ -109,7 +131,7 @@ def one(config, depth, tools, work):
     row["target_cpu"] = measured["process_cpu_s"]
     row["measured_a"] = 100 * measured["a_s"] / (measured["a_s"] + measured["b_s"])
     if config != "unprofiled":
-        a, ab = leaf_shares(raw)
+        a, ab = (austin_shares if config.startswith("austin") else leaf_shares)(raw)
         row["samples"] = ab
         row["error_pp"] = abs(100 * a / ab - row["measured_a"]) if ab else None
         m = KERNEL_TIME.search(err)
@@ -145,7 +167,8 @@ def main():
     try:
         # A copy, so a rebuild during the run cannot change the binary under test.
         shutil.copy("target/release/prof-bpf", f"{work}/prof-bpf")
-        tools = {"python": python, "prof-bpf": f"{work}/prof-bpf", "py-spy": pyspy}
+        tools = {"python": python, "prof-bpf": f"{work}/prof-bpf", "py-spy": pyspy,
+                 "austin": austin()}
         meta = {
             "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
             "kernel": os.uname().release,
@@ -153,6 +176,7 @@ def main():
             "load_start": open("/proc/loadavg").read().split()[:3],
             "python": sh(python, "-c", "import platform; print(platform.python_version())"),
             "pyspy": sh(tools["py-spy"], "--version").split()[-1],
+            "austin": sh(tools["austin"], "--version").split()[-1],
             "git": sh("git", "rev-parse", "--short", "HEAD"),
         }
         rows, starts = [], []
@@ -237,7 +261,8 @@ def report(rows, starts, rounds, meta):
     out.append(f"- Command: `sudo python3 bench/kernel_cost.py {rounds}` (from the repo root)")
     out.append(f"- Date: {meta['date']}; kernel `{meta['kernel']}`, {meta['cpus']} CPUs; load "
                f"average at start / end: {' '.join(meta['load_start'])} / {' '.join(meta['load_end'])}")
-    out.append(f"- py-spy {meta['pyspy']} (PyPI); prof-bpf at git {meta['git']}")
+    out.append(f"- py-spy {meta['pyspy']} and Austin {meta['austin']} (PyPI); prof-bpf at git "
+               f"{meta['git']}")
     return "\n".join(out)
 
 
@@ -257,6 +282,17 @@ def prepare(name, version):
     if not os.path.exists("target/release/prof-bpf"):
         subprocess.run(["cargo", "build", "--release"], check=True)
     return python, f"{venv}/bin/py-spy"
+
+
+def austin():
+    """Austin from PyPI in the bench venv (installed the first time): its path."""
+    path = "target/bench-venv/bin/austin"
+    ok = os.path.exists(path) and subprocess.run(
+        [path, "--version"], capture_output=True, text=True).stdout.strip().endswith("3.7.0")
+    if not ok:
+        log(f"installing {AUSTIN} into target/bench-venv")
+        subprocess.run(["target/bench-venv/bin/pip", "install", "-q", AUSTIN], check=True)
+    return path
 
 
 def write_section(section, title=SECTION):
