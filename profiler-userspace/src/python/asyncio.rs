@@ -6,10 +6,10 @@
 //!   list of the tasks it created (tasks of threads that have exited move to the
 //!   interpreter's), its running task, and each task the set of tasks awaiting it.
 //! - 3.11-3.13 publish nothing: the C `Task`'s layout is this module's (from the DWARF of
-//!   CPython's builds, checked against the type's size), the tasks are in `asyncio.tasks`'
-//!   registries (a `WeakSet`, and from 3.12 the set of eager tasks), and a task's awaiters are
-//!   found through its done callbacks: the wakeup of the task that awaits it, or the
-//!   `TaskGroup` whose parent task it is. No thread state says which task runs: the kernel
+//!   CPython's builds, checked against the type's size), the tasks are in the `_asyncio`
+//!   module's registries (a `WeakSet`, and from 3.12 the set of eager tasks), and a task's
+//!   awaiters are found through its done callbacks: the wakeup of the task that awaits it, or
+//!   the `TaskGroup` whose parent task it is. No thread state says which task runs: the kernel
 //!   records the outermost coroutine frame of the stack (`OUTERMOST_COROUTINE`) and
 //!   `TaskIndex` finds the task whose coroutine that is.
 //!
@@ -65,14 +65,11 @@ pub enum AsyncioError {
     FreeThreaded,
     #[error("asyncio is not loaded in this process (no {SECTION} section in what it maps)")]
     NotLoaded,
-    #[error("asyncio is not imported in this process (no asyncio.tasks in sys.modules)")]
+    #[error("asyncio is not imported in this process (no _asyncio in sys.modules)")]
     NotImported,
-    #[error(
-        "asyncio.tasks.Task is {0}, not the C task of _asyncio ({1} bytes) that --async-aware \
-         reads"
-    )]
+    #[error("_asyncio.Task is {0}, not the C task ({1} bytes) that --async-aware reads")]
     NotCTask(String, u64),
-    #[error("reading asyncio.tasks: {0}")]
+    #[error("reading _asyncio: {0}")]
     Module(#[from] CodeError),
     #[error("reading the process's mappings for {SECTION}: {0}")]
     Maps(io::Error),
@@ -140,7 +137,7 @@ pub struct Published {
 }
 
 /// 3.11-3.13: the C task's layout (Modules/_asynciomodule.c `TaskObj`, whose head is
-/// `FutureObj`'s) and the registries of `asyncio.tasks`.
+/// `FutureObj`'s) and the registries of the `_asyncio` module (which `asyncio.tasks` imports).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Module {
     /// `_asyncio.Task`, the type every task is of or derives from.
@@ -180,6 +177,8 @@ const TP_BASICSIZE_AFTER_NAME: u64 = 8;
 /// task of 3.11's `TaskWakeupMethWrapper` (`ww_task`); `PyListObject.ob_item`.
 const WEAKREF_OBJECT: u64 = 16;
 const BOUND_SELF: u64 = 24;
+/// `PyCFunctionObject.m_ml`, whose `PyMethodDef` starts with the method's name.
+const METHOD_DEF: u64 = 16;
 const WAKEUP_WRAPPER_TASK: u64 = 16;
 const LIST_ITEMS: u64 = 24;
 /// Base classes followed up from a task's type to `_asyncio.Task`.
@@ -292,8 +291,9 @@ fn check_version(p: &PythonProcess, layout: &Layout) -> Result<(), AsyncioError>
     Ok(())
 }
 
-/// 3.11-3.13: `asyncio.tasks`' `Task` (checked to be `_asyncio`'s C task, of the size this
-/// module knows) and its registries.
+/// 3.11-3.13: `_asyncio`'s `Task` (checked to be the C task, of the size this module knows)
+/// and its registries. The C module, not `asyncio.tasks`: that one is in `sys.modules` while its
+/// body runs, before it has its registries.
 fn locate_module(
     mem: &impl ProcessMemory,
     p: &PythonProcess,
@@ -302,7 +302,7 @@ fn locate_module(
     let Some((size, name, coro, iframe, frame_state)) = module_offsets(p.version) else {
         return Err(AsyncioError::TooOld(p.version));
     };
-    let globals = module_globals(mem, layout, p.runtime_addr, "asyncio.tasks")?
+    let globals = module_globals(mem, layout, p.runtime_addr, "_asyncio")?
         .ok_or(AsyncioError::NotImported)?;
     let global = |n: &str| lookup(mem, layout, &globals, n).unwrap_or(0);
     let task_type = global("Task");
@@ -316,6 +316,9 @@ fn locate_module(
         0 => global("_all_tasks"),
         t => t,
     };
+    if weak_tasks == 0 {
+        return Err(AsyncioError::NotImported);
+    }
     Ok(AsyncioLayout {
         task_name: name,
         task_coro: coro,
@@ -521,15 +524,17 @@ pub fn read_tasks(
                 }
                 let head = field(tstate, p.tstate_tasks_head);
                 for addr in list(mem, p, head, MAX_TASKS - tasks.len())? {
-                    let mut t = read_task(mem, layout, target, a, &mut names, addr)?;
-                    t.thread = Some(tid);
-                    tasks.push(t);
+                    // A task that ends while it is read is left out, not the others with it.
+                    if let Ok(mut t) = read_task(mem, layout, target, a, &mut names, addr) {
+                        t.thread = Some(tid);
+                        tasks.push(t);
+                    }
                 }
                 tstate = mem.read_u64(field(tstate, k.tstate_next as u64))?;
             }
             let head = field(interp, p.interp_tasks_head);
             for addr in list(mem, p, head, MAX_TASKS - tasks.len())? {
-                tasks.push(read_task(mem, layout, target, a, &mut names, addr)?);
+                tasks.extend(read_task(mem, layout, target, a, &mut names, addr).ok());
             }
             // A running task is in its creator's list, which may be another thread's.
             for (task, tid) in running {
@@ -540,7 +545,7 @@ pub fn read_tasks(
         }
         Registry::Module(m) => {
             for addr in registered(mem, layout, m)? {
-                tasks.push(read_task(mem, layout, target, a, &mut names, addr)?);
+                tasks.extend(read_task(mem, layout, target, a, &mut names, addr).ok());
             }
         }
     }
@@ -669,6 +674,10 @@ pub fn task_name(
     })
 }
 
+/// The largest `stacktop` believed (locals and values of one frame): beyond it the frame is
+/// taken as changed under the read.
+const MAX_STACK_TOP: i32 = 1 << 16;
+
 /// The chain of coroutines from the coroutine at `coro` down what each awaits, leaf first: a
 /// suspended coroutine in `await` keeps what it awaits on its frame's stack; the chain goes on
 /// while that is a coroutine of the same type.
@@ -705,7 +714,7 @@ fn coroutine_chain(
             }
             StackTop::Index { at, localsplus } => {
                 let top = mem.read_u32(frame.wrapping_add(at))? as i32;
-                if top <= 0 {
+                if top <= 0 || top >= MAX_STACK_TOP {
                     break;
                 }
                 frame.wrapping_add(localsplus + 8 * (top as u64 - 1))
@@ -803,7 +812,15 @@ fn callback_task(
     .ok()?;
     let task = match type_name.as_str() {
         "TaskWakeupMethWrapper" => mem.read_u64(callback.wrapping_add(WAKEUP_WRAPPER_TASK)),
-        "builtin_function_or_method" => mem.read_u64(callback.wrapping_add(BOUND_SELF)),
+        // Only the wakeup: a task's other methods (`cancel`, say) can be callbacks too.
+        "builtin_function_or_method" => {
+            let def = mem.read_u64(callback.wrapping_add(METHOD_DEF)).ok()?;
+            let name = read_c_string(mem, mem.read_u64(def).ok()?, MAX_TYPE_NAME).ok()?;
+            if name != "task_wakeup" {
+                return None;
+            }
+            mem.read_u64(callback.wrapping_add(BOUND_SELF))
+        }
         "method" => {
             let owner = mem.read_u64(callback.wrapping_add(BOUND_SELF)).ok()?;
             let attrs = attributes(mem, layout, owner).ok()?;
@@ -819,24 +836,22 @@ fn callback_task(
 }
 
 /// The least time between two reads of the registries (3.11-3.13), and how many times the
-/// last read took that it must be apart from the next: a frame met meanwhile was sampled
-/// before the last read (stacks are named after the samples are taken) and is taken as no
-/// task's if that read did not find it; reading a registry of many tasks costs at most a
-/// tenth of the time.
+/// last read took that it must be apart from the next: reading a registry of many tasks costs
+/// at most a tenth of the time. A frame met before a read is due finds no task then; its stack
+/// is named again when the kernel stores it again after the next drain (`record` drains every
+/// 50 ms).
 const INDEX_INTERVAL: Duration = Duration::from_millis(5);
 const INDEX_COST_FACTOR: u32 = 10;
 
 /// 3.11-3.13: the task of each coroutine frame the kernel recorded as a stack's outermost.
 /// A frame that none of the tasks read before has makes the registries be read again (a task
 /// is registered before its coroutine first runs, so a read after the sample finds it unless
-/// it has ended); a frame still without a task is remembered as none's (a generator's outside
-/// any task) while it runs the same code object: a coroutine made later at its address is
-/// looked for again. At most `MAX_TASKS` of each kept.
+/// it has ended). A frame's task is checked before it is used (its coroutine's frame is still
+/// the one asked for): a task ended since, its coroutine's memory may be another's. At most
+/// `MAX_TASKS` kept.
 #[derive(Debug, Default)]
 pub struct TaskIndex {
     by_frame: HashMap<u64, u64>,
-    /// Frames no task has, with the code object each ran.
-    no_task: HashMap<u64, u64>,
     /// When the registries were last read, and the time the read took.
     read: Option<(Instant, Duration)>,
 }
@@ -857,43 +872,38 @@ impl TaskIndex {
             let coro = mem.read_u64(t.wrapping_add(a.task_coro)).ok()? & !7;
             (coro != 0).then(|| coro.wrapping_add(a.gen_iframe))
         };
-        // Checked: a task ended since, its coroutine's memory may be another's now.
         if let Some(&t) = self.by_frame.get(&frame)
             && coro_frame(t) == Some(frame)
         {
             return Some(t);
         }
-        let code = mem
-            .read_u64(frame.wrapping_add(layout.kernel.frame_code as u64))
-            .unwrap_or(0);
-        if self.no_task.get(&frame) == Some(&code) {
-            return None;
-        }
         let now = Instant::now();
         let due = self.read.is_none_or(|(at, took)| {
             now.duration_since(at) >= INDEX_INTERVAL.max(took * INDEX_COST_FACTOR)
         });
-        if due {
-            let tasks = registered(mem, layout, m).ok()?;
-            self.read = Some((now, now.elapsed()));
-            if self.by_frame.len() + tasks.len() > MAX_TASKS {
-                self.by_frame.clear();
-            }
-            for t in tasks {
-                if let Some(f) = coro_frame(t) {
-                    self.by_frame.insert(f, t);
-                }
+        if !due {
+            return None;
+        }
+        let tasks = registered(mem, layout, m).ok()?;
+        self.read = Some((now, now.elapsed()));
+        if self.by_frame.len() + tasks.len() > MAX_TASKS {
+            self.by_frame.clear();
+        }
+        for t in tasks {
+            if let Some(f) = coro_frame(t) {
+                self.by_frame.insert(f, t);
             }
         }
-        let task = self.by_frame.get(&frame).copied();
-        if task.is_none() {
-            if self.no_task.len() >= MAX_TASKS {
-                self.no_task.clear();
-            }
-            self.no_task.insert(frame, code);
-        }
-        task
+        self.by_frame.get(&frame).copied()
     }
+}
+
+/// What a task's cached roots are checked against before they are used again: its name and
+/// coroutine pointers, which a task made later at the same address does not share with it.
+pub fn task_identity(mem: &impl ProcessMemory, a: &AsyncioLayout, task: u64) -> Option<(u64, u64)> {
+    let name = mem.read_u64(task.wrapping_add(a.task_name)).ok()?;
+    let coro = mem.read_u64(task.wrapping_add(a.task_coro)).ok()?;
+    Some((name, coro))
 }
 
 #[cfg(test)]
@@ -1029,8 +1039,8 @@ mod tests {
         }
     }
 
-    /// A frame no task has is remembered as none's while it runs the same code; a coroutine of
-    /// a task made later at the same address is found (after the least time between reads).
+    /// A frame no task has finds none; a task made later whose coroutine is at the same address
+    /// (running the same code, as a new request's handler would) is found once a read is due.
     #[test]
     fn finds_the_task_of_an_outermost_coroutine_frame() {
         let mut h = Tasks312::new();
@@ -1043,8 +1053,8 @@ mod tests {
         let (mem, layout, a) = (h.o.mem(), h.o.layout, h.a);
         assert_eq!(index.task_of(&mem, &layout, &a, first_frame), Some(first));
         assert_eq!(index.task_of(&mem, &layout, &a, other), None);
-        // A task's coroutine now where the generator was, running other code.
-        let (second, frame) = h.task("second", generator, 0x3000);
+        // A task's coroutine now where the generator was, running the same code.
+        let (second, frame) = h.task("second", generator, 0x2000);
         assert_eq!(frame, other);
         std::thread::sleep(INDEX_INTERVAL);
         let (mem, layout, a) = (h.o.mem(), h.o.layout, h.a);
@@ -1052,7 +1062,7 @@ mod tests {
         assert_eq!(index.task_of(&mem, &layout, &a, first_frame), Some(first));
         let roots = task_roots(&mem, &layout, &a, second);
         assert_eq!(roots.names, ["second"]);
-        assert_eq!(roots.coro_code, 0x3000);
+        assert_eq!(roots.coro_code, 0x2000);
     }
 
     /// A task awaited by another holds the other's wakeup (a builtin method bound to it) among
@@ -1067,9 +1077,21 @@ mod tests {
         };
         let wakeup = h.o.object("builtin_function_or_method", 0, 64);
         h.o.word(wakeup + BOUND_SELF, outer);
-        // The first callback is something else; the wakeup is in the list of the others.
-        let plain = h.o.object("function", 0, 64);
-        h.o.word(inner + m.callback0, plain);
+        let def = h.o.alloc(32);
+        let name = h.o.alloc(16);
+        h.o.put(name, b"task_wakeup\0");
+        h.o.word(def, name);
+        h.o.word(wakeup + METHOD_DEF, def);
+        // Another method of the task (its `cancel`) is no awaiter.
+        let cancel = h.o.object("builtin_function_or_method", 0, 64);
+        h.o.word(cancel + BOUND_SELF, outer);
+        let cancel_def = h.o.alloc(32);
+        let cancel_name = h.o.alloc(16);
+        h.o.put(cancel_name, b"cancel\0");
+        h.o.word(cancel_def, cancel_name);
+        h.o.word(cancel + METHOD_DEF, cancel_def);
+        // The first callback is the other method; the wakeup is in the list of the others.
+        h.o.word(inner + m.callback0, cancel);
         let ctx = h.o.object("Context", 0, 64);
         let pair = h.o.tuple(&[wakeup, ctx]);
         let list = h.o.object("list", 0, 64);

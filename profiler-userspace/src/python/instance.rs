@@ -76,8 +76,9 @@ struct Tasks {
 /// How often, at most, a process whose tasks were not found is looked at again.
 const LOCATE_AGAIN: Duration = Duration::from_millis(20);
 
-/// The roots of tasks read, by the task's address.
-type TaskCache = BoundedCache<u64, Rc<TaskRoots>>;
+/// The roots of tasks read, by the task's address, with what they are checked against
+/// (`asyncio::task_identity`).
+type TaskCache = BoundedCache<u64, (Option<(u64, u64)>, Rc<TaskRoots>)>;
 
 /// Tasks kept per interpreter.
 const TASK_CACHE: usize = 4096;
@@ -142,9 +143,16 @@ impl Interpreter {
                 r?
             }
         };
-        Some(Rc::clone(cache.get_or_insert_with(task, || {
-            Rc::new(asyncio::task_roots(mem, layout, a, task))
-        })))
+        // A task made since at the address of one read before is read anew.
+        let identity = asyncio::task_identity(mem, a, task);
+        if let Some((known, roots)) = cache.get(&task)
+            && *known == identity
+        {
+            return Some(Rc::clone(roots));
+        }
+        let roots = Rc::new(asyncio::task_roots(mem, layout, a, task));
+        cache.insert(task, (identity, Rc::clone(&roots)));
+        Some(roots)
     }
 
     /// The interpreter of `process`, forked from process `parent`.

@@ -1,8 +1,9 @@
-//! A dict's entries and an instance's attributes, read from the target's memory as
-//! `DictLayout` places them: what `thread_names` walks from `sys.modules` to each `Thread`'s
-//! name, and `asyncio` to the task registries of 3.11-3.13; and a set's keys. Addresses in, addresses out: the values are read by the caller (`code::read_str_prefix`,
-//! `locals::LocalsReader::value`). Every read is bounded (entries per dict); nothing is called
-//! in the target. Pure over `ProcessMemory`.
+//! A dict's entries, an instance's attributes and a set's keys, read from the target's memory
+//! as `DictLayout` places them: what `thread_names` walks from `sys.modules` to each `Thread`'s
+//! name, and `asyncio` to the task registries of 3.11-3.13. Addresses in, addresses out: the
+//! values are read by the caller (`code::read_str_prefix`, `locals::LocalsReader::value`).
+//! Every read is bounded (entries per dict); nothing is called in the target. Pure over
+//! `ProcessMemory`.
 
 use super::{DictKeys, InstanceDict, Layout, code::CodeError, code::read_str_prefix};
 use crate::process::ProcessMemory;

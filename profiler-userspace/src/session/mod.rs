@@ -389,6 +389,15 @@ impl Session {
                     info.tstate_running_task = at;
                     interpreter.name_tasks();
                 }
+                // The walk without `bpf_loop` notes no coroutine frame.
+                Ok(python::asyncio::KernelTask::OutermostCoroutine)
+                    if !self.sampler.features.bpf_loop =>
+                {
+                    crate::note!(
+                        "prof-bpf: pid {pid}: tasks of CPython 3.11-3.13 need a kernel with \
+                         bpf_loop (5.17+); recorded without tasks"
+                    )
+                }
                 Ok(python::asyncio::KernelTask::OutermostCoroutine) => {
                     info.options |= profiler_common::target_options::OUTERMOST_COROUTINE;
                     interpreter.name_tasks();
@@ -449,7 +458,7 @@ impl Session {
                     task: 0,
                 },
             );
-            self.name_stack(pid, stack_id);
+            self.name_stack(pid, stack_id, false);
             let start = OffCpuStart {
                 pid,
                 _pad: 0,
@@ -468,7 +477,7 @@ impl Session {
             if !self.interpreters.contains_key(&start.pid) {
                 continue;
             }
-            self.name_stack(start.pid, start.stack_id);
+            self.name_stack(start.pid, start.stack_id, false);
             let key = SampleKey {
                 pid: start.pid,
                 tid,
@@ -719,17 +728,21 @@ impl Session {
             if let Some((id, extra)) = a.extra {
                 self.extras.insert(id, extra);
             }
+            // A task's stack is named again each time the kernel stores it anew (after each
+            // drain): its id holds the task's (or, 3.11-3.13, its coroutine's) address, which a
+            // task made later can have.
+            let again = a.stack.as_ref().is_some_and(|s| s.task != 0);
             if let Some(stack) = a.stack {
                 self.raw.insert(a.stack_id, stack);
             }
-            self.name_stack(a.pid, a.stack_id);
+            self.name_stack(a.pid, a.stack_id, again);
         }
         Ok(())
     }
 
-    /// Names stack `stack_id` for process `pid`, once, from the raw stack kept.
-    fn name_stack(&mut self, pid: u32, stack_id: u64) {
-        if self.collector.has_stack(pid, stack_id) {
+    /// Names stack `stack_id` for process `pid` from the raw stack kept: once, unless `again`.
+    fn name_stack(&mut self, pid: u32, stack_id: u64, again: bool) {
+        if !again && self.collector.has_stack(pid, stack_id) {
             return;
         }
         let Some(kept) = self.raw.get(&stack_id).cloned() else {
@@ -769,7 +782,7 @@ impl Session {
             self.raw.insert(id, stack);
         }
         for (key, n) in counts {
-            self.name_stack(key.pid, key.stack_id);
+            self.name_stack(key.pid, key.stack_id, false);
             let (interpreters, unnamed) = (&mut self.interpreters, &mut self.unnamed);
             self.collector.add_count(key, n, || {
                 thread_label(interpreters, unnamed, key.pid, key.tid)
