@@ -145,10 +145,14 @@ def startup(config, tools, work):
     cmd = [tools["python"], "-c", "pass"]
     if config != "unprofiled":
         cmd = [tools[config], "record", "-f", "raw", "-o", raw, "--", *cmd]
-    rc, _, err, wall = run(cmd)
-    if rc != 0:
-        sys.exit(f"kernel-cost: {' '.join(cmd)} failed: {err.strip()[-300:]}")
-    return wall
+    # py-spy now and then fails to attach to a Python that ends at once: tried again, then left
+    # out of the medians (said in the log), not the end of the whole run.
+    for _ in range(3):
+        rc, _, err, wall = run(cmd)
+        if rc == 0:
+            return wall
+        log(f"{' '.join(cmd)} failed: {err.strip().splitlines()[-1][:200] if err.strip() else rc}")
+    return None
 
 
 def med(xs):
