@@ -111,7 +111,9 @@ def one(config, depth, tools, work):
         cmd = fixture
     elif config.startswith("austin"):
         rate = int(config.split("@")[1])
-        cmd = [tools["austin"], "-i", str(1_000_000 // rate), "-o", raw, *fixture]
+        # -t: Austin 3.7 gives up on a Python it cannot read within 100 ms of starting it, which
+        # here was 1 run in 4.
+        cmd = [tools["austin"], "-t", "1000", "-i", str(1_000_000 // rate), "-o", raw, *fixture]
     else:
         tool, rate = config.split("@")
         cmd = [tools[tool], "record", "-r", rate, "-f", "raw", "-o", raw, "--", *fixture]

@@ -319,7 +319,23 @@ fn locate_module(
     if weak_tasks == 0 {
         return Err(AsyncioError::NotImported);
     }
-    Ok(AsyncioLayout {
+    Ok(module_layout(
+        (name, coro, iframe, frame_state),
+        task_type,
+        weak_tasks,
+        global("_eager_tasks"),
+    ))
+}
+
+/// The layout of 3.11-3.13's tasks: the task's name and coroutine and the coroutine's frame and
+/// state (`module_offsets`), `_asyncio.Task` and the registries.
+fn module_layout(
+    (name, coro, iframe, frame_state): (u64, u64, u64, u64),
+    task_type: u64,
+    weak_tasks: u64,
+    eager_tasks: u64,
+) -> AsyncioLayout {
+    AsyncioLayout {
         task_name: name,
         task_coro: coro,
         gen_iframe: iframe,
@@ -335,9 +351,9 @@ fn locate_module(
             callback0: FUTURE_CALLBACK0,
             callbacks: FUTURE_CALLBACKS,
             weak_tasks,
-            eager_tasks: global("_eager_tasks"),
+            eager_tasks,
         }),
-    })
+    }
 }
 
 /// The address of `.AsyncioDebug` in process `pid`, in the executable or a mapped `_asyncio`
@@ -986,25 +1002,7 @@ mod tests {
             o.word(set + 40, set_table);
             let (size, name, coro, iframe, state) = module_offsets(Version::new(3, 12)).unwrap();
             assert_eq!(size, 176);
-            let a = AsyncioLayout {
-                task_name: name,
-                task_coro: coro,
-                gen_iframe: iframe,
-                gen_frame_state: state,
-                stack_top: StackTop::Index {
-                    at: FRAME_STACKTOP,
-                    localsplus: FRAME_LOCALSPLUS,
-                },
-                yield_from: -1,
-                cleared: 4,
-                registry: Registry::Module(Module {
-                    task_type,
-                    callback0: FUTURE_CALLBACK0,
-                    callbacks: FUTURE_CALLBACKS,
-                    weak_tasks: 0,
-                    eager_tasks: set,
-                }),
-            };
+            let a = module_layout((name, coro, iframe, state), task_type, 0, set);
             Self {
                 o,
                 a,
