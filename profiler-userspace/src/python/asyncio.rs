@@ -1073,21 +1073,19 @@ mod tests {
         let Registry::Module(m) = h.a.registry else {
             unreachable!()
         };
-        let wakeup = h.o.object("builtin_function_or_method", 0, 64);
-        h.o.word(wakeup + BOUND_SELF, outer);
-        let def = h.o.alloc(32);
-        let name = h.o.alloc(16);
-        h.o.put(name, b"task_wakeup\0");
-        h.o.word(def, name);
-        h.o.word(wakeup + METHOD_DEF, def);
+        // A builtin method named `name` bound to `outer`.
+        let mut bound = |name: &str| {
+            let m = h.o.object("builtin_function_or_method", 0, 64);
+            h.o.word(m + BOUND_SELF, outer);
+            let (def, text) = (h.o.alloc(32), h.o.alloc(32));
+            h.o.put(text, format!("{name}\0").as_bytes());
+            h.o.word(def, text);
+            h.o.word(m + METHOD_DEF, def);
+            m
+        };
+        let wakeup = bound("task_wakeup");
         // Another method of the task (its `cancel`) is no awaiter.
-        let cancel = h.o.object("builtin_function_or_method", 0, 64);
-        h.o.word(cancel + BOUND_SELF, outer);
-        let cancel_def = h.o.alloc(32);
-        let cancel_name = h.o.alloc(16);
-        h.o.put(cancel_name, b"cancel\0");
-        h.o.word(cancel_def, cancel_name);
-        h.o.word(cancel + METHOD_DEF, cancel_def);
+        let cancel = bound("cancel");
         // The first callback is the other method; the wakeup is in the list of the others.
         h.o.word(inner + m.callback0, cancel);
         let ctx = h.o.object("Context", 0, 64);
