@@ -398,8 +398,30 @@ impl Layout {
 /// Checks a layout against the live process before it is trusted without a table (a version
 /// newer than any): its thread list must name threads the process has, and the frames of its
 /// threads must lead to code objects that read as such. An interpreter that has not started yet
-/// passes (there is nothing to check).
+/// passes (there is nothing to check). A process that is starting changes its frames under the
+/// read: a failed look is tried again, `LIVE_CHECKS` times in all, `LIVE_CHECK_PAUSE` apart; a
+/// layout that is wrong fails every time.
 pub fn check_live(
+    mem: &impl ProcessMemory,
+    layout: &Layout,
+    p: &discover::PythonProcess,
+) -> Result<(), String> {
+    let mut result = check_live_once(mem, layout, p);
+    for _ in 1..LIVE_CHECKS {
+        if result.is_ok() {
+            break;
+        }
+        std::thread::sleep(LIVE_CHECK_PAUSE);
+        result = check_live_once(mem, layout, p);
+    }
+    result
+}
+
+/// Looks at the live process this many times at most, this far apart (`check_live`).
+const LIVE_CHECKS: usize = 5;
+const LIVE_CHECK_PAUSE: std::time::Duration = std::time::Duration::from_millis(20);
+
+fn check_live_once(
     mem: &impl ProcessMemory,
     layout: &Layout,
     p: &discover::PythonProcess,
