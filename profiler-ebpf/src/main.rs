@@ -7,6 +7,7 @@ mod maps;
 mod native;
 mod process;
 mod python;
+mod user;
 
 use core::ffi::c_void;
 

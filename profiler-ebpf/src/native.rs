@@ -36,8 +36,7 @@ use profiler_common::{
 use crate::maps::{
     NATIVE_MAPPINGS, PAGE_INDEX, SCRATCH, Scratch, Slot, UNWIND_ROWS, WINDOW, config_value, count,
 };
-
-const PAGE_SIZE: u64 = 4096;
+use crate::user::{PAGE_SIZE, copy_most};
 
 /// User-mode code segments have privilege level 3 in the low bits of cs.
 const USER_MODE: u64 = 3;
@@ -304,30 +303,10 @@ fn step_frame<const WINDOWED: bool>(s: &mut Scratch) -> Result<(), Stat> {
 fn stack_word(s: &mut Scratch, addr: u64) -> Option<u64> {
     let end = addr.wrapping_add(8);
     if addr < s.window_start || end > s.window_end || end < addr {
-        let page = addr & !(PAGE_SIZE - 1);
-        let start = addr.saturating_sub(BELOW).max(page);
-        let mut len = WINDOW as u64;
-        // SAFETY: the window holds `WINDOW` bytes and more; the helper reads user memory
-        // fault-tolerantly.
-        let mut failed = unsafe {
-            generated::bpf_probe_read_user(
-                s.window.as_mut_ptr().cast(),
-                len as u32,
-                start as *const c_void,
-            )
-        };
-        if failed != 0 {
-            len = (page + PAGE_SIZE - start).min(WINDOW as u64);
-            // SAFETY: as above; `len` is at most `WINDOW`.
-            failed = unsafe {
-                generated::bpf_probe_read_user(
-                    s.window.as_mut_ptr().cast(),
-                    len as u32,
-                    start as *const c_void,
-                )
-            };
-        }
-        if failed != 0 || start + len < end {
+        let start = addr.saturating_sub(BELOW).max(addr & !(PAGE_SIZE - 1));
+        // SAFETY: the window holds `WINDOW` bytes and more.
+        let len = unsafe { copy_most(s.window.as_mut_ptr(), start, WINDOW as u32) } as u64;
+        if start + len < end {
             s.window_end = 0;
             return read(addr).ok();
         }

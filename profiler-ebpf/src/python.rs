@@ -43,6 +43,7 @@ use crate::maps::{
     EXTRA_STACKS, NEW_STACKS, OFF_CPU_START, SCRATCH, STACKS_LARGE, STACKS_SMALL, Scratch, Slot,
     TARGETS, THREADS, WINDOW, count, enabled,
 };
+use crate::user::{PAGE_SIZE, copy, copy_most};
 
 const EEXIST: i32 = 17;
 /// Masks an offset into `Scratch::bytes`: every field offset userspace passes is below this
@@ -498,45 +499,9 @@ pub fn snapshot_code(slot: Slot, index: u64) -> i64 {
     0
 }
 
-/// Copies what it can of the `len` bytes at user address `addr` to `dst`: all of them, or, when
-/// they run into memory that is not mapped (an object near the end of its mapping), those up to
-/// the end of `addr`'s page, which is mapped since the object starts there. Returns the bytes
-/// copied, 0 if none (or `addr` is 0).
-///
-/// # Safety
-/// `dst` is valid for writes of `len` bytes.
-#[inline(always)]
-unsafe fn copy_most(dst: *mut u8, addr: u64, len: u32) -> u32 {
-    if addr == 0 {
-        return 0;
-    }
-    // SAFETY: the caller's promise.
-    if unsafe { copy(dst, addr, len) } {
-        return len;
-    }
-    let to_page_end = (PAGE_SIZE - (addr & (PAGE_SIZE - 1))) as u32;
-    let n = to_page_end.min(len);
-    // SAFETY: the caller's promise; `n` is at most `len`.
-    if unsafe { copy(dst, addr, n) } { n } else { 0 }
-}
-
 /// `PyObject.ob_type` in a build with the GIL (Include/object.h), which every version with a
 /// `TargetInfo::frame_first_local` (3.8 to 3.10) is.
 const OB_TYPE: u16 = 8;
-
-/// The page size of every platform prof-bpf builds for.
-const PAGE_SIZE: u64 = 4096;
-
-/// Fills the `len` bytes at `dst` from user address `addr`; whether all of them could be read.
-///
-/// # Safety
-/// `dst` is valid for writes of `len` bytes.
-#[inline(always)]
-unsafe fn copy(dst: *mut u8, addr: u64, len: u32) -> bool {
-    // SAFETY: the caller's promise; the helper reads user memory fault-tolerantly (zeroing
-    // `dst` on failure).
-    unsafe { generated::bpf_probe_read_user(dst.cast(), len, addr as *const c_void) == 0 }
-}
 
 /// `bpf_loop`'s callback for `walk_all`: reads one frame of the walk in `slot`'s scratch entry.
 /// Returns 0 to go on, 1 when the chain ended, a read failed or the stack is full.
