@@ -138,10 +138,7 @@ impl Interpreter {
         };
         let task = match modern {
             true => task,
-            false => {
-                let r = index.task_of(mem, layout, a, task);
-                r?
-            }
+            false => index.task_of(mem, layout, a, task)?,
         };
         // A task made since at the address of one read before is read anew.
         let identity = asyncio::task_identity(mem, a, task);
