@@ -1,6 +1,7 @@
 //! The maps the kernel program shares with userspace. Userspace writes `TARGETS` and flips
 //! `ACTIVE_COUNTS`; the kernel writes the rest, and userspace drains it.
 
+use crate::user::Aligned;
 use aya_ebpf::{
     macros::map,
     maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, ProgramArray, RingBuf},
@@ -163,11 +164,11 @@ pub struct Scratch {
     pub code_memo: [CodeMemo; CODE_MEMO_SLOTS],
     /// One frame's or code object's bytes, read at once; twice `FRAME_READ` so an offset masked
     /// below it plus the field's size stays inside.
-    pub bytes: [u8; 2 * profiler_common::FRAME_READ + 16],
+    pub bytes: Aligned<{ 2 * profiler_common::FRAME_READ + 16 }>,
     /// 3.11+: the bytes of `[window_start, window_end)` of the thread's data stack, read at
     /// once (`python::load_frame`); empty when `window_end` is 0. One more `FRAME_READ` of room
     /// so a frame at a masked offset stays inside.
-    pub window: [u8; WINDOW + profiler_common::FRAME_READ],
+    pub window: Aligned<{ WINDOW + profiler_common::FRAME_READ }>,
     pub window_start: u64,
     pub window_end: u64,
     pub stack: LargeStack,

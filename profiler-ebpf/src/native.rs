@@ -302,6 +302,10 @@ fn step_frame<const WINDOWED: bool>(s: &mut Scratch) -> Result<(), Stat> {
 #[inline(always)]
 fn stack_word(s: &mut Scratch, addr: u64) -> Option<u64> {
     let end = addr.wrapping_add(8);
+    // The window is read with aligned loads; slots are aligned, a stray address is read alone.
+    if addr & 7 != 0 {
+        return read(addr).ok();
+    }
     if addr < s.window_start || end > s.window_end || end < addr {
         let start = addr.saturating_sub(BELOW).max(addr & !(PAGE_SIZE - 1));
         // SAFETY: the window holds `WINDOW` bytes and more.
@@ -313,10 +317,8 @@ fn stack_word(s: &mut Scratch, addr: u64) -> Option<u64> {
         s.window_start = start;
         s.window_end = start + len;
     }
-    let offset = (addr - s.window_start) as usize & (WINDOW - 1);
-    // SAFETY: `offset` is below `WINDOW` and the window is `WINDOW + FRAME_READ` bytes, so the
-    // 8 bytes at it are inside.
-    Some(unsafe { (s.window.as_ptr().add(offset) as *const u64).read_unaligned() })
+    // A multiple of 8: so are `addr` and the window's start (`BELOW` under it, or a page).
+    Some(s.window.u64_at((addr - s.window_start) as usize))
 }
 
 /// How far below the word asked for a new window starts.

@@ -81,7 +81,7 @@ pub enum UnsupportedVersion {
     FreeThreaded { version: Version, why: String },
     #[error(
         "python {0}'s layout puts a field the kernel walker reads beyond the {frame} bytes it \
-         reads of a frame or the {code} of a code object",
+         reads of a frame or the {code} of a code object, or at an offset not aligned to its size",
         frame = profiler_common::FRAME_READ,
         code = profiler_common::CODE_READ
     )]
@@ -358,7 +358,9 @@ impl Layout {
     }
 
     /// Whether the kernel's reads of `FRAME_READ` and `CODE_READ` bytes reach every field the
-    /// walker takes (a layout published by a newer interpreter might not fit).
+    /// walker takes (a layout published by a newer interpreter might not fit), and each field it
+    /// takes as a word is aligned to its size (it loads them aligned: a
+    /// pointer at a multiple of 8, an `int` of 4). CPython's structs are laid out by a C compiler, so theirs always are.
     pub fn fits_kernel_reads(&self) -> bool {
         let k = &self.kernel;
         let entry = if self.entry_flag == NO_OFFSET {
@@ -373,9 +375,25 @@ impl Layout {
             k.frame_owner,
             entry,
         ];
-        frame
-            .iter()
-            .all(|&o| o as usize + 8 <= profiler_common::FRAME_READ)
+        let instr_size = if k.instr_kind == profiler_common::instr_kind::POINTER {
+            8
+        } else {
+            4
+        };
+        let aligned = [
+            (k.frame_code, 8),
+            (k.frame_previous, 8),
+            (k.frame_instr, instr_size),
+            (k.code_name, 8),
+            (k.code_filename, 8),
+            (k.code_firstlineno, 4),
+        ]
+        .iter()
+        .all(|&(offset, size)| offset % size == 0);
+        aligned
+            && frame
+                .iter()
+                .all(|&o| o as usize + 8 <= profiler_common::FRAME_READ)
             && [k.code_name, k.code_filename, k.code_firstlineno]
                 .iter()
                 .all(|&o| o as usize + 8 <= profiler_common::CODE_READ)
@@ -584,6 +602,28 @@ mod tests {
         for unsupported in [(2, 7), (3, 6), (3, 7), (3, 16), (4, 0)] {
             assert!(layout_for(Version::new(unsupported.0, unsupported.1)).is_err());
         }
+    }
+
+    /// The kernel loads a frame's and a code object's words aligned: a layout (published by a
+    /// newer interpreter, say) with a pointer or an `int` off its alignment is refused.
+    #[test]
+    fn a_misaligned_field_does_not_fit_the_kernel_reads() {
+        let layout = layout_for(Version::new(3, 12)).unwrap();
+        let mut previous = layout;
+        previous.kernel.frame_previous += 4;
+        assert!(!previous.fits_kernel_reads());
+        let mut firstlineno = layout;
+        firstlineno.kernel.code_firstlineno += 2;
+        assert!(!firstlineno.fits_kernel_reads());
+        let mut lasti = layout_for(Version::new(3, 10)).unwrap();
+        assert!(lasti.fits_kernel_reads());
+        lasti.kernel.frame_instr += 4;
+        assert!(
+            lasti.fits_kernel_reads(),
+            "an int needs 4-byte alignment only"
+        );
+        lasti.kernel.frame_instr += 1;
+        assert!(!lasti.fits_kernel_reads());
     }
 
     /// The kernel reads a fixed number of bytes of each frame and code object: every built-in
