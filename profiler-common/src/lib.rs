@@ -353,6 +353,9 @@ pub mod target_options {
     /// (`FRAME_OWNED_BY_GENERATOR`) in `PyStack::task`, the frame embedded in the running task's
     /// coroutine object, and userspace finds the task whose coroutine that is.
     pub const OUTERMOST_COROUTINE: u16 = 4;
+    /// `--native`: the native stack is unwound where the target has a mapping table (so a
+    /// sample of a target without this option skips the table's lookup).
+    pub const NATIVE_STACKS: u16 = 8;
 }
 
 /// `_PyInterpreterFrame.owner` of a generator's or coroutine's frame, 3.11-3.13

@@ -16,7 +16,9 @@ use aya_ebpf::{
     macros::{perf_event, raw_tracepoint},
     programs::{PerfEventContext, RawTracePointContext},
 };
-use profiler_common::{Stat, THREADS_PROGRAM_SLOT, UNWIND_PROGRAM_SLOT, WALK_PROGRAM_SLOT, config};
+use profiler_common::{
+    Stat, THREADS_PROGRAM_SLOT, UNWIND_PROGRAM_SLOT, WALK_PROGRAM_SLOT, config, target_options,
+};
 
 use crate::{
     maps::{PROGRAMS, SWITCH_PROGRAMS, Slot, config_value, count},
@@ -37,12 +39,19 @@ const BLOCKED_STATES: u32 = 0xff;
 /// The slot of the program that goes on from a located frame: the native unwinder for a target
 /// that wants native stacks, else the walker.
 #[inline(always)]
-fn stack_slot(next: Next, pid: u32) -> u32 {
+fn stack_slot(next: Next) -> u32 {
     match next {
         Next::Threads => THREADS_PROGRAM_SLOT,
-        Next::Stack if native::wanted(pid) => UNWIND_PROGRAM_SLOT,
+        Next::Stack if wants_native(Slot::Sample) => UNWIND_PROGRAM_SLOT,
         Next::Stack => WALK_PROGRAM_SLOT,
     }
+}
+
+/// Whether the target sampled now is unwound natively: it asked (`--native`) and has a table.
+#[inline(always)]
+fn wants_native(slot: Slot) -> bool {
+    let (pid, options) = python::sampled_target(slot);
+    options & target_options::NATIVE_STACKS != 0 && native::wanted(pid)
 }
 
 /// Runs on every CPU-clock sample of every CPU; returns at once unless the interrupted thread
@@ -51,7 +60,7 @@ fn stack_slot(next: Next, pid: u32) -> u32 {
 #[perf_event]
 pub fn on_cpu_sample(ctx: PerfEventContext) -> u32 {
     if let Some(next) = python::locate_current_frame(Slot::Sample) {
-        let slot = stack_slot(next, python::sampled_pid(Slot::Sample));
+        let slot = stack_slot(next);
         // SAFETY: the callee is a perf_event program like this one and takes the same context;
         // control only comes back here if the call fails.
         unsafe { PROGRAMS.tail_call(&ctx, slot) };
@@ -64,7 +73,7 @@ pub fn on_cpu_sample(ctx: PerfEventContext) -> u32 {
 #[perf_event]
 pub fn find_thread_state(ctx: PerfEventContext) -> u32 {
     if let Some(next) = python::walk_threads(Slot::Sample) {
-        let slot = stack_slot(next, python::sampled_pid(Slot::Sample));
+        let slot = stack_slot(next);
         // SAFETY: as in `on_cpu_sample`.
         unsafe { PROGRAMS.tail_call(&ctx, slot) };
         count(Slot::Sample, Stat::TailCall);

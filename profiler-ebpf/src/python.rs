@@ -80,10 +80,11 @@ fn scratch(slot: Slot) -> Option<&'static mut Scratch> {
     SCRATCH.get_ptr_mut(slot as u32).map(|p| unsafe { &mut *p })
 }
 
-/// The pid of the target sampled now (what `locate_current_frame` left in `slot`).
+/// The pid of the target sampled now and its `TargetInfo::options` (what
+/// `locate_current_frame` left in `slot`).
 #[inline(always)]
-pub fn sampled_pid(slot: Slot) -> u32 {
-    scratch(slot).map_or(0, |s| s.pid)
+pub fn sampled_target(slot: Slot) -> (u32, u16) {
+    scratch(slot).map_or((0, 0), |s| (s.pid, s.options))
 }
 
 /// Whether the frame walk of this sample has begun (a later run of the walker).
@@ -136,6 +137,9 @@ fn start(s: &mut Scratch, target: &TargetInfo, pid: u32, tid: u32, python_tid: u
     s.new_stack = 0;
     s.entry_offset = target.frame_is_entry;
     s.options = target.options;
+    // For the walk's `bpf_loop` callbacks, which see only this entry; and so the walk needs no
+    // second lookup of the target.
+    s.target = *target;
     s.hash = 0;
     s.code_seen = 0;
     s.faults = 0;
@@ -363,17 +367,11 @@ pub fn walk_all(
     let Some(s) = scratch(slot) else {
         return;
     };
-    // SAFETY: as in `locate_current_frame`.
-    let Some(target) = (unsafe { TARGETS.get(s.pid) }) else {
-        count(slot, Stat::TargetGone);
-        return;
-    };
-    if target.offsets.instr_kind > instr_kind::INT {
+    // The target's copy `locate_current_frame` made, which the callbacks read too.
+    if s.target.offsets.instr_kind > instr_kind::INT {
         count(slot, Stat::BadOffsets);
         return;
     }
-    // The callback sees only the scratch entry: it reads the target's layout from this copy.
-    s.target = *target;
     // SAFETY: `step` has the shape bpf_loop expects and takes no context.
     unsafe {
         generated::bpf_loop(

@@ -409,6 +409,7 @@ impl Session {
         if self.options.sampler.native {
             self.refresh_tables(pid)?;
             info.frame_is_entry = layout.entry_flag;
+            info.options |= profiler_common::target_options::NATIVE_STACKS;
         }
         if self.options.kernel {
             info.options |= profiler_common::target_options::KERNEL_STACKS;
