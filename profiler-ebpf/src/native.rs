@@ -8,9 +8,9 @@
 //! read of up to `WINDOW` bytes serves the return addresses and saved registers of the frames
 //! that lie in it, where each was a read of its own (about 150 ns each here).
 //!
-//! `FRAMES_PER_LOOP` frames per `bpf_loop` iteration: the callback keeps every value it carries
-//! from one call to the next in the per-CPU scratch map, so the verifier sees the same state on
-//! every entry and checks the callback once, whatever the number of frames. The two binary searches inside it
+//! One frame per `bpf_loop` iteration: the callback keeps every value it carries from one frame
+//! to the next in the per-CPU scratch map, so the verifier sees the same state on every entry and
+//! checks the callback once, whatever the number of frames. The two binary searches inside it
 //! are bounded by constants from `profiler-common` and have one exit branch per step. Kernels
 //! without `bpf_loop` or `bpf_task_pt_regs` (before 5.17) get the compatible unwinder instead:
 //! `COMPAT_FRAMES_PER_CALL` frames per run, the program tail-calling itself, up to
@@ -124,7 +124,7 @@ pub fn unwind(ctx: &PerfEventContext) {
         // SAFETY: `step` is a callback of the shape bpf_loop expects; it takes no context.
         unsafe {
             generated::bpf_loop(
-                MAX_NATIVE_FRAMES.div_ceil(FRAMES_PER_LOOP) as u32,
+                MAX_NATIVE_FRAMES as u32,
                 step as *mut c_void,
                 core::ptr::null_mut(),
                 0,
@@ -154,18 +154,10 @@ pub fn unwind_compat(ctx: &PerfEventContext) -> bool {
         s.native_end = Stat::NativeTruncated as u32;
     }
     s.unwind_calls += 1;
-    let Some(mappings) = NATIVE_MAPPINGS.get_ptr(s.pid) else {
-        s.native_end = Stat::NativeNoMapping as u32;
-        end_unwind();
-        return false;
-    };
-    // SAFETY: as in `step`.
-    let mappings = unsafe { &*mappings };
-    let mut last = NativeMapping::default();
     for _ in 0..COMPAT_FRAMES_PER_CALL {
         // Words read alone: the window's code in this unrolled loop would make the older
         // kernels' program too large.
-        if let Err(end) = step_frame::<false>(s, mappings, &mut last) {
+        if let Err(end) = step_frame::<false>(s) {
             s.native_end = end as u32;
             end_unwind();
             return false;
@@ -242,42 +234,31 @@ pub fn record_kernel_stack(ctx: &PerfEventContext) {
     s.native_hash = mix(hash, len as u64);
 }
 
-/// Frames `step` unwinds per call: the process's mapping table is looked up once for them (a
-/// hash map lookup, where the rest of a frame is array lookups and arithmetic).
-const FRAMES_PER_LOOP: usize = 4;
-
-/// bpf_loop's callback: records the current frame and steps to its caller, `FRAMES_PER_LOOP`
-/// times. Returns 0 to go on, 1 to stop (with `native_end` set).
+/// bpf_loop's callback: records the current frame and steps to its caller. Returns 0 to go
+/// on, 1 to stop (with `native_end` set).
 #[inline(never)]
 extern "C" fn step(_index: u64, _ctx: *mut c_void) -> i64 {
     let Some(s) = scratch() else {
         return 1;
     };
-    let Some(mappings) = NATIVE_MAPPINGS.get_ptr(s.pid) else {
-        s.native_end = Stat::NativeNoMapping as u32;
-        return 1;
+    match step_frame::<true>(s) {
+        Ok(()) => 0,
+        Err(end) => {
+            s.native_end = end as u32;
+            1
+        }
+    }
+}
+
+#[inline(always)]
+fn step_frame<const WINDOWED: bool>(s: &mut Scratch) -> Result<(), Stat> {
+    let pid = s.pid;
+    let Some(mappings) = NATIVE_MAPPINGS.get_ptr(pid) else {
+        return Err(Stat::NativeNoMapping);
     };
     // SAFETY: userspace replaces a process's entry whole; a racing update gives this sample
     // the old or the new table, both consistent.
     let mappings = unsafe { &*mappings };
-    let mut last = NativeMapping::default();
-    for _ in 0..FRAMES_PER_LOOP {
-        if let Err(end) = step_frame::<true>(s, mappings, &mut last) {
-            s.native_end = end as u32;
-            return 1;
-        }
-    }
-    0
-}
-
-/// Records the frame at `s.rip` and steps to its caller. `last` is the mapping the previous
-/// frame was in (a caller is most often in the same file), tried before the search.
-#[inline(always)]
-fn step_frame<const WINDOWED: bool>(
-    s: &mut Scratch,
-    mappings: &NativeMappings,
-    last: &mut NativeMapping,
-) -> Result<(), Stat> {
     let (pc, rsp, rbp) = (s.rip, s.rsp, s.rbp);
     let i = s.extra.native_len as usize;
     if i >= MAX_NATIVE_FRAMES {
@@ -291,12 +272,7 @@ fn step_frame<const WINDOWED: bool>(
     }
     // A return address points after the call: look up the call itself.
     let lookup = if i == 0 { pc } else { pc - 1 };
-    let m = if last.start <= lookup && lookup < last.end {
-        *last
-    } else {
-        find_mapping(mappings, lookup).ok_or(Stat::NativeNoMapping)?
-    };
-    *last = m;
+    let m = find_mapping(mappings, lookup).ok_or(Stat::NativeNoMapping)?;
 
     let row = if m.rows_len == 0 {
         // No table: trust the frame pointer chain.
