@@ -104,7 +104,9 @@ def leaf_shares(raw_path):
     """Samples in `a`, and in `a` or `b` (a frame of either, wherever in the stack), in a
     collapsed-stack file."""
     a = ab = 0
-    with open(raw_path) as f:
+    # Bytes that are not UTF-8 (Austin now and then writes some) are replaced: a profile is
+    # not thrown away, nor the run, for a mangled name.
+    with open(raw_path, errors="replace") as f:
         for line in f:
             stack, _, count = line.rstrip("\n").rpartition(" ")
             names = {frame.split(" (", 1)[0] for frame in stack.split(";")}
@@ -118,7 +120,7 @@ def austin_shares(raw_path):
     """As `leaf_shares`, for Austin's output: `P<pid>;T<tid>;file:function:line;... metric`,
     each line one sample (the metric its time in microseconds)."""
     a = ab = 0
-    with open(raw_path) as f:
+    with open(raw_path, errors="replace") as f:
         for line in f:
             if line.startswith("#") or not line.strip():
                 continue
@@ -134,7 +136,7 @@ def tachyon_shares(raw_path):
     """As `leaf_shares`, for Tachyon's collapsed output: `tid:<tid>;file:function:line;... count`,
     outermost frame first (the file's base name only; its own frames, such as `<GC>`, bare)."""
     a = ab = 0
-    with open(raw_path) as f:
+    with open(raw_path, errors="replace") as f:
         for line in f:
             stack, _, count = line.rstrip("\n").rpartition(" ")
             names = {frame.split(":")[-2] for frame in stack.split(";") if frame.count(":") >= 2}
@@ -188,7 +190,11 @@ def one(python, config, depth, tools, work):
     if config != "unprofiled":
         shares = {"austin": austin_shares, "tachyon": tachyon_shares}.get(config.split("@")[0],
                                                                           leaf_shares)
-        a, ab = shares(raw)
+        try:
+            a, ab = shares(raw)
+        except (OSError, ValueError) as e:
+            row["failed"] = f"unreadable profile: {e}"
+            return row
         row["samples"] = ab
         row["error_pp"] = abs(100 * a / ab - row["measured_a"]) if ab else None
         m = KERNEL_TIME.search(err)
