@@ -22,6 +22,10 @@ configuration alike:
   target through /proc, so the root's /proc is mounted for the run if it is not already (and
   unmounted at the end). Skipped, with a message, if the root is missing.
 
+Each set also runs the fixture under bench/cpu_clock.py at 1 and 10 kHz (`clock-only`): the
+CPU-clock events prof-bpf's sampler opens, with nothing attached, so the table shows what the
+timer interrupts alone cost the program, apart from what prof-bpf's programs add.
+
 Per run it takes:
 
 - the workload's own time (perf_counter around the work, not start-up or writing the profile);
@@ -56,10 +60,13 @@ SECTION = "## Kernel cost by stack depth, and start-up (issue 16)"
 DEPTHS = [int(d) for d in os.environ.get("DEPTHS", "5,50,200,1000").split(",")]
 PYTHONS = os.environ.get("PYTHONS", "3.11,3.15").split(",")
 # The configurations of each fixture set, by the Python that runs bench/deep.py.
+# `clock-only`: bench/cpu_clock.py, the CPU-clock events a sampler like prof-bpf opens with
+# nothing attached: what the timer interrupts alone cost the program.
 CONFIGS = {
-    "3.11": ["unprofiled", "prof-bpf@1000", "prof-bpf@10000", "py-spy@1000", "py-spy@10000",
-             "austin@1000", "austin@10000"],
-    "3.15": ["unprofiled", "prof-bpf@1000", "prof-bpf@10000", "tachyon@1000", "tachyon@10000"],
+    "3.11": ["unprofiled", "clock-only@1000", "clock-only@10000", "prof-bpf@1000",
+             "prof-bpf@10000", "py-spy@1000", "py-spy@10000", "austin@1000", "austin@10000"],
+    "3.15": ["unprofiled", "clock-only@1000", "clock-only@10000", "prof-bpf@1000",
+             "prof-bpf@10000", "tachyon@1000", "tachyon@10000"],
 }
 # The root file system with Debian forky's python3.15 (scripts/setup-pythons).
 FORKY = os.path.join(os.environ.get("PROF_BPF_CACHE", "/var/cache/prof-bpf"), "forky")
@@ -156,6 +163,8 @@ def one(python, config, depth, tools, work):
         fixture = [tools["python"], "bench/deep.py", str(depth)]
     if config == "unprofiled":
         cmd = fixture
+    elif config.startswith("clock-only"):
+        cmd = [sys.executable, "bench/cpu_clock.py", config.split("@")[1], *fixture]
     elif config.startswith("tachyon"):
         rate = config.split("@")[1]
         # Tachyon runs the script as its child (through its own starter), waits for it and writes
@@ -187,7 +196,7 @@ def one(python, config, depth, tools, work):
     row["workload"] = measured["elapsed_s"]
     row["target_cpu"] = measured["process_cpu_s"]
     row["measured_a"] = 100 * measured["a_s"] / (measured["a_s"] + measured["b_s"])
-    if config != "unprofiled":
+    if config != "unprofiled" and not config.startswith("clock-only"):
         shares = {"austin": austin_shares, "tachyon": tachyon_shares}.get(config.split("@")[0],
                                                                           leaf_shares)
         try:
@@ -359,7 +368,8 @@ def report(rows, starts, rounds, meta, pythons):
         "together. *Samples*: those in `a` or `b`. *Error*: the profile's share of `a` against "
         "the share the run measured, in points. *BPF*: the kernel's time in prof-bpf's programs "
         "per recorded sample (charged to the sampled thread, so it is inside the slowdown, not on "
-        "top of it). *CPU per sample*: the command's CPU time beyond the same round's unprofiled "
+        "top of it). *clock-only*: the sampler's CPU-clock events with nothing attached "
+        "(bench/cpu_clock.py), what the timer interrupts alone cost. *CPU per sample*: the command's CPU time beyond the same round's unprofiled "
         "run, over its samples: profiler and target together, the profiler's start-up included "
         "(at 1 kHz, on runs of about a second, mostly that and noise)."
     )
