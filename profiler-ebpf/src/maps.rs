@@ -1,7 +1,6 @@
 //! The maps the kernel program shares with userspace. Userspace writes `TARGETS` and flips
 //! `ACTIVE_COUNTS`; the kernel writes the rest, and userspace drains it.
 
-use crate::user::Aligned;
 use aya_ebpf::{
     macros::map,
     maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, ProgramArray, RingBuf},
@@ -13,6 +12,8 @@ use profiler_common::{
     NEW_STACKS_BYTES, NativeMappings, OffCpuStart, PROCESS_EVENTS_BYTES, PROGRAM_SLOTS, PageChunk,
     RowChunk, STAT_ENTRIES, SampleKey, SmallStack, Stat, TargetInfo, config, stat_index,
 };
+
+use crate::user::Aligned;
 
 /// Processes to profile, by tgid, with their interpreter's address and layout.
 #[map]
@@ -148,9 +149,6 @@ pub struct Scratch {
     pub rip: u64,
     pub rsp: u64,
     pub rbp: u64,
-    /// `TargetInfo::frame_is_entry` and `TargetInfo::options` of the sampled target.
-    pub entry_offset: u16,
-    pub options: u16,
     /// Native unwinder runs so far (the compatible unwinder's bound).
     pub unwind_calls: u32,
     /// This sample's number on this CPU: a `CodeMemo` of another sample is stale.
@@ -158,7 +156,8 @@ pub struct Scratch {
     /// Whether this sample stored its stack for the first time (1): its code objects are then
     /// copied (`snapshot_code`).
     pub new_stack: u32,
-    /// The sampled target, for `bpf_loop`'s walk callback (which sees only this entry).
+    /// The sampled target, copied when the sample starts: its layout and options for every
+    /// program of the sample, and for `bpf_loop`'s walk callback (which sees only this entry).
     pub target: profiler_common::TargetInfo,
     /// The code tags this sample has read, by code address (direct-mapped).
     pub code_memo: [CodeMemo; CODE_MEMO_SLOTS],

@@ -205,7 +205,7 @@ pub fn record_kernel_stack(ctx: &PerfEventContext) {
         return;
     };
     s.extra.kernel_len = 0;
-    if s.options & target_options::KERNEL_STACKS == 0 {
+    if s.target.options & target_options::KERNEL_STACKS == 0 {
         return;
     }
     // SAFETY: the destination is our scratch entry's kernel array, of the size passed; the

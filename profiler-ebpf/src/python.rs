@@ -84,7 +84,7 @@ fn scratch(slot: Slot) -> Option<&'static mut Scratch> {
 /// `locate_current_frame` left in `slot`).
 #[inline(always)]
 pub fn sampled_target(slot: Slot) -> (u32, u16) {
-    scratch(slot).map_or((0, 0), |s| (s.pid, s.options))
+    scratch(slot).map_or((0, 0), |s| (s.pid, s.target.options))
 }
 
 /// Whether the frame walk of this sample has begun (a later run of the walker).
@@ -135,10 +135,8 @@ fn start(s: &mut Scratch, target: &TargetInfo, pid: u32, tid: u32, python_tid: u
     s.unwind_calls = 0;
     s.sample_seq = s.sample_seq.wrapping_add(1);
     s.new_stack = 0;
-    s.entry_offset = target.frame_is_entry;
-    s.options = target.options;
-    // For the walk's `bpf_loop` callbacks, which see only this entry; and so the walk needs no
-    // second lookup of the target.
+    // For the sample's later programs and the walk's `bpf_loop` callbacks, which see only this
+    // entry; so the walk needs no second lookup of the target.
     s.target = *target;
     s.hash = 0;
     s.code_seen = 0;
@@ -521,8 +519,8 @@ pub fn walk_one(slot: Slot) -> i64 {
         return 1;
     }
     let target = s.target;
-    let has_entry = ne_mask(s.entry_offset as u64, NO_OFFSET as u64);
-    let entry_offset = s.entry_offset & (has_entry as u16);
+    let has_entry = ne_mask(target.frame_is_entry as u64, NO_OFFSET as u64);
+    let entry_offset = target.frame_is_entry & (has_entry as u16);
     // `OUTERMOST_COROUTINE`: the last generator's frame met, rootward, is the outermost.
     let tracks_task = !ne_mask(
         (target.options & target_options::OUTERMOST_COROUTINE) as u64,
@@ -669,19 +667,12 @@ fn lt_mask(a: u64, b: u64) -> u64 {
     0u64.wrapping_sub(a.wrapping_sub(b) >> 63)
 }
 
-/// Copies `len` bytes at `addr` into the scratch buffer; the helper's return code (0 or a
-/// negative error) comes back.
+/// Copies `len` bytes at `addr` into the scratch buffer; 0, or 1 if they could not all be read.
 #[inline(always)]
 fn read_bytes(s: &mut Scratch, addr: u64, len: u32) -> i64 {
-    // SAFETY: the destination is the scratch entry's buffer and `len` is masked below its size;
-    // the helper reads user memory fault-tolerantly and zeroes the buffer on failure.
-    unsafe {
-        generated::bpf_probe_read_user(
-            s.bytes.as_mut_ptr().cast(),
-            len & BYTES_MASK as u32,
-            addr as *const core::ffi::c_void,
-        )
-    }
+    // SAFETY: the destination is the scratch entry's buffer and `len` is masked below its size.
+    let read = unsafe { copy(s.bytes.as_mut_ptr(), addr, len & BYTES_MASK as u32) };
+    i64::from(!read)
 }
 
 /// Reads up to `FRAMES_PER_CALL` frames from `s.frame`, leaf first, appending them to
@@ -690,8 +681,8 @@ fn read_bytes(s: &mut Scratch, addr: u64, len: u32) -> i64 {
 /// counter (the verifier needs that); userspace hides it. A read fault ends the walk there.
 #[inline(always)]
 fn walk_frames(s: &mut Scratch, target: &TargetInfo) {
-    let has_entry = ne_mask(s.entry_offset as u64, NO_OFFSET as u64);
-    let entry_offset = s.entry_offset & (has_entry as u16);
+    let has_entry = ne_mask(target.frame_is_entry as u64, NO_OFFSET as u64);
+    let entry_offset = target.frame_is_entry & (has_entry as u16);
     let base = s.stack.len as usize;
     let mut frame = s.frame;
     let mut hash = s.hash;
@@ -767,19 +758,13 @@ fn read_frame<const WINDOWED: bool>(
 }
 
 /// Reads the frame at `frame` alone into the start of the window, which then holds nothing
-/// else; returns 0 or the read's error.
+/// else; 0, or 1 if it could not be read.
 #[inline(always)]
 fn read_alone(s: &mut Scratch, frame: u64, len: u16) -> i64 {
     s.window_end = 0;
-    // SAFETY: `len` is masked below the window's size; the helper reads user memory
-    // fault-tolerantly and zeroes the buffer on failure.
-    unsafe {
-        generated::bpf_probe_read_user(
-            s.window.as_mut_ptr().cast(),
-            len as u32 & BYTES_MASK as u32,
-            frame as *const c_void,
-        )
-    }
+    // SAFETY: `len` is masked below the window's size.
+    let read = unsafe { copy(s.window.as_mut_ptr(), frame, len as u32 & BYTES_MASK as u32) };
+    i64::from(!read)
 }
 
 /// Puts the frame at `frame` in the window and returns where in it the frame starts (a failed
@@ -802,16 +787,8 @@ fn load_frame(s: &mut Scratch, target: &TargetInfo, frame: u64, faults: &mut i64
         let page = frame & !(PAGE_SIZE - 1);
         let start = end.saturating_sub(WINDOW as u64).max(page);
         let len = (end - start).min(WINDOW as u64);
-        // SAFETY: the window holds `WINDOW` bytes and more; `len` is at most that. The helper
-        // reads user memory fault-tolerantly.
-        let failed = unsafe {
-            generated::bpf_probe_read_user(
-                s.window.as_mut_ptr().cast(),
-                len as u32,
-                start as *const c_void,
-            )
-        };
-        if failed != 0 {
+        // SAFETY: the window holds `WINDOW` bytes and more; `len` is at most that.
+        if !unsafe { copy(s.window.as_mut_ptr(), start, len as u32) } {
             *faults |= read_alone(s, frame, target.frame_read);
             return 0;
         }
