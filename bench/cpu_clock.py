@@ -21,17 +21,17 @@ PERF_COUNT_SW_CPU_CLOCK = 0
 PERF_ATTR_SIZE_VER0 = 64
 EXCLUDE_IDLE = 1 << 7
 SYS_PERF_EVENT_OPEN = {"x86_64": 298, "aarch64": 241}[os.uname().machine]
+LIBC = ctypes.CDLL(None, use_errno=True)
 
 
 def open_cpu_clock(cpu, rate):
     """A CPU-clock event on `cpu` firing `rate` times a second, enabled; its descriptor."""
-    libc = ctypes.CDLL(None, use_errno=True)
     # struct perf_event_attr, version 0: type, size, config, sample_period, sample_type,
     # read_format, flags, wakeup_events, bp_type, config1.
     attr = struct.pack("IIQQQQQIIQ", PERF_TYPE_SOFTWARE, PERF_ATTR_SIZE_VER0,
                        PERF_COUNT_SW_CPU_CLOCK, 1_000_000_000 // rate, 0, 0, EXCLUDE_IDLE, 0, 0, 0)
     buf = ctypes.create_string_buffer(attr, len(attr))
-    fd = libc.syscall(SYS_PERF_EVENT_OPEN, buf, -1, cpu, -1, 0)
+    fd = LIBC.syscall(SYS_PERF_EVENT_OPEN, buf, -1, cpu, -1, 0)
     if fd < 0:
         sys.exit(f"cpu_clock: perf_event_open on CPU {cpu}: {os.strerror(ctypes.get_errno())}")
     return fd

@@ -107,50 +107,44 @@ def children_cpu():
     return r.children_user + r.children_system
 
 
-def leaf_shares(raw_path):
-    """Samples in `a`, and in `a` or `b` (a frame of either, wherever in the stack), in a
-    collapsed-stack file."""
+def shares(raw_path, name_of, counted):
+    """Samples in `a`, and in `a` or `b` (a frame of either, wherever in the stack), in a profile
+    of one stack per line: frames joined by `;`, then a space and the stack's count (`counted`),
+    or a metric, each line then one sample. `name_of` takes a frame's function out of it."""
     a = ab = 0
     # Bytes that are not UTF-8 (Austin now and then writes some) are replaced: a profile is
     # not thrown away, nor the run, for a mangled name.
     with open(raw_path, errors="replace") as f:
         for line in f:
-            stack, _, count = line.rstrip("\n").rpartition(" ")
-            names = {frame.split(" (", 1)[0] for frame in stack.split(";")}
-            if names & {"a", "b"}:
-                ab += int(count)
-                a += int(count) if "a" in names else 0
-    return a, ab
-
-
-def austin_shares(raw_path):
-    """As `leaf_shares`, for Austin's output: `P<pid>;T<tid>;file:function:line;... metric`,
-    each line one sample (the metric its time in microseconds)."""
-    a = ab = 0
-    with open(raw_path, errors="replace") as f:
-        for line in f:
             if line.startswith("#") or not line.strip():
                 continue
-            stack = line.rstrip("\n").rpartition(" ")[0]
-            names = {frame.split(":")[-2] for frame in stack.split(";") if frame.count(":") >= 2}
+            stack, _, last = line.rstrip("\n").rpartition(" ")
+            names = {name_of(frame) for frame in stack.split(";")}
+            n = int(last) if counted else 1
             if names & {"a", "b"}:
-                ab += 1
-                a += "a" in names
+                ab += n
+                a += n if "a" in names else 0
     return a, ab
 
 
-def tachyon_shares(raw_path):
-    """As `leaf_shares`, for Tachyon's collapsed output: `tid:<tid>;file:function:line;... count`,
-    outermost frame first (the file's base name only; its own frames, such as `<GC>`, bare)."""
-    a = ab = 0
-    with open(raw_path, errors="replace") as f:
-        for line in f:
-            stack, _, count = line.rstrip("\n").rpartition(" ")
-            names = {frame.split(":")[-2] for frame in stack.split(";") if frame.count(":") >= 2}
-            if names & {"a", "b"}:
-                ab += int(count)
-                a += int(count) if "a" in names else 0
-    return a, ab
+def collapsed_name(frame):
+    """prof-bpf's and py-spy's collapsed frames: `function (file:line)`."""
+    return frame.split(" (", 1)[0]
+
+
+def colon_name(frame):
+    """Austin's and Tachyon's frames: `file:function:line` (their own frames, such as Tachyon's
+    `<GC>`, are bare: no function)."""
+    parts = frame.split(":")
+    return parts[-2] if len(parts) >= 3 else None
+
+
+# How each profiler's profile is read (`shares`), by the configuration's tool: Austin writes
+# `P<pid>;T<tid>;file:function:line;... metric`, each line one sample (the metric its time in
+# microseconds); Tachyon's `--collapsed`, `tid:<tid>;file:function:line;... count`, outermost
+# frame first, the file's base name only; prof-bpf and py-spy collapsed stacks with counts.
+PROFILES = {"austin": (colon_name, False), "tachyon": (colon_name, True)}
+COLLAPSED = (collapsed_name, True)
 
 
 def one(python, config, depth, tools, work):
@@ -197,10 +191,9 @@ def one(python, config, depth, tools, work):
     row["target_cpu"] = measured["process_cpu_s"]
     row["measured_a"] = 100 * measured["a_s"] / (measured["a_s"] + measured["b_s"])
     if config != "unprofiled" and not config.startswith("clock-only"):
-        shares = {"austin": austin_shares, "tachyon": tachyon_shares}.get(config.split("@")[0],
-                                                                          leaf_shares)
+        name_of, counted = PROFILES.get(config.split("@")[0], COLLAPSED)
         try:
-            a, ab = shares(raw)
+            a, ab = shares(raw, name_of, counted)
         except (OSError, ValueError) as e:
             row["failed"] = f"unreadable profile: {e}"
             return row
