@@ -359,8 +359,8 @@ impl Layout {
 
     /// Whether the kernel's reads of `FRAME_READ` and `CODE_READ` bytes reach every field the
     /// walker takes (a layout published by a newer interpreter might not fit), and each field it
-    /// takes as a word is aligned to its size (it loads them aligned: a
-    /// pointer at a multiple of 8, an `int` of 4). CPython's structs are laid out by a C compiler, so theirs always are.
+    /// takes as a word is aligned to its size (it loads them aligned: a pointer at a multiple of
+    /// 8, an `int` of 4). CPython's structs are laid out by a C compiler, so theirs always are.
     pub fn fits_kernel_reads(&self) -> bool {
         let k = &self.kernel;
         let entry = if self.entry_flag == NO_OFFSET {
