@@ -216,6 +216,9 @@ pub const UNWIND_PROGRAM_SLOT: u32 = 1;
 pub const THREADS_PROGRAM_SLOT: u32 = 2;
 pub const THREADS_PROGRAM_NAME: &str = "find_thread_state";
 pub const SWITCH_THREADS_PROGRAM_NAME: &str = "find_thread_state_on_switch";
+/// The thread walk in one run with `bpf_loop` (5.17+), loaded instead of the two above.
+pub const THREADS_LOOP_PROGRAM_NAME: &str = "find_thread_state_loop";
+pub const SWITCH_THREADS_LOOP_PROGRAM_NAME: &str = "find_thread_state_on_switch_loop";
 /// The native unwinder for kernels without `bpf_loop` or `bpf_task_pt_regs` (before 5.17):
 /// a few frames per run, tail-calling itself.
 pub const UNWIND_COMPAT_PROGRAM_NAME: &str = "unwind_native_stack_compat";

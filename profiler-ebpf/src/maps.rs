@@ -132,6 +132,8 @@ pub struct Scratch {
     /// The thread walk's next thread state, and the interpreter it walks.
     pub cursor: u64,
     pub interp: u64,
+    /// The sampled thread's state, where the `bpf_loop` thread walk found it (0: not found).
+    pub cursor_found: u64,
     /// The stack's content hash so far.
     pub hash: u64,
     /// Whether the thread held the GIL (1) or not (0).

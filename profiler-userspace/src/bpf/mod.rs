@@ -656,16 +656,19 @@ fn load_sample_programs(
     features: KernelFeatures,
 ) -> Result<ProgramArray<MapData>, BpfError> {
     let mut programs: ProgramArray<MapData> = map_owned(ebpf, maps::PROGRAMS)?;
-    let walker = match features.bpf_loop {
-        true => profiler_common::WALK_LOOP_PROGRAM_NAME,
-        false => profiler_common::WALK_PROGRAM_NAME,
+    let (walker, threads) = match features.bpf_loop {
+        true => (
+            profiler_common::WALK_LOOP_PROGRAM_NAME,
+            profiler_common::THREADS_LOOP_PROGRAM_NAME,
+        ),
+        false => (
+            profiler_common::WALK_PROGRAM_NAME,
+            profiler_common::THREADS_PROGRAM_NAME,
+        ),
     };
     let mut slots = vec![
         (walker, profiler_common::WALK_PROGRAM_SLOT),
-        (
-            profiler_common::THREADS_PROGRAM_NAME,
-            profiler_common::THREADS_PROGRAM_SLOT,
-        ),
+        (threads, profiler_common::THREADS_PROGRAM_SLOT),
     ];
     if native {
         let unwinder = match features.bpf_loop {
@@ -690,16 +693,19 @@ fn attach_switch_programs(
     features: KernelFeatures,
 ) -> Result<ProgramArray<MapData>, BpfError> {
     let mut switch_programs: ProgramArray<MapData> = map_owned(ebpf, maps::SWITCH_PROGRAMS)?;
-    let walker = match features.bpf_loop {
-        true => profiler_common::SWITCH_WALK_LOOP_PROGRAM_NAME,
-        false => profiler_common::SWITCH_WALK_PROGRAM_NAME,
+    let (walker, threads) = match features.bpf_loop {
+        true => (
+            profiler_common::SWITCH_WALK_LOOP_PROGRAM_NAME,
+            profiler_common::SWITCH_THREADS_LOOP_PROGRAM_NAME,
+        ),
+        false => (
+            profiler_common::SWITCH_WALK_PROGRAM_NAME,
+            profiler_common::SWITCH_THREADS_PROGRAM_NAME,
+        ),
     };
     for (name, slot) in [
         (walker, profiler_common::WALK_PROGRAM_SLOT),
-        (
-            profiler_common::SWITCH_THREADS_PROGRAM_NAME,
-            profiler_common::THREADS_PROGRAM_SLOT,
-        ),
+        (threads, profiler_common::THREADS_PROGRAM_SLOT),
     ] {
         let p: &mut RawTracePoint = program(ebpf, name)?;
         load(p.load())?;
