@@ -18,7 +18,8 @@ pub const FRAMES_PER_CALL: usize = 128;
 pub const SMALL_STACK_FRAMES: usize = 64;
 
 /// Thread states the kernel walks per run when a thread is not in `maps::THREADS` yet; it
-/// tail-calls itself for the next ones, up to `MAX_THREAD_CALLS` runs.
+/// tail-calls itself for the next ones, up to `MAX_THREAD_CALLS` runs (without `bpf_loop`; with
+/// it, the walk is one run of up to `THREADS_PER_CALL * MAX_THREAD_CALLS` thread states).
 pub const THREADS_PER_CALL: u32 = 128;
 pub const MAX_THREAD_CALLS: u32 = 12;
 

@@ -257,17 +257,23 @@ pub fn walk_all_threads(slot: Slot, step: extern "C" fn(u64, *mut c_void) -> i64
     const MAX_THREADS: u32 = THREADS_PER_CALL * MAX_THREAD_CALLS;
     let s = scratch(slot)?;
     s.cursor_found = 0;
+    s.thread_walk_failed = 0;
     // SAFETY: `step` has the shape bpf_loop expects and takes no context.
-    let runs =
-        unsafe { generated::bpf_loop(MAX_THREADS, step as *mut c_void, core::ptr::null_mut(), 0) };
-    // SAFETY: read back of what `step` wrote through the same entry.
-    let found = unsafe { read_volatile(addr_of!(s.cursor_found)) };
+    unsafe { generated::bpf_loop(MAX_THREADS, step as *mut c_void, core::ptr::null_mut(), 0) };
+    // SAFETY: reads back of what `step` wrote through the same entry.
+    let (found, failed) = unsafe {
+        (
+            read_volatile(addr_of!(s.cursor_found)),
+            read_volatile(addr_of!(s.thread_walk_failed)),
+        )
+    };
     let target = s.target;
-    let result = match found {
-        0 if runs >= MAX_THREADS as i64 => Err(Stat::ThreadWalkLimit),
-        // `step` counted why it stopped.
-        0 => return None,
-        tstate => thread_found(slot, s, &target, tstate),
+    let result = match (found, failed) {
+        // `step` counted why it stopped: the sample's one fate.
+        (0, 1) => return None,
+        // The list went on past the bound (or the walk stopped without saying why).
+        (0, _) => Err(Stat::ThreadWalkLimit),
+        (tstate, _) => thread_found(slot, s, &target, tstate),
     };
     match result {
         Ok(next) => Some(next),
@@ -279,7 +285,8 @@ pub fn walk_all_threads(slot: Slot, step: extern "C" fn(u64, *mut c_void) -> i64
 }
 
 /// `bpf_loop`'s callback of `walk_all_threads`: one thread state. Returns 1 (stop) when it is
-/// the sampled thread's (left in `cursor_found`) or the walk failed (counted).
+/// the sampled thread's (left in `cursor_found`) or the walk failed (counted, and
+/// `thread_walk_failed` set).
 #[inline(always)]
 pub fn thread_step(slot: Slot) -> i64 {
     let Some(s) = scratch(slot) else {
@@ -294,6 +301,7 @@ pub fn thread_step(slot: Slot) -> i64 {
         }
         Err(stat) => {
             count(slot, stat);
+            s.thread_walk_failed = 1;
             1
         }
     }
