@@ -48,8 +48,12 @@ const FLIP_GRACE: Duration = Duration::from_millis(2);
 pub enum BpfError {
     #[error("loading the BPF object: {0}")]
     Load(#[source] EbpfError),
-    #[error("the kernel rejected the BPF program: {error}\nverifier log:\n{log}")]
-    Verifier { error: std::io::Error, log: String },
+    #[error("the kernel rejected the BPF program {program}: {error}\nverifier log:\n{log}")]
+    Verifier {
+        program: &'static str,
+        error: std::io::Error,
+        log: String,
+    },
     #[error("BPF program: {0}")]
     Program(#[from] ProgramError),
     #[error("BPF map {name}: {source}")]
@@ -164,7 +168,8 @@ pub struct SamplerOptions {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct KernelFeatures {
     pub release: (u32, u32),
-    /// `bpf_loop` (5.17) and `bpf_task_pt_regs` (5.15): the one-run native unwinder.
+    /// `bpf_loop` (5.17) and `bpf_task_pt_regs` (5.15): the one-run frame walkers, thread walks
+    /// and native unwinder.
     pub bpf_loop: bool,
     /// Hash maps without preallocation in perf_event programs (6.1): the stack and count maps
     /// are then made so (`UNPREALLOCATED`).
@@ -673,27 +678,33 @@ fn load_programs(ebpf: &mut Ebpf, names: &[&'static str]) -> Result<(), BpfError
     if let Some(missing) = names.iter().find(|n| ebpf.program(n).is_none()) {
         return Err(BpfError::Missing(missing));
     }
-    let wanted: Vec<&mut Program> = ebpf
+    let wanted: Vec<(&'static str, &mut Program)> = ebpf
         .programs_mut()
-        .filter(|(name, _)| names.contains(name))
-        .map(|(_, program)| program)
+        .filter_map(|(name, program)| Some((*names.iter().find(|n| **n == name)?, program)))
         .collect();
-    thread::scope(|scope| {
+    let mut loaded: Vec<(&'static str, Result<(), BpfError>)> = thread::scope(|scope| {
         let loads: Vec<_> = wanted
             .into_iter()
-            .map(|program| scope.spawn(move || load_one(program)))
+            .map(|(name, program)| (name, scope.spawn(move || load_one(name, program))))
             .collect();
         loads
             .into_iter()
-            .try_for_each(|load| load.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
-    })
+            .map(|(name, load)| {
+                let result = load.join().unwrap_or_else(|e| std::panic::resume_unwind(e));
+                (name, result)
+            })
+            .collect()
+    });
+    // The first refusal in `names`' order, whichever was verified first.
+    loaded.sort_by_key(|(name, _)| names.iter().position(|n| n == name));
+    loaded.into_iter().try_for_each(|(_, result)| result)
 }
 
 /// Loads one program of the kinds the object has.
-fn load_one(program: &mut Program) -> Result<(), BpfError> {
+fn load_one(name: &'static str, program: &mut Program) -> Result<(), BpfError> {
     match program {
-        Program::PerfEvent(p) => load(p.load()),
-        Program::RawTracePoint(p) => load(p.load()),
+        Program::PerfEvent(p) => load(name, p.load()),
+        Program::RawTracePoint(p) => load(name, p.load()),
         _ => Err(BpfError::Program(ProgramError::UnexpectedProgramType)),
     }
 }
@@ -847,12 +858,13 @@ where
 }
 
 /// A program's load result, with a verifier rejection turned into an error carrying its log.
-fn load(result: Result<(), ProgramError>) -> Result<(), BpfError> {
+fn load(program: &'static str, result: Result<(), ProgramError>) -> Result<(), BpfError> {
     result.map_err(|e| match e {
         ProgramError::LoadError {
             io_error,
             verifier_log,
         } => BpfError::Verifier {
+            program,
             error: io_error,
             log: verifier_log.to_string(),
         },
@@ -946,6 +958,52 @@ mod tests {
     use super::*;
 
     #[test]
+    fn every_program_a_session_loads_is_in_the_object_once() {
+        use ::object::{Object as _, ObjectSymbol as _};
+        let file = ::object::File::parse(OBJECT).expect("the built BPF object parses");
+        let symbols: Vec<&str> = file.symbols().filter_map(|s| s.name().ok()).collect();
+        for bpf_loop in [true, false] {
+            let features = KernelFeatures {
+                release: (6, 1),
+                bpf_loop,
+                unpreallocated_maps: true,
+            };
+            for (native, idle, follow) in [
+                (false, false, Follow::Nobody),
+                (true, false, Follow::Nobody),
+                (false, true, Follow::Nobody),
+                (true, true, Follow::Named),
+                (false, false, Follow::All),
+            ] {
+                let options = SamplerOptions {
+                    native,
+                    idle,
+                    follow,
+                    ..SamplerOptions::default()
+                };
+                let names = programs_to_load(options, features);
+                for name in &names {
+                    assert!(symbols.contains(name), "{name} is not in the object");
+                    let times = names.iter().filter(|n| n == &name).count();
+                    assert_eq!(times, 1, "{name} loaded {times} times");
+                }
+                // The ones the tables and attachments take.
+                let slots = sample_slots(native, features);
+                assert!(slots.iter().all(|(name, _)| names.contains(name)));
+                assert!(names.contains(&profiler_common::PROGRAM_NAME));
+                let switch = switch_slots(features);
+                assert_eq!(idle, switch.iter().all(|(name, _)| names.contains(name)));
+                let switch_program = names.contains(&profiler_common::SWITCH_PROGRAM_NAME);
+                assert_eq!(idle, switch_program);
+                let process = PROCESS_PROGRAMS
+                    .iter()
+                    .all(|(name, _)| names.contains(name));
+                assert_eq!(follow != Follow::Nobody, process);
+            }
+        }
+    }
+
+    #[test]
     fn the_kernel_path_follows_the_release() {
         assert!(matches!(
             KernelFeatures::of_release("5.4.0-216-generic").check(),
@@ -980,6 +1038,7 @@ mod tests {
         assert!(syscall(libc::EACCES).is_permission());
         assert!(!syscall(libc::EINVAL).is_permission());
         let verifier = |errno| BpfError::Verifier {
+            program: "on_cpu_sample",
             error: std::io::Error::from_raw_os_error(errno),
             log: "EPERM in a log is not a refusal".into(),
         };
