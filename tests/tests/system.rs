@@ -464,7 +464,7 @@ fn check_slept(result: &std::process::Output, out: &Path, rate: f64, test: &str)
     }
     assert!(stderr.contains("idle: "), "{stderr}");
     let s = check_idle_headline(test, &stderr, &profile);
-    check_errors(test, &s, LAUNCHED);
+    check_errors(test, &s, &[LAUNCH_FAULTS, call_races(s.samples)]);
 }
 
 /// With `--idle` the profile holds the off-CPU time besides the samples: the summary's
