@@ -90,8 +90,10 @@ fn many_threads(python_name: &str, test: &str) {
         let n = samples.get(root.as_str()).copied().unwrap_or(0);
         assert!(
             n > 0,
-            "{test}: no sample of {root} in {} roots",
-            samples.len()
+            "{test}: no sample of {root} in {} roots (it measured {:.4} s of CPU):\n{}",
+            samples.len(),
+            t["cpu"].as_f64().unwrap(),
+            ended.stderr
         );
         let profiled = 100.0 * n as f64 / total_samples as f64;
         let expected = 100.0 * t["cpu"].as_f64().unwrap() / cpu;
