@@ -18,8 +18,7 @@ pub const FRAMES_PER_CALL: usize = 128;
 pub const SMALL_STACK_FRAMES: usize = 64;
 
 /// Thread states the kernel walks per run when a thread is not in `maps::THREADS` yet; it
-/// tail-calls itself for the next ones, up to `MAX_THREAD_CALLS` runs (without `bpf_loop`; with
-/// it, the walk is one run of up to `THREADS_PER_CALL * MAX_THREAD_CALLS` thread states).
+/// tail-calls itself for the next ones, up to `MAX_THREAD_CALLS` runs.
 pub const THREADS_PER_CALL: u32 = 128;
 pub const MAX_THREAD_CALLS: u32 = 12;
 
@@ -217,9 +216,6 @@ pub const UNWIND_PROGRAM_SLOT: u32 = 1;
 pub const THREADS_PROGRAM_SLOT: u32 = 2;
 pub const THREADS_PROGRAM_NAME: &str = "find_thread_state";
 pub const SWITCH_THREADS_PROGRAM_NAME: &str = "find_thread_state_on_switch";
-/// The thread walk in one run with `bpf_loop` (5.17+), loaded instead of the two above.
-pub const THREADS_LOOP_PROGRAM_NAME: &str = "find_thread_state_loop";
-pub const SWITCH_THREADS_LOOP_PROGRAM_NAME: &str = "find_thread_state_on_switch_loop";
 /// The native unwinder for kernels without `bpf_loop` or `bpf_task_pt_regs` (before 5.17):
 /// a few frames per run, tail-calling itself.
 pub const UNWIND_COMPAT_PROGRAM_NAME: &str = "unwind_native_stack_compat";

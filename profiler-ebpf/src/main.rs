@@ -81,25 +81,6 @@ pub fn find_thread_state(ctx: PerfEventContext) -> u32 {
     0
 }
 
-/// Walks the interpreter's thread list in one run with `bpf_loop` (5.17+): loaded in the
-/// thread walk's slot instead of `find_thread_state` where the kernel has `bpf_loop`.
-#[perf_event]
-pub fn find_thread_state_loop(ctx: PerfEventContext) -> u32 {
-    if let Some(next) = python::walk_all_threads(Slot::Sample, thread_step_sampled) {
-        let slot = stack_slot(next);
-        // SAFETY: as in `on_cpu_sample`.
-        unsafe { PROGRAMS.tail_call(&ctx, slot) };
-        count(Slot::Sample, Stat::TailCall);
-    }
-    0
-}
-
-/// `find_thread_state_loop`'s `bpf_loop` callback.
-#[inline(never)]
-extern "C" fn thread_step_sampled(_index: u64, _ctx: *mut c_void) -> i64 {
-    python::thread_step(Slot::Sample)
-}
-
 /// Unwinds the native stack (`--native`) in one run with `bpf_loop` (5.17+), then tail-calls
 /// the walker.
 #[perf_event]
@@ -219,24 +200,6 @@ pub fn find_thread_state_on_switch(ctx: RawTracePointContext) -> i32 {
         count(Slot::Switch, Stat::TailCall);
     }
     0
-}
-
-/// `find_thread_state_on_switch` in one run with `bpf_loop` (5.17+), as
-/// `find_thread_state_loop` is for samples.
-#[raw_tracepoint(tracepoint = "sched_switch")]
-pub fn find_thread_state_on_switch_loop(ctx: RawTracePointContext) -> i32 {
-    if python::walk_all_threads(Slot::Switch, thread_step_switched).is_some() {
-        // SAFETY: as in `on_sched_switch`.
-        unsafe { SWITCH_PROGRAMS.tail_call(&ctx, WALK_PROGRAM_SLOT) };
-        count(Slot::Switch, Stat::TailCall);
-    }
-    0
-}
-
-/// `find_thread_state_on_switch_loop`'s `bpf_loop` callback.
-#[inline(never)]
-extern "C" fn thread_step_switched(_index: u64, _ctx: *mut c_void) -> i64 {
-    python::thread_step(Slot::Switch)
 }
 
 /// Walks the frame chain `on_sched_switch` found, a part per run, and notes where the thread

@@ -124,7 +124,7 @@ pub struct Scratch {
     pub tid: u32,
     /// The thread's id as its thread state knows it (in a container's pid namespace).
     pub python_tid: u32,
-    /// Runs of the tail-called thread walk so far (`MAX_THREAD_CALLS` at most).
+    /// Runs of the thread walk so far (`MAX_THREAD_CALLS` at most).
     pub thread_calls: u32,
     /// The next frame to read: the thread's current `_PyInterpreterFrame` (or
     /// `PyFrameObject`) at first.
@@ -132,10 +132,6 @@ pub struct Scratch {
     /// The thread walk's next thread state, and the interpreter it walks.
     pub cursor: u64,
     pub interp: u64,
-    /// The sampled thread's state, where the `bpf_loop` thread walk found it (0: not found),
-    /// and whether that walk failed (1: its callback counted why).
-    pub cursor_found: u64,
-    pub thread_walk_failed: u32,
     /// The stack's content hash so far.
     pub hash: u64,
     /// Whether the thread held the GIL (1) or not (0).
@@ -193,9 +189,8 @@ pub enum Slot {
 #[map]
 pub static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(2, 0);
 
-/// The tail-call table of the CPU-clock programs: `WALK_PROGRAM_SLOT` holds the frame walker,
-/// `UNWIND_PROGRAM_SLOT` the native unwinder, `THREADS_PROGRAM_SLOT` the thread walk (each the
-/// `bpf_loop` variant where the kernel has it).
+/// The tail-call table of the CPU-clock programs: `WALK_PROGRAM_SLOT` holds
+/// `walk_python_stack`, `UNWIND_PROGRAM_SLOT` `unwind_native_stack`.
 #[map]
 pub static PROGRAMS: ProgramArray = ProgramArray::with_max_entries(PROGRAM_SLOTS, 0);
 
@@ -214,8 +209,8 @@ pub static NATIVE_MAPPINGS: HashMap<u32, NativeMappings> =
     HashMap::with_max_entries(MAX_TARGETS, 0);
 
 /// The tail-call table of the scheduler-switch programs (a table serves one program type):
-/// slot `WALK_PROGRAM_SLOT` holds the switch's frame walker, `THREADS_PROGRAM_SLOT` its thread
-/// walk (each the `bpf_loop` variant where the kernel has it).
+/// slot `WALK_PROGRAM_SLOT` holds `walk_python_stack_on_switch`, `THREADS_PROGRAM_SLOT`
+/// `find_thread_state_on_switch`.
 #[map]
 pub static SWITCH_PROGRAMS: ProgramArray = ProgramArray::with_max_entries(PROGRAM_SLOTS, 0);
 

@@ -6,9 +6,8 @@
 //!
 //! Cost is what makes a sampler usable at 10 kHz, so each step does the least it can:
 //! - the thread state is found by thread id in `THREADS` and checked with one read; the
-//!   interpreter's thread list is walked (in one run with `bpf_loop`, else `THREADS_PER_CALL`
-//!   per run, the program tail-calling itself) only for a thread not met before, and every
-//!   thread met on the way is remembered;
+//!   interpreter's thread list is walked (`THREADS_PER_CALL` per run, the program tail-calling
+//!   itself) only for a thread not met before, and every thread met on the way is remembered;
 //! - each frame's fields are loaded from a copy of its bytes: up to 3.10 one read per frame;
 //!   from 3.11, whose frames sit on the thread's data stack each above its caller's, one read of
 //!   up to `WINDOW` bytes serves the frames below it (`load_frame`), whose fields are loaded
@@ -207,10 +206,9 @@ fn begin_thread_walk(s: &mut Scratch, target: &TargetInfo) -> Result<(), Stat> {
     Ok(())
 }
 
-/// One run of the thread walk: up to `THREADS_PER_CALL` thread states from the cursor (kernels
-/// without `bpf_loop`). Every thread met is remembered in `THREADS` (a thread of a container
-/// only once it is the one sampled: its host id is not in its thread state). `Next::Threads`:
-/// run again.
+/// One run of the thread walk: up to `THREADS_PER_CALL` thread states from the cursor. Every
+/// thread met is remembered in `THREADS` (a thread of a container only once it is the one
+/// sampled: its host id is not in its thread state). `Next::Threads`: run again.
 pub fn walk_threads(slot: Slot) -> Option<Next> {
     let s = scratch(slot)?;
     // SAFETY: as in `locate_current_frame`.
@@ -230,124 +228,35 @@ pub fn walk_threads(slot: Slot) -> Option<Next> {
 
 #[inline(always)]
 fn walk_thread_list(slot: Slot, s: &mut Scratch, target: &TargetInfo) -> Result<Next, Stat> {
-    // The thread's frame is read after the loop, not in it: the verifier checks a bounded
-    // loop's body once per iteration.
-    let mut found = 0;
+    let off = &target.offsets;
+    let same_ids = target.pidns_ino == 0;
     for _ in 0..THREADS_PER_CALL {
-        if let Some(tstate) = next_thread(s, target)? {
-            found = tstate;
-            break;
+        let tstate = s.cursor;
+        if tstate == 0 {
+            return Err(Stat::NoThreadState);
         }
-    }
-    if found != 0 {
-        return thread_found(slot, s, target, found);
+        let id = thread_id_of(target, tstate).map_err(|()| Stat::ReadThreadState)?;
+        let known = KnownThread {
+            tstate,
+            interp: s.interp,
+            pid: s.pid,
+            _pad: 0,
+        };
+        if id == s.python_tid {
+            let _ = THREADS.insert(s.tid, known, 0);
+            current_frame(slot, s, target, s.interp, tstate)?;
+            return Ok(Next::Stack);
+        }
+        if same_ids && id != 0 {
+            let _ = THREADS.insert(id, known, 0);
+        }
+        s.cursor = read(field(tstate, off.tstate_next)).map_err(|()| Stat::ReadThreadState)?;
     }
     s.thread_calls += 1;
     if s.thread_calls >= MAX_THREAD_CALLS {
         return Err(Stat::ThreadWalkLimit);
     }
     Ok(Next::Threads)
-}
-
-/// The whole thread walk in one run, with `bpf_loop` (5.17+): `step` (calling `thread_step`)
-/// once per thread state, up to the bound `walk_threads`' runs have. The verifier checks `step`
-/// once, where `walk_threads`' bounded loop costs it every iteration (40-55 ms of every start).
-#[inline(always)]
-pub fn walk_all_threads(slot: Slot, step: extern "C" fn(u64, *mut c_void) -> i64) -> Option<Next> {
-    const MAX_THREADS: u32 = THREADS_PER_CALL * MAX_THREAD_CALLS;
-    let s = scratch(slot)?;
-    s.cursor_found = 0;
-    s.thread_walk_failed = 0;
-    // SAFETY: `step` has the shape bpf_loop expects and takes no context.
-    unsafe { generated::bpf_loop(MAX_THREADS, step as *mut c_void, core::ptr::null_mut(), 0) };
-    // SAFETY: reads back of what `step` wrote through the same entry.
-    let (found, failed) = unsafe {
-        (
-            read_volatile(addr_of!(s.cursor_found)),
-            read_volatile(addr_of!(s.thread_walk_failed)),
-        )
-    };
-    let target = s.target;
-    let result = match (found, failed) {
-        // `step` counted why it stopped: the sample's one fate.
-        (0, 1) => return None,
-        // The list went on past the bound (or the walk stopped without saying why).
-        (0, _) => Err(Stat::ThreadWalkLimit),
-        (tstate, _) => thread_found(slot, s, &target, tstate),
-    };
-    match result {
-        Ok(next) => Some(next),
-        Err(stat) => {
-            count(slot, stat);
-            None
-        }
-    }
-}
-
-/// `bpf_loop`'s callback of `walk_all_threads`: one thread state. Returns 1 (stop) when it is
-/// the sampled thread's (left in `cursor_found`) or the walk failed (counted, and
-/// `thread_walk_failed` set).
-#[inline(always)]
-pub fn thread_step(slot: Slot) -> i64 {
-    let Some(s) = scratch(slot) else {
-        return 1;
-    };
-    let target = s.target;
-    match next_thread(s, &target) {
-        Ok(None) => 0,
-        Ok(Some(tstate)) => {
-            s.cursor_found = tstate;
-            1
-        }
-        Err(stat) => {
-            count(slot, stat);
-            s.thread_walk_failed = 1;
-            1
-        }
-    }
-}
-
-/// The thread state at the walk's cursor: `Some` if it is the sampled thread's; else it is
-/// remembered (by its id, where that is the kernel's) and the cursor moves to the next.
-#[inline(always)]
-fn next_thread(s: &mut Scratch, target: &TargetInfo) -> Result<Option<u64>, Stat> {
-    let tstate = s.cursor;
-    if tstate == 0 {
-        return Err(Stat::NoThreadState);
-    }
-    let id = thread_id_of(target, tstate).map_err(|()| Stat::ReadThreadState)?;
-    if id == s.python_tid {
-        return Ok(Some(tstate));
-    }
-    if target.pidns_ino == 0 && id != 0 {
-        let _ = THREADS.insert(id, known_thread(s, tstate), 0);
-    }
-    s.cursor =
-        read(field(tstate, target.offsets.tstate_next)).map_err(|()| Stat::ReadThreadState)?;
-    Ok(None)
-}
-
-/// The sampled thread's state, found by the walk: remembered, and its current frame read.
-#[inline(always)]
-fn thread_found(
-    slot: Slot,
-    s: &mut Scratch,
-    target: &TargetInfo,
-    tstate: u64,
-) -> Result<Next, Stat> {
-    let _ = THREADS.insert(s.tid, known_thread(s, tstate), 0);
-    current_frame(slot, s, target, s.interp, tstate)?;
-    Ok(Next::Stack)
-}
-
-#[inline(always)]
-fn known_thread(s: &Scratch, tstate: u64) -> KnownThread {
-    KnownThread {
-        tstate,
-        interp: s.interp,
-        pid: s.pid,
-        _pad: 0,
-    }
 }
 
 /// With the thread state found: the GIL test (`--gil`) and the thread's current frame.

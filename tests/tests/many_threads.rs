@@ -88,13 +88,21 @@ fn many_threads(python_name: &str, test: &str) {
     for (name, t) in measured {
         let root = format!("thread {} ({name})", t["tid"].as_u64().unwrap());
         let n = samples.get(root.as_str()).copied().unwrap_or(0);
-        assert!(
-            n > 0,
-            "{test}: no sample of {root} in {} roots (it measured {:.4} s of CPU):\n{}",
-            samples.len(),
-            t["cpu"].as_f64().unwrap(),
-            ended.stderr
-        );
+        if n == 0 {
+            let theirs: Vec<String> = profile
+                .iter()
+                .filter(|(stack, _)| stack[0] == root)
+                .map(|(stack, n)| format!("{n} {}", stack.join(";")))
+                .collect();
+            panic!(
+                "{test}: no sample of {root} in burn, in {} roots (it measured {:.4} s of CPU); \
+                 its stacks:\n{}\n{}",
+                samples.len(),
+                t["cpu"].as_f64().unwrap(),
+                theirs.join("\n"),
+                ended.stderr
+            );
+        }
         let profiled = 100.0 * n as f64 / total_samples as f64;
         let expected = 100.0 * t["cpu"].as_f64().unwrap() / cpu;
         if (profiled - expected).abs() > worst.0 {

@@ -168,8 +168,8 @@ pub struct SamplerOptions {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct KernelFeatures {
     pub release: (u32, u32),
-    /// `bpf_loop` (5.17) and `bpf_task_pt_regs` (5.15): the one-run frame walkers, thread walks
-    /// and native unwinder.
+    /// `bpf_loop` (5.17) and `bpf_task_pt_regs` (5.15): the one-run frame walkers and native
+    /// unwinder.
     pub bpf_loop: bool,
     /// Hash maps without preallocation in perf_event programs (6.1): the stack and count maps
     /// are then made so (`UNPREALLOCATED`).
@@ -712,19 +712,16 @@ fn load_one(name: &'static str, program: &mut Program) -> Result<(), BpfError> {
 /// The programs the CPU-clock sampler tail-calls, by slot: the walker and the thread walk the
 /// kernel can run, and with `native` the unwinder.
 fn sample_slots(native: bool, features: KernelFeatures) -> Vec<(&'static str, u32)> {
-    let (walker, threads) = match features.bpf_loop {
-        true => (
-            profiler_common::WALK_LOOP_PROGRAM_NAME,
-            profiler_common::THREADS_LOOP_PROGRAM_NAME,
-        ),
-        false => (
-            profiler_common::WALK_PROGRAM_NAME,
-            profiler_common::THREADS_PROGRAM_NAME,
-        ),
+    let walker = match features.bpf_loop {
+        true => profiler_common::WALK_LOOP_PROGRAM_NAME,
+        false => profiler_common::WALK_PROGRAM_NAME,
     };
     let mut slots = vec![
         (walker, profiler_common::WALK_PROGRAM_SLOT),
-        (threads, profiler_common::THREADS_PROGRAM_SLOT),
+        (
+            profiler_common::THREADS_PROGRAM_NAME,
+            profiler_common::THREADS_PROGRAM_SLOT,
+        ),
     ];
     if native {
         let unwinder = match features.bpf_loop {
@@ -754,19 +751,16 @@ fn fill_sample_table(
 
 /// The scheduler-switch walker and thread walk the kernel can run, by slot.
 fn switch_slots(features: KernelFeatures) -> [(&'static str, u32); 2] {
-    let (walker, threads) = match features.bpf_loop {
-        true => (
-            profiler_common::SWITCH_WALK_LOOP_PROGRAM_NAME,
-            profiler_common::SWITCH_THREADS_LOOP_PROGRAM_NAME,
-        ),
-        false => (
-            profiler_common::SWITCH_WALK_PROGRAM_NAME,
-            profiler_common::SWITCH_THREADS_PROGRAM_NAME,
-        ),
+    let walker = match features.bpf_loop {
+        true => profiler_common::SWITCH_WALK_LOOP_PROGRAM_NAME,
+        false => profiler_common::SWITCH_WALK_PROGRAM_NAME,
     };
     [
         (walker, profiler_common::WALK_PROGRAM_SLOT),
-        (threads, profiler_common::THREADS_PROGRAM_SLOT),
+        (
+            profiler_common::SWITCH_THREADS_PROGRAM_NAME,
+            profiler_common::THREADS_PROGRAM_SLOT,
+        ),
     ]
 }
 
