@@ -672,8 +672,9 @@ fn programs_to_load(options: SamplerOptions, features: KernelFeatures) -> Vec<&'
 }
 
 /// Loads the programs `names`, all at once: the kernel verifies each on the CPU that loads it,
-/// and one after another the verifier was most of a command's start-up (25-35 ms for a frame
-/// walker, 19 for the native unwinder, on this project's 2-CPU test machine).
+/// and one after another the verifier was most of a command's start-up (40-55 ms for the thread
+/// walk, 25-35 for a frame walker, 19 for the native unwinder, on this project's 2-CPU test
+/// machine).
 fn load_programs(ebpf: &mut Ebpf, names: &[&'static str]) -> Result<(), BpfError> {
     if let Some(missing) = names.iter().find(|n| ebpf.program(n).is_none()) {
         return Err(BpfError::Missing(missing));
@@ -709,8 +710,8 @@ fn load_one(name: &'static str, program: &mut Program) -> Result<(), BpfError> {
     }
 }
 
-/// The programs the CPU-clock sampler tail-calls, by slot: the walker and the thread walk the
-/// kernel can run, and with `native` the unwinder.
+/// The programs the CPU-clock sampler tail-calls, by slot: the walker the kernel can run, the
+/// thread walk, and with `native` the unwinder the kernel can run.
 fn sample_slots(native: bool, features: KernelFeatures) -> Vec<(&'static str, u32)> {
     let walker = match features.bpf_loop {
         true => profiler_common::WALK_LOOP_PROGRAM_NAME,
@@ -749,7 +750,7 @@ fn fill_sample_table(
     Ok(programs)
 }
 
-/// The scheduler-switch walker and thread walk the kernel can run, by slot.
+/// The scheduler-switch walker the kernel can run and the switch's thread walk, by slot.
 fn switch_slots(features: KernelFeatures) -> [(&'static str, u32); 2] {
     let walker = match features.bpf_loop {
         true => profiler_common::SWITCH_WALK_LOOP_PROGRAM_NAME,
