@@ -17,6 +17,9 @@
 //! - a code object's tag (what tells it from a later one at the same address) is read from the
 //!   code object, once per code object per sample (see `code_tag_of` for why not from a
 //!   cache);
+//! - a sample of a (thread, stack) counted before adds one to its count entry and is done: the
+//!   stack map is looked at, and the stack stored and its code objects copied, only when that
+//!   entry is missing (userspace keeps the entries of stacks it holds across drains);
 //! - the walk reads `FRAMES_PER_CALL` frames per run and tail-calls itself for the next, so
 //!   the verifier checks one bounded loop and a stack costs what its depth costs, up to
 //!   `MAX_PYTHON_FRAMES`.
@@ -31,6 +34,7 @@ use core::{
 use aya_ebpf::{
     bindings::{BPF_NOEXIST, bpf_pidns_info},
     helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user, generated},
+    maps::PerCpuHashMap,
 };
 use profiler_common::{
     CodeSeen, CodeSnapshot, FRAME_OWNED_BY_GENERATOR, FRAME_READ, FRAMES_PER_CALL, KnownThread,
@@ -589,11 +593,15 @@ fn end_walk(slot: Slot, s: &mut Scratch) -> bool {
 }
 
 /// Counts a walked stack (a sample) or notes where the thread left the CPU (a switch).
+///
+/// A sample whose (thread, stack) was counted before is just counted: userspace keeps the count
+/// entries of stacks it holds across drains (`Sampler::settle_counts`), so for those the stack
+/// map is not even looked at, and nothing is stored or copied again. Only a count entry that is
+/// missing makes the stack stored (once per content) and its code objects copied.
 #[inline(always)]
 fn finish(slot: Slot, s: &mut Scratch) {
-    let stored = store(s);
     let done = match slot {
-        Slot::Sample => stored.and_then(|stack_id| {
+        Slot::Sample => stack_id(s).and_then(|stack_id| {
             let key = SampleKey {
                 pid: s.pid,
                 tid: s.tid,
@@ -601,24 +609,29 @@ fn finish(slot: Slot, s: &mut Scratch) {
                 kind: count_kind::ON_CPU,
                 _pad: 0,
             };
-            add_count(&key, 1)?;
+            if !bump_count(&key, 1) {
+                store(s, stack_id)?;
+                insert_count(&key, 1)?;
+            }
             if s.gil_held != 0 {
                 count(slot, Stat::GilHeld);
             }
             count(slot, Stat::Recorded);
             Ok(())
         }),
-        Slot::Switch => stored.and_then(|stack_id| {
-            let start = OffCpuStart {
-                pid: s.pid,
-                _pad: 0,
-                since_ns: now_ns(),
-                stack_id,
-            };
-            OFF_CPU_START
-                .insert(s.tid, start, 0)
-                .map_err(|_| Stat::OffCpuMapFull)
-        }),
+        Slot::Switch => stack_id(s)
+            .and_then(|stack_id| store(s, stack_id))
+            .and_then(|stack_id| {
+                let start = OffCpuStart {
+                    pid: s.pid,
+                    _pad: 0,
+                    since_ns: now_ns(),
+                    stack_id,
+                };
+                OFF_CPU_START
+                    .insert(s.tid, start, 0)
+                    .map_err(|_| Stat::OffCpuMapFull)
+            }),
     };
     if let Err(stat) = done {
         count(slot, stat);
@@ -838,11 +851,10 @@ fn code_tag_of(s: &mut Scratch, target: &TargetInfo, code: u64, faults: &mut i64
     tag
 }
 
-/// Stores the stack (once per content; in `STACKS_SMALL` when it fits) and its native and
-/// kernel part, and returns its id. Reads the walk's results back from the map, so the verifier
-/// sees one state here whatever run the walk ended in.
+/// The walked stack's id: a hash of its content. Reads the walk's results back from the map, so
+/// the verifier sees one state here whatever run the walk ended in.
 #[inline(always)]
-fn store(s: &mut Scratch) -> Result<u64, Stat> {
+fn stack_id(s: &mut Scratch) -> Result<u64, Stat> {
     // SAFETY: reads of our own scratch entry, written by the walk.
     let (len, hash, native_hash, code_seen, flags, task) = unsafe {
         (
@@ -861,6 +873,25 @@ fn store(s: &mut Scratch) -> Result<u64, Stat> {
     if code_seen == 0 {
         return Err(Stat::EmptyStack);
     }
+    // The flags and the task too: the same frames inside and outside a collection, or in two
+    // tasks, are two stacks.
+    Ok(mix(
+        mix(mix(mix(hash, len as u64), native_hash), flags as u64),
+        task,
+    ))
+}
+
+/// Stores stack `stack_id` (once per content; in `STACKS_SMALL` when it fits) and its native
+/// and kernel part, and returns its id.
+#[inline(always)]
+fn store(s: &mut Scratch, stack_id: u64) -> Result<u64, Stat> {
+    // SAFETY: reads of our own scratch entry, written by the walk.
+    let (len, native_hash) = unsafe {
+        (
+            read_volatile(addr_of!(s.stack.len)),
+            read_volatile(addr_of!(s.native_hash)),
+        )
+    };
     if native_hash != 0 {
         s.stack.extra = native_hash;
         if EXTRA_STACKS.get_ptr(native_hash).is_none() {
@@ -877,12 +908,6 @@ fn store(s: &mut Scratch) -> Result<u64, Stat> {
             }
         }
     }
-    // The flags and the task too: the same frames inside and outside a collection, or in two
-    // tasks, are two stacks.
-    let stack_id = mix(
-        mix(mix(mix(hash, len as u64), native_hash), flags as u64),
-        task,
-    );
     let large = len as usize > SMALL_STACK_FRAMES;
     let known = if large {
         STACKS_LARGE.get_ptr(stack_id).is_some()
@@ -921,23 +946,47 @@ fn store(s: &mut Scratch) -> Result<u64, Stat> {
     Ok(stack_id)
 }
 
+/// The count map userspace is not draining.
+#[inline(always)]
+fn active_counts() -> &'static PerCpuHashMap<SampleKey, u64> {
+    match ACTIVE_COUNTS.get(0) {
+        Some(1) => &COUNTS_1,
+        _ => &COUNTS_0,
+    }
+}
+
 /// Adds `n` to `key`'s count in the count map userspace is not draining.
 #[inline(always)]
 fn add_count(key: &SampleKey, n: u64) -> Result<(), Stat> {
-    let counts = match ACTIVE_COUNTS.get(0) {
-        Some(1) => &COUNTS_1,
-        _ => &COUNTS_0,
-    };
-    if let Some(v) = counts.get_ptr_mut(key) {
-        // SAFETY: a per-CPU value, touched only by this CPU.
-        unsafe { *v += n };
+    if bump_count(key, n) {
         return Ok(());
     }
+    insert_count(key, n)
+}
+
+/// Adds `n` to `key`'s count if the live count map has an entry for it; whether it had.
+#[inline(always)]
+fn bump_count(key: &SampleKey, n: u64) -> bool {
+    match active_counts().get_ptr_mut(key) {
+        Some(v) => {
+            // SAFETY: a per-CPU value, touched only by this CPU.
+            unsafe { *v += n };
+            true
+        }
+        None => false,
+    }
+}
+
+/// Adds an entry of `n` for `key` to the live count map, which had none a moment ago (one
+/// made since, on another CPU, gets `n` added).
+#[inline(always)]
+fn insert_count(key: &SampleKey, n: u64) -> Result<(), Stat> {
+    let counts = active_counts();
     match counts.insert(key, n, BPF_NOEXIST as u64) {
         Ok(()) => Ok(()),
         Err(e) if e == -EEXIST => {
             if let Some(v) = counts.get_ptr_mut(key) {
-                // SAFETY: as above.
+                // SAFETY: as in `bump_count`.
                 unsafe { *v += n };
             }
             Ok(())

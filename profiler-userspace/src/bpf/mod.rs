@@ -15,15 +15,16 @@ use std::{
 use aya::{
     Ebpf, EbpfError, EbpfLoader, include_bytes_aligned,
     maps::{
-        Array, HashMap, Map, MapData, MapError, PerCpuArray, PerCpuHashMap, ProgramArray, RingBuf,
+        Array, HashMap, Map, MapData, MapError, PerCpuArray, PerCpuHashMap, PerCpuValues,
+        ProgramArray, RingBuf,
     },
     programs::{Program, ProgramError, ProgramFd, RawTracePoint, perf_event::PerfEvent},
     util::online_cpus,
 };
 use profiler_common::{
-    CodeSnapshot, ExtraStack, LargeStack, NativeMappings, NewStack, OffCpuStart, PageChunk,
-    ProcessEvent, PyFrame, RowChunk, STACK_IN_GC, STACK_TRUNCATED, SampleKey, SmallStack, Stat,
-    StatClass, TargetInfo, config, maps,
+    CodeSnapshot, ExtraStack, LargeStack, MAX_COUNTS, NativeMappings, NewStack, OffCpuStart,
+    PageChunk, ProcessEvent, PyFrame, RowChunk, STACK_IN_GC, STACK_TRUNCATED, SampleKey,
+    SmallStack, Stat, StatClass, TargetInfo, config, maps,
 };
 
 use crate::unwind::UnwindMaps;
@@ -245,8 +246,25 @@ pub struct Sampler {
     /// Forks and execs of followed processes (`--subprocesses`, `--all`).
     process_events: Option<RingBuf<MapData>>,
     active: u32,
+    /// The count entries the last drain read, in the count map it drained, until
+    /// `settle_counts` (or the next drain) keeps or deletes them.
+    unsettled: Unsettled,
     pub features: KernelFeatures,
 }
+
+/// Count entries read by a drain and not yet kept (zeroed) or deleted.
+#[derive(Default)]
+struct Unsettled {
+    map: &'static str,
+    /// Each entry, and whether it counted anything since it was last drained.
+    keys: Vec<(SampleKey, bool)>,
+    /// Values per entry (one per possible CPU).
+    cpus: usize,
+}
+
+/// Count entries kept across drains at most, per count map: a quarter of its room, so the
+/// entries new in a drain period always find some.
+const KEPT_COUNTS: usize = MAX_COUNTS as usize / 4;
 
 /// A Python stack as the kernel stored it: frames leaf first, and the id of its native and
 /// kernel part (0: none).
@@ -373,6 +391,7 @@ impl Sampler {
             code_snapshots,
             process_events,
             active: 0,
+            unsettled: Unsettled::default(),
             features,
         })
     }
@@ -501,9 +520,13 @@ impl Sampler {
     }
 
     /// Moves everything the kernel recorded since the last drain out of its maps: flips the
-    /// count maps so the kernel counts into the other one, drains the idle one, then copies and
-    /// deletes the stacks. No sample is lost between two drains.
+    /// count maps so the kernel counts into the other one, reads the idle one, then copies and
+    /// deletes the stacks. No sample is lost between two drains. The count entries read stay
+    /// until `settle_counts` (or, without it, the next drain deletes them).
     pub fn drain(&mut self) -> Result<Drained, BpfError> {
+        // The map drained last becomes the live one: its entries must be settled first, or
+        // their counts would be read again.
+        self.settle_counts(|_| false)?;
         let idle = self.active;
         self.active ^= 1;
         let mut active: Array<&mut MapData, u32> = map_mut(&mut self.ebpf, maps::ACTIVE_COUNTS)?;
@@ -518,15 +541,27 @@ impl Sampler {
             maps::COUNTS_1
         };
         let mut drained = Drained::default();
-        let mut counts: PerCpuHashMap<&mut MapData, SampleKey, u64> =
-            map_mut(&mut self.ebpf, name)?;
+        let counts: PerCpuHashMap<&MapData, SampleKey, u64> = map_ref(&self.ebpf, name)?;
         let keys: Vec<SampleKey> = counts.keys().filter_map(Result::ok).collect();
+        let mut unsettled = Unsettled {
+            map: name,
+            keys: Vec::with_capacity(keys.len()),
+            cpus: 0,
+        };
         for key in keys {
+            let mut counted = false;
             if let Ok(per_cpu) = counts.get(&key, 0) {
-                drained.counts.push((key, per_cpu.iter().sum()));
+                let n: u64 = per_cpu.iter().sum();
+                // A kept entry nothing counted into since: nothing to report.
+                if n != 0 {
+                    drained.counts.push((key, n));
+                }
+                counted = n != 0;
+                unsettled.cpus = per_cpu.len();
             }
-            let _ = counts.remove(&key);
+            unsettled.keys.push((key, counted));
         }
+        self.unsettled = unsettled;
 
         // Stacks before their native and kernel parts: a part a stack names was stored before
         // it, so it is here now or was taken by an earlier drain.
@@ -540,6 +575,36 @@ impl Sampler {
             drained.extras.push((id, RawExtra::new(e)))
         })?;
         Ok(drained)
+    }
+
+    /// Keeps, with a count of zero, the entries of the last drain that `keep` says to keep and
+    /// that counted something since the drain before, and deletes the others. A kept entry is
+    /// one the kernel counts the next samples of its (thread, stack) into without storing the
+    /// stack again (`python::finish`): keep only those whose stack the caller holds.
+    pub fn settle_counts(
+        &mut self,
+        mut keep: impl FnMut(&SampleKey) -> bool,
+    ) -> Result<(), BpfError> {
+        let Unsettled { map, keys, cpus } = std::mem::take(&mut self.unsettled);
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let mut counts: PerCpuHashMap<&mut MapData, SampleKey, u64> = map_mut(&mut self.ebpf, map)?;
+        let mut kept = 0;
+        for (key, counted) in keys {
+            if counted
+                && kept < KEPT_COUNTS
+                && cpus != 0
+                && keep(&key)
+                && let Ok(zeros) = PerCpuValues::try_from(vec![0u64; cpus])
+                && counts.insert(key, zeros, 0).is_ok()
+            {
+                kept += 1;
+                continue;
+            }
+            let _ = counts.remove(&key);
+        }
+        Ok(())
     }
 
     /// How long the kernel spent in the sampling program so far.

@@ -789,6 +789,23 @@ impl Session {
                 thread_label(interpreters, unnamed, key.pid, key.tid)
             });
         }
+        // The kernel goes on counting into a kept entry without storing its stack again: keep
+        // those whose stack is named for a live process and held here whole. Not a task's
+        // stack: a task made later at the same address is named anew only when stored anew.
+        let (collector, raw, extras, interpreters) = (
+            &mut self.collector,
+            &mut self.raw,
+            &self.extras,
+            &self.interpreters,
+        );
+        self.sampler.settle_counts(|key| {
+            key.kind == count_kind::ON_CPU
+                && interpreters.contains_key(&key.pid)
+                && collector.has_stack(key.pid, key.stack_id)
+                && raw.get(&key.stack_id).is_some_and(|stack| {
+                    stack.task == 0 && (stack.extra == 0 || extras.contains(&stack.extra))
+                })
+        })?;
         self.name_unnamed_threads();
         // Children that were gone when they were registered have been counted now.
         for pid in std::mem::take(&mut self.retire) {
