@@ -681,7 +681,11 @@ pub mod config {
     pub const TASK_SIGNAL_OFFSET: u32 = 8;
     /// Byte offset of `live` (its threads not yet exiting) in `struct signal_struct`, from BTF.
     pub const SIGNAL_LIVE_OFFSET: u32 = 9;
-    pub const COUNT: u32 = 10;
+    /// Byte offset of `mm` (the task's memory, NULL once an exiting thread let it go) in
+    /// `struct task_struct`, from BTF: a sample whose user reads failed tells an exiting thread
+    /// by it. 0 if the BTF could not be read (such samples keep the label of what failed).
+    pub const TASK_MM_OFFSET: u32 = 10;
+    pub const COUNT: u32 = 11;
 }
 
 /// Where the scheduler-switch program left a thread that went off the CPU, by thread id.
@@ -847,6 +851,9 @@ stats! {
     /// A code object could not be copied (the ring buffer was full, or its header could not be
     /// read): its frames are named from the live object, if it still is by then.
     CodeSnapshotLost = 33, Tally, "code object copies dropped";
+    /// The thread was exiting: it had let go of the process's memory (its `mm`), so nothing of
+    /// its Python state could be read. Outside Python code, not a fault.
+    ThreadExiting = 34, OutsidePython, "thread exiting";
 }
 
 // `ALL` lists every counter in discriminant order, 0 to COUNT - 1, so `stat as usize` indexes
@@ -1024,7 +1031,12 @@ mod tests {
                 "{stat:?}"
             );
         }
-        for stat in [Stat::NoThreadState, Stat::EmptyStack, Stat::RuntimeNotReady] {
+        for stat in [
+            Stat::NoThreadState,
+            Stat::EmptyStack,
+            Stat::RuntimeNotReady,
+            Stat::ThreadExiting,
+        ] {
             assert_eq!(stat.class(), StatClass::OutsidePython, "{stat:?}");
         }
         assert_eq!(Stat::GilNotHeld.class(), StatClass::LeftOut);

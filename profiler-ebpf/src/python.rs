@@ -33,7 +33,10 @@ use core::{
 
 use aya_ebpf::{
     bindings::{BPF_NOEXIST, bpf_pidns_info},
-    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user, generated},
+    helpers::{
+        bpf_get_current_pid_tgid, bpf_get_current_task, bpf_ktime_get_ns, bpf_probe_read_kernel,
+        bpf_probe_read_user, generated,
+    },
     maps::PerCpuHashMap,
 };
 use profiler_common::{
@@ -47,7 +50,7 @@ use profiler_common::{
 use crate::maps::{
     ACTIVE_COUNTS, CODE_MEMO_SLOTS, CODE_SNAPSHOTS, CODES_SEEN, COUNTS_0, COUNTS_1, CodeMemo,
     EXTRA_STACKS, NEW_STACKS, OFF_CPU_START, SCRATCH, STACKS_LARGE, STACKS_SMALL, Scratch, Slot,
-    TARGETS, THREADS, WINDOW, count, enabled,
+    TARGETS, THREADS, WINDOW, config_value, count, enabled,
 };
 use crate::user::{PAGE_SIZE, copy, copy_most};
 
@@ -123,10 +126,33 @@ pub fn locate_current_frame(slot: Slot) -> Option<Next> {
     match found {
         Ok(next) => Some(next),
         Err(stat) => {
+            // An exiting thread's reads all fail: whatever failed first, that is why.
+            let stat = if thread_exiting() {
+                Stat::ThreadExiting
+            } else {
+                stat
+            };
             count(slot, stat);
             None
         }
     }
+}
+
+/// Whether the current thread is exiting: it has let go of the process's memory (`exit_mm`
+/// cleared its `task_struct.mm`), so no user read of it can succeed. Only asked once a sample
+/// failed. `false` if the offset is unknown or the read faults.
+#[inline(always)]
+fn thread_exiting() -> bool {
+    let offset = config_value(config::TASK_MM_OFFSET) as u64;
+    if offset == 0 {
+        return false;
+    }
+    // SAFETY: the helper takes no arguments and returns the current task's address.
+    let task = unsafe { bpf_get_current_task() };
+    // SAFETY: the helper reads kernel memory fault-tolerantly; a bad offset only yields a wrong
+    // label.
+    let mm = unsafe { bpf_probe_read_kernel((task + offset) as *const u64) };
+    mm == Ok(0)
 }
 
 /// Resets the scratch entry for a new sample of thread `tid` of `pid`.

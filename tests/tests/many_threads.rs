@@ -1,7 +1,8 @@
 //! A thousand busy threads, end to end as root (issue 15): `dump` lists every one of them by its
 //! Python name, and a recording by pid with `--threads` has every thread, by its Python name,
 //! with the share of the samples it measured of the CPU, and finds every sampled thread's state
-//! (no "no thread state" beyond 0.5 % of the samples).
+//! (no "no thread state" beyond 0.5 % of the samples), and tells the samples of its workers as
+//! they exit from those of an interpreter not started.
 
 use std::collections::BTreeMap;
 
@@ -128,6 +129,21 @@ fn many_threads(python_name: &str, test: &str) {
     assert!(
         (no_state as f64) <= MAX_NO_THREAD_STATE * all as f64,
         "{test}: {no_state} of {all} samples had no thread state:\n{}",
+        ended.stderr
+    );
+    // Its interpreter ran before the recording began, so no sample can find it not started:
+    // the samples of the workers as they exit (their memory let go, every read fails) are
+    // counted as such.
+    let not_started = s
+        .outside
+        .get("interpreter not started")
+        .copied()
+        .unwrap_or(0);
+    let exiting = s.outside.get("thread exiting").copied().unwrap_or(0);
+    eprintln!("{test}: {exiting} samples of exiting threads");
+    assert_eq!(
+        not_started, 0,
+        "{test}: {not_started} samples found the interpreter not started:\n{}",
         ended.stderr
     );
     check_complete(

@@ -349,6 +349,8 @@ impl Sampler {
     pub fn start(rate_hz: u64, options: SamplerOptions) -> Result<Self, BpfError> {
         let features = KernelFeatures::probe();
         features.check()?;
+        // The kernel's field offsets, parsed beside aya's own parse of its BTF in `load`.
+        let btf = thread::spawn(btf::Btf::kernel);
         let mut loader = EbpfLoader::new();
         if !options.native {
             // The row array, page index and mapping lists are 37 MiB of locked kernel memory:
@@ -368,7 +370,10 @@ impl Sampler {
         let object = unpreallocated.as_ref().map_or(OBJECT, |o| o.bytes());
         let mut ebpf = loader.load(object).map_err(BpfError::Load)?;
         let stats = aya::sys::enable_stats(aya::sys::Stats::RunTime).ok();
-        configure(&mut ebpf, options, features)?;
+        let btf = btf
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        configure(&mut ebpf, options, features, btf)?;
         load_programs(&mut ebpf, &programs_to_load(options, features))?;
         // Tail-call targets first: the first programs call them from their first run on.
         let mut programs = vec![fill_sample_table(&mut ebpf, options.native, features)?];
@@ -666,16 +671,23 @@ fn configure(
     ebpf: &mut Ebpf,
     options: SamplerOptions,
     features: KernelFeatures,
+    btf: Result<btf::Btf, btf::BtfError>,
 ) -> Result<(), BpfError> {
     // The switch program reads the incoming thread's id from its task_struct, the fork, exec
-    // and exit programs the processes' ids: offsets from the kernel's BTF, read only when
-    // needed.
+    // and exit programs the processes' ids: offsets from the kernel's BTF, which must then be
+    // had.
     let following = options.follow != Follow::Nobody;
     let compat_regs = options.native && !features.bpf_loop;
     let btf = match options.idle || following || compat_regs {
-        true => Some(btf::Btf::kernel()?),
-        false => None,
+        true => Some(btf?),
+        false => btf.ok(),
     };
+    // Only a label (`Stat::ThreadExiting`): without BTF, samples of exiting threads keep the
+    // label of the read that failed.
+    let task_mm_offset = btf
+        .as_ref()
+        .and_then(|btf| btf.field_offset("task_struct", "mm").ok())
+        .unwrap_or(0);
     let offset = |field: &str| -> Result<u32, BpfError> {
         match &btf {
             Some(btf) => Ok(btf.field_offset("task_struct", field)?),
@@ -710,6 +722,7 @@ fn configure(
         (config::TASK_STACK_OFFSET, task_stack_offset),
         (config::TASK_SIGNAL_OFFSET, task_signal_offset),
         (config::SIGNAL_LIVE_OFFSET, signal_live_offset),
+        (config::TASK_MM_OFFSET, task_mm_offset),
     ] {
         switches
             .set(index, value, 0)
