@@ -1,5 +1,6 @@
-//! The maps the kernel program shares with userspace. Userspace writes `TARGETS` and flips
-//! `ACTIVE_COUNTS`; the kernel writes the rest, and userspace drains it.
+//! The maps the kernel program shares with userspace. Userspace writes `TARGETS`, flips
+//! `ACTIVE_COUNTS` and zeroes the count entries it keeps; the kernel writes the rest, and
+//! userspace drains it.
 
 use aya_ebpf::{
     macros::map,
@@ -62,7 +63,9 @@ pub static CODE_SNAPSHOTS: RingBuf = RingBuf::with_byte_size(CODE_SNAPSHOTS_BYTE
 pub static CODES_SEEN: LruHashMap<CodeSeen, u8> = LruHashMap::with_max_entries(MAX_CODES_SEEN, 0);
 
 /// Sample counts per (process, thread, stack). Two maps so userspace can drain one while the
-/// kernel counts into the other: `ACTIVE_COUNTS[0]` says which one is live.
+/// kernel counts into the other: `ACTIVE_COUNTS[0]` says which one is live. An entry whose stack
+/// userspace holds outlives the drain, zeroed: the kernel counts into it without storing the
+/// stack again.
 #[map]
 pub static COUNTS_0: PerCpuHashMap<SampleKey, u64> = PerCpuHashMap::with_max_entries(MAX_COUNTS, 0);
 #[map]

@@ -262,9 +262,10 @@ struct Unsettled {
     cpus: usize,
 }
 
-/// Count entries kept across drains at most, per count map: a quarter of its room, so the
-/// entries new in a drain period always find some.
-const KEPT_COUNTS: usize = MAX_COUNTS as usize / 4;
+/// Count entries kept across drains at most, per count map: a sixteenth of its room, so the
+/// entries new in a drain period always find some, and the stacks of both maps' kept entries
+/// fit in half the session's cache of raw stacks, which names their counts.
+const KEPT_COUNTS: usize = MAX_COUNTS as usize / 16;
 
 /// A Python stack as the kernel stored it: frames leaf first, and the id of its native and
 /// kernel part (0: none).
@@ -590,11 +591,14 @@ impl Sampler {
         &mut self,
         mut keep: impl FnMut(&SampleKey) -> bool,
     ) -> Result<(), BpfError> {
-        let Unsettled { map, keys, cpus } = std::mem::take(&mut self.unsettled);
-        if keys.is_empty() {
+        if self.unsettled.keys.is_empty() {
             return Ok(());
         }
-        let mut counts: PerCpuHashMap<&mut MapData, SampleKey, u64> = map_mut(&mut self.ebpf, map)?;
+        // Left in place if the map cannot be had: the next drain deletes them before they
+        // could be read again.
+        let mut counts: PerCpuHashMap<&mut MapData, SampleKey, u64> =
+            map_mut(&mut self.ebpf, self.unsettled.map)?;
+        let Unsettled { keys, cpus, .. } = std::mem::take(&mut self.unsettled);
         let mut kept = 0;
         for (key, counted) in keys {
             if counted

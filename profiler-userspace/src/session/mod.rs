@@ -70,7 +70,10 @@ fn monotonic_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 /// Raw stacks kept from the kernel, for counts of a second process with the same stack (forked
-/// workers share code addresses) and counts that come a drain after their stack.
+/// workers share code addresses), counts that come a drain after their stack, and the stacks
+/// of the count entries kept across drains (`Sampler::settle_counts`), which the kernel does
+/// not store again: each settle marks those used, and the two count maps keep at most half as
+/// many entries as this holds.
 const RAW_STACKS: usize = 16 * 1024;
 
 #[derive(Debug, thiserror::Error)]
@@ -789,23 +792,6 @@ impl Session {
                 thread_label(interpreters, unnamed, key.pid, key.tid)
             });
         }
-        // The kernel goes on counting into a kept entry without storing its stack again: keep
-        // those whose stack is named for a live process and held here whole. Not a task's
-        // stack: a task made later at the same address is named anew only when stored anew.
-        let (collector, raw, extras, interpreters) = (
-            &mut self.collector,
-            &mut self.raw,
-            &self.extras,
-            &self.interpreters,
-        );
-        self.sampler.settle_counts(|key| {
-            key.kind == count_kind::ON_CPU
-                && interpreters.contains_key(&key.pid)
-                && collector.has_stack(key.pid, key.stack_id)
-                && raw.get(&key.stack_id).is_some_and(|stack| {
-                    stack.task == 0 && (stack.extra == 0 || extras.contains(&stack.extra))
-                })
-        })?;
         self.name_unnamed_threads();
         // Children that were gone when they were registered have been counted now.
         for pid in std::mem::take(&mut self.retire) {
@@ -813,6 +799,24 @@ impl Session {
             self.collector.remove_process(pid);
             self.interpreters.remove(&pid);
         }
+        // The kernel goes on counting into a kept entry without storing its stack again: keep
+        // those whose stack is named for a live process and held here whole (marked used in
+        // the caches, so it stays while its entry is kept). Not a task's stack: a task made
+        // later at the same address is named anew only when stored anew.
+        let (collector, raw, extras, interpreters) = (
+            &mut self.collector,
+            &mut self.raw,
+            &mut self.extras,
+            &self.interpreters,
+        );
+        self.sampler.settle_counts(|key| {
+            key.kind == count_kind::ON_CPU
+                && interpreters.contains_key(&key.pid)
+                && collector.has_stack(key.pid, key.stack_id)
+                && raw.get(&key.stack_id).is_some_and(|stack| {
+                    stack.task == 0 && (stack.extra == 0 || extras.get(&stack.extra).is_some())
+                })
+        })?;
         Ok(())
     }
 
