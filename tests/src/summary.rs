@@ -105,6 +105,9 @@ pub struct Summary {
     pub gil_held: f64,
     /// `native unwind: N% complete`, with `--native`.
     pub native_complete: Option<f64>,
+    /// The same line's `(R of T samples reached ...)` and its `stopped early: ... N address
+    /// outside known mappings` (0 if none): (R, T, N).
+    pub native_unwinds: Option<(u64, u64, u64)>,
     /// The kernel path the program took: `kernel 5.10: walker and unwinder without bpf_loop (...)`.
     pub kernel_path: String,
     /// `kernel time: ..., N ns per recorded sample`: the BPF program's time per sample recorded.
@@ -210,6 +213,27 @@ impl Summary {
                     .and_then(|p| p.parse().ok())
                     .unwrap_or_else(|| fail("native completeness"))
             });
+        let native_unwinds = stderr
+            .lines()
+            .find_map(|l| l.strip_prefix("prof-bpf: native unwind: "))
+            .map(|r| {
+                let counts = r
+                    .split_once('(')
+                    .and_then(|(_, rest)| rest.split_once(" samples"))
+                    .and_then(|(counts, _)| counts.split_once(" of "))
+                    .and_then(|(a, b)| Some((a.parse().ok()?, b.parse().ok()?)));
+                let (reached, total) = counts.unwrap_or_else(|| fail("native unwind counts"));
+                let unmapped = r
+                    .split_once("stopped early: ")
+                    .map(|(_, causes)| causes)
+                    .into_iter()
+                    .flat_map(|causes| causes.split(", "))
+                    .find_map(|c| c.strip_suffix(" address outside known mappings"))
+                    .map_or(0, |n| {
+                        n.trim().parse().unwrap_or_else(|_| fail("unmapped count"))
+                    });
+                (reached, total, unmapped)
+            });
         // `kernel X.Y: PATH`, apart from `kernel time: ...`.
         let kernel_path = stderr
             .lines()
@@ -256,6 +280,7 @@ impl Summary {
             outside: counters("prof-bpf: outside Python code: "),
             gil_held,
             native_complete,
+            native_unwinds,
             kernel_path,
             kernel_ns_per_sample,
             text: stderr.to_string(),

@@ -14,6 +14,10 @@ use serde_json::Value;
 /// burst of new stacks' code objects now comes before loading new tables, so a short program is
 /// named before it ends. A broken unwinder is far below this.
 const MIN_NATIVE_COMPLETE: f64 = 98.5;
+/// Most share of the native unwinds that may stop in a library mapped before its tables
+/// loaded (`check_numpy`); a session that never loaded a new library's tables would lose every
+/// FFT sample.
+const MAX_UNMAPPED: f64 = 0.05;
 /// The older kernels' unwinder stops at 64 native frames (8 runs of 8, within the kernel's
 /// budget of 33 tail calls per sample); numpy's import-time stacks reach past that in about
 /// 0.6 % of its samples, which the summary counts as "deeper than the frame limit".
@@ -111,9 +115,18 @@ fn check_numpy(
     let summary = check_complete(test, stderr, Some(profile), work, expected);
     let complete = summary.native_complete.expect("a native unwind line");
     noise(test, "native_complete", complete);
+    // numpy maps pocketfft's library at its first FFT, and the samples taken in it before its
+    // tables load stop "outside known mappings": more of them the slower the machine (0.6-1.4 %
+    // seen). They are bounded apart; every other sample must unwind completely.
+    let (reached, total, unmapped) = summary.native_unwinds.expect("native unwind counts");
+    let mapped = 100.0 * reached as f64 / (total - unmapped).max(1) as f64;
     assert!(
-        complete >= min_complete,
-        "only {complete}% complete native unwinds"
+        mapped >= min_complete,
+        "only {mapped:.1}% complete native unwinds outside the library-load race:\n{stderr}"
+    );
+    assert!(
+        unmapped as f64 <= MAX_UNMAPPED * total as f64,
+        "{unmapped} of {total} native unwinds stopped outside known mappings:\n{stderr}"
     );
     check_shares(test, &parts);
 
@@ -165,11 +178,21 @@ fn numpy_fft_frames_sit_under_their_python_caller() {
         .filter(|(s, _)| s.first().is_some_and(|f| function(f) == "_start"))
         .map(|(_, n)| n)
         .sum();
-    // A stack that reaches `_start` is a complete unwind: the same floor.
+    // A stack that reaches `_start` is a complete unwind: the same floor, over the stacks not
+    // cut in a library mapped before its tables loaded (bounded apart by `check_numpy`).
+    let unmapped: u64 = profile
+        .iter()
+        .filter(|(s, _)| {
+            s.iter()
+                .any(|f| f.contains("native unwind stopped: address outside known mappings"))
+        })
+        .map(|(_, n)| n)
+        .sum();
+    let counted = total(&profile) - unmapped;
     assert!(
-        rooted as f64 >= MIN_NATIVE_COMPLETE / 100.0 * total(&profile) as f64,
-        "only {rooted} of {} stacks start at _start",
-        total(&profile)
+        rooted as f64 >= MIN_NATIVE_COMPLETE / 100.0 * counted as f64,
+        "only {rooted} of {counted} stacks start at _start ({unmapped} more cut where no \
+         tables were loaded yet)"
     );
 }
 
