@@ -686,18 +686,15 @@ fn configure(
         true => Some(btf?),
         false => btf.ok(),
     };
-    // Only a label (`Stat::ThreadExiting`): without BTF, samples of exiting threads keep the
-    // label of the read that failed.
-    let task_mm_offset = btf
-        .as_ref()
-        .and_then(|btf| btf.field_offset("task_struct", "mm").ok())
-        .unwrap_or(0);
     let offset = |field: &str| -> Result<u32, BpfError> {
         match &btf {
             Some(btf) => Ok(btf.field_offset("task_struct", field)?),
             None => Ok(0),
         }
     };
+    // Only a label (`Stat::ThreadExiting`): without BTF, samples of exiting threads keep the
+    // label of the read that failed.
+    let task_mm_offset = offset("mm").unwrap_or(0);
     let task_pid_offset = if options.idle { offset("pid")? } else { 0 };
     let task_tgid_offset = if following { offset("tgid")? } else { 0 };
     // The task's state is `__state` from 5.14, `state` before.
