@@ -625,7 +625,9 @@ pub struct NativeMapping {
 #[derive(Clone, Copy)]
 pub struct NativeMappings {
     pub len: u32,
-    pub _pad: u32,
+    /// Which write of this process's entry this is (never 0, different from the last write's):
+    /// the kernel's memo of rows found (`maps::ROW_MEMO`) holds only for the same generation.
+    pub generation: u32,
     pub mappings: [NativeMapping; MAX_MAPPINGS],
 }
 

@@ -11,7 +11,7 @@ use profiler_common::{
     MAX_COUNTS, MAX_EXTRA_STACKS, MAX_FOLLOWED, MAX_KNOWN_THREADS, MAX_LARGE_STACKS,
     MAX_OFF_CPU_THREADS, MAX_PAGE_CHUNKS, MAX_ROW_CHUNKS, MAX_SMALL_STACKS, MAX_TARGETS,
     NEW_STACKS_BYTES, NativeMappings, OffCpuStart, PROCESS_EVENTS_BYTES, PROGRAM_SLOTS, PageChunk,
-    RowChunk, STAT_ENTRIES, SampleKey, SmallStack, Stat, TargetInfo, config, stat_index,
+    RowChunk, STAT_ENTRIES, SampleKey, SmallStack, Stat, TargetInfo, UnwindRow, config, stat_index,
 };
 
 use crate::user::Aligned;
@@ -119,6 +119,40 @@ pub struct CodeMemo {
     pub sample_seq: u32,
 }
 
+/// Slots of `ROW_MEMO` (a power of two).
+pub const ROW_MEMO_SLOTS: usize = 512;
+
+/// The unwind row that covers address `pc` of process `pid`, as found in the process's
+/// mapping table of `generation` (`NativeMappings::generation`, never 0: a zeroed slot matches
+/// nothing); `tabled` 0: the address's file has no table (frame pointers).
+///
+/// Unlike code objects (`CodeMemo`), an address's row holds across samples: it changes only
+/// when the process's mappings do, and userspace then writes the table anew, with a new
+/// generation.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct RowMemo {
+    pub pc: u64,
+    pub pid: u32,
+    pub generation: u32,
+    pub row: UnwindRow,
+    pub tabled: u32,
+    pub _pad: u32,
+}
+
+/// The value of `ROW_MEMO`: rows by address, direct-mapped.
+#[repr(C)]
+pub struct RowMemos {
+    pub slots: [RowMemo; ROW_MEMO_SLOTS],
+}
+
+/// Per CPU: the rows the native unwinder found lately (`native::step_frame`). Most of a
+/// sample's native frames are return addresses the samples before it met too (the
+/// interpreter's own calls), whose row is then one read away instead of two binary searches
+/// over tables far larger than the CPU's caches.
+#[map]
+pub static ROW_MEMO: PerCpuArray<RowMemos> = PerCpuArray::with_max_entries(1, 0);
+
 /// What a sample's programs hand each other across tail calls, and room to build a stack in
 /// (far larger than the 512-byte BPF stack).
 #[repr(C)]
@@ -159,6 +193,8 @@ pub struct Scratch {
     /// Whether this sample stored its stack for the first time (1): its code objects are then
     /// copied (`snapshot_code`).
     pub new_stack: u32,
+    /// The `NativeMappings::generation` of the target's table when its native unwind began.
+    pub native_generation: u32,
     /// The sampled target, copied when the sample starts: its layout and options for every
     /// program of the sample, and for `bpf_loop`'s walk callback (which sees only this entry).
     pub target: profiler_common::TargetInfo,

@@ -89,6 +89,8 @@ pub struct NativeTables {
     files: HashMap<FileKey, FileInfo>,
     next_chunk: u32,
     next_page_chunk: u32,
+    /// The last `NativeMappings::generation` written (for any pid).
+    generation: u32,
     /// Per pid: the executable mappings last written, and every one ever seen.
     current: HashMap<u32, Vec<(u64, u64, String)>>,
     seen: HashMap<u32, Vec<KnownMapping>>,
@@ -232,9 +234,12 @@ impl NativeTables {
         maps: &mut impl UnwindMaps,
     ) -> io::Result<()> {
         out.sort_by_key(|m| m.start);
+        // A new generation for every write: rows the kernel memoized for this pid's old entry
+        // (or for an earlier process with its pid) no longer match.
+        self.generation = self.generation.checked_add(1).unwrap_or(1);
         let mut value = Box::new(NativeMappings {
             len: out.len().min(MAX_MAPPINGS) as u32,
-            _pad: 0,
+            generation: self.generation,
             mappings: [NativeMapping::default(); MAX_MAPPINGS],
         });
         if out.len() > MAX_MAPPINGS {

@@ -268,7 +268,7 @@ mod tests {
         maps.write_chunk(1, &chunk).unwrap();
         let mut value = Box::new(NativeMappings {
             len: 1,
-            _pad: 0,
+            generation: 1,
             mappings: [NativeMapping::default(); profiler_common::MAX_MAPPINGS],
         });
         value.mappings[0] = mapping(0x1000, 0x2000, 0x1000, ROWS_PER_CHUNK as u32, 1);
