@@ -641,6 +641,12 @@ pub struct SampleKey {
     pub tid: u32,
     /// Key into `STACKS`.
     pub stack_id: u64,
+    /// With native frames: the address of the first (the instruction sampled), which the
+    /// stack's native part (`STACKS`' `extra`) leaves out of its hash, so a stack is stored
+    /// once, not once for every instruction of a hot loop it was sampled at. Its stored
+    /// native part holds the address it was first sampled at: this one replaces it. 0 without
+    /// native frames.
+    pub leaf: u64,
     /// `count_kind::ON_CPU` or `count_kind::OFF_CPU_NS`: what the count counts.
     pub kind: u32,
     pub _pad: u32,
@@ -915,7 +921,7 @@ const _: () = assert!(core::mem::size_of::<PyOffsets>() == 44);
 const _: () = assert!(core::mem::size_of::<TargetInfo>() == 88);
 const _: () = assert!(core::mem::size_of::<OffCpuStart>() == 24);
 const _: () = assert!(core::mem::size_of::<PyFrame>() == 16);
-const _: () = assert!(core::mem::size_of::<SampleKey>() == 24);
+const _: () = assert!(core::mem::size_of::<SampleKey>() == 32);
 const _: () = assert!(core::mem::size_of::<SmallStack>() == 24 + 16 * SMALL_STACK_FRAMES);
 const _: () = assert!(core::mem::size_of::<LargeStack>() == 24 + 16 * MAX_PYTHON_FRAMES);
 const _: () = assert!(

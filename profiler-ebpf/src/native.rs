@@ -270,7 +270,10 @@ fn step_frame<const WINDOWED: bool>(s: &mut Scratch) -> Result<(), Stat> {
     }
     s.extra.native[i & (MAX_NATIVE_FRAMES - 1)] = pc;
     s.extra.native_len = i as u32 + 1;
-    s.native_hash = mix(s.native_hash, pc);
+    // The first frame's address goes in the count's key instead (`SampleKey::leaf`).
+    if i != 0 {
+        s.native_hash = mix(s.native_hash, pc);
+    }
     if pc == 0 {
         return Err(Stat::NativeComplete);
     }

@@ -632,6 +632,7 @@ fn finish(slot: Slot, s: &mut Scratch) {
                 pid: s.pid,
                 tid: s.tid,
                 stack_id,
+                leaf: native_leaf(s),
                 kind: count_kind::ON_CPU,
                 _pad: 0,
             };
@@ -683,6 +684,7 @@ pub fn end_off_cpu(tid: u32) {
         pid: start.pid,
         tid,
         stack_id: start.stack_id,
+        leaf: 0,
         kind: count_kind::OFF_CPU_NS,
         _pad: 0,
     };
@@ -905,6 +907,18 @@ fn stack_id(s: &mut Scratch) -> Result<u64, Stat> {
         mix(mix(mix(hash, len as u64), native_hash), flags as u64),
         task,
     ))
+}
+
+/// The sampled instruction's address when the sample has native frames (`SampleKey::leaf`),
+/// else 0.
+#[inline(always)]
+fn native_leaf(s: &Scratch) -> u64 {
+    // SAFETY: reads of our own scratch entry, written by the native unwinder.
+    let len = unsafe { read_volatile(addr_of!(s.extra.native_len)) };
+    if len == 0 {
+        return 0;
+    }
+    s.extra.native[0]
 }
 
 /// Stores stack `stack_id` (once per content; in `STACKS_SMALL` when it fits) and its native

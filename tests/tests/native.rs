@@ -330,6 +330,45 @@ fn callback_through_c_nests_debian_3_11() {
 }
 
 /// Without --native the profile stays Python-only.
+/// Each sample's native leaf is the instruction it interrupted (`SampleKey::leaf`, kept out of
+/// the stored stack): memset and memchr, called from one Python line (leaf_split.py), have the
+/// same stack but for that frame, and split the samples of `call` as the fixture measured their
+/// time.
+#[test]
+fn native_leaf_functions_split_as_measured() {
+    if !privileged() {
+        return;
+    }
+    let _serial = one_at_a_time();
+    let test = "native_leaf_split";
+    let (profile, stdout, stderr) = record_native(&python("3.12"), "leaf_split.py", "2", &[], test);
+    let measured: Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    let seconds = |name: &str| measured[name].as_f64().unwrap();
+    let work = Work {
+        samples: samples_in(&profile, "call"),
+        cpu: seconds("memset") + seconds("memchr"),
+    };
+    check_complete(test, &stderr, Some(&profile), work, CALLBACK);
+    // glibc picks each function's variant for the CPU: __memset_avx2_unaligned_erms, say.
+    let leaf_in = |name: &str| -> u64 {
+        profile
+            .iter()
+            .filter(|(stack, _)| {
+                stack.iter().any(|f| function(f) == "call")
+                    && stack.last().is_some_and(|f| function(f).contains(name))
+            })
+            .map(|(_, n)| n)
+            .sum()
+    };
+    check_shares(
+        test,
+        &[
+            ("memset".into(), leaf_in("memset"), seconds("memset")),
+            ("memchr".into(), leaf_in("memchr"), seconds("memchr")),
+        ],
+    );
+}
+
 #[test]
 fn default_is_python_only() {
     if !privileged() {

@@ -438,6 +438,7 @@ mod tests {
             pid,
             tid,
             stack_id,
+            leaf: 0,
             kind: count_kind::ON_CPU,
             _pad: 0,
         }

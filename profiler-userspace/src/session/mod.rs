@@ -15,7 +15,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use profiler_common::{OffCpuStart, ProcessEvent, SampleKey, Stat, count_kind, process_event};
+use profiler_common::{OffCpuStart, ProcessEvent, SampleKey, Stat, count_kind, mix, process_event};
 
 pub use launch::{LAUNCH_TIMEOUT, stop_child};
 
@@ -462,7 +462,7 @@ impl Session {
                     task: 0,
                 },
             );
-            self.name_stack(pid, stack_id, false);
+            self.name_stack(pid, stack_id, 0, false);
             let start = OffCpuStart {
                 pid,
                 _pad: 0,
@@ -481,11 +481,12 @@ impl Session {
             if !self.interpreters.contains_key(&start.pid) {
                 continue;
             }
-            self.name_stack(start.pid, start.stack_id, false);
+            self.name_stack(start.pid, start.stack_id, 0, false);
             let key = SampleKey {
                 pid: start.pid,
                 tid,
                 stack_id: start.stack_id,
+                leaf: 0,
                 kind: count_kind::OFF_CPU_NS,
                 _pad: 0,
             };
@@ -739,23 +740,34 @@ impl Session {
             if let Some(stack) = a.stack {
                 self.raw.insert(a.stack_id, stack);
             }
-            self.name_stack(a.pid, a.stack_id, again);
+            self.name_stack(a.pid, a.stack_id, 0, again);
         }
         Ok(())
     }
 
-    /// Names stack `stack_id` for process `pid` from the raw stack kept: once, unless `again`.
-    fn name_stack(&mut self, pid: u32, stack_id: u64, again: bool) {
-        if !again && self.collector.has_stack(pid, stack_id) {
+    /// Names stack `stack_id` for process `pid` from the raw stack kept, at native instruction
+    /// `leaf` (`SampleKey::leaf`; 0: as stored), under `counted_stack(stack_id, leaf)`: once,
+    /// unless `again`.
+    fn name_stack(&mut self, pid: u32, stack_id: u64, leaf: u64, again: bool) {
+        // A task's stack is named again whenever the kernel stores it anew (`name_announced`),
+        // and so is, at each count, a task's stack at an instruction.
+        let again =
+            again || (leaf != 0 && self.raw.get(&stack_id).is_some_and(|stack| stack.task != 0));
+        if !again && self.collector.has_stack(pid, counted_stack(stack_id, leaf)) {
             return;
         }
         let Some(kept) = self.raw.get(&stack_id).cloned() else {
             return; // counted as a lost stack, if it is ever counted
         };
-        let extra = match kept.extra {
+        let mut extra = match kept.extra {
             0 => None,
             id => self.extras.get(&id).cloned(),
         };
+        if leaf != 0
+            && let Some(first) = extra.as_mut().and_then(|e| e.native.first_mut())
+        {
+            *first = leaf;
+        }
         let mappings = self
             .options
             .sampler
@@ -766,7 +778,8 @@ impl Session {
             mappings,
             naming_input(&kept, extra.as_ref()),
         );
-        self.collector.add_stack(pid, stack_id, frames);
+        self.collector
+            .add_stack(pid, counted_stack(stack_id, leaf), frames);
     }
 
     /// Moves what the kernel recorded into the collector (with `--native`, after loading the
@@ -785,8 +798,10 @@ impl Session {
         for (id, stack) in stacks {
             self.raw.insert(id, stack);
         }
-        for (key, n) in counts {
-            self.name_stack(key.pid, key.stack_id, false);
+        for (mut key, n) in counts {
+            self.name_stack(key.pid, key.stack_id, key.leaf, false);
+            key.stack_id = counted_stack(key.stack_id, key.leaf);
+            key.leaf = 0;
             let (interpreters, unnamed) = (&mut self.interpreters, &mut self.unnamed);
             self.collector.add_count(key, n, || {
                 thread_label(interpreters, unnamed, key.pid, key.tid)
@@ -812,7 +827,7 @@ impl Session {
         self.sampler.settle_counts(|key| {
             key.kind == count_kind::ON_CPU
                 && interpreters.contains_key(&key.pid)
-                && collector.has_stack(key.pid, key.stack_id)
+                && collector.has_stack(key.pid, counted_stack(key.stack_id, key.leaf))
                 && raw.get(&key.stack_id).is_some_and(|stack| {
                     stack.task == 0 && (stack.extra == 0 || extras.get(&stack.extra).is_some())
                 })
@@ -1110,5 +1125,14 @@ fn thread_label(
             }
             (process::thread_name(pid, tid), ns_tid)
         }
+    }
+}
+
+/// The id a count of stack `stack_id` at native instruction `leaf` (`SampleKey::leaf`) is kept
+/// under: the kernel's own, or, with native frames, one for the stack at that instruction.
+fn counted_stack(stack_id: u64, leaf: u64) -> u64 {
+    match leaf {
+        0 => stack_id,
+        leaf => mix(stack_id, leaf),
     }
 }
