@@ -50,8 +50,7 @@ fn stack_slot(next: Next) -> u32 {
 /// Whether the target sampled now is unwound natively: it asked (`--native`) and has a table.
 #[inline(always)]
 fn wants_native(slot: Slot) -> bool {
-    let (pid, options) = python::sampled_target(slot);
-    options & target_options::NATIVE_STACKS != 0 && native::wanted(pid)
+    python::sampled_options(slot) & target_options::NATIVE_STACKS != 0 && native::wanted()
 }
 
 /// Runs on every CPU-clock sample of every CPU; returns at once unless the interrupted thread

@@ -57,10 +57,21 @@ fn scratch() -> Option<&'static mut Scratch> {
     SCRATCH.get_ptr_mut(0).map(|p| unsafe { &mut *p })
 }
 
-/// Whether the target `pid` wants native stacks (it has a mapping table).
+/// Whether the sampled target (`s.pid`) has a mapping table, whose generation is then noted
+/// for the unwind (`s.native_generation`).
 #[inline(always)]
-pub fn wanted(pid: u32) -> bool {
-    NATIVE_MAPPINGS.get_ptr(pid).is_some()
+pub fn wanted() -> bool {
+    let Some(s) = scratch() else {
+        return false;
+    };
+    match NATIVE_MAPPINGS.get_ptr(s.pid) {
+        Some(m) => {
+            // SAFETY: a read of one field of the entry; see `look_up_row`.
+            s.native_generation = unsafe { (*m).generation };
+            true
+        }
+        None => false,
+    }
 }
 
 /// The sampled thread's user registers (rip, rsp, rbp) when the sample interrupted user code.
@@ -122,11 +133,6 @@ pub fn unwind(ctx: &PerfEventContext) {
     s.native_hash = 0;
     s.native_end = Stat::NativeReadFault as u32;
     s.window_end = 0;
-    s.native_generation = match NATIVE_MAPPINGS.get_ptr(s.pid) {
-        // SAFETY: a read of one field of the entry; see `step_frame`.
-        Some(m) => unsafe { (*m).generation },
-        None => 0,
-    };
     if let Some((rip, rsp, rbp)) = user_regs(ctx) {
         s.rip = rip;
         s.rsp = rsp;

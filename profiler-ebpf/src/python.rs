@@ -87,11 +87,11 @@ fn scratch(slot: Slot) -> Option<&'static mut Scratch> {
     SCRATCH.get_ptr_mut(slot as u32).map(|p| unsafe { &mut *p })
 }
 
-/// The pid of the target sampled now and its `TargetInfo::options` (what
-/// `locate_current_frame` left in `slot`).
+/// The `TargetInfo::options` of the target sampled now (what `locate_current_frame` left in
+/// `slot`).
 #[inline(always)]
-pub fn sampled_target(slot: Slot) -> (u32, u16) {
-    scratch(slot).map_or((0, 0), |s| (s.pid, s.target.options))
+pub fn sampled_options(slot: Slot) -> u16 {
+    scratch(slot).map_or(0, |s| s.target.options)
 }
 
 /// Whether the frame walk of this sample has begun (a later run of the walker).
