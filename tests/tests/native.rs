@@ -329,7 +329,6 @@ fn callback_through_c_nests_debian_3_11() {
     callback_nests("debian-3.11", "callback_native_debian_3_11");
 }
 
-/// Without --native the profile stays Python-only.
 /// Each sample's native leaf is the instruction it interrupted (`SampleKey::leaf`, kept out of
 /// the stored stack): memset and memchr, called from one Python line (leaf_split.py), have the
 /// same stack but for that frame, and split the samples of `call` as the fixture measured their
@@ -369,6 +368,7 @@ fn native_leaf_functions_split_as_measured() {
     );
 }
 
+/// Without --native the profile stays Python-only.
 #[test]
 fn default_is_python_only() {
     if !privileged() {
