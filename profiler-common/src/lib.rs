@@ -448,7 +448,8 @@ pub struct ExtraStack {
     /// Kernel frames recorded (`--kernel`; 0 when the sample was taken in user mode).
     pub kernel_len: u32,
     pub _pad: u32,
-    /// Instruction pointers, leaf first: the sampled one, then return addresses.
+    /// Instruction pointers, leaf first: the one sampled when the part was first stored (a
+    /// count's `SampleKey::leaf` stands in its place), then return addresses.
     pub native: [u64; MAX_NATIVE_FRAMES],
     /// Kernel instruction pointers, leaf first.
     pub kernel: [u64; MAX_KERNEL_FRAMES],

@@ -22,7 +22,10 @@
 //! `COMPAT_MAX_CALLS` runs, with the user registers of a sample taken in the kernel read from
 //! the top of the task's kernel stack at an offset from BTF.
 
-use core::ffi::c_void;
+use core::{
+    ffi::c_void,
+    ptr::{addr_of, read_volatile},
+};
 
 use aya_ebpf::{
     bindings::pt_regs,
@@ -292,7 +295,9 @@ fn step_frame<const WINDOWED: bool>(s: &mut Scratch) -> Result<(), Stat> {
             Some(row) => row,
             None => {
                 let (row, generation) = look_up_row(s.pid, lookup)?;
-                memoize_row(s.pid, generation, lookup, row);
+                if let Some(generation) = generation {
+                    memoize_row(s.pid, generation, lookup, row);
+                }
                 row
             }
         },
@@ -309,25 +314,33 @@ fn step_frame<const WINDOWED: bool>(s: &mut Scratch) -> Result<(), Stat> {
 }
 
 /// The row covering `pc` in process `pid`'s tables (`None`: its file has no table, so the
-/// frame pointer chain is trusted), and the generation of the tables it was found in.
+/// frame pointer chain is trusted), and the generation of the tables it was found in, if that
+/// held through the search.
 #[inline(always)]
-fn look_up_row(pid: u32, pc: u64) -> Result<(Option<UnwindRow>, u32), Stat> {
+fn look_up_row(pid: u32, pc: u64) -> Result<(Option<UnwindRow>, Option<u32>), Stat> {
     let Some(mappings) = NATIVE_MAPPINGS.get_ptr(pid) else {
         return Err(Stat::NativeNoMapping);
     };
-    // SAFETY: userspace replaces a process's entry whole; a racing update gives this sample
-    // the old or the new table, both consistent.
+    // SAFETY: the entry's memory stays valid while the program runs. An update of the
+    // (preallocated) map can rewrite it under this search: the generation read before and after
+    // tells a row found in one table from one found in a table being written, which is used
+    // for this sample but not memoized.
     let mappings = unsafe { &*mappings };
+    // SAFETY: a read of a field of the entry above.
+    let before = unsafe { read_volatile(addr_of!(mappings.generation)) };
     let m = find_mapping(mappings, pc).ok_or(Stat::NativeNoMapping)?;
-    if m.rows_len == 0 {
-        return Ok((None, mappings.generation));
-    }
-    let rel = pc.wrapping_sub(m.bias);
-    if rel > u32::MAX as u64 {
-        return Err(Stat::NativeNoRow);
-    }
-    let row = find_row(&m, rel as u32).ok_or(Stat::NativeNoRow)?;
-    Ok((Some(row), mappings.generation))
+    let row = if m.rows_len == 0 {
+        None
+    } else {
+        let rel = pc.wrapping_sub(m.bias);
+        if rel > u32::MAX as u64 {
+            return Err(Stat::NativeNoRow);
+        }
+        Some(find_row(&m, rel as u32).ok_or(Stat::NativeNoRow)?)
+    };
+    // SAFETY: as above.
+    let after = unsafe { read_volatile(addr_of!(mappings.generation)) };
+    Ok((row, (before == after).then_some(before)))
 }
 
 /// `ROW_MEMO`'s slot for address `pc`.

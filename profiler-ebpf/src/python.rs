@@ -17,9 +17,9 @@
 //! - a code object's tag (what tells it from a later one at the same address) is read from the
 //!   code object, once per code object per sample (see `code_tag_of` for why not from a
 //!   cache);
-//! - a sample of a (thread, stack) counted before adds one to its count entry and is done: the
-//!   stack map is looked at, and the stack stored and its code objects copied, only when that
-//!   entry is missing (userspace keeps the entries of stacks it holds across drains);
+//! - a sample of a (thread, stack, native leaf) counted before adds one to its count entry and
+//!   is done: the stack map is looked at, and the stack stored and its code objects copied, only
+//!   when that entry is missing (userspace keeps the entries of stacks it holds across drains);
 //! - the walk reads `FRAMES_PER_CALL` frames per run and tail-calls itself for the next, so
 //!   the verifier checks one bounded loop and a stack costs what its depth costs, up to
 //!   `MAX_PYTHON_FRAMES`.
@@ -620,10 +620,10 @@ fn end_walk(slot: Slot, s: &mut Scratch) -> bool {
 
 /// Counts a walked stack (a sample) or notes where the thread left the CPU (a switch).
 ///
-/// A sample whose (thread, stack) was counted before is just counted: userspace keeps the count
-/// entries of stacks it holds across drains (`Sampler::settle_counts`), so for those the stack
-/// map is not even looked at, and nothing is stored or copied again. Only a count entry that is
-/// missing makes the stack stored (once per content) and its code objects copied.
+/// A sample whose (thread, stack, native leaf) was counted before is just counted: userspace
+/// keeps the count entries of stacks it holds across drains (`Sampler::settle_counts`), so for
+/// those the stack map is not even looked at, and nothing is stored or copied again. Only a
+/// count entry that is missing makes the stack stored (once per content) and its code objects copied.
 #[inline(always)]
 fn finish(slot: Slot, s: &mut Scratch) {
     let done = match slot {

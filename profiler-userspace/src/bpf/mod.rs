@@ -327,7 +327,7 @@ pub struct Announced {
 /// What one drain moved out of the kernel's maps.
 #[derive(Default)]
 pub struct Drained {
-    /// Per (process, thread, stack, kind): samples, or nanoseconds off the CPU.
+    /// Per (process, thread, stack, native leaf, kind): samples, or nanoseconds off the CPU.
     pub counts: Vec<(SampleKey, u64)>,
     /// The stacks stored since the last drain, by id.
     pub stacks: Vec<(u64, RawStack)>,
@@ -585,8 +585,8 @@ impl Sampler {
 
     /// Keeps, with a count of zero, the entries of the last drain that `keep` says to keep and
     /// that counted something since the drain before, and deletes the others. A kept entry is
-    /// one the kernel counts the next samples of its (thread, stack) into without storing the
-    /// stack again (`python::finish`): keep only those whose stack the caller holds.
+    /// one the kernel counts the next samples of its (thread, stack, native leaf) into without
+    /// storing the stack again (`python::finish`): keep only those whose stack the caller holds.
     pub fn settle_counts(
         &mut self,
         mut keep: impl FnMut(&SampleKey) -> bool,

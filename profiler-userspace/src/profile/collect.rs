@@ -77,7 +77,8 @@ pub struct Collector {
     /// Every distinct named stack (frame ids, root first), interned.
     stacks: Vec<Vec<u32>>,
     stack_index: HashMap<Vec<u32>, u32>,
-    /// (registration, kernel stack id) -> named stack.
+    /// (registration, stack id: the kernel's, or `session::counted_stack`'s for a native
+    /// leaf) -> named stack.
     by_stack_id: BoundedCache<(usize, u64), u32>,
     /// By (registration, thread id, named stack).
     counts: HashMap<(usize, u32, u32), Counts>,
