@@ -43,6 +43,10 @@ impl<K: Hash + Eq + Clone, V> BoundedCache<K, V> {
         self.entries.insert(key, (value, self.clock));
     }
 
+    pub fn remove(&mut self, key: &K) -> Option<V> {
+        self.entries.remove(key).map(|(v, _)| v)
+    }
+
     /// The value for `key`, made by `make` when absent.
     pub fn get_or_insert_with(&mut self, key: K, make: impl FnOnce() -> V) -> &V {
         if !self.entries.contains_key(&key) {

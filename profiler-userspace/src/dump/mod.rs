@@ -436,7 +436,7 @@ impl Names {
             truncated: false,
             in_gc: t.in_gc,
             // The tasks are printed on their own.
-            task: 0,
+            task: None,
             native: pcs,
             native_end: end,
             kernel: &[],

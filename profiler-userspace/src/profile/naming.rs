@@ -13,6 +13,7 @@ use super::{
 use crate::{
     python::{
         Layout,
+        asyncio::TaskRoots,
         instance::{CodeUnavailable, Interpreter, line_of},
     },
     symbolize::{NativeSymbol, NativeSymbolizer, kernel::KernelSymbols},
@@ -29,9 +30,10 @@ pub struct RawStack<'a> {
     /// Taken while the garbage collector ran in the thread: a `<GC>` frame goes above the
     /// Python frame that started it.
     pub in_gc: bool,
-    /// The asyncio task the thread ran (`--async-aware`), or 0: its name and its awaiters' go
-    /// at the root, in place of the event loop's frames below its first coroutine.
-    pub task: u64,
+    /// The roots of the asyncio task the thread ran (`--async-aware`), as the caller read them
+    /// (`Interpreter::task_roots`): its name and its awaiters' go at the root, in place of the
+    /// event loop's frames below its first coroutine.
+    pub task: Option<&'a TaskRoots>,
     /// Native instruction pointers, leaf first (empty without `--native`).
     pub native: &'a [u64],
     /// How the native unwind ended: a `Stat::Native*` value.
@@ -100,12 +102,6 @@ impl Namer {
             ));
         }
         let layout = interpreter.as_ref().map(|i| i.layout);
-        let task = match (raw.task, interpreter) {
-            (0, i) => (None, i),
-            (t, Some(i)) => (i.task_roots(t), Some(i)),
-            (_, None) => (None, None),
-        };
-        let (task, interpreter) = task;
         let base_frame = interpreter.as_ref().is_some_and(|i| i.layout.base_frame);
         let mut interpreter = interpreter;
         let mut python = |f: &PyFrame| python_frame(interpreter.as_deref_mut(), f);
@@ -135,7 +131,7 @@ impl Namer {
         if raw.in_gc {
             frames.insert(gc_position(&frames), (NamedFrame::plain(Frame::Gc), false));
         }
-        if let Some(task) = task {
+        if let Some(task) = raw.task {
             let root = raw.truncated as usize;
             // Below the task's first coroutine (its rootmost frame of that code: recursion
             // stays), the event loop's frames, Python and native: left out.

@@ -7,10 +7,11 @@
 mod launch;
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     io,
     os::fd::{AsFd as _, OwnedFd},
     process::{Child, ExitStatus},
+    rc::Rc,
     sync::atomic::AtomicBool,
     time::{Duration, Instant},
 };
@@ -37,6 +38,7 @@ use crate::{
     },
     python::{
         self, Layout, LayoutSource, UnsupportedVersion,
+        asyncio::TaskRoots,
         discover::{self, FindError, PythonProcess},
         instance::Interpreter,
         threads::walk_threads,
@@ -175,12 +177,16 @@ pub struct Finished {
 const RAW_EXTRAS: usize = 8 * 1024;
 
 /// A kept stack and its native and kernel part, as naming takes them.
-fn naming_input<'a>(stack: &'a bpf::RawStack, extra: Option<&'a RawExtra>) -> NamingInput<'a> {
+fn naming_input<'a>(
+    stack: &'a bpf::RawStack,
+    extra: Option<&'a RawExtra>,
+    task: Option<&'a TaskRoots>,
+) -> NamingInput<'a> {
     NamingInput {
         python: &stack.frames,
         truncated: stack.truncated,
         in_gc: stack.in_gc,
-        task: stack.task,
+        task,
         native: extra.map_or(&[], |e| e.native.as_slice()),
         native_end: extra.map_or(0, |e| e.native_end),
         kernel: extra.map_or(&[], |e| e.kernel.as_slice()),
@@ -200,6 +206,12 @@ pub struct Session {
     raw: BoundedCache<u64, bpf::RawStack>,
     /// Recent native-and-kernel parts by the kernel's id.
     extras: BoundedCache<u64, RawExtra>,
+    /// The roots of recent task stacks by the kernel's id, read at their first naming since
+    /// the kernel last stored them: a count at a native instruction is named later, when the
+    /// task may be gone.
+    task_roots: BoundedCache<u64, Rc<TaskRoots>>,
+    /// The task stacks announced since the last drain.
+    announced_tasks: HashSet<u64>,
     watcher: Watcher,
     pub child: Option<Child>,
     /// A --pid target (Python or, with --subprocesses, a launcher): its pid and start time, so
@@ -324,6 +336,8 @@ impl Session {
             unnamed: HashMap::new(),
             raw: BoundedCache::new(RAW_STACKS),
             extras: BoundedCache::new(RAW_EXTRAS),
+            task_roots: BoundedCache::new(RAW_EXTRAS),
+            announced_tasks: HashSet::new(),
             watcher,
             exit_fd: match (&child, target) {
                 (Some(c), _) => process::pidfd(c.id()),
@@ -452,7 +466,7 @@ impl Session {
             // An id no content hash of the kernel's takes in practice: the top bit set.
             self.seeded += 1;
             let stack_id = SEEDED_STACK | self.seeded;
-            self.raw.insert(
+            self.keep_raw(
                 stack_id,
                 bpf::RawStack {
                     frames: t.frames.clone(),
@@ -461,6 +475,7 @@ impl Session {
                     extra: 0,
                     task: 0,
                 },
+                false,
             );
             self.name_stack(pid, stack_id, 0, false);
             let start = OffCpuStart {
@@ -566,12 +581,7 @@ impl Session {
             // Readable from now on: once is enough.
             self.exit_fd = None;
         }
-        // Forks first: a new stack may be a child's the kernel followed since the last poll,
-        // and is named from the child's memory while the child (often short-lived) is there.
-        let events = self.sampler.process_events();
-        self.follow(events)?;
-        self.take_code_snapshots();
-        self.name_announced(announced)?;
+        self.take_notices(announced)?;
         self.check_exec_pending()?;
         if self
             .last_scan
@@ -705,6 +715,17 @@ impl Session {
         }
     }
 
+    /// Takes in what the kernel told since the last call: processes forked, exec'd or ended,
+    /// code objects copied and the stacks `announced`, named.
+    fn take_notices(&mut self, announced: Vec<Announced>) -> Result<(), SessionError> {
+        // Forks first: a new stack may be a child's the kernel followed since the last poll,
+        // and is named from the child's memory while the child (often short-lived) is there.
+        let events = self.sampler.process_events();
+        self.follow(events)?;
+        self.take_code_snapshots();
+        self.name_announced(announced)
+    }
+
     /// Names the stacks the kernel announced. A native unwind that stopped in an unknown
     /// mapping means a library was mapped since the tables were loaded: load them first, so
     /// its frames are named.
@@ -738,11 +759,27 @@ impl Session {
             // task made later can have.
             let again = a.stack.as_ref().is_some_and(|s| s.task != 0);
             if let Some(stack) = a.stack {
-                self.raw.insert(a.stack_id, stack);
+                self.keep_raw(a.stack_id, stack, true);
             }
             self.name_stack(a.pid, a.stack_id, 0, again);
         }
         Ok(())
+    }
+
+    /// Keeps a stack the kernel stored, `announced` or drained: a task's roots are read again
+    /// at its next naming (its id holds the task's address, which a task made later can have),
+    /// unless the drain copies a stack announced since the last one.
+    fn keep_raw(&mut self, stack_id: u64, stack: bpf::RawStack, announced: bool) {
+        if stack.task != 0 {
+            let copied = !announced && self.announced_tasks.contains(&stack_id);
+            if announced {
+                self.announced_tasks.insert(stack_id);
+            }
+            if !copied {
+                self.task_roots.remove(&stack_id);
+            }
+        }
+        self.raw.insert(stack_id, stack);
     }
 
     /// Names stack `stack_id` for process `pid` from the raw stack kept, at native instruction
@@ -768,6 +805,22 @@ impl Session {
         {
             *first = leaf;
         }
+        let task = match (kept.task, self.task_roots.get(&stack_id)) {
+            (0, _) => None,
+            (_, Some(roots)) => Some(Rc::clone(roots)),
+            (task, None) => {
+                let roots = self
+                    .interpreters
+                    .get_mut(&pid)
+                    .and_then(|i| i.task_roots(task));
+                // Kept once read whole: a task not found (its module not loaded yet, say) is
+                // looked for again at the next naming.
+                if let Some(read) = roots.as_ref().filter(|r| r.coro_code != 0) {
+                    self.task_roots.insert(stack_id, Rc::clone(read));
+                }
+                roots
+            }
+        };
         let mappings = self
             .options
             .sampler
@@ -776,7 +829,7 @@ impl Session {
         let frames = self.namer.name(
             self.interpreters.get_mut(&pid),
             mappings,
-            naming_input(&kept, extra.as_ref()),
+            naming_input(&kept, extra.as_ref(), task.as_deref()),
         );
         self.collector
             .add_stack(pid, counted_stack(stack_id, leaf), frames);
@@ -785,6 +838,10 @@ impl Session {
     /// Moves what the kernel recorded into the collector (with `--native`, after loading the
     /// tables of libraries mapped since).
     pub fn drain(&mut self) -> Result<(), SessionError> {
+        // The stacks announced since the last poll first: named now, while their tasks are
+        // there to be read, not at a count.
+        let (announced, _) = self.sampler.wait_for_new_stacks(Duration::ZERO, None)?;
+        self.take_notices(announced)?;
         self.refresh_all_tables()?;
         let Drained {
             counts,
@@ -796,8 +853,9 @@ impl Session {
             self.extras.insert(id, extra);
         }
         for (id, stack) in stacks {
-            self.raw.insert(id, stack);
+            self.keep_raw(id, stack, false);
         }
+        self.announced_tasks.clear();
         for (mut key, n) in counts {
             self.name_stack(key.pid, key.stack_id, key.leaf, false);
             key.stack_id = counted_stack(key.stack_id, key.leaf);
