@@ -235,18 +235,29 @@ fn async_aware_needs_3_11() {
     );
 }
 
-fn record_tasks(which: &str, extra: &[&str], test: &str) {
+/// Records `fixture` (given 2 CPU seconds) with `--async-aware` and `extra` at 1 kHz: what the
+/// fixture measured (its last JSON line) and the profile. None where privileged tests skip.
+fn record_async(which: &str, extra: &[&str], test: &str, fixture: &str) -> Option<(Value, Folded)> {
     if !privileged() {
-        return;
+        return None;
     }
     let interp = interpreter(which);
     let out = scratch_dir(test).join("profile.txt");
     let mut args = vec!["--async-aware", "-r", "1000", "-f", "raw"];
     args.extend(extra);
-    let result = record_under(&interp, &args, &out, "async_tasks.py", &["2"]);
+    let result = record_under(&interp, &args, &out, fixture, &["2"]);
     let measured = fixture_json(&result);
+    Some((
+        measured,
+        parse_folded(&std::fs::read_to_string(&out).unwrap()),
+    ))
+}
+
+fn record_tasks(which: &str, extra: &[&str], test: &str) {
+    let Some((measured, profile)) = record_async(which, extra, test, "async_tasks.py") else {
+        return;
+    };
     let secs = |k: &str| measured[k].as_f64().unwrap();
-    let profile = parse_folded(&std::fs::read_to_string(&out).unwrap());
     let under = |task: &str, function: Option<&str>| -> u64 {
         profile
             .iter()
@@ -366,22 +377,15 @@ fn record_async_aware_native_3_12() {
 }
 
 /// Tasks that end before the profiler next reads what the kernel counted keep their names: the
-/// fixture (`short_tasks.py`) starts one task "short" after another, each burning 5 ms of CPU,
+/// fixture (`short_tasks.py`) starts one task "short" after another, each burning 20 ms of CPU,
 /// beside a task "steady" that burns CPU throughout, and measures the split. With native
 /// frames each sample at a new instruction is a count named at the next drain, by which time
 /// its task has ended: named from what was read when the kernel stored the stack.
 fn record_short_tasks(which: &str, extra: &[&str], test: &str) {
-    if !privileged() {
+    let Some((measured, profile)) = record_async(which, extra, test, "short_tasks.py") else {
         return;
-    }
-    let interp = interpreter(which);
-    let out = scratch_dir(test).join("profile.txt");
-    let mut args = vec!["--async-aware", "-r", "1000", "-f", "raw"];
-    args.extend(extra);
-    let result = record_under(&interp, &args, &out, "short_tasks.py", &["2"]);
-    let measured = fixture_json(&result);
+    };
     let secs = |k: &str| measured[k].as_f64().unwrap();
-    let profile = parse_folded(&std::fs::read_to_string(&out).unwrap());
     let in_work = |function: &'static str| {
         profile
             .iter()
