@@ -630,6 +630,15 @@ impl Sampler {
         })
     }
 
+    /// The sampler's counter of `stat`, summed over CPUs.
+    pub fn stat(&self, stat: Stat) -> Result<u64, BpfError> {
+        let stats: PerCpuArray<&MapData, u64> = map_ref(&self.ebpf, maps::STATS)?;
+        Ok(stats
+            .get(&profiler_common::stat_index(stat, false), 0)
+            .map(|v| v.iter().sum())
+            .unwrap_or(0))
+    }
+
     /// The kernel's counters, summed over CPUs: the sampler's and the scheduler program's.
     pub fn stats(&self) -> Result<Stats, BpfError> {
         let stats: PerCpuArray<&MapData, u64> = map_ref(&self.ebpf, maps::STATS)?;

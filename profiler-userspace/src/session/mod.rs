@@ -53,6 +53,9 @@ use crate::{
 pub const SCAN_INTERVAL: Duration = Duration::from_millis(100);
 /// How often a process that exec'd is looked at while it loads its new program.
 const EXEC_POLL: Duration = Duration::from_millis(5);
+/// How often, while naming keeps the loop busy, the kernel's count of native unwinds that
+/// stopped in an unknown mapping is looked at (`refresh_if_unmapped`).
+const UNMAPPED_CHECK: Duration = Duration::from_millis(5);
 /// How long a process that exec'd a program not named like Python is looked at while glibc's
 /// loader maps its libraries (an embedded libpython comes with them); then it is left to the
 /// /proc scan.
@@ -225,6 +228,8 @@ pub struct Session {
     /// Python processes found but not profiled, and why.
     skipped: Vec<String>,
     last_scan: Option<Instant>,
+    /// Native unwinds that stopped in an unknown mapping, as last read, and when.
+    unmapped: (u64, Instant),
     /// Native unwind tables (`--native`), per target.
     tables: NativeTables,
     /// Processes that exec'd, looked at until their new program shows what it is (or the
@@ -352,6 +357,7 @@ impl Session {
             first: None,
             skipped: Vec::new(),
             last_scan: None,
+            unmapped: (0, Instant::now()),
             tables: NativeTables::default(),
             exec_pending: HashMap::new(),
             retire: Vec::new(),
@@ -538,6 +544,24 @@ impl Session {
             }
         }
         Ok(())
+    }
+
+    /// With `--native`, at most every `UNMAPPED_CHECK`: loads the tables of libraries mapped
+    /// since the last refresh once the kernel has counted a native unwind that stopped in one.
+    /// Called between the stacks a batch names: naming can keep the loop from the kernel's
+    /// notices for a hundred milliseconds (a first naming reads a library's debug information),
+    /// while a library numpy maps at its first FFT runs unwound only to its edge.
+    fn refresh_if_unmapped(&mut self) -> Result<(), SessionError> {
+        if !self.options.sampler.native || self.unmapped.1.elapsed() < UNMAPPED_CHECK {
+            return Ok(());
+        }
+        let count = self.sampler.stat(Stat::NativeNoMapping).unwrap_or(0);
+        let grew = count > self.unmapped.0;
+        self.unmapped = (count, Instant::now());
+        match grew {
+            true => self.refresh_all_tables(),
+            false => Ok(()),
+        }
     }
 
     /// The process named by `--pid` or launched (or the first found), if it is Python.
@@ -761,6 +785,7 @@ impl Session {
             if let Some(stack) = a.stack {
                 self.keep_raw(a.stack_id, stack, true);
             }
+            self.refresh_if_unmapped()?;
             self.name_stack(a.pid, a.stack_id, 0, again);
         }
         Ok(())
@@ -857,6 +882,7 @@ impl Session {
         }
         self.announced_tasks.clear();
         for (mut key, n) in counts {
+            self.refresh_if_unmapped()?;
             self.name_stack(key.pid, key.stack_id, key.leaf, false);
             key.stack_id = counted_stack(key.stack_id, key.leaf);
             key.leaf = 0;
