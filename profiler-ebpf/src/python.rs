@@ -623,7 +623,8 @@ fn end_walk(slot: Slot, s: &mut Scratch) -> bool {
 /// A sample whose (thread, stack, native leaf) was counted before is just counted: userspace
 /// keeps the count entries of stacks it holds across drains (`Sampler::settle_counts`), so for
 /// those the stack map is not even looked at, and nothing is stored or copied again. Only a
-/// count entry that is missing makes the stack stored (once per content) and its code objects copied.
+/// count entry that is missing makes the stack stored (once per content) and its code objects
+/// copied.
 #[inline(always)]
 fn finish(slot: Slot, s: &mut Scratch) {
     let done = match slot {

@@ -633,28 +633,28 @@ impl Sampler {
     /// The sampler's counter of `stat`, summed over CPUs.
     pub fn stat(&self, stat: Stat) -> Result<u64, BpfError> {
         let stats: PerCpuArray<&MapData, u64> = map_ref(&self.ebpf, maps::STATS)?;
-        Ok(stats
-            .get(&profiler_common::stat_index(stat, false), 0)
-            .map(|v| v.iter().sum())
-            .unwrap_or(0))
+        Ok(summed_stat(&stats, stat, false))
     }
 
     /// The kernel's counters, summed over CPUs: the sampler's and the scheduler program's.
     pub fn stats(&self) -> Result<Stats, BpfError> {
         let stats: PerCpuArray<&MapData, u64> = map_ref(&self.ebpf, maps::STATS)?;
-        let read = |stat: Stat, switch: bool| {
-            stats
-                .get(&profiler_common::stat_index(stat, switch), 0)
-                .map(|v| v.iter().sum())
-                .unwrap_or(0)
-        };
         let mut out = Stats::default();
         for &stat in Stat::ALL {
-            out.sample[stat as usize] = read(stat, false);
-            out.switch[stat as usize] = read(stat, true);
+            out.sample[stat as usize] = summed_stat(&stats, stat, false);
+            out.switch[stat as usize] = summed_stat(&stats, stat, true);
         }
         Ok(out)
     }
+}
+
+/// Counter `stat` of the sampler (or, `switch`, of the scheduler program), summed over CPUs; 0
+/// if it cannot be read.
+fn summed_stat(stats: &PerCpuArray<&MapData, u64>, stat: Stat, switch: bool) -> u64 {
+    stats
+        .get(&profiler_common::stat_index(stat, switch), 0)
+        .map(|v| v.iter().sum())
+        .unwrap_or(0)
 }
 
 impl UnwindMaps for Sampler {

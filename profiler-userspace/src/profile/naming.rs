@@ -88,7 +88,7 @@ impl Namer {
     /// `dump` can put what it read of each Python frame (its locals) beside its name.
     pub fn name_with_origin(
         &mut self,
-        interpreter: Option<&mut Interpreter>,
+        mut interpreter: Option<&mut Interpreter>,
         mappings: Option<&[KnownMapping]>,
         raw: RawStack<'_>,
     ) -> Vec<(NamedFrame, bool)> {
@@ -103,7 +103,6 @@ impl Namer {
         }
         let layout = interpreter.as_ref().map(|i| i.layout);
         let base_frame = interpreter.as_ref().is_some_and(|i| i.layout.base_frame);
-        let mut interpreter = interpreter;
         let mut python = |f: &PyFrame| python_frame(interpreter.as_deref_mut(), f);
         match (mappings, layout) {
             (Some(mappings), Some(layout)) if !raw.native.is_empty() => {
