@@ -44,7 +44,7 @@ use profiler_common::{
     MAX_PYTHON_FRAMES, MAX_THREAD_CALLS, NO_OFFSET, NewStack, OffCpuStart, PY_ENTRY_FRAME, PyFrame,
     SMALL_STACK_FRAMES, SNAPSHOT_CODE, SNAPSHOT_FILENAME, SNAPSHOT_LINETABLE, SNAPSHOT_NAME,
     STACK_IN_GC, STACK_TRUNCATED, SampleKey, SmallStack, Stat, THREADS_PER_CALL, TargetInfo,
-    code_tag, config, count_kind, instr_kind, mix, snapshot_part, target_options,
+    code_tag, config, count_kind, cpu_credit, instr_kind, mix, snapshot_part, target_options,
 };
 
 use crate::maps::{
@@ -113,11 +113,15 @@ pub fn locate_current_frame(slot: Slot) -> Option<Next> {
     let s = scratch(slot)?;
     let found = python_tid(target, tid).and_then(|python_tid| {
         start(s, target, pid, tid, python_tid);
-        // SAFETY: entries are written whole; a stale one is checked below.
-        match unsafe { THREADS.get(tid) } {
+        // SAFETY: entries are written whole; a stale one is checked below. Only the program
+        // sampling this thread, on its CPU, writes its credit.
+        match THREADS.get_ptr_mut(tid).map(|p| unsafe { &mut *p }) {
             Some(known)
                 if known.pid == pid && thread_id_of(target, known.tstate) == Ok(python_tid) =>
             {
+                if slot == Slot::Sample && !within_cpu_time(known) {
+                    return Err(Stat::BeyondCpuTime);
+                }
                 current_frame(slot, s, target, known.interp, known.tstate).map(|()| Next::Stack)
             }
             _ => begin_thread_walk(s, target).map(|()| Next::Threads),
@@ -136,6 +140,28 @@ pub fn locate_current_frame(slot: Slot) -> Option<Next> {
             None
         }
     }
+}
+
+/// Whether this sample of the current thread keeps its samples within the CPU time it used
+/// (`profiler_common::cpu_credit`), which it charges to `known`. One read of the thread's CPU
+/// clock (its `task_struct`, in the cache: the kernel just ran it). `true` if the offset is
+/// unknown or the read faults.
+#[inline(always)]
+fn within_cpu_time(known: &mut KnownThread) -> bool {
+    let offset = config_value(config::TASK_RUNTIME_OFFSET) as u64;
+    let period = config_value(config::SAMPLE_PERIOD_NS) as u64;
+    if offset == 0 || period == 0 {
+        return true;
+    }
+    // SAFETY: the helper takes no arguments and returns the current task's address.
+    let task = unsafe { bpf_get_current_task() };
+    // SAFETY: the helper reads kernel memory fault-tolerantly.
+    let Ok(runtime) = (unsafe { bpf_probe_read_kernel((task + offset) as *const u64) }) else {
+        return true;
+    };
+    let (credit, keep) = cpu_credit(known.cpu_credit, runtime, period);
+    known.cpu_credit = credit;
+    keep
 }
 
 /// Whether the current thread is exiting: it has let go of the process's memory (`exit_mm`
@@ -271,6 +297,7 @@ fn walk_thread_list(slot: Slot, s: &mut Scratch, target: &TargetInfo) -> Result<
             interp: s.interp,
             pid: s.pid,
             _pad: 0,
+            cpu_credit: 0,
         };
         if id == s.python_tid {
             let _ = THREADS.insert(s.tid, known, 0);

@@ -704,6 +704,14 @@ fn configure(
     // Only a label (`Stat::ThreadExiting`): without BTF, samples of exiting threads keep the
     // label of the read that failed.
     let task_mm_offset = offset("mm").unwrap_or(0);
+    // Without it, every sample is kept, even beyond its thread's CPU time.
+    let task_runtime_offset = match &btf {
+        Some(btf) => btf
+            .field_offset("task_struct", "se")
+            .and_then(|se| Ok(se + btf.field_offset("sched_entity", "sum_exec_runtime")?))
+            .unwrap_or(0),
+        None => 0,
+    };
     let task_pid_offset = if options.idle { offset("pid")? } else { 0 };
     let task_tgid_offset = if following { offset("tgid")? } else { 0 };
     // The task's state is `__state` from 5.14, `state` before.
@@ -733,6 +741,7 @@ fn configure(
         (config::TASK_SIGNAL_OFFSET, task_signal_offset),
         (config::SIGNAL_LIVE_OFFSET, signal_live_offset),
         (config::TASK_MM_OFFSET, task_mm_offset),
+        (config::TASK_RUNTIME_OFFSET, task_runtime_offset),
     ] {
         switches
             .set(index, value, 0)
@@ -890,6 +899,12 @@ fn attach_process_programs(ebpf: &mut Ebpf) -> Result<RingBuf<MapData>, BpfError
 
 /// Runs the loaded sampler on the CPU-clock event of every online CPU.
 fn attach_sampler(ebpf: &mut Ebpf, rate_hz: u64) -> Result<clock::SampleClock, BpfError> {
+    // The CPU time one sample stands for, against which a thread's samples are held.
+    let period = u32::try_from(1_000_000_000 / rate_hz.max(1)).unwrap_or(u32::MAX);
+    let mut config: Array<&mut MapData, u32> = map_mut(ebpf, maps::CONFIG)?;
+    config
+        .set(config::SAMPLE_PERIOD_NS, period, 0)
+        .map_err(map_err(maps::CONFIG))?;
     let sampler: &mut PerfEvent = program(ebpf, profiler_common::PROGRAM_NAME)?;
     let cpus = online_cpus().map_err(|(_, e)| BpfError::Cpus(e))?;
     clock::SampleClock::start(sampler.fd()?.as_fd(), &cpus, rate_hz).map_err(|e| BpfError::Attach {
