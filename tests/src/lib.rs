@@ -18,7 +18,7 @@ use std::{
 pub use bpf::registered;
 pub use procs::{
     Ended, Fixture, READY_TIMEOUT, Recording, blocked_in, cpu_seconds, output_with_go,
-    thread_state, wait_for_cpu,
+    stolen_seconds, thread_state, wait_for_cpu,
 };
 pub use summary::{
     CALL_RACE, Expected, LAUNCH_FAULTS, LAUNCHED, MAX_COMPLETENESS, MIN_COMPLETENESS, NO_ERRORS,

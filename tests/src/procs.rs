@@ -404,3 +404,26 @@ pub fn wait_for_cpu(pid: u32, seconds: f64) {
         thread::sleep(Duration::from_millis(10));
     }
 }
+
+/// Seconds the hypervisor has taken from this machine's CPUs since boot, summed over them
+/// (`steal` in /proc/stat), and the number of CPUs: time a thread on those CPUs could not run.
+pub fn stolen_seconds() -> (f64, usize) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let ticks = |line: &str| -> f64 {
+        line.split_whitespace()
+            .nth(8)
+            .and_then(|t| t.parse().ok())
+            .unwrap_or(0.0)
+    };
+    let all = stat
+        .lines()
+        .find(|l| l.starts_with("cpu "))
+        .map_or(0.0, ticks);
+    let cpus = stat
+        .lines()
+        .filter(|l| l.starts_with("cpu") && !l.starts_with("cpu "))
+        .count();
+    // SAFETY: sysconf only reads a configuration value.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    (all / hz, cpus.max(1))
+}
