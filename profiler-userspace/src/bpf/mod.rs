@@ -374,7 +374,7 @@ impl Sampler {
         let btf = btf
             .join()
             .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
-        configure(&mut ebpf, options, features, btf)?;
+        configure(&mut ebpf, rate_hz, options, features, btf)?;
         load_programs(&mut ebpf, &programs_to_load(options, features))?;
         // Tail-call targets first: the first programs call them from their first run on.
         let mut programs = vec![fill_sample_table(&mut ebpf, options.native, features)?];
@@ -682,6 +682,7 @@ impl UnwindMaps for Sampler {
 /// Sets the kernel side's switches (`profiler_common::config`).
 fn configure(
     ebpf: &mut Ebpf,
+    rate_hz: u64,
     options: SamplerOptions,
     features: KernelFeatures,
     btf: Result<btf::Btf, btf::BtfError>,
@@ -729,6 +730,8 @@ fn configure(
         ),
         _ => (0, 0),
     };
+    // The CPU time one sample stands for, against which a thread's samples are held.
+    let sample_period = u32::try_from(1_000_000_000 / rate_hz.max(1)).unwrap_or(u32::MAX);
     let mut switches: Array<&mut MapData, u32> = map_mut(ebpf, maps::CONFIG)?;
     for (index, value) in [
         (config::IDLE, options.idle as u32),
@@ -742,6 +745,7 @@ fn configure(
         (config::SIGNAL_LIVE_OFFSET, signal_live_offset),
         (config::TASK_MM_OFFSET, task_mm_offset),
         (config::TASK_RUNTIME_OFFSET, task_runtime_offset),
+        (config::SAMPLE_PERIOD_NS, sample_period),
     ] {
         switches
             .set(index, value, 0)
@@ -899,12 +903,6 @@ fn attach_process_programs(ebpf: &mut Ebpf) -> Result<RingBuf<MapData>, BpfError
 
 /// Runs the loaded sampler on the CPU-clock event of every online CPU.
 fn attach_sampler(ebpf: &mut Ebpf, rate_hz: u64) -> Result<clock::SampleClock, BpfError> {
-    // The CPU time one sample stands for, against which a thread's samples are held.
-    let period = u32::try_from(1_000_000_000 / rate_hz.max(1)).unwrap_or(u32::MAX);
-    let mut config: Array<&mut MapData, u32> = map_mut(ebpf, maps::CONFIG)?;
-    config
-        .set(config::SAMPLE_PERIOD_NS, period, 0)
-        .map_err(map_err(maps::CONFIG))?;
     let sampler: &mut PerfEvent = program(ebpf, profiler_common::PROGRAM_NAME)?;
     let cpus = online_cpus().map_err(|(_, e)| BpfError::Cpus(e))?;
     clock::SampleClock::start(sampler.fd()?.as_fd(), &cpus, rate_hz).map_err(|e| BpfError::Attach {
