@@ -169,8 +169,10 @@ pub struct Scratch {
     /// The thread walk's next thread state, and the interpreter it walks.
     pub cursor: u64,
     pub interp: u64,
-    /// The stack's content hash so far.
+    /// The stack's content hash so far, in two lanes that the walk mixes side by side (code
+    /// objects; instruction positions and tags), so a frame waits on one multiply, not three.
     pub hash: u64,
+    pub hash2: u64,
     /// Whether the thread held the GIL (1) or not (0).
     pub gil_held: u32,
     /// Whether the walk met a frame that runs code (1) or only shims (0: 3.15's base frame

@@ -195,6 +195,7 @@ fn start(s: &mut Scratch, target: &TargetInfo, pid: u32, tid: u32, python_tid: u
     // entry; so the walk needs no second lookup of the target.
     s.target = *target;
     s.hash = 0;
+    s.hash2 = 0;
     s.code_seen = 0;
     s.faults = 0;
     s.native_hash = 0;
@@ -586,6 +587,7 @@ pub fn walk_one(slot: Slot) -> i64 {
     let mut frame = s.frame;
     let mut len = s.stack.len as usize;
     let mut hash = s.hash;
+    let mut hash2 = s.hash2;
     let mut task = s.stack.task;
     let mut code_seen = s.code_seen;
     let mut faults = 0i64;
@@ -606,13 +608,15 @@ pub fn walk_one(slot: Slot) -> i64 {
         s.stack.frames[index] = f;
         s.frame_addrs[index] = frame;
         len += 1;
-        hash = mix(mix(mix(hash, f.code), f.instr as u64), f.tag as u64);
+        hash = mix(hash, f.code);
+        hash2 = mix(hash2, frame_word(f));
         code_seen |= (f.code != 0) as u32;
         frame = previous;
     }
     s.stack.task = task;
     s.stack.len = len as u32;
     s.hash = hash;
+    s.hash2 = hash2;
     s.code_seen = code_seen;
     s.faults = (faults != 0) as u32;
     s.frame = frame;
@@ -755,6 +759,7 @@ fn walk_frames(s: &mut Scratch, target: &TargetInfo) {
     let base = s.stack.len as usize;
     let mut frame = s.frame;
     let mut hash = s.hash;
+    let mut hash2 = s.hash2;
     let mut code_seen = s.code_seen as u64;
     let mut n = FRAMES_PER_CALL;
     let mut faults = 0i64;
@@ -769,10 +774,8 @@ fn walk_frames(s: &mut Scratch, target: &TargetInfo) {
             read_frame::<false>(s, target, frame, entry_offset, has_entry, &mut faults);
         s.stack.frames[(base + j) & (MAX_PYTHON_FRAMES - 1)] = slot;
         code_seen |= slot.code;
-        hash = mix(
-            mix(mix(hash, slot.code), slot.instr as u64),
-            slot.tag as u64,
-        );
+        hash = mix(hash, slot.code);
+        hash2 = mix(hash2, frame_word(slot));
         frame = previous;
     }
     // SAFETY: plain stores into our scratch entry; volatile so the caller really reads them.
@@ -780,6 +783,7 @@ fn walk_frames(s: &mut Scratch, target: &TargetInfo) {
         write_volatile(addr_of_mut!(s.frame), frame);
         write_volatile(addr_of_mut!(s.stack.len), (base + n) as u32);
         write_volatile(addr_of_mut!(s.hash), hash);
+        write_volatile(addr_of_mut!(s.hash2), hash2);
         write_volatile(addr_of_mut!(s.code_seen), (code_seen != 0) as u32);
         write_volatile(addr_of_mut!(s.faults), (faults != 0) as u32);
     }
@@ -907,6 +911,13 @@ fn code_tag_of(s: &mut Scratch, target: &TargetInfo, code: u64, faults: &mut i64
     tag
 }
 
+/// What a frame adds to the hash's second lane: its instruction position and its code object's
+/// tag, side by side.
+#[inline(always)]
+fn frame_word(f: PyFrame) -> u64 {
+    (f.instr as u64) << 32 | f.tag as u64
+}
+
 /// The walked stack's id: a hash of its content. Reads the walk's results back from the map, so
 /// the verifier sees one state here whatever run the walk ended in.
 #[inline(always)]
@@ -915,7 +926,10 @@ fn stack_id(s: &mut Scratch) -> Result<u64, Stat> {
     let (len, hash, native_hash, code_seen, flags, task) = unsafe {
         (
             read_volatile(addr_of!(s.stack.len)),
-            read_volatile(addr_of!(s.hash)),
+            mix(
+                read_volatile(addr_of!(s.hash)),
+                read_volatile(addr_of!(s.hash2)),
+            ),
             read_volatile(addr_of!(s.native_hash)),
             read_volatile(addr_of!(s.code_seen)),
             read_volatile(addr_of!(s.stack.flags)),
