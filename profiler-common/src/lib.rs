@@ -219,8 +219,18 @@ pub const SWITCH_THREADS_PROGRAM_NAME: &str = "find_thread_state_on_switch";
 /// The native unwinder for kernels without `bpf_loop` or `bpf_task_pt_regs` (before 5.17):
 /// a few frames per run, tail-calling itself.
 pub const UNWIND_COMPAT_PROGRAM_NAME: &str = "unwind_native_stack_compat";
+/// The program that copies a new stack's code objects on kernels without `bpf_loop` (which
+/// copy them in the walker's loop), a few per run, tail-calling itself; and its slot in
+/// `maps::PROGRAMS` (and `SWITCH_PROGRAMS`, for `SWITCH_COPY_CODE_PROGRAM_NAME`).
+pub const COPY_CODE_PROGRAM_NAME: &str = "copy_code_objects";
+pub const SWITCH_COPY_CODE_PROGRAM_NAME: &str = "copy_code_objects_on_switch";
+pub const COPY_CODE_PROGRAM_SLOT: u32 = 3;
+/// Code objects `COPY_CODE_PROGRAM_NAME` copies per run. The chain of tail calls stops at the
+/// kernel's limit (33 programs a sample, the walker's included): the code objects of frames
+/// beyond it are not copied, and userspace reads them while the process lives.
+pub const COPY_CODES_PER_CALL: u32 = 8;
 /// Slots in `maps::PROGRAMS`.
-pub const PROGRAM_SLOTS: u32 = 3;
+pub const PROGRAM_SLOTS: u32 = 4;
 
 /// Marks an offset the running CPython version does not have.
 pub const NO_OFFSET: u16 = u16::MAX;

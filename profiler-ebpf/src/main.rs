@@ -17,7 +17,8 @@ use aya_ebpf::{
     programs::{PerfEventContext, RawTracePointContext},
 };
 use profiler_common::{
-    Stat, THREADS_PROGRAM_SLOT, UNWIND_PROGRAM_SLOT, WALK_PROGRAM_SLOT, config, target_options,
+    COPY_CODE_PROGRAM_SLOT, Stat, THREADS_PROGRAM_SLOT, UNWIND_PROGRAM_SLOT, WALK_PROGRAM_SLOT,
+    config, target_options,
 };
 
 use crate::{
@@ -117,6 +118,23 @@ pub fn walk_python_stack(ctx: PerfEventContext) -> u32 {
         // SAFETY: as in `on_cpu_sample`: the callee is this program.
         unsafe { PROGRAMS.tail_call(&ctx, WALK_PROGRAM_SLOT) };
         count(Slot::Sample, Stat::TailCall);
+    } else if python::stored_new_stack(Slot::Sample) {
+        // SAFETY: as in `on_cpu_sample`.
+        unsafe { PROGRAMS.tail_call(&ctx, COPY_CODE_PROGRAM_SLOT) };
+        count(Slot::Sample, Stat::CodeSnapshotLost);
+    }
+    0
+}
+
+/// Copies a new stack's code objects, a few per run, tail-calling itself: after
+/// `walk_python_stack`, on kernels without `bpf_loop`. Where the chain of tail calls ends
+/// first, the rest is counted as dropped, and userspace reads them instead.
+#[perf_event]
+pub fn copy_code_objects(ctx: PerfEventContext) -> u32 {
+    if python::copy_codes_step(Slot::Sample) {
+        // SAFETY: as in `on_cpu_sample`: the callee is this program.
+        unsafe { PROGRAMS.tail_call(&ctx, COPY_CODE_PROGRAM_SLOT) };
+        count(Slot::Sample, Stat::CodeSnapshotLost);
     }
     0
 }
@@ -209,6 +227,21 @@ pub fn walk_python_stack_on_switch(ctx: RawTracePointContext) -> i32 {
         // SAFETY: as in `on_sched_switch`: the callee is this program.
         unsafe { SWITCH_PROGRAMS.tail_call(&ctx, WALK_PROGRAM_SLOT) };
         count(Slot::Switch, Stat::TailCall);
+    } else if python::stored_new_stack(Slot::Switch) {
+        // SAFETY: as in `on_sched_switch`.
+        unsafe { SWITCH_PROGRAMS.tail_call(&ctx, COPY_CODE_PROGRAM_SLOT) };
+        count(Slot::Switch, Stat::CodeSnapshotLost);
+    }
+    0
+}
+
+/// `copy_code_objects` after `walk_python_stack_on_switch`.
+#[raw_tracepoint(tracepoint = "sched_switch")]
+pub fn copy_code_objects_on_switch(ctx: RawTracePointContext) -> i32 {
+    if python::copy_codes_step(Slot::Switch) {
+        // SAFETY: as in `on_sched_switch`: the callee is this program.
+        unsafe { SWITCH_PROGRAMS.tail_call(&ctx, COPY_CODE_PROGRAM_SLOT) };
+        count(Slot::Switch, Stat::CodeSnapshotLost);
     }
     0
 }

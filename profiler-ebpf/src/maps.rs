@@ -195,6 +195,9 @@ pub struct Scratch {
     /// Whether this sample stored its stack for the first time (1): its code objects are then
     /// copied (`snapshot_code`).
     pub new_stack: u32,
+    /// The next frame whose code object `python::copy_codes_step` copies (kernels without
+    /// `bpf_loop`).
+    pub copy_next: u32,
     /// The `NativeMappings::generation` of the target's table when its native unwind began.
     pub native_generation: u32,
     /// The sampled target, copied when the sample starts: its layout and options for every

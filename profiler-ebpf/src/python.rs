@@ -40,11 +40,12 @@ use aya_ebpf::{
     maps::PerCpuHashMap,
 };
 use profiler_common::{
-    CodeSeen, CodeSnapshot, FRAME_OWNED_BY_GENERATOR, FRAME_READ, FRAMES_PER_CALL, KnownThread,
-    MAX_PYTHON_FRAMES, MAX_THREAD_CALLS, NO_OFFSET, NewStack, OffCpuStart, PY_ENTRY_FRAME, PyFrame,
-    SMALL_STACK_FRAMES, SNAPSHOT_CODE, SNAPSHOT_FILENAME, SNAPSHOT_LINETABLE, SNAPSHOT_NAME,
-    STACK_IN_GC, STACK_TRUNCATED, SampleKey, SmallStack, Stat, THREADS_PER_CALL, TargetInfo,
-    code_tag, config, count_kind, cpu_credit, instr_kind, mix, snapshot_part, target_options,
+    COPY_CODES_PER_CALL, CodeSeen, CodeSnapshot, FRAME_OWNED_BY_GENERATOR, FRAME_READ,
+    FRAMES_PER_CALL, KnownThread, MAX_PYTHON_FRAMES, MAX_THREAD_CALLS, NO_OFFSET, NewStack,
+    OffCpuStart, PY_ENTRY_FRAME, PyFrame, SMALL_STACK_FRAMES, SNAPSHOT_CODE, SNAPSHOT_FILENAME,
+    SNAPSHOT_LINETABLE, SNAPSHOT_NAME, STACK_IN_GC, STACK_TRUNCATED, SampleKey, SmallStack, Stat,
+    THREADS_PER_CALL, TargetInfo, code_tag, config, count_kind, cpu_credit, instr_kind, mix,
+    snapshot_part, target_options,
 };
 
 use crate::maps::{
@@ -191,6 +192,7 @@ fn start(s: &mut Scratch, target: &TargetInfo, pid: u32, tid: u32, python_tid: u
     s.unwind_calls = 0;
     s.sample_seq = s.sample_seq.wrapping_add(1);
     s.new_stack = 0;
+    s.copy_next = 0;
     // For the sample's later programs and the walk's `bpf_loop` callbacks, which see only this
     // entry; so the walk needs no second lookup of the target.
     s.target = *target;
@@ -555,6 +557,47 @@ pub fn snapshot_code(slot: Slot, index: u64) -> i64 {
     0
 }
 
+/// Whether this sample stored its stack for the first time, so that its code objects are to be
+/// copied.
+#[inline(always)]
+pub fn stored_new_stack(slot: Slot) -> bool {
+    // SAFETY: a read back of what `store` wrote through the same entry.
+    scratch(slot).is_some_and(|s| unsafe { read_volatile(addr_of!(s.new_stack)) } != 0)
+}
+
+/// One run of the copies of a new stack's code objects where the kernel has no `bpf_loop`:
+/// `snapshot_code` for up to `COPY_CODES_PER_CALL` frames from `Scratch::copy_next`. Returns
+/// whether frames remain for another run.
+#[inline(always)]
+pub fn copy_codes_step(slot: Slot) -> bool {
+    let Some(s) = scratch(slot) else {
+        return false;
+    };
+    // SAFETY: reads back of what the walk stored through the same entry.
+    let (len, first) = unsafe {
+        (
+            read_volatile(addr_of!(s.stack.len)),
+            read_volatile(addr_of!(s.copy_next)),
+        )
+    };
+    let len = len.min(MAX_PYTHON_FRAMES as u32);
+    for k in 0..COPY_CODES_PER_CALL {
+        let index = first + k;
+        // The verifier needs `snapshot_code`'s mask of the index, which the compiler drops
+        // after the test below unless it cannot see where the index comes from.
+        // SAFETY: a read of a local.
+        let masked = unsafe { read_volatile(&index) };
+        if index >= len || snapshot_code(slot, masked as u64) != 0 {
+            return false;
+        }
+    }
+    let next = first + COPY_CODES_PER_CALL;
+    if let Some(s) = scratch(slot) {
+        s.copy_next = next;
+    }
+    next < len
+}
+
 /// `PyObject.ob_type` in a build with the GIL (Include/object.h), which every version with a
 /// `TargetInfo::frame_first_local` (3.8 to 3.10) is.
 const OB_TYPE: u16 = 8;
@@ -773,6 +816,7 @@ fn walk_frames(s: &mut Scratch, target: &TargetInfo) {
         let (slot, previous, _) =
             read_frame::<false>(s, target, frame, entry_offset, has_entry, &mut faults);
         s.stack.frames[(base + j) & (MAX_PYTHON_FRAMES - 1)] = slot;
+        s.frame_addrs[(base + j) & (MAX_PYTHON_FRAMES - 1)] = frame;
         code_seen |= slot.code;
         hash = mix(hash, slot.code);
         hash2 = mix(hash2, frame_word(slot));

@@ -763,7 +763,7 @@ fn programs_to_load(options: SamplerOptions, features: KernelFeatures) -> Vec<&'
         .collect();
     names.push(profiler_common::PROGRAM_NAME);
     if options.idle {
-        names.extend(switch_slots(features).map(|(name, _)| name));
+        names.extend(switch_slots(features).into_iter().map(|(name, _)| name));
         names.push(profiler_common::SWITCH_PROGRAM_NAME);
     }
     if options.follow != Follow::Nobody {
@@ -812,7 +812,8 @@ fn load_one(name: &'static str, program: &mut Program) -> Result<(), BpfError> {
 }
 
 /// The programs the CPU-clock sampler tail-calls, by slot: the walker the kernel can run, the
-/// thread walk, and with `native` the unwinder the kernel can run.
+/// thread walk, without `bpf_loop` the code objects' copier, and with `native` the unwinder the
+/// kernel can run.
 fn sample_slots(native: bool, features: KernelFeatures) -> Vec<(&'static str, u32)> {
     let walker = match features.bpf_loop {
         true => profiler_common::WALK_LOOP_PROGRAM_NAME,
@@ -825,6 +826,12 @@ fn sample_slots(native: bool, features: KernelFeatures) -> Vec<(&'static str, u3
             profiler_common::THREADS_PROGRAM_SLOT,
         ),
     ];
+    if !features.bpf_loop {
+        slots.push((
+            profiler_common::COPY_CODE_PROGRAM_NAME,
+            profiler_common::COPY_CODE_PROGRAM_SLOT,
+        ));
+    }
     if native {
         let unwinder = match features.bpf_loop {
             true => profiler_common::UNWIND_PROGRAM_NAME,
@@ -851,19 +858,27 @@ fn fill_sample_table(
     Ok(programs)
 }
 
-/// The scheduler-switch walker the kernel can run and the switch's thread walk, by slot.
-fn switch_slots(features: KernelFeatures) -> [(&'static str, u32); 2] {
+/// The scheduler-switch walker the kernel can run, the switch's thread walk and, without
+/// `bpf_loop`, its code objects' copier, by slot.
+fn switch_slots(features: KernelFeatures) -> Vec<(&'static str, u32)> {
     let walker = match features.bpf_loop {
         true => profiler_common::SWITCH_WALK_LOOP_PROGRAM_NAME,
         false => profiler_common::SWITCH_WALK_PROGRAM_NAME,
     };
-    [
+    let mut slots = vec![
         (walker, profiler_common::WALK_PROGRAM_SLOT),
         (
             profiler_common::SWITCH_THREADS_PROGRAM_NAME,
             profiler_common::THREADS_PROGRAM_SLOT,
         ),
-    ]
+    ];
+    if !features.bpf_loop {
+        slots.push((
+            profiler_common::SWITCH_COPY_CODE_PROGRAM_NAME,
+            profiler_common::COPY_CODE_PROGRAM_SLOT,
+        ));
+    }
+    slots
 }
 
 /// `--idle`: puts the loaded switch walkers into their table and attaches the scheduler-switch
