@@ -225,9 +225,10 @@ pub const UNWIND_COMPAT_PROGRAM_NAME: &str = "unwind_native_stack_compat";
 pub const COPY_CODE_PROGRAM_NAME: &str = "copy_code_objects";
 pub const SWITCH_COPY_CODE_PROGRAM_NAME: &str = "copy_code_objects_on_switch";
 pub const COPY_CODE_PROGRAM_SLOT: u32 = 3;
-/// Code objects `COPY_CODE_PROGRAM_NAME` copies per run. The chain of tail calls stops at the
-/// kernel's limit (33 programs a sample, the walker's included): the code objects of frames
-/// beyond it are not copied, and userspace reads them while the process lives.
+/// Code objects `COPY_CODE_PROGRAM_NAME` copies per run, leaf first. The chain of tail calls
+/// stops at the kernel's limit (33 programs a sample, shared with the walker, the thread walk
+/// and the native unwinder): the outermost frames' code objects are then not copied
+/// (`Stat::CodeCopiesCut`), and userspace reads them while the process lives.
 pub const COPY_CODES_PER_CALL: u32 = 8;
 /// Slots in `maps::PROGRAMS`.
 pub const PROGRAM_SLOTS: u32 = 4;
@@ -933,6 +934,10 @@ stats! {
     /// was busy elsewhere for part of the period, as when a hypervisor runs another guest):
     /// left out (`cpu_credit`).
     BeyondCpuTime = 35, LeftOut, "beyond their thread's CPU time";
+    /// On a kernel without `bpf_loop`, the chain of tail calls that copies a new stack's code
+    /// objects reached the kernel's limit: those of its outermost frames that had not been
+    /// copied before are named from the live objects, if they still are by then.
+    CodeCopiesCut = 36, Tally, "code object copies cut short";
 }
 
 // `ALL` lists every counter in discriminant order, 0 to COUNT - 1, so `stat as usize` indexes

@@ -121,20 +121,20 @@ pub fn walk_python_stack(ctx: PerfEventContext) -> u32 {
     } else if python::stored_new_stack(Slot::Sample) {
         // SAFETY: as in `on_cpu_sample`.
         unsafe { PROGRAMS.tail_call(&ctx, COPY_CODE_PROGRAM_SLOT) };
-        count(Slot::Sample, Stat::CodeSnapshotLost);
+        count(Slot::Sample, Stat::CodeCopiesCut);
     }
     0
 }
 
 /// Copies a new stack's code objects, a few per run, tail-calling itself: after
 /// `walk_python_stack`, on kernels without `bpf_loop`. Where the chain of tail calls ends
-/// first, the rest is counted as dropped, and userspace reads them instead.
+/// first (`Stat::CodeCopiesCut`), userspace reads the rest from the live process.
 #[perf_event]
 pub fn copy_code_objects(ctx: PerfEventContext) -> u32 {
     if python::copy_codes_step(Slot::Sample) {
         // SAFETY: as in `on_cpu_sample`: the callee is this program.
         unsafe { PROGRAMS.tail_call(&ctx, COPY_CODE_PROGRAM_SLOT) };
-        count(Slot::Sample, Stat::CodeSnapshotLost);
+        count(Slot::Sample, Stat::CodeCopiesCut);
     }
     0
 }
@@ -230,7 +230,7 @@ pub fn walk_python_stack_on_switch(ctx: RawTracePointContext) -> i32 {
     } else if python::stored_new_stack(Slot::Switch) {
         // SAFETY: as in `on_sched_switch`.
         unsafe { SWITCH_PROGRAMS.tail_call(&ctx, COPY_CODE_PROGRAM_SLOT) };
-        count(Slot::Switch, Stat::CodeSnapshotLost);
+        count(Slot::Switch, Stat::CodeCopiesCut);
     }
     0
 }
@@ -241,7 +241,7 @@ pub fn copy_code_objects_on_switch(ctx: RawTracePointContext) -> i32 {
     if python::copy_codes_step(Slot::Switch) {
         // SAFETY: as in `on_sched_switch`: the callee is this program.
         unsafe { SWITCH_PROGRAMS.tail_call(&ctx, COPY_CODE_PROGRAM_SLOT) };
-        count(Slot::Switch, Stat::CodeSnapshotLost);
+        count(Slot::Switch, Stat::CodeCopiesCut);
     }
     0
 }

@@ -215,8 +215,7 @@ pub struct Scratch {
     pub window_start: u64,
     pub window_end: u64,
     pub stack: LargeStack,
-    /// Where each frame of `stack` was (the `bpf_loop` walk only), for `snapshot_code`'s read
-    /// of a frame's first local.
+    /// Where each frame of `stack` was, for `snapshot_code`'s read of a frame's first local.
     pub frame_addrs: [u64; profiler_common::MAX_PYTHON_FRAMES],
     pub extra: ExtraStack,
 }
@@ -233,8 +232,9 @@ pub enum Slot {
 #[map]
 pub static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(2, 0);
 
-/// The tail-call table of the CPU-clock programs: `WALK_PROGRAM_SLOT` holds
-/// `walk_python_stack`, `UNWIND_PROGRAM_SLOT` `unwind_native_stack`.
+/// The tail-call table of the CPU-clock programs: `WALK_PROGRAM_SLOT` holds the frame walker
+/// the kernel can run, `UNWIND_PROGRAM_SLOT` the native unwinder, `THREADS_PROGRAM_SLOT`
+/// `find_thread_state` and, without `bpf_loop`, `COPY_CODE_PROGRAM_SLOT` `copy_code_objects`.
 #[map]
 pub static PROGRAMS: ProgramArray = ProgramArray::with_max_entries(PROGRAM_SLOTS, 0);
 
@@ -253,8 +253,9 @@ pub static NATIVE_MAPPINGS: HashMap<u32, NativeMappings> =
     HashMap::with_max_entries(MAX_TARGETS, 0);
 
 /// The tail-call table of the scheduler-switch programs (a table serves one program type):
-/// slot `WALK_PROGRAM_SLOT` holds `walk_python_stack_on_switch`, `THREADS_PROGRAM_SLOT`
-/// `find_thread_state_on_switch`.
+/// slot `WALK_PROGRAM_SLOT` holds the frame walker the kernel can run, `THREADS_PROGRAM_SLOT`
+/// `find_thread_state_on_switch` and, without `bpf_loop`, `COPY_CODE_PROGRAM_SLOT`
+/// `copy_code_objects_on_switch`.
 #[map]
 pub static SWITCH_PROGRAMS: ProgramArray = ProgramArray::with_max_entries(PROGRAM_SLOTS, 0);
 

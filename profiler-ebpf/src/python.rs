@@ -460,11 +460,11 @@ pub fn walk_all(
     }
 }
 
-/// `bpf_loop`'s callback after a new stack was stored: copies the code object of frame `index`
-/// (`CodeSnapshot`) unless this process's copy of it was made already. The frame running it
-/// holds it, so it is alive and whole now, however soon after it is freed. The name, file name
-/// and line table are found through the copied header. Returns 1 (stop) when the ring buffer is
-/// full.
+/// After a new stack was stored (`bpf_loop`'s callback, or `copy_codes_step` without it): copies
+/// the code object of frame `index` (`CodeSnapshot`) unless this process's copy of it was made
+/// already. The frame running it holds it, so it is alive and whole now, however soon after it is
+/// freed. The name, file name and line table are found through the copied header. Returns 1 (stop)
+/// when the ring buffer is full.
 #[inline(always)]
 pub fn snapshot_code(slot: Slot, index: u64) -> i64 {
     let Some(s) = scratch(slot) else {
@@ -792,7 +792,7 @@ fn read_bytes(s: &mut Scratch, addr: u64, len: u32) -> i64 {
 }
 
 /// Reads up to `FRAMES_PER_CALL` frames from `s.frame`, leaf first, appending them to
-/// `s.stack` and hashing them into `s.hash`. A shim frame that runs no code (3.12+: owner
+/// `s.stack` and hashing them into `s.hash` and `s.hash2`. A shim frame that runs no code (3.12+: owner
 /// `owner_cstack` or above) is recorded with `code == 0` so the slot index stays the loop
 /// counter (the verifier needs that); userspace hides it. A read fault ends the walk there.
 #[inline(always)]

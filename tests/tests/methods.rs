@@ -17,16 +17,28 @@ fn expected_name(measured: &str, minor: u32) -> &str {
 }
 
 fn methods_are_named_with_their_class(version: &str, test: &str) {
+    methods_are_named_with_their_class_env(version, &[], test);
+}
+
+/// `methods_are_named_with_their_class` with `env` set for prof-bpf; returns its summary.
+fn methods_are_named_with_their_class_env(
+    version: &str,
+    env: &[(&str, &str)],
+    test: &str,
+) -> String {
     if !privileged() {
-        return;
+        return String::new();
     }
-    let (result, profile) = record_raw(
-        test,
+    let out = scratch_dir(test).join("profile.txt");
+    let result = record_fixture_env(
         &["-r", RATE, "-f", "raw"],
+        env,
+        &out,
         &python(version),
         "methods.py",
         &["3"],
     );
+    let profile = parse_folded(&std::fs::read_to_string(&out).expect("reading the profile"));
     let measured = fixture_json(&result);
     let minor: u32 = version_of(version)
         .split('.')
@@ -61,6 +73,7 @@ fn methods_are_named_with_their_class(version: &str, test: &str) {
         LAUNCHED,
     );
     check_shares(test, &parts);
+    String::from_utf8_lossy(&result.stderr).into_owned()
 }
 
 #[test]
@@ -82,4 +95,21 @@ fn methods_are_named_with_their_class_3_10() {
 #[test]
 fn methods_are_named_with_their_class_3_12() {
     methods_are_named_with_their_class("3.12", "methods_3_12");
+}
+
+/// Kernels without `bpf_loop` (before 5.17) copy the first argument with the code object in the
+/// tail-called copier, from the frame address the tail-called walk kept.
+/// `PROF_BPF_KERNEL_COMPAT` takes that path on this kernel.
+#[test]
+fn methods_are_named_with_their_class_3_9_without_bpf_loop() {
+    let env = [("PROF_BPF_KERNEL_COMPAT", "1")];
+    let test = "methods_3_9_compat";
+    let stderr = methods_are_named_with_their_class_env("3.9", &env, test);
+    if privileged() {
+        let path = Summary::parse(&stderr).kernel_path;
+        assert!(
+            path.contains(": walker and unwinder without bpf_loop ("),
+            "{test}: the recording did not take the older kernels' path: {path:?}"
+        );
+    }
 }
