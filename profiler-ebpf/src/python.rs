@@ -791,10 +791,11 @@ fn read_bytes(s: &mut Scratch, addr: u64, len: u32) -> i64 {
     i64::from(!read)
 }
 
-/// Reads up to `FRAMES_PER_CALL` frames from `s.frame`, leaf first, appending them to
-/// `s.stack` and hashing them into `s.hash` and `s.hash2`. A shim frame that runs no code (3.12+: owner
-/// `owner_cstack` or above) is recorded with `code == 0` so the slot index stays the loop
-/// counter (the verifier needs that); userspace hides it. A read fault ends the walk there.
+/// Reads up to `FRAMES_PER_CALL` frames from `s.frame`, leaf first, appending them (and where
+/// each was) to `s.stack` and hashing them into `s.hash` and `s.hash2`. A shim frame that runs
+/// no code (3.12+: owner `owner_cstack` or above) is recorded with `code == 0` so the slot index
+/// stays the loop counter (the verifier needs that); userspace hides it. A read fault ends the
+/// walk there.
 #[inline(always)]
 fn walk_frames(s: &mut Scratch, target: &TargetInfo) {
     let has_entry = ne_mask(target.frame_is_entry as u64, NO_OFFSET as u64);
