@@ -22,8 +22,8 @@ pub use procs::{
 };
 pub use summary::{
     CALL_RACE, Expected, LAUNCH_FAULTS, LAUNCHED, MAX_COMPLETENESS, MIN_COMPLETENESS, NO_ERRORS,
-    Summary, Work, call_races, check_complete, check_errors, completeness_floor, noise,
-    read_faults,
+    OLDER_KERNELS, Summary, Work, call_races, check_complete, check_errors,
+    check_older_kernels_path, completeness_floor, noise, read_faults,
 };
 
 /// The workspace root.
@@ -198,8 +198,20 @@ pub fn record_raw(
     fixture_name: &str,
     fixture_args: &[&str],
 ) -> (Output, Folded) {
+    record_raw_env(test, args, &[], python, fixture_name, fixture_args)
+}
+
+/// `record_raw` with `env` set for prof-bpf (and so for the fixture).
+pub fn record_raw_env(
+    test: &str,
+    args: &[&str],
+    env: &[(&str, &str)],
+    python: &Path,
+    fixture_name: &str,
+    fixture_args: &[&str],
+) -> (Output, Folded) {
     let out = scratch_dir(test).join("profile.txt");
-    let result = record_fixture(args, &out, python, fixture_name, fixture_args);
+    let result = record_fixture_env(args, env, &out, python, fixture_name, fixture_args);
     let profile = parse_folded(&std::fs::read_to_string(&out).expect("reading the profile"));
     (result, profile)
 }

@@ -304,6 +304,20 @@ impl Summary {
     }
 }
 
+/// prof-bpf's environment that makes it take the older kernels' path (before 5.17, no
+/// `bpf_loop`: the frame walk, the native unwinder and the code objects' copies in tail-called
+/// parts) on this kernel, so CI runs it without the QEMU kernel matrix.
+pub const OLDER_KERNELS: &[(&str, &str)] = &[("PROF_BPF_KERNEL_COMPAT", "1")];
+
+/// Checks that the recording whose summary is `stderr` took the older kernels' path.
+pub fn check_older_kernels_path(test: &str, stderr: &str) {
+    let path = Summary::parse(stderr).kernel_path;
+    assert!(
+        path.contains(": walker and unwinder without bpf_loop ("),
+        "{test}: the recording did not take the older kernels' path: {path:?}"
+    );
+}
+
 /// Prints one measured quantity of a test as a line scripts/measure-noise collects, so the
 /// tolerances are set from what the suite measures rather than guessed.
 pub fn noise(test: &str, metric: &str, value: f64) {

@@ -29,16 +29,14 @@ fn methods_are_named_with_their_class_env(
     if !privileged() {
         return String::new();
     }
-    let out = scratch_dir(test).join("profile.txt");
-    let result = record_fixture_env(
+    let (result, profile) = record_raw_env(
+        test,
         &["-r", RATE, "-f", "raw"],
         env,
-        &out,
         &python(version),
         "methods.py",
         &["3"],
     );
-    let profile = parse_folded(&std::fs::read_to_string(&out).expect("reading the profile"));
     let measured = fixture_json(&result);
     let minor: u32 = version_of(version)
         .split('.')
@@ -99,17 +97,12 @@ fn methods_are_named_with_their_class_3_12() {
 
 /// Kernels without `bpf_loop` (before 5.17) copy the first argument with the code object in the
 /// tail-called copier, from the frame address the tail-called walk kept.
-/// `PROF_BPF_KERNEL_COMPAT` takes that path on this kernel.
 #[test]
 fn methods_are_named_with_their_class_3_9_without_bpf_loop() {
-    let env = [("PROF_BPF_KERNEL_COMPAT", "1")];
-    let test = "methods_3_9_compat";
-    let stderr = methods_are_named_with_their_class_env("3.9", &env, test);
-    if privileged() {
-        let path = Summary::parse(&stderr).kernel_path;
-        assert!(
-            path.contains(": walker and unwinder without bpf_loop ("),
-            "{test}: the recording did not take the older kernels' path: {path:?}"
-        );
+    if !privileged() {
+        return;
     }
+    let test = "methods_3_9_compat";
+    let stderr = methods_are_named_with_their_class_env("3.9", OLDER_KERNELS, test);
+    check_older_kernels_path(test, &stderr);
 }

@@ -44,14 +44,12 @@ fn record_native_env(
     env: &[(&str, &str)],
     test: &str,
 ) -> (Folded, String, String) {
-    let out = scratch_dir(test).join("profile.txt");
     let args: Vec<&str> = ["--native", "-r", RATE, "-f", "raw"]
         .into_iter()
         .chain(extra.iter().copied())
         .collect();
-    let result = record_fixture_env(&args, env, &out, python, script, &[arg]);
+    let (result, profile) = record_raw_env(test, &args, env, python, script, &[arg]);
     let stderr = String::from_utf8_lossy(&result.stderr).to_string();
-    let profile = parse_folded(&std::fs::read_to_string(&out).unwrap());
     (
         profile,
         String::from_utf8_lossy(&result.stdout).to_string(),
@@ -205,13 +203,9 @@ fn numpy_fft_frames_sit_under_their_python_caller_without_bpf_loop() {
     if !privileged() {
         return;
     }
-    let env = [("PROF_BPF_KERNEL_COMPAT", "1")];
-    let (_, stderr) = numpy_launched(&env, MIN_COMPAT_NATIVE_COMPLETE, "numpy_fft_native_compat");
-    let path = Summary::parse(&stderr).kernel_path;
-    assert!(
-        path.contains(": walker and unwinder without bpf_loop ("),
-        "the recording did not take the older kernels' path: {path:?}"
-    );
+    let test = "numpy_fft_native_compat";
+    let (_, stderr) = numpy_launched(OLDER_KERNELS, MIN_COMPAT_NATIVE_COMPLETE, test);
+    check_older_kernels_path(test, &stderr);
 }
 
 /// What a callback recording may count: a launched process's read faults, and the frame read

@@ -227,18 +227,17 @@ fn record_recursion(depth: u32, test: &str) -> (Folded, f64, String) {
 }
 
 fn record_recursion_env(depth: u32, env: &[(&str, &str)], test: &str) -> (Folded, f64, String) {
-    let out = scratch_dir(test).join("profile.txt");
-    let result = record_fixture_env(
+    let (result, profile) = record_raw_env(
+        test,
         &["-r", LOW_RATE, "-f", "raw"],
         env,
-        &out,
         &python("3.12"),
         "recursion.py",
         &[&depth.to_string()],
     );
     let measured = fixture_json(&result)["bottom"].as_f64().unwrap();
     (
-        parse_folded(&std::fs::read_to_string(&out).unwrap()),
+        profile,
         measured,
         String::from_utf8_lossy(&result.stderr).to_string(),
     )
@@ -317,13 +316,9 @@ fn recursion_1000_deep_is_captured_whole_without_bpf_loop() {
     if !privileged() {
         return;
     }
-    let env = [("PROF_BPF_KERNEL_COMPAT", "1")];
-    let stderr = check_recursion_whole_env(1000, &env, "recursion_1000_compat");
-    let path = Summary::parse(&stderr).kernel_path;
-    assert!(
-        path.contains(": walker and unwinder without bpf_loop ("),
-        "the recording did not take the older kernels' path: {path:?}"
-    );
+    let test = "recursion_1000_compat";
+    let stderr = check_recursion_whole_env(1000, OLDER_KERNELS, test);
+    check_older_kernels_path(test, &stderr);
 }
 
 #[test]

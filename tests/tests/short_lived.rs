@@ -25,18 +25,20 @@ fn is_snippet(label: &str) -> bool {
     function(label).starts_with("snippet_") && label.contains("(<snippet ")
 }
 
-/// Records the fixture with prof-bpf's environment `env`; returns the summary.
+/// Records the fixture with prof-bpf's environment `env`; returns the summary (empty if not
+/// privileged: nothing is recorded).
 fn record_short_lived(version: &str, rate: &str, env: &[(&str, &str)], test: &str) -> String {
-    let out = scratch_dir(test).join("profile.txt");
-    let result = record_fixture_env(
+    if !privileged() {
+        return String::new();
+    }
+    let (result, profile) = record_raw_env(
+        test,
         &["-r", rate, "-f", "raw"],
         env,
-        &out,
         &python(version),
         "short_lived_code.py",
         &[MODULES, &BODY_SECONDS.to_string()],
     );
-    let profile = parse_folded(&std::fs::read_to_string(&out).expect("reading the profile"));
     let m = fixture_json(&result);
     let stderr = String::from_utf8_lossy(&result.stderr);
     let all = total(&profile);
@@ -93,48 +95,35 @@ fn record_short_lived(version: &str, rate: &str, env: &[(&str, &str)], test: &st
 
 #[test]
 fn short_lived_code_keeps_its_names_3_12_at_1_khz() {
-    if privileged() {
-        record_short_lived("3.12", "1000", &[], "short_lived_3_12_1k");
-    }
+    record_short_lived("3.12", "1000", &[], "short_lived_3_12_1k");
 }
 
 #[test]
 fn short_lived_code_keeps_its_names_3_12_at_10_khz() {
-    if privileged() {
-        record_short_lived("3.12", "10000", &[], "short_lived_3_12_10k");
-    }
+    record_short_lived("3.12", "10000", &[], "short_lived_3_12_10k");
 }
 
 /// 3.11's first location table and `co_qualname`.
 #[test]
 fn short_lived_code_keeps_its_names_3_11() {
-    if privileged() {
-        record_short_lived("3.11", "1000", &[], "short_lived_3_11");
-    }
+    record_short_lived("3.11", "1000", &[], "short_lived_3_11");
 }
 
 /// `co_lnotab` and no qualified name.
 #[test]
 fn short_lived_code_keeps_its_names_3_9() {
-    if privileged() {
-        record_short_lived("3.9", "1000", &[], "short_lived_3_9");
-    }
+    record_short_lived("3.9", "1000", &[], "short_lived_3_9");
 }
 
 /// The kernels without `bpf_loop` (before 5.17) copy a new stack's code objects in a chain of
 /// tail calls after the walk (`copy_code_objects`). Without them, 103 of 1,490 samples of this
-/// fixture held a freed code object. `PROF_BPF_KERNEL_COMPAT` takes that path on this kernel.
+/// fixture held a freed code object.
 #[test]
 fn short_lived_code_keeps_its_names_without_bpf_loop() {
     if !privileged() {
         return;
     }
-    let env = [("PROF_BPF_KERNEL_COMPAT", "1")];
     let test = "short_lived_3_12_compat";
-    let stderr = record_short_lived("3.12", "1000", &env, test);
-    let path = Summary::parse(&stderr).kernel_path;
-    assert!(
-        path.contains(": walker and unwinder without bpf_loop ("),
-        "{test}: the recording did not take the older kernels' path: {path:?}"
-    );
+    let stderr = record_short_lived("3.12", "1000", OLDER_KERNELS, test);
+    check_older_kernels_path(test, &stderr);
 }
