@@ -172,6 +172,10 @@ impl UnwindMaps for Maps {
         self.mappings = mappings.mappings[..mappings.len as usize].to_vec();
         Ok(())
     }
+
+    fn unmapped(&self) -> u64 {
+        0
+    }
 }
 
 impl Maps {

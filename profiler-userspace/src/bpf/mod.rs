@@ -7,6 +7,7 @@ mod clock;
 mod object;
 
 use std::{
+    borrow::Borrow,
     os::fd::{AsFd as _, AsRawFd as _, BorrowedFd, OwnedFd},
     thread,
     time::Duration,
@@ -630,12 +631,6 @@ impl Sampler {
         })
     }
 
-    /// The sampler's counter of `stat`, summed over CPUs.
-    pub fn stat(&self, stat: Stat) -> Result<u64, BpfError> {
-        let stats: PerCpuArray<&MapData, u64> = map_ref(&self.ebpf, maps::STATS)?;
-        Ok(summed_stat(&stats, stat, false))
-    }
-
     /// The kernel's counters, summed over CPUs: the sampler's and the scheduler program's.
     pub fn stats(&self) -> Result<Stats, BpfError> {
         let stats: PerCpuArray<&MapData, u64> = map_ref(&self.ebpf, maps::STATS)?;
@@ -646,36 +641,67 @@ impl Sampler {
         }
         Ok(out)
     }
+
+    /// Takes `--native`'s unwind maps out of the sampler, with a handle of its own on the
+    /// counters: tables then load from another thread while this one drains.
+    pub fn take_table_maps(&mut self) -> Result<TableMaps, BpfError> {
+        let stats = match self.ebpf.map(maps::STATS) {
+            Some(Map::PerCpuArray(data)) => data
+                .fd()
+                .as_fd()
+                .try_clone_to_owned()
+                .map_err(BpfError::Native)?,
+            _ => return Err(BpfError::Missing(maps::STATS)),
+        };
+        let stats = MapData::from_fd(stats).map_err(map_err(maps::STATS))?;
+        Ok(TableMaps {
+            rows: map_owned(&mut self.ebpf, maps::UNWIND_ROWS)?,
+            pages: map_owned(&mut self.ebpf, maps::PAGE_INDEX)?,
+            mappings: map_owned(&mut self.ebpf, maps::NATIVE_MAPPINGS)?,
+            stats: PerCpuArray::try_from(Map::PerCpuArray(stats)).map_err(map_err(maps::STATS))?,
+        })
+    }
 }
 
 /// Counter `stat` of the sampler (or, `switch`, of the scheduler program), summed over CPUs; 0
 /// if it cannot be read.
-fn summed_stat(stats: &PerCpuArray<&MapData, u64>, stat: Stat, switch: bool) -> u64 {
+fn summed_stat<T: Borrow<MapData>>(stats: &PerCpuArray<T, u64>, stat: Stat, switch: bool) -> u64 {
     stats
         .get(&profiler_common::stat_index(stat, switch), 0)
         .map(|v| v.iter().sum())
         .unwrap_or(0)
 }
 
-impl UnwindMaps for Sampler {
+/// `--native`'s unwind maps (rows, page index, each process's mapping list), apart from the
+/// sampler, and the kernel's count of unwinds that stopped outside the mappings written.
+pub struct TableMaps {
+    rows: Array<MapData, RowChunk>,
+    pages: Array<MapData, PageChunk>,
+    mappings: HashMap<MapData, u32, NativeMappings>,
+    stats: PerCpuArray<MapData, u64>,
+}
+
+impl UnwindMaps for TableMaps {
     fn write_chunk(&mut self, index: u32, chunk: &RowChunk) -> std::io::Result<()> {
-        let mut rows: Array<&mut MapData, RowChunk> =
-            map_mut(&mut self.ebpf, maps::UNWIND_ROWS).map_err(std::io::Error::other)?;
-        rows.set(index, chunk, 0).map_err(std::io::Error::other)
+        self.rows
+            .set(index, chunk, 0)
+            .map_err(std::io::Error::other)
     }
 
     fn write_page_chunk(&mut self, index: u32, chunk: &PageChunk) -> std::io::Result<()> {
-        let mut pages: Array<&mut MapData, PageChunk> =
-            map_mut(&mut self.ebpf, maps::PAGE_INDEX).map_err(std::io::Error::other)?;
-        pages.set(index, chunk, 0).map_err(std::io::Error::other)
+        self.pages
+            .set(index, chunk, 0)
+            .map_err(std::io::Error::other)
     }
 
     fn write_mappings(&mut self, pid: u32, mappings: &NativeMappings) -> std::io::Result<()> {
-        let mut table: HashMap<&mut MapData, u32, NativeMappings> =
-            map_mut(&mut self.ebpf, maps::NATIVE_MAPPINGS).map_err(std::io::Error::other)?;
-        table
+        self.mappings
             .insert(pid, mappings, 0)
             .map_err(std::io::Error::other)
+    }
+
+    fn unmapped(&self) -> u64 {
+        summed_stat(&self.stats, Stat::NativeNoMapping, false)
     }
 }
 

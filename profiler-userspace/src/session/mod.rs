@@ -5,6 +5,7 @@
 //! kernel drains to naming and aggregation; it writes nothing and draws nothing.
 
 mod launch;
+mod tables;
 
 use std::{
     collections::{HashMap, HashSet},
@@ -44,8 +45,10 @@ use crate::{
         threads::walk_threads,
     },
     symbolize::kernel::KernelSymbols,
-    unwind::{LoadStats, NativeTables},
+    unwind::LoadStats,
 };
+
+use tables::TableLoader;
 
 /// How often `record` and `top` scan /proc for processes that started, forked, exec'd or ended
 /// (`SessionOptions::rescan`). With `--subprocesses` and `--all` the kernel reports forks,
@@ -53,9 +56,6 @@ use crate::{
 pub const SCAN_INTERVAL: Duration = Duration::from_millis(100);
 /// How often a process that exec'd is looked at while it loads its new program.
 const EXEC_POLL: Duration = Duration::from_millis(5);
-/// How often, while naming keeps the loop busy, the kernel's count of native unwinds that
-/// stopped in an unknown mapping is looked at (`refresh_if_unmapped`).
-const UNMAPPED_CHECK: Duration = Duration::from_millis(5);
 /// How long a process that exec'd a program not named like Python is looked at while glibc's
 /// loader maps its libraries (an embedded libpython comes with them); then it is left to the
 /// /proc scan.
@@ -228,10 +228,8 @@ pub struct Session {
     /// Python processes found but not profiled, and why.
     skipped: Vec<String>,
     last_scan: Option<Instant>,
-    /// Native unwinds that stopped in an unknown mapping, as last read, and when.
-    unmapped: (u64, Instant),
-    /// Native unwind tables (`--native`), per target.
-    tables: NativeTables,
+    /// Native unwind tables (`--native`), per target, and the thread that loads them.
+    tables: Option<TableLoader>,
     /// Processes that exec'd, looked at until their new program shows what it is (or the
     /// launch timeout passes).
     exec_pending: HashMap<u32, Instant>,
@@ -327,6 +325,10 @@ impl Session {
             (Some(root), true) => Scope::Tree(vec![root]),
             (Some(root), false) => Scope::One(root),
         });
+        let tables = match options.sampler.native {
+            true => Some(TableLoader::start(sampler.take_table_maps()?).map_err(BpfError::Native)?),
+            false => None,
+        };
         let namer = Namer {
             kernel: options
                 .kernel
@@ -357,8 +359,7 @@ impl Session {
             first: None,
             skipped: Vec::new(),
             last_scan: None,
-            unmapped: (0, Instant::now()),
-            tables: NativeTables::default(),
+            tables,
             exec_pending: HashMap::new(),
             retire: Vec::new(),
             waiting_snapshots: Vec::new(),
@@ -429,8 +430,8 @@ impl Session {
             }
         }
         self.interpreters.insert(pid, interpreter);
-        if self.options.sampler.native {
-            self.refresh_tables(pid)?;
+        if let Some(tables) = &self.tables {
+            tables.add(pid).map_err(BpfError::Native)?;
             info.frame_is_entry = layout.entry_flag;
             info.options |= profiler_common::target_options::NATIVE_STACKS;
         }
@@ -520,47 +521,22 @@ impl Session {
         Ok(())
     }
 
-    /// Loads the tables of `pid`'s newly mapped files; a process that has exited is not an error
-    /// (the watcher retires it).
-    fn refresh_tables(&mut self, pid: u32) -> Result<(), SessionError> {
-        match self.tables.refresh(pid, &mut self.sampler) {
-            Ok(_) => Ok(()),
-            Err(e)
-                if e.kind() == io::ErrorKind::NotFound || e.raw_os_error() == Some(libc::ESRCH) =>
-            {
-                Ok(())
-            }
-            Err(e) => Err(SessionError::Bpf(BpfError::Native(e))),
-        }
-    }
-
     /// With `--native`: loads the tables of libraries every registered process mapped since the
-    /// last call (an `import numpy`).
+    /// last call (an `import numpy`). Between calls the loader thread loads them as soon as
+    /// the kernel meets one.
     fn refresh_all_tables(&mut self) -> Result<(), SessionError> {
-        if self.options.sampler.native {
-            let pids: Vec<u32> = self.interpreters.keys().copied().collect();
-            for pid in pids {
-                self.refresh_tables(pid)?;
-            }
+        if let Some(tables) = &self.tables {
+            tables.refresh_all().map_err(BpfError::Native)?;
         }
         Ok(())
     }
 
-    /// With `--native`, at most every `UNMAPPED_CHECK`: loads the tables of libraries mapped
-    /// since the last refresh once the kernel has counted a native unwind that stopped in one.
-    /// Called between the stacks a batch names: naming can keep the loop from the kernel's
-    /// notices for a hundred milliseconds (a first naming reads a library's debug information),
-    /// while a library numpy maps at its first FFT runs unwound only to its edge.
-    fn refresh_if_unmapped(&mut self) -> Result<(), SessionError> {
-        if !self.options.sampler.native || self.unmapped.1.elapsed() < UNMAPPED_CHECK {
-            return Ok(());
-        }
-        let count = self.sampler.stat(Stat::NativeNoMapping).unwrap_or(0);
-        let grew = count > self.unmapped.0;
-        self.unmapped = (count, Instant::now());
-        match grew {
-            true => self.refresh_all_tables(),
-            false => Ok(()),
+    /// Forgets registered process `pid`, which ended or exec'd: its counts were drained.
+    fn unregister(&mut self, pid: u32) {
+        self.collector.remove_process(pid);
+        self.interpreters.remove(&pid);
+        if let Some(tables) = &self.tables {
+            tables.remove(pid);
         }
     }
 
@@ -638,8 +614,7 @@ impl Session {
                     if self.interpreters.contains_key(&e.pid) {
                         // Its counts so far are the old program's.
                         self.drain()?;
-                        self.collector.remove_process(e.pid);
-                        self.interpreters.remove(&e.pid);
+                        self.unregister(e.pid);
                     }
                     self.exec_pending.insert(e.pid, Instant::now());
                 }
@@ -785,7 +760,6 @@ impl Session {
             if let Some(stack) = a.stack {
                 self.keep_raw(a.stack_id, stack, true);
             }
-            self.refresh_if_unmapped()?;
             self.name_stack(a.pid, a.stack_id, 0, again);
         }
         Ok(())
@@ -846,28 +820,25 @@ impl Session {
                 roots
             }
         };
-        let mappings = self
-            .options
-            .sampler
-            .native
-            .then(|| self.tables.mappings(pid));
+        let mappings = self.tables.as_ref().map(|t| t.mappings(pid));
         let frames = self.namer.name(
             self.interpreters.get_mut(&pid),
-            mappings,
+            mappings.as_ref().map(|m| m.as_deref().unwrap_or_default()),
             naming_input(&kept, extra.as_ref(), task.as_deref()),
         );
         self.collector
             .add_stack(pid, counted_stack(stack_id, leaf), frames);
     }
 
-    /// Moves what the kernel recorded into the collector (with `--native`, after loading the
-    /// tables of libraries mapped since).
+    /// Moves what the kernel recorded into the collector.
     pub fn drain(&mut self) -> Result<(), SessionError> {
         // The stacks announced since the last poll first: named now, while their tasks are
         // there to be read, not at a count.
         let (announced, _) = self.sampler.wait_for_new_stacks(Duration::ZERO, None)?;
         self.take_notices(announced)?;
-        self.refresh_all_tables()?;
+        if let Some(tables) = &self.tables {
+            tables.check().map_err(BpfError::Native)?;
+        }
         let Drained {
             counts,
             stacks,
@@ -882,7 +853,6 @@ impl Session {
         }
         self.announced_tasks.clear();
         for (mut key, n) in counts {
-            self.refresh_if_unmapped()?;
             self.name_stack(key.pid, key.stack_id, key.leaf, false);
             key.stack_id = counted_stack(key.stack_id, key.leaf);
             key.leaf = 0;
@@ -895,8 +865,7 @@ impl Session {
         // Children that were gone when they were registered have been counted now.
         for pid in std::mem::take(&mut self.retire) {
             self.sampler.remove_target(pid)?;
-            self.collector.remove_process(pid);
-            self.interpreters.remove(&pid);
+            self.unregister(pid);
         }
         // The kernel goes on counting into a kept entry without storing its stack again: keep
         // those whose stack is named for a live process and held here whole (marked used in
@@ -945,8 +914,7 @@ impl Session {
             match change {
                 Change::Ended(pid) => {
                     self.sampler.remove_target(pid)?;
-                    self.collector.remove_process(pid);
-                    self.interpreters.remove(&pid);
+                    self.unregister(pid);
                 }
                 Change::Started(p) => match supported_layout(&p)
                     .and_then(|layout| check_gil(&p, &layout, self.options).map(|()| layout))
@@ -1054,7 +1022,8 @@ impl Session {
                 .map(|(why, n)| (why.clone(), *n))
                 .collect();
             unknown.sort();
-            (self.tables.stats.clone(), unknown)
+            let stats = self.tables.as_ref().map(TableLoader::stats);
+            (stats.unwrap_or_default(), unknown)
         });
         let finished = Finished {
             stats,

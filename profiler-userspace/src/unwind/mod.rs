@@ -7,4 +7,4 @@ pub mod cfi;
 pub mod tables;
 pub mod walk;
 
-pub use tables::{KnownMapping, LoadStats, NativeTables, UnwindMaps};
+pub use tables::{KnownMapping, LoadStats, NativeTables, Unread, UnwindMaps};

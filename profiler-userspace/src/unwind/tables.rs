@@ -1,13 +1,15 @@
 //! Keeps the kernel's unwind maps in step with a target's executable mappings: builds each
 //! mapped file's table once (`cfi`), places it in the shared row array, and writes the process's
-//! sorted mapping list. Called again on every drain, it picks up libraries mapped later (an
-//! `import numpy` mid-run). Also remembers every mapping it saw, so native addresses can be
+//! sorted mapping list. Synced again (`sync`), it picks up libraries mapped later (an `import
+//! numpy` mid-run), and hands out their files one at a time, smallest first, to read without
+//! the tables borrowed (`Unread::read`), so callers on two threads read while one places
+//! (`session::tables`). Also remembers every mapping it saw, so native addresses can be
 //! named after the process has exited. Files are read as the process maps them
 //! (`process::open_mapped`): a process in a container unwinds through its own libraries (its
 //! libc, not the host's), and nothing is opened by a path the container controls.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     fs,
     io::{self, Read as _, Seek as _, SeekFrom},
     path::PathBuf,
@@ -29,6 +31,9 @@ pub trait UnwindMaps {
     fn write_chunk(&mut self, index: u32, chunk: &RowChunk) -> io::Result<()>;
     fn write_page_chunk(&mut self, index: u32, chunk: &PageChunk) -> io::Result<()>;
     fn write_mappings(&mut self, pid: u32, mappings: &NativeMappings) -> io::Result<()>;
+    /// Native unwinds so far that stopped at an address outside every mapping list written:
+    /// the kernel's count (0 where nothing unwinds with these maps).
+    fn unmapped(&self) -> u64;
 }
 
 /// A file mapped executable in a target, as the symbolizer needs it.
@@ -60,7 +65,7 @@ struct Placed {
 
 /// What is kept of a file once read: its table's place and its loadable segments
 /// (file offset, file size, address), to place later mappings of it without reading it again.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 struct FileInfo {
     placed: Option<Placed>,
     segments: Vec<Segment>,
@@ -87,131 +92,289 @@ pub struct LoadStats {
 pub struct NativeTables {
     /// By file identity (device, inode, size, mtime; the vDSO by its size): one table per file.
     files: HashMap<FileKey, FileInfo>,
+    /// Files being read by a caller of `sync` (no borrow of the tables meanwhile).
+    claimed: HashSet<FileKey>,
     next_chunk: u32,
     next_page_chunk: u32,
     /// The last `NativeMappings::generation` written (for any pid).
     generation: u32,
-    /// Per pid: the executable mappings last written, and every one ever seen.
-    current: HashMap<u32, Vec<(u64, u64, String)>>,
+    /// Per pid: the mapping list last written, the files of its mappings (by start, end,
+    /// offset, device and inode, as /proc/PID/maps gives them: not opened again), and every
+    /// mapping ever seen.
+    written: HashMap<u32, Vec<NativeMapping>>,
+    identities: HashMap<u32, HashMap<MappingId, FileKey>>,
+    /// Per pid: its executable mappings as last read.
+    listed: HashMap<u32, Vec<(Mapping, String)>>,
     seen: HashMap<u32, Vec<KnownMapping>>,
     pub stats: LoadStats,
+}
+
+/// A mapping as /proc/PID/maps tells it from another: start, end, offset, device, inode.
+type MappingId = (u64, u64, u64, u64, u64);
+
+/// What a `NativeTables::sync` did and left to do.
+pub struct Synced {
+    /// The process's mapping list was rewritten.
+    pub changed: bool,
+    /// The smallest of its new files no one reads yet, claimed for the caller to read
+    /// (`Unread::read`) and place (`NativeTables::add`), or give back (`unclaim`).
+    pub unread: Option<Unread>,
+    /// The new files whose tables are not placed yet (the one claimed included).
+    pub waiting: Vec<FileKey>,
+}
+
+/// A new file a process maps, to read without a borrow of the tables.
+pub struct Unread {
+    pid: u32,
+    mapping: Mapping,
+    name: String,
+    file: FileKey,
+    opened: Option<fs::File>,
+}
+
+/// A file read, with its table built (`Unread::read`), for `NativeTables::add`.
+pub struct Read {
+    file: FileKey,
+    name: String,
+    /// The table's rows, or why the file has none.
+    rows: Result<Vec<UnwindRow>, String>,
+    segments: Vec<Segment>,
+    image: Option<Arc<[u8]>>,
+    path: Option<PathBuf>,
+    open: Option<Arc<fs::File>>,
+}
+
+impl Unread {
+    /// The claim this holds, to give back if reading fails.
+    pub fn file(&self) -> FileKey {
+        self.file.clone()
+    }
+
+    /// Reads the file (the vDSO from the process's memory) and builds its table: the slow
+    /// part (OpenBLAS's 100 ms), done without the tables.
+    pub fn read(self) -> io::Result<Read> {
+        let Unread {
+            pid,
+            mapping: m,
+            name,
+            file,
+            opened,
+        } = self;
+        let failed = |file, name, why: String| Read {
+            file,
+            name,
+            rows: Err(why),
+            segments: Vec::new(),
+            image: None,
+            path: None,
+            open: None,
+        };
+        let data = match &opened {
+            None => read_memory(pid, m.start, m.end - m.start)?,
+            Some(f) => {
+                let mut data = Vec::new();
+                if let Err(e) = (&*f).read_to_end(&mut data) {
+                    return Ok(failed(file, name, e.to_string()));
+                }
+                data
+            }
+        };
+        let rows = match cfi::table_for_elf(&data) {
+            Ok(table) if !table.rows.is_empty() => Ok(table.rows),
+            Ok(_) => Err("no call frame information".to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        let segments = segments(&data);
+        let (path, open) = match opened {
+            None => (None, None),
+            Some(f) => symbols_path(pid, &m, f, &data),
+        };
+        let image = path.is_none().then(|| Arc::from(data));
+        Ok(Read {
+            file,
+            name,
+            rows,
+            segments,
+            image,
+            path,
+            open,
+        })
+    }
 }
 
 impl NativeTables {
     /// Re-reads `pid`'s mappings and, if its executable mappings changed, loads the tables of
     /// new files and rewrites its mapping list. Returns whether anything changed.
     pub fn refresh(&mut self, pid: u32, maps: &mut impl UnwindMaps) -> io::Result<bool> {
-        let text = fs::read_to_string(crate::process::proc_dir(pid).join("maps"))?;
-        let all = crate::process::parse_maps(&text);
-        let mut exec: Vec<(Mapping, String)> = all
-            .into_iter()
-            .filter(|m| m.perms.contains('x'))
-            .filter_map(|m| {
-                let name = m.path.as_ref()?.display().to_string();
-                Some((m, name))
-            })
-            .collect();
-        if let Some(vdso) = text.lines().find(|l| l.ends_with("[vdso]"))
-            && let Some(m) = crate::process::parse_maps(vdso).pop()
-        {
-            exec.push((m, "[vdso]".to_string()));
-        }
-        let key: Vec<(u64, u64, String)> = exec
-            .iter()
-            .map(|(m, n)| (m.start, m.end, n.clone()))
-            .collect();
-        if self.current.get(&pid) == Some(&key) {
-            return Ok(false);
-        }
-
-        // Mappings of files already placed first, then each new file's as soon as its table is
-        // in: samples in the libraries loaded so far unwind while a big one is still parsed.
-        let mut ready = Vec::new();
-        let mut pending = Vec::new();
-        for (m, name) in &exec {
-            match identify(pid, m, name) {
-                Ok((file, opened)) if self.files.contains_key(&file) => {
-                    ready.push((m, name, file, opened))
+        let (mut changed, mut reread) = (false, true);
+        loop {
+            let synced = self.sync(pid, reread, maps)?;
+            reread = false;
+            changed |= synced.changed;
+            let Some(unread) = synced.unread else {
+                return Ok(changed);
+            };
+            let file = unread.file();
+            match unread.read() {
+                Ok(read) => self.add(read, maps)?,
+                Err(e) => {
+                    self.unclaim(&file);
+                    return Err(e);
                 }
-                Ok((file, opened)) => pending.push((m, name, file, opened)),
-                Err(e) => self.note_failure(name, &e.to_string()),
             }
         }
-        let mut out = Vec::new();
-        for (m, name, file, opened) in ready {
-            self.add_mapping(pid, (m, name), file, opened, maps, &mut out)?;
-        }
-        self.write_mappings(pid, &mut out, maps)?;
-        for (m, name, file, opened) in pending {
-            if self.add_mapping(pid, (m, name), file, opened, maps, &mut out)? {
-                self.write_mappings(pid, &mut out, maps)?;
-            }
-        }
-        self.current.insert(pid, key);
-        Ok(true)
     }
 
-    /// Places mapping `m` named `name` (its file's identity `file`, the file opened as mapped
-    /// unless it is the vDSO), building the file's table if new, and adds it to `out`. Returns
-    /// whether it was added.
+    /// Writes `pid`'s mapping list with every file whose table is placed, if that list
+    /// changed, and claims the smallest new file for the caller to read: one huge library
+    /// (OpenBLAS) does not hold up the small ones mapped beside or after it, whose code runs
+    /// first (a module's init). Its mappings are read again if `reread` (else as last read).
+    pub fn sync(
+        &mut self,
+        pid: u32,
+        reread: bool,
+        maps: &mut impl UnwindMaps,
+    ) -> io::Result<Synced> {
+        if reread || !self.listed.contains_key(&pid) {
+            let exec = exec_mappings(pid)?;
+            self.listed.insert(pid, exec);
+        }
+        let exec = self.listed.get(&pid).cloned().unwrap_or_default();
+        let mut out = Vec::new();
+        let mut new: Vec<(Mapping, String, FileKey)> = Vec::new();
+        let mut waiting = Vec::new();
+        for (m, name) in exec {
+            let id = (m.start, m.end, m.offset, m.dev, m.inode);
+            let file = match self.identities.get(&pid).and_then(|ids| ids.get(&id)) {
+                Some(file) => file.clone(),
+                None => match identify(pid, &m, &name) {
+                    Ok((file, _)) => {
+                        let ids = self.identities.entry(pid).or_default();
+                        ids.insert(id, file.clone());
+                        file
+                    }
+                    Err(e) => {
+                        self.note_failure(&name, &e.to_string());
+                        continue;
+                    }
+                },
+            };
+            if self.files.contains_key(&file) {
+                self.add_mapping(pid, (&m, &name), &file, &mut out);
+            } else if !waiting.contains(&file) {
+                waiting.push(file.clone());
+                if !self.claimed.contains(&file) {
+                    new.push((m, name, file));
+                }
+            }
+        }
+        out.sort_by_key(|m| m.start);
+        let changed = self.written.get(&pid) != Some(&out);
+        if changed {
+            self.write_mappings(pid, &out, maps)?;
+            self.written.insert(pid, out);
+        }
+        let unread = match new.into_iter().min_by_key(|(_, _, file)| file.size()) {
+            // Opened now, as mapped: the file whose identity was kept, or, replaced since,
+            // the one mapped now.
+            Some((m, name, _)) => match identify(pid, &m, &name) {
+                Ok((file, opened)) if !self.files.contains_key(&file) => {
+                    self.claimed.insert(file.clone());
+                    Some(Unread {
+                        pid,
+                        mapping: m,
+                        name,
+                        file,
+                        opened,
+                    })
+                }
+                Ok(_) => None,
+                Err(e) => {
+                    self.note_failure(&name, &e.to_string());
+                    None
+                }
+            },
+            None => None,
+        };
+        Ok(Synced {
+            changed,
+            unread,
+            waiting,
+        })
+    }
+
+    /// Places a file read (`Unread::read`): its table goes into the kernel's array, and the
+    /// next `sync` of a process mapping it lists it.
+    pub fn add(&mut self, read: Read, maps: &mut impl UnwindMaps) -> io::Result<()> {
+        self.claimed.remove(&read.file);
+        let placed = match read.rows {
+            Ok(rows) => self.write(&rows, &read.name, maps)?,
+            Err(why) => {
+                self.note_failure(&read.name, &why);
+                None
+            }
+        };
+        self.files.insert(
+            read.file,
+            FileInfo {
+                placed,
+                segments: read.segments,
+                image: read.image,
+                path: read.path,
+                _open: read.open,
+            },
+        );
+        Ok(())
+    }
+
+    /// Drops what is kept to keep process `pid`'s list in step (it ended), not its mappings
+    /// seen.
+    pub fn forget(&mut self, pid: u32) {
+        self.written.remove(&pid);
+        self.identities.remove(&pid);
+        self.listed.remove(&pid);
+    }
+
+    /// Whether a file is being read by a caller of `sync`.
+    pub fn reading(&self) -> bool {
+        !self.claimed.is_empty()
+    }
+
+    /// Gives back the claim on a file that could not be read (its process exited).
+    pub fn unclaim(&mut self, file: &FileKey) {
+        self.claimed.remove(file);
+    }
+
+    /// Adds mapping `m` named `name` of placed file `file` to `out`, and to what `pid` was
+    /// seen with.
     fn add_mapping(
         &mut self,
         pid: u32,
         (m, name): (&Mapping, &str),
-        file: FileKey,
-        opened: Option<fs::File>,
-        maps: &mut impl UnwindMaps,
+        file: &FileKey,
         out: &mut Vec<NativeMapping>,
-    ) -> io::Result<bool> {
-        if !self.files.contains_key(&file) {
-            let data = match &opened {
-                None => read_memory(pid, m.start, m.end - m.start)?,
-                Some(f) => {
-                    let mut data = Vec::new();
-                    if let Err(e) = (&*f).read_to_end(&mut data) {
-                        self.note_failure(name, &e.to_string());
-                        return Ok(false);
-                    }
-                    data
-                }
-            };
-            let segments = segments(&data);
-            let placed = self.place(&data, name, maps)?;
-            let (path, open) = match opened {
-                None => (None, None),
-                Some(f) => symbols_path(pid, m, f, &data),
-            };
-            let image = path.is_none().then(|| Arc::from(data));
-            self.files.insert(
-                file.clone(),
-                FileInfo {
-                    placed,
-                    segments,
-                    image,
-                    path,
-                    _open: open,
-                },
-            );
-        }
-        let info = &self.files[&file];
+    ) {
+        let info = &self.files[file];
         let placed = info.placed;
         let image = info.image.clone();
         let path = info.path.clone();
         let Some(bias) = load_bias(&info.segments, m, path.is_none()) else {
             self.note_failure(name, "no loadable segment covers the mapping");
-            return Ok(false);
-        };
-        let known = KnownMapping {
-            start: m.start,
-            end: m.end,
-            bias,
-            name: name.to_string(),
-            path,
-            image,
+            return;
         };
         let seen = self.seen.entry(pid).or_default();
-        if !seen.contains(&known) {
-            seen.push(known);
+        if !seen
+            .iter()
+            .any(|k| (k.start, k.end, k.bias, k.name.as_str()) == (m.start, m.end, bias, name))
+        {
+            seen.push(KnownMapping {
+                start: m.start,
+                end: m.end,
+                bias,
+                name: name.to_string(),
+                path,
+                image,
+            });
         }
         out.push(NativeMapping {
             start: m.start,
@@ -224,16 +387,14 @@ impl NativeTables {
             first_page: placed.map_or(0, |p| p.first_page),
             _pad: 0,
         });
-        Ok(true)
     }
 
     fn write_mappings(
         &mut self,
         pid: u32,
-        out: &mut [NativeMapping],
+        out: &[NativeMapping],
         maps: &mut impl UnwindMaps,
     ) -> io::Result<()> {
-        out.sort_by_key(|m| m.start);
         // A new generation for every write: rows the kernel memoized for this pid's old entry
         // (or for an earlier process with its pid) no longer match.
         self.generation = self.generation.checked_add(1).unwrap_or(1);
@@ -258,26 +419,6 @@ impl NativeTables {
     fn note_failure(&mut self, name: &str, why: &str) {
         if !self.stats.failed.iter().any(|(n, _)| n == name) {
             self.stats.failed.push((name.to_string(), why.to_string()));
-        }
-    }
-
-    /// Builds the file's table and writes it into the kernel's array.
-    fn place(
-        &mut self,
-        data: &[u8],
-        name: &str,
-        maps: &mut impl UnwindMaps,
-    ) -> io::Result<Option<Placed>> {
-        match cfi::table_for_elf(data) {
-            Ok(table) if !table.rows.is_empty() => self.write(&table.rows, name, maps),
-            Ok(_) => {
-                self.note_failure(name, "no call frame information");
-                Ok(None)
-            }
-            Err(e) => {
-                self.note_failure(name, &e.to_string());
-                Ok(None)
-            }
         }
     }
 
@@ -328,6 +469,25 @@ impl NativeTables {
     }
 }
 
+/// `pid`'s executable mappings of files, and its vDSO.
+fn exec_mappings(pid: u32) -> io::Result<Vec<(Mapping, String)>> {
+    let text = fs::read_to_string(crate::process::proc_dir(pid).join("maps"))?;
+    let mut exec: Vec<(Mapping, String)> = crate::process::parse_maps(&text)
+        .into_iter()
+        .filter(|m| m.perms.contains('x'))
+        .filter_map(|m| {
+            let name = m.path.as_ref()?.display().to_string();
+            Some((m, name))
+        })
+        .collect();
+    if let Some(vdso) = text.lines().find(|l| l.ends_with("[vdso]"))
+        && let Some(m) = crate::process::parse_maps(vdso).pop()
+    {
+        exec.push((m, "[vdso]".to_string()));
+    }
+    Ok(exec)
+}
+
 /// A loadable segment: file offset, address, and whether it is executable.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Segment {
@@ -370,9 +530,17 @@ fn load_bias(segments: &[Segment], m: &Mapping, whole_image: bool) -> Option<u64
 
 /// A file's identity: (device, inode, size, mtime), or the vDSO's size.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
-enum FileKey {
+pub enum FileKey {
     File(u64, u64, u64, i64),
     Vdso(u64),
+}
+
+impl FileKey {
+    fn size(&self) -> u64 {
+        match self {
+            FileKey::File(_, _, size, _) | FileKey::Vdso(size) => *size,
+        }
+    }
 }
 
 /// The identity of mapping `m`'s file and the file opened as mapped (None for the vDSO, which
@@ -474,6 +642,10 @@ mod tests {
         fn write_mappings(&mut self, _pid: u32, mappings: &NativeMappings) -> io::Result<()> {
             self.mappings = Some(Box::new(*mappings));
             Ok(())
+        }
+
+        fn unmapped(&self) -> u64 {
+            0
         }
     }
 
@@ -578,6 +750,41 @@ mod tests {
             nested(maps, depth - 1)
         };
         std::hint::black_box(r)
+    }
+
+    /// A sync writes the list of the files placed and claims the smallest new one; one while
+    /// that is out claims the next, never the same; placed, the file is listed.
+    #[test]
+    fn sync_claims_new_files_smallest_first_and_once() {
+        let (mut maps, mut tables) = (Maps::default(), NativeTables::default());
+        let pid = std::process::id();
+        let listed = |maps: &Maps, at: u64| {
+            maps.mappings.as_ref().is_some_and(|m| {
+                m.mappings[..m.len as usize]
+                    .iter()
+                    .any(|x| x.start <= at && at < x.end)
+            })
+        };
+
+        let first = tables.sync(pid, true, &mut maps).unwrap();
+        let a = first.unread.expect("a new file");
+        assert!(first.waiting.len() >= 3, "{:?}", first.waiting);
+        let smallest = first.waiting.iter().map(FileKey::size).min();
+        assert_eq!(Some(a.file.size()), smallest);
+        assert!(!listed(&maps, a.mapping.start));
+
+        let second = tables.sync(pid, false, &mut maps).unwrap();
+        let b = second.unread.expect("another new file");
+        assert_ne!(a.file, b.file);
+        assert!(b.file.size() >= a.file.size());
+
+        let at = a.mapping.start;
+        tables.add(a.read().unwrap(), &mut maps).unwrap();
+        let b_file = b.file();
+        tables.unclaim(&b_file);
+        let third = tables.sync(pid, false, &mut maps).unwrap();
+        assert!(listed(&maps, at));
+        assert_eq!(third.unread.map(|u| u.file), Some(b_file));
     }
 
     /// lld's layout: the code segment starts inside the read-only segment's last page.

@@ -44,6 +44,10 @@ impl UnwindMaps for LocalMaps {
         self.mappings.insert(pid, mappings.mappings[..n].to_vec());
         Ok(())
     }
+
+    fn unmapped(&self) -> u64 {
+        0
+    }
 }
 
 impl LocalMaps {
