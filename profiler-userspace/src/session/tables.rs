@@ -5,6 +5,7 @@
 use std::{
     collections::{HashMap, HashSet},
     io,
+    panic::AssertUnwindSafe,
     sync::{
         Arc, Mutex, MutexGuard,
         atomic::{AtomicBool, Ordering},
@@ -67,10 +68,10 @@ impl<M: UnwindMaps> Shared<M> {
     /// lock throughout; a process that has exited is not an error.
     fn refresh(&self, state: &mut State<M>, pid: u32) -> io::Result<()> {
         let State { tables, maps, .. } = state;
-        if gone_is_fine(tables.refresh(pid, maps))? == Some(true) {
-            self.publish(state, pid);
-        }
-        Ok(())
+        let refreshed = gone_is_fine(tables.refresh(pid, maps));
+        // Published even if it ended meanwhile: what it mapped names what it counted.
+        self.publish(state, pid);
+        refreshed.map(drop)
     }
 
     /// Publishes every mapping `pid` was seen with, for naming.
@@ -182,7 +183,10 @@ impl<M: UnwindMaps> Shared<M> {
                 }
                 state.unmapped = count;
             }
-            let caught_up = self.catch_up();
+            // A panic (a file no parser expected) is said by the session's next call, as an
+            // error, rather than leaving the tables unloaded in silence.
+            let caught_up = std::panic::catch_unwind(AssertUnwindSafe(|| self.catch_up()))
+                .unwrap_or_else(|_| Err(io::Error::other("the unwind table loader panicked")));
             let mut state = self.state();
             match caught_up {
                 Ok(true) => {}
@@ -245,7 +249,12 @@ impl<M: UnwindMaps + Send + 'static> TableLoader<M> {
         let mut state = self.shared.state();
         failed(&mut state)?;
         state.pids.insert(pid);
-        self.shared.refresh(&mut state, pid)
+        self.shared.refresh(&mut state, pid)?;
+        // A file the loader thread reads now is listed for this process at its next step.
+        if state.tables.reading() {
+            state.stale.entry(pid).or_insert(false);
+        }
+        Ok(())
     }
 
     /// Stops keeping `pid`'s tables in step (its mappings are kept, to name what it counted).
@@ -345,6 +354,9 @@ mod tests {
     /// table, with no call from the session.
     #[test]
     fn the_loader_lists_a_library_mapped_later_once_an_unwind_stops_outside() {
+        let _mapping = crate::unwind::tables::MAPPING
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
         assert!(!maps.contains("libz.so"), "libz is mapped already");
         let written = Arc::new(Mutex::new(None));
@@ -375,8 +387,14 @@ mod tests {
         assert!(!listed(), "listed before any unwind stopped outside");
 
         unmapped.fetch_add(1, Ordering::Relaxed);
+        let published = || {
+            loader.mappings(pid).is_some_and(|seen| {
+                seen.iter()
+                    .any(|m| m.name.contains("libz.so") && m.start <= crc32 && crc32 < m.end)
+            })
+        };
         let since = Instant::now();
-        while !listed() && since.elapsed() < Duration::from_secs(10) {
+        while !(listed() && published()) && since.elapsed() < Duration::from_secs(10) {
             thread::sleep(POLL);
         }
         assert!(
@@ -385,10 +403,6 @@ mod tests {
             since.elapsed()
         );
         let seen = loader.mappings(pid).unwrap();
-        assert!(
-            seen.iter()
-                .any(|m| m.name.contains("libz.so") && m.start <= crc32 && crc32 < m.end),
-            "{seen:#?}"
-        );
+        assert!(published(), "{seen:#?}");
     }
 }

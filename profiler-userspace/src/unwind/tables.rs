@@ -275,24 +275,27 @@ impl NativeTables {
             self.written.insert(pid, out);
         }
         let unread = match new.into_iter().min_by_key(|(_, _, file)| file.size()) {
-            // Opened now, as mapped: the file whose identity was kept, or, replaced since,
-            // the one mapped now.
+            // Opened now, as mapped: the file whose identity was kept, or, changed in place
+            // since, the one mapped now, kept from now on. A process that unmapped it or ended
+            // meanwhile is synced again later.
             Some((m, name, _)) => match identify(pid, &m, &name) {
-                Ok((file, opened)) if !self.files.contains_key(&file) => {
-                    self.claimed.insert(file.clone());
-                    Some(Unread {
-                        pid,
-                        mapping: m,
-                        name,
-                        file,
-                        opened,
+                Ok((file, opened)) => {
+                    let id = (m.start, m.end, m.offset, m.dev, m.inode);
+                    let ids = self.identities.entry(pid).or_default();
+                    ids.insert(id, file.clone());
+                    let free = !self.files.contains_key(&file) && !self.claimed.contains(&file);
+                    free.then(|| {
+                        self.claimed.insert(file.clone());
+                        Unread {
+                            pid,
+                            mapping: m,
+                            name,
+                            file,
+                            opened,
+                        }
                     })
                 }
-                Ok(_) => None,
-                Err(e) => {
-                    self.note_failure(&name, &e.to_string());
-                    None
-                }
+                Err(_) => None,
             },
             None => None,
         };
@@ -612,6 +615,11 @@ fn read_memory(pid: u32, addr: u64, len: u64) -> io::Result<Vec<u8>> {
     Ok(buf)
 }
 
+/// Held by the unit tests that map a library into this process and by those that expect its
+/// mappings to stay as they are: the tests of one binary run in parallel threads.
+#[cfg(test)]
+pub(crate) static MAPPING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 #[cfg(test)]
 mod tests {
     use std::{collections::HashMap, ffi::c_void, os::unix::fs::FileExt as _};
@@ -756,6 +764,7 @@ mod tests {
     /// that is out claims the next, never the same; placed, the file is listed.
     #[test]
     fn sync_claims_new_files_smallest_first_and_once() {
+        let _mapping = MAPPING.lock().unwrap_or_else(|e| e.into_inner());
         let (mut maps, mut tables) = (Maps::default(), NativeTables::default());
         let pid = std::process::id();
         let listed = |maps: &Maps, at: u64| {
@@ -831,6 +840,7 @@ mod tests {
     /// stack: the same return addresses as the system unwinder, up to the outermost frame.
     #[test]
     fn unwinds_this_thread_like_the_system_unwinder() {
+        let _mapping = MAPPING.lock().unwrap_or_else(|e| e.into_inner());
         let mut maps = Maps::default();
         let mut tables = NativeTables::default();
         assert!(tables.refresh(std::process::id(), &mut maps).unwrap());
