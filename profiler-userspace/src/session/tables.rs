@@ -33,7 +33,8 @@ const QUIET: Duration = Duration::from_millis(100);
 /// The tables, their maps and the processes they are kept for, behind one lock: the session's
 /// loop takes it to register a process or to name a stack that stopped in a new library, the
 /// loader thread when the kernel says an unwind left the mappings it knows. Neither holds it
-/// while it reads a file.
+/// while it reads a file, but for a registration, which has its first tables read before the
+/// kernel samples the process.
 struct State<M> {
     tables: NativeTables,
     maps: M,
