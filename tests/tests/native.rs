@@ -217,11 +217,17 @@ const CALLBACK: &[Expected] = &[LAUNCH_FAULTS, CALL_RACE];
 /// sort_with_key and slow_key, no eval loop frame left in place of a Python frame, and the
 /// stack rooted at `_start`.
 fn callback_nests(version: &str, test: &str) {
+    callback_nests_env(version, &[], test);
+}
+
+/// `callback_nests` with `env` set for prof-bpf and the fixture it launches.
+fn callback_nests_env(version: &str, env: &[(&str, &str)], test: &str) -> Folded {
     if !privileged() {
-        return;
+        return Folded::new();
     }
     let _serial = one_at_a_time();
-    let (profile, stdout, stderr) = record_native(&python(version), "callback.py", "2", &[], test);
+    let (profile, stdout, stderr) =
+        record_native_env(&python(version), "callback.py", "2", &[], env, test);
     let main_cpu = serde_json::from_str::<Value>(stdout.lines().last().unwrap()).unwrap()["main"]
         .as_f64()
         .unwrap();
@@ -286,6 +292,7 @@ fn callback_nests(version: &str, test: &str) {
         "{version}: only {in_key} of {} samples in slow_key\n{stderr}",
         work.samples
     );
+    profile
 }
 
 #[test]
@@ -316,6 +323,28 @@ fn callback_through_c_nests_3_12() {
 #[test]
 fn callback_through_c_nests_3_13() {
     callback_nests("3.13", "callback_native_3_13");
+}
+
+/// With CPython's perf trampolines on (`-X perf`, here `PYTHONPERFSUPPORT=1`), each Python call
+/// runs through a copy of a small trampoline in anonymous executable memory: the unwind goes
+/// through them (it stopped at the first one, every sample, before they had tables), and they
+/// are not shown (the Python frame says it all).
+#[test]
+fn callback_through_c_nests_3_12_under_perf_trampolines() {
+    let env = [("PYTHONPERFSUPPORT", "1")];
+    let profile = callback_nests_env("3.12", &env, "callback_native_perf_3_12");
+    if !privileged() {
+        return;
+    }
+    let frames = || profile.keys().flat_map(|stack| stack.iter());
+    assert!(
+        frames().any(|f| f.starts_with("py_trampoline_evaluator")),
+        "the fixture did not run with perf trampolines"
+    );
+    let shown: Vec<&String> = frames()
+        .filter(|f| f.contains("perf trampolines"))
+        .collect();
+    assert!(shown.is_empty(), "trampoline frames shown: {shown:?}");
 }
 
 #[test]

@@ -17,7 +17,7 @@ use crate::{
         instance::{CodeUnavailable, Interpreter, line_of},
     },
     symbolize::{NativeSymbol, NativeSymbolizer, kernel::KernelSymbols},
-    unwind::KnownMapping,
+    unwind::{KnownMapping, tables::PERF_TRAMPOLINES},
 };
 
 /// A stack as recorded, before naming.
@@ -186,10 +186,13 @@ impl Namer {
         layout: &Layout,
         python: &mut impl FnMut(&PyFrame) -> NamedFrame,
     ) -> Vec<(NamedFrame, bool)> {
+        // A perf trampoline (`-X perf`) between a call and the eval loop it runs says nothing
+        // the Python frame does not.
         let named: Vec<Frame> = raw
             .native
             .iter()
             .enumerate()
+            .filter(|&(i, &pc)| !in_perf_trampolines(mappings, pc, i > 0))
             .map(|(i, &pc)| native_frame(self.symbolizer.symbolize(mappings, pc, i > 0)))
             .collect();
         let is_eval: Vec<bool> = named
@@ -215,6 +218,15 @@ impl Namer {
             })
             .collect()
     }
+}
+
+/// Whether `pc` (a return address when `is_return`) is in an arena of CPython's perf
+/// trampolines.
+fn in_perf_trampolines(mappings: &[KnownMapping], pc: u64, is_return: bool) -> bool {
+    let at = pc.wrapping_sub(is_return as u64);
+    mappings
+        .iter()
+        .any(|m| m.start <= at && at < m.end && m.name.starts_with(PERF_TRAMPOLINES))
 }
 
 /// Where the `<GC>` frame goes in a stack of Python (and native) frames, root first: right above

@@ -169,6 +169,22 @@ impl Unread {
             path: None,
             open: None,
         };
+        if let FileKey::Trampolines(size, stride) = file {
+            // Rows made, not read; the arena's addresses are its offsets.
+            return Ok(Read {
+                file,
+                name,
+                rows: Ok(trampoline_rows(size, stride)),
+                segments: vec![Segment {
+                    offset: 0,
+                    address: 0,
+                    executable: true,
+                }],
+                image: None,
+                path: None,
+                open: None,
+            });
+        }
         let data = match &opened {
             None => read_memory(pid, m.start, m.end - m.start)?,
             Some(f) => {
@@ -488,7 +504,62 @@ fn exec_mappings(pid: u32) -> io::Result<Vec<(Mapping, String)>> {
     {
         exec.push((m, "[vdso]".to_string()));
     }
+    // Anonymous executable memory that holds CPython's perf trampolines (`-X perf`).
+    for line in text.lines().filter(|l| l.split_whitespace().count() == 5) {
+        if let Some(m) = crate::process::parse_maps(line).pop()
+            && m.perms.contains('x')
+            && let Some(stride) = trampoline_stride(pid, &m)
+        {
+            exec.push((m, format!("{PERF_TRAMPOLINES} {stride}")));
+        }
+    }
     Ok(exec)
+}
+
+/// The name given to an arena of CPython's perf trampolines (`python -X perf`, 3.12+): copies of
+/// `_Py_trampoline_func_start` that each Python call runs through on its way to the eval loop.
+pub const PERF_TRAMPOLINES: &str = "[perf trampolines]";
+
+/// `_Py_trampoline_func_start` on x86-64 (Python/asm_trampoline.S, 3.12-3.15): `sub $8, %rsp;
+/// call *%rcx; add $8, %rsp; ret`, copied one after another from an arena's start (every 11
+/// bytes on 3.12; a build that pads each copy to 16 bytes is recognized too).
+const TRAMPOLINE: [u8; 11] = [
+    0x48, 0x83, 0xec, 0x08, 0xff, 0xd1, 0x48, 0x83, 0xc4, 0x08, 0xc3,
+];
+
+/// The distance between the copies of the perf trampoline in anonymous mapping `m` of `pid`,
+/// if it is an arena of them.
+fn trampoline_stride(pid: u32, m: &Mapping) -> Option<u32> {
+    use std::os::unix::fs::FileExt as _;
+    let mut head = [0u8; 32];
+    let f = fs::File::open(crate::process::proc_dir(pid).join("mem")).ok()?;
+    f.read_exact_at(&mut head, m.start).ok()?;
+    let copy_at = |at: usize| head[at..at + TRAMPOLINE.len()] == TRAMPOLINE;
+    if !copy_at(0) {
+        return None;
+    }
+    [11, 16]
+        .into_iter()
+        .find(|&stride| copy_at(stride as usize))
+}
+
+/// The unwind rows of a trampoline arena of `size` bytes with a copy every `stride`, addresses
+/// from its start: in each copy, the CFA is rsp + 8 at its first instruction and after its
+/// `add`, and rsp + 16 between (at the return address of its call, where every caller of the
+/// eval loop is found).
+fn trampoline_rows(size: u64, stride: u32) -> Vec<UnwindRow> {
+    let row = |pc: u32, cfa: u16| UnwindRow {
+        pc,
+        cfa_offset: cfa,
+        kind: profiler_common::row_kind::CFA_RSP,
+        rbp_offset: 0,
+    };
+    (0..(size / stride as u64) as u32)
+        .flat_map(|i| {
+            let at = i * stride;
+            [row(at, 1), row(at + 4, 2), row(at + 10, 1)]
+        })
+        .collect()
 }
 
 /// A loadable segment: file offset, address, and whether it is executable.
@@ -536,12 +607,17 @@ fn load_bias(segments: &[Segment], m: &Mapping, whole_image: bool) -> Option<u64
 pub enum FileKey {
     File(u64, u64, u64, i64),
     Vdso(u64),
+    /// An arena of perf trampolines, by its size and the distance between its copies: arenas
+    /// alike share one table.
+    Trampolines(u64, u32),
 }
 
 impl FileKey {
     fn size(&self) -> u64 {
         match self {
-            FileKey::File(_, _, size, _) | FileKey::Vdso(size) => *size,
+            FileKey::File(_, _, size, _) | FileKey::Vdso(size) | FileKey::Trampolines(size, _) => {
+                *size
+            }
         }
     }
 }
@@ -552,6 +628,10 @@ fn identify(pid: u32, m: &Mapping, name: &str) -> io::Result<(FileKey, Option<fs
     use std::os::unix::fs::MetadataExt as _;
     if name == "[vdso]" {
         return Ok((FileKey::Vdso(m.end - m.start), None));
+    }
+    if let Some(stride) = name.strip_prefix(PERF_TRAMPOLINES) {
+        let stride = stride.trim().parse().unwrap_or(0);
+        return Ok((FileKey::Trampolines(m.end - m.start, stride), None));
     }
     let file = crate::process::open_mapped(pid, m)?;
     let md = file.metadata()?;
