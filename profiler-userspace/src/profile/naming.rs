@@ -226,7 +226,7 @@ fn in_perf_trampolines(mappings: &[KnownMapping], pc: u64, is_return: bool) -> b
     let at = pc.wrapping_sub(is_return as u64);
     mappings
         .iter()
-        .any(|m| m.start <= at && at < m.end && m.name.starts_with(PERF_TRAMPOLINES))
+        .any(|m| m.start <= at && at < m.end && m.name == PERF_TRAMPOLINES)
 }
 
 /// Where the `<GC>` frame goes in a stack of Python (and native) frames, root first: right above

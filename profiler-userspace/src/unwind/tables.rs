@@ -65,7 +65,7 @@ struct Placed {
 
 /// What is kept of a file once read: its table's place and its loadable segments
 /// (file offset, file size, address), to place later mappings of it without reading it again.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 struct FileInfo {
     placed: Option<Placed>,
     segments: Vec<Segment>,
@@ -112,6 +112,10 @@ pub struct NativeTables {
 /// A mapping as /proc/PID/maps tells it from another: start, end, offset, device, inode.
 type MappingId = (u64, u64, u64, u64, u64);
 
+fn mapping_id(m: &Mapping) -> MappingId {
+    (m.start, m.end, m.offset, m.dev, m.inode)
+}
+
 /// What a `NativeTables::sync` did and left to do.
 pub struct Synced {
     /// The process's mapping list was rewritten.
@@ -144,6 +148,21 @@ pub struct Read {
     open: Option<Arc<fs::File>>,
 }
 
+impl Read {
+    /// A file with `rows` (or why it has none), and nothing else read from it.
+    fn bare(file: FileKey, name: String, rows: Result<Vec<UnwindRow>, String>) -> Self {
+        Read {
+            file,
+            name,
+            rows,
+            segments: Vec::new(),
+            image: None,
+            path: None,
+            open: None,
+        }
+    }
+}
+
 impl Unread {
     /// The claim this holds, to give back if reading fails.
     pub fn file(&self) -> FileKey {
@@ -160,29 +179,16 @@ impl Unread {
             file,
             opened,
         } = self;
-        let failed = |file, name, why: String| Read {
-            file,
-            name,
-            rows: Err(why),
-            segments: Vec::new(),
-            image: None,
-            path: None,
-            open: None,
-        };
         if let FileKey::Trampolines(size, stride) = file {
             // Rows made, not read; the arena's addresses are its offsets.
+            let rows = Ok(trampoline_rows(size, stride));
             return Ok(Read {
-                file,
-                name,
-                rows: Ok(trampoline_rows(size, stride)),
                 segments: vec![Segment {
                     offset: 0,
                     address: 0,
                     executable: true,
                 }],
-                image: None,
-                path: None,
-                open: None,
+                ..Read::bare(file, name, rows)
             });
         }
         let data = match &opened {
@@ -190,7 +196,7 @@ impl Unread {
             Some(f) => {
                 let mut data = Vec::new();
                 if let Err(e) = (&*f).read_to_end(&mut data) {
-                    return Ok(failed(file, name, e.to_string()));
+                    return Ok(Read::bare(file, name, Err(e.to_string())));
                 }
                 data
             }
@@ -255,28 +261,29 @@ impl NativeTables {
             let exec = exec_mappings(pid)?;
             self.listed.insert(pid, exec);
         }
-        let exec = self.listed.get(&pid).cloned().unwrap_or_default();
+        // Taken out while its mappings are placed, and put back.
+        let exec = self.listed.remove(&pid).unwrap_or_default();
         let mut out = Vec::new();
-        let mut new: Vec<(Mapping, String, FileKey)> = Vec::new();
+        let mut new: Vec<(&Mapping, &String, FileKey)> = Vec::new();
         let mut waiting = Vec::new();
-        for (m, name) in exec {
-            let id = (m.start, m.end, m.offset, m.dev, m.inode);
+        for (m, name) in &exec {
+            let id = mapping_id(m);
             let file = match self.identities.get(&pid).and_then(|ids| ids.get(&id)) {
                 Some(file) => file.clone(),
-                None => match identify(pid, &m, &name) {
+                None => match identify(pid, m, name) {
                     Ok((file, _)) => {
                         let ids = self.identities.entry(pid).or_default();
                         ids.insert(id, file.clone());
                         file
                     }
                     Err(e) => {
-                        self.note_failure(&name, &e.to_string());
+                        self.note_failure(name, &e.to_string());
                         continue;
                     }
                 },
             };
             if self.files.contains_key(&file) {
-                self.add_mapping(pid, (&m, &name), &file, &mut out);
+                self.add_mapping(pid, (m, name), &file, &mut out);
             } else if !waiting.contains(&file) {
                 waiting.push(file.clone());
                 if !self.claimed.contains(&file) {
@@ -294,18 +301,17 @@ impl NativeTables {
             // Opened now, as mapped: the file whose identity was kept, or, changed in place
             // since, the one mapped now, kept from now on. A process that unmapped it or ended
             // meanwhile is synced again later.
-            Some((m, name, _)) => match identify(pid, &m, &name) {
+            Some((m, name, _)) => match identify(pid, m, name) {
                 Ok((file, opened)) => {
-                    let id = (m.start, m.end, m.offset, m.dev, m.inode);
                     let ids = self.identities.entry(pid).or_default();
-                    ids.insert(id, file.clone());
+                    ids.insert(mapping_id(m), file.clone());
                     let free = !self.files.contains_key(&file) && !self.claimed.contains(&file);
                     free.then(|| {
                         self.claimed.insert(file.clone());
                         Unread {
                             pid,
-                            mapping: m,
-                            name,
+                            mapping: m.clone(),
+                            name: name.clone(),
                             file,
                             opened,
                         }
@@ -315,6 +321,7 @@ impl NativeTables {
             },
             None => None,
         };
+        self.listed.insert(pid, exec);
         Ok(Synced {
             changed,
             unread,
@@ -508,9 +515,9 @@ fn exec_mappings(pid: u32) -> io::Result<Vec<(Mapping, String)>> {
     for line in text.lines().filter(|l| l.split_whitespace().count() == 5) {
         if let Some(m) = crate::process::parse_maps(line).pop()
             && m.perms.contains('x')
-            && let Some(stride) = trampoline_stride(pid, &m)
+            && trampoline_stride(pid, &m).is_some()
         {
-            exec.push((m, format!("{PERF_TRAMPOLINES} {stride}")));
+            exec.push((m, PERF_TRAMPOLINES.to_string()));
         }
     }
     Ok(exec)
@@ -623,14 +630,16 @@ impl FileKey {
 }
 
 /// The identity of mapping `m`'s file and the file opened as mapped (None for the vDSO, which
-/// has no file and is known by its size).
+/// has no file and is known by its size, and for an arena of perf trampolines, known by its size
+/// and the distance between its copies).
 fn identify(pid: u32, m: &Mapping, name: &str) -> io::Result<(FileKey, Option<fs::File>)> {
     use std::os::unix::fs::MetadataExt as _;
     if name == "[vdso]" {
         return Ok((FileKey::Vdso(m.end - m.start), None));
     }
-    if let Some(stride) = name.strip_prefix(PERF_TRAMPOLINES) {
-        let stride = stride.trim().parse().unwrap_or(0);
+    if name == PERF_TRAMPOLINES {
+        let stride = trampoline_stride(pid, m)
+            .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "perf trampolines unmapped"))?;
         return Ok((FileKey::Trampolines(m.end - m.start, stride), None));
     }
     let file = crate::process::open_mapped(pid, m)?;
