@@ -696,8 +696,21 @@ pub fn record_under(
     name: &str,
     fixture_args: &[&str],
 ) -> Output {
+    record_under_env(interp, args, &[], out, name, fixture_args)
+}
+
+/// `record_under` with `env` set for prof-bpf and the command it starts.
+pub fn record_under_env(
+    interp: &Interp,
+    args: &[&str],
+    env: &[(&str, &str)],
+    out: &Path,
+    name: &str,
+    fixture_args: &[&str],
+) -> Output {
     let command = interp.command(name, fixture_args);
     let result = Command::new(prof_bpf())
+        .envs(env.iter().copied())
         .arg("record")
         .args(args)
         .arg("-o")

@@ -179,9 +179,9 @@ impl Unread {
             file,
             opened,
         } = self;
-        if let FileKey::Trampolines(size, stride) = file {
+        if let FileKey::Trampolines(size, arena) = file {
             // Rows made, not read; the arena's addresses are its offsets.
-            let rows = Ok(trampoline_rows(size, stride));
+            let rows = Ok(trampoline_rows(size, arena));
             return Ok(Read {
                 segments: vec![Segment {
                     offset: 0,
@@ -515,7 +515,7 @@ fn exec_mappings(pid: u32) -> io::Result<Vec<(Mapping, String)>> {
     for line in text.lines().filter(|l| l.split_whitespace().count() == 5) {
         if let Some(m) = crate::process::parse_maps(line).pop()
             && m.perms.contains('x')
-            && trampoline_stride(pid, &m).is_some()
+            && trampoline_arena(pid, &m).is_some()
         {
             exec.push((m, PERF_TRAMPOLINES.to_string()));
         }
@@ -527,44 +527,94 @@ fn exec_mappings(pid: u32) -> io::Result<Vec<(Mapping, String)>> {
 /// `_Py_trampoline_func_start` that each Python call runs through on its way to the eval loop.
 pub const PERF_TRAMPOLINES: &str = "[perf trampolines]";
 
-/// `_Py_trampoline_func_start` on x86-64 (Python/asm_trampoline.S, 3.12-3.15): `sub $8, %rsp;
-/// call *%rcx; add $8, %rsp; ret`, copied one after another from an arena's start (every 11
-/// bytes on 3.12; a build that pads each copy to 16 bytes is recognized too).
-const TRAMPOLINE: [u8; 11] = [
-    0x48, 0x83, 0xec, 0x08, 0xff, 0xd1, 0x48, 0x83, 0xc4, 0x08, 0xc3,
-];
-
-/// The distance between the copies of the perf trampoline in anonymous mapping `m` of `pid`,
-/// if it is an arena of them.
-fn trampoline_stride(pid: u32, m: &Mapping) -> Option<u32> {
-    use std::os::unix::fs::FileExt as _;
-    let mut head = [0u8; 32];
-    let f = fs::File::open(crate::process::proc_dir(pid).join("mem")).ok()?;
-    f.read_exact_at(&mut head, m.start).ok()?;
-    let copy_at = |at: usize| head[at..at + TRAMPOLINE.len()] == TRAMPOLINE;
-    if !copy_at(0) {
-        return None;
-    }
-    [11, 16]
-        .into_iter()
-        .find(|&stride| copy_at(stride as usize))
+/// What an arena of CPython's perf trampolines holds: which of `TRAMPOLINES` was copied, and
+/// the distance between the copies.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct TrampolineArena {
+    shape: u8,
+    stride: u32,
 }
 
-/// The unwind rows of a trampoline arena of `size` bytes with a copy every `stride`, addresses
-/// from its start: in each copy, the CFA is rsp + 8 at its first instruction and after its
-/// `add`, and rsp + 16 between (at the return address of its call, where every caller of the
-/// eval loop is found).
-fn trampoline_rows(size: u64, stride: u32) -> Vec<UnwindRow> {
-    let row = |pc: u32, cfa: u16| UnwindRow {
-        pc,
-        cfa_offset: cfa,
-        kind: profiler_common::row_kind::CFA_RSP,
-        rbp_offset: 0,
-    };
-    (0..(size / stride as u64) as u32)
+/// One form `_Py_trampoline_func_start` takes on x86-64 (Python/asm_trampoline.S), and its
+/// unwind rows: (offset in the copy, CFA as rsp + 8 * n, the caller's rbp at CFA + 8 * k or
+/// unchanged for 0). Each copy calls the eval loop through `%rcx`.
+struct TrampolineShape {
+    code: &'static [u8],
+    rows: &'static [(u32, u16, i8)],
+}
+
+/// Its two forms, each also with `endbr64` first, as a build with `-fcf-protection` assembles it
+/// (Debian's 3.14 and 3.15 are built so):
+/// - 3.12 and 3.13: `sub $8, %rsp; call *%rcx; add $8, %rsp; ret`;
+/// - 3.14 and later: `push %rbp; mov %rsp, %rbp; call *%rcx; pop %rbp; ret`.
+const TRAMPOLINES: [TrampolineShape; 4] = [
+    TrampolineShape {
+        code: &[
+            0x48, 0x83, 0xec, 0x08, 0xff, 0xd1, 0x48, 0x83, 0xc4, 0x08, 0xc3,
+        ],
+        rows: &[(0, 1, 0), (4, 2, 0), (10, 1, 0)],
+    },
+    TrampolineShape {
+        code: &[
+            0xf3, 0x0f, 0x1e, 0xfa, 0x48, 0x83, 0xec, 0x08, 0xff, 0xd1, 0x48, 0x83, 0xc4, 0x08,
+            0xc3,
+        ],
+        rows: &[(0, 1, 0), (8, 2, 0), (14, 1, 0)],
+    },
+    TrampolineShape {
+        code: &[0x55, 0x48, 0x89, 0xe5, 0xff, 0xd1, 0x5d, 0xc3],
+        rows: &[(0, 1, 0), (1, 2, -2), (7, 1, 0)],
+    },
+    TrampolineShape {
+        code: &[
+            0xf3, 0x0f, 0x1e, 0xfa, 0x55, 0x48, 0x89, 0xe5, 0xff, 0xd1, 0x5d, 0xc3,
+        ],
+        rows: &[(0, 1, 0), (5, 2, -2), (11, 1, 0)],
+    },
+];
+
+/// The furthest apart two copies are looked for (3.12.1 packs them every 11 bytes, Debian's
+/// 3.14 pads them to 32).
+const MAX_TRAMPOLINE_STRIDE: usize = 64;
+
+/// What anonymous mapping `m` of `pid` holds, if it is an arena of perf trampolines: it starts
+/// with a copy of one of `TRAMPOLINES`, and another copy follows.
+fn trampoline_arena(pid: u32, m: &Mapping) -> Option<TrampolineArena> {
+    use std::os::unix::fs::FileExt as _;
+    let mut head = [0u8; 2 * MAX_TRAMPOLINE_STRIDE];
+    let f = fs::File::open(crate::process::proc_dir(pid).join("mem")).ok()?;
+    f.read_exact_at(&mut head, m.start).ok()?;
+    arena_of(&head)
+}
+
+/// The arena whose first bytes are `head`.
+fn arena_of(head: &[u8]) -> Option<TrampolineArena> {
+    let (shape, code) = TRAMPOLINES
+        .iter()
+        .enumerate()
+        .find(|(_, t)| head.starts_with(t.code))
+        .map(|(i, t)| (i as u8, t.code))?;
+    let stride = (code.len()..=MAX_TRAMPOLINE_STRIDE)
+        .find(|&at| head.get(at..at + code.len()) == Some(code))?;
+    Some(TrampolineArena {
+        shape,
+        stride: stride as u32,
+    })
+}
+
+/// The unwind rows of an arena of `size` bytes, addresses from its start: each copy's, from its
+/// shape. At the return address of a copy's call (where every caller of the eval loop is found)
+/// the CFA is rsp + 16.
+fn trampoline_rows(size: u64, arena: TrampolineArena) -> Vec<UnwindRow> {
+    let shape = &TRAMPOLINES[arena.shape as usize];
+    (0..(size / arena.stride as u64) as u32)
         .flat_map(|i| {
-            let at = i * stride;
-            [row(at, 1), row(at + 4, 2), row(at + 10, 1)]
+            shape.rows.iter().map(move |&(pc, cfa, rbp)| UnwindRow {
+                pc: i * arena.stride + pc,
+                cfa_offset: cfa,
+                kind: profiler_common::row_kind::CFA_RSP,
+                rbp_offset: rbp,
+            })
         })
         .collect()
 }
@@ -614,9 +664,9 @@ fn load_bias(segments: &[Segment], m: &Mapping, whole_image: bool) -> Option<u64
 pub enum FileKey {
     File(u64, u64, u64, i64),
     Vdso(u64),
-    /// An arena of perf trampolines, by its size and the distance between its copies: arenas
-    /// alike share one table.
-    Trampolines(u64, u32),
+    /// An arena of perf trampolines, by its size and what it holds: arenas alike share one
+    /// table.
+    Trampolines(u64, TrampolineArena),
 }
 
 impl FileKey {
@@ -631,16 +681,16 @@ impl FileKey {
 
 /// The identity of mapping `m`'s file and the file opened as mapped (None for the vDSO, which
 /// has no file and is known by its size, and for an arena of perf trampolines, known by its size
-/// and the distance between its copies).
+/// and what it holds).
 fn identify(pid: u32, m: &Mapping, name: &str) -> io::Result<(FileKey, Option<fs::File>)> {
     use std::os::unix::fs::MetadataExt as _;
     if name == "[vdso]" {
         return Ok((FileKey::Vdso(m.end - m.start), None));
     }
     if name == PERF_TRAMPOLINES {
-        let stride = trampoline_stride(pid, m)
+        let arena = trampoline_arena(pid, m)
             .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "perf trampolines unmapped"))?;
-        return Ok((FileKey::Trampolines(m.end - m.start, stride), None));
+        return Ok((FileKey::Trampolines(m.end - m.start, arena), None));
     }
     let file = crate::process::open_mapped(pid, m)?;
     let md = file.metadata()?;
@@ -713,8 +763,6 @@ pub(crate) static MAPPING: std::sync::Mutex<()> = std::sync::Mutex::new(());
 mod tests {
     use std::{collections::HashMap, ffi::c_void, os::unix::fs::FileExt as _};
 
-    use profiler_common::row_kind;
-
     use super::*;
 
     /// The kernel's maps, in memory.
@@ -772,13 +820,22 @@ mod tests {
 
     /// The kernel's unwind (profiler-ebpf/src/native.rs) over the in-memory maps, reading this
     /// process's stack. Returns the frames and whether it reached the outermost one.
-    fn unwind(maps: &Maps, (mut pc, mut rsp, mut rbp): (u64, u64, u64)) -> (Vec<u64>, bool) {
+    fn unwind(maps: &Maps, regs: (u64, u64, u64)) -> (Vec<u64>, bool) {
+        let (frames, complete) = unwind_regs(maps, regs);
+        (frames.into_iter().map(|(pc, _)| pc).collect(), complete)
+    }
+
+    /// `unwind`, with each frame's rbp as the unwind recovered it.
+    fn unwind_regs(
+        maps: &Maps,
+        (mut pc, mut rsp, mut rbp): (u64, u64, u64),
+    ) -> (Vec<(u64, u64)>, bool) {
         let mem = fs::File::open("/proc/self/mem").unwrap();
         let list = maps.mappings.as_ref().unwrap();
         let list = &list.mappings[..list.len as usize];
         let mut frames = Vec::new();
         for i in 0..profiler_common::MAX_NATIVE_FRAMES {
-            frames.push(pc);
+            frames.push((pc, rbp));
             let lookup = if i == 0 { pc } else { pc - 1 };
             let Some(m) = list.iter().find(|m| m.start <= lookup && lookup < m.end) else {
                 return (frames, false);
@@ -789,21 +846,10 @@ mod tests {
             else {
                 return (frames, false);
             };
-            let offset = row.cfa_offset as u64 * 8;
-            let cfa = match row.kind {
-                row_kind::CFA_RSP => rsp + offset,
-                row_kind::CFA_RBP => rbp + offset,
-                row_kind::PLT => rsp + offset + ((pc & 15 >= 11) as u64) * 8,
-                row_kind::END => return (frames, true),
-                _ => return (frames, false),
-            };
-            let Some(ra) = read_u64(&mem, cfa - 8) else {
-                return (frames, false);
-            };
-            if row.rbp_offset != 0 {
-                rbp = read_u64(&mem, cfa.wrapping_add((row.rbp_offset as i64 * 8) as u64)).unwrap();
+            match profiler_common::unwind_step(Some(row), pc, rsp, rbp, |a| read_u64(&mem, a)) {
+                Ok((ra, cfa, caller_rbp)) => (pc, rsp, rbp) = (ra, cfa, caller_rbp),
+                Err(end) => return (frames, end == profiler_common::Stat::NativeComplete),
             }
-            (pc, rsp) = (ra, cfa);
             if pc == 0 {
                 return (frames, true);
             }
@@ -820,6 +866,17 @@ mod tests {
     /// while the frames above are live.
     #[inline(never)]
     fn capture(maps: &Maps) -> ((Vec<u64>, bool), Vec<u64>) {
+        let regs = registers();
+        let mut buf = [std::ptr::null_mut(); 256];
+        // SAFETY: the buffer holds the 256 entries backtrace may write.
+        let n = unsafe { backtrace(buf.as_mut_ptr(), buf.len() as i32) };
+        let reference = buf[..n.max(0) as usize].iter().map(|&p| p as u64).collect();
+        (unwind(maps, regs), reference)
+    }
+
+    /// This function's pc, rsp and rbp, where it is inlined.
+    #[inline(always)]
+    fn registers() -> (u64, u64, u64) {
         let (rip, rsp, rbp): (u64, u64, u64);
         // SAFETY: reads three registers, writes nothing else.
         unsafe {
@@ -832,11 +889,7 @@ mod tests {
                 out(reg) rbp,
             )
         };
-        let mut buf = [std::ptr::null_mut(); 256];
-        // SAFETY: the buffer holds the 256 entries backtrace may write.
-        let n = unsafe { backtrace(buf.as_mut_ptr(), buf.len() as i32) };
-        let reference = buf[..n.max(0) as usize].iter().map(|&p| p as u64).collect();
-        (unwind(maps, (rip, rsp, rbp)), reference)
+        (rip, rsp, rbp)
     }
 
     #[inline(never)]
@@ -955,5 +1008,126 @@ mod tests {
             reference[1..n],
             "ours {ours:x?}\nreference {reference:x?}"
         );
+    }
+
+    /// What the eval loop, called through a trampoline copy, hands back to the test.
+    struct ThroughTrampoline<'a> {
+        maps: &'a Maps,
+        unwound: Option<(Vec<(u64, u64)>, bool)>,
+    }
+
+    /// Stands for the eval loop a trampoline calls (`ts`, `frame`, `throwflag`): unwinds from
+    /// here.
+    #[inline(never)]
+    extern "C" fn evaluator(ts: *mut c_void, _frame: *mut c_void, _throw: i32) -> *mut c_void {
+        // SAFETY: the test passes its `ThroughTrampoline` as `ts` and waits for the call.
+        let ctx = unsafe { &mut *(ts as *mut ThroughTrampoline) };
+        ctx.unwound = Some(unwind_regs(ctx.maps, registers()));
+        std::hint::black_box(ts)
+    }
+
+    /// Each form of CPython's perf trampoline, copied into anonymous executable memory as
+    /// CPython copies it (one from the arena's start, every `stride` bytes), recognized, and
+    /// run: the unwind from the function it calls goes through the copy to the outermost frame,
+    /// and gives back the caller's rbp the copy saved.
+    #[test]
+    fn unwinds_through_each_form_of_perf_trampoline() {
+        let _mapping = MAPPING.lock().unwrap_or_else(|e| e.into_inner());
+        const ARENA: usize = 16 * 4096;
+        // As CPython's builds copy them: 3.12.1 (pyenv's), the same with endbr64, 3.14 without
+        // endbr64, and Debian's 3.14 and 3.15.
+        let forms: [(&[u8], usize); 4] = [
+            (b"\x48\x83\xec\x08\xff\xd1\x48\x83\xc4\x08\xc3", 11),
+            (
+                b"\xf3\x0f\x1e\xfa\x48\x83\xec\x08\xff\xd1\x48\x83\xc4\x08\xc3",
+                16,
+            ),
+            (b"\x55\x48\x89\xe5\xff\xd1\x5d\xc3", 16),
+            (b"\xf3\x0f\x1e\xfa\x55\x48\x89\xe5\xff\xd1\x5d\xc3", 32),
+        ];
+        for (code, stride) in forms {
+            // SAFETY: a fresh private anonymous mapping, unmapped at the end of the iteration.
+            let arena = unsafe {
+                libc::mmap(
+                    std::ptr::null_mut(),
+                    ARENA,
+                    libc::PROT_READ | libc::PROT_WRITE,
+                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                    -1,
+                    0,
+                )
+            };
+            assert_ne!(arena, libc::MAP_FAILED);
+            // SAFETY: the copies are written inside the mapping, which is then made executable.
+            unsafe {
+                let bytes = std::slice::from_raw_parts_mut(arena as *mut u8, ARENA);
+                for copy in bytes.chunks_exact_mut(stride) {
+                    copy[..code.len()].copy_from_slice(code);
+                }
+                assert_eq!(
+                    libc::mprotect(arena, ARENA, libc::PROT_READ | libc::PROT_EXEC),
+                    0
+                );
+            }
+            let start = arena as u64;
+            let mut maps = Maps::default();
+            let mut tables = NativeTables::default();
+            tables.refresh(std::process::id(), &mut maps).unwrap();
+            let listed = maps.mappings.as_ref().unwrap();
+            assert!(
+                listed.mappings[..listed.len as usize]
+                    .iter()
+                    .any(|m| m.start == start),
+                "{code:x?} every {stride}: the arena was not recognized"
+            );
+
+            let copy = start + 7 * stride as u64;
+            let mut ctx = ThroughTrampoline {
+                maps: &maps,
+                unwound: None,
+            };
+            let ctx_ptr = &mut ctx as *mut ThroughTrampoline as u64;
+            let (caller_rbp, after_call): (u64, u64);
+            // SAFETY: calls the copy as CPython does (`trampoline(ts, frame, throwflag,
+            // evaluator)`), with the registers a C call may change marked clobbered; r12, which
+            // the call keeps, holds this frame's rbp as the copy saw it.
+            unsafe {
+                std::arch::asm!(
+                    "mov r12, rbp",
+                    "call {copy}",
+                    "2:",
+                    "lea r13, [rip + 2b]",
+                    copy = in(reg) copy,
+                    out("r13") after_call,
+                    out("r12") caller_rbp,
+                    inout("rdi") ctx_ptr => _,
+                    inout("rsi") 0u64 => _,
+                    inout("rdx") 0u64 => _,
+                    inout("rcx") evaluator as *const () as u64 => _,
+                    clobber_abi("C"),
+                );
+            }
+            let (frames, complete) = ctx.unwound.take().expect("the copy called the evaluator");
+            // SAFETY: the mapping made above, no longer used.
+            unsafe { libc::munmap(arena, ARENA) };
+            let form = format!("{code:x?} every {stride}");
+            assert!(complete, "{form}: stopped early: {frames:x?}");
+            let at = frames
+                .iter()
+                .position(|&(pc, _)| (start + 1..=start + ARENA as u64).contains(&pc))
+                .unwrap_or_else(|| panic!("{form}: no frame in the copy: {frames:x?}"));
+            // The return address of the copy's `call *%rcx`.
+            let returns_at = code.windows(2).position(|w| w == [0xff, 0xd1]).unwrap() + 2;
+            assert_eq!(
+                frames[at].0,
+                copy + returns_at as u64,
+                "{form}: {frames:x?}"
+            );
+            assert_eq!(
+                frames[at + 1],
+                (after_call, caller_rbp),
+                "{form}: not back in the caller with its rbp: {frames:x?}"
+            );
+        }
     }
 }
