@@ -748,11 +748,12 @@ fn callback_nests_env(which: &str, env: &[(&str, &str)], test: &str) -> (Folded,
     )
 }
 
-/// Under `-X perf` (`PYTHONPERFSUPPORT=1`) 3.14 and later copy another trampoline than 3.12's
-/// (it saves rbp; Debian's starts with endbr64 and pads each copy to 32 bytes): the unwind goes
-/// through it (0 % complete before it was recognized), and no trampoline frame is shown.
-fn callback_nests_under_perf_trampolines(which: &str, test: &str) {
-    let (profile, stdout) = callback_nests_env(which, &[("PYTHONPERFSUPPORT", "1")], test);
+/// Under `-X perf` (`PYTHONPERFSUPPORT=1`) and `-X perf_jit` (`PYTHON_PERF_JIT_SUPPORT=1`),
+/// 3.14 and later copy another trampoline than 3.12's (it saves rbp; Debian's starts with
+/// endbr64, and pads each copy to 32 bytes, 96 under `perf_jit`): the unwind goes through it (0 %
+/// complete before it was recognized), and no trampoline frame is shown.
+fn callback_nests_under_perf_trampolines(which: &str, mode: &str, test: &str) {
+    let (profile, stdout) = callback_nests_env(which, &[(mode, "1")], test);
     if !privileged() {
         return;
     }
@@ -774,12 +775,20 @@ fn callback_nests_under_perf_trampolines(which: &str, test: &str) {
 
 #[test]
 fn callback_through_c_nests_3_14_in_a_container_under_perf_trampolines() {
-    callback_nests_under_perf_trampolines("forky-3.14", "callback_native_perf_3_14_container");
+    callback_nests_under_perf_trampolines(
+        "forky-3.14",
+        "PYTHONPERFSUPPORT",
+        "callback_native_perf_3_14_container",
+    );
 }
 
 #[test]
-fn callback_through_c_nests_3_15_in_a_container_under_perf_trampolines() {
-    callback_nests_under_perf_trampolines("forky-3.15", "callback_native_perf_3_15_container");
+fn callback_through_c_nests_3_15_in_a_container_under_perf_jit_trampolines() {
+    callback_nests_under_perf_trampolines(
+        "forky-3.15",
+        "PYTHON_PERF_JIT_SUPPORT",
+        "callback_native_perf_jit_3_15_container",
+    );
 }
 
 #[test]

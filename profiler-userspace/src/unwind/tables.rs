@@ -573,9 +573,9 @@ const TRAMPOLINES: [TrampolineShape; 4] = [
     },
 ];
 
-/// The furthest apart two copies are looked for (3.12.1 packs them every 11 bytes, Debian's
-/// 3.14 pads them to 32).
-const MAX_TRAMPOLINE_STRIDE: usize = 64;
+/// The furthest apart two copies are looked for (3.12.1 packs them every 11 bytes; Debian's
+/// 3.14 pads them to 32, and to 96 under `-X perf_jit`).
+const MAX_TRAMPOLINE_STRIDE: usize = 256;
 
 /// What anonymous mapping `m` of `pid` holds, if it is an arena of perf trampolines: it starts
 /// with a copy of one of `TRAMPOLINES`, and another copy follows.
@@ -1035,8 +1035,8 @@ mod tests {
         let _mapping = MAPPING.lock().unwrap_or_else(|e| e.into_inner());
         const ARENA: usize = 16 * 4096;
         // As CPython's builds copy them: 3.12.1 (pyenv's), the same with endbr64, 3.14 without
-        // endbr64, and Debian's 3.14 and 3.15.
-        let forms: [(&[u8], usize); 4] = [
+        // endbr64, and Debian's 3.14 and 3.15 (under `-X perf`, then `-X perf_jit`).
+        let forms: [(&[u8], usize); 5] = [
             (b"\x48\x83\xec\x08\xff\xd1\x48\x83\xc4\x08\xc3", 11),
             (
                 b"\xf3\x0f\x1e\xfa\x48\x83\xec\x08\xff\xd1\x48\x83\xc4\x08\xc3",
@@ -1044,6 +1044,7 @@ mod tests {
             ),
             (b"\x55\x48\x89\xe5\xff\xd1\x5d\xc3", 16),
             (b"\xf3\x0f\x1e\xfa\x55\x48\x89\xe5\xff\xd1\x5d\xc3", 32),
+            (b"\xf3\x0f\x1e\xfa\x55\x48\x89\xe5\xff\xd1\x5d\xc3", 96),
         ];
         for (code, stride) in forms {
             // SAFETY: a fresh private anonymous mapping, unmapped at the end of the iteration.
