@@ -56,14 +56,20 @@ fn check_named(interp: &Interp, which: &str, summary: &str) {
 // The measured split, launched.
 
 fn split_launched(which: &str, test: &str) {
+    split_launched_env(which, &[], test);
+}
+
+/// `split_launched` with `env` set for prof-bpf and the fixture; the fixture's output.
+fn split_launched_env(which: &str, env: &[(&str, &str)], test: &str) -> String {
     if !privileged() {
-        return;
+        return String::new();
     }
     let interp = interpreter(which);
     let out = scratch_dir(test).join("profile.txt");
-    let result = record_under(
+    let result = record_under_env(
         &interp,
         &["-r", "1000", "-f", "raw"],
+        env,
         &out,
         "split.py",
         &["2"],
@@ -79,10 +85,22 @@ fn split_launched(which: &str, test: &str) {
         "{test}: an empty stack: {:?}",
         profile.keys().find(|s| s.iter().any(|f| f.is_empty()))
     );
-    check_split(
-        &profile,
-        measured_split(&String::from_utf8_lossy(&result.stdout)),
-        test,
+    let stdout = String::from_utf8_lossy(&result.stdout).into_owned();
+    check_split(&profile, measured_split(&stdout), test);
+    stdout
+}
+
+/// Under the experimental JIT (`PYTHON_JIT=1`; Debian's 3.14 and 3.15 have it built in, off by
+/// default) the traces run as machine code but keep the interpreter's frames: the split holds.
+#[test]
+fn split_3_15_in_a_container_under_the_jit() {
+    let stdout = split_launched_env("forky-3.15", &[("PYTHON_JIT", "1")], "split_3_15_jit");
+    if !privileged() {
+        return;
+    }
+    assert!(
+        stdout.contains(r#"{"jit": true}"#),
+        "the JIT was not on: {stdout}"
     );
 }
 
