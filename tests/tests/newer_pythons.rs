@@ -809,6 +809,30 @@ fn callback_through_c_nests_3_15_in_a_container_under_perf_jit_trampolines() {
     );
 }
 
+/// Under CPython's experimental JIT (`PYTHON_JIT=1`), 3.15 runs a hot Python function's trace
+/// as machine code in anonymous memory, entered from a frame with a frame pointer that the JIT
+/// code leaves alone: the unwind goes through it by that pointer (2 % complete before), and the
+/// stacks read as without the JIT (no JIT code frame between a Python frame and what it calls).
+#[test]
+fn callback_through_c_nests_3_15_in_a_container_under_the_jit() {
+    let (profile, stdout) = callback_nests_env(
+        "forky-3.15",
+        &[("PYTHON_JIT", "1")],
+        "callback_native_jit_3_15",
+    );
+    if !privileged() {
+        return;
+    }
+    let report: Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    assert_eq!(report["jit"], true, "the JIT was not on: {stdout}");
+    let shown: Vec<&String> = profile
+        .keys()
+        .flat_map(|stack| stack.iter())
+        .filter(|f| f.contains("JIT code"))
+        .collect();
+    assert!(shown.is_empty(), "JIT code frames shown: {shown:?}");
+}
+
 #[test]
 fn callback_through_c_nests_3_14_in_a_container() {
     callback_nests("forky-3.14", "callback_native_3_14_container");

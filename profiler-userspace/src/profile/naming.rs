@@ -17,7 +17,10 @@ use crate::{
         instance::{CodeUnavailable, Interpreter, line_of},
     },
     symbolize::{NativeSymbol, NativeSymbolizer, kernel::KernelSymbols},
-    unwind::{KnownMapping, tables::PERF_TRAMPOLINES},
+    unwind::{
+        KnownMapping,
+        tables::{JIT_CODE, PERF_TRAMPOLINES},
+    },
 };
 
 /// A stack as recorded, before naming.
@@ -186,13 +189,14 @@ impl Namer {
         layout: &Layout,
         python: &mut impl FnMut(&PyFrame) -> NamedFrame,
     ) -> Vec<(NamedFrame, bool)> {
-        // A perf trampoline (`-X perf`) between a call and the eval loop it runs says nothing
-        // the Python frame does not.
+        // A perf trampoline (`-X perf`) between a call and the eval loop it runs, or the JIT
+        // code the eval loop runs a Python function's trace in, says nothing the Python frame
+        // does not: the stacks read as they do without them.
         let named: Vec<Frame> = raw
             .native
             .iter()
             .enumerate()
-            .filter(|&(i, &pc)| !in_perf_trampolines(mappings, pc, i > 0))
+            .filter(|&(i, &pc)| !in_interpreter_glue(mappings, pc, i > 0))
             .map(|(i, &pc)| native_frame(self.symbolizer.symbolize(mappings, pc, i > 0)))
             .collect();
         let is_eval: Vec<bool> = named
@@ -221,12 +225,12 @@ impl Namer {
 }
 
 /// Whether `pc` (a return address when `is_return`) is in an arena of CPython's perf
-/// trampolines.
-fn in_perf_trampolines(mappings: &[KnownMapping], pc: u64, is_return: bool) -> bool {
+/// trampolines or in its JIT code.
+fn in_interpreter_glue(mappings: &[KnownMapping], pc: u64, is_return: bool) -> bool {
     let at = pc.wrapping_sub(is_return as u64);
     mappings
         .iter()
-        .any(|m| m.start <= at && at < m.end && m.name == PERF_TRAMPOLINES)
+        .any(|m| m.start <= at && at < m.end && (m.name == PERF_TRAMPOLINES || m.name == JIT_CODE))
 }
 
 /// Where the `<GC>` frame goes in a stack of Python (and native) frames, root first: right above

@@ -75,6 +75,8 @@ struct FileInfo {
     /// path needs kept open, if it needs one.
     path: Option<PathBuf>,
     _open: Option<Arc<fs::File>>,
+    /// It enters CPython's JIT code from a frame with a frame pointer (`jit_entry_keeps_rbp`).
+    enters_jit: bool,
 }
 
 /// What loading tables met, for the summary.
@@ -146,6 +148,7 @@ pub struct Read {
     image: Option<Arc<[u8]>>,
     path: Option<PathBuf>,
     open: Option<Arc<fs::File>>,
+    enters_jit: bool,
 }
 
 impl Read {
@@ -159,6 +162,7 @@ impl Read {
             image: None,
             path: None,
             open: None,
+            enters_jit: false,
         }
     }
 }
@@ -179,6 +183,17 @@ impl Unread {
             file,
             opened,
         } = self;
+        if file == FileKey::JitCode {
+            // No table: unwound with the frame pointer its entry set up.
+            return Ok(Read {
+                segments: vec![Segment {
+                    offset: 0,
+                    address: 0,
+                    executable: true,
+                }],
+                ..Read::bare(file, name, Ok(Vec::new()))
+            });
+        }
         if let FileKey::Trampolines(size, arena) = file {
             // Rows made, not read; the arena's addresses are its offsets.
             let rows = Ok(trampoline_rows(size, arena));
@@ -207,6 +222,7 @@ impl Unread {
             Err(e) => Err(e.to_string()),
         };
         let segments = segments(&data);
+        let enters_jit = jit_entry_keeps_rbp(&data, &segments);
         let (path, open) = match opened {
             None => (None, None),
             Some(f) => symbols_path(pid, &m, f, &data),
@@ -220,6 +236,7 @@ impl Unread {
             image,
             path,
             open,
+            enters_jit,
         })
     }
 }
@@ -266,7 +283,15 @@ impl NativeTables {
         let mut out = Vec::new();
         let mut new: Vec<(&Mapping, &String, FileKey)> = Vec::new();
         let mut waiting = Vec::new();
+        let jit = self.identities.get(&pid).is_some_and(|ids| {
+            ids.values()
+                .any(|f| self.files.get(f).is_some_and(|i| i.enters_jit))
+        });
         for (m, name) in &exec {
+            // Anonymous code other than JIT code of a known form stops the unwind, as before.
+            if name == JIT_CODE && !jit {
+                continue;
+            }
             let id = mapping_id(m);
             let file = match self.identities.get(&pid).and_then(|ids| ids.get(&id)) {
                 Some(file) => file.clone(),
@@ -334,6 +359,7 @@ impl NativeTables {
     pub fn add(&mut self, read: Read, maps: &mut impl UnwindMaps) -> io::Result<()> {
         self.claimed.remove(&read.file);
         let placed = match read.rows {
+            Ok(rows) if rows.is_empty() => None,
             Ok(rows) => self.write(&rows, &read.name, maps)?,
             Err(why) => {
                 self.note_failure(&read.name, &why);
@@ -348,6 +374,7 @@ impl NativeTables {
                 image: read.image,
                 path: read.path,
                 _open: read.open,
+                enters_jit: read.enters_jit,
             },
         );
         Ok(())
@@ -511,16 +538,58 @@ fn exec_mappings(pid: u32) -> io::Result<Vec<(Mapping, String)>> {
     {
         exec.push((m, "[vdso]".to_string()));
     }
-    // Anonymous executable memory that holds CPython's perf trampolines (`-X perf`).
+    // Anonymous executable memory: CPython's perf trampolines (`-X perf`), or else code of its
+    // JIT (listed only for an interpreter whose JIT code keeps the frame pointer).
     for line in text.lines().filter(|l| l.split_whitespace().count() == 5) {
         if let Some(m) = crate::process::parse_maps(line).pop()
             && m.perms.contains('x')
-            && trampoline_arena(pid, &m).is_some()
         {
-            exec.push((m, PERF_TRAMPOLINES.to_string()));
+            let name = match trampoline_arena(pid, &m) {
+                Some(_) => PERF_TRAMPOLINES,
+                None => JIT_CODE,
+            };
+            exec.push((m, name.to_string()));
         }
     }
     Ok(exec)
+}
+
+/// The name given to anonymous executable memory in a process whose interpreter runs JIT code
+/// under a frame pointer (`jit_entry_keeps_rbp`): unwound by that frame pointer.
+pub const JIT_CODE: &str = "[JIT code]";
+
+/// Whether ELF file `data` (its `segments`) is a CPython whose JIT code runs under a frame
+/// pointer: its `_PyJIT_Entry` (3.15+), which calls the JIT code, starts with `push %rbp; mov
+/// %rsp, %rbp` (after `endbr64` where built so), and the JIT code leaves rbp alone, so the
+/// caller of any JIT code is found at rbp + 8, as CPython's own unwind info for it says.
+/// (3.14 emits its entry into the JIT code itself, without one: not unwound.)
+fn jit_entry_keeps_rbp(data: &[u8], segments: &[Segment]) -> bool {
+    use object::ObjectSymbol as _;
+    const PROLOGUE: [u8; 4] = [0x55, 0x48, 0x89, 0xe5];
+    const ENDBR64: [u8; 4] = [0xf3, 0x0f, 0x1e, 0xfa];
+    let Ok(file) = object::File::parse(data) else {
+        return false;
+    };
+    let Some(address) = file
+        .dynamic_symbols()
+        .chain(file.symbols())
+        .find(|s| s.name() == Ok("_PyJIT_Entry"))
+        .map(|s| s.address())
+    else {
+        return false;
+    };
+    let Some(seg) = segments
+        .iter()
+        .filter(|seg| seg.executable && seg.address <= address)
+        .max_by_key(|seg| seg.address)
+    else {
+        return false;
+    };
+    let offset = address - seg.address + seg.offset;
+    let code = data
+        .get(offset as usize..offset as usize + 8)
+        .unwrap_or(&[]);
+    code.starts_with(&PROLOGUE) || (code.starts_with(&ENDBR64) && code[4..].starts_with(&PROLOGUE))
 }
 
 /// The name given to an arena of CPython's perf trampolines (`python -X perf`, 3.12+): copies of
@@ -667,6 +736,8 @@ pub enum FileKey {
     /// An arena of perf trampolines, by its size and what it holds: arenas alike share one
     /// table.
     Trampolines(u64, TrampolineArena),
+    /// Code of CPython's JIT: one for all, with no table.
+    JitCode,
 }
 
 impl FileKey {
@@ -675,6 +746,7 @@ impl FileKey {
             FileKey::File(_, _, size, _) | FileKey::Vdso(size) | FileKey::Trampolines(size, _) => {
                 *size
             }
+            FileKey::JitCode => 0,
         }
     }
 }
@@ -686,6 +758,9 @@ fn identify(pid: u32, m: &Mapping, name: &str) -> io::Result<(FileKey, Option<fs
     use std::os::unix::fs::MetadataExt as _;
     if name == "[vdso]" {
         return Ok((FileKey::Vdso(m.end - m.start), None));
+    }
+    if name == JIT_CODE {
+        return Ok((FileKey::JitCode, None));
     }
     if name == PERF_TRAMPOLINES {
         let arena = trampoline_arena(pid, m)
