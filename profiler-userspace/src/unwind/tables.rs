@@ -570,9 +570,9 @@ fn jit_entry_keeps_rbp(data: &[u8], segments: &[Segment]) -> bool {
     let Ok(file) = object::File::parse(data) else {
         return false;
     };
+    // Exported (`PyAPI_FUNC`): the dynamic symbols, a tenth of a full symbol table, suffice.
     let Some(address) = file
         .dynamic_symbols()
-        .chain(file.symbols())
         .find(|s| s.name() == Ok("_PyJIT_Entry"))
         .map(|s| s.address())
     else {
