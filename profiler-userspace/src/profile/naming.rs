@@ -19,7 +19,7 @@ use crate::{
     symbolize::{NativeSymbol, NativeSymbolizer, kernel::KernelSymbols},
     unwind::{
         KnownMapping,
-        tables::{JIT_CODE, PERF_TRAMPOLINES},
+        tables::{JIT_CODE, PERF_TRAMPOLINES, mapping_at},
     },
 };
 
@@ -225,12 +225,10 @@ impl Namer {
 }
 
 /// Whether `pc` (a return address when `is_return`) is in an arena of CPython's perf
-/// trampolines or in its JIT code.
+/// trampolines or in its JIT code, as the mapping that names it says.
 fn in_interpreter_glue(mappings: &[KnownMapping], pc: u64, is_return: bool) -> bool {
     let at = pc.wrapping_sub(is_return as u64);
-    mappings
-        .iter()
-        .any(|m| m.start <= at && at < m.end && (m.name == PERF_TRAMPOLINES || m.name == JIT_CODE))
+    mapping_at(mappings, at).is_some_and(|m| m.name == PERF_TRAMPOLINES || m.name == JIT_CODE)
 }
 
 /// Where the `<GC>` frame goes in a stack of Python (and native) frames, root first: right above

@@ -13,7 +13,10 @@ use blazesym::symbolize::{
     source::{Elf, Source},
 };
 
-use crate::{cache::BoundedCache, unwind::KnownMapping};
+use crate::{
+    cache::BoundedCache,
+    unwind::{KnownMapping, tables::mapping_at},
+};
 
 /// What the symbols say of a native address.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -74,11 +77,7 @@ impl NativeSymbolizer {
         } else {
             addr
         };
-        let Some(m) = mappings
-            .iter()
-            .rev()
-            .find(|m| m.start <= lookup && lookup < m.end)
-        else {
+        let Some(m) = mapping_at(mappings, lookup) else {
             return self.unnamed(None, addr, "address in no known mapping");
         };
         let vaddr = lookup.wrapping_sub(m.bias);

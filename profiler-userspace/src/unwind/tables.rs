@@ -53,6 +53,12 @@ pub struct KnownMapping {
     pub image: Option<Arc<[u8]>>,
 }
 
+/// The mapping of `mappings` (every one a process was seen with, oldest first) that holds
+/// address `at`: the newest, where memory was mapped again.
+pub fn mapping_at(mappings: &[KnownMapping], at: u64) -> Option<&KnownMapping> {
+    mappings.iter().rev().find(|m| m.start <= at && at < m.end)
+}
+
 /// A file's place in the row array.
 #[derive(Clone, Copy, Debug)]
 struct Placed {
@@ -75,8 +81,9 @@ struct FileInfo {
     /// path needs kept open, if it needs one.
     path: Option<PathBuf>,
     _open: Option<Arc<fs::File>>,
-    /// It enters CPython's JIT code from a frame with a frame pointer (`jit_entry_keeps_rbp`).
-    enters_jit: bool,
+    /// Where it lists the code of CPython's JIT, if it is a CPython whose JIT code runs under
+    /// a frame pointer (`jit_descriptor`): the address in the file.
+    jit_descriptor: Option<u64>,
 }
 
 /// What loading tables met, for the summary.
@@ -105,8 +112,9 @@ pub struct NativeTables {
     /// mapping ever seen.
     written: HashMap<u32, Vec<NativeMapping>>,
     identities: HashMap<u32, HashMap<MappingId, FileKey>>,
-    /// Per pid: its executable mappings as last read.
+    /// Per pid: its executable mappings as last read, and the code its JIT listed then.
     listed: HashMap<u32, Vec<(Mapping, String)>>,
+    jit: HashMap<u32, Vec<Mapping>>,
     seen: HashMap<u32, Vec<KnownMapping>>,
     pub stats: LoadStats,
 }
@@ -148,7 +156,7 @@ pub struct Read {
     image: Option<Arc<[u8]>>,
     path: Option<PathBuf>,
     open: Option<Arc<fs::File>>,
-    enters_jit: bool,
+    jit_descriptor: Option<u64>,
 }
 
 impl Read {
@@ -162,7 +170,7 @@ impl Read {
             image: None,
             path: None,
             open: None,
-            enters_jit: false,
+            jit_descriptor: None,
         }
     }
 }
@@ -183,17 +191,6 @@ impl Unread {
             file,
             opened,
         } = self;
-        if file == FileKey::JitCode {
-            // No table: unwound with the frame pointer its entry set up.
-            return Ok(Read {
-                segments: vec![Segment {
-                    offset: 0,
-                    address: 0,
-                    executable: true,
-                }],
-                ..Read::bare(file, name, Ok(Vec::new()))
-            });
-        }
         if let FileKey::Trampolines(size, arena) = file {
             // Rows made, not read; the arena's addresses are its offsets.
             let rows = Ok(trampoline_rows(size, arena));
@@ -222,7 +219,7 @@ impl Unread {
             Err(e) => Err(e.to_string()),
         };
         let segments = segments(&data);
-        let enters_jit = jit_entry_keeps_rbp(&data, &segments);
+        let jit_descriptor = jit_descriptor(&data, &segments);
         let (path, open) = match opened {
             None => (None, None),
             Some(f) => symbols_path(pid, &m, f, &data),
@@ -236,7 +233,7 @@ impl Unread {
             image,
             path,
             open,
-            enters_jit,
+            jit_descriptor,
         })
     }
 }
@@ -283,15 +280,8 @@ impl NativeTables {
         let mut out = Vec::new();
         let mut new: Vec<(&Mapping, &String, FileKey)> = Vec::new();
         let mut waiting = Vec::new();
-        let jit = self.identities.get(&pid).is_some_and(|ids| {
-            ids.values()
-                .any(|f| self.files.get(f).is_some_and(|i| i.enters_jit))
-        });
+        let mut jit_descriptor = None;
         for (m, name) in &exec {
-            // Anonymous code other than JIT code of a known form stops the unwind, as before.
-            if name == JIT_CODE && !jit {
-                continue;
-            }
             let id = mapping_id(m);
             let file = match self.identities.get(&pid).and_then(|ids| ids.get(&id)) {
                 Some(file) => file.clone(),
@@ -308,12 +298,37 @@ impl NativeTables {
                 },
             };
             if self.files.contains_key(&file) {
-                self.add_mapping(pid, (m, name), &file, &mut out);
+                let bias = self.add_mapping(pid, (m, name), &file, &mut out);
+                if let (Some(at), Some(bias)) = (self.files[&file].jit_descriptor, bias) {
+                    jit_descriptor = Some(at.wrapping_add(bias));
+                }
             } else if !waiting.contains(&file) {
                 waiting.push(file.clone());
                 if !self.claimed.contains(&file) {
                     new.push((m, name, file));
                 }
+            }
+        }
+        if let Some(at) = jit_descriptor {
+            if reread || !self.jit.contains_key(&pid) {
+                self.jit.insert(pid, jit_code(pid, at));
+            }
+            self.files
+                .entry(FileKey::JitCode)
+                .or_insert_with(|| FileInfo {
+                    placed: None,
+                    segments: vec![Segment {
+                        offset: 0,
+                        address: 0,
+                        executable: true,
+                    }],
+                    image: None,
+                    path: None,
+                    _open: None,
+                    jit_descriptor: None,
+                });
+            for m in self.jit.get(&pid).cloned().unwrap_or_default() {
+                self.add_mapping(pid, (&m, JIT_CODE), &FileKey::JitCode, &mut out);
             }
         }
         out.sort_by_key(|m| m.start);
@@ -374,7 +389,7 @@ impl NativeTables {
                 image: read.image,
                 path: read.path,
                 _open: read.open,
-                enters_jit: read.enters_jit,
+                jit_descriptor: read.jit_descriptor,
             },
         );
         Ok(())
@@ -386,6 +401,7 @@ impl NativeTables {
         self.written.remove(&pid);
         self.identities.remove(&pid);
         self.listed.remove(&pid);
+        self.jit.remove(&pid);
     }
 
     /// Whether a file is being read by a caller of `sync`.
@@ -399,21 +415,21 @@ impl NativeTables {
     }
 
     /// Adds mapping `m` named `name` of placed file `file` to `out`, and to what `pid` was
-    /// seen with.
+    /// seen with. Returns its load bias, if it has one.
     fn add_mapping(
         &mut self,
         pid: u32,
         (m, name): (&Mapping, &str),
         file: &FileKey,
         out: &mut Vec<NativeMapping>,
-    ) {
+    ) -> Option<u64> {
         let info = &self.files[file];
         let placed = info.placed;
         let image = info.image.clone();
         let path = info.path.clone();
         let Some(bias) = load_bias(&info.segments, m, path.is_none()) else {
             self.note_failure(name, "no loadable segment covers the mapping");
-            return;
+            return None;
         };
         let seen = self.seen.entry(pid).or_default();
         if !seen
@@ -440,6 +456,7 @@ impl NativeTables {
             first_page: placed.map_or(0, |p| p.first_page),
             _pad: 0,
         });
+        Some(bias)
     }
 
     fn write_mappings(
@@ -522,7 +539,7 @@ impl NativeTables {
     }
 }
 
-/// `pid`'s executable mappings of files, and its vDSO.
+/// `pid`'s executable mappings of files, its vDSO, and its arenas of perf trampolines.
 fn exec_mappings(pid: u32) -> io::Result<Vec<(Mapping, String)>> {
     let text = fs::read_to_string(crate::process::proc_dir(pid).join("maps"))?;
     let mut exec: Vec<(Mapping, String)> = crate::process::parse_maps(&text)
@@ -530,7 +547,8 @@ fn exec_mappings(pid: u32) -> io::Result<Vec<(Mapping, String)>> {
         .filter(|m| m.perms.contains('x'))
         .filter_map(|m| {
             let name = m.path.as_ref()?.display().to_string();
-            Some((m, name))
+            // Anonymous memory a process named (`prctl(PR_SET_VMA_ANON_NAME)`): no file.
+            (!name.starts_with("[anon:")).then_some((m, name))
         })
         .collect();
     if let Some(vdso) = text.lines().find(|l| l.ends_with("[vdso]"))
@@ -538,58 +556,133 @@ fn exec_mappings(pid: u32) -> io::Result<Vec<(Mapping, String)>> {
     {
         exec.push((m, "[vdso]".to_string()));
     }
-    // Anonymous executable memory: CPython's perf trampolines (`-X perf`), or else code of its
-    // JIT (listed only for an interpreter whose JIT code keeps the frame pointer).
-    for line in text.lines().filter(|l| l.split_whitespace().count() == 5) {
-        if let Some(m) = crate::process::parse_maps(line).pop()
+    // Anonymous executable memory that holds CPython's perf trampolines (`-X perf`). A debug
+    // or `-X dev` 3.14+ names its memory (`[anon:cpython:perf_trampoline]`).
+    for line in text.lines() {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let anonymous = fields.len() == 5 || fields.get(5).is_some_and(|f| f.starts_with("[anon:"));
+        if anonymous
+            && let Some(mut m) = crate::process::parse_maps(line).pop()
             && m.perms.contains('x')
+            && trampoline_arena(pid, &m).is_some()
         {
-            let name = match trampoline_arena(pid, &m) {
-                Some(_) => PERF_TRAMPOLINES,
-                None => JIT_CODE,
-            };
-            exec.push((m, name.to_string()));
+            m.path = None;
+            exec.push((m, PERF_TRAMPOLINES.to_string()));
         }
     }
     Ok(exec)
 }
 
-/// The name given to anonymous executable memory in a process whose interpreter runs JIT code
-/// under a frame pointer (`jit_entry_keeps_rbp`): unwound by that frame pointer.
+/// The name given to the code CPython's JIT placed, as its GDB JIT interface lists it
+/// (`jit_code`): unwound by the frame pointer of the JIT's entry (`jit_descriptor`).
 pub const JIT_CODE: &str = "[JIT code]";
 
 /// Whether ELF file `data` (its `segments`) is a CPython whose JIT code runs under a frame
-/// pointer: its `_PyJIT_Entry` (3.15+), which calls the JIT code, starts with `push %rbp; mov
-/// %rsp, %rbp` (after `endbr64` where built so), and the JIT code leaves rbp alone, so the
-/// caller of any JIT code is found at rbp + 8, as CPython's own unwind info for it says.
-/// (3.14 emits its entry into the JIT code itself, without one: not unwound.)
-fn jit_entry_keeps_rbp(data: &[u8], segments: &[Segment]) -> bool {
+/// pointer, and if so where it lists that code: the address in the file of its
+/// `__jit_debug_descriptor` (GDB's JIT interface). So it is when its `_PyJIT_Entry` (3.15+),
+/// which calls the JIT code, starts with `push %rbp; mov %rsp, %rbp` (after `endbr64` where
+/// built so): the JIT code leaves rbp alone, so from any of it the frame pointer leads to the
+/// entry's caller (the eval loop). 3.14 emits its entry into the JIT code itself, without a
+/// frame pointer: not unwound.
+fn jit_descriptor(data: &[u8], segments: &[Segment]) -> Option<u64> {
     use object::ObjectSymbol as _;
     const PROLOGUE: [u8; 4] = [0x55, 0x48, 0x89, 0xe5];
     const ENDBR64: [u8; 4] = [0xf3, 0x0f, 0x1e, 0xfa];
-    let Ok(file) = object::File::parse(data) else {
-        return false;
+    let file = object::File::parse(data).ok()?;
+    // Both exported (`PyAPI_FUNC`, and for GDB): the dynamic symbols, a tenth of a full symbol
+    // table, suffice.
+    let defined = |name: &str| {
+        file.dynamic_symbols()
+            .find(|s| s.is_definition() && s.name() == Ok(name))
+            .map(|s| s.address())
     };
-    // Exported (`PyAPI_FUNC`): the dynamic symbols, a tenth of a full symbol table, suffice.
-    let Some(address) = file
-        .dynamic_symbols()
-        .find(|s| s.name() == Ok("_PyJIT_Entry"))
-        .map(|s| s.address())
-    else {
-        return false;
-    };
-    let Some(seg) = segments
+    let entry = defined("_PyJIT_Entry")?;
+    let seg = segments
         .iter()
-        .filter(|seg| seg.executable && seg.address <= address)
-        .max_by_key(|seg| seg.address)
-    else {
-        return false;
+        .filter(|seg| seg.executable && seg.address <= entry)
+        .max_by_key(|seg| seg.address)?;
+    let offset = (entry - seg.address + seg.offset) as usize;
+    let code = data.get(offset..offset + 8)?;
+    let keeps_rbp = code.starts_with(&PROLOGUE)
+        || (code.starts_with(&ENDBR64) && code[4..].starts_with(&PROLOGUE));
+    if !keeps_rbp {
+        return None;
+    }
+    defined("__jit_debug_descriptor")
+}
+
+/// At most this many entries of a JIT's list are read: past that (or in a list that loops),
+/// later code's frames are lost, not the profile.
+const MAX_JIT_ENTRIES: usize = 16384;
+
+/// The code CPython's JIT has placed in `pid`, as its GDB JIT interface at `descriptor` lists
+/// it (a `jit_descriptor`, then `jit_code_entry`s, each an in-memory ELF object whose code
+/// sections are the code): whole pages, adjacent ones merged, as mappings. Nothing if it cannot
+/// be read.
+fn jit_code(pid: u32, descriptor: u64) -> Vec<Mapping> {
+    use object::ObjectSection as _;
+    use std::os::unix::fs::FileExt as _;
+    let Ok(mem) = fs::File::open(crate::process::proc_dir(pid).join("mem")) else {
+        return Vec::new();
     };
-    let offset = address - seg.address + seg.offset;
-    let code = data
-        .get(offset as usize..offset as usize + 8)
-        .unwrap_or(&[]);
-    code.starts_with(&PROLOGUE) || (code.starts_with(&ENDBR64) && code[4..].starts_with(&PROLOGUE))
+    let word = |at: u64| -> Option<u64> {
+        let mut b = [0u8; 8];
+        mem.read_exact_at(&mut b, at).ok()?;
+        Some(u64::from_le_bytes(b))
+    };
+    let mut ranges = Vec::new();
+    // { u32 version; u32 action_flag; entry *relevant_entry; entry *first_entry; }
+    let mut entry = match word(descriptor) {
+        Some(w) if w as u32 == 1 => word(descriptor + 16).unwrap_or(0),
+        _ => 0,
+    };
+    for _ in 0..MAX_JIT_ENTRIES {
+        if entry == 0 {
+            break;
+        }
+        // { entry *next; entry *prev; const char *symfile_addr; u64 symfile_size; }
+        let (Some(next), Some(symfile), Some(size)) =
+            (word(entry), word(entry + 16), word(entry + 24))
+        else {
+            break;
+        };
+        if size <= 64 * 1024 {
+            let mut object = vec![0u8; size as usize];
+            if mem.read_exact_at(&mut object, symfile).is_ok()
+                && let Ok(file) = object::File::parse(&*object)
+            {
+                ranges.extend(
+                    file.sections()
+                        .filter(|s| s.kind() == object::SectionKind::Text && s.size() > 0)
+                        .map(|s| {
+                            let end = s.address().saturating_add(s.size());
+                            (s.address() & !(PAGE - 1), end.next_multiple_of(PAGE))
+                        }),
+                );
+            }
+        }
+        entry = next;
+    }
+    ranges.sort_unstable();
+    let mut merged: Vec<(u64, u64)> = Vec::new();
+    for (start, end) in ranges {
+        match merged.last_mut() {
+            Some(last) if start <= last.1 => last.1 = last.1.max(end),
+            _ => merged.push((start, end)),
+        }
+    }
+    merged
+        .into_iter()
+        .map(|(start, end)| Mapping {
+            start,
+            end,
+            offset: 0,
+            perms: "r-xp".into(),
+            dev: 0,
+            inode: 0,
+            path: None,
+        })
+        .collect()
 }
 
 /// The name given to an arena of CPython's perf trampolines (`python -X perf`, 3.12+): copies of
@@ -671,15 +764,25 @@ fn arena_of(head: &[u8]) -> Option<TrampolineArena> {
     })
 }
 
-/// The unwind rows of an arena of `size` bytes, addresses from its start: each copy's, from its
+/// The size of the arenas CPython maps for its trampolines (Python/perf_trampoline.c), each
+/// filled with copies from its start. Arenas mapped next to each other make one mapping.
+const TRAMPOLINE_ARENA: u64 = 16 * 4096;
+
+/// The unwind rows of `size` bytes of arenas, addresses from their start: each copy's, from its
 /// shape. At the return address of a copy's call (where every caller of the eval loop is found)
 /// the CFA is rsp + 16.
 fn trampoline_rows(size: u64, arena: TrampolineArena) -> Vec<UnwindRow> {
     let shape = &TRAMPOLINES[arena.shape as usize];
-    (0..(size / arena.stride as u64) as u32)
-        .flat_map(|i| {
+    let stride = arena.stride as u64;
+    (0..size.div_ceil(TRAMPOLINE_ARENA))
+        .flat_map(|block| {
+            let start = block * TRAMPOLINE_ARENA;
+            let copies = TRAMPOLINE_ARENA.min(size - start) / stride;
+            (0..copies).map(move |i| start + i * stride)
+        })
+        .flat_map(|at| {
             shape.rows.iter().map(move |&(pc, cfa, rbp)| UnwindRow {
-                pc: i * arena.stride + pc,
+                pc: at as u32 + pc,
                 cfa_offset: cfa,
                 kind: profiler_common::row_kind::CFA_RSP,
                 rbp_offset: rbp,
@@ -736,7 +839,7 @@ pub enum FileKey {
     /// An arena of perf trampolines, by its size and what it holds: arenas alike share one
     /// table.
     Trampolines(u64, TrampolineArena),
-    /// Code of CPython's JIT: one for all, with no table.
+    /// Code of CPython's JIT (`jit_code`): one for all, with no table, never read.
     JitCode,
 }
 
@@ -758,9 +861,6 @@ fn identify(pid: u32, m: &Mapping, name: &str) -> io::Result<(FileKey, Option<fs
     use std::os::unix::fs::MetadataExt as _;
     if name == "[vdso]" {
         return Ok((FileKey::Vdso(m.end - m.start), None));
-    }
-    if name == JIT_CODE {
-        return Ok((FileKey::JitCode, None));
     }
     if name == PERF_TRAMPOLINES {
         let arena = trampoline_arena(pid, m)
@@ -900,11 +1000,11 @@ mod tests {
         (frames.into_iter().map(|(pc, _)| pc).collect(), complete)
     }
 
+    /// Frames as (pc, rbp), and whether the unwind reached the outermost one.
+    type Unwound = (Vec<(u64, u64)>, bool);
+
     /// `unwind`, with each frame's rbp as the unwind recovered it.
-    fn unwind_regs(
-        maps: &Maps,
-        (mut pc, mut rsp, mut rbp): (u64, u64, u64),
-    ) -> (Vec<(u64, u64)>, bool) {
+    fn unwind_regs(maps: &Maps, (mut pc, mut rsp, mut rbp): (u64, u64, u64)) -> Unwound {
         let mem = fs::File::open("/proc/self/mem").unwrap();
         let list = maps.mappings.as_ref().unwrap();
         let list = &list.mappings[..list.len as usize];
@@ -1085,10 +1185,11 @@ mod tests {
         );
     }
 
-    /// What the eval loop, called through a trampoline copy, hands back to the test.
+    /// What the eval loop, called through a trampoline copy, hands back to the test (a panic
+    /// caught there: one across the C frames would abort the tests).
     struct ThroughTrampoline<'a> {
         maps: &'a Maps,
-        unwound: Option<(Vec<(u64, u64)>, bool)>,
+        unwound: Option<std::thread::Result<Unwound>>,
     }
 
     /// Stands for the eval loop a trampoline calls (`ts`, `frame`, `throwflag`): unwinds from
@@ -1097,18 +1198,24 @@ mod tests {
     extern "C" fn evaluator(ts: *mut c_void, _frame: *mut c_void, _throw: i32) -> *mut c_void {
         // SAFETY: the test passes its `ThroughTrampoline` as `ts` and waits for the call.
         let ctx = unsafe { &mut *(ts as *mut ThroughTrampoline) };
-        ctx.unwound = Some(unwind_regs(ctx.maps, registers()));
+        let regs = registers();
+        let maps = ctx.maps;
+        let unwound =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| unwind_regs(maps, regs)));
+        ctx.unwound = Some(unwound);
         std::hint::black_box(ts)
     }
 
     /// Each form of CPython's perf trampoline, copied into anonymous executable memory as
-    /// CPython copies it (one from the arena's start, every `stride` bytes), recognized, and
-    /// run: the unwind from the function it calls goes through the copy to the outermost frame,
-    /// and gives back the caller's rbp the copy saved.
+    /// CPython copies it (from each 64 KiB arena's start, every `stride` bytes; two arenas
+    /// side by side, one mapping), recognized, and run: the unwind from the function it calls
+    /// goes through the copy to the outermost frame, and gives the caller back its rbp (which
+    /// 3.14's form saves, and the older one leaves alone).
     #[test]
     fn unwinds_through_each_form_of_perf_trampoline() {
         let _mapping = MAPPING.lock().unwrap_or_else(|e| e.into_inner());
-        const ARENA: usize = 16 * 4096;
+        // Two arenas side by side, as the kernel merges them into one mapping.
+        const ARENA: usize = 2 * 16 * 4096;
         // As CPython's builds copy them: 3.12.1 (pyenv's), the same with endbr64, 3.14 without
         // endbr64, and Debian's 3.14 and 3.15 (under `-X perf`, then `-X perf_jit`).
         let forms: [(&[u8], usize); 5] = [
@@ -1137,8 +1244,10 @@ mod tests {
             // SAFETY: the copies are written inside the mapping, which is then made executable.
             unsafe {
                 let bytes = std::slice::from_raw_parts_mut(arena as *mut u8, ARENA);
-                for copy in bytes.chunks_exact_mut(stride) {
-                    copy[..code.len()].copy_from_slice(code);
+                for one in bytes.chunks_exact_mut(ARENA / 2) {
+                    for copy in one.chunks_exact_mut(stride) {
+                        copy[..code.len()].copy_from_slice(code);
+                    }
                 }
                 assert_eq!(
                     libc::mprotect(arena, ARENA, libc::PROT_READ | libc::PROT_EXEC),
@@ -1157,7 +1266,8 @@ mod tests {
                 "{code:x?} every {stride}: the arena was not recognized"
             );
 
-            let copy = start + 7 * stride as u64;
+            // A copy in the second arena: 11 and 96 do not divide its size.
+            let copy = start + (ARENA / 2) as u64 + 7 * stride as u64;
             let mut ctx = ThroughTrampoline {
                 maps: &maps,
                 unwound: None,
@@ -1183,7 +1293,8 @@ mod tests {
                     clobber_abi("C"),
                 );
             }
-            let (frames, complete) = ctx.unwound.take().expect("the copy called the evaluator");
+            let unwound = ctx.unwound.take().expect("the copy called the evaluator");
+            let (frames, complete) = unwound.expect("the unwind from the evaluator panicked");
             // SAFETY: the mapping made above, no longer used.
             unsafe { libc::munmap(arena, ARENA) };
             let form = format!("{code:x?} every {stride}");
