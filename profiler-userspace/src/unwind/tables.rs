@@ -112,9 +112,9 @@ pub struct NativeTables {
     /// mapping ever seen.
     written: HashMap<u32, Vec<NativeMapping>>,
     identities: HashMap<u32, HashMap<MappingId, FileKey>>,
-    /// Per pid: its executable mappings as last read, and the code its JIT listed then.
+    /// Per pid: its executable mappings as last read, and its JIT's list as read then.
     listed: HashMap<u32, Vec<(Mapping, String)>>,
-    jit: HashMap<u32, Vec<Mapping>>,
+    jit: HashMap<u32, JitList>,
     seen: HashMap<u32, Vec<KnownMapping>>,
     pub stats: LoadStats,
 }
@@ -281,7 +281,12 @@ impl NativeTables {
         let mut new: Vec<(&Mapping, &String, FileKey)> = Vec::new();
         let mut waiting = Vec::new();
         let mut jit_descriptor = None;
+        let mut anonymous = Vec::new();
         for (m, name) in &exec {
+            if name == ANONYMOUS_CODE {
+                anonymous.push(m);
+                continue;
+            }
             let id = mapping_id(m);
             let file = match self.identities.get(&pid).and_then(|ids| ids.get(&id)) {
                 Some(file) => file.clone(),
@@ -311,7 +316,8 @@ impl NativeTables {
         }
         if let Some(at) = jit_descriptor {
             if reread || !self.jit.contains_key(&pid) {
-                self.jit.insert(pid, jit_code(pid, at));
+                let known = self.jit.remove(&pid).map(|j| j.entries).unwrap_or_default();
+                self.jit.insert(pid, jit_code(pid, at, known));
             }
             self.files
                 .entry(FileKey::JitCode)
@@ -327,7 +333,12 @@ impl NativeTables {
                     _open: None,
                     jit_descriptor: None,
                 });
-            for m in self.jit.get(&pid).cloned().unwrap_or_default() {
+            let code = self
+                .jit
+                .get(&pid)
+                .map(|j| j.code(&anonymous))
+                .unwrap_or_default();
+            for m in code {
                 self.add_mapping(pid, (&m, JIT_CODE), &FileKey::JitCode, &mut out);
             }
         }
@@ -432,6 +443,11 @@ impl NativeTables {
             return None;
         };
         let seen = self.seen.entry(pid).or_default();
+        if name == JIT_CODE {
+            // JIT code comes and goes: the newest says what is there now, and the list does
+            // not grow with every change of it.
+            seen.retain(|k| k.name != JIT_CODE || k.end <= m.start || m.end <= k.start);
+        }
         if !seen
             .iter()
             .any(|k| (k.start, k.end, k.bias, k.name.as_str()) == (m.start, m.end, bias, name))
@@ -539,7 +555,7 @@ impl NativeTables {
     }
 }
 
-/// `pid`'s executable mappings of files, its vDSO, and its arenas of perf trampolines.
+/// `pid`'s executable mappings of files, its vDSO, and its anonymous executable memory.
 fn exec_mappings(pid: u32) -> io::Result<Vec<(Mapping, String)>> {
     let text = fs::read_to_string(crate::process::proc_dir(pid).join("maps"))?;
     let mut exec: Vec<(Mapping, String)> = crate::process::parse_maps(&text)
@@ -547,8 +563,7 @@ fn exec_mappings(pid: u32) -> io::Result<Vec<(Mapping, String)>> {
         .filter(|m| m.perms.contains('x'))
         .filter_map(|m| {
             let name = m.path.as_ref()?.display().to_string();
-            // Anonymous memory a process named (`prctl(PR_SET_VMA_ANON_NAME)`): no file.
-            (!name.starts_with("[anon:")).then_some((m, name))
+            Some((m, name))
         })
         .collect();
     if let Some(vdso) = text.lines().find(|l| l.ends_with("[vdso]"))
@@ -556,22 +571,28 @@ fn exec_mappings(pid: u32) -> io::Result<Vec<(Mapping, String)>> {
     {
         exec.push((m, "[vdso]".to_string()));
     }
-    // Anonymous executable memory that holds CPython's perf trampolines (`-X perf`). A debug
-    // or `-X dev` 3.14+ names its memory (`[anon:cpython:perf_trampoline]`).
+    // Anonymous executable memory: CPython's perf trampolines (`-X perf`), or other code (a
+    // JIT's). A debug or `-X dev` 3.14+ names its memory (`[anon:cpython:jit]`).
     for line in text.lines() {
         let fields: Vec<&str> = line.split_whitespace().collect();
         let anonymous = fields.len() == 5 || fields.get(5).is_some_and(|f| f.starts_with("[anon:"));
         if anonymous
-            && let Some(mut m) = crate::process::parse_maps(line).pop()
+            && let Some(m) = crate::process::parse_maps(line).pop()
             && m.perms.contains('x')
-            && trampoline_arena(pid, &m).is_some()
         {
-            m.path = None;
-            exec.push((m, PERF_TRAMPOLINES.to_string()));
+            let name = match trampoline_arena(pid, &m) {
+                Some(_) => PERF_TRAMPOLINES,
+                None => ANONYMOUS_CODE,
+            };
+            exec.push((m, name.to_string()));
         }
     }
     Ok(exec)
 }
+
+/// Anonymous executable memory that is not an arena of perf trampolines, as `exec_mappings`
+/// lists it: never listed for the kernel itself; CPython's JIT code in it is (`jit_code`).
+const ANONYMOUS_CODE: &str = "[anonymous code]";
 
 /// The name given to the code CPython's JIT placed, as its GDB JIT interface lists it
 /// (`jit_code`): unwound by the frame pointer of the JIT's entry (`jit_descriptor`).
@@ -611,26 +632,65 @@ fn jit_descriptor(data: &[u8], segments: &[Segment]) -> Option<u64> {
     defined("__jit_debug_descriptor")
 }
 
-/// At most this many entries of a JIT's list are read: past that (or in a list that loops),
-/// later code's frames are lost, not the profile.
+/// At most this many entries of a JIT's list are read: past that (or in a list that loops) the
+/// oldest code (CPython adds at the front) loses its frames, not the profile.
 const MAX_JIT_ENTRIES: usize = 16384;
 
-/// The code CPython's JIT has placed in `pid`, as its GDB JIT interface at `descriptor` lists
-/// it (a `jit_descriptor`, then `jit_code_entry`s, each an in-memory ELF object whose code
-/// sections are the code): whole pages, adjacent ones merged, as mappings. Nothing if it cannot
-/// be read.
-fn jit_code(pid: u32, descriptor: u64) -> Vec<Mapping> {
-    use object::ObjectSection as _;
+/// What a CPython JIT's list (GDB's JIT interface) says: each entry, by its address and its
+/// object's, with the code it covers (whole pages), if it could be read. An entry never changes
+/// once listed, so a new reading reads only the entries it has not seen.
+#[derive(Default)]
+struct JitList {
+    entries: HashMap<(u64, u64), Option<(u64, u64)>>,
+}
+
+impl JitList {
+    /// The JIT code in `anonymous` (the process's anonymous executable mappings, read with the
+    /// list): in each mapping, from its first piece of code to its last, as one mapping (what
+    /// lies between is the JIT's data, or code, not anything else's). A piece no such mapping
+    /// holds (freed since, or garbage) is left out, as are mappings with none.
+    fn code(&self, anonymous: &[&Mapping]) -> Vec<Mapping> {
+        anonymous
+            .iter()
+            .filter_map(|m| {
+                let (start, end) = self
+                    .entries
+                    .values()
+                    .flatten()
+                    .filter(|&&(start, end)| m.start <= start && end <= m.end)
+                    .fold(None, |span: Option<(u64, u64)>, &(start, end)| {
+                        Some(span.map_or((start, end), |(s, e)| (s.min(start), e.max(end))))
+                    })?;
+                Some(Mapping {
+                    start,
+                    end,
+                    offset: 0,
+                    perms: m.perms.clone(),
+                    dev: 0,
+                    inode: 0,
+                    path: None,
+                })
+            })
+            .collect()
+    }
+}
+
+/// Reads the list of the code CPython's JIT has placed in `pid`, from its GDB JIT interface at
+/// `descriptor` (a `jit_descriptor`, then `jit_code_entry`s, each an in-memory ELF object whose
+/// code section is the code), reading again only the headers of entries not in `known`. Empty
+/// if it cannot be read.
+fn jit_code(pid: u32, descriptor: u64, known: HashMap<(u64, u64), Option<(u64, u64)>>) -> JitList {
     use std::os::unix::fs::FileExt as _;
+    let mut list = JitList::default();
     let Ok(mem) = fs::File::open(crate::process::proc_dir(pid).join("mem")) else {
-        return Vec::new();
+        return list;
     };
+    let read = |at: u64, buf: &mut [u8]| mem.read_exact_at(buf, at).ok();
     let word = |at: u64| -> Option<u64> {
         let mut b = [0u8; 8];
-        mem.read_exact_at(&mut b, at).ok()?;
+        read(at, &mut b)?;
         Some(u64::from_le_bytes(b))
     };
-    let mut ranges = Vec::new();
     // { u32 version; u32 action_flag; entry *relevant_entry; entry *first_entry; }
     let mut entry = match word(descriptor) {
         Some(w) if w as u32 == 1 => word(descriptor + 16).unwrap_or(0),
@@ -641,48 +701,52 @@ fn jit_code(pid: u32, descriptor: u64) -> Vec<Mapping> {
             break;
         }
         // { entry *next; entry *prev; const char *symfile_addr; u64 symfile_size; }
-        let (Some(next), Some(symfile), Some(size)) =
-            (word(entry), word(entry + 16), word(entry + 24))
-        else {
+        let mut e = [0u8; 32];
+        if read(entry, &mut e).is_none() {
             break;
-        };
-        if size <= 64 * 1024 {
-            let mut object = vec![0u8; size as usize];
-            if mem.read_exact_at(&mut object, symfile).is_ok()
-                && let Ok(file) = object::File::parse(&*object)
-            {
-                ranges.extend(
-                    file.sections()
-                        .filter(|s| s.kind() == object::SectionKind::Text && s.size() > 0)
-                        .map(|s| {
-                            let end = s.address().saturating_add(s.size());
-                            (s.address() & !(PAGE - 1), end.next_multiple_of(PAGE))
-                        }),
-                );
-            }
         }
+        let field = |i: usize| u64::from_le_bytes(e[i * 8..i * 8 + 8].try_into().unwrap());
+        let (next, symfile) = (field(0), field(2));
+        let key = (entry, symfile);
+        let code = match known.get(&key) {
+            Some(code) => *code,
+            None => object_code(symfile, &read),
+        };
+        list.entries.insert(key, code);
         entry = next;
     }
-    ranges.sort_unstable();
-    let mut merged: Vec<(u64, u64)> = Vec::new();
-    for (start, end) in ranges {
-        match merged.last_mut() {
-            Some(last) if start <= last.1 => last.1 = last.1.max(end),
-            _ => merged.push((start, end)),
-        }
+    list
+}
+
+/// The code an in-memory ELF object at `at` (an entry of GDB's JIT interface) covers, whole
+/// pages, from its header and section headers alone: its executable section's address and size.
+fn object_code(at: u64, read: &impl Fn(u64, &mut [u8]) -> Option<()>) -> Option<(u64, u64)> {
+    const SHF_EXECINSTR: u64 = 0x4;
+    let mut header = [0u8; 64];
+    read(at, &mut header)?;
+    if header[..4] != *b"\x7fELF" || header[4] != 2 {
+        return None;
     }
-    merged
-        .into_iter()
-        .map(|(start, end)| Mapping {
-            start,
-            end,
-            offset: 0,
-            perms: "r-xp".into(),
-            dev: 0,
-            inode: 0,
-            path: None,
-        })
-        .collect()
+    let u16_at = |b: &[u8], i: usize| u16::from_le_bytes([b[i], b[i + 1]]) as u64;
+    let u64_at = |b: &[u8], i: usize| u64::from_le_bytes(b[i..i + 8].try_into().unwrap());
+    let (shoff, shentsize, shnum) = (
+        u64_at(&header, 0x28),
+        u16_at(&header, 0x3a),
+        u16_at(&header, 0x3c),
+    );
+    if shentsize < 64 || shnum > 64 {
+        return None;
+    }
+    let mut sections = vec![0u8; (shentsize * shnum) as usize];
+    read(at.checked_add(shoff)?, &mut sections)?;
+    sections.chunks_exact(shentsize as usize).find_map(|sh| {
+        let (flags, addr, size) = (u64_at(sh, 8), u64_at(sh, 16), u64_at(sh, 32));
+        if flags & SHF_EXECINSTR == 0 || size == 0 {
+            return None;
+        }
+        let end = addr.checked_add(size)?.checked_next_multiple_of(PAGE)?;
+        Some((addr & !(PAGE - 1), end))
+    })
 }
 
 /// The name given to an arena of CPython's perf trampolines (`python -X perf`, 3.12+): copies of
@@ -1316,5 +1380,79 @@ mod tests {
                 "{form}: not back in the caller with its rbp: {frames:x?}"
             );
         }
+    }
+
+    /// The JIT code listed for the kernel: in each anonymous executable mapping, one span from
+    /// its first piece of code to its last; pieces outside them (freed, or a garbage entry)
+    /// and mappings without any are left out.
+    #[test]
+    fn jit_code_is_clipped_to_anonymous_mappings() {
+        let m = |start: u64, end: u64| Mapping {
+            start,
+            end,
+            offset: 0,
+            perms: "r-xp".into(),
+            dev: 0,
+            inode: 0,
+            path: None,
+        };
+        let list = JitList {
+            entries: HashMap::from([
+                ((1, 1), Some((0x10000, 0x11000))),
+                ((2, 2), Some((0x13000, 0x15000))),
+                ((3, 3), None),
+                ((4, 4), Some((0x40000, 0x41000))),
+                ((5, 5), Some((0x1f000, 0x21000))),
+            ]),
+        };
+        let (a, b, c) = (
+            m(0x10000, 0x20000),
+            m(0x30000, 0x38000),
+            m(0x20000, 0x28000),
+        );
+        let spans: Vec<(u64, u64)> = list
+            .code(&[&a, &b, &c])
+            .iter()
+            .map(|m| (m.start, m.end))
+            .collect();
+        assert_eq!(spans, [(0x10000, 0x15000)]);
+    }
+
+    /// An entry's code, from an in-memory ELF object's header and section headers: its
+    /// executable section, in whole pages; anything else is no code.
+    #[test]
+    fn jit_entry_code_from_its_object_headers() {
+        let mut object = vec![0u8; 64 + 3 * 64];
+        object[..5].copy_from_slice(b"\x7fELF\x02");
+        object[0x28..0x30].copy_from_slice(&64u64.to_le_bytes());
+        object[0x3a..0x3c].copy_from_slice(&64u16.to_le_bytes());
+        object[0x3c..0x3e].copy_from_slice(&3u16.to_le_bytes());
+        // Section 1: data; section 2: code at 0x7f00_0000_1010, 0x2000 bytes.
+        let section = |object: &mut Vec<u8>, i: usize, flags: u64, addr: u64, size: u64| {
+            let at = 64 + i * 64;
+            object[at + 8..at + 16].copy_from_slice(&flags.to_le_bytes());
+            object[at + 16..at + 24].copy_from_slice(&addr.to_le_bytes());
+            object[at + 32..at + 40].copy_from_slice(&size.to_le_bytes());
+        };
+        section(&mut object, 1, 0x2, 0x7f00_0000_0000, 0x100);
+        section(&mut object, 2, 0x6, 0x7f00_0000_1010, 0x2000);
+        let base = 0x5000u64;
+        let read = |at: u64, buf: &mut [u8]| -> Option<()> {
+            let from = usize::try_from(at.checked_sub(base)?).ok()?;
+            buf.copy_from_slice(object.get(from..from + buf.len())?);
+            Some(())
+        };
+        assert_eq!(
+            object_code(base, &read),
+            Some((0x7f00_0000_1000, 0x7f00_0000_4000))
+        );
+        let mut not_elf = object.clone();
+        not_elf[1] = b'X';
+        let read_bad = |at: u64, buf: &mut [u8]| -> Option<()> {
+            let from = usize::try_from(at.checked_sub(base)?).ok()?;
+            buf.copy_from_slice(not_elf.get(from..from + buf.len())?);
+            Some(())
+        };
+        assert_eq!(object_code(base, &read_bad), None);
     }
 }
