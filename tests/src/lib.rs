@@ -229,6 +229,24 @@ pub fn fixture_json(out: &Output) -> serde_json::Value {
 /// A collapsed profile: stack (root first) -> count.
 pub type Folded = BTreeMap<Vec<String>, u64>;
 
+/// Asserts that the fixture's last JSON line (in `stdout`) has `flag` true, so it ran as the
+/// test meant (through perf trampolines, as JIT code), and that no frame of `profile` contains
+/// `hidden` (the interpreter's glue, left out of the stacks).
+pub fn check_ran_and_hidden(profile: &Folded, stdout: &str, flag: &str, hidden: &str, what: &str) {
+    let report: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap_or(""))
+        .unwrap_or_else(|e| panic!("{what}: no JSON line from the fixture ({e}): {stdout}"));
+    assert_eq!(
+        report[flag], true,
+        "{what}: the fixture says no {flag}: {stdout}"
+    );
+    let shown: Vec<&String> = profile
+        .keys()
+        .flat_map(|stack| stack.iter())
+        .filter(|f| f.contains(hidden))
+        .collect();
+    assert!(shown.is_empty(), "{what}: {hidden} frames shown: {shown:?}");
+}
+
 /// Parses `frame;frame count` lines, checking every line has that shape.
 pub fn parse_folded(text: &str) -> Folded {
     let mut out = Folded::new();
