@@ -24,7 +24,7 @@ use profiler_common::{
 };
 
 use super::cfi;
-use crate::process::Mapping;
+use crate::process::{Mapping, ProcMem, ProcessMemory};
 
 /// Where the kernel's maps are written: the `bpf` module implements it.
 pub trait UnwindMaps {
@@ -195,11 +195,7 @@ impl Unread {
             // Rows made, not read; the arena's addresses are its offsets.
             let rows = Ok(trampoline_rows(size, arena));
             return Ok(Read {
-                segments: vec![Segment {
-                    offset: 0,
-                    address: 0,
-                    executable: true,
-                }],
+                segments: vec![Segment::WHOLE],
                 ..Read::bare(file, name, rows)
             });
         }
@@ -317,17 +313,14 @@ impl NativeTables {
         if let Some(at) = jit_descriptor {
             if reread || !self.jit.contains_key(&pid) {
                 let known = self.jit.remove(&pid).map(|j| j.entries).unwrap_or_default();
-                self.jit.insert(pid, jit_code(pid, at, known));
+                let list = ProcMem::open(pid).map(|mem| jit_code(&mem, at, known));
+                self.jit.insert(pid, list.unwrap_or_default());
             }
             self.files
                 .entry(FileKey::JitCode)
                 .or_insert_with(|| FileInfo {
                     placed: None,
-                    segments: vec![Segment {
-                        offset: 0,
-                        address: 0,
-                        executable: true,
-                    }],
+                    segments: vec![Segment::WHOLE],
                     image: None,
                     path: None,
                     _open: None,
@@ -558,36 +551,36 @@ impl NativeTables {
 /// `pid`'s executable mappings of files, its vDSO, and its anonymous executable memory.
 fn exec_mappings(pid: u32) -> io::Result<Vec<(Mapping, String)>> {
     let text = fs::read_to_string(crate::process::proc_dir(pid).join("maps"))?;
-    let mut exec: Vec<(Mapping, String)> = crate::process::parse_maps(&text)
-        .into_iter()
-        .filter(|m| m.perms.contains('x'))
-        .filter_map(|m| {
-            let name = m.path.as_ref()?.display().to_string();
-            Some((m, name))
-        })
-        .collect();
-    if let Some(vdso) = text.lines().find(|l| l.ends_with("[vdso]"))
-        && let Some(m) = crate::process::parse_maps(vdso).pop()
-    {
-        exec.push((m, "[vdso]".to_string()));
-    }
-    // Anonymous executable memory: CPython's perf trampolines (`-X perf`), or other code (a
-    // JIT's). A debug or `-X dev` 3.14+ names its memory (`[anon:cpython:jit]`).
+    let mut exec = Vec::new();
     for line in text.lines() {
-        let fields: Vec<&str> = line.split_whitespace().collect();
-        let anonymous = fields.len() == 5 || fields.get(5).is_some_and(|f| f.starts_with("[anon:"));
-        if anonymous
-            && let Some(m) = crate::process::parse_maps(line).pop()
-            && m.perms.contains('x')
-        {
-            let name = match trampoline_arena(pid, &m) {
-                Some(_) => PERF_TRAMPOLINES,
-                None => ANONYMOUS_CODE,
-            };
-            exec.push((m, name.to_string()));
+        let Some(m) = crate::process::parse_maps(line).pop() else {
+            continue;
+        };
+        if !m.perms.contains('x') {
+            continue;
         }
+        // The sixth field: a file's path, a name the kernel gives (`[vdso]`) or one a process
+        // gave its memory (`[anon:cpython:jit]`, a debug or `-X dev` 3.14+), or nothing for
+        // anonymous memory: CPython's perf trampolines (`-X perf`), or other code (a JIT's).
+        let name = match (&m.path, line.split_whitespace().nth(5)) {
+            (Some(path), _) => path.display().to_string(),
+            (None, Some("[vdso]")) => "[vdso]".to_string(),
+            (None, named) if named.is_none_or(|n| n.starts_with("[anon:")) => {
+                anonymous_code(pid, &m).to_string()
+            }
+            (None, _) => continue,
+        };
+        exec.push((m, name));
     }
     Ok(exec)
+}
+
+/// What anonymous executable mapping `m` of `pid` is listed as.
+fn anonymous_code(pid: u32, m: &Mapping) -> &'static str {
+    match trampoline_arena(pid, m) {
+        Some(_) => PERF_TRAMPOLINES,
+        None => ANONYMOUS_CODE,
+    }
 }
 
 /// Anonymous executable memory that is not an arena of perf trampolines, as `exec_mappings`
@@ -675,25 +668,19 @@ impl JitList {
     }
 }
 
-/// Reads the list of the code CPython's JIT has placed in `pid`, from its GDB JIT interface at
-/// `descriptor` (a `jit_descriptor`, then `jit_code_entry`s, each an in-memory ELF object whose
-/// code section is the code), reading again only the headers of entries not in `known`. Empty
-/// if it cannot be read.
-fn jit_code(pid: u32, descriptor: u64, known: HashMap<(u64, u64), Option<(u64, u64)>>) -> JitList {
-    use std::os::unix::fs::FileExt as _;
+/// Reads the list of the code CPython's JIT has placed in a process (its memory `mem`), from its
+/// GDB JIT interface at `descriptor` (a `jit_descriptor`, then `jit_code_entry`s, each an
+/// in-memory ELF object whose code section is the code), reading again only the headers of
+/// entries not in `known`. Empty as far as it cannot be read.
+fn jit_code(
+    mem: &impl ProcessMemory,
+    descriptor: u64,
+    known: HashMap<(u64, u64), Option<(u64, u64)>>,
+) -> JitList {
     let mut list = JitList::default();
-    let Ok(mem) = fs::File::open(crate::process::proc_dir(pid).join("mem")) else {
-        return list;
-    };
-    let read = |at: u64, buf: &mut [u8]| mem.read_exact_at(buf, at).ok();
-    let word = |at: u64| -> Option<u64> {
-        let mut b = [0u8; 8];
-        read(at, &mut b)?;
-        Some(u64::from_le_bytes(b))
-    };
     // { u32 version; u32 action_flag; entry *relevant_entry; entry *first_entry; }
-    let mut entry = match word(descriptor) {
-        Some(w) if w as u32 == 1 => word(descriptor + 16).unwrap_or(0),
+    let mut entry = match mem.read_u32(descriptor) {
+        Ok(1) => mem.read_u64(descriptor + 16).unwrap_or(0),
         _ => 0,
     };
     for _ in 0..MAX_JIT_ENTRIES {
@@ -702,7 +689,7 @@ fn jit_code(pid: u32, descriptor: u64, known: HashMap<(u64, u64), Option<(u64, u
         }
         // { entry *next; entry *prev; const char *symfile_addr; u64 symfile_size; }
         let mut e = [0u8; 32];
-        if read(entry, &mut e).is_none() {
+        if mem.read(entry, &mut e).is_err() {
             break;
         }
         let field = |i: usize| u64::from_le_bytes(e[i * 8..i * 8 + 8].try_into().unwrap());
@@ -710,7 +697,7 @@ fn jit_code(pid: u32, descriptor: u64, known: HashMap<(u64, u64), Option<(u64, u
         let key = (entry, symfile);
         let code = match known.get(&key) {
             Some(code) => *code,
-            None => object_code(symfile, &read),
+            None => object_code(mem, symfile),
         };
         list.entries.insert(key, code);
         entry = next;
@@ -720,10 +707,10 @@ fn jit_code(pid: u32, descriptor: u64, known: HashMap<(u64, u64), Option<(u64, u
 
 /// The code an in-memory ELF object at `at` (an entry of GDB's JIT interface) covers, whole
 /// pages, from its header and section headers alone: its executable section's address and size.
-fn object_code(at: u64, read: &impl Fn(u64, &mut [u8]) -> Option<()>) -> Option<(u64, u64)> {
+fn object_code(mem: &impl ProcessMemory, at: u64) -> Option<(u64, u64)> {
     const SHF_EXECINSTR: u64 = 0x4;
     let mut header = [0u8; 64];
-    read(at, &mut header)?;
+    mem.read(at, &mut header).ok()?;
     if header[..4] != *b"\x7fELF" || header[4] != 2 {
         return None;
     }
@@ -737,8 +724,9 @@ fn object_code(at: u64, read: &impl Fn(u64, &mut [u8]) -> Option<()>) -> Option<
     if shentsize < 64 || shnum > 64 {
         return None;
     }
-    let mut sections = vec![0u8; (shentsize * shnum) as usize];
-    read(at.checked_add(shoff)?, &mut sections)?;
+    let sections = mem
+        .read_vec(at.checked_add(shoff)?, (shentsize * shnum) as usize)
+        .ok()?;
     sections.chunks_exact(shentsize as usize).find_map(|sh| {
         let (flags, addr, size) = (u64_at(sh, 8), u64_at(sh, 16), u64_at(sh, 32));
         if flags & SHF_EXECINSTR == 0 || size == 0 {
@@ -806,10 +794,8 @@ const MAX_TRAMPOLINE_STRIDE: usize = 256;
 /// What anonymous mapping `m` of `pid` holds, if it is an arena of perf trampolines: it starts
 /// with a copy of one of `TRAMPOLINES`, and another copy follows.
 fn trampoline_arena(pid: u32, m: &Mapping) -> Option<TrampolineArena> {
-    use std::os::unix::fs::FileExt as _;
     let mut head = [0u8; 2 * MAX_TRAMPOLINE_STRIDE];
-    let f = fs::File::open(crate::process::proc_dir(pid).join("mem")).ok()?;
-    f.read_exact_at(&mut head, m.start).ok()?;
+    ProcMem::open(pid).ok()?.read(m.start, &mut head).ok()?;
     arena_of(&head)
 }
 
@@ -861,6 +847,15 @@ struct Segment {
     offset: u64,
     address: u64,
     executable: bool,
+}
+
+impl Segment {
+    /// Memory with no file whose addresses are its offsets (trampolines, JIT code).
+    const WHOLE: Segment = Segment {
+        offset: 0,
+        address: 0,
+        executable: true,
+    };
 }
 
 const PAGE: u64 = 4096;
@@ -1437,22 +1432,16 @@ mod tests {
         section(&mut object, 1, 0x2, 0x7f00_0000_0000, 0x100);
         section(&mut object, 2, 0x6, 0x7f00_0000_1010, 0x2000);
         let base = 0x5000u64;
-        let read = |at: u64, buf: &mut [u8]| -> Option<()> {
-            let from = usize::try_from(at.checked_sub(base)?).ok()?;
-            buf.copy_from_slice(object.get(from..from + buf.len())?);
-            Some(())
+        let mem = |bytes: &[u8]| crate::process::LocalMemory {
+            base,
+            bytes: bytes.to_vec(),
         };
         assert_eq!(
-            object_code(base, &read),
+            object_code(&mem(&object), base),
             Some((0x7f00_0000_1000, 0x7f00_0000_4000))
         );
         let mut not_elf = object.clone();
         not_elf[1] = b'X';
-        let read_bad = |at: u64, buf: &mut [u8]| -> Option<()> {
-            let from = usize::try_from(at.checked_sub(base)?).ok()?;
-            buf.copy_from_slice(not_elf.get(from..from + buf.len())?);
-            Some(())
-        };
-        assert_eq!(object_code(base, &read_bad), None);
+        assert_eq!(object_code(&mem(&not_elf), base), None);
     }
 }
