@@ -101,6 +101,11 @@ pub fn walk_threads(
             .read_u64(field(tstate, off.tstate_next))
             .map_err(WalkError::Threads)?;
     }
+    // The process runs while it is read: a collection that ended during the walk may have left
+    // frames read after it, so a thread is only in one that still runs once all are read.
+    if collecting && !gc_running(mem, target, interp) {
+        threads.iter_mut().for_each(|t| t.in_gc = false);
+    }
     Ok(threads)
 }
 
@@ -211,6 +216,8 @@ pub fn gil_holder(mem: &impl ProcessMemory, target: &TargetInfo) -> io::Result<O
 
 #[cfg(test)]
 mod tests {
+    use std::cell::Cell;
+
     use profiler_common::PyOffsets;
 
     use super::*;
@@ -409,8 +416,38 @@ mod tests {
             };
             poke(&mut mem, flag, &1u32.to_le_bytes());
             assert_eq!(in_gc(&mem, &target), [true, false], "3.{minor}, collecting");
+            let ended = EndsAfterFirstRead {
+                mem: &mem,
+                flag,
+                reads: Cell::new(0),
+            };
+            let threads = walk_threads(&ended, &target).unwrap();
+            assert!(
+                threads.iter().all(|t| !t.in_gc),
+                "3.{minor}, a collection that ended during the walk"
+            );
             target.options |= target_options::FREE_THREADED;
             assert_eq!(in_gc(&mem, &target), [true, true], "3.{minor}t, collecting");
+        }
+    }
+
+    /// A process whose collection ends right after its flag is first read.
+    struct EndsAfterFirstRead<'a> {
+        mem: &'a LocalMemory,
+        flag: u64,
+        reads: Cell<u32>,
+    }
+
+    impl ProcessMemory for EndsAfterFirstRead<'_> {
+        fn read(&self, addr: u64, buf: &mut [u8]) -> io::Result<()> {
+            self.mem.read(addr, buf)?;
+            if addr == self.flag {
+                self.reads.set(self.reads.get() + 1);
+                if self.reads.get() > 1 {
+                    buf.fill(0);
+                }
+            }
+            Ok(())
         }
     }
 
