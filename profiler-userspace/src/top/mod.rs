@@ -4,6 +4,7 @@
 //! it runs and gives it back as it was on every way out: `q`, Ctrl-C, SIGTERM, the target
 //! exiting, an error (and a panic, through ratatui's hook).
 
+mod input;
 mod model;
 mod ui;
 
@@ -17,7 +18,7 @@ use std::{
 use profiler_common::Stat;
 use ratatui::{
     DefaultTerminal,
-    crossterm::event::{self, Event, KeyCode, KeyEventKind, KeyModifiers},
+    crossterm::event::{KeyCode, KeyModifiers},
 };
 
 pub use model::Column;
@@ -85,22 +86,6 @@ pub struct TopSummary {
     pub elapsed: Duration,
     pub stop: StopReason,
 }
-
-/// Whether the terminal top reads its keys from has hung up (its window closed, its ssh
-/// session dropped): stdin, a terminal (`run` checks), polls with `POLLHUP` or an error.
-fn terminal_hung_up() -> bool {
-    let mut fd = libc::pollfd {
-        fd: libc::STDIN_FILENO,
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    // SAFETY: one valid pollfd, a zero timeout.
-    let n = unsafe { libc::poll(&mut fd, 1, 0) };
-    n > 0 && fd.revents & (libc::POLLHUP | libc::POLLERR | libc::POLLNVAL) != 0
-}
-
-/// Input events handled per tick at most (a person types far fewer).
-const MAX_EVENTS_PER_TICK: usize = 64;
 
 pub fn run(cfg: &TopConfig, stop: &AtomicBool) -> Result<TopSummary, TopError> {
     if !io::stdout().is_terminal() {
@@ -217,37 +202,35 @@ impl Screen {
         let mut last_drain = started;
         let mut last_refresh = started;
         let mut dirty = true;
+        let keyboard = input::Keyboard::open();
+        let mut size = terminal.size()?;
         let reason = loop {
             if dirty {
                 self.draw(terminal, started.elapsed())?;
                 dirty = false;
             }
             session.poll(TICK)?;
+            // A terminal that has gone away (a closed window, a dropped ssh session) stops top,
+            // as the SIGHUP that may come with it would.
+            let keys = match keyboard.read() {
+                input::Input::Keys(keys) => keys,
+                input::Input::HungUp => break StopReason::Signal,
+            };
             let mut quit = false;
-            // A bounded number of events per tick, and none once asked to stop: a terminal that
-            // has gone away (a closed window, a dropped ssh session) can read as an endless
-            // stream of input, which must not keep top from seeing the SIGHUP that came with it.
-            // crossterm's poll spins without returning on a terminal that hung up: look first.
-            if terminal_hung_up() {
-                break StopReason::Signal;
-            }
-            let mut events = 0;
-            while events < MAX_EVENTS_PER_TICK
-                && !stop.load(Ordering::Relaxed)
-                && event::poll(Duration::ZERO)?
-            {
-                events += 1;
-                match event::read()? {
-                    Event::Key(k) if k.kind != KeyEventKind::Release => {
-                        quit |= self.key(k.code, k.modifiers);
-                        dirty = true;
-                    }
-                    Event::Resize(..) => dirty = true,
-                    _ => {}
+            for (code, modifiers) in keys {
+                quit |= self.key(code, modifiers);
+                dirty = true;
+                if quit {
+                    break;
                 }
             }
             if quit || stop.load(Ordering::Relaxed) {
                 break StopReason::Signal;
+            }
+            let area = terminal.size()?;
+            if area != size {
+                size = area;
+                dirty = true;
             }
             if std::mem::take(&mut self.native_toggled) {
                 // The previous snapshot was built the other way: start the interval afresh,
