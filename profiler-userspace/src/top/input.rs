@@ -7,7 +7,7 @@
 use std::{
     fs::File,
     io::{self, IsTerminal as _},
-    os::fd::{AsRawFd as _, BorrowedFd, RawFd},
+    os::fd::{AsRawFd as _, BorrowedFd},
 };
 
 use ratatui::crossterm::event::{KeyCode, KeyModifiers};
@@ -24,30 +24,30 @@ pub enum Input {
 }
 
 /// Where the keys come from: stdin when it is a terminal, else the controlling terminal
-/// (`/dev/tty`), as crossterm does; none if neither can be read.
-pub struct Keyboard {
-    tty: Option<File>,
+/// (`/dev/tty`), as crossterm does; nowhere if neither is there (no keys then, only signals).
+pub enum Keyboard {
+    Stdin,
+    Tty(File),
+    None,
 }
 
 impl Keyboard {
     pub fn open() -> Self {
-        let tty = match io::stdin().is_terminal() {
-            true => None,
-            false => File::open("/dev/tty").ok(),
-        };
-        Keyboard { tty }
-    }
-
-    fn fd(&self) -> RawFd {
-        self.tty
-            .as_ref()
-            .map_or(libc::STDIN_FILENO, |f| f.as_raw_fd())
+        if io::stdin().is_terminal() {
+            return Keyboard::Stdin;
+        }
+        File::open("/dev/tty").map_or(Keyboard::None, Keyboard::Tty)
     }
 
     /// The keys typed since the last call: one non-blocking look and at most one read.
     pub fn read(&self) -> Input {
-        // SAFETY: the descriptor is stdin or our own open file, both open while `self` is.
-        read_keys(unsafe { BorrowedFd::borrow_raw(self.fd()) })
+        let fd = match self {
+            Keyboard::Stdin => libc::STDIN_FILENO,
+            Keyboard::Tty(f) => f.as_raw_fd(),
+            Keyboard::None => return Input::Keys(Vec::new()),
+        };
+        // SAFETY: stdin, or our own file, open while `self` is.
+        read_keys(unsafe { BorrowedFd::borrow_raw(fd) })
     }
 }
 
