@@ -114,7 +114,17 @@ const MIN_GUEST_COMPLETENESS: f64 = 0.3;
 /// that could not be read, seen only in guests (5.10 and 6.1, with 3.8 and 3.12), in one
 /// recording of three, up to 8 of 2,800 samples, always during the imports before split.py's
 /// work, never on the host: kept with their readable frames, not lost. Not explained yet.
-const GUEST_ERRORS: &[Expected] = &[LAUNCH_FAULTS, ("frame read fault", 0..=16)];
+///
+/// A launch's thread state read faults (`LAUNCHED`: up to 3 on the host) may be more here: a
+/// starved 5.10 guest's `--idle` recording of python3.8 counted 8 of 4,603 samples, its 2 s of
+/// work taking 5.57 s, with 485 samples before and after the Python code. Under TCG the start and
+/// the end of a process, where its interpreter cannot be read, last far longer and hold more
+/// samples. The same recording alone, six times: 0. A thread state read broken for good would
+/// count thousands.
+const GUEST_ERRORS: &[Expected] = &[
+    ("thread state read fault", 0..=16),
+    ("frame read fault", 0..=16),
+];
 
 /// The shell script that makes the recordings, into `$KERNEL_MATRIX_OUT` (set by the matrix in
 /// a guest, by the caller on the host): for RUN, RUN.txt (the profile), RUN.out (the fixture's
