@@ -552,6 +552,9 @@ impl NativeTables {
 fn exec_mappings(pid: u32) -> io::Result<Vec<(Mapping, String)>> {
     let text = fs::read_to_string(crate::process::proc_dir(pid).join("maps"))?;
     let mut exec = Vec::new();
+    // Opened at the first anonymous mapping, once for all of them: under 3.15's JIT there can
+    // be many.
+    let mut mem: Option<Option<ProcMem>> = None;
     for line in text.lines() {
         let Some(m) = crate::process::parse_maps(line).pop() else {
             continue;
@@ -566,7 +569,8 @@ fn exec_mappings(pid: u32) -> io::Result<Vec<(Mapping, String)>> {
             (Some(path), _) => path.display().to_string(),
             (None, Some("[vdso]")) => "[vdso]".to_string(),
             (None, named) if named.is_none_or(|n| n.starts_with("[anon:")) => {
-                anonymous_code(pid, &m).to_string()
+                let mem = mem.get_or_insert_with(|| ProcMem::open(pid).ok());
+                anonymous_code(mem.as_ref(), &m).to_string()
             }
             (None, _) => continue,
         };
@@ -575,9 +579,10 @@ fn exec_mappings(pid: u32) -> io::Result<Vec<(Mapping, String)>> {
     Ok(exec)
 }
 
-/// What anonymous executable mapping `m` of `pid` is listed as.
-fn anonymous_code(pid: u32, m: &Mapping) -> &'static str {
-    match trampoline_arena(pid, m) {
+/// What anonymous executable mapping `m` is listed as, from its process's memory `mem` (an
+/// arena of perf trampolines is only known by what it holds: without `mem`, none is).
+fn anonymous_code(mem: Option<&impl ProcessMemory>, m: &Mapping) -> &'static str {
+    match mem.and_then(|mem| trampoline_arena(mem, m)) {
         Some(_) => PERF_TRAMPOLINES,
         None => ANONYMOUS_CODE,
     }
@@ -791,11 +796,11 @@ const TRAMPOLINES: [TrampolineShape; 4] = [
 /// 3.14 pads them to 32, and to 96 under `-X perf_jit`).
 const MAX_TRAMPOLINE_STRIDE: usize = 256;
 
-/// What anonymous mapping `m` of `pid` holds, if it is an arena of perf trampolines: it starts
-/// with a copy of one of `TRAMPOLINES`, and another copy follows.
-fn trampoline_arena(pid: u32, m: &Mapping) -> Option<TrampolineArena> {
+/// What anonymous mapping `m` holds (read from its process's memory `mem`), if it is an arena
+/// of perf trampolines: it starts with a copy of one of `TRAMPOLINES`, and another copy follows.
+fn trampoline_arena(mem: &impl ProcessMemory, m: &Mapping) -> Option<TrampolineArena> {
     let mut head = [0u8; 2 * MAX_TRAMPOLINE_STRIDE];
-    ProcMem::open(pid).ok()?.read(m.start, &mut head).ok()?;
+    mem.read(m.start, &mut head).ok()?;
     arena_of(&head)
 }
 
@@ -922,7 +927,9 @@ fn identify(pid: u32, m: &Mapping, name: &str) -> io::Result<(FileKey, Option<fs
         return Ok((FileKey::Vdso(m.end - m.start), None));
     }
     if name == PERF_TRAMPOLINES {
-        let arena = trampoline_arena(pid, m)
+        let arena = ProcMem::open(pid)
+            .ok()
+            .and_then(|mem| trampoline_arena(&mem, m))
             .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "perf trampolines unmapped"))?;
         return Ok((FileKey::Trampolines(m.end - m.start, arena), None));
     }
