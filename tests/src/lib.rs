@@ -219,11 +219,16 @@ pub fn record_raw_env(
 /// The last line a fixture printed, as JSON: its own measurement of the run.
 pub fn fixture_json(out: &Output) -> serde_json::Value {
     let stdout = String::from_utf8_lossy(&out.stdout);
+    last_json(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout}"))
+}
+
+/// The last line of `stdout` (a fixture's), parsed as JSON; why not, if it is not.
+pub fn last_json(stdout: &str) -> Result<serde_json::Value, String> {
     let last = stdout
         .lines()
         .last()
-        .expect("the fixture printed its measurement");
-    serde_json::from_str(last).expect("the fixture's measurement is JSON")
+        .ok_or("the fixture printed nothing, not even its measurement")?;
+    serde_json::from_str(last).map_err(|e| format!("the fixture's last line is not JSON ({e})"))
 }
 
 /// A collapsed profile: stack (root first) -> count.
@@ -233,8 +238,7 @@ pub type Folded = BTreeMap<Vec<String>, u64>;
 /// test meant (through perf trampolines, as JIT code), and that no frame of `profile` contains
 /// `hidden` (the interpreter's glue, left out of the stacks).
 pub fn check_ran_and_hidden(profile: &Folded, stdout: &str, flag: &str, hidden: &str, what: &str) {
-    let report: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap_or(""))
-        .unwrap_or_else(|e| panic!("{what}: no JSON line from the fixture ({e}): {stdout}"));
+    let report = last_json(stdout).unwrap_or_else(|e| panic!("{what}: {e}: {stdout}"));
     assert_eq!(
         report[flag], true,
         "{what}: the fixture says no {flag}: {stdout}"

@@ -70,8 +70,7 @@ fn many_threads(python_name: &str, test: &str) {
     let rest = target.finish();
     let ended = recording.wait();
     assert!(ended.status.success(), "prof-bpf failed: {}", ended.stderr);
-    let measured: serde_json::Value = serde_json::from_str(rest.lines().last().unwrap())
-        .unwrap_or_else(|e| panic!("{test}: the fixture printed {rest:?}: {e}"));
+    let measured = last_json(&rest).unwrap_or_else(|e| panic!("{test}: {e}: {rest:?}"));
     let measured = measured.as_object().unwrap();
     assert_eq!(measured.len(), THREADS + 1, "{test}: threads measured");
     let profile = parse_folded(&std::fs::read_to_string(&out).unwrap());

@@ -158,7 +158,7 @@ fn numpy_launched(env: &[(&str, &str)], min_complete: f64, test: &str) -> (Folde
     let (profile, stdout, stderr) =
         record_native_env(&numpy_python(), "numpy_fft.py", "6", &[], env, test);
     eprintln!("{}", stderr.trim_end());
-    let measured: Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    let measured = last_json(&stdout).unwrap_or_else(|e| panic!("{test}: {e}: {stdout}"));
     // numpy's process has OpenBLAS's two threads beside the main one.
     let expected = [read_faults(3), CALL_RACE];
     check_numpy(&profile, &measured, &stderr, &expected, min_complete, test);
@@ -229,7 +229,7 @@ fn callback_nests_env(version: &str, env: &[(&str, &str)], test: &str) -> (Folde
     let _serial = one_at_a_time();
     let (profile, stdout, stderr) =
         record_native_env(&python(version), "callback.py", "2", &[], env, test);
-    let main_cpu = serde_json::from_str::<Value>(stdout.lines().last().unwrap()).unwrap()["main"]
+    let main_cpu = last_json(&stdout).unwrap_or_else(|e| panic!("{test}: {e}: {stdout}"))["main"]
         .as_f64()
         .unwrap();
     let work = Work {
@@ -363,7 +363,7 @@ fn native_leaf_functions_split_as_measured() {
     let _serial = one_at_a_time();
     let test = "native_leaf_split";
     let (profile, stdout, stderr) = record_native(&python("3.12"), "leaf_split.py", "2", &[], test);
-    let measured: Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    let measured = last_json(&stdout).unwrap_or_else(|e| panic!("{test}: {e}: {stdout}"));
     let seconds = |name: &str| measured[name].as_f64().unwrap();
     let work = Work {
         samples: samples_in(&profile, "call"),
@@ -461,7 +461,7 @@ fn kernel_frames_on_top_of_system_calls() {
     let test = "kernel_frames";
     let (profile, stdout, stderr) =
         record_native(&python("3.12"), "syscalls.py", "3", &["--kernel"], test);
-    let measured: Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    let measured = last_json(&stdout).unwrap_or_else(|e| panic!("{test}: {e}: {stdout}"));
     // The fixture measures main(): its samples, not the start-up's.
     let in_main = samples_in(&profile, "main");
     let work = Work {

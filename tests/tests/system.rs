@@ -563,7 +563,7 @@ fn idle_counts_the_whole_window_by_the_wall_clock() {
     target.wait().unwrap();
     let stderr = String::from_utf8_lossy(&result.stderr);
     assert!(result.status.success(), "{stderr}");
-    let measured: Value = serde_json::from_str(rest.lines().last().unwrap()).unwrap();
+    let measured = last_json(&rest).unwrap_or_else(|e| panic!("{e}: {rest}"));
     let profile = parse_folded(&std::fs::read_to_string(&out).unwrap());
     // The worker's busy seconds are many samples in few stacks: the headline's part on the
     // CPU must be the samples, not the stacks.
