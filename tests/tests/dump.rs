@@ -294,9 +294,10 @@ fn dump_native_debian_3_11() {
 }
 
 /// A thread already traced by another tracer (strace on the last worker) cannot be stopped: the
-/// dump fails with a message that says so, and the threads stopped before it run again.
+/// dump fails with a message that says so, and the threads stopped before it run again. A dump
+/// without `--native` reads the threads running instead, and says so.
 #[test]
-fn dump_native_when_ptrace_is_refused_says_so_and_resumes_the_others() {
+fn dump_when_ptrace_is_refused_says_so_and_resumes_the_others() {
     if !privileged() {
         return;
     }
@@ -326,6 +327,17 @@ fn dump_native_when_ptrace_is_refused_says_so_and_resumes_the_others() {
             && !stderr.contains("run as root"),
         "{stderr}"
     );
+    let out = run(&["dump", "--pid", &pid]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&format!("pid {pid}: reading its threads while they run"))
+            && stderr.contains("another tracer")
+            && !stderr.contains("threads were stopped for"),
+        "{stderr}"
+    );
+    let printed = threads(&String::from_utf8_lossy(&out.stdout));
+    assert_eq!(printed.len(), 3, "{printed:?}");
     drop(strace);
     let others = || -> Vec<(String, char)> {
         thread_states(&pid)
@@ -932,4 +944,109 @@ fn dump_subprocesses_without_python_says_so() {
         stderr.contains(&format!("no Python process in the tree of pid {pid}")),
         "{stderr}"
     );
+}
+
+/// The main thread of a `dump --locals` (text): its frames, leaf first, as (function, the
+/// value of its local `n` where it has one).
+fn main_thread_frames(dump: &str) -> Vec<(String, Option<i64>)> {
+    let mut frames: Vec<(String, Option<i64>)> = Vec::new();
+    for line in dump
+        .lines()
+        .skip_while(|l| !l.starts_with("Thread "))
+        .skip(1)
+    {
+        if line.starts_with("Thread ") {
+            break;
+        }
+        if let Some(local) = line.strip_prefix("        ") {
+            if let (Some(n), Some(last)) = (local.strip_prefix("n = "), frames.last_mut()) {
+                last.1 = n.parse().ok();
+            }
+        } else if let Some(frame) = line.strip_prefix("    ") {
+            frames.push((function(frame).to_string(), None));
+        }
+    }
+    frames
+}
+
+/// `dump` of a thread that runs: each stack is of one moment. flip.py recurses into `ping`,
+/// then into `pong`, over and over, and the two take the same places in memory: a stack read
+/// while the thread runs joins frames of both (with `--nonblocking`, each of a dozen dumps on
+/// an idle machine did), or loses its root; a thread waiting for a CPU does not show it, so a
+/// busy machine needs more dumps to. Stopped for the read, the thread shows one function's
+/// frames above `flip`, `main` and `<module>`, each frame's `n` one more than the frame above
+/// it, the outermost at the fixture's depth. And it runs on after.
+fn dump_of_a_running_thread_is_of_one_moment(which: &str) {
+    if !privileged() {
+        return;
+    }
+    let interp = interpreter(which);
+    let mut child = interp
+        .command("flip.py", &["120"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("starting flip.py");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let child = Killed(child);
+    let ready: serde_json::Value = serde_json::from_str(&line)
+        .unwrap_or_else(|e| panic!("flip.py said {line:?}, not that it runs: {e}"));
+    let depth = ready["depth"].as_i64().unwrap();
+    let pid = interp.python_pid(child.0.id()).to_string();
+    // Said ready, it returns from `ready` and starts to flip: dumps from then on.
+    let mut skipped = 0;
+    let mut checked = 0;
+    while checked < 40 {
+        let out = run(&["dump", "--locals", "--pid", &pid]);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "dump failed: {stderr}");
+        assert!(stderr.contains("threads were stopped for"), "{stderr}");
+        let frames = main_thread_frames(&stdout);
+        if checked == 0 && !frames.iter().any(|(f, _)| f == "flip") {
+            skipped += 1;
+            assert!(skipped < 100, "flip.py never flips:\n{stdout}");
+            continue;
+        }
+        checked += 1;
+        let names: Vec<&str> = frames.iter().map(|(f, _)| f.as_str()).collect();
+        let recursion = names.len().saturating_sub(3);
+        assert_eq!(
+            names[recursion..],
+            ["flip", "main", "<module>"],
+            "the stack does not end in flip, main, <module>:\n{stdout}"
+        );
+        let (inner, _) = &frames[0];
+        assert!(
+            frames[..recursion].iter().all(|(f, _)| f == inner),
+            "frames of two moments:\n{stdout}"
+        );
+        let ns: Vec<Option<i64>> = frames[..recursion].iter().map(|(_, n)| *n).collect();
+        let want: Vec<Option<i64>> = (depth + 1 - recursion as i64..=depth).map(Some).collect();
+        assert_eq!(ns, want, "not one recursion's values of n:\n{stdout}");
+    }
+    // Let go: the thread runs (or waits for a CPU) again.
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    assert!(
+        thread_states(&pid).iter().all(|(_, s)| *s == 'R'),
+        "{:?}",
+        thread_states(&pid)
+    );
+}
+
+#[test]
+fn dump_of_a_running_thread_is_of_one_moment_3_8() {
+    dump_of_a_running_thread_is_of_one_moment("3.8");
+}
+
+#[test]
+fn dump_of_a_running_thread_is_of_one_moment_3_12() {
+    dump_of_a_running_thread_is_of_one_moment("3.12");
+}
+
+#[test]
+fn dump_of_a_running_thread_is_of_one_moment_3_13t() {
+    dump_of_a_running_thread_is_of_one_moment("3.13t");
 }

@@ -272,6 +272,11 @@ pub struct DumpArgs {
     /// Do not show line numbers.
     #[arg(long)]
     pub nolineno: bool,
+
+    /// Read the threads while they run instead of stopping them for the read (by default they
+    /// are stopped with ptrace, for about a millisecond, so each stack is of one moment).
+    #[arg(long, conflicts_with = "native")]
+    pub nonblocking: bool,
 }
 
 impl DumpArgs {
@@ -283,6 +288,7 @@ impl DumpArgs {
             subprocesses: self.subprocesses,
             json: self.json,
             async_aware: self.async_aware,
+            nonblocking: self.nonblocking,
             frames: FrameOptions {
                 nolineno: self.nolineno,
                 ..FrameOptions::default()
@@ -540,6 +546,12 @@ mod tests {
         let c = dump(&["-p", "7", "--locals", "--subprocesses", "--nolineno"]);
         assert!(c.locals && c.subprocesses && c.frames.nolineno);
         assert!(parse("dump", &["-l"]).is_err(), "a pid is needed");
+        assert!(!c.nonblocking);
+        assert!(dump(&["-p", "7", "--nonblocking", "-l"]).nonblocking);
+        assert!(
+            parse("dump", &["-p", "7", "--nonblocking", "--native"]).is_err(),
+            "a native stack is only read from a stopped thread"
+        );
     }
 
     #[test]

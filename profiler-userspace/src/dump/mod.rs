@@ -1,9 +1,10 @@
 //! The `dump` command: prints the current Python stack of every thread of a process once, like
 //! `py-spy dump`. No BPF: a blocked thread never runs on a CPU, so the CPU-clock sampler cannot
 //! see it; the thread list and frame chains are read from /proc/PID/mem (`python::threads`),
-//! code objects and line tables as `record` reads them. With `--native` the threads are stopped
-//! for a moment (`process::ptrace`) to take their registers, a copy of their stacks and their
-//! Python frames; after they run again the stacks are unwound in userspace with the kernel's
+//! code objects and line tables as `record` reads them. The threads are stopped for a moment
+//! (`process::ptrace`) while their frames are read, as py-spy does (not with `--nonblocking`).
+//! With `--native` they are stopped to take their registers and a copy of their stacks too;
+//! after they run again the stacks are unwound in userspace with the kernel's
 //! tables and step (`unwind::walk`) and named and merged as `record --native` names them
 //! (`profile::naming`). With `--locals` each Python frame's local variables are read beside its
 //! frame (`python::locals`), while the threads are stopped when they are. With
@@ -109,6 +110,8 @@ pub struct DumpConfig {
     pub json: bool,
     /// The asyncio tasks too, each with its coroutine chain and its awaiters (`--async-aware`).
     pub async_aware: bool,
+    /// Read the threads while they run (`--nonblocking`) instead of stopped for the read.
+    pub nonblocking: bool,
     pub frames: FrameOptions,
 }
 
@@ -245,7 +248,16 @@ fn dump_process(cfg: &DumpConfig, p: PythonProcess) -> Result<ProcessDump, DumpE
         );
         threads
     } else {
-        dump(&p, &layout, cfg.frames, cfg.locals, asyncio.as_ref())?
+        let stop = !cfg.nonblocking;
+        let (threads, paused) = dump(&p, &layout, cfg.frames, cfg.locals, asyncio.as_ref(), stop)?;
+        if let Some(paused) = paused {
+            crate::note!(
+                "prof-bpf: pid {}: the threads were stopped for {:.2} ms",
+                p.pid,
+                paused.as_secs_f64() * 1e3
+            );
+        }
+        threads
     };
     Ok(ProcessDump {
         version: layout.version_name(),
@@ -343,16 +355,28 @@ impl Extras {
 /// What is read of a process: its threads, and its asyncio tasks when asked for.
 pub type Dumped = (Vec<ThreadDump>, Vec<TaskDump>);
 
-/// Every thread's stack, main thread first.
+/// Every thread's stack, main thread first, and how long the threads were stopped.
+///
+/// With `stop`, every thread is stopped (`process::ptrace`) while its frames, the tasks and the
+/// extras are read, so each stack is of one moment: a running thread read frame by frame can
+/// return from a call and make another between two reads, and its stack would then join two
+/// moments' frames. Naming comes after the threads run again. Where a thread cannot be stopped
+/// (another tracer holds it), they are read running, and stderr says so.
 pub fn dump(
     p: &PythonProcess,
     layout: &Layout,
     options: FrameOptions,
     locals: bool,
     asyncio: Option<&AsyncioLayout>,
-) -> Result<Dumped, DumpError> {
+    stop: bool,
+) -> Result<(Dumped, Option<Duration>), DumpError> {
     let mem = process::open_memory(p.pid)?;
     let target = layout.target_info_of(p);
+    let states = TaskStates::read(p.pid);
+    let stopped = match stop {
+        true => stop_for_reading(p.pid)?,
+        false => None,
+    };
     let mut attempt = 0;
     let (stacks, mut extras, tasks) = loop {
         attempt += 1;
@@ -374,6 +398,7 @@ pub fn dump(
             Err(_) => return Err(ProcessError::Exited { pid: p.pid }.into()),
         }
     };
+    let paused = stopped.map(ptrace::Stopped::resume);
     let mut names = Names::new(p, layout, options);
     let ids = ThreadIds::of(p);
     let mut threads: Vec<ThreadDump> = stacks
@@ -382,12 +407,33 @@ pub fn dump(
         .map(|(i, t)| {
             let frames = names.frames(t, None, None, extras.of(i));
             let python_name = names.interpreter.thread_name(t.tid);
-            thread_dump(p.pid, &ids, t, frames, extras.holds_gil(t), python_name)
+            thread_dump(
+                p.pid,
+                &ids,
+                &states,
+                t,
+                frames,
+                extras.holds_gil(t),
+                python_name,
+            )
         })
         .collect();
     let tasks = names.tasks(&tasks, &stacks, &ids);
     threads.sort_by_key(|t| t.tid);
-    Ok((threads, tasks))
+    Ok(((threads, tasks), paused))
+}
+
+/// `pid`'s threads, stopped for a read; None, with a note on stderr, where one cannot be
+/// stopped (another tracer holds it) and they are read running instead.
+fn stop_for_reading(pid: u32) -> Result<Option<ptrace::Stopped>, DumpError> {
+    match ptrace::stop_threads(pid) {
+        Ok(stopped) => Ok(Some(stopped)),
+        Err(PtraceError::Exited { pid }) => Err(ProcessError::Exited { pid }.into()),
+        Err(e) => {
+            crate::note!("prof-bpf: pid {pid}: reading its threads while they run: {e}");
+            Ok(None)
+        }
+    }
 }
 
 /// The tasks, where `asyncio` says they are; a failed read is retried as a failed walk is.
@@ -549,6 +595,7 @@ impl ThreadIds {
 fn thread_dump(
     pid: u32,
     ids: &ThreadIds,
+    states: &TaskStates,
     t: &ThreadStack,
     frames: Vec<FrameDump>,
     holds_gil: Option<bool>,
@@ -561,9 +608,7 @@ fn thread_dump(
             .ok()
             .map(|s| s.trim_end().to_string())
     });
-    let letter = fs::read_to_string(format!("{task}/stat"))
-        .ok()
-        .and_then(|s| Some(s.rsplit_once(')')?.1.split_whitespace().next()?.to_string()));
+    let letter = states.of(tid).or_else(|| task_state(&task));
     ThreadDump {
         tid,
         ns_tid,
@@ -574,6 +619,43 @@ fn thread_dump(
         frames,
         truncated: t.truncated,
     }
+}
+
+/// The state letter (`R`, `S`, ...) of every thread of a process, as read before its threads
+/// are stopped: a thread stopped under ptrace, and one let go a moment ago, are in neither
+/// state they were in.
+struct TaskStates(HashMap<u64, String>);
+
+impl TaskStates {
+    fn read(pid: u32) -> Self {
+        let task = format!("/proc/{pid}/task");
+        let states = fs::read_dir(&task)
+            .into_iter()
+            .flatten()
+            .filter_map(|e| {
+                let name = e.ok()?.file_name();
+                let tid: u64 = name.to_str()?.parse().ok()?;
+                Some((tid, task_state(&format!("{task}/{tid}"))?))
+            })
+            .collect();
+        Self(states)
+    }
+
+    fn of(&self, tid: u64) -> Option<String> {
+        self.0.get(&tid).cloned()
+    }
+}
+
+/// The state letter in `task`'s (a /proc/PID/task/TID directory's) `stat`.
+fn task_state(task: &str) -> Option<String> {
+    let stat = fs::read_to_string(format!("{task}/stat")).ok()?;
+    Some(
+        stat.rsplit_once(')')?
+            .1
+            .split_whitespace()
+            .next()?
+            .to_string(),
+    )
 }
 
 /// A stopped thread: its registers and a copy of its stack from the stack pointer up.
@@ -608,6 +690,7 @@ pub fn dump_native(
     let mut target = layout.target_info_of(p);
     target.frame_is_entry = layout.entry_flag;
 
+    let states = TaskStates::read(pid);
     let stopped = ptrace::stop_threads(pid)?;
     // Read while stopped: the stacks of threads started since the tables were built are here.
     let areas = process::read_maps(pid).unwrap_or_default();
@@ -674,6 +757,7 @@ pub fn dump_native(
         threads.push(thread_dump(
             pid,
             &ids,
+            &states,
             t,
             frames,
             extras.holds_gil(t),

@@ -1,5 +1,6 @@
-//! Stopping a process's threads for a moment, for `dump --native`: a native stack can only be
-//! read from a thread that stands still, and its registers only come from ptrace. Each thread
+//! Stopping a process's threads for a moment, for `dump`: a native stack (`--native`) can only be
+//! read from a thread that stands still, and its registers only come from ptrace; and a Python
+//! stack read from a thread that stands still is of one moment. Each thread
 //! is seized (`PTRACE_SEIZE`, which sends no signal and leaves the process's own signals alone)
 //! and interrupted (`PTRACE_INTERRUPT`); `Stopped` detaches every one of them again when it is
 //! dropped, on every path (error, panic). Nothing here reads a stack or unwinds: the caller
@@ -13,14 +14,14 @@ const PASSES: usize = 4;
 #[derive(Debug, thiserror::Error)]
 pub enum PtraceError {
     #[error(
-        "not permitted to ptrace pid {pid} (needed for --native: run as root or with \
+        "not permitted to ptrace pid {pid} to stop its threads (run as root or with \
          CAP_SYS_PTRACE; another tracer such as gdb, or kernel.yama.ptrace_scope=3, also prevent it)"
     )]
     PermissionDenied { pid: u32 },
     #[error(
-        "not permitted to ptrace thread {tid} of pid {pid}, even as root (needed for --native): \
-         another tracer such as gdb or strace is attached to it, or kernel.yama.ptrace_scope=3 \
-         forbids ptrace"
+        "not permitted to ptrace thread {tid} of pid {pid}, even as root, to stop it: another \
+         tracer such as gdb or strace is attached to it, or kernel.yama.ptrace_scope=3 forbids \
+         ptrace"
     )]
     TracedElsewhere { pid: u32, tid: u32 },
     #[error("process {pid} exited")]
