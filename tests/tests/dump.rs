@@ -433,22 +433,34 @@ fn wait_sleeping(pid: u32, tid: u32) {
 /// locals.py under `which` (`interpreter`'s names), once it sleeps in libc's `sleep` with the
 /// GIL held: the process (killed when dropped), its host pid and what it said of its locals.
 fn start_locals(which: &str) -> (Killed, u32, serde_json::Value) {
+    let (child, pid, ready) = start_under(which, "locals.py", &[], &[("BLOCKED_SECONDS", "60")]);
+    wait_sleeping(pid, pid);
+    (child, pid, ready)
+}
+
+/// Fixture `name` with `args` and `env`, under `which` (`interpreter`'s names), once it printed
+/// its first line: the process (killed when dropped), its host pid and that line, parsed.
+fn start_under(
+    which: &str,
+    name: &str,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> (Killed, u32, serde_json::Value) {
     let interp = interpreter(which);
     let mut child = interp
-        .command("locals.py", &[])
-        .env("BLOCKED_SECONDS", "60")
+        .command(name, args)
+        .envs(env.iter().copied())
         .stdout(Stdio::piped())
         .spawn()
-        .expect("starting locals.py");
+        .unwrap_or_else(|e| panic!("starting {name}: {e}"));
     let mut line = String::new();
     BufReader::new(child.stdout.take().unwrap())
         .read_line(&mut line)
         .unwrap();
     let child = Killed(child);
     let ready: serde_json::Value = serde_json::from_str(&line)
-        .unwrap_or_else(|e| panic!("locals.py said {line:?}, not its locals: {e}"));
+        .unwrap_or_else(|e| panic!("{name} said {line:?}, not JSON: {e}"));
     let pid = interp.python_pid(child.0.id());
-    wait_sleeping(pid, pid);
     (child, pid, ready)
 }
 
@@ -980,21 +992,9 @@ fn dump_of_a_running_thread_is_of_one_moment(which: &str) {
     if !privileged() {
         return;
     }
-    let interp = interpreter(which);
-    let mut child = interp
-        .command("flip.py", &["120"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("starting flip.py");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let child = Killed(child);
-    let ready: serde_json::Value = serde_json::from_str(&line)
-        .unwrap_or_else(|e| panic!("flip.py said {line:?}, not that it runs: {e}"));
+    let (_child, pid, ready) = start_under(which, "flip.py", &["120"], &[]);
     let depth = ready["depth"].as_i64().unwrap();
-    let pid = interp.python_pid(child.0.id()).to_string();
+    let pid = pid.to_string();
     // Said ready, it returns from `ready` and starts to flip: dumps from then on.
     let mut skipped = 0;
     let mut checked = 0;
