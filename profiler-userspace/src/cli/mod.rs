@@ -155,6 +155,11 @@ pub struct TopArgs {
     #[arg(long)]
     pub async_aware: bool,
 
+    /// Accepted as py-spy takes it; changes nothing: prof-bpf never stops the program to
+    /// sample it.
+    #[arg(long)]
+    pub nonblocking: bool,
+
     /// The command to launch and watch, after `--`.
     #[arg(last = true, value_name = "COMMAND")]
     pub command: Vec<String>,
@@ -393,7 +398,7 @@ pub struct RecordArgs {
     pub nolineno: bool,
 
     /// Show each thread (id and name) as the root frame of its stacks.
-    #[arg(long)]
+    #[arg(short, long)]
     pub threads: bool,
 
     /// Mixed stacks: native (C, C++, Rust) frames with the Python frames in place of the
@@ -405,6 +410,11 @@ pub struct RecordArgs {
     /// faults).
     #[arg(long)]
     pub kernel: bool,
+
+    /// Accepted as py-spy takes it; changes nothing: prof-bpf never stops the program to
+    /// sample it.
+    #[arg(long)]
+    pub nonblocking: bool,
 
     /// The command to launch and profile, after `--`.
     #[arg(last = true, value_name = "COMMAND")]
@@ -577,6 +587,23 @@ mod tests {
             top(&["-p", "1", "--refresh", "0"])
                 .unwrap_err()
                 .contains("from 0.1")
+        );
+    }
+
+    /// A py-spy command line works with its subcommand's name changed: `-t` for `--threads`,
+    /// `--nonblocking` taken (prof-bpf never stops the program to sample it).
+    #[test]
+    fn py_spy_command_lines_are_taken() {
+        let c = record(&["-p", "7", "-t", "--nonblocking", "-r", "250", "-F", "-i"]).unwrap();
+        assert!(c.frames.threads && c.frames.function && c.idle);
+        assert_eq!(c.rate_hz, 250);
+        assert_eq!(
+            record(&["-p", "7", "--nonblocking"]).unwrap(),
+            record(&["-p", "7"]).unwrap()
+        );
+        assert_eq!(
+            top(&["-p", "7", "--nonblocking"]).unwrap(),
+            top(&["-p", "7"]).unwrap()
         );
     }
 
