@@ -145,13 +145,6 @@ fn start_top(test: &str, budget: &str, progress: &std::path::Path) -> Tmux {
 fn top_and_child(tmux: &Tmux) -> (u32, Option<u32>) {
     let out = tmux.cmd(&["display-message", "-p", "-t", "top", "#{pane_pid}"]);
     let shell: u32 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
-    let children = |pid: u32| -> Vec<u32> {
-        std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
-            .unwrap_or_default()
-            .split_whitespace()
-            .filter_map(|p| p.parse().ok())
-            .collect()
-    };
     let top = *children(shell).first().expect("top runs in the pane");
     (top, children(top).first().copied())
 }
@@ -436,6 +429,68 @@ fn top_all_takes_in_a_process_started_later() {
     tmux.keys(&["q"]);
     assert_terminal_restored(&tmux);
     assert!(busy.alive(), "top ended a process it watched");
+}
+
+/// `top -s` on a multiprocessing pool: the four forked workers' functions are rows, counted with
+/// the parent's (whose own Python only waits for them). Without `-s` no worker is watched, and
+/// none of them shows.
+#[test]
+fn top_subprocesses_shows_the_pool_workers() {
+    if !privileged() {
+        return;
+    }
+    let tmux = Tmux::start("top_subprocesses");
+    tmux.keys(&["clear; echo BEFORE-TOP-MARKER", "Enter"]);
+    let cmd = format!(
+        "cd {} && {} top -s --refresh 0.5 -r {RATE} -- {} pool.py 3",
+        fixture("pool.py").parent().unwrap().display(),
+        prof_bpf().display(),
+        python("3.12").display(),
+    );
+    tmux.keys(&[&cmd, "Enter"]);
+    tmux.wait_for(15, "the header", |s| s.contains("and its subprocesses"));
+    // By %Total: each worker's function is under `burn`, which has all the own time.
+    tmux.keys(&["2"]);
+    // Each worker burns 3 s of CPU, the four of them on two CPUs: each shows for a few
+    // refreshes. Rows stay while their time counts, so one screen can hold all four.
+    let seen = std::cell::RefCell::new(std::collections::BTreeSet::new());
+    tmux.wait_for(40, "a row for each of the four workers", |s| {
+        let mut seen = seen.borrow_mut();
+        for (_, f) in rows(s) {
+            if function(&f).starts_with("worker_") {
+                seen.insert(function(&f).to_string());
+            }
+        }
+        seen.len() == 4
+    });
+    let (_, launched) = top_and_child(&tmux);
+    let launched = launched.expect("top launched pool.py");
+    let workers = children(launched);
+    assert_eq!(workers.len(), 4, "the pool's workers: {workers:?}");
+    tmux.keys(&["q"]);
+    assert_terminal_restored(&tmux);
+    // Quitting stops what top launched: the pool and its workers, which would otherwise burn
+    // on for seconds.
+    let started = Instant::now();
+    while workers
+        .iter()
+        .any(|w| std::path::Path::new(&format!("/proc/{w}")).exists())
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "workers left running: {workers:?}"
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The pids of `pid`'s children, from the kernel's list.
+fn children(pid: u32) -> Vec<u32> {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect()
 }
 
 /// `top --native` on numpy FFT work: pocketfft's native frames are rows of their own, and `n`

@@ -134,12 +134,21 @@ pub struct TopArgs {
     #[arg(long, conflicts_with = "pid")]
     pub all: bool,
 
+    /// Also the target's descendants (forked workers, subprocesses that run Python), their
+    /// functions counted with the target's.
+    #[arg(short, long)]
+    pub subprocesses: bool,
+
+    /// Only samples of threads holding the GIL.
+    #[arg(short, long)]
+    pub gil: bool,
+
     /// Samples per second, per CPU.
     #[arg(short, long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=100_000), allow_negative_numbers = true)]
     pub rate: u64,
 
-    /// Seconds between refreshes (the percentages cover the last one).
-    #[arg(long, value_name = "SECONDS", default_value = "1", value_parser = parse_refresh, allow_negative_numbers = true)]
+    /// Seconds between refreshes (the percentages cover the last one); `--delay` as in py-spy.
+    #[arg(long, visible_alias = "delay", value_name = "SECONDS", default_value = "1", value_parser = parse_refresh, allow_negative_numbers = true)]
     pub refresh: Duration,
 
     /// Start with line numbers shown (`l` toggles them).
@@ -174,6 +183,8 @@ impl TopArgs {
             lines: self.lines,
             native: self.native,
             async_aware: self.async_aware,
+            subprocesses: self.subprocesses,
+            gil: self.gil,
         })
     }
 }
@@ -266,7 +277,7 @@ pub struct DumpArgs {
     pub subprocesses: bool,
 
     /// JSON instead of text (one document with a `schema_version`; see the README).
-    #[arg(long)]
+    #[arg(short, long)]
     pub json: bool,
 
     /// The asyncio tasks too: each with its coroutine chain and the tasks that await it
@@ -548,7 +559,7 @@ mod tests {
         );
         assert!(!c.async_aware);
         assert!(dump(&["-p", "7", "--async-aware"]).async_aware);
-        let c = dump(&["-p", "7", "-l", "-s", "-n", "--json"]);
+        let c = dump(&["-p", "7", "-l", "-s", "-n", "-j"]);
         assert_eq!(
             (c.native, c.locals, c.subprocesses, c.json),
             (true, true, true, true)
@@ -582,6 +593,11 @@ mod tests {
             (Duration::from_millis(500), true, true, false)
         );
         assert!(top(&["-p", "7", "--async-aware"]).unwrap().async_aware);
+        let c = top(&["-p", "7"]).unwrap();
+        assert!(!c.subprocesses && !c.gil);
+        let c = top(&["-p", "7", "-s", "-g", "--delay", "2"]).unwrap();
+        assert!(c.subprocesses && c.gil);
+        assert_eq!(c.refresh, Duration::from_secs(2));
         assert!(top(&[]).unwrap_err().contains("nothing to profile"));
         assert!(
             top(&["-p", "1", "--refresh", "0"])

@@ -76,6 +76,10 @@ pub struct TopConfig {
     pub native: bool,
     /// Tasks as rows (`--async-aware`).
     pub async_aware: bool,
+    /// The target's descendants too (`--subprocesses`).
+    pub subprocesses: bool,
+    /// Only samples of threads holding the GIL (`--gil`).
+    pub gil: bool,
 }
 
 /// How `top` ended, for the closing line.
@@ -97,6 +101,7 @@ pub fn run(cfg: &TopConfig, stop: &AtomicBool) -> Result<TopSummary, TopError> {
         rate_hz: cfg.rate_hz,
         sampler: SamplerOptions {
             native: cfg.native,
+            gil_only: cfg.gil,
             ..SamplerOptions::default()
         },
         frames: FrameOptions {
@@ -104,7 +109,7 @@ pub fn run(cfg: &TopConfig, stop: &AtomicBool) -> Result<TopSummary, TopError> {
             async_aware: cfg.async_aware,
             ..FrameOptions::default()
         },
-        subprocesses: false,
+        subprocesses: cfg.subprocesses,
         kernel: false,
         rescan: session::SCAN_INTERVAL,
     };
@@ -141,9 +146,23 @@ pub fn run(cfg: &TopConfig, stop: &AtomicBool) -> Result<TopSummary, TopError> {
     })
 }
 
+/// What the header says top watches: every Python process (`--all`), or the process named or
+/// launched once its interpreter is known (and its subprocesses, with `--subprocesses`).
+fn target_label(all: bool, subprocesses: bool, session: &Session) -> String {
+    match (all, session.first_described()) {
+        (true, _) => "all Python processes".to_string(),
+        (false, Some(p)) if subprocesses => format!("{p} and its subprocesses"),
+        (false, Some(p)) => p,
+        (false, None) => "the program (no Python seen in it yet)".to_string(),
+    }
+}
+
 /// The state of the screen between refreshes.
 struct Screen {
     target: String,
+    /// `--all`, and `--subprocesses`: what `target` says.
+    all: bool,
+    subprocesses: bool,
     rate_hz: u64,
     refresh: Duration,
     sort: Column,
@@ -168,12 +187,10 @@ struct Screen {
 
 impl Screen {
     fn new(cfg: &TopConfig, session: &Session) -> Self {
-        let target = match session.first_described() {
-            Some(p) => p,
-            None => "all Python processes".to_string(),
-        };
         Self {
-            target,
+            target: target_label(cfg.target == Target::All, cfg.subprocesses, session),
+            all: cfg.target == Target::All,
+            subprocesses: cfg.subprocesses,
             rate_hz: cfg.rate_hz,
             refresh: cfg.refresh,
             sort: Column::default(),
@@ -298,6 +315,8 @@ impl Screen {
         interval: Duration,
     ) -> Result<(), TopError> {
         let snapshot = session.snapshot(self.rate_hz, elapsed);
+        // With --subprocesses a launched program's Python may be found after top started.
+        self.target = target_label(self.all, self.subprocesses, session);
         self.before = std::mem::replace(&mut self.now, snapshot);
         self.rows = model::table(&self.before, &self.now, self.lines, self.sort);
         let stats = session.stats()?;
