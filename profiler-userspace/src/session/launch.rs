@@ -141,11 +141,19 @@ fn loading(pid: u32) -> bool {
     process::read_maps(pid).is_ok_and(|m| process::loader_at_work(&m))
 }
 
-/// A launched command still running when recording stops is ended, as py-spy does.
+/// A launched command still running when recording stops is ended, as py-spy does: it and the
+/// processes it started (a pool's workers, a shell's Python), as Ctrl-C in its terminal would
+/// end them. They are found before the command ends, while they are still its descendants.
 pub fn stop_child(child: &mut Child, reason: StopReason) {
     if reason != StopReason::TargetExited {
+        let family = process::descendants(child.id());
         // SAFETY: kill with a pid we spawned and have not reaped.
         unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        for pid in family {
+            // SAFETY: kill with pids just read as the command's descendants; one that has
+            // exited since gets nothing (its pid is not reused within microseconds).
+            unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+        }
         let deadline = Instant::now() + Duration::from_secs(2);
         while Instant::now() < deadline {
             if !matches!(child.try_wait(), Ok(None)) {
