@@ -48,11 +48,16 @@ const MAX_DURATION_SECS: f64 = 100.0 * 365.0 * 24.0 * 3600.0;
 const MAX_REFRESH_SECS: f64 = 24.0 * 3600.0;
 
 fn parse_pid(s: &str) -> Result<u32, String> {
-    match s.parse::<i64>() {
+    // In hex too, as py-spy takes it (`0x1f90`).
+    let parsed = match s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
+        Some(hex) => i64::from_str_radix(hex, 16),
+        None => s.parse::<i64>(),
+    };
+    match parsed {
         Ok(pid) if (1..=PID_MAX).contains(&pid) => Ok(pid as u32),
         Ok(pid) => Err(format!("{pid} is not a process id (1 to {PID_MAX})")),
         Err(_) => Err(format!(
-            "{s:?} is not a process id (a number, 1 to {PID_MAX})"
+            "{s:?} is not a process id (a number, 1 to {PID_MAX}, in decimal or 0x hex)"
         )),
     }
 }
@@ -267,9 +272,10 @@ pub struct DumpArgs {
     pub native: bool,
 
     /// Each Python frame's local variables: values of None, bools, ints, floats, str and bytes,
-    /// the type and length of lists, tuples, dicts and sets, the type of anything else.
-    #[arg(short, long)]
-    pub locals: bool,
+    /// the type and length of lists, tuples, dicts and sets, the type of anything else (`-ll`,
+    /// py-spy's "more", gives the same).
+    #[arg(short, long, action = clap::ArgAction::Count)]
+    pub locals: u8,
 
     /// Every Python process in the tree under PID too (multiprocessing workers, a shell's
     /// Python); processes that are not Python, PID included, are passed over.
@@ -300,7 +306,7 @@ impl DumpArgs {
         DumpConfig {
             pid: self.pid,
             native: self.native,
-            locals: self.locals,
+            locals: self.locals > 0,
             subprocesses: self.subprocesses,
             json: self.json,
             async_aware: self.async_aware,
@@ -569,6 +575,13 @@ mod tests {
         assert!(parse("dump", &["-l"]).is_err(), "a pid is needed");
         assert!(!c.nonblocking);
         assert!(dump(&["-p", "7", "--nonblocking", "-l"]).nonblocking);
+        assert!(dump(&["-p", "7", "-ll"]).locals);
+        assert_eq!(dump(&["-p", "0x1f90"]).pid, 0x1f90);
+        assert!(
+            parse("dump", &["-p", "0xzz"])
+                .unwrap_err()
+                .contains("0x hex")
+        );
         assert!(
             parse("dump", &["-p", "7", "--nonblocking", "--native"]).is_err(),
             "a native stack is only read from a stopped thread"
