@@ -239,26 +239,20 @@ fn dump_process(cfg: &DumpConfig, p: PythonProcess) -> Result<ProcessDump, DumpE
         ),
         false => None,
     };
-    let (threads, tasks) = if cfg.native {
-        let (threads, paused) = dump_native(&p, &layout, cfg.frames, cfg.locals, asyncio.as_ref())?;
+    let ((threads, tasks), paused) = if cfg.native {
+        let (dumped, paused) = dump_native(&p, &layout, cfg.frames, cfg.locals, asyncio.as_ref())?;
+        (dumped, Some(paused))
+    } else {
+        let stop = !cfg.nonblocking;
+        dump(&p, &layout, cfg.frames, cfg.locals, asyncio.as_ref(), stop)?
+    };
+    if let Some(paused) = paused {
         crate::note!(
             "prof-bpf: pid {}: the threads were stopped for {:.2} ms",
             p.pid,
             paused.as_secs_f64() * 1e3
         );
-        threads
-    } else {
-        let stop = !cfg.nonblocking;
-        let (threads, paused) = dump(&p, &layout, cfg.frames, cfg.locals, asyncio.as_ref(), stop)?;
-        if let Some(paused) = paused {
-            crate::note!(
-                "prof-bpf: pid {}: the threads were stopped for {:.2} ms",
-                p.pid,
-                paused.as_secs_f64() * 1e3
-            );
-        }
-        threads
-    };
+    }
     Ok(ProcessDump {
         version: layout.version_name(),
         process: p,
